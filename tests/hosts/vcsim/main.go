@@ -31,7 +31,6 @@ import (
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/mo"
-	"github.com/vmware/govmomi/vim25/types"
 )
 
 // readyLine is the machine-readable line printed on stdout once the server accepts connections.
@@ -266,9 +265,17 @@ func main() {
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	sig := <-stop
 	log.Printf("received %s, stopping", sig)
-	server.Close()
-	log.Printf("stopped")
+	done := make(chan struct{})
+	go func() {
+		server.Close() // waits for in-flight requests
+		close(done)
+	}()
+	select {
+	case <-done:
+		log.Printf("stopped")
+	case <-time.After(5 * time.Second):
+		log.Printf("in-flight requests did not finish within 5s; exiting anyway")
+	case sig = <-stop:
+		log.Printf("received %s again; exiting now", sig)
+	}
 }
-
-// Make sure the types package stays referenced even if unused helpers are removed.
-var _ = types.ManagedObjectReference{}
