@@ -1,0 +1,65 @@
+# vmctl: the two commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+EXTRAS ?= dev,kit
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen \
+        hosts-stop conformance-sim bench clean
+
+$(VENV)/.stamp-core: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip setuptools wheel
+	$(PIP) install -e .
+	touch $@
+
+venv: $(VENV)/.stamp-core
+
+## make demo: set up and run the narrated walkthrough on the embedded sim:// backend
+demo: venv
+	$(PY) -m vmctl.demo
+
+## the hosts' system packages (apt) and builds, each script installs only what is missing
+hosts-deps:
+	@for s in tests/hosts/install-*.sh; do [ -f "$$s" ] && bash "$$s" || exit 1; done
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-core setup.cfg
+	$(PIP) install -e ".[$(EXTRAS)$(shell bash tests/hosts/extras.sh 2>/dev/null)]"
+	$(PIP) install -e examples/vmctl-toy
+	touch $@
+
+test-venv: hosts-deps $(VENV)/.stamp-test
+
+lint: test-venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: test-venv
+	$(VENV)/bin/mypy
+
+## make test: install what the tests need, start the hosts, run ruff, mypy and every test
+test: test-venv lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+conformance-sim: venv
+	$(VENV)/bin/vmctl conformance sim:// --report reports/sim.md
+
+bench: test-venv
+	$(PY) bench/import_time.py
+
+## hosts to try things by hand; each writes .hosts/<name>.env
+host-kvm: test-venv
+	$(PY) -m tests.hosts.kvm start
+host-esx: test-venv
+	$(PY) -m tests.hosts.esx start
+host-xen: test-venv
+	$(PY) -m tests.hosts.xen start
+hosts-stop:
+	@for h in kvm esx xen; do \
+	  if [ -f .hosts/$$h.pids ]; then $(PY) -m tests.hosts.$$h stop; fi; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache reports

@@ -1,0 +1,551 @@
+"""The sim driver: vmctl's SPI over the in-process sim world (see ``_site``).
+
+URIs: ``sim://[HOST][?site=NAME][&state=FILE]``. Hosts of one site share a world, so VMs
+migrate between ``sim://a`` and ``sim://b``. With ``state=FILE`` the site lives in a JSON
+file, so separate processes (CLI calls) see the same VMs.
+
+A VM created with a ``boot`` source has a guest OS: it acts on ACPI shutdown and reboot after
+a short delay and reports an IP address. A VM without one has no OS, like a blank disk on a
+real hypervisor: it ignores graceful requests (use ``force_after`` or ``power_off``).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import random
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from vmctl import (
+    AgentState,
+    AlreadyExists,
+    Capability,
+    ConnectParams,
+    DiskInfo,
+    DiskSpec,
+    EventKind,
+    GuestInfo,
+    HostInfo,
+    InsufficientResources,
+    InvalidState,
+    NicInfo,
+    NicSpec,
+    NotFound,
+    OperationTimeout,
+    PowerState,
+    Resources,
+    SnapshotInfo,
+    StateReason,
+    ValidationError,
+    VMConfig,
+    VMInfo,
+    VMSpec,
+    VMStats,
+)
+from vmctl.spi import (
+    Cloning,
+    Devices,
+    Driver,
+    EventSource,
+    Events,
+    GracefulPower,
+    GuestAgent,
+    Migration,
+    Pausable,
+    Reconfigurable,
+    Resettable,
+    ResourceControls,
+    Snapshots,
+    Statistics,
+    Suspendable,
+)
+
+from ._site import (
+    GUEST_DELAY,
+    HOST_CPU_MHZ,
+    HOST_CPUS,
+    HOST_MEMORY_MIB,
+    NETWORKS,
+    POOLS,
+    SimDisk,
+    SimHost,
+    SimNic,
+    SimSnapshot,
+    SimVM,
+    Site,
+    Subscriber,
+    get_site,
+    now,
+)
+
+S = PowerState
+R = StateReason
+KNOWN_OPTIONS = {"site", "state"}
+
+
+class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconfigurable,
+                ResourceControls, Devices, Snapshots, Cloning, Migration, Events, Statistics,
+                GuestAgent):
+    """The reference driver: every capability, enforced as real hypervisors enforce it."""
+
+    name = "sim"
+
+    def __init__(self, site: Site, host: str) -> None:
+        self.site = site
+        self.host_name = host
+        self._closed = False
+
+    @classmethod
+    def open(cls, params: ConnectParams) -> SimDriver:
+        unknown = set(params.options) - KNOWN_OPTIONS
+        if unknown:
+            raise ValidationError(f"unknown sim option(s) {sorted(unknown)}; the sim knows "
+                                  f"{sorted(KNOWN_OPTIONS)}", field="uri")
+        if params.uri.path not in ("", "/"):
+            raise ValidationError(f"sim URIs have no path (got {params.uri.path!r}); use "
+                                  "sim://HOST?site=NAME&state=FILE", field="uri")
+        site = get_site(params.options.get("site", "default"), params.options.get("state"))
+        host = params.uri.host or "default"
+        with site.transaction():
+            site.host(host)
+        return cls(site, host)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset(Capability)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @property
+    def _host(self) -> SimHost:
+        return self.site.host(self.host_name)
+
+    def _vm(self, uuid: str) -> SimVM:
+        vm = self._host.vms.get(uuid)
+        if vm is None:
+            raise NotFound(f"no VM with UUID {uuid} on sim host {self.host_name!r}")
+        return vm
+
+    def _info(self, vm: SimVM) -> VMInfo:
+        return VMInfo(uuid=vm.uuid, name=vm.name, state=vm.state, reason=vm.reason,
+                      vcpus=vm.vcpus, memory_mib=vm.memory_mib, host=self.host_name)
+
+    def _set_state(self, vm: SimVM, state: PowerState, reason: StateReason) -> None:
+        t = time.time()
+        if vm.running_since is not None:
+            vm.cpu_seconds += (t - vm.running_since) * vm.vcpus * 0.05
+            vm.running_since = None
+        if state is S.RUNNING:
+            vm.running_since = t
+        if state is S.RUNNING and reason in (R.BOOTED, R.RESTORED) and vm.has_os:
+            vm.booted_at = t
+        elif state in (S.STOPPED, S.SUSPENDED, S.CRASHED):
+            vm.booted_at = None
+        vm.state, vm.reason = state, reason
+        self.site.emit(self.host_name, EventKind.STATE_CHANGED, vm)
+
+    def _expect(self, vm: SimVM, *states: PowerState, verb: str) -> None:
+        if vm.state not in states:
+            raise InvalidState(f"cannot {verb} VM {vm.name!r}: it is {vm.state.value}",
+                               current=vm.state, allowed=states)
+
+    def _check_memory(self, host: SimHost, extra_mib: int, what: str) -> None:
+        free = HOST_MEMORY_MIB - host.used_memory_mib()
+        if extra_mib > free:
+            raise InsufficientResources(f"{what} needs {extra_mib} MiB but sim host "
+                                        f"{host.name!r} has {free} MiB free")
+
+    def _disk(self, vm: SimVM, spec: DiskSpec) -> SimDisk:
+        pool = spec.pool or "default"
+        if pool not in POOLS:
+            raise NotFound(f"no storage pool {pool!r} on sim host {self.host_name!r} "
+                           f"(pools: {', '.join(POOLS)})")
+        disk_id = vm.device_id("disk")
+        name = spec.name or f"{vm.name}-{disk_id}"
+        return SimDisk(id=disk_id, size_mib=spec.size_mib, name=spec.name,
+                       bus=spec.bus.value, path=f"/sim/{self.host_name}/{pool}/{name}.img")
+
+    def _nic(self, vm: SimVM, spec: NicSpec) -> SimNic:
+        if spec.network not in NETWORKS:
+            raise NotFound(f"no network {spec.network!r} on sim host {self.host_name!r} "
+                           f"(networks: {', '.join(NETWORKS)})")
+        mac = spec.mac or "52:54:00:%02x:%02x:%02x" % tuple(random.randbytes(3))
+        return SimNic(id=vm.device_id("nic"), network=spec.network, mac=mac, model=spec.model)
+
+    def _name_free(self, host: SimHost, name: str) -> None:
+        if any(v.name == name for v in host.vms.values()):
+            raise AlreadyExists(f"a VM named {name!r} already exists on sim host "
+                                f"{host.name!r}")
+
+    def _later(self, uuid: str, action: str) -> None:
+        """Let the simulated guest act on an ACPI request after a moment."""
+
+        def act() -> None:
+            with self.site.transaction():
+                vm = self._host.vms.get(uuid)
+                if vm is None or vm.state is not S.RUNNING:
+                    return
+                if action == "shutdown":
+                    self._set_state(vm, S.STOPPED, R.SHUTDOWN)
+                else:
+                    self._set_state(vm, S.RUNNING, R.BOOTED)
+
+        timer = threading.Timer(GUEST_DELAY, act)
+        timer.daemon = True
+        timer.start()
+
+    # -- mandatory ------------------------------------------------------------------------
+
+    def host_info(self) -> HostInfo:
+        with self.site.transaction():
+            host = self._host
+            return HostInfo(name=host.name, hypervisor="sim", version="1.0", cpus=HOST_CPUS,
+                            cpu_mhz=HOST_CPU_MHZ, memory_mib=HOST_MEMORY_MIB,
+                            free_memory_mib=HOST_MEMORY_MIB - host.used_memory_mib(),
+                            uuid=host.uuid, vm_count=len(host.vms))
+
+    def list_vms(self) -> list[VMInfo]:
+        with self.site.transaction():
+            return [self._info(vm) for vm in self._host.vms.values()]
+
+    def get_vm(self, uuid: str) -> VMInfo:
+        with self.site.transaction():
+            return self._info(self._vm(uuid))
+
+    def get_config(self, uuid: str) -> VMConfig:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            return VMConfig(
+                uuid=vm.uuid, name=vm.name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
+                disks=tuple(DiskInfo(id=d.id, size_mib=d.size_mib, name=d.name, path=d.path,
+                                     bus=d.bus) for d in vm.disks),
+                nics=tuple(NicInfo(id=n.id, network=n.network, mac=n.mac, model=n.model)
+                           for n in vm.nics),
+                resources=vm.resources, guest_os=vm.guest_os, description=vm.description)
+
+    def create_vm(self, spec: VMSpec) -> VMInfo:
+        with self.site.transaction():
+            host = self._host
+            self._name_free(host, spec.name)
+            vm = SimVM(uuid=str(uuidlib.uuid4()), name=spec.name, vcpus=spec.vcpus,
+                       memory_mib=spec.memory_mib, guest_os=spec.guest_os.value,
+                       has_os=spec.boot is not None, description=spec.description,
+                       resources=spec.resources)
+            if spec.vcpus > HOST_CPUS:
+                raise InsufficientResources(f"{spec.vcpus} vCPUs exceed the {HOST_CPUS} CPUs "
+                                            f"of sim host {host.name!r}")
+            # Build every device before the VM becomes visible: nothing half-made is left.
+            vm.disks = [self._disk(vm, d) for d in spec.disks]
+            vm.nics = [self._nic(vm, n) for n in spec.nics]
+            host.vms[vm.uuid] = vm
+            self.site.emit(self.host_name, EventKind.CREATED, vm)
+            return self._info(vm)
+
+    def delete_vm(self, uuid: str) -> list[str]:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.STOPPED, S.SUSPENDED, S.CRASHED, verb="delete")
+            del self._host.vms[uuid]
+            self.site.emit(self.host_name, EventKind.DELETED, vm)
+            return [f"vm {vm.name} ({vm.uuid})"] + [f"disk {d.path}" for d in vm.disks] + \
+                [f"snapshot {s.name}" for s in vm.snapshots.values()]
+
+    def start(self, uuid: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.STOPPED, S.CRASHED, verb="start")
+            if vm.vcpus > HOST_CPUS:
+                raise InsufficientResources(f"VM {vm.name!r} has more vCPUs than the host")
+            self._check_memory(self._host, vm.memory_mib, f"starting VM {vm.name!r}")
+            self._set_state(vm, S.RUNNING, R.BOOTED)
+
+    def power_off(self, uuid: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.RUNNING, S.PAUSED, S.SUSPENDED, S.CRASHED, verb="power off")
+            self._set_state(vm, S.STOPPED, R.POWERED_OFF)
+
+    # -- graceful, reset, pause, suspend --------------------------------------------------
+
+    def shutdown(self, uuid: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.RUNNING, verb="shut down")
+            if vm.has_os:
+                self._later(uuid, "shutdown")
+            # A VM with no OS ignores the ACPI request, as on real hardware.
+
+    def reboot(self, uuid: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.RUNNING, verb="reboot")
+            if vm.has_os:
+                self._later(uuid, "reboot")
+
+    def reset(self, uuid: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.RUNNING, verb="reset")
+            self._set_state(vm, S.RUNNING, R.BOOTED)
+
+    def pause(self, uuid: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.RUNNING, verb="pause")
+            self._set_state(vm, S.PAUSED, R.USER)
+
+    def unpause(self, uuid: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.PAUSED, verb="unpause")
+            self._set_state(vm, S.RUNNING, R.RESUMED)
+
+    def suspend(self, uuid: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.RUNNING, verb="suspend")
+            self._set_state(vm, S.SUSPENDED, R.SAVED)
+
+    def resume_suspended(self, uuid: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.SUSPENDED, verb="resume")
+            self._check_memory(self._host, vm.memory_mib, f"resuming VM {vm.name!r}")
+            self._set_state(vm, S.RUNNING, R.RESUMED)
+
+    # -- reconfiguration ------------------------------------------------------------------
+
+    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            if vcpus > HOST_CPUS:
+                raise InsufficientResources(f"{vcpus} vCPUs exceed the host's {HOST_CPUS}")
+            self._expect(vm, S.RUNNING if live else S.STOPPED, verb="set vCPUs of")
+            vm.vcpus = vcpus
+            self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"vcpus={vcpus}")
+
+    def set_memory(self, uuid: str, memory_mib: int, *, live: bool) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.RUNNING if live else S.STOPPED, verb="set memory of")
+            if live and memory_mib > vm.memory_mib:
+                self._check_memory(self._host, memory_mib - vm.memory_mib,
+                                   f"growing VM {vm.name!r}")
+            vm.memory_mib = memory_mib
+            self.site.emit(self.host_name, EventKind.RECONFIGURED, vm,
+                           f"memory_mib={memory_mib}")
+
+    def set_resources(self, uuid: str, resources: Resources) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            vm.resources = vm.resources.merged(resources)
+            self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, "resources")
+
+    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool) -> DiskInfo:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            new = self._disk(vm, disk)
+            vm.disks.append(new)
+            self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"disk {new.id} added")
+            return DiskInfo(id=new.id, size_mib=new.size_mib, name=new.name, path=new.path,
+                            bus=new.bus)
+
+    def remove_disk(self, uuid: str, disk_id: str, *, live: bool) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            kept = [d for d in vm.disks if d.id != disk_id]
+            if len(kept) == len(vm.disks):
+                raise NotFound(f"VM {vm.name!r} has no disk {disk_id!r}")
+            vm.disks = kept
+            self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"disk {disk_id} removed")
+
+    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool) -> NicInfo:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            new = self._nic(vm, nic)
+            vm.nics.append(new)
+            self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"nic {new.id} added")
+            return NicInfo(id=new.id, network=new.network, mac=new.mac, model=new.model)
+
+    def remove_nic(self, uuid: str, nic_id: str, *, live: bool) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            kept = [n for n in vm.nics if n.id != nic_id]
+            if len(kept) == len(vm.nics):
+                raise NotFound(f"VM {vm.name!r} has no NIC {nic_id!r}")
+            vm.nics = kept
+            self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"nic {nic_id} removed")
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    @staticmethod
+    def _snap_info(vm: SimVM, s: SimSnapshot) -> SnapshotInfo:
+        return SnapshotInfo(id=s.id, name=s.name, created=s.created, parent=s.parent,
+                            with_memory=s.with_memory, state=s.state,
+                            description=s.description, current=vm.current_snapshot == s.id)
+
+    def create_snapshot(self, uuid: str, name: str, *, memory: bool,
+                        description: str) -> SnapshotInfo:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            if memory:
+                self._expect(vm, S.RUNNING, S.PAUSED, verb="snapshot with memory")
+            snap = SimSnapshot(
+                id=str(uuidlib.uuid4()), name=name, created=now(), parent=vm.current_snapshot,
+                with_memory=memory, state=vm.state if memory else S.STOPPED,
+                description=description,
+                config={"vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
+                        "disks": [attrs.asdict(d) for d in vm.disks],
+                        "nics": [attrs.asdict(n) for n in vm.nics],
+                        "resources": attrs.asdict(vm.resources)})
+            vm.snapshots[snap.id] = snap
+            vm.current_snapshot = snap.id
+            self.site.emit(self.host_name, EventKind.SNAPSHOT, vm, f"taken {name}")
+            return self._snap_info(vm, snap)
+
+    def list_snapshots(self, uuid: str) -> list[SnapshotInfo]:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            return [self._snap_info(vm, s) for s in vm.snapshots.values()]
+
+    def _snap(self, vm: SimVM, snapshot_id: str) -> SimSnapshot:
+        snap = vm.snapshots.get(snapshot_id)
+        if snap is None:
+            raise NotFound(f"VM {vm.name!r} has no snapshot {snapshot_id!r}")
+        return snap
+
+    def revert_snapshot(self, uuid: str, snapshot_id: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            snap = self._snap(vm, snapshot_id)
+            cfg = copy.deepcopy(snap.config)
+            target = snap.state if snap.with_memory else S.STOPPED
+            if target in (S.RUNNING, S.PAUSED) and vm.state not in (S.RUNNING, S.PAUSED):
+                self._check_memory(self._host, cfg["memory_mib"], f"reverting {vm.name!r}")
+            vm.vcpus, vm.memory_mib = cfg["vcpus"], cfg["memory_mib"]
+            vm.disks = [SimDisk(**d) for d in cfg["disks"]]
+            vm.nics = [SimNic(**n) for n in cfg["nics"]]
+            vm.resources = Resources(**cfg["resources"])
+            vm.current_snapshot = snap.id
+            self._set_state(vm, target, R.RESTORED)
+            self.site.emit(self.host_name, EventKind.SNAPSHOT, vm, f"reverted {snap.name}")
+
+    def delete_snapshot(self, uuid: str, snapshot_id: str) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            snap = self._snap(vm, snapshot_id)
+            for child in vm.snapshots.values():
+                if child.parent == snap.id:
+                    child.parent = snap.parent
+            if vm.current_snapshot == snap.id:
+                vm.current_snapshot = snap.parent
+            del vm.snapshots[snap.id]
+            self.site.emit(self.host_name, EventKind.SNAPSHOT, vm, f"deleted {snap.name}")
+
+    # -- clone and migrate ----------------------------------------------------------------
+
+    def clone_vm(self, uuid: str, name: str, *, linked: bool) -> VMInfo:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.STOPPED, verb="clone")
+            host = self._host
+            self._name_free(host, name)
+            twin = SimVM(uuid=str(uuidlib.uuid4()), name=name, vcpus=vm.vcpus,
+                         memory_mib=vm.memory_mib, guest_os=vm.guest_os, has_os=vm.has_os,
+                         description=vm.description, resources=vm.resources)
+            for d in vm.disks:
+                base = d.path.rsplit("/", 1)[0]
+                twin.disks.append(SimDisk(
+                    id=twin.device_id("disk"), size_mib=d.size_mib, name=d.name, bus=d.bus,
+                    path=f"{base}/{name}-{d.id}{'.linked' if linked else ''}.img"))
+            for n in vm.nics:
+                twin.nics.append(self._nic(twin, NicSpec(network=n.network, model=n.model)))
+            host.vms[twin.uuid] = twin
+            self.site.emit(self.host_name, EventKind.CREATED, twin, f"clone of {vm.name}")
+            return self._info(twin)
+
+    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, timeout: float) -> None:
+        if not isinstance(target, SimDriver) or target.site is not self.site:
+            raise ValidationError("the target sim host must be in the same site (same "
+                                  "?site= and ?state=) to migrate", field="target")
+        if target.host_name == self.host_name:
+            raise ValidationError("the target is this host", field="target")
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.RUNNING if live else S.STOPPED, verb="migrate")
+            dest = target._host
+            if uuid in dest.vms:
+                raise AlreadyExists(f"sim host {dest.name!r} already has VM {uuid}")
+            target._name_free(dest, vm.name)
+            if live:
+                target._check_memory(dest, vm.memory_mib, f"migrating {vm.name!r}")
+            del self._host.vms[uuid]
+            dest.vms[uuid] = vm
+            vm.reason = R.MIGRATED
+            self.site.emit(self.host_name, EventKind.MIGRATED, vm, f"to {dest.name}")
+            self.site.emit(dest.name, EventKind.MIGRATED, vm, f"from {self.host_name}")
+
+    # -- observation ----------------------------------------------------------------------
+
+    def subscribe(self) -> EventSource:
+        sub = Subscriber(self.site, self.host_name)
+        with self.site.lock:
+            self.site.subscribers.append(sub)
+        return sub
+
+    def get_stats(self, uuids: Sequence[str]) -> dict[str, VMStats]:
+        with self.site.transaction():
+            out = {}
+            t = time.time()
+            for uuid in uuids:
+                vm = self._vm(uuid)
+                cpu = vm.cpu_seconds
+                if vm.running_since is not None:
+                    cpu += (t - vm.running_since) * vm.vcpus * 0.05
+                active = vm.state in (S.RUNNING, S.PAUSED)
+                io = int(cpu * 1_000_000)
+                out[uuid] = VMStats(
+                    uuid=uuid, timestamp=dt.datetime.now(dt.UTC), cpu_time_ns=int(cpu * 1e9),
+                    memory_used_mib=vm.memory_mib // 2 if active else 0,
+                    disk_read_bytes=io * len(vm.disks), disk_write_bytes=io // 2 * len(vm.disks),
+                    net_rx_bytes=io * len(vm.nics), net_tx_bytes=io // 3 * len(vm.nics))
+            return out
+
+    def guest_info(self, uuid: str) -> GuestInfo:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            up = (vm.has_os and vm.state is S.RUNNING and vm.booted_at is not None
+                  and time.time() - vm.booted_at >= GUEST_DELAY)
+            if not up:
+                return GuestInfo(agent=AgentState.NOT_RUNNING)
+            ips = tuple(f"192.0.2.{(int(vm.uuid[:4], 16) + i) % 250 + 2}"
+                        for i, _ in enumerate(vm.nics))
+            return GuestInfo(ip_addresses=ips, agent=AgentState.RUNNING,
+                             hostname=vm.name, os_name=vm.guest_os)
+
+    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *,
+                       timeout: float) -> VMInfo:
+        """Wait on the site's own events rather than polling."""
+        wanted = frozenset(states)
+        sub = self.subscribe()
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                info = self.get_vm(uuid)
+                if info.state in wanted:
+                    return info
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OperationTimeout(f"VM {info.name!r} is still {info.state.value} "
+                                           f"after {timeout:g} s")
+                sub.next_event(min(left, 0.5))
+        finally:
+            sub.close()

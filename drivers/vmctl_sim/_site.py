@@ -1,0 +1,250 @@
+"""The sim's world: sites of hosts holding VMs, shared in-process, optionally persisted.
+
+Everything here is plain data guarded by the site's lock; the driver translates SPI calls
+into changes of it and enforces what real hypervisors enforce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import queue
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+from attrs import define, field
+
+from vmctl import Event, EventKind, PowerState, Resources, StateReason
+
+HOST_CPUS = 16
+HOST_CPU_MHZ = 2600
+HOST_MEMORY_MIB = 64 * 1024
+NETWORKS = ("default", "isolated")
+POOLS = ("default",)
+#: Seconds a guest with an OS takes to act on ACPI shutdown/reboot, and to get an IP.
+GUEST_DELAY = 0.15
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@define
+class SimDisk:
+    id: str
+    size_mib: int
+    name: str | None
+    bus: str
+    path: str
+
+
+@define
+class SimNic:
+    id: str
+    network: str
+    mac: str
+    model: str | None
+
+
+@define
+class SimSnapshot:
+    id: str
+    name: str
+    created: dt.datetime
+    parent: str | None
+    with_memory: bool
+    state: PowerState
+    description: str
+    config: dict[str, Any]  # vcpus, memory_mib, disks, nics, resources at snapshot time
+
+
+@define
+class SimVM:
+    uuid: str
+    name: str
+    vcpus: int
+    memory_mib: int
+    guest_os: str
+    has_os: bool  # a boot source: the guest answers ACPI and gets an IP
+    description: str
+    disks: list[SimDisk] = field(factory=list)
+    nics: list[SimNic] = field(factory=list)
+    resources: Resources = field(factory=Resources)
+    state: PowerState = PowerState.STOPPED
+    reason: StateReason = StateReason.CREATED
+    snapshots: dict[str, SimSnapshot] = field(factory=dict)
+    current_snapshot: str | None = None
+    running_since: float | None = None  # time.time() when it last started running
+    cpu_seconds: float = 0.0
+    booted_at: float | None = None
+    next_device: int = 0
+
+    def device_id(self, prefix: str) -> str:
+        self.next_device += 1
+        return f"{prefix}{self.next_device}"
+
+
+@define
+class SimHost:
+    name: str
+    uuid: str
+    vms: dict[str, SimVM] = field(factory=dict)
+
+    def used_memory_mib(self) -> int:
+        return sum(vm.memory_mib for vm in self.vms.values()
+                   if vm.state in (PowerState.RUNNING, PowerState.PAUSED))
+
+
+class Subscriber:
+    """One event subscription: a queue the site pushes to."""
+
+    def __init__(self, site: Site, host: str) -> None:
+        self.site = site
+        self.host = host
+        self.queue: queue.Queue[Event] = queue.Queue()
+
+    def next_event(self, timeout: float) -> Event | None:
+        try:
+            return self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        with self.site.lock:
+            if self in self.site.subscribers:
+                self.site.subscribers.remove(self)
+
+
+class Site:
+    """Hosts that can migrate VMs between each other (one sim "datacenter")."""
+
+    def __init__(self, name: str, path: str | None) -> None:
+        self.name = name
+        self.path = path
+        self.lock = threading.RLock()
+        self.hosts: dict[str, SimHost] = {}
+        self.subscribers: list[Subscriber] = []
+        self._loaded_mtime: float | None = None
+
+    def host(self, name: str) -> SimHost:
+        with self.lock:
+            if name not in self.hosts:
+                self.hosts[name] = SimHost(name=name, uuid=str(uuidlib.uuid5(
+                    uuidlib.NAMESPACE_URL, f"sim://{self.name}/{name}")))
+            return self.hosts[name]
+
+    def emit(self, host: str, kind: EventKind, vm: SimVM, detail: str = "") -> None:
+        event = Event(kind=kind, vm_uuid=vm.uuid, vm_name=vm.name, state=vm.state,
+                      reason=vm.reason, detail=detail)
+        for sub in list(self.subscribers):
+            if sub.host == host:
+                sub.queue.put(event)
+
+    # -- persistence ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the lock; with persistence, also the file lock, reloading before and saving
+        after, so that several processes (CLI invocations) share the site."""
+        with self.lock:
+            if self.path is None:
+                yield
+                return
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            with open(self.path + ".lock", "a") as lockfile:
+                fcntl.flock(lockfile, fcntl.LOCK_EX)
+                try:
+                    self._reload()
+                    yield
+                    self._save()
+                finally:
+                    fcntl.flock(lockfile, fcntl.LOCK_UN)
+
+    def _reload(self) -> None:
+        assert self.path
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return
+        if mtime == self._loaded_mtime:
+            return
+        with open(self.path) as f:
+            data = json.load(f)
+        self.hosts = {h["name"]: _host_from(h) for h in data.get("hosts", [])}
+        self._loaded_mtime = mtime
+
+    def _save(self) -> None:
+        assert self.path
+        data = {"version": 1, "hosts": [_host_to(h) for h in self.hosts.values()]}
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        os.replace(tmp, self.path)
+        self._loaded_mtime = os.stat(self.path).st_mtime
+
+
+_sites: dict[str, Site] = {}
+_sites_lock = threading.Lock()
+
+
+def get_site(name: str, path: str | None) -> Site:
+    key = f"file:{os.path.abspath(path)}" if path else name
+    with _sites_lock:
+        if key not in _sites:
+            _sites[key] = Site(name, path)
+        return _sites[key]
+
+
+def reset_sites() -> None:
+    """Forget every in-process site (for tests that want a clean world)."""
+    with _sites_lock:
+        _sites.clear()
+
+
+# -- JSON round trip ----------------------------------------------------------------------
+
+
+def _ser(_inst: Any, _a: Any, value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, (PowerState, StateReason)):
+        return value.value
+    if isinstance(value, Resources):
+        return attrs.asdict(value)
+    return value
+
+
+def _host_to(host: SimHost) -> dict[str, Any]:
+    return attrs.asdict(host, value_serializer=_ser, recurse=True)
+
+
+def _host_from(data: dict[str, Any]) -> SimHost:
+    host = SimHost(name=data["name"], uuid=data["uuid"])
+    for uuid, raw in data["vms"].items():
+        vm = SimVM(**{k: raw[k] for k in ("uuid", "name", "vcpus", "memory_mib", "guest_os",
+                                           "has_os", "description", "current_snapshot",
+                                           "running_since", "cpu_seconds", "booted_at",
+                                           "next_device")})
+        vm.disks = [SimDisk(**d) for d in raw["disks"]]
+        vm.nics = [SimNic(**n) for n in raw["nics"]]
+        vm.resources = Resources(**raw["resources"])
+        vm.state = PowerState(raw["state"])
+        vm.reason = StateReason(raw["reason"])
+        for sid, s in raw["snapshots"].items():
+            vm.snapshots[sid] = SimSnapshot(
+                id=s["id"], name=s["name"], created=dt.datetime.fromisoformat(s["created"]),
+                parent=s["parent"], with_memory=s["with_memory"], state=PowerState(s["state"]),
+                description=s["description"], config=s["config"])
+        host.vms[uuid] = vm
+    return host
+
+
+def monotonic() -> float:
+    return time.monotonic()
