@@ -1,0 +1,1025 @@
+"""XenAPI message dispatch: parameter counts, sessions, Async tasks, and every message."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .model import (
+    NULL,
+    Ctx,
+    Database,
+    Fault,
+    Rec,
+    Session,
+    check_memory,
+    encode,
+    xmlrpc_value_string,
+)
+from .tables import CLASSES, MESSAGES, RESULT_STATE
+
+Impl = Callable[..., Any]
+
+
+def success(value: Any) -> Rec:
+    return {"Status": "Success", "Value": value}
+
+
+def failure(f: Fault) -> Rec:
+    return {"Status": "Failure", "ErrorDescription": f.description}
+
+
+_RECORD_REQUIRED: dict[str, list[str]] = {
+    # Fields a <Class>.create record must carry (those without a default in the datamodel).
+    "VBD": [
+        "VM",
+        "VDI",
+        "userdevice",
+        "bootable",
+        "mode",
+        "type",
+        "unpluggable",
+        "empty",
+        "other_config",
+        "qos_algorithm_type",
+        "qos_algorithm_params",
+    ],
+    "VDI": [
+        "name_label",
+        "name_description",
+        "SR",
+        "virtual_size",
+        "type",
+        "sharable",
+        "read_only",
+        "other_config",
+    ],
+    "VIF": [
+        "device",
+        "network",
+        "VM",
+        "MAC",
+        "MTU",
+        "other_config",
+        "qos_algorithm_type",
+        "qos_algorithm_params",
+    ],
+    "VM": [
+        "name_label",
+        "name_description",
+        "user_version",
+        "is_a_template",
+        "affinity",
+        "memory_target",
+        "memory_static_max",
+        "memory_dynamic_max",
+        "memory_dynamic_min",
+        "memory_static_min",
+        "VCPUs_params",
+        "VCPUs_max",
+        "VCPUs_at_startup",
+        "actions_after_shutdown",
+        "actions_after_reboot",
+        "actions_after_crash",
+        "PV_bootloader",
+        "PV_kernel",
+        "PV_ramdisk",
+        "PV_args",
+        "PV_bootloader_args",
+        "PV_legacy_args",
+        "HVM_boot_policy",
+        "HVM_boot_params",
+        "platform",
+        "PCI_bus",
+        "other_config",
+        "recommendations",
+    ],
+}
+
+
+class Api:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.impl: dict[str, Impl] = {}
+        for name in MESSAGES:
+            fn = getattr(self, "m_" + name.replace(".", "_"), None)
+            if fn is not None:
+                self.impl[name] = fn
+
+    # ------------------------------------------------------------------ dispatch
+    def dispatch(self, method: str, params: tuple[Any, ...]) -> Rec:
+        try:
+            return success(self._dispatch(method, list(params)))
+        except Fault as f:
+            return failure(f)
+        except Exception as e:
+            return failure(Fault("INTERNAL_ERROR", f"{type(e).__name__}: {e}"))
+
+    def _resolve(self, name: str) -> tuple[list[tuple[str, str]], int, Impl] | None:
+        spec = MESSAGES.get(name)
+        if spec is not None and name in self.impl:
+            return spec.params, spec.optional, self.impl[name]
+        return self._generic(name)
+
+    def _dispatch(self, method: str, params: list[Any]) -> Any:
+        is_async = method.startswith("Async.")
+        name = method[len("Async.") :] if is_async else method
+        if name == "session.login_with_password" and not is_async:
+            if not 2 <= len(params) <= 4:
+                raise Fault("MESSAGE_PARAMETER_COUNT_MISMATCH", method, "4", str(len(params)))
+            p = [str(x) for x in params] + [""] * (4 - len(params))
+            return self.db.login(p[0], p[1], p[3])
+        if name in ("session.logout", "session.local_logout") and not is_async:
+            if len(params) != 1:
+                raise Fault(
+                    "MESSAGE_PARAMETER_COUNT_MISMATCH", method, "0", str(max(0, len(params) - 1))
+                )
+            self.db.check_session(params[0])
+            self.db.logout(params[0])
+            return ""
+        res = self._resolve(name)
+        if res is None or (is_async and name.split(".", 1)[0] in ("session", "event")):
+            raise Fault("MESSAGE_METHOD_UNKNOWN", method)
+        sig, optional, fn = res
+        received = len(params) - 1
+        required = len(sig) - optional
+        if not required <= received <= len(sig):
+            raise Fault(
+                "MESSAGE_PARAMETER_COUNT_MISMATCH", method, str(required), str(max(received, 0))
+            )
+        sess = self.db.check_session(params[0])
+        args = [self._decode(v, ty, pname) for (ty, pname), v in zip(sig, params[1:], strict=False)]
+        if not is_async:
+            return fn(Ctx(sess), *args)
+        return self._spawn(method, sess, fn, args)
+
+    @staticmethod
+    def _decode(value: Any, ty: str, name: str) -> Any:
+        from .model import decode
+
+        if ty.endswith(" record"):
+            if not isinstance(value, dict):
+                raise Fault("FIELD_TYPE_ERROR", name)
+            return value
+        return decode(value, ty, name)
+
+    # ------------------------------------------------------------------ tasks
+    def _spawn(self, method: str, sess: Any, fn: Impl, args: list[Any]) -> str:
+        db = self.db
+        with db.lock:
+            task = db.new(
+                "task",
+                name_label=method,
+                name_description="",
+                status="pending",
+                created=time.time(),
+                finished=0.0,
+                progress=0.0,
+                resident_on=db.master(),
+                allowed_operations=["cancel"],
+            )
+        ctx = Ctx(sess, task)
+
+        def run() -> None:
+            try:
+                value = fn(ctx, *args)
+                with db.lock:
+                    if db.valid("task", task):
+                        db.set(
+                            "task",
+                            task,
+                            status="success",
+                            progress=1.0,
+                            result=xmlrpc_value_string(value or None),
+                            finished=time.time(),
+                            allowed_operations=[],
+                        )
+            except Fault as f:
+                self._task_failed(task, f)
+            except Exception as e:
+                self._task_failed(task, Fault("INTERNAL_ERROR", f"{type(e).__name__}: {e}"))
+
+        threading.Thread(target=run, name=f"xapisim-{method}", daemon=True).start()
+        return task
+
+    def _task_failed(self, task: str, f: Fault) -> None:
+        with self.db.lock:
+            if self.db.valid("task", task):
+                status = "cancelled" if f.code == "TASK_CANCELLED" else "failure"
+                self.db.set(
+                    "task",
+                    task,
+                    status=status,
+                    progress=1.0,
+                    error_info=f.description,
+                    finished=time.time(),
+                    allowed_operations=[],
+                )
+
+    def _work(self, ctx: Ctx, scale: float = 1.0) -> None:
+        """Simulated work: a few steps of op_delay, updating task progress, honouring cancel."""
+        delay = self.db.cfg.op_delay * scale
+        steps = 4
+        for i in range(steps):
+            self._check_cancel(ctx)
+            if delay > 0:
+                time.sleep(delay / steps)
+            if ctx.task is not None:
+                with self.db.lock:
+                    if self.db.valid("task", ctx.task):
+                        self.db.set("task", ctx.task, progress=round((i + 1) / (steps + 1), 3))
+        self._check_cancel(ctx)
+
+    def _check_cancel(self, ctx: Ctx) -> None:
+        if ctx.task is None:
+            return
+        with self.db.lock:
+            t = self.db.objs["task"].get(ctx.task)
+            if t is not None and t["status"] == "cancelling":
+                raise Fault("TASK_CANCELLED", ctx.task)
+
+    # ------------------------------------------------------------------ generic messages
+    def _generic(self, name: str) -> tuple[list[tuple[str, str]], int, Impl] | None:
+        cls, _, verb = name.partition(".")
+        spec = CLASSES.get(cls)
+        if spec is None or cls == "session" or not verb:
+            return None
+        db = self.db
+        ref_t = f"ref {cls}"
+        if verb == "get_all":
+            return [], 0, lambda ctx: list(db.objs[cls])
+        if verb == "get_all_records":
+            return (
+                [],
+                0,
+                lambda ctx: {r: db.encode_record(cls, rec) for r, rec in db.objs[cls].items()},
+            )
+        if verb == "get_record":
+            return [(ref_t, "self")], 0, lambda ctx, r: db.encode_record(cls, db.get(cls, r))
+
+        if verb == "get_by_uuid":
+
+            def by_uuid(ctx: Ctx, u: str) -> str:
+                for r, rec in db.objs[cls].items():
+                    if rec["uuid"] == u:
+                        return r
+                raise Fault("UUID_INVALID", cls, u)
+
+            return [("string", "uuid")], 0, by_uuid
+        if verb == "get_by_name_label" and "name_label" in spec.fields:
+            return (
+                [("string", "label")],
+                0,
+                lambda ctx, lbl: [r for r, rec in db.objs[cls].items() if rec["name_label"] == lbl],
+            )
+        if verb.startswith("get_") and verb[4:] in spec.fields:
+            f = verb[4:]
+            return [(ref_t, "self")], 0, lambda ctx, r: encode(db.get(cls, r)[f], spec.fields[f])
+        if verb.startswith("set_") and verb[4:] in spec.writable:
+            f = verb[4:]
+            ty = spec.fields[f]
+
+            def setter(ctx: Ctx, r: str, v: Any) -> str:
+                with db.lock:
+                    db.get(cls, r)
+                    self._validate_set(cls, r, f, v)
+                    db.set(cls, r, **{f: v})
+                return ""
+
+            return [(ref_t, "self"), (ty, "value")], 0, setter
+        for prefix, add in (("add_to_", True), ("remove_from_", False)):
+            f = verb[len(prefix) :]
+            if verb.startswith(prefix) and f in spec.writable and spec.fields[f].startswith("map "):
+                return self._map_op(cls, f, add)
+        if verb in ("add_tags", "remove_tags") and "tags" in spec.fields:
+            add = verb == "add_tags"
+
+            def tags(ctx: Ctx, r: str, v: str) -> str:
+                with db.lock:
+                    rec = db.get(cls, r)
+                    if add and v not in rec["tags"]:
+                        rec["tags"].append(v)
+                    elif not add and v in rec["tags"]:
+                        rec["tags"].remove(v)
+                    db.touch(cls, r)
+                return ""
+
+            return [(ref_t, "self"), ("string", "value")], 0, tags
+        return None
+
+    def _map_op(self, cls: str, f: str, add: bool) -> tuple[list[tuple[str, str]], int, Impl]:
+        db = self.db
+        ref_t = f"ref {cls}"
+        if add:
+
+            def add_fn(ctx: Ctx, r: str, k: str, v: str) -> str:
+                with db.lock:
+                    rec = db.get(cls, r)
+                    if k in rec[f]:
+                        raise Fault("MAP_DUPLICATE_KEY", cls, f, rec["uuid"], k)
+                    rec[f][k] = v
+                    db.touch(cls, r)
+                return ""
+
+            return [(ref_t, "self"), ("string", "key"), ("string", "value")], 0, add_fn
+
+        def rm_fn(ctx: Ctx, r: str, k: str) -> str:
+            with db.lock:
+                rec = db.get(cls, r)
+                rec[f].pop(k, None)
+                db.touch(cls, r)
+            return ""
+
+        return [(ref_t, "self"), ("string", "key")], 0, rm_fn
+
+    def _validate_set(self, cls: str, r: str, f: str, v: Any) -> None:
+        db = self.db
+        if cls == "VM" and f == "is_a_template" and v is False:
+            rec = db.objs["VM"][r]
+            if rec["is_default_template"]:
+                raise Fault("VM_CANNOT_DELETE_DEFAULT_TEMPLATE", r)
+        if cls == "VM" and f == "affinity" and v != NULL and not db.valid("host", v):
+            raise Fault("HANDLE_INVALID", "host", v)
+        if (
+            cls == "VM"
+            and f in ("actions_after_shutdown", "actions_after_reboot")
+            and v not in ("destroy", "restart")
+        ):
+            raise Fault("INVALID_VALUE", f, v)
+        if cls == "VM" and f == "VCPUs_params":
+            for k in ("weight", "cap"):
+                if k in v and not str(v[k]).isdigit():
+                    raise Fault("INVALID_VALUE", f"VCPUs_params:{k}", v[k])
+
+    # ------------------------------------------------------------------ helpers
+    def _vm_op(
+        self, ctx: Ctx, vm: str, op: str, body: Callable[[], Any], scale: float = 1.0
+    ) -> Any:
+        """Run a VM operation: power-state and concurrency checks, simulated time."""
+        db = self.db
+        opref = ctx.task or f"OpaqueRef:sync-{id(ctx)}"
+        with db.lock:
+            db.get("VM", vm)
+            err = db.op_error(vm, op)
+            if err is not None:
+                raise err
+            db.objs["VM"][vm]["current_operations"][opref] = op
+            db.touch("VM", vm)
+        try:
+            self._work(ctx, scale)
+            with db.lock:
+                db.get("VM", vm)
+                return body()
+        finally:
+            with db.lock:
+                if db.valid("VM", vm):
+                    db.objs["VM"][vm]["current_operations"].pop(opref, None)
+                    db.touch("VM", vm)
+
+    def _host(self, host: str) -> str:
+        self.db.get("host", host)
+        return host
+
+    # ------------------------------------------------------------------ session / pool
+    def m_session_get_this_host(self, ctx: Ctx, s: str) -> str:
+        return self._sess(ctx, s).host
+
+    def m_session_get_this_user(self, ctx: Ctx, s: str) -> str:
+        self._sess(ctx, s)
+        return NULL
+
+    def m_session_get_uuid(self, ctx: Ctx, s: str) -> str:
+        return self._sess(ctx, s).uuid
+
+    def m_session_get_record(self, ctx: Ctx, s: str) -> Rec:
+        return self.db.session_record(self._sess(ctx, s))
+
+    def _sess(self, ctx: Ctx, s: str) -> Session:
+        sess = self.db.sessions.get(s)
+        if sess is None:
+            raise Fault("HANDLE_INVALID", "session", s)
+        return sess
+
+    def m_pool_get_master(self, ctx: Ctx, p: str) -> str:
+        return str(self.db.get("pool", p)["master"])
+
+    # ------------------------------------------------------------------ VM lifecycle
+    def _power(
+        self, ctx: Ctx, vm: str, op: str, host: str | None = None, paused: bool = False
+    ) -> str:
+        db = self.db
+
+        def body() -> str:
+            rec = db.objs["VM"][vm]
+            if op in ("start", "start_on", "resume", "resume_on"):
+                target = host or (
+                    rec["affinity"] if db.valid("host", rec["affinity"]) else db._free_host()
+                )
+                if op.startswith("resume"):
+                    sv = rec["suspend_VDI"]
+                    rec["suspend_VDI"] = NULL
+                    db._destroy_vdi(sv)
+                db._start(vm, target, paused)
+            elif op in ("clean_shutdown", "hard_shutdown", "shutdown"):
+                db._halt(vm)
+            elif op in ("clean_reboot", "hard_reboot"):
+                h = rec["resident_on"]
+                db._halt(vm)
+                db._start(vm, h, False)
+            elif op == "pause":
+                rec["power_state"] = "Paused"
+                db.set("VM_metrics", rec["metrics"], state=["paused"])
+                db.touch("VM", vm)
+            elif op == "unpause":
+                rec["power_state"] = "Running"
+                db.set("VM_metrics", rec["metrics"], state=["running"])
+                db.touch("VM", vm)
+                if rec["guest_metrics"] == NULL:
+                    db._schedule_guest(vm, rec["domid"])
+            elif op == "suspend":
+                sr = db.objs["pool"][next(iter(db.objs["pool"]))]["suspend_image_SR"]
+                sv = db._new_vdi(
+                    f"Suspend image for {rec['name_label']}",
+                    sr,
+                    rec["memory_dynamic_max"],
+                    type="suspend",
+                )
+                h = rec["resident_on"]
+                gm = rec["guest_metrics"]
+                rec.update(
+                    power_state="Suspended",
+                    resident_on=NULL,
+                    domid=-1,
+                    suspend_VDI=sv,
+                    guest_metrics=NULL,
+                )
+                if gm != NULL:
+                    db.delete("VM_guest_metrics", gm)
+                db.link("host", h, "resident_VMs", vm, add=False)
+                db._detach_devices(vm)
+                db.set("VM_metrics", rec["metrics"], state=[], memory_actual=0)
+                db.touch("VM", vm)
+            assert rec["power_state"] == (
+                "Paused"
+                if paused and op in ("start", "start_on", "resume", "resume_on")
+                else RESULT_STATE[op]
+            )
+            return ""
+
+        return str(self._vm_op(ctx, vm, op, body))
+
+    def m_VM_start(self, ctx: Ctx, vm: str, paused: bool, force: bool) -> str:
+        return self._power(ctx, vm, "start", paused=paused)
+
+    def m_VM_start_on(self, ctx: Ctx, vm: str, host: str, paused: bool, force: bool) -> str:
+        self.db.get("VM", vm)
+        return self._power(ctx, vm, "start_on", host=self._host(host), paused=paused)
+
+    def m_VM_resume(self, ctx: Ctx, vm: str, paused: bool, force: bool) -> str:
+        return self._power(ctx, vm, "resume", paused=paused)
+
+    def m_VM_resume_on(self, ctx: Ctx, vm: str, host: str, paused: bool, force: bool) -> str:
+        self.db.get("VM", vm)
+        return self._power(ctx, vm, "resume_on", host=self._host(host), paused=paused)
+
+    def m_VM_clean_shutdown(self, ctx: Ctx, vm: str) -> str:
+        return self._power(ctx, vm, "clean_shutdown")
+
+    def m_VM_hard_shutdown(self, ctx: Ctx, vm: str) -> str:
+        return self._power(ctx, vm, "hard_shutdown")
+
+    def m_VM_shutdown(self, ctx: Ctx, vm: str) -> str:
+        return self._power(ctx, vm, "shutdown")
+
+    def m_VM_clean_reboot(self, ctx: Ctx, vm: str) -> str:
+        return self._power(ctx, vm, "clean_reboot")
+
+    def m_VM_hard_reboot(self, ctx: Ctx, vm: str) -> str:
+        return self._power(ctx, vm, "hard_reboot")
+
+    def m_VM_pause(self, ctx: Ctx, vm: str) -> str:
+        return self._power(ctx, vm, "pause")
+
+    def m_VM_unpause(self, ctx: Ctx, vm: str) -> str:
+        return self._power(ctx, vm, "unpause")
+
+    def m_VM_suspend(self, ctx: Ctx, vm: str) -> str:
+        return self._power(ctx, vm, "suspend")
+
+    def m_VM_pool_migrate(self, ctx: Ctx, vm: str, host: str, options: dict[str, str]) -> str:
+        db = self.db
+        db.get("VM", vm)
+        self._host(host)
+
+        def body() -> str:
+            rec = db.objs["VM"][vm]
+            old = rec["resident_on"]
+            db.link("host", old, "resident_VMs", vm, add=False)
+            rec["resident_on"] = host
+            db.link("host", host, "resident_VMs", vm)
+            db.touch("VM", vm)
+            return ""
+
+        return str(self._vm_op(ctx, vm, "pool_migrate", body, scale=2.0))
+
+    def _snap(self, ctx: Ctx, vm: str, new_name: str, op: str) -> str:
+        db = self.db
+
+        def body() -> str:
+            rec = db.objs["VM"][vm]
+            extra: Rec = dict(
+                is_a_snapshot=True,
+                snapshot_of=vm,
+                snapshot_time=time.time(),
+                is_a_template=True,
+                snapshot_info={"power-state-at-snapshot": rec["power_state"]},
+            )
+            snap = db._copy_vm(vm, new_name, None, **extra)
+            if op == "checkpoint" and rec["power_state"] != "Halted":
+                pool = db.objs["pool"][next(iter(db.objs["pool"]))]
+                sv = db._new_vdi(
+                    f"Suspend image for {new_name}",
+                    pool["suspend_image_SR"],
+                    rec["memory_dynamic_max"],
+                    type="suspend",
+                )
+                db.set("VM", snap, power_state="Suspended", suspend_VDI=sv)
+            db.link("VM", vm, "snapshots", snap)
+            return snap
+
+        return str(self._vm_op(ctx, vm, op, body))
+
+    def m_VM_snapshot(
+        self, ctx: Ctx, vm: str, new_name: str, ignore_vdis: list[str] | None = None
+    ) -> str:
+        return self._snap(ctx, vm, new_name, "snapshot")
+
+    def m_VM_snapshot_with_quiesce(self, ctx: Ctx, vm: str, new_name: str) -> str:
+        return self._snap(ctx, vm, new_name, "snapshot_with_quiesce")
+
+    def m_VM_checkpoint(self, ctx: Ctx, vm: str, new_name: str) -> str:
+        return self._snap(ctx, vm, new_name, "checkpoint")
+
+    def m_VM_revert(self, ctx: Ctx, snap: str) -> str:
+        db = self.db
+
+        def body() -> str:
+            s = db.objs["VM"][snap]
+            vm = s["snapshot_of"]
+            if not db.valid("VM", vm):
+                raise Fault("VM_REVERT_FAILED", vm, snap)
+            rec = db.objs["VM"][vm]
+            if rec["power_state"] != "Halted":
+                db._halt(vm)
+            for f in (
+                "memory_static_max",
+                "memory_dynamic_max",
+                "memory_dynamic_min",
+                "memory_static_min",
+                "memory_target",
+                "VCPUs_max",
+                "VCPUs_at_startup",
+                "VCPUs_params",
+                "platform",
+                "other_config",
+                "name_description",
+            ):
+                v = s[f]
+                rec[f] = dict(v) if isinstance(v, dict) else v
+            if s["power_state"] == "Suspended":
+                pool = db.objs["pool"][next(iter(db.objs["pool"]))]
+                sv = db._new_vdi(
+                    f"Suspend image for {rec['name_label']}",
+                    pool["suspend_image_SR"],
+                    rec["memory_dynamic_max"],
+                    type="suspend",
+                )
+                rec.update(power_state="Suspended", suspend_VDI=sv)
+            db.touch("VM", vm)
+            return ""
+
+        return str(self._vm_op(ctx, snap, "revert", body))
+
+    def m_VM_clone(self, ctx: Ctx, vm: str, new_name: str) -> str:
+        return str(self._vm_op(ctx, vm, "clone", lambda: self.db._copy_vm(vm, new_name, None)))
+
+    def m_VM_copy(self, ctx: Ctx, vm: str, new_name: str, sr: str) -> str:
+        if sr != NULL:
+            self.db.get("SR", sr)
+        return str(
+            self._vm_op(ctx, vm, "copy", lambda: self.db._copy_vm(vm, new_name, sr), scale=2.0)
+        )
+
+    def m_VM_provision(self, ctx: Ctx, vm: str) -> str:
+        self._vm_op(ctx, vm, "provision", lambda: self.db._provision(vm))
+        return ""
+
+    def m_VM_destroy(self, ctx: Ctx, vm: str) -> str:
+        db = self.db
+
+        def body() -> str:
+            rec = db.objs["VM"][vm]
+            for vbd in list(rec["VBDs"]):
+                db._destroy_vbd(vbd)
+            for vif in list(rec["VIFs"]):
+                db._destroy_vif(vif)
+            if rec["suspend_VDI"] != NULL:
+                db._destroy_vdi(rec["suspend_VDI"])
+            for f, cls in (("metrics", "VM_metrics"), ("guest_metrics", "VM_guest_metrics")):
+                if rec[f] != NULL:
+                    db.delete(cls, rec[f])
+            if rec["snapshot_of"] != NULL:
+                db.link("VM", rec["snapshot_of"], "snapshots", vm, add=False)
+            if rec["parent"] != NULL:
+                db.link("VM", rec["parent"], "children", vm, add=False)
+            db.delete("VM", vm)
+            return ""
+
+        self._vm_op(ctx, vm, "destroy", body, scale=0.5)
+        return ""
+
+    def m_VM_create(self, ctx: Ctx, args: Rec) -> str:
+        db = self.db
+        spec = CLASSES["VM"]
+        for f in _RECORD_REQUIRED["VM"]:
+            if f not in args:
+                raise Fault("FIELD_TYPE_ERROR", f)
+        vals = self._decode_record("VM", args)
+        vals.pop("power_state", None)
+        check_memory(
+            vals["memory_static_min"],
+            vals["memory_dynamic_min"],
+            vals["memory_dynamic_max"],
+            vals["memory_static_max"],
+        )
+        with db.lock:
+            metrics = db.new(
+                "VM_metrics",
+                install_time=time.time(),
+                last_updated=time.time(),
+                current_domain_type="unspecified",
+            )
+            base: Rec = dict(
+                power_state="Halted",
+                domid=-1,
+                metrics=metrics,
+                domain_type="hvm" if vals.get("HVM_boot_policy") else "pv",
+                HVM_shadow_multiplier=1.0,
+            )
+            base.update({k: v for k, v in vals.items() if k in spec.fields})
+            vm = db.new("VM", **base)
+            db.touch("VM", vm)
+        return vm
+
+    def _decode_record(self, cls: str, args: Rec) -> Rec:
+        spec = CLASSES[cls]
+        from .model import decode
+
+        out: Rec = {}
+        for k, v in args.items():
+            if k in spec.fields and k not in ("uuid", "allowed_operations", "current_operations"):
+                out[k] = decode(v, spec.fields[k], k)
+        return out
+
+    # ------------------------------------------------------------------ VM settings
+    def _vcpus(self, ctx: Ctx, vm: str, f: str, value: int) -> str:
+        db = self.db
+
+        def body() -> str:
+            rec = db.objs["VM"][vm]
+            if f == "VCPUs_max" and (value < 1 or value < rec["VCPUs_at_startup"]):
+                raise Fault(
+                    "INVALID_VALUE",
+                    "VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max",
+                    value,
+                )
+            if f == "VCPUs_at_startup" and (value < 1 or value > rec["VCPUs_max"]):
+                raise Fault(
+                    "INVALID_VALUE",
+                    "VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max",
+                    value,
+                )
+            db.set("VM", vm, **{f: value})
+            return ""
+
+        db.get("VM", vm)
+        if db.objs["VM"][vm]["is_control_domain"]:
+            raise Fault("OPERATION_NOT_ALLOWED", f"set_{f} is not allowed on dom0")
+        self._vm_op(ctx, vm, "changing_VCPUs", body, scale=0.0)
+        return ""
+
+    def m_VM_set_VCPUs_max(self, ctx: Ctx, vm: str, value: int) -> str:
+        return self._vcpus(ctx, vm, "VCPUs_max", value)
+
+    def m_VM_set_VCPUs_at_startup(self, ctx: Ctx, vm: str, value: int) -> str:
+        return self._vcpus(ctx, vm, "VCPUs_at_startup", value)
+
+    def _memory(
+        self,
+        ctx: Ctx,
+        vm: str,
+        op: str,
+        smin: int | None,
+        smax: int | None,
+        dmin: int | None,
+        dmax: int | None,
+    ) -> str:
+        db = self.db
+
+        def body() -> str:
+            rec = db.objs["VM"][vm]
+            a = rec["memory_static_min"] if smin is None else smin
+            b = rec["memory_dynamic_min"] if dmin is None else dmin
+            c = rec["memory_dynamic_max"] if dmax is None else dmax
+            d = rec["memory_static_max"] if smax is None else smax
+            check_memory(a, b, c, d)
+            db.set(
+                "VM",
+                vm,
+                memory_static_min=a,
+                memory_dynamic_min=b,
+                memory_target=b,
+                memory_dynamic_max=c,
+                memory_static_max=d,
+            )
+            if rec["power_state"] == "Running":
+                db.set("VM_metrics", rec["metrics"], memory_actual=c)
+            return ""
+
+        self._vm_op(ctx, vm, op, body, scale=0.0)
+        return ""
+
+    def m_VM_set_memory_limits(
+        self, ctx: Ctx, vm: str, smin: int, smax: int, dmin: int, dmax: int
+    ) -> str:
+        return self._memory(ctx, vm, "changing_memory_limits", smin, smax, dmin, dmax)
+
+    def m_VM_set_memory_dynamic_range(self, ctx: Ctx, vm: str, lo: int, hi: int) -> str:
+        return self._memory(ctx, vm, "changing_dynamic_range", None, None, lo, hi)
+
+    def m_VM_set_memory_static_range(self, ctx: Ctx, vm: str, lo: int, hi: int) -> str:
+        return self._memory(ctx, vm, "changing_static_range", lo, hi, None, None)
+
+    def m_VM_set_memory(self, ctx: Ctx, vm: str, value: int) -> str:
+        # ocaml/xapi/xapi_vm.ml set_memory: static_max = dynamic_max = dynamic_min = value
+        db = self.db
+        db.get("VM", vm)
+        smin = min(db.objs["VM"][vm]["memory_static_min"], value)
+        return self._memory(ctx, vm, "changing_memory_limits", smin, value, value, value)
+
+    def m_VM_get_guest_metrics(self, ctx: Ctx, vm: str) -> str:
+        return str(self.db.get("VM", vm)["guest_metrics"])
+
+    def m_VM_get_allowed_VBD_devices(self, ctx: Ctx, vm: str) -> list[str]:
+        rec = self.db.get("VM", vm)
+        used = {self.db.objs["VBD"][b]["userdevice"] for b in rec["VBDs"]}
+        return [str(i) for i in range(16) if str(i) not in used]
+
+    def m_VM_get_allowed_VIF_devices(self, ctx: Ctx, vm: str) -> list[str]:
+        rec = self.db.get("VM", vm)
+        used = {self.db.objs["VIF"][v]["device"] for v in rec["VIFs"]}
+        return [str(i) for i in range(7) if str(i) not in used]
+
+    def m_VM_get_possible_hosts(self, ctx: Ctx, vm: str) -> list[str]:
+        self.db.get("VM", vm)
+        return list(self.db.hosts)
+
+    def m_VM_assert_operation_valid(self, ctx: Ctx, vm: str, op: str) -> str:
+        with self.db.lock:
+            self.db.get("VM", vm)
+            err = self.db.op_error(vm, op)
+        if err is not None:
+            raise err
+        return ""
+
+    # ------------------------------------------------------------------ devices
+    def m_VBD_create(self, ctx: Ctx, args: Rec) -> str:
+        db = self.db
+        for f in _RECORD_REQUIRED["VBD"]:
+            if f not in args:
+                raise Fault("FIELD_TYPE_ERROR", f)
+        v = self._decode_record("VBD", args)
+        with db.lock:
+            vm = db.get("VM", v["VM"])
+            empty = bool(v["empty"])
+            if not empty:
+                db.get("VDI", v["VDI"])
+            elif v["type"] != "CD":
+                raise Fault("VBD_NOT_REMOVABLE_MEDIA", NULL)
+            ud = v["userdevice"]
+            used = {db.objs["VBD"][b]["userdevice"] for b in vm["VBDs"]}
+            if ud == "autodetect":
+                ud = next(str(i) for i in range(16) if str(i) not in used)
+            elif ud in used:
+                raise Fault("DEVICE_ALREADY_EXISTS", ud)
+            extra = {
+                k: v[k]
+                for k in ("other_config", "qos_algorithm_type", "qos_algorithm_params")
+                if k in v
+            }
+            return db._new_vbd(
+                v["VM"],
+                NULL if empty else v["VDI"],
+                ud,
+                bootable=v["bootable"],
+                kind=v["type"],
+                mode=v["mode"],
+                unpluggable=v["unpluggable"],
+                **extra,
+            )
+
+    def m_VBD_destroy(self, ctx: Ctx, vbd: str) -> str:
+        db = self.db
+        with db.lock:
+            rec = db.get("VBD", vbd)
+            if rec["currently_attached"]:
+                raise Fault(
+                    "OPERATION_NOT_ALLOWED", f"VBD '{rec['uuid']}' still attached to '{rec['VM']}'"
+                )
+            db._destroy_vbd(vbd)
+        return ""
+
+    def _plug(self, ctx: Ctx, cls: str, ref: str, plug: bool) -> str:
+        db = self.db
+        with db.lock:
+            rec = db.get(cls, ref)
+            vm = db.get("VM", rec["VM"])
+            if vm["power_state"] != "Running":
+                raise Fault("VM_BAD_POWER_STATE", rec["VM"], "running", vm["power_state"].lower())
+            if plug and rec["currently_attached"]:
+                raise Fault("DEVICE_ALREADY_ATTACHED", ref)
+            if not plug and not rec["currently_attached"]:
+                raise Fault("DEVICE_ALREADY_DETACHED", ref)
+        self._work(ctx, 0.5)
+        with db.lock:
+            db.set(
+                cls,
+                ref,
+                currently_attached=plug,
+                allowed_operations=["unplug", "unplug_force"] if plug else ["attach"],
+            )
+        return ""
+
+    def m_VBD_plug(self, ctx: Ctx, vbd: str) -> str:
+        return self._plug(ctx, "VBD", vbd, True)
+
+    def m_VBD_unplug(self, ctx: Ctx, vbd: str) -> str:
+        return self._plug(ctx, "VBD", vbd, False)
+
+    def m_VBD_insert(self, ctx: Ctx, vbd: str, vdi: str) -> str:
+        db = self.db
+        with db.lock:
+            rec = db.get("VBD", vbd)
+            db.get("VDI", vdi)
+            if not rec["empty"]:
+                raise Fault("VBD_NOT_EMPTY", vbd)
+            db.set("VBD", vbd, VDI=vdi, empty=False)
+            db.link("VDI", vdi, "VBDs", vbd)
+        return ""
+
+    def m_VBD_eject(self, ctx: Ctx, vbd: str) -> str:
+        db = self.db
+        with db.lock:
+            rec = db.get("VBD", vbd)
+            if rec["empty"]:
+                raise Fault("VBD_IS_EMPTY", vbd)
+            if rec["type"] != "CD":
+                raise Fault("VBD_NOT_REMOVABLE_MEDIA", vbd)
+            db.link("VDI", rec["VDI"], "VBDs", vbd, add=False)
+            db.set("VBD", vbd, VDI=NULL, empty=True)
+        return ""
+
+    def m_VDI_create(self, ctx: Ctx, args: Rec) -> str:
+        db = self.db
+        for f in _RECORD_REQUIRED["VDI"]:
+            if f not in args:
+                raise Fault("FIELD_TYPE_ERROR", f)
+        v = self._decode_record("VDI", args)
+        self._work(ctx, 0.5)
+        with db.lock:
+            sr = db.get("SR", v["SR"])
+            size = v["virtual_size"]
+            if size < 0:
+                raise Fault("INVALID_VALUE", "virtual_size", size)
+            free = sr["physical_size"] - sr["physical_utilisation"]
+            if sr["type"] != "iso" and size > free:
+                raise Fault("SR_FULL", size, free)
+            extra = {
+                k: v[k]
+                for k in (
+                    "other_config",
+                    "sharable",
+                    "read_only",
+                    "xenstore_data",
+                    "sm_config",
+                    "tags",
+                )
+                if k in v
+            }
+            return db._new_vdi(
+                v["name_label"],
+                v["SR"],
+                size,
+                name_description=v["name_description"],
+                type=v["type"],
+                **extra,
+            )
+
+    def m_VDI_destroy(self, ctx: Ctx, vdi: str) -> str:
+        db = self.db
+        with db.lock:
+            rec = db.get("VDI", vdi)
+            for vbd in rec["VBDs"]:
+                if db.valid("VBD", vbd) and db.objs["VBD"][vbd]["currently_attached"]:
+                    raise Fault("VDI_IN_USE", vdi, "destroy")
+        self._work(ctx, 0.5)
+        with db.lock:
+            db._destroy_vdi(vdi)
+        return ""
+
+    def m_VIF_create(self, ctx: Ctx, args: Rec) -> str:
+        db = self.db
+        for f in _RECORD_REQUIRED["VIF"]:
+            if f not in args:
+                raise Fault("FIELD_TYPE_ERROR", f)
+        v = self._decode_record("VIF", args)
+        with db.lock:
+            vm = db.get("VM", v["VM"])
+            db.get("network", v["network"])
+            used = {db.objs["VIF"][x]["device"] for x in vm["VIFs"]}
+            if v["device"] in used:
+                raise Fault("DEVICE_ALREADY_EXISTS", v["device"])
+            extra = {
+                k: v[k]
+                for k in (
+                    "other_config",
+                    "qos_algorithm_type",
+                    "qos_algorithm_params",
+                    "locking_mode",
+                    "ipv4_allowed",
+                    "ipv6_allowed",
+                )
+                if k in v
+            }
+            return db._new_vif(
+                v["VM"], v["network"], v["device"], mac=v["MAC"], mtu=v["MTU"] or 1500, **extra
+            )
+
+    def m_VIF_destroy(self, ctx: Ctx, vif: str) -> str:
+        db = self.db
+        with db.lock:
+            rec = db.get("VIF", vif)
+            if rec["currently_attached"]:
+                raise Fault(
+                    "OPERATION_NOT_ALLOWED", f"VIF '{rec['uuid']}' still attached to '{rec['VM']}'"
+                )
+            db._destroy_vif(vif)
+        return ""
+
+    def m_VIF_plug(self, ctx: Ctx, vif: str) -> str:
+        return self._plug(ctx, "VIF", vif, True)
+
+    def m_VIF_unplug(self, ctx: Ctx, vif: str) -> str:
+        return self._plug(ctx, "VIF", vif, False)
+
+    # ------------------------------------------------------------------ tasks / events
+    def m_task_cancel(self, ctx: Ctx, task: str) -> str:
+        db = self.db
+        with db.lock:
+            rec = db.get("task", task)
+            if rec["status"] != "pending":
+                raise Fault("OPERATION_NOT_ALLOWED", f"task {task} is not pending")
+            db.set("task", task, status="cancelling", allowed_operations=[])
+        return ""
+
+    def m_task_destroy(self, ctx: Ctx, task: str) -> str:
+        with self.db.lock:
+            self.db.get("task", task)
+            self.db.delete("task", task)
+        return ""
+
+    def m_event_from(self, ctx: Ctx, classes: list[str], token: str, timeout: float) -> Rec:
+        return self.db.event_from(classes, token, timeout)
+
+    def m_event_register(self, ctx: Ctx, classes: list[str]) -> str:
+        with self.db.lock:
+            s = ctx.session
+            s.subs = sorted(set((s.subs or []) + classes))
+            if s.next_gen == 0:
+                s.next_gen = self.db.gen
+        return ""
+
+    def m_event_unregister(self, ctx: Ctx, classes: list[str]) -> str:
+        with self.db.lock:
+            s = ctx.session
+            if s.subs is not None:
+                s.subs = [c for c in s.subs if c not in classes]
+        return ""
+
+    def m_event_next(self, ctx: Ctx) -> list[Rec]:
+        return self.db.event_next(ctx.session)
+
+    def m_event_get_current_id(self, ctx: Ctx) -> str:
+        return str(self.db.gen)

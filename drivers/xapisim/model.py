@@ -1,0 +1,1108 @@
+"""In-memory XenAPI object database, sessions, events and the message implementations."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+import xmlrpc.client
+from dataclasses import dataclass, field
+from typing import Any
+
+from .tables import (
+    ALLOWED_POWER_STATES,
+    API_VERSION,
+    CLASSES,
+    EVENT_CLASSES,
+    LISTED_VM_OPS,
+    RESULT_STATE,
+    SNAPSHOT_ALLOWED_OPS,
+    TEMPLATE_ALLOWED_OPS,
+)
+
+NULL = "OpaqueRef:NULL"
+GiB = 1024**3
+MiB = 1024**2
+
+Rec = dict[str, Any]
+
+
+class Fault(Exception):
+    """A XenAPI failure: ErrorDescription [code, *params] (all strings)."""
+
+    def __init__(self, code: str, *params: object) -> None:
+        super().__init__(code, *params)
+        self.code = code
+        self.params = [str(p) for p in params]
+
+    @property
+    def description(self) -> list[str]:
+        return [self.code, *self.params]
+
+
+def new_ref() -> str:
+    return f"OpaqueRef:{uuidlib.uuid4()}"
+
+
+def default_value(ty: str) -> Any:
+    kind = ty.split(" ", 1)[0]
+    return {
+        "string": "",
+        "int": 0,
+        "float": 0.0,
+        "bool": False,
+        "datetime": 0.0,
+        "ref": NULL,
+        "set": [],
+        "map": {},
+        "enum": "",
+    }[kind]
+
+
+def _split_map(ty: str) -> tuple[str, str]:
+    # "map K V" where K is one word or "enum X" / "ref X"
+    rest = ty[4:]
+    if rest.startswith(("enum ", "ref ")):
+        parts = rest.split(" ", 2)
+        return f"{parts[0]} {parts[1]}", parts[2]
+    k, _, v = rest.partition(" ")
+    return k, v
+
+
+def wire_datetime(t: float) -> xmlrpc.client.DateTime:
+    return xmlrpc.client.DateTime(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime(t)))
+
+
+def encode(value: Any, ty: str) -> Any:
+    """Encode an internal value of datamodel type ``ty`` for the XML-RPC wire."""
+    kind = ty.split(" ", 1)[0]
+    if kind == "int":
+        return str(int(value))
+    if kind == "float":
+        return float(value)
+    if kind == "bool":
+        return bool(value)
+    if kind == "datetime":
+        return wire_datetime(float(value))
+    if kind == "set":
+        inner = ty[4:]
+        return [encode(v, inner) for v in value]
+    if kind == "map":
+        kty, vty = _split_map(ty)
+        return {str(encode(k, kty)): encode(v, vty) for k, v in value.items()}
+    return str(value)
+
+
+def decode(value: Any, ty: str, name: str) -> Any:
+    """Decode a wire parameter of type ``ty`` (lenient as ocaml-rpc is)."""
+    kind = ty.split(" ", 1)[0]
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError
+        if kind == "set":
+            if not isinstance(value, list):
+                raise ValueError
+            return [decode(v, ty[4:], name) for v in value]
+        if kind == "map":
+            if not isinstance(value, dict):
+                raise ValueError
+            kty, vty = _split_map(ty)
+            return {decode(k, kty, name): decode(v, vty, name) for k, v in value.items()}
+        if kind == "datetime":
+            if isinstance(value, xmlrpc.client.DateTime):
+                return time.mktime(value.timetuple()) - time.timezone
+            raise ValueError
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (ValueError, TypeError):
+        raise Fault("FIELD_TYPE_ERROR", name) from None
+
+
+def xmlrpc_value_string(value: Any) -> str:
+    """Task.result: the XML-RPC encoding of the result value, as xapi stores it."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        esc = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return f"<value>{esc}</value>"
+    body = xmlrpc.client.dumps((value,), allow_none=False)
+    start, end = body.index("<value>"), body.rindex("</value>") + len("</value>")
+    return body[start:end]
+
+
+@dataclass
+class Session:
+    ref: str
+    uuid: str
+    user: str
+    originator: str
+    host: str
+    created: float
+    last_active: float
+    subs: list[str] | None = None  # event.register subscriptions
+    next_gen: int = 0
+
+
+@dataclass
+class Event:
+    gen: int
+    cls: str
+    op: str
+    ref: str
+    ts: float
+    snapshot: Rec | None = None
+
+
+@dataclass
+class Ctx:
+    """Per-call context: the task when the call runs as Async."""
+
+    session: Session
+    task: str | None = None
+
+
+@dataclass
+class Config:
+    hosts: int = 2
+    vms: int = 4
+    running: int = 0
+    username: str = "root"
+    password: str = "xenroot"
+    session_timeout: float = 3600.0
+    op_delay: float = 0.05
+    guest_delay: float = 0.3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Operations refused on a control domain (ocaml/xapi/xapi_vm_lifecycle.ml blocks most of
+# them for dom0 via check_operation_error; the simulator refuses them all the same way).
+_DOM0_BLOCKED = frozenset(
+    [
+        "destroy",
+        "clone",
+        "copy",
+        "checkpoint",
+        "snapshot",
+        "pool_migrate",
+        "provision",
+        "make_into_template",
+        "export",
+        "revert",
+    ]
+)
+
+
+def _sub_parse(s: str) -> tuple[str, str | None]:
+    if s == "*":
+        return ("*", None)
+    parts = s.split("/", 1)
+    if len(parts) == 1:
+        return (parts[0].lower(), None)
+    return (parts[0].lower(), parts[1])
+
+
+def _sub_match(subs: list[tuple[str, str | None]], cls: str, ref: str) -> bool:
+    c = cls.lower()
+    return any(sc == "*" or (sc == c and (sr is None or sr == ref)) for sc, sr in subs)
+
+
+class Database:
+    """All objects, sessions, tasks and the event log. One lock guards everything."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.objs: dict[str, dict[str, Rec]] = {c: {} for c in CLASSES if c != "session"}
+        self.sessions: dict[str, Session] = {}
+        self.gen = 0
+        self.log: list[Event] = []
+        self.log_floor = 0  # generations <= floor were trimmed
+        self.domid = 0
+        self.macs = 0
+        self.timers: list[threading.Timer] = []
+        self.stopped = False
+        self._populate()
+
+    # ------------------------------------------------------------------ objects
+    def new(self, cls: str, **values: Any) -> str:
+        spec = CLASSES[cls]
+        rec: Rec = {f: default_value(t) for f, t in spec.fields.items()}
+        rec["uuid"] = str(uuidlib.uuid4())
+        for k, v in values.items():
+            if k not in spec.fields:
+                raise KeyError(f"{cls}.{k}")
+            rec[k] = v
+        ref = new_ref()
+        with self.lock:
+            self.objs[cls][ref] = rec
+            self._event(cls, "add", ref)
+        return ref
+
+    def get(self, cls: str, ref: str) -> Rec:
+        rec = self.objs[cls].get(ref)
+        if rec is None:
+            raise Fault("HANDLE_INVALID", cls, ref)
+        return rec
+
+    def valid(self, cls: str, ref: str) -> bool:
+        return ref in self.objs[cls]
+
+    def touch(self, cls: str, ref: str) -> None:
+        if cls == "VM" and ref in self.objs["VM"]:
+            self._update_allowed_ops(ref)
+        self._event(cls, "mod", ref)
+
+    def set(self, cls: str, ref: str, **values: Any) -> None:
+        rec = self.get(cls, ref)
+        rec.update(values)
+        self.touch(cls, ref)
+
+    def delete(self, cls: str, ref: str) -> None:
+        if self.objs[cls].pop(ref, None) is not None:
+            self._event(cls, "del", ref)
+
+    def link(self, cls: str, ref: str, fld: str, target: str, add: bool = True) -> None:
+        if not self.valid(cls, ref):
+            return
+        lst = self.objs[cls][ref][fld]
+        if add and target not in lst:
+            lst.append(target)
+        elif not add and target in lst:
+            lst.remove(target)
+        self.touch(cls, ref)
+
+    def encode_record(self, cls: str, rec: Rec) -> Rec:
+        return {f: encode(rec[f], t) for f, t in CLASSES[cls].fields.items()}
+
+    def find(self, cls: str, **match: Any) -> list[str]:
+        return [
+            r for r, rec in self.objs[cls].items() if all(rec.get(k) == v for k, v in match.items())
+        ]
+
+    # ------------------------------------------------------------------ events
+    def _event(self, cls: str, op: str, ref: str) -> None:
+        with self.lock:
+            self._event_locked(cls, op, ref)
+
+    def _event_locked(self, cls: str, op: str, ref: str) -> None:
+        self.gen += 1
+        snap = None
+        if op != "del":
+            snap = self.encode_record(cls, self.objs[cls][ref])
+        self.log.append(Event(self.gen, cls, op, ref, time.time(), snap))
+        if len(self.log) > 100_000:
+            drop = self.log[:50_000]
+            self.log = self.log[50_000:]
+            self.log_floor = drop[-1].gen
+        self.cond.notify_all()
+
+    def event_from(self, classes: list[str], token: str, timeout: float) -> Rec:
+        if token == "":
+            since = 0
+        else:
+            parts = token.split(",")
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                since = int(parts[0])
+                int(parts[1])
+            except ValueError:
+                raise Fault("EVENT_FROM_TOKEN_PARSE_FAILURE", token) from None
+        subs = [_sub_parse(c) for c in classes]
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self.lock:
+            while True:
+                events = self._collect(subs, since)
+                remaining = deadline - time.monotonic()
+                if events or remaining <= 0 or self.stopped:
+                    break
+                self.cond.wait(min(remaining, 1.0))
+            last = self.gen
+            counts = {c.lower(): len(self.objs[c]) for c in EVENT_CLASSES}
+            return {
+                "events": events,
+                "valid_ref_counts": counts,
+                "token": f"{last:020d},{0:020d}",
+            }
+
+    def _collect(self, subs: list[tuple[str, str | None]], since: int) -> list[Rec]:
+        if since == 0:
+            # A fresh token: every live object, as an "add" (xapi_event.ml: creates since 0).
+            out = []
+            for cls in EVENT_CLASSES:
+                for ref, rec in self.objs[cls].items():
+                    if _sub_match(subs, cls, ref):
+                        out.append(
+                            self._wire_event(
+                                self.gen, cls, "add", ref, time.time(), self.encode_record(cls, rec)
+                            )
+                        )
+            return out
+        if since < self.log_floor:
+            raise Fault("EVENTS_LOST")
+        latest: dict[tuple[str, str], Event] = {}
+        created: set[tuple[str, str]] = set()
+        for ev in self.log:
+            if ev.gen <= since or not _sub_match(subs, ev.cls, ev.ref):
+                continue
+            key = (ev.cls, ev.ref)
+            if ev.op == "add":
+                created.add(key)
+            latest.pop(key, None)
+            latest[key] = ev
+        out = []
+        for key, ev in latest.items():
+            if ev.op == "del":
+                if key in created:
+                    continue  # created and deleted within the window: nothing to see
+                out.append(self._wire_event(ev.gen, ev.cls, "del", ev.ref, ev.ts, None))
+                continue
+            op = "add" if key in created else "mod"
+            cur = self.objs[ev.cls].get(ev.ref)
+            snap = self.encode_record(ev.cls, cur) if cur is not None else ev.snapshot
+            out.append(self._wire_event(ev.gen, ev.cls, op, ev.ref, ev.ts, snap))
+        return out
+
+    @staticmethod
+    def _wire_event(gen: int, cls: str, op: str, ref: str, ts: float, snap: Rec | None) -> Rec:
+        ev: Rec = {
+            "id": str(gen),
+            "timestamp": f"{ts:.6f}",
+            "class": cls.lower(),
+            "operation": op,
+            "ref": ref,
+        }
+        if snap is not None:
+            ev["snapshot"] = snap
+        return ev
+
+    def event_next(self, sess: Session) -> list[Rec]:
+        if sess.subs is None:
+            raise Fault("SESSION_NOT_REGISTERED", sess.ref)
+        subs = [_sub_parse(c) for c in sess.subs]
+        deadline = time.monotonic() + 30.0
+        with self.lock:
+            while True:
+                evs = [
+                    e for e in self.log if e.gen > sess.next_gen and _sub_match(subs, e.cls, e.ref)
+                ]
+                if evs or time.monotonic() >= deadline or self.stopped:
+                    break
+                self.cond.wait(1.0)
+            sess.next_gen = self.gen
+            return [self._wire_event(e.gen, e.cls, e.op, e.ref, e.ts, e.snapshot) for e in evs]
+
+    # ------------------------------------------------------------------ sessions
+    def login(self, uname: str, pwd: str, originator: str) -> str:
+        if uname != self.cfg.username or pwd != self.cfg.password:
+            raise Fault("SESSION_AUTHENTICATION_FAILED", uname, "Authentication failure")
+        now = time.time()
+        ref = new_ref()
+        master = self.master()
+        with self.lock:
+            self.sessions[ref] = Session(
+                ref, str(uuidlib.uuid4()), uname, originator, master, now, now, next_gen=self.gen
+            )
+        return ref
+
+    def check_session(self, ref: Any) -> Session:
+        with self.lock:
+            self.expire_sessions()
+            sess = self.sessions.get(ref) if isinstance(ref, str) else None
+            if sess is None:
+                raise Fault("SESSION_INVALID", ref)
+            sess.last_active = time.time()
+            return sess
+
+    def expire_sessions(self) -> None:
+        now = time.time()
+        with self.lock:
+            for ref, s in list(self.sessions.items()):
+                if now - s.last_active > self.cfg.session_timeout:
+                    del self.sessions[ref]
+
+    def logout(self, ref: str) -> None:
+        with self.lock:
+            self.sessions.pop(ref, None)
+
+    def session_record(self, s: Session) -> Rec:
+        rec: Rec = {f: default_value(t) for f, t in CLASSES["session"].fields.items()}
+        rec.update(
+            uuid=s.uuid,
+            this_host=s.host,
+            last_active=s.last_active,
+            originator=s.originator,
+            is_local_superuser=True,
+            auth_user_name=s.user,
+            validation_time=s.created,
+        )
+        return self.encode_record("session", rec)
+
+    # ------------------------------------------------------------------ initial world
+    def master(self) -> str:
+        pool = next(iter(self.objs["pool"].values()))
+        return str(pool["master"])
+
+    def _populate(self) -> None:
+        cfg = self.cfg
+        now = time.time()
+        net = self.new(
+            "network",
+            name_label="Pool-wide network associated with eth0",
+            MTU=1500,
+            bridge="xenbr0",
+            managed=True,
+            default_locking_mode="unlocked",
+        )
+        shared = self.new(
+            "SR",
+            name_label="Shared storage",
+            name_description="NFS SR",
+            type="nfs",
+            content_type="user",
+            shared=True,
+            physical_size=2048 * GiB,
+            allowed_operations=["vdi_create", "vdi_destroy", "scan"],
+        )
+        tools = self.new(
+            "SR",
+            name_label="XenServer Tools",
+            type="iso",
+            content_type="iso",
+            shared=True,
+            is_tools_sr=True,
+        )
+        self.new(
+            "VDI",
+            name_label="guest-tools.iso",
+            SR=tools,
+            type="user",
+            read_only=True,
+            is_tools_iso=True,
+            virtual_size=100 * MiB,
+            location="guest-tools.iso",
+            managed=True,
+            on_boot="persist",
+        )
+        hosts = []
+        for i in range(1, max(1, cfg.hosts) + 1):
+            name = f"xenhost{i}"
+            metrics = self.new(
+                "host_metrics",
+                memory_total=256 * GiB,
+                memory_free=250 * GiB,
+                live=True,
+                last_updated=now,
+            )
+            h = self.new(
+                "host",
+                name_label=name,
+                name_description="Simulated host",
+                hostname=name,
+                address=f"127.0.0.{i + 1}",
+                enabled=True,
+                metrics=metrics,
+                API_version_major=API_VERSION[0],
+                API_version_minor=API_VERSION[1],
+                API_version_vendor="XenSource",
+                software_version={
+                    "product_brand": "XCP-ng",
+                    "product_version": "8.3.0",
+                    "xapi": f"{API_VERSION[0]}.{API_VERSION[1]}",
+                    "platform_name": "XCP",
+                    "hostname": name,
+                },
+                capabilities=["xen-3.0-x86_64", "hvm-3.0-x86_32", "hvm-3.0-x86_64"],
+                cpu_info={
+                    "cpu_count": "16",
+                    "socket_count": "2",
+                    "vendor": "GenuineIntel",
+                    "speed": "2600.000",
+                    "modelname": "Simulated CPU",
+                },
+                sched_policy="credit",
+                supported_bootloaders=["pygrub", "eliloader"],
+                edition="xcp-ng",
+                display="enabled",
+                power_on_mode="",
+                virtual_hardware_platform_versions=[0, 1, 2],
+                multipathing=False,
+                allowed_operations=[
+                    "provision",
+                    "evacuate",
+                    "reboot",
+                    "shutdown",
+                    "vm_start",
+                    "vm_resume",
+                    "vm_migrate",
+                ],
+            )
+            local = self.new(
+                "SR",
+                name_label="Local storage",
+                type="lvm",
+                content_type="user",
+                physical_size=500 * GiB,
+                allowed_operations=["vdi_create", "vdi_destroy", "scan"],
+            )
+            for sr in (local, shared, tools):
+                pbd = self.new(
+                    "PBD",
+                    host=h,
+                    SR=sr,
+                    currently_attached=True,
+                    device_config={"device": "/dev/sda3"} if sr == local else {},
+                )
+                self.link("SR", sr, "PBDs", pbd)
+                self.link("host", h, "PBDs", pbd)
+            dom0 = self._make_vm(
+                f"Control domain on host: {name}",
+                memory=4 * GiB,
+                vcpus=8,
+                is_control_domain=True,
+                power_state="Running",
+                resident_on=h,
+                domid=0,
+                domain_type="pv",
+                with_disk=None,
+                net=None,
+            )
+            self.set(
+                "host",
+                h,
+                control_domain=dom0,
+                suspend_image_sr=local,
+                crash_dump_sr=local,
+                local_cache_sr=local,
+            )
+            self.link("host", h, "resident_VMs", dom0)
+            hosts.append(h)
+        self.new(
+            "pool",
+            name_label="",
+            master=hosts[0],
+            default_SR=shared,
+            suspend_image_SR=shared,
+            crash_dump_SR=shared,
+            cpu_info={"cpu_count": "16"},
+            restrictions={"restrict_pool_size": "false"},
+            migration_compression=False,
+        )
+        self.hosts = hosts
+        self.net = net
+        self.shared_sr = shared
+        # Templates as a fresh host has them (a few of the default set).
+        for label, hvm in (
+            ("Other install media", True),
+            ("Debian Bookworm 12", False),
+            ("Ubuntu Jammy Jellyfish 22.04", False),
+        ):
+            t = self._make_vm(
+                label,
+                memory=2 * GiB,
+                vcpus=1,
+                with_disk=None,
+                net=None,
+                is_a_template=True,
+                is_default_template=True,
+                hvm=hvm,
+            )
+            rec = self.objs["VM"][t]
+            rec["other_config"] = {
+                "default_template": "true",
+                "disks": f'<provision><disk device="0" size="{32 * GiB}" sr="" bootable="true" '
+                'type="system"/></provision>',
+                "install-methods": "cdrom" if hvm else "cdrom,nfs,http,ftp",
+            }
+            rec["name_description"] = f"Template for {label}"
+            self.touch("VM", t)
+        for i in range(1, cfg.vms + 1):
+            vm = self._make_vm(f"vm-{i:02d}", memory=1 * GiB, vcpus=2, with_disk=shared, net=net)
+            if i <= cfg.running:
+                self._start(vm, self.hosts[(i - 1) % len(self.hosts)], False)
+
+    def _make_vm(
+        self,
+        label: str,
+        *,
+        memory: int,
+        vcpus: int,
+        with_disk: str | None,
+        net: str | None,
+        hvm: bool = True,
+        **extra: Any,
+    ) -> str:
+        now = time.time()
+        metrics = self.new(
+            "VM_metrics",
+            memory_actual=0,
+            VCPUs_number=0,
+            install_time=now,
+            last_updated=now,
+            current_domain_type="unspecified",
+            hvm=hvm,
+        )
+        fields: Rec = dict(
+            name_label=label,
+            power_state="Halted",
+            memory_static_max=memory,
+            memory_dynamic_max=memory,
+            memory_dynamic_min=memory,
+            memory_static_min=memory,
+            memory_target=memory,
+            memory_overhead=11 * MiB,
+            VCPUs_max=vcpus,
+            VCPUs_at_startup=vcpus,
+            actions_after_shutdown="destroy",
+            actions_after_reboot="restart",
+            actions_after_crash="restart",
+            actions_after_softreboot="soft_reboot",
+            HVM_boot_policy="BIOS order" if hvm else "",
+            HVM_boot_params={"order": "cdn"} if hvm else {},
+            PV_bootloader="" if hvm else "pygrub",
+            HVM_shadow_multiplier=1.0,
+            platform={"acpi": "1", "apic": "true", "pae": "true", "viridian": "false", "nx": "true"}
+            if hvm
+            else {},
+            metrics=metrics,
+            domid=-1,
+            user_version=1,
+            ha_restart_priority="",
+            domain_type="hvm" if hvm else "pv",
+            hardware_platform_version=0,
+            snapshot_time=0.0,
+            generation_id="",
+            order=0,
+        )
+        fields.update(extra)
+        vm = self.new("VM", **fields)
+        if with_disk is not None:
+            vdi = self._new_vdi(f"{label} disk 0", with_disk, 16 * GiB)
+            self._new_vbd(vm, vdi, "0", bootable=True)
+            self._new_vbd(vm, NULL, "3", kind="CD")
+        if net is not None:
+            self._new_vif(vm, net, "0")
+        self.touch("VM", vm)
+        return vm
+
+    def _new_vdi(self, label: str, sr: str, size: int, **extra: Any) -> str:
+        srr = self.get("SR", sr)
+        vals: Rec = dict(
+            name_label=label,
+            SR=sr,
+            virtual_size=size,
+            physical_utilisation=size // 4,
+            type="user",
+            managed=True,
+            on_boot="persist",
+            location=str(uuidlib.uuid4()),
+            allowed_operations=[
+                "clone",
+                "copy",
+                "snapshot",
+                "destroy",
+                "resize",
+                "update",
+                "forget",
+            ],
+        )
+        vals.update(extra)
+        vdi = self.new("VDI", **vals)
+        self.objs["VDI"][vdi]["location"] = self.objs["VDI"][vdi]["uuid"]
+        srr["virtual_allocation"] += size
+        srr["physical_utilisation"] += size // 4
+        self.link("SR", sr, "VDIs", vdi)
+        return vdi
+
+    def _new_vbd(
+        self,
+        vm: str,
+        vdi: str,
+        userdevice: str,
+        *,
+        bootable: bool = False,
+        kind: str = "Disk",
+        mode: str | None = None,
+        **extra: Any,
+    ) -> str:
+        empty = vdi == NULL
+        vals: Rec = dict(
+            VM=vm,
+            VDI=vdi,
+            userdevice=userdevice,
+            device="",
+            bootable=bootable,
+            mode=mode or ("RO" if kind == "CD" else "RW"),
+            type=kind,
+            unpluggable=True,
+            empty=empty,
+            qos_supported_algorithms=[],
+            allowed_operations=["attach"] + (["insert"] if empty and kind == "CD" else []),
+        )
+        vals.update(extra)
+        vbd = self.new("VBD", **vals)
+        self.link("VM", vm, "VBDs", vbd)
+        if not empty:
+            self.link("VDI", vdi, "VBDs", vbd)
+        return vbd
+
+    def _new_mac(self) -> str:
+        self.macs += 1
+        n = self.macs
+        return f"aa:bb:cc:{(n >> 16) & 255:02x}:{(n >> 8) & 255:02x}:{n & 255:02x}"
+
+    def _new_vif(
+        self, vm: str, net: str, device: str, mac: str = "", mtu: int = 1500, **extra: Any
+    ) -> str:
+        vals: Rec = dict(
+            VM=vm,
+            network=net,
+            device=device,
+            MAC=mac or self._new_mac(),
+            MAC_autogenerated=not mac,
+            MTU=mtu,
+            locking_mode="network_default",
+            ipv4_configuration_mode="None",
+            ipv6_configuration_mode="None",
+            allowed_operations=["attach"],
+        )
+        vals.update(extra)
+        vif = self.new("VIF", **vals)
+        self.link("VM", vm, "VIFs", vif)
+        self.link("network", net, "VIFs", vif)
+        return vif
+
+    # ------------------------------------------------------------------ VM rules
+    def op_error(self, ref: str, op: str) -> Fault | None:
+        """LIFECYCLE: check_operation_error (the checks this simulator models)."""
+        vm = self.objs["VM"][ref]
+        ps = vm["power_state"]
+        allowed = list(ALLOWED_POWER_STATES.get(op, ["Halted", "Paused", "Suspended", "Running"]))
+        if op in ("clone", "copy") and vm["is_a_snapshot"]:
+            allowed.append("Suspended")
+        if vm["is_control_domain"] and op in (
+            "changing_VCPUs",
+            "changing_static_range",
+            "changing_memory_limits",
+        ):
+            allowed.append("Running")
+        if op in vm["blocked_operations"]:
+            return Fault("OPERATION_BLOCKED", ref, vm["blocked_operations"][op])
+        if ps not in allowed:
+            return Fault(
+                "VM_BAD_POWER_STATE", ref, ", ".join(s.lower() for s in allowed), ps.lower()
+            )
+        cur = list(vm["current_operations"].items())
+        if cur:
+            busy = [o for _, o in cur]
+            ok = (op == "hard_shutdown" and "hard_shutdown" not in busy) or (
+                op == "hard_reboot" and not ({"hard_shutdown", "hard_reboot"} & set(busy))
+            )
+            if not ok:
+                return Fault("OTHER_OPERATION_IN_PROGRESS", "VM", ref, cur[0][1], cur[0][0])
+        if vm["is_a_template"] and not vm["is_a_snapshot"]:
+            default = vm["is_default_template"] or vm["other_config"].get("default_template") in (
+                "true",
+                "1",
+            )
+            if op not in TEMPLATE_ALLOWED_OPS or (op == "destroy" and default):
+                return Fault("VM_IS_TEMPLATE", ref, op)
+        if vm["is_a_snapshot"] and op not in SNAPSHOT_ALLOWED_OPS:
+            return Fault("VM_IS_SNAPSHOT", ref, op)
+        if op == "provision" and not vm["is_a_template"]:
+            return Fault("ONLY_PROVISION_TEMPLATE")
+        if op == "revert" and not vm["is_a_snapshot"]:
+            return Fault("ONLY_REVERT_SNAPSHOT")
+        if vm["is_control_domain"] and (op in RESULT_STATE or op in _DOM0_BLOCKED):
+            return Fault("OPERATION_NOT_ALLOWED", f"{op} is not allowed on a control domain")
+        return None
+
+    def _update_allowed_ops(self, ref: str) -> None:
+        vm = self.objs["VM"][ref]
+        vm["allowed_operations"] = [op for op in LISTED_VM_OPS if self.op_error(ref, op) is None]
+
+    # ------------------------------------------------------------------ lifecycle
+    def _free_host(self) -> str:
+        def load(h: str) -> int:
+            return len(self.objs["host"][h]["resident_VMs"])
+
+        return min(self.hosts, key=load)
+
+    def _start(self, vm: str, host: str, paused: bool) -> None:
+        rec = self.objs["VM"][vm]
+        if rec["VCPUs_at_startup"] < 1:
+            raise Fault("VM_NO_VCPUS", vm)
+        self.domid += 1
+        now = time.time()
+        rec.update(
+            power_state="Paused" if paused else "Running",
+            resident_on=host,
+            domid=self.domid,
+            scheduled_to_be_resident_on=NULL,
+            last_boot_CPU_flags={"vendor": "GenuineIntel", "features": "1fcbfbff"},
+        )
+        self.set(
+            "VM_metrics",
+            rec["metrics"],
+            memory_actual=rec["memory_dynamic_max"],
+            VCPUs_number=rec["VCPUs_at_startup"],
+            start_time=now,
+            last_updated=now,
+            state=["paused"] if paused else ["running"],
+            VCPUs_utilisation={i: 0.0 for i in range(rec["VCPUs_at_startup"])},
+            current_domain_type=rec["domain_type"],
+        )
+        self.link("host", host, "resident_VMs", vm)
+        for dev in rec["VBDs"] + rec["VIFs"]:
+            cls = "VBD" if dev in self.objs["VBD"] else "VIF"
+            self.set(
+                cls,
+                dev,
+                currently_attached=True,
+                device=f"xvd{chr(ord('a') + int(self.objs[cls][dev]['userdevice']))}"
+                if cls == "VBD" and self.objs[cls][dev]["userdevice"].isdigit()
+                else self.objs[cls][dev]["device"],
+                allowed_operations=["unplug", "unplug_force"],
+            )
+        self.touch("VM", vm)
+        if not paused:
+            self._schedule_guest(vm, rec["domid"])
+
+    def _schedule_guest(self, vm: str, domid: int) -> None:
+        def boot() -> None:
+            with self.lock:
+                rec = self.objs["VM"].get(vm)
+                if rec is None or rec["domid"] != domid or rec["power_state"] != "Running":
+                    return
+                self._guest_up(vm)
+
+        t = threading.Timer(self.cfg.guest_delay, boot)
+        t.daemon = True
+        self.timers = [x for x in self.timers if x.is_alive()] + [t]
+        t.start()
+
+    def _guest_up(self, vm: str) -> None:
+        rec = self.objs["VM"][vm]
+        networks: dict[str, str] = {}
+        for vif in rec["VIFs"]:
+            v = self.objs["VIF"][vif]
+            dev = v["device"]
+            n = int(rec["uuid"][:4], 16)
+            ip = f"10.{(n >> 8) & 255}.{n & 255}.{10 + int(dev) if dev.isdigit() else 10}"
+            networks[f"{dev}/ip"] = ip
+            networks[f"{dev}/ipv4/0"] = ip
+            networks[f"{dev}/ipv6/0"] = f"fe80::a8bb:ccff:fe{n & 255:02x}:{int(dev or 0):04x}"
+        now = time.time()
+        gm = self.new(
+            "VM_guest_metrics",
+            os_version={"name": "Simulated Linux", "distro": "debian", "major": "12", "minor": "0"},
+            PV_drivers_version={"major": "9", "minor": "3", "micro": "3", "build": "1"},
+            PV_drivers_up_to_date=True,
+            PV_drivers_detected=True,
+            networks=networks,
+            memory={},
+            disks={},
+            other={
+                "feature-shutdown": "1",
+                "feature-suspend": "1",
+                "has-vendor-device": "0",
+                "platform-feature-multiprocessor-suspend": "1",
+            },
+            last_updated=now,
+            live=True,
+            can_use_hotplug_vbd="yes",
+            can_use_hotplug_vif="yes",
+        )
+        old = rec["guest_metrics"]
+        self.set("VM", vm, guest_metrics=gm)
+        if old != NULL:
+            self.delete("VM_guest_metrics", old)
+
+    def _halt(self, vm: str) -> None:
+        rec = self.objs["VM"][vm]
+        host = rec["resident_on"]
+        gm = rec["guest_metrics"]
+        rec.update(power_state="Halted", resident_on=NULL, domid=-1, guest_metrics=NULL)
+        if gm != NULL:
+            self.delete("VM_guest_metrics", gm)
+        if rec["suspend_VDI"] != NULL:
+            self._destroy_vdi(rec["suspend_VDI"])
+            rec["suspend_VDI"] = NULL
+        self.set(
+            "VM_metrics",
+            rec["metrics"],
+            memory_actual=0,
+            VCPUs_number=0,
+            state=[],
+            VCPUs_utilisation={},
+            last_updated=time.time(),
+        )
+        if host != NULL:
+            self.link("host", host, "resident_VMs", vm, add=False)
+        self._detach_devices(vm)
+        self.touch("VM", vm)
+
+    def _detach_devices(self, vm: str) -> None:
+        rec = self.objs["VM"][vm]
+        for dev in rec["VBDs"] + rec["VIFs"]:
+            cls = "VBD" if dev in self.objs["VBD"] else "VIF"
+            if self.objs[cls][dev]["currently_attached"]:
+                self.set(cls, dev, currently_attached=False, allowed_operations=["attach"])
+
+    def _destroy_vdi(self, vdi: str) -> None:
+        if not self.valid("VDI", vdi):
+            return
+        rec = self.objs["VDI"][vdi]
+        sr = rec["SR"]
+        for vbd in list(rec["VBDs"]):
+            if self.valid("VBD", vbd):
+                self._destroy_vbd(vbd)
+        if self.valid("SR", sr):
+            srr = self.objs["SR"][sr]
+            srr["virtual_allocation"] = max(0, srr["virtual_allocation"] - rec["virtual_size"])
+            srr["physical_utilisation"] = max(
+                0, srr["physical_utilisation"] - rec["physical_utilisation"]
+            )
+            self.link("SR", sr, "VDIs", vdi, add=False)
+        self.delete("VDI", vdi)
+
+    def _destroy_vbd(self, vbd: str) -> None:
+        rec = self.objs["VBD"][vbd]
+        self.link("VM", rec["VM"], "VBDs", vbd, add=False)
+        if rec["VDI"] != NULL:
+            self.link("VDI", rec["VDI"], "VBDs", vbd, add=False)
+        self.delete("VBD", vbd)
+
+    def _destroy_vif(self, vif: str) -> None:
+        rec = self.objs["VIF"][vif]
+        self.link("VM", rec["VM"], "VIFs", vif, add=False)
+        self.link("network", rec["network"], "VIFs", vif, add=False)
+        self.delete("VIF", vif)
+
+    def _copy_vm(self, src: str, new_name: str, sr: str | None, **overrides: Any) -> str:
+        """clone/copy/snapshot: a new VM record with copies of its disks and VIFs."""
+        s = self.objs["VM"][src]
+        skip = {
+            "uuid",
+            "allowed_operations",
+            "current_operations",
+            "VBDs",
+            "VIFs",
+            "metrics",
+            "guest_metrics",
+            "resident_on",
+            "snapshots",
+            "children",
+            "consoles",
+            "suspend_VDI",
+            "domid",
+            "VUSBs",
+            "crash_dumps",
+            "VTPMs",
+            "VGPUs",
+            "attached_PCIs",
+            "is_default_template",
+            "snapshot_of",
+            "is_a_snapshot",
+            "snapshot_time",
+            "parent",
+            "power_state",
+            "blocked_operations",
+        }
+        vals: Rec = {
+            k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+            for k, v in s.items()
+            if k not in skip
+        }
+        vals["name_label"] = new_name
+        vals["other_config"].pop("default_template", None)
+        vals["power_state"] = "Halted"
+        vals["domid"] = -1
+        vals["parent"] = src
+        vals.update(overrides)
+        metrics = self.new(
+            "VM_metrics",
+            install_time=time.time(),
+            last_updated=time.time(),
+            current_domain_type="unspecified",
+            hvm=s["domain_type"] == "hvm",
+        )
+        vals["metrics"] = metrics
+        vm = self.new("VM", **vals)
+        snapshot = bool(overrides.get("is_a_snapshot"))
+        for vbd in s["VBDs"]:
+            b = self.objs["VBD"][vbd]
+            vdi = b["VDI"]
+            if vdi != NULL and b["type"] == "Disk":
+                d = self.objs["VDI"][vdi]
+                target = sr if sr and sr != NULL else d["SR"]
+                extra: Rec = {}
+                if snapshot:
+                    extra = dict(is_a_snapshot=True, snapshot_of=vdi, snapshot_time=time.time())
+                new_vdi = self._new_vdi(
+                    d["name_label"],
+                    target,
+                    d["virtual_size"],
+                    name_description=d["name_description"],
+                    type=d["type"],
+                    **extra,
+                )
+                if snapshot:
+                    self.link("VDI", vdi, "snapshots", new_vdi)
+                vdi = new_vdi
+            self._new_vbd(
+                vm, vdi, b["userdevice"], bootable=b["bootable"], kind=b["type"], mode=b["mode"]
+            )
+        for vif in s["VIFs"]:
+            v = self.objs["VIF"][vif]
+            mac = v["MAC"] if snapshot else ""
+            self._new_vif(vm, v["network"], v["device"], mac=mac, mtu=v["MTU"])
+        self.link("VM", src, "children", vm)
+        return vm
+
+    def _provision(self, vm: str) -> None:
+        rec = self.objs["VM"][vm]
+        spec = rec["other_config"].get("disks", "")
+        if not spec:
+            return
+        try:
+            root = ET.fromstring(spec)
+        except ET.ParseError as e:
+            raise Fault("INTERNAL_ERROR", f"cannot parse other_config:disks: {e}") from None
+        for disk in root.findall("disk"):
+            sr = disk.get("sr") or ""
+            if not sr or not any(r["uuid"] == sr for r in self.objs["SR"].values()):
+                sr_ref = self.objs["pool"][next(iter(self.objs["pool"]))]["default_SR"]
+            else:
+                sr_ref = next(r for r, x in self.objs["SR"].items() if x["uuid"] == sr)
+            size = int(disk.get("size", str(8 * GiB)))
+            vdi = self._new_vdi(
+                f"{rec['name_label']} {disk.get('device', '0')}",
+                sr_ref,
+                size,
+                type=disk.get("type", "system"),
+            )
+            self._new_vbd(
+                vm, vdi, disk.get("device", "0"), bootable=disk.get("bootable", "false") == "true"
+            )
+        rec["other_config"].pop("disks", None)
+        self.touch("VM", vm)
+
+
+def check_memory(static_min: int, dyn_min: int, dyn_max: int, static_max: int) -> None:
+    """ocaml/xapi/xapi_vm_memory_constraints.ml: assert_valid (DMC enabled)."""
+    if not (0 <= static_min <= dyn_min <= dyn_max <= static_max):
+        raise Fault("MEMORY_CONSTRAINT_VIOLATION_ORDER")

@@ -1,0 +1,247 @@
+"""HTTP(S) XML-RPC front end, certificate generation and the ``serve`` API."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import xmlrpc.client
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .api import Api
+from .model import Config, Database, Fault
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+def make_cert(directory: str) -> tuple[str, str]:
+    """Generate a self-signed 2048-bit RSA certificate for 127.0.0.1/localhost."""
+    cert = os.path.join(directory, "xapisim-cert.pem")
+    key = os.path.join(directory, "xapisim-key.pem")
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("the openssl command is needed to generate a certificate")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+         "-keyout", key, "-out", cert, "-days", "825", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-addext", "basicConstraints=critical,CA:TRUE"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def thumbprint(certfile: str) -> str:
+    """SHA-256 of the DER certificate, as colon-separated upper-case hex."""
+    with open(certfile, encoding="ascii") as f:
+        der = ssl.PEM_cert_to_DER_cert(f.read())
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:
+        body = b"xapisim: XenAPI simulator; POST XML-RPC here\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY:
+            self.send_error(400, "bad Content-Length")
+            return
+        data = self.rfile.read(length)
+        try:
+            params, method = xmlrpc.client.loads(data, use_datetime=False)
+        except Exception:
+            resp: dict[str, Any] = {
+                "Status": "Failure",
+                "ErrorDescription": Fault(
+                    "XMLRPC_UNMARSHAL_FAILURE", "methodCall", "unparsable"
+                ).description,
+            }
+            method = ""
+            params = ()
+        else:
+            if method is None:
+                method = ""
+            resp = self.server.api.dispatch(method, params)
+        out = xmlrpc.client.dumps(
+            (resp,), methodresponse=True, allow_none=False, encoding="utf-8"
+        ).encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, addr: tuple[str, int], api: Api, ctx: ssl.SSLContext | None, verbose: bool
+    ) -> None:
+        self.api = api
+        self.ssl_ctx = ctx
+        self.verbose = verbose
+        super().__init__(addr, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # TLS handshake in the connection's own thread, not the accept loop.
+        if self.ssl_ctx is not None:
+            try:
+                request.settimeout(30)
+                request = self.ssl_ctx.wrap_socket(request, server_side=True)
+                request.settimeout(None)
+            except (ssl.SSLError, OSError):
+                return
+        super().finish_request(request, client_address)
+
+
+class SimServer:
+    """A running simulator. Use :func:`serve` to create one."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = True,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.db = Database(cfg)
+        self.api = Api(self.db)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.cafile: str | None = None
+        self.thumbprint: str | None = None
+        ctx = None
+        if tls:
+            if certfile is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="xapisim-")
+                certfile, keyfile = make_cert(self._tmp.name)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(certfile, keyfile)
+            self.cafile = certfile
+            self.thumbprint = thumbprint(certfile)
+        self.httpd = _HTTPServer((host, port), self.api, ctx, verbose)
+        self.host = host
+        self.port = int(self.httpd.server_address[1])
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://{host}:{self.port}/"
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="xapisim", daemon=True
+        )
+        self._stopped = False
+
+    @property
+    def username(self) -> str:
+        return self.cfg.username
+
+    @property
+    def password(self) -> str:
+        return self.cfg.password
+
+    def start(self) -> SimServer:
+        self._thread.start()
+        return self
+
+    def open_sessions(self) -> int:
+        """Number of live (logged-in, not expired) sessions."""
+        self.db.expire_sessions()
+        with self.db.lock:
+            return len(self.db.sessions)
+
+    def set_session_timeout(self, seconds: float) -> None:
+        self.cfg.session_timeout = seconds
+
+    def host_names(self) -> list[str]:
+        with self.db.lock:
+            return [str(self.db.objs["host"][h]["name_label"]) for h in self.db.hosts]
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        with self.db.lock:
+            self.db.stopped = True
+            self.db.cond.notify_all()
+            for t in self.db.timers:
+                t.cancel()
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> SimServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def serve(
+    hosts: int = 2,
+    vms: int = 4,
+    username: str = "root",
+    password: str = "xenroot",
+    tls: bool = True,
+    port: int = 0,
+    running: int = 0,
+    session_timeout: float = 3600.0,
+    op_delay: float = 0.05,
+    guest_delay: float = 0.3,
+    verbose: bool = False,
+) -> Iterator[SimServer]:
+    """Run a simulator on 127.0.0.1 for the duration of a ``with`` block."""
+    cfg = Config(
+        hosts=hosts,
+        vms=vms,
+        running=running,
+        username=username,
+        password=password,
+        session_timeout=session_timeout,
+        op_delay=op_delay,
+        guest_delay=guest_delay,
+    )
+    srv = SimServer(cfg, port=port, tls=tls, verbose=verbose).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

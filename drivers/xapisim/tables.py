@@ -1,0 +1,846 @@
+"""The simulator's tables: classes, fields and wire types, messages, power-state rules, errors.
+
+Every fact carries a reference to where it comes from in the xapi-project/xen-api
+repository (``file: name``). The tables drive the server (record encoding, parameter counts,
+power-state checks, error parameters) and the fidelity tests in ``tests/xapisim``.
+
+Type notation (as in the datamodel): ``string``, ``int`` (64-bit, a decimal string on the
+wire), ``float``, ``bool``, ``datetime`` (XML-RPC dateTime.iso8601), ``enum <name>``
+(string), ``ref <Class>`` ("OpaqueRef:<uuid>", null "OpaqueRef:NULL"), ``set <type>``
+(array), ``map <ktype> <vtype>`` (struct; keys are stringified).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+DM = "ocaml/idl/datamodel.ml"
+DM_VM = "ocaml/idl/datamodel_vm.ml"
+DM_HOST = "ocaml/idl/datamodel_host.ml"
+DM_POOL = "ocaml/idl/datamodel_pool.ml"
+DM_ERR = "ocaml/idl/datamodel_errors.ml"
+LIFECYCLE = "ocaml/xapi/xapi_vm_lifecycle.ml"
+EVENT = "ocaml/xapi/xapi_event.ml"
+WIRE = "doc/content/xen-api/wire-protocol.md"
+
+
+class ClassSpec(NamedTuple):
+    name: str
+    fields: dict[str, str]  # field name -> type
+    writable: frozenset[str]  # fields that have set_<field> (qualifier RW)
+    ref: str
+
+
+def _fields(spec: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in spec.strip().splitlines():
+        name, _, ty = line.strip().partition(" ")
+        out[name] = ty.strip()
+    return out
+
+
+_OPS = "set enum vm_operations"
+_CUR = "map string enum vm_operations"
+_MSS = "map string string"
+
+CLASSES: dict[str, ClassSpec] = {}
+
+
+def _add(name: str, spec: str, writable: str, ref: str) -> None:
+    CLASSES[name] = ClassSpec(name, _fields(spec), frozenset(writable.split()), ref)
+
+
+_add(
+    "session",
+    """
+    uuid string
+    this_host ref host
+    this_user ref user
+    last_active datetime
+    pool bool
+    other_config map string string
+    is_local_superuser bool
+    subject ref subject
+    validation_time datetime
+    auth_user_sid string
+    auth_user_name string
+    rbac_permissions set string
+    tasks set ref task
+    parent ref session
+    originator string
+    client_certificate bool
+    """,
+    "other_config",
+    f"{DM}: module Session (session_t, fields uuid..client_certificate)",
+)
+
+_add(
+    "pool",
+    """
+    uuid string
+    name_label string
+    name_description string
+    master ref host
+    default_SR ref SR
+    suspend_image_SR ref SR
+    crash_dump_SR ref SR
+    other_config map string string
+    ha_enabled bool
+    ha_configuration map string string
+    ha_statefiles set string
+    ha_host_failures_to_tolerate int
+    ha_plan_exists_for int
+    ha_allow_overcommit bool
+    ha_overcommitted bool
+    blobs map string ref blob
+    tags set string
+    gui_config map string string
+    wlb_url string
+    wlb_username string
+    wlb_enabled bool
+    wlb_verify_cert bool
+    redo_log_enabled bool
+    redo_log_vdi ref VDI
+    vswitch_controller string
+    restrictions map string string
+    metadata_VDIs set ref VDI
+    cpu_info map string string
+    policy_no_vendor_device bool
+    live_patching_disabled bool
+    is_psr_pending bool
+    migration_compression bool
+    """,
+    "name_label name_description default_SR suspend_image_SR crash_dump_SR other_config tags"
+    " gui_config wlb_enabled wlb_verify_cert policy_no_vendor_device live_patching_disabled"
+    " migration_compression",
+    f"{DM_POOL}: let t (pool fields; subset)",
+)
+
+_add(
+    "host",
+    """
+    uuid string
+    name_label string
+    name_description string
+    memory_overhead int
+    allowed_operations set enum host_allowed_operations
+    current_operations map string enum host_allowed_operations
+    API_version_major int
+    API_version_minor int
+    API_version_vendor string
+    API_version_vendor_implementation map string string
+    enabled bool
+    software_version map string string
+    other_config map string string
+    capabilities set string
+    cpu_configuration map string string
+    sched_policy string
+    supported_bootloaders set string
+    resident_VMs set ref VM
+    logging map string string
+    PIFs set ref PIF
+    suspend_image_sr ref SR
+    crash_dump_sr ref SR
+    crashdumps set ref host_crashdump
+    patches set ref host_patch
+    updates set ref pool_update
+    PBDs set ref PBD
+    host_CPUs set ref host_cpu
+    cpu_info map string string
+    hostname string
+    address string
+    metrics ref host_metrics
+    license_params map string string
+    ha_statefiles set string
+    ha_network_peers set string
+    blobs map string ref blob
+    tags set string
+    external_auth_type string
+    external_auth_service_name string
+    external_auth_configuration map string string
+    edition string
+    license_server map string string
+    bios_strings map string string
+    power_on_mode string
+    power_on_config map string string
+    local_cache_sr ref SR
+    chipset_info map string string
+    PCIs set ref PCI
+    PGPUs set ref PGPU
+    PUSBs set ref PUSB
+    ssl_legacy bool
+    guest_VCPUs_params map string string
+    display enum host_display
+    virtual_hardware_platform_versions set int
+    control_domain ref VM
+    updates_requiring_reboot set ref pool_update
+    features set ref Feature
+    iscsi_iqn string
+    multipathing bool
+    uefi_certificates string
+    certificates set ref Certificate
+    editions set string
+    tls_verification_enabled bool
+    https_only bool
+    """,
+    "name_label name_description other_config logging suspend_image_sr crash_dump_sr hostname"
+    " address tags license_server guest_VCPUs_params display",
+    f"{DM_HOST}: let t (host fields; subset)",
+)
+
+_add(
+    "host_metrics",
+    """
+    uuid string
+    memory_total int
+    memory_free int
+    live bool
+    last_updated datetime
+    other_config map string string
+    """,
+    "other_config",
+    f"{DM}: module Host_metrics",
+)
+
+_add(
+    "VM",
+    f"""
+    uuid string
+    allowed_operations {_OPS}
+    current_operations {_CUR}
+    name_label string
+    name_description string
+    power_state enum vm_power_state
+    user_version int
+    is_a_template bool
+    is_default_template bool
+    suspend_VDI ref VDI
+    resident_on ref host
+    scheduled_to_be_resident_on ref host
+    affinity ref host
+    memory_overhead int
+    memory_target int
+    memory_static_max int
+    memory_dynamic_max int
+    memory_dynamic_min int
+    memory_static_min int
+    VCPUs_params {_MSS}
+    VCPUs_max int
+    VCPUs_at_startup int
+    actions_after_softreboot enum on_softreboot_behavior
+    actions_after_shutdown enum on_normal_exit
+    actions_after_reboot enum on_normal_exit
+    actions_after_crash enum on_crash_behaviour
+    consoles set ref console
+    VIFs set ref VIF
+    VBDs set ref VBD
+    VUSBs set ref VUSB
+    crash_dumps set ref crashdump
+    VTPMs set ref VTPM
+    PV_bootloader string
+    PV_kernel string
+    PV_ramdisk string
+    PV_args string
+    PV_bootloader_args string
+    PV_legacy_args string
+    HVM_boot_policy string
+    HVM_boot_params {_MSS}
+    HVM_shadow_multiplier float
+    platform {_MSS}
+    PCI_bus string
+    other_config {_MSS}
+    domid int
+    domarch string
+    last_boot_CPU_flags {_MSS}
+    is_control_domain bool
+    metrics ref VM_metrics
+    guest_metrics ref VM_guest_metrics
+    last_booted_record string
+    recommendations string
+    xenstore_data {_MSS}
+    ha_always_run bool
+    ha_restart_priority string
+    is_a_snapshot bool
+    snapshot_of ref VM
+    snapshots set ref VM
+    snapshot_time datetime
+    transportable_snapshot_id string
+    blobs map string ref blob
+    tags set string
+    blocked_operations map enum vm_operations string
+    snapshot_info {_MSS}
+    snapshot_metadata string
+    parent ref VM
+    children set ref VM
+    bios_strings {_MSS}
+    protection_policy ref VMPP
+    is_snapshot_from_vmpp bool
+    snapshot_schedule ref VMSS
+    is_vmss_snapshot bool
+    appliance ref VM_appliance
+    start_delay int
+    shutdown_delay int
+    order int
+    VGPUs set ref VGPU
+    attached_PCIs set ref PCI
+    suspend_SR ref SR
+    version int
+    generation_id string
+    hardware_platform_version int
+    has_vendor_device bool
+    requires_reboot bool
+    reference_label string
+    domain_type enum domain_type
+    NVRAM {_MSS}
+    pending_guidances set enum update_guidances
+    pending_guidances_recommended set enum update_guidances
+    pending_guidances_full set enum update_guidances
+    groups set ref VM_group
+    """,
+    "name_label name_description user_version is_a_template affinity VCPUs_params"
+    " actions_after_shutdown actions_after_reboot PV_bootloader PV_kernel PV_ramdisk PV_args"
+    " PV_bootloader_args PV_legacy_args HVM_boot_params platform PCI_bus other_config"
+    " recommendations xenstore_data tags suspend_SR hardware_platform_version",
+    f"{DM_VM}: let t (VM contents, namespaces name/memory/VCPUs/actions/PV/HVM)",
+)
+
+_add(
+    "VM_metrics",
+    """
+    uuid string
+    memory_actual int
+    VCPUs_number int
+    VCPUs_utilisation map int float
+    VCPUs_CPU map int int
+    VCPUs_params map string string
+    VCPUs_flags map int set string
+    state set string
+    start_time datetime
+    install_time datetime
+    last_updated datetime
+    other_config map string string
+    hvm bool
+    nested_virt bool
+    nomigrate bool
+    current_domain_type enum domain_type
+    """,
+    "other_config",
+    f"{DM}: module VM_metrics",
+)
+
+_add(
+    "VM_guest_metrics",
+    """
+    uuid string
+    os_version map string string
+    netbios_name map string string
+    PV_drivers_version map string string
+    PV_drivers_up_to_date bool
+    memory map string string
+    disks map string string
+    networks map string string
+    other map string string
+    last_updated datetime
+    other_config map string string
+    live bool
+    can_use_hotplug_vbd enum tristate_type
+    can_use_hotplug_vif enum tristate_type
+    PV_drivers_detected bool
+    services map string string
+    """,
+    "other_config",
+    f"{DM}: module VM_guest_metrics",
+)
+
+_add(
+    "VBD",
+    """
+    uuid string
+    allowed_operations set enum vbd_operations
+    current_operations map string enum vbd_operations
+    VM ref VM
+    VDI ref VDI
+    device string
+    userdevice string
+    bootable bool
+    mode enum vbd_mode
+    type enum vbd_type
+    unpluggable bool
+    storage_lock bool
+    empty bool
+    other_config map string string
+    currently_attached bool
+    status_code int
+    status_detail string
+    runtime_properties map string string
+    qos_algorithm_type string
+    qos_algorithm_params map string string
+    qos_supported_algorithms set string
+    metrics ref VBD_metrics
+    """,
+    "userdevice bootable mode type unpluggable other_config qos_algorithm_type"
+    " qos_algorithm_params",
+    f"{DM}: module VBD",
+)
+
+_add(
+    "VDI",
+    """
+    uuid string
+    name_label string
+    name_description string
+    allowed_operations set enum vdi_operations
+    current_operations map string enum vdi_operations
+    SR ref SR
+    VBDs set ref VBD
+    crash_dumps set ref crashdump
+    virtual_size int
+    physical_utilisation int
+    type enum vdi_type
+    sharable bool
+    read_only bool
+    other_config map string string
+    storage_lock bool
+    location string
+    managed bool
+    missing bool
+    parent ref VDI
+    xenstore_data map string string
+    sm_config map string string
+    is_a_snapshot bool
+    snapshot_of ref VDI
+    snapshots set ref VDI
+    snapshot_time datetime
+    tags set string
+    allow_caching bool
+    on_boot enum on_boot
+    metadata_of_pool ref pool
+    metadata_latest bool
+    is_tools_iso bool
+    cbt_enabled bool
+    """,
+    "name_label name_description other_config xenstore_data sm_config tags",
+    f"{DM}: module VDI",
+)
+
+_add(
+    "SR",
+    """
+    uuid string
+    name_label string
+    name_description string
+    allowed_operations set enum storage_operations
+    current_operations map string enum storage_operations
+    VDIs set ref VDI
+    PBDs set ref PBD
+    virtual_allocation int
+    physical_utilisation int
+    physical_size int
+    type string
+    content_type string
+    shared bool
+    other_config map string string
+    tags set string
+    sm_config map string string
+    blobs map string ref blob
+    local_cache_enabled bool
+    introduced_by ref DR_task
+    clustered bool
+    is_tools_sr bool
+    """,
+    "name_label name_description other_config tags sm_config",
+    f"{DM}: module SR",
+)
+
+_add(
+    "PBD",
+    """
+    uuid string
+    host ref host
+    SR ref SR
+    device_config map string string
+    currently_attached bool
+    other_config map string string
+    """,
+    "other_config",
+    f"{DM}: module PBD",
+)
+
+_add(
+    "VIF",
+    """
+    uuid string
+    allowed_operations set enum vif_operations
+    current_operations map string enum vif_operations
+    device string
+    network ref network
+    VM ref VM
+    MAC string
+    MTU int
+    other_config map string string
+    currently_attached bool
+    status_code int
+    status_detail string
+    runtime_properties map string string
+    qos_algorithm_type string
+    qos_algorithm_params map string string
+    qos_supported_algorithms set string
+    metrics ref VIF_metrics
+    MAC_autogenerated bool
+    locking_mode enum vif_locking_mode
+    ipv4_allowed set string
+    ipv6_allowed set string
+    ipv4_configuration_mode enum vif_ipv4_configuration_mode
+    ipv4_addresses set string
+    ipv4_gateway string
+    ipv6_configuration_mode enum vif_ipv6_configuration_mode
+    ipv6_addresses set string
+    ipv6_gateway string
+    """,
+    "other_config qos_algorithm_type qos_algorithm_params",
+    f"{DM}: module VIF",
+)
+
+_add(
+    "network",
+    """
+    uuid string
+    name_label string
+    name_description string
+    allowed_operations set enum network_operations
+    current_operations map string enum network_operations
+    VIFs set ref VIF
+    PIFs set ref PIF
+    MTU int
+    other_config map string string
+    bridge string
+    managed bool
+    blobs map string ref blob
+    tags set string
+    default_locking_mode enum network_default_locking_mode
+    assigned_ips map ref VIF string
+    purpose set enum network_purpose
+    """,
+    "name_label name_description MTU other_config tags",
+    f"{DM}: module Network",
+)
+
+_add(
+    "task",
+    """
+    uuid string
+    name_label string
+    name_description string
+    allowed_operations set enum task_allowed_operations
+    current_operations map string enum task_allowed_operations
+    created datetime
+    finished datetime
+    status enum task_status_type
+    resident_on ref host
+    progress float
+    type string
+    result string
+    error_info set string
+    other_config map string string
+    subtask_of ref task
+    subtasks set ref task
+    backtrace string
+    """,
+    "other_config",
+    f"{DM}: module Task (task status pending/success/failure/cancelling/cancelled)",
+)
+
+# Classes whose objects generate events (gen_events:true in the datamodel); event.from
+# reports these, class names lowercased (EVENT: from_inner, event_of ty=lowercase table).
+EVENT_CLASSES = [c for c in CLASSES if c != "session"]
+
+# --------------------------------------------------------------------------------------
+# Power states and lifecycle rules
+# --------------------------------------------------------------------------------------
+
+POWER_STATES = ["Halted", "Paused", "Running", "Suspended"]  # DM: vm_power_state enum
+
+# LIFECYCLE: allowed_power_states (op -> states in which it is allowed), for a VM that is
+# not a control domain and not a snapshot (clone/copy also allow Suspended for snapshots).
+ALLOWED_POWER_STATES: dict[str, list[str]] = {
+    "changing_VCPUs": ["Halted"],
+    "changing_static_range": ["Halted"],
+    "changing_memory_limits": ["Halted"],
+    "make_into_template": ["Halted"],
+    "provision": ["Halted"],
+    "start": ["Halted"],
+    "start_on": ["Halted"],
+    "unpause": ["Paused"],
+    "resume": ["Suspended"],
+    "resume_on": ["Suspended"],
+    "clean_reboot": ["Running"],
+    "clean_shutdown": ["Running"],
+    "changing_VCPUs_live": ["Running"],
+    "pause": ["Running"],
+    "pool_migrate": ["Running"],
+    "snapshot_with_quiesce": ["Running"],
+    "suspend": ["Running"],
+    "changing_dynamic_range": ["Halted", "Running"],
+    "clone": ["Halted"],
+    "copy": ["Halted"],
+    "destroy": ["Halted", "Suspended"],
+    "export": ["Halted", "Suspended"],
+    "hard_reboot": ["Paused", "Running"],
+    "checkpoint": ["Paused", "Suspended", "Running"],
+    "hard_shutdown": ["Paused", "Suspended", "Running"],
+    "shutdown": ["Paused", "Suspended", "Running"],
+    "revert": ["Halted", "Paused", "Suspended", "Running"],
+    "snapshot": ["Halted", "Paused", "Suspended", "Running"],
+}
+
+# LIFECYCLE: check_template -- operations a (non-default) template still allows.
+TEMPLATE_ALLOWED_OPS = frozenset(
+    [
+        "changing_dynamic_range",
+        "changing_static_range",
+        "changing_memory_limits",
+        "changing_VCPUs",
+        "clone",
+        "copy",
+        "export",
+        "provision",
+        "destroy",
+    ]
+)
+# LIFECYCLE: check_snapshot -- operations a snapshot allows.
+SNAPSHOT_ALLOWED_OPS = frozenset(["revert", "clone", "copy", "export", "destroy", "hard_shutdown"])
+
+# Operations listed in VM.allowed_operations (LIFECYCLE: allowable_ops minus ignored_ops;
+# the subset this simulator implements).
+LISTED_VM_OPS = [
+    "start", "start_on", "clean_shutdown", "hard_shutdown", "clean_reboot", "hard_reboot",
+    "pause", "unpause", "suspend", "resume", "resume_on", "snapshot", "checkpoint",
+    "clone", "copy", "provision", "destroy", "pool_migrate", "revert", "export",
+    "changing_dynamic_range", "changing_static_range", "make_into_template",
+]  # fmt: skip
+
+# Power state a lifecycle operation leaves the VM in (ocaml/xapi/xapi_vm.ml).
+RESULT_STATE: dict[str, str] = {
+    "start": "Running",
+    "start_on": "Running",
+    "clean_shutdown": "Halted",
+    "hard_shutdown": "Halted",
+    "shutdown": "Halted",
+    "clean_reboot": "Running",
+    "hard_reboot": "Running",
+    "pause": "Paused",
+    "unpause": "Running",
+    "suspend": "Suspended",
+    "resume": "Running",
+    "resume_on": "Running",
+}
+
+# --------------------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------------------
+
+
+class MessageSpec(NamedTuple):
+    params: list[tuple[str, str]]  # (type, name), session excluded
+    result: str  # result type, "void" for none
+    op: str | None  # vm_operations checked against ALLOWED_POWER_STATES, if any
+    ref: str
+    optional: int = 0  # trailing parameters with default values (may be omitted)
+
+
+_VM = ("ref VM", "vm")
+_SELF = ("ref VM", "self")
+
+MESSAGES: dict[str, MessageSpec] = {
+    "session.login_with_password": MessageSpec(
+        [("string", "uname"), ("string", "pwd"), ("string", "version"),
+         ("string", "originator")],
+        "ref session", None, f"{DM}: Session.login (login_with_password)", optional=2,
+    ),
+    "session.logout": MessageSpec([], "void", None, f"{DM}: Session.logout"),
+    "session.get_this_host": MessageSpec(
+        [("ref session", "self")], "ref host", None, f"{DM}: session field this_host"),
+    "session.get_this_user": MessageSpec(
+        [("ref session", "self")], "ref user", None, f"{DM}: session field this_user"),
+    "session.get_uuid": MessageSpec(
+        [("ref session", "self")], "string", None, f"{DM}: session field uuid"),
+    "session.get_record": MessageSpec(
+        [("ref session", "self")], "session record", None, f"{DM}: session get_record"),
+    "VM.start": MessageSpec(
+        [_VM, ("bool", "start_paused"), ("bool", "force")], "void", "start",
+        f"{DM_VM}: start"),
+    "VM.start_on": MessageSpec(
+        [_VM, ("ref host", "host"), ("bool", "start_paused"), ("bool", "force")], "void",
+        "start_on", f"{DM_VM}: start_on"),
+    "VM.clean_shutdown": MessageSpec([_VM], "void", "clean_shutdown",
+                                     f"{DM_VM}: cleanShutdown"),
+    "VM.hard_shutdown": MessageSpec([_VM], "void", "hard_shutdown",
+                                    f"{DM_VM}: hardShutdown"),
+    "VM.shutdown": MessageSpec([_VM], "void", "shutdown", f"{DM_VM}: shutdown"),
+    "VM.clean_reboot": MessageSpec([_VM], "void", "clean_reboot", f"{DM_VM}: cleanReboot"),
+    "VM.hard_reboot": MessageSpec([_VM], "void", "hard_reboot", f"{DM_VM}: hardReboot"),
+    "VM.pause": MessageSpec([_VM], "void", "pause", f"{DM_VM}: pause"),
+    "VM.unpause": MessageSpec([_VM], "void", "unpause", f"{DM_VM}: unpause"),
+    "VM.suspend": MessageSpec([_VM], "void", "suspend", f"{DM_VM}: suspend"),
+    "VM.resume": MessageSpec(
+        [_VM, ("bool", "start_paused"), ("bool", "force")], "void", "resume",
+        f"{DM_VM}: resume"),
+    "VM.resume_on": MessageSpec(
+        [_VM, ("ref host", "host"), ("bool", "start_paused"), ("bool", "force")], "void",
+        "resume_on", f"{DM_VM}: resume_on"),
+    "VM.snapshot": MessageSpec(
+        [_VM, ("string", "new_name"), ("set ref VDI", "ignore_vdis")], "ref VM", "snapshot",
+        f"{DM_VM}: snapshot (ignore_vdis has a default)", optional=1),
+    "VM.snapshot_with_quiesce": MessageSpec(
+        [_VM, ("string", "new_name")], "ref VM", "snapshot_with_quiesce",
+        f"{DM_VM}: snapshot_with_quiesce"),
+    "VM.checkpoint": MessageSpec(
+        [_VM, ("string", "new_name")], "ref VM", "checkpoint", f"{DM_VM}: checkpoint"),
+    "VM.revert": MessageSpec([("ref VM", "snapshot")], "void", "revert",
+                             f"{DM_VM}: revert"),
+    "VM.clone": MessageSpec([_VM, ("string", "new_name")], "ref VM", "clone",
+                            f"{DM_VM}: clone"),
+    "VM.copy": MessageSpec(
+        [_VM, ("string", "new_name"), ("ref SR", "sr")], "ref VM", "copy", f"{DM_VM}: copy"),
+    "VM.provision": MessageSpec([_VM], "void", "provision", f"{DM_VM}: provision"),
+    "VM.destroy": MessageSpec([("ref VM", "self")], "void", "destroy",
+                              f"{DM_VM}: let t (gen_constructor_destructor)"),
+    "VM.pool_migrate": MessageSpec(
+        [_VM, ("ref host", "host"), ("map string string", "options")], "void",
+        "pool_migrate", f"{DM_VM}: pool_migrate"),
+    "VM.set_VCPUs_max": MessageSpec([_SELF, ("int", "value")], "void", "changing_VCPUs",
+                                    f"{DM_VM}: set_VCPUs_max"),
+    "VM.set_VCPUs_at_startup": MessageSpec(
+        [_SELF, ("int", "value")], "void", "changing_VCPUs", f"{DM_VM}: set_VCPUs_at_startup"),
+    "VM.set_memory_limits": MessageSpec(
+        [_SELF, ("int", "static_min"), ("int", "static_max"), ("int", "dynamic_min"),
+         ("int", "dynamic_max")], "void", "changing_memory_limits",
+        f"{DM_VM}: set_memory_limits"),
+    "VM.set_memory_dynamic_range": MessageSpec(
+        [_SELF, ("int", "min"), ("int", "max")], "void", "changing_dynamic_range",
+        f"{DM_VM}: set_memory_dynamic_range"),
+    "VM.set_memory_static_range": MessageSpec(
+        [_SELF, ("int", "min"), ("int", "max")], "void", "changing_static_range",
+        f"{DM_VM}: set_memory_static_range"),
+    "VM.set_memory": MessageSpec([_SELF, ("int", "value")], "void", "changing_memory_limits",
+                                 f"{DM_VM}: set_memory"),
+    "VM.create": MessageSpec([("VM record", "args")], "ref VM", None,
+                             f"{DM_VM}: let t (gen_constructor_destructor)"),
+    "VM.get_guest_metrics": MessageSpec(
+        [_SELF], "ref VM_guest_metrics", None, f"{DM_VM}: field guest_metrics"),
+    "VM.get_allowed_VBD_devices": MessageSpec(
+        [_VM], "set string", None, f"{DM_VM}: get_allowed_VBD_devices"),
+    "VM.get_allowed_VIF_devices": MessageSpec(
+        [_VM], "set string", None, f"{DM_VM}: get_allowed_VIF_devices"),
+    "VM.get_possible_hosts": MessageSpec([_VM], "set ref host", None,
+                                         f"{DM_VM}: get_possible_hosts"),
+    "VM.assert_operation_valid": MessageSpec(
+        [_SELF, ("enum vm_operations", "op")], "void", None,
+        f"{DM_VM}: assert_operation_valid"),
+    "VBD.create": MessageSpec([("VBD record", "args")], "ref VBD", None, f"{DM}: module VBD"),
+    "VBD.destroy": MessageSpec([("ref VBD", "self")], "void", None, f"{DM}: module VBD"),
+    "VBD.plug": MessageSpec([("ref VBD", "self")], "void", None, f"{DM}: VBD plug"),
+    "VBD.unplug": MessageSpec([("ref VBD", "self")], "void", None, f"{DM}: VBD unplug"),
+    "VBD.eject": MessageSpec([("ref VBD", "vbd")], "void", None, f"{DM}: VBD eject"),
+    "VBD.insert": MessageSpec([("ref VBD", "vbd"), ("ref VDI", "vdi")], "void", None,
+                              f"{DM}: VBD insert"),
+    "VDI.create": MessageSpec([("VDI record", "args")], "ref VDI", None, f"{DM}: module VDI"),
+    "VDI.destroy": MessageSpec([("ref VDI", "self")], "void", None, f"{DM}: module VDI"),
+    "VIF.create": MessageSpec([("VIF record", "args")], "ref VIF", None, f"{DM}: module VIF"),
+    "VIF.destroy": MessageSpec([("ref VIF", "self")], "void", None, f"{DM}: module VIF"),
+    "VIF.plug": MessageSpec([("ref VIF", "self")], "void", None, f"{DM}: VIF plug"),
+    "VIF.unplug": MessageSpec([("ref VIF", "self")], "void", None, f"{DM}: VIF unplug"),
+    "task.cancel": MessageSpec([("ref task", "task")], "void", None, f"{DM}: Task cancel"),
+    "task.destroy": MessageSpec([("ref task", "self")], "void", None, f"{DM}: Task destroy"),
+    "event.from": MessageSpec(
+        [("set string", "classes"), ("string", "token"), ("float", "timeout")],
+        "event_from", None, f"{DM}: module Event (from); {EVENT}: from"),
+    "event.register": MessageSpec([("set string", "classes")], "void", None,
+                                  f"{DM}: Event register"),
+    "event.unregister": MessageSpec([("set string", "classes")], "void", None,
+                                    f"{DM}: Event unregister"),
+    "event.next": MessageSpec([], "set event", None, f"{DM}: Event next"),
+    "event.get_current_id": MessageSpec([], "int", None, f"{DM}: Event get_current_id"),
+    "pool.get_master": MessageSpec([("ref pool", "self")], "ref host", None,
+                                   f"{DM_POOL}: field master"),
+}  # fmt: skip
+
+# Generic per-class messages (gen_constructor_destructor / field getters and setters,
+# ocaml/idl/datamodel_utils.ml): get_all, get_all_records, get_record, get_by_uuid,
+# get_by_name_label (classes with name_label), get_<field>, set_<field> (RW fields),
+# add_to_/remove_from_<map field>, add_<set field>/remove_<set field> (tags).
+
+# --------------------------------------------------------------------------------------
+# Errors (DM_ERR: error Api_errors.<name> [params]); the parameter *values* the simulator
+# sends follow where xapi raises them (file given).
+# --------------------------------------------------------------------------------------
+
+
+class ErrorSpec(NamedTuple):
+    params: list[str]
+    ref: str
+
+
+ERRORS: dict[str, ErrorSpec] = {
+    "INTERNAL_ERROR": ErrorSpec(["message"], f"{DM_ERR}: internal_error"),
+    "UUID_INVALID": ErrorSpec(["type", "uuid"], f"{DM_ERR}: uuid_invalid"),
+    "MAP_DUPLICATE_KEY": ErrorSpec(["type", "param_name", "uuid", "key"],
+                                   f"{DM_ERR}: map_duplicate_key"),
+    "MESSAGE_METHOD_UNKNOWN": ErrorSpec(["method"], f"{DM_ERR}: message_method_unknown;"
+                                        " ocaml/xapi/server_helpers.ml: unknown_rpc_failure"),
+    "MESSAGE_PARAMETER_COUNT_MISMATCH": ErrorSpec(
+        ["method", "expected", "received"],
+        f"{DM_ERR}: message_parameter_count_mismatch; ocaml/idl/ocaml_backend/gen_server.ml"
+        " (counts exclude the session)"),
+    "VALUE_NOT_SUPPORTED": ErrorSpec(["field", "value", "reason"],
+                                     f"{DM_ERR}: value_not_supported"),
+    "INVALID_VALUE": ErrorSpec(["field", "value"], f"{DM_ERR}: invalid_value"),
+    "FIELD_TYPE_ERROR": ErrorSpec(["field"], f"{DM_ERR}: field_type_error"),
+    "OPERATION_NOT_ALLOWED": ErrorSpec(["reason"], f"{DM_ERR}: operation_not_allowed"),
+    "HANDLE_INVALID": ErrorSpec(["class", "handle"], f"{DM_ERR}: handle_invalid"),
+    "MEMORY_CONSTRAINT_VIOLATION_ORDER": ErrorSpec(
+        [], f"{DM_ERR}: memory_constraint_violation_order;"
+        " ocaml/xapi/xapi_vm_memory_constraints.ml: assert_valid"),
+    "MEMORY_CONSTRAINT_VIOLATION": ErrorSpec(["constraint"],
+                                             f"{DM_ERR}: memory_constraint_violation"),
+    "SESSION_AUTHENTICATION_FAILED": ErrorSpec(
+        ["uname", "msg"], f"{DM_ERR}: session_authentication_failed (declared []);"
+        " ocaml/xapi/xapi_session.ml raises [uname; msg]"),
+    "SESSION_INVALID": ErrorSpec(["handle"], f"{DM_ERR}: session_invalid"),
+    "VM_BAD_POWER_STATE": ErrorSpec(
+        ["vm", "expected", "actual"],
+        f"{DM_ERR}: vm_bad_power_state; {LIFECYCLE}: report_power_state_error"
+        " (lowercase, expected joined with ', ')"),
+    "VM_IS_TEMPLATE": ErrorSpec(
+        ["vm", "operation"], f"{DM_ERR}: vm_is_template (declared [vm]);"
+        f" {LIFECYCLE}: check_template raises [ref; op]"),
+    "VM_IS_SNAPSHOT": ErrorSpec(["vm", "operation"], f"{LIFECYCLE}: check_snapshot"),
+    "ONLY_PROVISION_TEMPLATE": ErrorSpec([], f"{DM_ERR}: only_provision_template"),
+    "ONLY_REVERT_SNAPSHOT": ErrorSpec([], f"{LIFECYCLE}: check_operation_error"),
+    "VM_CANNOT_DELETE_DEFAULT_TEMPLATE": ErrorSpec(
+        ["vm"], f"{DM_ERR}: vm_cannot_delete_default_template"),
+    "OTHER_OPERATION_IN_PROGRESS": ErrorSpec(
+        ["class", "object", "operation_type", "operation_ref"],
+        f"{DM_ERR}: other_operation_in_progress"),
+    "HOST_NOT_ENOUGH_FREE_MEMORY": ErrorSpec(["needed", "available"],
+                                             f"{DM_ERR}: host_not_enough_free_memory"),
+    "VM_NO_VCPUS": ErrorSpec(["vm"], f"{DM_ERR}: vm_no_vcpus"),
+    "DEVICE_ALREADY_ATTACHED": ErrorSpec(["device"], f"{DM_ERR}: device_already_attached"),
+    "DEVICE_ALREADY_DETACHED": ErrorSpec(["device"], f"{DM_ERR}: device_already_detached"),
+    "DEVICE_ALREADY_EXISTS": ErrorSpec(["device"], f"{DM_ERR}: device_already_exists"),
+    "VDI_IN_USE": ErrorSpec(["vdi", "operation"], f"{DM_ERR}: vdi_in_use"),
+    "SR_FULL": ErrorSpec(["requested", "maximum"], f"{DM_ERR}: sr_full"),
+    "VM_MIGRATE_FAILED": ErrorSpec(["vm", "source", "destination", "msg"],
+                                   f"{DM_ERR}: vm_migrate_failed"),
+    "HOST_OFFLINE": ErrorSpec(["host"], f"{DM_ERR}: host_offline"),
+    "TASK_CANCELLED": ErrorSpec(["task"], f"{DM_ERR}: task_cancelled"),
+    "EVENTS_LOST": ErrorSpec([], f"{DM_ERR}: events_lost"),
+    "EVENT_SUBSCRIPTION_PARSE_FAILURE": ErrorSpec(
+        ["subscription"], f"{DM_ERR}: event_subscription_parse_failure"),
+    "EVENT_FROM_TOKEN_PARSE_FAILURE": ErrorSpec(["token"],
+                                                f"{DM_ERR}: event_from_token_parse_failure"),
+    "SESSION_NOT_REGISTERED": ErrorSpec(["handle"], f"{DM_ERR}: session_not_registered"),
+    "VM_HAS_NO_SUSPEND_VDI": ErrorSpec(["vm"], f"{DM_ERR}: vm_has_no_suspend_vdi"),
+}  # fmt: skip
+
+API_VERSION = (2, 21)  # host.API_version_major/minor reported (a recent xapi)
