@@ -1,0 +1,362 @@
+"""Smoke tests of the vSphere API simulator harness, through pyVmomi directly (no vmctl).
+
+They prove the launcher builds and serves both modes and show the calling patterns a driver
+needs: TLS verification with a CA file, thumbprint pinning, one-round-trip listing through a
+ContainerView, tasks awaited through the PropertyCollector, session expiry and re-login,
+and RelocateVM_Task between hosts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .esx import (
+    CACHE_DIR,
+    SYSTEM_GOPATH,
+    VcsimServer,
+    build_launcher,
+    make_cert,
+    running_simulator,
+    thumbprint_of,
+)
+
+pytestmark = pytest.mark.esx
+
+# pyVmomi ships py.typed but its functions are untyped: bind them as Any for mypy --strict.
+_pyvmomi: Any = pytest.importorskip("pyVmomi", reason="pip install pyvmomi")
+_connect: Any = pytest.importorskip("pyVim.connect", reason="pip install pyvmomi")
+vim: Any = _pyvmomi.vim
+vmodl: Any = _pyvmomi.vmodl
+Connect: Any = _connect.Connect
+Disconnect: Any = _connect.Disconnect
+
+if shutil.which("go") is None or not Path(SYSTEM_GOPATH, "src/github.com/vmware").is_dir():
+    pytest.skip("Go/govmomi missing: run tests/hosts/install-esx.sh", allow_module_level=True)
+
+MEASUREMENTS = CACHE_DIR / "measurements.json"
+
+
+def _record(key: str, value: Any) -> None:
+    """Keep the numbers ESX.md quotes in .cache/vcsim/measurements.json."""
+    data: dict[str, Any] = {}
+    if MEASUREMENTS.is_file():
+        data = json.loads(MEASUREMENTS.read_text())
+    data[key] = value
+    MEASUREMENTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def connect(srv: VcsimServer, **kwargs: Any) -> Any:
+    """Log in with certificate verification against the simulator's own cert."""
+    kwargs.setdefault("sslContext", ssl.create_default_context(cafile=str(srv.cafile)))
+    return Connect(srv.host, srv.port, srv.username, srv.password, **kwargs)
+
+
+class RoundTrips:
+    """Counts HTTP requests sent by http.client (pyVmomi's transport) while active."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original: Callable[..., Any] = http.client.HTTPConnection.request
+
+        def counting(conn: http.client.HTTPConnection, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return original(conn, *args, **kwargs)
+
+        monkeypatch.setattr(http.client.HTTPConnection, "request", counting)
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+def list_vms(content: Any, props: list[str]) -> list[dict[str, Any]]:
+    """All VMs with ``props``: ONE ContainerView + ONE RetrievePropertiesEx (+ DestroyView).
+
+    ``content`` is ``si.RetrieveContent()``, fetched once (``si.content`` is a round trip).
+    """
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[
+                vmodl.query.PropertyCollector.ObjectSpec(
+                    obj=view,
+                    skip=True,
+                    selectSet=[
+                        vmodl.query.PropertyCollector.TraversalSpec(
+                            name="view", type=vim.view.ContainerView, path="view", skip=False
+                        )
+                    ],
+                )
+            ],
+            propSet=[
+                vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=props)
+            ],
+        )
+        result = content.propertyCollector.RetrievePropertiesEx(
+            [spec], vmodl.query.PropertyCollector.RetrieveOptions()
+        )
+        rows: list[dict[str, Any]] = []
+        while result is not None:
+            for obj in result.objects:
+                row = {prop.name: prop.val for prop in obj.propSet}
+                row["_moid"] = obj.obj._moId
+                rows.append(row)
+            if not result.token:
+                break
+            result = content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
+        return rows
+    finally:
+        view.DestroyView()
+
+
+def wait_task(content: Any, task: Any, timeout: float = 30.0) -> Any:
+    """Wait for a task through the PropertyCollector (WaitForUpdatesEx), not pyVim.WaitForTask.
+
+    Returns ``info.result``; raises ``info.error`` (a vim fault) when the task failed.
+    """
+    pc = content.propertyCollector.CreatePropertyCollector()
+    try:
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task, skip=False)],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.Task, pathSet=["info"])],
+        )
+        pc.CreateFilter(spec, True)
+        deadline = time.monotonic() + timeout
+        version = ""
+        while time.monotonic() < deadline:
+            options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=5)
+            update = pc.WaitForUpdatesEx(version, options)
+            if update is None:
+                continue
+            version = update.version
+            for filter_set in update.filterSet:
+                for obj in filter_set.objectSet:
+                    for change in obj.changeSet:
+                        info = change.val
+                        if info.state == vim.TaskInfo.State.success:
+                            return info.result
+                        if info.state == vim.TaskInfo.State.error:
+                            raise info.error
+        raise TimeoutError(f"task {task._moId} not done after {timeout}s")
+    finally:
+        pc.DestroyPropertyCollector()
+
+
+def get_props(content: Any, obj: Any, props: list[str]) -> dict[str, Any]:
+    """Read properties through the PropertyCollector (never attribute access: see ESX.md)."""
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj, skip=False)],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(obj), pathSet=props)],
+    )
+    result = content.propertyCollector.RetrievePropertiesEx(
+        [spec], vmodl.query.PropertyCollector.RetrieveOptions()
+    )
+    return {prop.name: prop.val for prop in result.objects[0].propSet}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def vcenter() -> Iterator[VcsimServer]:
+    with running_simulator("vcenter", vms=3) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def esx() -> Iterator[VcsimServer]:
+    with running_simulator("esx", vms=2) as srv:
+        yield srv
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_build_is_cached() -> None:
+    first = build_launcher()
+    assert first.binary.is_file()
+    if first.built:
+        _record("build_seconds", round(first.seconds, 1))
+    again = build_launcher()
+    assert not again.built, "second build_launcher() call must reuse the binary"
+
+
+def test_both_modes_start(vcenter: VcsimServer, esx: VcsimServer) -> None:
+    assert vcenter.mode == "vcenter" and esx.mode == "esx"
+    for srv in (vcenter, esx):
+        assert srv.host == "127.0.0.1"
+        assert srv.url == f"https://127.0.0.1:{srv.port}/sdk"
+        assert srv.thumbprint == thumbprint_of(srv.cafile)
+        assert srv.alive()
+    assert vcenter.datacenters == ["DC0"]
+    assert vcenter.clusters == ["DC0/DC0_C0"]
+    assert vcenter.hosts == ["DC0_C0_H0", "DC0_C0_H1", "DC0_C0_H2", "DC0_H0"]
+    assert vcenter.vm_count == 6  # 3 per pool: standalone host DC0_H0 + cluster DC0_C0
+    assert vcenter.uri == f"vcenter://vmctl@127.0.0.1:{vcenter.port}/DC0/DC0_C0"
+    assert esx.vm_count == 2
+    assert esx.uri == f"esx://vmctl@127.0.0.1:{esx.port}"
+
+
+def test_connect_with_cafile_and_about(vcenter: VcsimServer, esx: VcsimServer) -> None:
+    for srv, api_type in ((vcenter, "VirtualCenter"), (esx, "HostAgent")):
+        si = connect(srv)
+        try:
+            assert si.content.about.apiType == api_type
+        finally:
+            Disconnect(si)
+
+
+def test_wrong_password_is_invalid_login(esx: VcsimServer) -> None:
+    with pytest.raises(vim.fault.InvalidLogin):
+        Connect(
+            esx.host, esx.port, esx.username, esx.password + "x",
+            sslContext=ssl.create_default_context(cafile=str(esx.cafile)),
+        )  # fmt: skip
+
+
+def test_list_all_vms_in_one_round_trip(
+    vcenter: VcsimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    si = connect(vcenter)
+    try:
+        content = si.RetrieveContent()
+        trips = RoundTrips(monkeypatch)
+        rows = list_vms(content, ["name", "runtime.powerState", "runtime.host"])
+        # CreateContainerView + RetrievePropertiesEx + DestroyView
+        assert trips.count == 3
+        assert len(rows) == vcenter.vm_count
+        assert {row["runtime.powerState"] for row in rows} == {"poweredOn"}
+        assert all(row["name"].startswith("DC0_") for row in rows)
+    finally:
+        Disconnect(si)
+
+
+def test_pinned_thumbprint(esx: VcsimServer) -> None:
+    """Without a trusted CA, pyVmomi falls back to the pinned thumbprint (SHA-256 or SHA-1)."""
+    system_ctx = ssl.create_default_context()  # the system store does not know our cert
+    for pin in (esx.thumbprint, esx.thumbprint_sha1):
+        Disconnect(connect(esx, sslContext=ssl.create_default_context(), thumbprint=pin))
+    wrong = ":".join(["AB"] * 32)
+    with pytest.raises(vim.fault.HostConnectFault):
+        connect(esx, sslContext=system_ctx, thumbprint=wrong)
+
+
+def test_unknown_ca_is_refused(esx: VcsimServer, tmp_path: Path) -> None:
+    other = make_cert(tmp_path)
+    assert other.thumbprint != esx.thumbprint
+    with pytest.raises((vim.fault.HostConnectFault, ssl.SSLError)):
+        connect(esx, sslContext=ssl.create_default_context(cafile=str(other.cert)))
+    with pytest.raises((vim.fault.HostConnectFault, ssl.SSLError)):
+        connect(esx, sslContext=ssl.create_default_context())
+
+
+def test_pyvmomi_ignores_thumbprint_when_ca_verifies(esx: VcsimServer) -> None:
+    """pyVmomi quirk: the pin is only checked after a CA verification failure."""
+    wrong = ":".join(["AB"] * 32)
+    Disconnect(connect(esx, thumbprint=wrong))  # accepted: the driver must compare itself
+
+
+def test_pyvmomi_disarms_a_reused_context_after_pinning(esx: VcsimServer) -> None:
+    """pyVmomi quirk: the pin fallback sets CERT_NONE on the caller's SSLContext, so a context
+    reused for the next Connect verifies nothing and the (wrong) pin is never checked.
+    Drivers must build a fresh SSLContext for every Connect."""
+    ctx = ssl.create_default_context()
+    Disconnect(connect(esx, sslContext=ctx, thumbprint=esx.thumbprint))
+    assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
+    wrong = ":".join(["AB"] * 32)
+    Disconnect(connect(esx, sslContext=ctx, thumbprint=wrong))  # accepted!
+
+
+def test_power_off_on_through_property_collector(esx: VcsimServer) -> None:
+    si = connect(esx)
+    try:
+        content = si.RetrieveContent()
+        rows = list_vms(content, ["name", "runtime.powerState"])
+        vm = vim.VirtualMachine(rows[0]["_moid"], si._stub)
+        assert get_props(content, vm, ["runtime.powerState"])["runtime.powerState"] == "poweredOn"
+        wait_task(content, vm.PowerOffVM_Task())
+        assert get_props(content, vm, ["runtime.powerState"])["runtime.powerState"] == "poweredOff"
+        with pytest.raises(vim.fault.InvalidPowerState):
+            wait_task(content, vm.PowerOffVM_Task())
+        wait_task(content, vm.PowerOnVM_Task())
+        assert get_props(content, vm, ["runtime.powerState"])["runtime.powerState"] == "poweredOn"
+    finally:
+        Disconnect(si)
+
+
+def test_session_idle_timeout_and_relogin() -> None:
+    with running_simulator("esx", vms=1, idle_timeout=1.0) as srv:
+        si = connect(srv)
+        content = si.RetrieveContent()
+        for _ in range(3):  # activity keeps the session alive past the timeout
+            time.sleep(0.5)
+            content.viewManager.CreateContainerView(
+                content.rootFolder, [vim.VirtualMachine], True
+            ).DestroyView()
+        # Idle for > 2 x timeout: the simulator checks once per timeout interval.
+        time.sleep(2.2)
+        with pytest.raises(vim.fault.NotAuthenticated):
+            content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        content.sessionManager.Login(srv.username, srv.password)
+        assert len(list_vms(content, ["name"])) == 1
+        # Simulator quirk: Login on a still-valid session is refused with InvalidLogin.
+        with pytest.raises(vim.fault.InvalidLogin):
+            content.sessionManager.Login(srv.username, srv.password)
+        content.sessionManager.Logout()
+        with pytest.raises(vim.fault.NotAuthenticated):
+            list_vms(content, ["name"])
+
+
+def test_relocate_between_hosts(vcenter: VcsimServer) -> None:
+    si = connect(vcenter)
+    try:
+        content = si.RetrieveContent()
+        rows = list_vms(content, ["name", "runtime.host", "runtime.powerState"])
+        row = next(r for r in rows if r["name"].startswith("DC0_C0_"))
+        vm = vim.VirtualMachine(row["_moid"], si._stub)
+        source = row["runtime.host"]
+        cluster_hosts = get_props(content, source, ["parent"])["parent"]
+        hosts = get_props(content, cluster_hosts, ["host"])["host"]
+        target = next(h for h in hosts if h._moId != source._moId)
+        spec = vim.vm.RelocateSpec(host=target)
+        wait_task(content, vm.RelocateVM_Task(spec))
+        after = get_props(content, vm, ["runtime.host", "runtime.powerState"])
+        assert after["runtime.host"]._moId == target._moId
+        assert after["runtime.powerState"] == "poweredOn"
+    finally:
+        Disconnect(si)
+
+
+def test_listing_2000_vms(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1000 VMs per pool x (standalone host DC0_H0 + cluster DC0_C0) = 2000 VMs
+    with running_simulator("vcenter", vms=1000) as srv:
+        assert srv.vm_count == 2000
+        si = connect(srv)
+        try:
+            content = si.RetrieveContent()
+            trips = RoundTrips(monkeypatch)
+            started = time.monotonic()
+            rows = list_vms(content, ["name", "runtime.powerState", "config.uuid"])
+            seconds = time.monotonic() - started
+            requests = trips.count
+            assert len(rows) == 2000
+            assert requests == 3
+        finally:
+            Disconnect(si)
+    _record(
+        "vcenter_2000_vms",
+        {
+            "ready_seconds": round(srv.ready_seconds, 2),
+            "model_create_seconds": round(srv.start_seconds, 2),
+            "list_seconds": round(seconds, 2),
+            "list_http_requests": requests,
+        },
+    )
