@@ -7,7 +7,7 @@
 """
 
 from ._api import VM, EventStream, Hypervisor, connect
-from ._capabilities import Capability
+from ._capabilities import REQUIRED_CAPABILITIES, Capability
 from ._config import ConnectParams, Secret, Timeouts
 from ._errors import (
     AlreadyExists,
@@ -54,6 +54,7 @@ from ._uri import URI
 __version__ = "0.1.0"
 
 __all__ = [
+    "REQUIRED_CAPABILITIES",
     "URI",
     "VM",
     "AgentState",

@@ -878,14 +878,6 @@ class VM:
         """
         from .spi import Migration
 
-        if not isinstance(target, Hypervisor):
-            raise ValidationError("the target must be a Hypervisor from vmctl.connect()",
-                                  field="target")
-        if type(target._driver) is not type(self._hv._driver):
-            raise ValidationError(f"cannot migrate from a {self._hv.driver_name} host to a "
-                                  f"{target.driver_name} host", field="target")
-        if target is self._hv or target.uri == self._hv.uri:
-            raise ValidationError(f"the VM is already on {target.uri}", field="target")
         info = self.info()
         running = info.state is PowerState.RUNNING
         if info.state not in (PowerState.RUNNING, PowerState.STOPPED):
@@ -894,12 +886,20 @@ class VM:
                                allowed={PowerState.RUNNING, PowerState.STOPPED})
         if live is None:
             live = running
+        cap = Capability.MIGRATE_LIVE if live else Capability.MIGRATE_COLD
+        self._hv.require(cap, self._what("migrate"))
         if live != running:
             raise InvalidState(f"VM {info.name!r} is {info.state.value}: a "
                                f"{'live' if live else 'cold'} migration needs it "
                                f"{'running' if live else 'stopped'}", current=info.state)
-        cap = Capability.MIGRATE_LIVE if live else Capability.MIGRATE_COLD
-        self._hv.require(cap, self._what("migrate"))
+        if not isinstance(target, Hypervisor):
+            raise ValidationError("the target must be a Hypervisor from vmctl.connect()",
+                                  field="target")
+        if type(target._driver) is not type(self._hv._driver):
+            raise ValidationError(f"cannot migrate from a {self._hv.driver_name} host to a "
+                                  f"{target.driver_name} host", field="target")
+        if target is self._hv or target.uri == self._hv.uri:
+            raise ValidationError(f"the VM is already on {target.uri}", field="target")
         target.require(cap, self._what("migrate"))
         if any(i.uuid == self.uuid or i.name == info.name for i in target.list_vms()):
             raise AlreadyExists(f"{target.uri} already has a VM named {info.name!r} or with "

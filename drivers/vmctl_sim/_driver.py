@@ -42,6 +42,7 @@ from vmctl import (
     Resources,
     SnapshotInfo,
     StateReason,
+    URI,
     ValidationError,
     VMConfig,
     VMInfo,
@@ -100,6 +101,12 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
         self.site = site
         self.host_name = host
         self._closed = False
+
+    @classmethod
+    def kit_peer_uri(cls, uri: str) -> str:
+        """A second host for the kit's migration clauses: another host of the same site."""
+        parsed = URI.parse(uri)
+        return str(attrs.evolve(parsed, host=f"{parsed.host or 'default'}-peer"))
 
     @classmethod
     def open(cls, params: ConnectParams) -> SimDriver:

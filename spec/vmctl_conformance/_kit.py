@@ -1,0 +1,178 @@
+"""The kit's helpers for tests: making VMs with the prefix, and cleaning up after them."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+
+import vmctl
+from vmctl import (
+    VM,
+    BootSource,
+    Capability,
+    DiskSpec,
+    Hypervisor,
+    NicSpec,
+    PowerState,
+    Resources,
+    VMSpec,
+)
+
+
+class Kit:
+    """What a kit test works with: the connections, the options, a VM factory."""
+
+    def __init__(self, hv: Hypervisor, other: Hypervisor | None, prefix: str,
+                 options: Mapping[str, str]) -> None:
+        self.hv = hv
+        self.other = other
+        self.prefix = prefix
+        self.options = dict(options)
+        self.created: list[VM] = []
+        self.timeout = float(self.options.get("op_timeout", "180"))
+
+    # -- options --------------------------------------------------------------------------
+
+    @property
+    def network(self) -> str:
+        return self.options.get("network", "default")
+
+    @property
+    def pool(self) -> str | None:
+        return self.options.get("pool") or None
+
+    @property
+    def boot(self) -> BootSource | None:
+        o = self.options
+        if o.get("boot_iso"):
+            return BootSource(iso=o["boot_iso"])
+        if o.get("boot_kernel"):
+            return BootSource(kernel=o["boot_kernel"], initrd=o.get("boot_initrd") or None,
+                              cmdline=o.get("boot_cmdline", ""))
+        return None
+
+    def has(self, cap: Capability) -> bool:
+        return cap in self.hv.capabilities
+
+    # -- making things --------------------------------------------------------------------
+
+    def name(self, hint: str = "vm") -> str:
+        return f"{self.prefix}{hint}-{secrets.token_hex(3)}"
+
+    def spec(self, hint: str = "vm", *, os: bool = False, disks: int = 1, nics: int = 1,
+             memory_mib: int | None = None, **kw: object) -> VMSpec:
+        boot = self.boot if os else None
+        return VMSpec(
+            name=self.name(hint), vcpus=1,
+            memory_mib=memory_mib or int(self.options.get("memory_mib", "128")),
+            disks=[DiskSpec(size_mib=int(self.options.get("disk_mib", "64")), pool=self.pool)
+                   for _ in range(disks)],
+            nics=[NicSpec(network=self.network) for _ in range(nics)],
+            boot=boot, **kw)  # type: ignore[arg-type]
+
+    def vm(self, hint: str = "vm", *, state: PowerState = PowerState.STOPPED,
+           os: bool = False, **kw: object) -> VM:
+        """A new VM with the prefix, brought to ``state`` (tracked for cleanup)."""
+        vm = self.track(self.hv.create_vm(self.spec(hint, os=os, **kw)))  # type: ignore[arg-type]
+        if state is not PowerState.STOPPED:
+            vm.start(timeout=self.timeout)
+        if state is PowerState.PAUSED:
+            vm.pause(timeout=self.timeout)
+        elif state is PowerState.SUSPENDED:
+            vm.suspend(timeout=self.timeout)
+        return vm
+
+    def track(self, vm: VM) -> VM:
+        self.created.append(vm)
+        return vm
+
+    def wait_until(self, check: Callable[[], bool], what: str,
+                   timeout: float | None = None) -> None:
+        """Wait for something the spec allows to take a while (e.g. a guest's IP)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        delay = 0.05
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    # -- cleaning up ----------------------------------------------------------------------
+
+    def cleanup(self) -> list[str]:
+        """Delete every VM this test made, on whichever host it is now; return failures."""
+        problems = []
+        for vm in reversed(self.created):
+            for hv in filter(None, (self.hv, self.other)):
+                try:
+                    handle = hv.vm(vm.uuid)
+                except vmctl.NotFound:
+                    continue
+                try:
+                    handle.delete(force=True, timeout=self.timeout)
+                except vmctl.VmctlError as exc:
+                    problems.append(f"{vm.name}: {exc}")
+        self.created.clear()
+        return problems
+
+
+def leftovers(hvs: list[Hypervisor], prefix: str) -> list[str]:
+    """VMs with the kit's prefix on the given hosts."""
+    out = []
+    for hv in hvs:
+        out += [f"{hv.uri}: VM {i.name} ({i.uuid})" for i in hv.list_vms()
+                if i.name.startswith(prefix)]
+    return out
+
+
+# -- probes: how to ask for each capability, to check that a missing one says so ---------
+
+Probe = Callable[[Kit], object]
+
+
+def _running(kit: Kit) -> VM:
+    return kit.vm("probe", state=PowerState.RUNNING)
+
+
+def _stopped(kit: Kit) -> VM:
+    return kit.vm("probe")
+
+
+PROBES: dict[Capability, Probe] = {
+    Capability.SHUTDOWN: lambda k: _running(k).shutdown(timeout=5),
+    Capability.REBOOT: lambda k: _running(k).reboot(),
+    Capability.RESET: lambda k: _running(k).reset(),
+    Capability.PAUSE: lambda k: _running(k).pause(),
+    Capability.SUSPEND: lambda k: _running(k).suspend(),
+    Capability.SET_VCPUS: lambda k: _stopped(k).reconfigure(vcpus=2),
+    Capability.SET_MEMORY: lambda k: _stopped(k).reconfigure(memory_mib=256),
+    Capability.HOT_VCPUS: lambda k: _running(k).reconfigure(vcpus=2),
+    Capability.HOT_MEMORY: lambda k: _running(k).reconfigure(memory_mib=256),
+    Capability.CPU_SHARES: lambda k: _stopped(k).set_resources(Resources(cpu_shares=2048)),
+    Capability.CPU_RESERVATION: lambda k: _stopped(k).set_resources(
+        Resources(cpu_reservation_percent=10)),
+    Capability.CPU_LIMIT: lambda k: _stopped(k).set_resources(Resources(cpu_limit_percent=50)),
+    Capability.MEMORY_SHARES: lambda k: _stopped(k).set_resources(
+        Resources(memory_shares=2000)),
+    Capability.MEMORY_RESERVATION: lambda k: _stopped(k).set_resources(
+        Resources(memory_reservation_mib=64)),
+    Capability.MEMORY_LIMIT: lambda k: _stopped(k).set_resources(
+        Resources(memory_limit_mib=1024)),
+    Capability.ADD_DISK: lambda k: _stopped(k).add_disk(DiskSpec(size_mib=16, pool=k.pool)),
+    Capability.REMOVE_DISK: lambda k: _stopped(k).remove_disk("none"),
+    Capability.ADD_NIC: lambda k: _stopped(k).add_nic(NicSpec(network=k.network)),
+    Capability.REMOVE_NIC: lambda k: _stopped(k).remove_nic("none"),
+    Capability.HOTPLUG_DISK: lambda k: _running(k).add_disk(DiskSpec(size_mib=16,
+                                                                     pool=k.pool)),
+    Capability.HOTPLUG_NIC: lambda k: _running(k).add_nic(NicSpec(network=k.network)),
+    Capability.SNAPSHOT: lambda k: _stopped(k).snapshot("probe"),
+    Capability.SNAPSHOT_MEMORY: lambda k: _running(k).snapshot("probe", memory=True),
+    Capability.CLONE: lambda k: _stopped(k).clone(k.name("clone")),
+    Capability.LINKED_CLONE: lambda k: _stopped(k).clone(k.name("clone"), linked=True),
+    Capability.MIGRATE_LIVE: lambda k: _running(k).migrate(k.other or k.hv),
+    Capability.MIGRATE_COLD: lambda k: _stopped(k).migrate(k.other or k.hv),
+    Capability.EVENTS: lambda k: k.hv.watch(timeout=1),
+    Capability.STATS: lambda k: k.hv.stats(),
+    Capability.GUEST_INFO: lambda k: _stopped(k).guest_info(),
+}

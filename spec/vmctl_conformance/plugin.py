@@ -1,0 +1,194 @@
+"""The kit as a pytest plugin: ``pytest -p vmctl_conformance.plugin``.
+
+Options: ``--vmctl-uri`` (default $VMCTL_URI), ``--vmctl-other-uri`` (a second host of the
+same backend, for migration; default $VMCTL_OTHER_URI), ``--vmctl-prefix``, ``--vmctl-opt
+KEY=VALUE`` (backend options: network, pool, boot_kernel, boot_initrd, boot_cmdline, boot_iso,
+memory_mib, disk_mib, op_timeout), ``--vmctl-report FILE.json|FILE.md``.
+Credentials come from the environment that ``vmctl.connect()`` reads (VMCTL_PASSWORD, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import vmctl
+from vmctl import Capability, Hypervisor, _registry
+
+from ._clauses import load_clauses
+from ._kit import PROBES, Kit, leftovers
+from .report import ClauseResult, Report
+
+_STATE: dict[str, Any] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vmctl", "vmctl conformance kit")
+    group.addoption("--vmctl-uri", default=None, help="the host to test (default $VMCTL_URI)")
+    group.addoption("--vmctl-other-uri", default=None,
+                    help="a second host of the same backend, for migration "
+                         "(default $VMCTL_OTHER_URI)")
+    group.addoption("--vmctl-prefix", default="vmctl-kit-",
+                    help="prefix of every object the kit creates")
+    group.addoption("--vmctl-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="backend option (network, pool, boot_kernel, boot_initrd, "
+                         "boot_cmdline, boot_iso, memory_mib, disk_mib, op_timeout)")
+    group.addoption("--vmctl-report", default=None, help="write the report (.json or .md)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "clause(*ids): SPEC.md clauses a kit test checks")
+    config.addinivalue_line("markers", "requires(*caps): capabilities a kit test needs")
+    _STATE.clear()
+    _STATE["results"] = {}
+    _STATE["started"] = time.monotonic()
+
+
+def _kit_options(config: pytest.Config) -> dict[str, str]:
+    opts = {}
+    for item in config.getoption("--vmctl-opt") or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise pytest.UsageError(f"--vmctl-opt wants KEY=VALUE, got {item!r}")
+        opts[key.strip()] = value
+    return opts
+
+
+@pytest.fixture(scope="session")
+def vmctl_uri(pytestconfig: pytest.Config) -> str:
+    """The URI under test; override this fixture to point the kit at your driver."""
+    uri = pytestconfig.getoption("--vmctl-uri") or os.environ.get("VMCTL_URI")
+    if not uri:
+        pytest.exit("the kit needs a URI: --vmctl-uri or VMCTL_URI", returncode=4)
+    return str(uri)
+
+
+@pytest.fixture(scope="session")
+def vmctl_other_uri(pytestconfig: pytest.Config) -> str | None:
+    """A second host for migration, or None. A driver may suggest one for testing with a
+    ``kit_peer_uri(uri)`` class method (the sim does: another host of the same site)."""
+    other = pytestconfig.getoption("--vmctl-other-uri") or os.environ.get("VMCTL_OTHER_URI")
+    if other:
+        return str(other)
+    uri = pytestconfig.getoption("--vmctl-uri") or os.environ.get("VMCTL_URI")
+    if uri:
+        driver = _registry.load(vmctl.URI.parse(uri).scheme)
+        suggest = getattr(driver, "kit_peer_uri", None)
+        if callable(suggest):
+            return str(suggest(uri))
+    return None
+
+
+@pytest.fixture(scope="session")
+def _connections(pytestconfig: pytest.Config, vmctl_uri: str,
+                 vmctl_other_uri: str | None) -> Iterator[tuple[Hypervisor, Hypervisor | None]]:
+    hv = vmctl.connect(vmctl_uri)
+    other = vmctl.connect(vmctl_other_uri) if vmctl_other_uri else None
+    prefix = pytestconfig.getoption("--vmctl-prefix")
+    hosts = [h for h in (hv, other) if h is not None]
+    _STATE.update(uri=str(hv.uri), driver=hv.driver_name,
+                  capabilities=sorted(c.value for c in hv.capabilities),
+                  connections=hosts, prefix=prefix)
+    found = leftovers(hosts, prefix)
+    if found:
+        _STATE["refused"] = (f"the host already has {len(found)} object(s) with the prefix "
+                             f"{prefix!r}: {'; '.join(found)}. Remove them or choose "
+                             "another --vmctl-prefix.")
+        pytest.exit(_STATE["refused"], returncode=3)
+    try:
+        yield hv, other
+    finally:
+        _STATE["leaked"] = leftovers(hosts, prefix)
+        for h in hosts:
+            h.close()
+
+
+@pytest.fixture
+def kit(pytestconfig: pytest.Config,
+        _connections: tuple[Hypervisor, Hypervisor | None]) -> Iterator[Kit]:
+    """The connections, options and a VM factory; deletes what the test made afterwards."""
+    hv, other = _connections
+    k = Kit(hv, other, pytestconfig.getoption("--vmctl-prefix"), _kit_options(pytestconfig))
+    yield k
+    problems = k.cleanup()
+    if problems:
+        raise AssertionError(f"cleanup failed: {'; '.join(problems)}")
+
+
+def _marker_args(item: pytest.Item, name: str) -> list[Any]:
+    return [a for m in item.iter_markers(name) for a in m.args]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Where the driver lacks a capability the test needs, check it says so instead."""
+    needed = [Capability(c) for c in _marker_args(pyfuncitem, "requires")]
+    k = pyfuncitem.funcargs.get("kit")
+    if not needed or not isinstance(k, Kit):
+        return None
+    missing = [c for c in needed if c not in k.hv.capabilities]
+    if not missing:
+        return None
+    cap = missing[0]
+    try:
+        PROBES[cap](k)
+    except vmctl.NotSupported as exc:
+        if exc.capability not in (None, cap) and exc.capability in missing:
+            cap = exc.capability
+        pyfuncitem.user_properties.append(("not_supported", cap.value))
+        return True
+    raise AssertionError(f"the driver does not declare {cap.value!r}, but the request did not "
+                         "raise NotSupported")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()
+    clauses = _marker_args(item, "clause")
+    if not clauses:
+        return
+    results: dict[str, ClauseResult] = _STATE["results"]
+    if rep.when == "call" or (rep.when == "setup" and not rep.passed) or \
+            (rep.when == "teardown" and rep.failed):
+        ns = dict(item.user_properties).get("not_supported")
+        if rep.failed:
+            status = "fail"
+            reason = f"{item.name}: {rep.longreprtext.strip().splitlines()[-1][:300]}" \
+                if rep.longreprtext else item.name
+        elif rep.skipped:
+            status = "skip"
+            lr = rep.longrepr
+            reason = str(lr[2]) if isinstance(lr, tuple) else str(lr)
+        elif ns:
+            status, reason = "not-supported", f"capability {ns!r} not declared; " \
+                "NotSupported raised as required"
+        else:
+            status, reason = "pass", ""
+        for cid in clauses:
+            prev = results.get(cid)
+            if prev is None:
+                results[cid] = ClauseResult(status, [item.name], reason)
+                continue
+            prev.tests.append(item.name)
+            rank = {"fail": 3, "pass": 2, "not-supported": 1, "skip": 0}
+            if rank[status] > rank[prev.status]:
+                prev.status, prev.reason = status, reason
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = session.config.getoption("--vmctl-report")
+    if not path or "uri" not in _STATE and "refused" not in _STATE:
+        return
+    report = Report(uri=_STATE.get("uri", ""), driver=_STATE.get("driver", ""),
+                    capabilities=_STATE.get("capabilities", []), results=_STATE["results"],
+                    leaked=_STATE.get("leaked", []), refused=_STATE.get("refused", ""),
+                    duration_s=time.monotonic() - _STATE["started"])
+    known = load_clauses()
+    for cid in known:
+        report.results.setdefault(cid, ClauseResult("skip", reason="not run (deselected)"))
+    report.write(path)
