@@ -1,0 +1,1153 @@
+"""Real KVM/QEMU libvirt hosts on this machine, for tests and developers.
+
+Runs Debian 12's monolithic ``libvirtd`` without systemd and, optionally, a second libvirt
+host in its own network + mount namespace so that live migration can be tested on one machine.
+Run ``tests/hosts/install-kvm.sh`` first (installs the Debian packages). Needs root.
+
+Python API (stdlib + libvirt-python only)::
+
+    from tests.hosts.kvm import running_hosts, tiny_guest, tiny_guest_xml, blank_domain_xml
+
+    with running_hosts(second_host=True) as hosts:      # -> KvmHosts
+        hosts.uri            # "qemu:///system" (host 1, the machine's own libvirtd)
+        hosts.other_uri      # "qemu+tcp://10.213.77.2/system" (host 2) or None
+        hosts.network        # "vmctl-test": isolated network (no <forward>, DHCP) on both hosts
+        hosts.pool           # "vmctl-test": dir pool on both hosts, same directory
+        hosts.image_dir      # Path("/var/lib/vmctl-test/images"), shared by both hosts
+        hosts.kvm_available  # /dev/kvm usable (domain type 'kvm' for no-OS domains)
+        hosts.kvm_is_pvm     # /dev/kvm is nested PVM (a guest OS does not boot under it)
+        hosts.migrate_uri    # "tcp://10.213.77.1": migration URI *into* host 1
+        hosts.other_migrate_uri  # "tcp://10.213.77.2": migration URI *into* host 2
+        guest = tiny_guest()                              # -> TinyGuest (built + cached)
+        xml = tiny_guest_xml("g1", guest, network=hosts.network)    # type='qemu' (TCG)
+        xml = blank_domain_xml("d1", kvm=hosts.kvm_available)       # no OS, SeaBIOS only
+
+``running_hosts`` reuses daemons that already answer (e.g. started by the CLI below or by
+someone else; a libvirtd this harness did not start is reported and never killed) and stops,
+at exit, only the processes it started itself.
+
+Command line (run from the repository root)::
+
+    python -m tests.hosts.kvm start [--no-second-host]   # detached; writes .hosts/kvm.pids
+    python -m tests.hosts.kvm status                     # and a sourceable .hosts/kvm.env:
+    python -m tests.hosts.kvm stop                       #   VMCTL_URI=qemu:///system
+    python -m tests.hosts.kvm guest                      #   VMCTL_OTHER_URI=qemu+tcp://...
+
+The tiny guest (``tiny_guest()``) is built from Debian packages only (``apt-get download`` of
+the kernel, busybox-static and qemu-guest-agent) into an initramfs whose busybox ``/init``
+loads the virtio modules, gets an address with udhcpc, powers off on the ACPI power button,
+runs qemu-ga on the virtio-serial channel ``org.qemu.guest_agent.0`` and prints
+``VMCTL-TINY-READY ip=<address>`` on the serial console (ttyS0). It is cached under
+``.cache/guest/<key>/`` keyed by the package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import grp
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import libvirt
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STATE_DIR = REPO_ROOT / ".hosts"
+PIDS_FILE = STATE_DIR / "kvm.pids"
+ENV_FILE = STATE_DIR / "kvm.env"
+GUEST_CACHE_DIR = REPO_ROOT / ".cache" / "guest"
+
+URI = "qemu:///system"
+NETWORK_NAME = "vmctl-test"
+POOL_NAME = "vmctl-test"
+BASE_DIR = Path("/var/lib/vmctl-test")
+IMAGE_DIR = BASE_DIR / "images"
+GUEST_DIR = BASE_DIR / "guest"  # kernel/initrd copies readable by QEMU on both hosts
+CONSOLE_DIR = BASE_DIR / "console"  # serial console logs written by virtlogd
+HOST2_DIR = BASE_DIR / "host2"  # the second host's private /etc, /var/lib, ... libvirt
+
+NETNS = "vmctl-kvm2"
+VETH_HOST = "vmctl-h1"  # stays in the root namespace
+VETH_NS = "vmctl-h2"  # moved into NETNS
+HOST1_ADDR = "10.213.77.1"
+HOST2_ADDR = "10.213.77.2"
+VETH_PREFIX = 30
+OTHER_URI = f"qemu+tcp://{HOST2_ADDR}/system"
+HOST2_UUID = str(uuid.uuid5(uuid.NAMESPACE_DNS, "host2.vmctl-test.invalid"))
+
+GUEST_NET_ADDR = "10.213.78.1"  # the isolated network (same on both hosts, separate netns)
+GUEST_NET_BRIDGE = "vmctltest0"
+READY_MARKER = "VMCTL-TINY-READY"
+
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 15.0
+
+
+class HostError(RuntimeError):
+    """The hosts could not be started, reached or stopped."""
+
+
+class GuestBuildError(RuntimeError):
+    """The tiny guest could not be built (e.g. no apt package lists, no network)."""
+
+
+def _quiet_libvirt_errors() -> None:
+    def _ignore(_ctx: object, _err: object) -> None:
+        return None
+
+    libvirt.registerErrorHandler(_ignore, None)
+
+
+_quiet_libvirt_errors()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclasses.dataclass(frozen=True)
+class Proc:
+    """A process this harness started; ``start_time`` (from /proc) guards against PID reuse."""
+
+    role: str
+    pid: int
+    start_time: str
+
+    @classmethod
+    def of(cls, role: str, pid: int) -> Proc:
+        return cls(role, pid, _proc_start_time(pid) or "")
+
+    def alive(self) -> bool:
+        st = _proc_start_time(self.pid)
+        return st is not None and st == self.start_time
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; only if it is still the same process."""
+        if not self.alive():
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap(self.pid)
+            if not self.alive():
+                return
+            time.sleep(0.05)
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            _reap(self.pid)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return fields[19]
+
+
+def _pids_of(exe_name: str) -> list[int]:
+    """PIDs whose executable is named ``exe_name`` (read-only lookup; never used to kill)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            target = os.readlink(d / "exe")
+        except OSError:
+            continue
+        if Path(target.removesuffix(" (deleted)")).name == exe_name:
+            found.append(int(d.name))
+    return found
+
+
+def _run(args: Sequence[str], *, check: bool = True, timeout: float = 120) -> str:
+    res = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
+    if check and res.returncode != 0:
+        raise HostError(f"{' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
+
+
+def _spawn(role: str, args: Sequence[str], log: Path) -> tuple[Proc, subprocess.Popen[bytes]]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        popen = subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the CLI; no Ctrl-C from the test terminal
+        )
+    time.sleep(0.02)
+    return Proc.of(role, popen.pid), popen
+
+
+# --------------------------------------------------------------------------- libvirt helpers
+
+
+def _answers(uri: str) -> bool:
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        return False
+    try:
+        conn.getLibVersion()
+        return True
+    except libvirt.libvirtError:
+        return False
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+
+def _wait_answers(uri: str, proc: Proc | None, timeout: float, log: Path | None) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if _answers(uri):
+            return time.monotonic() - t0
+        if proc is not None and not proc.alive():
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise HostError(f"{proc.role} (pid {proc.pid}) exited before answering:\n{tail}")
+        time.sleep(0.1)
+    raise HostError(f"{uri} did not answer within {timeout:.0f} s")
+
+
+def kvm_usable() -> bool:
+    """/dev/kvm exists and can be opened read-write."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def fix_dev_kvm_permissions() -> None:
+    """Give /dev/kvm the mode udev's Debian rule would (root:kvm 0660); no udev here.
+
+    QEMU runs as libvirt-qemu (group kvm). Without this, type='kvm' domains fail with
+    "Could not access KVM kernel module: Permission denied" and libvirtd re-probes QEMU's
+    capabilities (~8 s) on every getCapabilities() call.
+    """
+    dev = Path("/dev/kvm")
+    if not dev.exists():
+        return
+    try:
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return
+    st = dev.stat()
+    if st.st_gid != kvm_gid or (st.st_mode & 0o060) != 0o060:
+        os.chown(dev, -1, kvm_gid)
+        os.chmod(dev, (st.st_mode & 0o7777) | 0o060)
+
+
+def kvm_is_pvm() -> bool:
+    """/dev/kvm is nested PVM (kvm_pvm): fine for no-OS domains, too slow to boot Linux."""
+    return Path("/sys/module/kvm_pvm").exists()
+
+
+def _network_xml() -> str:
+    return f"""<network>
+  <name>{NETWORK_NAME}</name>
+  <bridge name='{GUEST_NET_BRIDGE}' stp='off' delay='0'/>
+  <ip address='{GUEST_NET_ADDR}' netmask='255.255.255.0'>
+    <dhcp><range start='10.213.78.10' end='10.213.78.250'/></dhcp>
+  </ip>
+</network>"""
+
+
+def _pool_xml() -> str:
+    return f"""<pool type='dir'>
+  <name>{POOL_NAME}</name>
+  <target><path>{IMAGE_DIR}</path></target>
+</pool>"""
+
+
+def ensure_network_and_pool(uri: str) -> None:
+    """Define, start and autostart the ``vmctl-test`` network and pool on ``uri`` (idempotent)."""
+    IMAGE_DIR.mkdir(parents=True, exist_ok=True)
+    conn = libvirt.open(uri)
+    try:
+        try:
+            net = conn.networkLookupByName(NETWORK_NAME)
+        except libvirt.libvirtError:
+            net = conn.networkDefineXML(_network_xml())
+        if not net.isActive():
+            net.create()
+        net.setAutostart(True)
+        try:
+            pool = conn.storagePoolLookupByName(POOL_NAME)
+        except libvirt.libvirtError:
+            pool = conn.storagePoolDefineXML(_pool_xml(), 0)
+        if not pool.isActive():
+            pool.create(0)
+        pool.setAutostart(True)
+        pool.refresh(0)
+    finally:
+        conn.close()
+
+
+def _destroy_all_domains(uri: str) -> list[str]:
+    names: list[str] = []
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        return names
+    try:
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+                names.append(dom.name())
+    finally:
+        conn.close()
+    return names
+
+
+# --------------------------------------------------------------------------- host 1
+
+
+def _start_host1(started: list[Proc], timings: dict[str, float]) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    foreign = [p for p in _pids_of("libvirtd") if not any(s.pid == p for s in started)]
+    if foreign:
+        if _answers(URI):
+            print(
+                f"kvm hosts: reusing a libvirtd this harness did not start (pid "
+                f"{', '.join(map(str, foreign))}); it is left running",
+                file=sys.stderr,
+            )
+            return
+        raise HostError(
+            f"a libvirtd this harness did not start is running (pid {foreign}) but "
+            f"{URI} does not answer; stop it yourself"
+        )
+    if not _pids_of("virtlogd") or not Path("/run/libvirt/virtlogd-sock").exists():
+        vlog, _ = _spawn("virtlogd", ["virtlogd"], STATE_DIR / "virtlogd.log")
+        started.append(vlog)
+        deadline = time.monotonic() + 10
+        while not Path("/run/libvirt/virtlogd-sock").exists():
+            if time.monotonic() > deadline or not vlog.alive():
+                raise HostError("virtlogd did not create /run/libvirt/virtlogd-sock")
+            time.sleep(0.05)
+    log = STATE_DIR / "libvirtd.log"
+    t0 = time.monotonic()
+    proc, _ = _spawn("libvirtd", ["libvirtd"], log)
+    started.append(proc)
+    _wait_answers(URI, proc, START_TIMEOUT, log)
+    timings["libvirtd_start_s"] = round(time.monotonic() - t0, 2)
+
+
+# --------------------------------------------------------------------------- host 2
+
+
+def _host2_script() -> str:
+    """Shell run by ``ip netns exec`` (already a private mount namespace): mounts, daemons."""
+    binds = {
+        "etc": "/etc/libvirt",
+        "lib": "/var/lib/libvirt",
+        "cache": "/var/cache/libvirt",
+        "log": "/var/log/libvirt",
+    }
+    lines = [
+        "set -e",
+        "mount --make-rprivate /",
+        "mount -t tmpfs -o mode=0755 tmpfs /run",
+        "mkdir -p /run/libvirt /run/lock",
+    ]
+    for src, dst in binds.items():
+        lines.append(f"mount --rbind {HOST2_DIR / src} {dst}")
+    lines += [
+        f"mount --bind {HOST2_DIR / 'hosts'} /etc/hosts",
+        f"virtlogd > {HOST2_DIR / 'virtlogd.log'} 2>&1 &",
+        f"echo $! > {HOST2_DIR / 'virtlogd.pid'}",
+        "exec libvirtd --listen",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _prepare_host2_dirs() -> None:
+    for sub in ("etc", "lib", "cache", "log"):
+        (HOST2_DIR / sub).mkdir(parents=True, exist_ok=True)
+    etc = HOST2_DIR / "etc"
+    if not (etc / "qemu.conf.orig").exists():
+        # Start from the packaged configuration (qemu.conf, network/ defaults, ...).
+        shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True, symlinks=True)
+        shutil.copy2("/etc/libvirt/qemu.conf", etc / "qemu.conf.orig")
+        # Networks/pools autostarted by host 1 are not host 2's business.
+        for p in (etc / "qemu" / "networks" / "autostart", etc / "storage" / "autostart"):
+            shutil.rmtree(p, ignore_errors=True)
+    for sub in ("qemu", "network", "dnsmasq", "images", "boot", "sanlock", "swtpm"):
+        (HOST2_DIR / "lib" / sub).mkdir(parents=True, exist_ok=True)
+    for sub in ("qemu",):
+        (HOST2_DIR / "log" / sub).mkdir(parents=True, exist_ok=True)
+    (etc / "libvirtd.conf").write_text(
+        "# written by tests/hosts/kvm.py: second test host (network namespace "
+        f"{NETNS})\n"
+        "listen_tls = 0\n"
+        "listen_tcp = 1\n"
+        f'listen_addr = "{HOST2_ADDR}"\n'
+        'auth_tcp = "none"\n'
+        f'host_uuid = "{HOST2_UUID}"\n'
+        'log_outputs = "3:stderr"\n'
+    )
+    qemu_conf = (etc / "qemu.conf.orig").read_text()
+    (etc / "qemu.conf").write_text(
+        qemu_conf + "\n# tests/hosts/kvm.py: incoming migrations connect here\n"
+        f'migration_host = "{HOST2_ADDR}"\n'
+    )
+    # Inside the namespace the machine's host name must resolve to host 1's veth address:
+    # host 1 advertises `tcp://<hostname>:<port>` as the URI for incoming migrations.
+    hostname = os.uname().nodename
+    (HOST2_DIR / "hosts").write_text(
+        f"127.0.0.1 localhost\n{HOST1_ADDR} {hostname}\n{HOST2_ADDR} {NETNS}\n"
+    )
+
+
+def _setup_netns() -> None:
+    if NETNS not in _run(["ip", "netns", "list"]).split():
+        _run(["ip", "netns", "add", NETNS])
+    links = _run(["ip", "-o", "link", "show"])
+    if f" {VETH_HOST}@" not in links and f" {VETH_HOST}:" not in links:
+        _run(["ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS])
+        _run(["ip", "link", "set", VETH_NS, "netns", NETNS])
+    addrs = _run(["ip", "-o", "addr", "show", "dev", VETH_HOST])
+    if f"{HOST1_ADDR}/" not in addrs:
+        _run(["ip", "addr", "add", f"{HOST1_ADDR}/{VETH_PREFIX}", "dev", VETH_HOST])
+    _run(["ip", "link", "set", VETH_HOST, "up"])
+    nsx = ["ip", "netns", "exec", NETNS]
+    addrs = _run([*nsx, "ip", "-o", "addr", "show", "dev", VETH_NS])
+    if f"{HOST2_ADDR}/" not in addrs:
+        _run([*nsx, "ip", "addr", "add", f"{HOST2_ADDR}/{VETH_PREFIX}", "dev", VETH_NS])
+    _run([*nsx, "ip", "link", "set", VETH_NS, "up"])
+    _run([*nsx, "ip", "link", "set", "lo", "up"])
+
+
+def _teardown_netns() -> None:
+    with contextlib.suppress(HostError):
+        _run(["ip", "link", "del", VETH_HOST])
+    if NETNS in _run(["ip", "netns", "list"], check=False).split():
+        _run(["ip", "netns", "del", NETNS], check=False)
+
+
+def _start_host2(started: list[Proc], timings: dict[str, float]) -> None:
+    if _answers(OTHER_URI):
+        print(
+            f"kvm hosts: reusing the second host already answering at {OTHER_URI}", file=sys.stderr
+        )
+        return
+    _prepare_host2_dirs()
+    _setup_netns()
+    script = HOST2_DIR / "start.sh"
+    script.write_text(_host2_script())
+    (HOST2_DIR / "virtlogd.pid").unlink(missing_ok=True)
+    log = STATE_DIR / "libvirtd2.log"
+    t0 = time.monotonic()
+    proc, _ = _spawn("libvirtd2", ["ip", "netns", "exec", NETNS, "sh", str(script)], log)
+    started.append(proc)
+    pidfile = HOST2_DIR / "virtlogd.pid"
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if pidfile.exists() and pidfile.read_text().strip():
+        started.append(Proc.of("virtlogd2", int(pidfile.read_text().strip())))
+    _wait_answers(OTHER_URI, proc, START_TIMEOUT, log)
+    timings["libvirtd2_start_s"] = round(time.monotonic() - t0, 2)
+
+
+def _check_migration_paths(libvirtd2: Proc | None) -> None:
+    """Host 1 reaches host 2 (libvirt answered over tcp); check the way back too.
+
+    Incoming migrations into host 1 connect to ``tcp://<hostname>:<port>``: inside host 2's
+    namespaces that name must resolve to host 1's veth address and be reachable.
+    """
+    if libvirtd2 is None:
+        return
+    hostname = os.uname().nodename
+    with socket.create_server((HOST1_ADDR, 0)) as srv:
+        srv.settimeout(10)
+        port = srv.getsockname()[1]
+        probe = (
+            "import socket,sys; a=socket.gethostbyname(sys.argv[1]); "
+            "socket.create_connection((a, int(sys.argv[2])), timeout=5).close(); print(a)"
+        )
+        child = subprocess.Popen(
+            [
+                "nsenter",
+                "-t",
+                str(libvirtd2.pid),
+                "-m",
+                "-n",
+                sys.executable,
+                "-c",
+                probe,
+                hostname,
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            conn, _ = srv.accept()
+            conn.close()
+        except OSError as exc:
+            child.kill()
+            raise HostError(f"host 2 cannot connect back to {HOST1_ADDR}:{port}: {exc}") from exc
+        out, err = child.communicate(timeout=10)
+    if child.returncode != 0 or out.strip() != HOST1_ADDR:
+        raise HostError(
+            f"inside host 2, {hostname!r} resolves to {out.strip()!r} (want {HOST1_ADDR}): {err}"
+        )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+@dataclasses.dataclass
+class KvmHosts:
+    """What ``running_hosts`` gives you. URIs are libvirt connection URIs."""
+
+    uri: str
+    other_uri: str | None
+    network: str
+    pool: str
+    image_dir: Path
+    kvm_available: bool
+    kvm_is_pvm: bool
+    migrate_uri: str  # pass as VIR_MIGRATE_PARAM_URI / migrate(uri=) when migrating *to* host 1
+    other_migrate_uri: str | None  # ... when migrating *to* host 2
+    processes: list[Proc] = dataclasses.field(default_factory=list)  # what *we* started
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = {"VMCTL_URI": self.uri}
+        if self.other_uri:
+            env["VMCTL_OTHER_URI"] = self.other_uri
+        return env
+
+
+def start_hosts(*, second_host: bool = True) -> KvmHosts:
+    """Start (or reuse) the hosts and return them; call :func:`stop_hosts` with the result."""
+    if os.geteuid() != 0:
+        raise HostError("the KVM test hosts need root")
+    for exe in ("libvirtd", "virtlogd", "qemu-system-x86_64"):
+        if shutil.which(exe) is None:
+            raise HostError(f"{exe} not found: run tests/hosts/install-kvm.sh")
+    fix_dev_kvm_permissions()
+    started: list[Proc] = []
+    timings: dict[str, float] = {}
+    try:
+        _start_host1(started, timings)
+        ensure_network_and_pool(URI)
+        if second_host:
+            _start_host2(started, timings)
+            ensure_network_and_pool(OTHER_URI)
+            _check_migration_paths(next((p for p in started if p.role == "libvirtd2"), None))
+    except BaseException:
+        _stop(started, second_host=second_host)
+        raise
+    for d in (GUEST_DIR, CONSOLE_DIR):
+        d.mkdir(parents=True, exist_ok=True)
+    return KvmHosts(
+        uri=URI,
+        other_uri=OTHER_URI if second_host else None,
+        network=NETWORK_NAME,
+        pool=POOL_NAME,
+        image_dir=IMAGE_DIR,
+        kvm_available=kvm_usable(),
+        kvm_is_pvm=kvm_is_pvm(),
+        migrate_uri=f"tcp://{HOST1_ADDR}",
+        other_migrate_uri=f"tcp://{HOST2_ADDR}" if second_host else None,
+        processes=started,
+        timings=timings,
+    )
+
+
+def _stop(procs: Sequence[Proc], *, second_host: bool) -> None:
+    roles = {p.role for p in procs}
+    if "libvirtd2" in roles:
+        _destroy_all_domains(OTHER_URI)
+    if "libvirtd" in roles:
+        _destroy_all_domains(URI)
+    order = ["libvirtd2", "virtlogd2", "libvirtd", "virtlogd"]
+    for role in order:
+        for p in procs:
+            if p.role == role:
+                p.stop()
+    if "libvirtd2" in roles:
+        _teardown_netns()
+
+
+def stop_hosts(hosts: KvmHosts) -> None:
+    """Stop exactly the processes ``start_hosts`` started (by PID) and remove the netns.
+
+    Running domains on a host we started are destroyed first (QEMU outlives libvirtd).
+    """
+    _stop(hosts.processes, second_host=hosts.other_uri is not None)
+    hosts.processes.clear()
+
+
+@contextlib.contextmanager
+def running_hosts(*, second_host: bool = True) -> Iterator[KvmHosts]:
+    """Context manager: hosts up inside, stopped (only what it started) on exit."""
+    hosts = start_hosts(second_host=second_host)
+    try:
+        yield hosts
+    finally:
+        stop_hosts(hosts)
+
+
+# --------------------------------------------------------------------------- tiny guest
+
+GUEST_BUILDER_VERSION = "4"  # bump when the initramfs layout / init script changes
+GUEST_MODULES = (
+    "virtio_pci",
+    "virtio_net",
+    "virtio_console",
+    "virtio_balloon",
+    "virtio_blk",
+    "button",
+    "evdev",
+)
+GUEST_CMDLINE = "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off"
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyGuest:
+    """A bootable kernel + initramfs; paths are readable by QEMU on both hosts."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    versions: dict[str, str]
+    has_agent: bool
+    ready_marker: str = READY_MARKER
+
+
+_INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mkdir -p /proc /sys /dev /run /tmp /var/run
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /etc/modules.order); do insmod /lib/modules/$m.ko 2>/dev/null; done
+hostname vmctl-tiny
+ip link set lo up
+# ACPI power button -> poweroff -f (any event from the "Power Button" input device).
+for ev in /sys/class/input/event*; do
+    if grep -q "Power Button" "$ev/device/name" 2>/dev/null; then
+        dev=/dev/input/$(basename $ev)
+        (while :; do
+            if [ -c $dev ] && [ -n "$(dd if=$dev bs=24 count=1 2>/dev/null | head -c 1)" ]; then
+                echo "vmctl-tiny: power button" > /dev/ttyS0; poweroff -f
+            fi
+            sleep 0.5
+        done) &
+    fi
+done
+# qemu-ga on the virtio-serial port named org.qemu.guest_agent.0, if both are present.
+if [ -x /usr/sbin/qemu-ga ]; then
+    for p in /sys/class/virtio-ports/*; do
+        if [ "$(cat $p/name 2>/dev/null)" = "org.qemu.guest_agent.0" ]; then
+            /usr/sbin/qemu-ga -d -m virtio-serial -p /dev/$(basename $p) \
+                -f /run/qemu-ga.pid -t /run
+        fi
+    done
+fi
+n=0
+while ! ip link show eth0 >/dev/null 2>&1 && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+udhcpc -i eth0 -s /etc/udhcpc.script -t 1000 -T 1 -b -x hostname:vmctl-tiny >/dev/null 2>&1
+while true; do sleep 3600; done
+"""
+
+_UDHCPC_SCRIPT = r"""#!/bin/sh
+case "$1" in
+    deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+    bound|renew)
+        ip addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+        [ -n "$router" ] && ip route add default via ${router%% *} dev "$interface"
+        if [ "$1" = bound ]; then
+            echo "@MARKER@ ip=$ip uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
+        fi ;;
+esac
+exit 0
+""".replace("@MARKER@", READY_MARKER)
+
+_SHUTDOWN = "#!/bin/sh\necho 'vmctl-tiny: shutdown' > /dev/ttyS0\npoweroff -f\n"
+
+
+def _apt_candidate(pkg: str) -> str:
+    out = subprocess.run(
+        ["apt-cache", "show", "--no-all-versions", pkg],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("Version: "):
+            return line.split(": ", 1)[1].strip()
+    raise GuestBuildError(
+        f"apt knows no package {pkg!r}: run `apt-get update` (tests/hosts/install-kvm.sh)"
+    )
+
+
+def _kernel_package() -> str:
+    out = subprocess.run(
+        ["apt-cache", "depends", "linux-image-amd64"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in out.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("Depends: linux-image-") and "<" not in line:
+            return line.split(": ", 1)[1].strip()
+    raise GuestBuildError("cannot resolve linux-image-amd64: run `apt-get update`")
+
+
+def _guest_versions() -> dict[str, str]:
+    pkgs = [_kernel_package(), "busybox-static", "qemu-guest-agent"]
+    return {p: _apt_candidate(p) for p in pkgs}
+
+
+def _module_deps(ko: Path) -> list[str]:
+    data = ko.read_bytes()
+    i = data.find(b"\0depends=")
+    if i < 0:
+        return []
+    end = data.index(b"\0", i + 1)
+    value = data[i + len(b"\0depends=") : end].decode()
+    return [d for d in value.split(",") if d]
+
+
+def _module_order(moddir: Path, wanted: Sequence[str]) -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    for ko in moddir.rglob("*.ko"):
+        index.setdefault(ko.stem.replace("-", "_"), ko)
+    order: dict[str, Path] = {}
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        ko = index.get(name)
+        if ko is None:
+            return  # built in
+        for dep in _module_deps(ko):
+            visit(dep)
+        order[name] = ko
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+def _shared_libs(binary: Path) -> list[Path] | None:
+    """Host libraries ``binary`` needs (via ldd); None if any is missing."""
+    res = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        return None
+    libs: list[Path] = []
+    for line in res.stdout.splitlines():
+        line = line.strip()
+        if "not found" in line:
+            return None
+        if "=>" in line:
+            target = line.split("=>", 1)[1].split("(")[0].strip()
+            if target:
+                libs.append(Path(target))
+        elif line.startswith("/"):
+            libs.append(Path(line.split("(")[0].strip()))
+    return libs
+
+
+def _cpio_newc(root: Path) -> bytes:
+    """An uncompressed newc cpio archive of ``root`` (dirs, files, symlinks), owned by root."""
+    out = bytearray()
+    ino = 1
+
+    def entry(name: str, mode: int, data: bytes, nlink: int = 1) -> None:
+        nonlocal ino
+        namez = name.encode() + b"\0"
+        hdr = "070701" + "".join(
+            f"{v:08x}" for v in (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(namez), 0)
+        )
+        ino += 1
+        out.extend(hdr.encode())
+        out.extend(namez)
+        out.extend(b"\0" * ((-(110 + len(namez))) % 4))
+        out.extend(data)
+        out.extend(b"\0" * ((-len(data)) % 4))
+
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        rel = base.relative_to(root).as_posix()
+        if rel != ".":
+            entry(rel, 0o040755, b"", 2)
+        for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:
+            p = base / name
+            arc = (p.relative_to(root)).as_posix()
+            st = p.lstat()
+            if p.is_symlink():
+                entry(arc, 0o120777, os.readlink(p).encode())
+            else:
+                entry(arc, 0o100000 | (st.st_mode & 0o7777), p.read_bytes())
+    entry("TRAILER!!!", 0, b"")
+    return bytes(out)
+
+
+def _build_guest(dest: Path, versions: dict[str, str]) -> None:
+    kernel_pkg = next(p for p in versions if p.startswith("linux-image-"))
+    with tempfile.TemporaryDirectory(prefix="vmctl-guest-") as tmp_s:
+        tmp = Path(tmp_s)
+        dl = tmp / "debs"
+        dl.mkdir()
+        os.chmod(dl, 0o777)  # lets apt's _apt user write there (no "unsandboxed" warning)
+        res = subprocess.run(
+            ["apt-get", "download", *[f"{p}={v}" for p, v in versions.items()]],
+            cwd=dl,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        if res.returncode != 0:
+            raise GuestBuildError(f"apt-get download failed: {res.stderr.strip()[-1000:]}")
+        x = tmp / "x"
+        for deb in dl.glob("*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(x)], check=True)
+        root = tmp / "root"
+        for d in (
+            "bin",
+            "sbin",
+            "etc",
+            "proc",
+            "sys",
+            "dev",
+            "run",
+            "tmp",
+            "lib/modules",
+            "usr/sbin",
+            "var",
+        ):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(x / "bin" / "busybox", root / "bin" / "busybox")
+        (root / "bin" / "sh").symlink_to("busybox")
+        (root / "sbin" / "shutdown").write_text(_SHUTDOWN)
+        (root / "sbin" / "shutdown").chmod(0o755)
+        mod_root = next((x / "lib" / "modules").iterdir())
+        order = _module_order(mod_root, GUEST_MODULES)
+        for name, ko in order.items():
+            shutil.copy2(ko, root / "lib" / "modules" / f"{name}.ko")
+        (root / "etc" / "modules.order").write_text("\n".join(order) + "\n")
+        (root / "init").write_text(_INIT)
+        (root / "init").chmod(0o755)
+        (root / "etc" / "udhcpc.script").write_text(_UDHCPC_SCRIPT)
+        (root / "etc" / "udhcpc.script").chmod(0o755)
+        has_agent = False
+        qga = x / "usr" / "sbin" / "qemu-ga"
+        libs = _shared_libs(qga) if qga.exists() else None
+        if qga.exists() and libs is not None:
+            shutil.copy2(qga, root / "usr" / "sbin" / "qemu-ga")
+            for lib in libs:
+                target = root / str(lib).lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(lib.resolve(), target)
+            lib64 = root / "lib64"
+            if (root / "usr" / "lib64").exists() and not lib64.exists():
+                lib64.symlink_to("usr/lib64")
+            has_agent = True
+        kernel = next((x / "boot").glob("vmlinuz-*"))
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(kernel, dest / "vmlinuz")
+        with gzip.open(dest / "initrd.gz", "wb", compresslevel=6) as gz:
+            gz.write(_cpio_newc(root))
+        (dest / "guest.json").write_text(
+            json.dumps(
+                {
+                    "versions": versions,
+                    "kernel_package": kernel_pkg,
+                    "has_agent": has_agent,
+                    "modules": list(order),
+                    "builder": GUEST_BUILDER_VERSION,
+                },
+                indent=2,
+            )
+        )
+
+
+def tiny_guest() -> TinyGuest:
+    """Build (once; cached under .cache/guest/<key>/) and return the tiny guest.
+
+    The returned kernel/initrd are copies under /var/lib/vmctl-test/guest/ so QEMU (user
+    libvirt-qemu) on either host can read them without relabelling files in the repository.
+    """
+    versions = _guest_versions()
+    key_src = json.dumps([GUEST_BUILDER_VERSION, sorted(versions.items())])
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    cache = GUEST_CACHE_DIR / key
+    if not (cache / "guest.json").exists():
+        tmp_dest = GUEST_CACHE_DIR / f".{key}.tmp{os.getpid()}"
+        shutil.rmtree(tmp_dest, ignore_errors=True)
+        _build_guest(tmp_dest, versions)
+        shutil.rmtree(cache, ignore_errors=True)
+        tmp_dest.rename(cache)
+    meta = json.loads((cache / "guest.json").read_text())
+    GUEST_DIR.mkdir(parents=True, exist_ok=True)
+    os.chmod(BASE_DIR, 0o755)
+    os.chmod(GUEST_DIR, 0o755)
+    out: dict[str, Path] = {}
+    for name in ("vmlinuz", "initrd.gz"):
+        target = GUEST_DIR / f"{key}-{name}"
+        if not target.exists():
+            shutil.copyfile(cache / name, target)
+            target.chmod(0o644)
+        out[name] = target
+    return TinyGuest(
+        kernel=out["vmlinuz"],
+        initrd=out["initrd.gz"],
+        cmdline=GUEST_CMDLINE,
+        versions=dict(meta["versions"]),
+        has_agent=bool(meta["has_agent"]),
+    )
+
+
+def console_log_path(name: str) -> Path:
+    """Where ``tiny_guest_xml`` makes virtlogd write the serial console of domain ``name``."""
+    return CONSOLE_DIR / f"{name}.log"
+
+
+def tiny_guest_xml(
+    name: str,
+    guest: TinyGuest,
+    *,
+    network: str = NETWORK_NAME,
+    memory_mib: int = 192,
+    vcpus: int = 1,
+    agent: bool = True,
+    mac: str | None = None,
+    extra_devices: str = "",
+) -> str:
+    """Domain XML booting the tiny guest under TCG (``type='qemu'``), no <cpu> element.
+
+    The serial console is logged to :func:`console_log_path` (``name``); wait there for
+    ``guest.ready_marker`` (``VMCTL-TINY-READY ip=...``).
+    """
+    CONSOLE_DIR.mkdir(parents=True, exist_ok=True)
+    mac_xml = f"<mac address='{escape(mac)}'/>" if mac else ""
+    agent_xml = (
+        "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+        if agent
+        else ""
+    )
+    return f"""<domain type='qemu'>
+  <name>{escape(name)}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>{vcpus}</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(str(guest.kernel))}</kernel>
+    <initrd>{escape(str(guest.initrd))}</initrd>
+    <cmdline>{escape(guest.cmdline)}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <interface type='network'>{mac_xml}<source network='{escape(network)}'/>
+      <model type='virtio'/></interface>
+    <serial type='pty'><log file='{console_log_path(name)}' append='off'/>
+      <target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    {agent_xml}
+    <memballoon model='virtio'/>
+    {extra_devices}
+  </devices>
+</domain>"""
+
+
+def blank_domain_xml(
+    name: str,
+    *,
+    kvm: bool | None = None,
+    memory_mib: int = 128,
+    vcpus: int = 1,
+    max_vcpus: int | None = None,
+    network: str | None = None,
+) -> str:
+    """A domain with no OS (SeaBIOS only): ``type='kvm'`` when /dev/kvm works, else TCG.
+
+    Good for lifecycle, suspend/resume, snapshots, migration. Never has a <cpu> element.
+    """
+    use_kvm = kvm_usable() if kvm is None else kvm
+    vcpu_xml = (
+        f"<vcpu current='{vcpus}'>{max_vcpus}</vcpu>" if max_vcpus else f"<vcpu>{vcpus}</vcpu>"
+    )
+    nic = (
+        f"<interface type='network'><source network='{escape(network)}'/>"
+        "<model type='virtio'/></interface>"
+        if network
+        else ""
+    )
+    return f"""<domain type='{"kvm" if use_kvm else "qemu"}'>
+  <name>{escape(name)}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  {vcpu_xml}
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/></features>
+  <devices>{nic}<memballoon model='none'/></devices>
+</domain>"""
+
+
+def wait_console(name: str, marker: str, timeout: float) -> str:
+    """Wait for ``marker`` in domain ``name``'s console log; return that line."""
+    path = console_log_path(name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                if marker in line:
+                    return line.strip()
+        time.sleep(0.1)
+    raise TimeoutError(f"{marker!r} not seen on the console of {name} within {timeout} s")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _write_state(hosts: KvmHosts) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    PIDS_FILE.write_text(
+        json.dumps(
+            {
+                "processes": [dataclasses.asdict(p) for p in hosts.processes],
+                "second_host": hosts.other_uri is not None,
+                "timings": hosts.timings,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    ENV_FILE.write_text("".join(f"{k}={v}\nexport {k}\n" for k, v in hosts.env().items()))
+
+
+def _read_state() -> tuple[list[Proc], bool]:
+    if not PIDS_FILE.exists():
+        return [], False
+    data = json.loads(PIDS_FILE.read_text())
+    return [Proc(**p) for p in data["processes"]], bool(data.get("second_host"))
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    procs, _ = _read_state()
+    if any(p.alive() for p in procs):
+        print("kvm hosts: already started (see `status`); `stop` first", file=sys.stderr)
+        return 1
+    hosts = start_hosts(second_host=not args.no_second_host)
+    _write_state(hosts)
+    print(f"VMCTL_URI={hosts.uri}")
+    if hosts.other_uri:
+        print(f"VMCTL_OTHER_URI={hosts.other_uri}")
+    print(f"# pids in {PIDS_FILE}; `. {ENV_FILE}`; timings {hosts.timings}", file=sys.stderr)
+    return 0
+
+
+def _cmd_stop(_args: argparse.Namespace) -> int:
+    procs, second = _read_state()
+    if not procs and not PIDS_FILE.exists():
+        print("kvm hosts: nothing started by `start` (no .hosts/kvm.pids)")
+    _stop(procs, second_host=second)
+    for f in (PIDS_FILE, ENV_FILE):
+        f.unlink(missing_ok=True)
+    print("kvm hosts: stopped")
+    return 0
+
+
+def _cmd_status(_args: argparse.Namespace) -> int:
+    procs, second = _read_state()
+    for p in procs:
+        print(f"{p.role:10} pid {p.pid:7} {'running' if p.alive() else 'gone'}")
+    ok = True
+    for uri in [URI] + ([OTHER_URI] if second else []):
+        up = _answers(uri)
+        ok &= up
+        print(f"{uri:35} {'answers' if up else 'DOES NOT ANSWER'}")
+    foreign = [p for p in _pids_of("libvirtd") if p not in {q.pid for q in procs}]
+    if foreign:
+        print(f"libvirtd not started by this harness: pid {foreign}")
+    return 0 if ok else 1
+
+
+def _cmd_guest(_args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    g = tiny_guest()
+    print(
+        json.dumps(
+            {
+                "kernel": str(g.kernel),
+                "initrd": str(g.initrd),
+                "cmdline": g.cmdline,
+                "versions": g.versions,
+                "has_agent": g.has_agent,
+                "seconds": round(time.monotonic() - t0, 1),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.hosts.kvm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_start = sub.add_parser("start", help="start the hosts detached; write .hosts/kvm.*")
+    p_start.add_argument("--no-second-host", action="store_true")
+    p_start.set_defaults(func=_cmd_start)
+    sub.add_parser("stop", help="stop what `start` started").set_defaults(func=_cmd_stop)
+    sub.add_parser("status", help="show PIDs and whether the URIs answer").set_defaults(
+        func=_cmd_status
+    )
+    sub.add_parser("guest", help="build/cache the tiny guest, print paths").set_defaults(
+        func=_cmd_guest
+    )
+    args = parser.parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except (HostError, GuestBuildError) as exc:
+        print(f"kvm hosts: {exc}", file=sys.stderr)
+        return 2
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
