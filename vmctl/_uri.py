@@ -104,7 +104,8 @@ class URI:
         netloc += host
         if self.port is not None:
             netloc += f":{self.port}"
-        query = ("?" + urllib.parse.urlencode(sorted(self.params.items()))) if self.params else ""
+        query = ("?" + urllib.parse.urlencode(sorted(self.params.items()), safe="/~")) \
+            if self.params else ""
         return f"{head}://{netloc}{urllib.parse.quote(self.path)}{query}"
 
     def __repr__(self) -> str:

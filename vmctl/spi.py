@@ -1,8 +1,5 @@
 """The driver SPI: what a backend implements so that vmctl can drive it.
 
-TEMPORARY NOTE FOR HELPER SESSIONS WRITING DRIVERS (the {COMMON} in your prompt): read
-/work/helper-notes/driver-rules.md now - the working rules, the kit contract, and the time limit.
-
 Read this module and docs/driver-authoring.md, and nothing else, to write a driver.
 
 A driver is a thin translator. The core (``vmctl.connect`` and the ``VM`` handle) has already

@@ -178,7 +178,7 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
         disk_id = vm.device_id("disk")
         name = spec.name or f"{vm.name}-{disk_id}"
         return SimDisk(id=disk_id, size_mib=spec.size_mib, name=spec.name,
-                       bus=spec.bus.value, path=f"/sim/{self.host_name}/{pool}/{name}.img")
+                       bus=spec.bus.value, path=f"/sim/{self.site.name}/{pool}/{name}.img")
 
     def _nic(self, vm: SimVM, spec: NicSpec) -> SimNic:
         if spec.network not in NETWORKS:
