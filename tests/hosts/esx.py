@@ -397,6 +397,7 @@ def start_simulator(
         standalone_hosts=standalone_hosts, datastores=datastores, autostart=autostart,
     )  # fmt: skip
     if log_dir is None:
+        _prune_run_dirs(CACHE_DIR / "run")
         (CACHE_DIR / "run").mkdir(parents=True, exist_ok=True)
         log_dir = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=CACHE_DIR / "run"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -407,10 +408,13 @@ def start_simulator(
     # The datastores' temporary directories go under the cache, not /tmp.
     env["TMPDIR"] = str(log_dir)
     started = time.monotonic()
+    if not detach:
+        # The launcher exits when this pipe closes, i.e. when this Python process dies.
+        args.append("-exit-on-stdin-eof")
     with ready_file.open("wb") as out, log_file.open("ab") as err:
         proc = subprocess.Popen(
             args,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if detach else subprocess.PIPE,
             stdout=out,
             stderr=err,
             env=env,
@@ -444,6 +448,20 @@ def start_simulator(
         log_dir=log_dir,
         process=proc,
     )
+
+
+def _prune_run_dirs(run_dir: Path) -> None:
+    """Remove run directories of launchers that exited after their Python parent died."""
+    if not run_dir.is_dir():
+        return
+    for sub in run_dir.iterdir():
+        for ready_file in sub.glob("vcsim-*.ready"):
+            try:
+                pid = int(json.loads(ready_file.read_text().split("\n", 1)[0])["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if not _pid_is_ours(pid):
+                shutil.rmtree(sub, ignore_errors=True)
 
 
 def _wait_ready(
@@ -495,6 +513,9 @@ def stop_pid(
     Signals nothing unless the PID still runs our launcher binary (guards against PID reuse).
     Returns True when a process was signalled.
     """
+    if process is not None and process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()  # harmless; the launcher also exits on stdin EOF
     if process is not None and process.poll() is not None:
         return False
     if not _pid_is_ours(pid):

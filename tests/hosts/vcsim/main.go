@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/url"
@@ -72,6 +73,7 @@ type options struct {
 	portgroups     int
 	autostart      bool
 	trace          bool
+	stdinEOFExit   bool
 }
 
 func parseFlags() *options {
@@ -99,6 +101,8 @@ func parseFlags() *options {
 		"vcenter: distributed port groups per datacenter (Model.Portgroup)")
 	flag.BoolVar(&o.autostart, "autostart", true, "power on the VMs the model creates")
 	flag.BoolVar(&o.trace, "trace", false, "write SOAP traffic to stderr")
+	flag.BoolVar(&o.stdinEOFExit, "exit-on-stdin-eof", false,
+		"stop as on SIGTERM when stdin reaches EOF (the parent holding the pipe died)")
 	flag.Parse()
 	return o
 }
@@ -220,7 +224,6 @@ func main() {
 	if err := model.Create(); err != nil {
 		fail("creating the %s model: %v", o.mode, err)
 	}
-	defer model.Remove()
 
 	model.Service.Listen = &url.URL{Host: o.listen, User: url.UserPassword(o.username, password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
@@ -261,8 +264,14 @@ func main() {
 	fmt.Fprintln(os.Stdout, string(line))
 	_ = os.Stdout.Sync()
 
-	stop := make(chan os.Signal, 1)
+	stop := make(chan os.Signal, 2)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	if o.stdinEOFExit {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			stop <- syscall.SIGHUP // reported as "hangup": stdin closed
+		}()
+	}
 	sig := <-stop
 	log.Printf("received %s, stopping", sig)
 	done := make(chan struct{})
@@ -277,5 +286,9 @@ func main() {
 		log.Printf("in-flight requests did not finish within 5s; exiting anyway")
 	case sig = <-stop:
 		log.Printf("received %s again; exiting now", sig)
+		return
 	}
+	started = time.Now()
+	model.Remove() // the datastores' temporary directories
+	log.Printf("removed the model's files in %.1fs", time.Since(started).Seconds())
 }
