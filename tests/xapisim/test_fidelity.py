@@ -578,3 +578,21 @@ def test_command_line_ready_line() -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_harness_start_stop() -> None:
+    from tests.hosts.xen import env_lines, running_simulator
+
+    with running_simulator(hosts=2, vms=2, password="harness-pw") as sim:
+        assert sim.uri == f"xen://root@127.0.0.1:{sim.port}"
+        assert sim.other_uri.endswith(f"/?host={sim.hosts[1]}")
+        lines = env_lines(sim)
+        assert any(line.startswith("export VMCTL_THUMBPRINT=") for line in lines)
+
+        class Srv:
+            url, cafile, username, password = sim.url, sim.cafile, "root", "harness-pw"
+
+        s = login(Srv())  # type: ignore[arg-type]
+        assert len(s.xenapi.host.get_all()) == 2
+        s.xenapi.session.logout()
+    assert sim.process is not None and sim.process.poll() is not None
