@@ -840,6 +840,14 @@ ERRORS: dict[str, ErrorSpec] = {
     "EVENT_FROM_TOKEN_PARSE_FAILURE": ErrorSpec(["token"],
                                                 f"{DM_ERR}: event_from_token_parse_failure"),
     "SESSION_NOT_REGISTERED": ErrorSpec(["handle"], f"{DM_ERR}: session_not_registered"),
+    "OPERATION_BLOCKED": ErrorSpec(["ref", "code"], f"{DM_ERR}: operation_blocked"),
+    "VBD_NOT_REMOVABLE_MEDIA": ErrorSpec(["vbd"], f"{DM_ERR}: vbd_not_removable_media"),
+    "VBD_NOT_EMPTY": ErrorSpec(["vbd"], f"{DM_ERR}: vbd_not_empty"),
+    "VBD_IS_EMPTY": ErrorSpec(["vbd"], f"{DM_ERR}: vbd_is_empty"),
+    "VM_REVERT_FAILED": ErrorSpec(["vm", "snapshot"], f"{DM_ERR}: vm_revert_failed"),
+    "XMLRPC_UNMARSHAL_FAILURE": ErrorSpec(
+        ["expected", "received"], f"{DM_ERR}: xmlrpc_unmarshal_failure"
+    ),
     "VM_HAS_NO_SUSPEND_VDI": ErrorSpec(["vm"], f"{DM_ERR}: vm_has_no_suspend_vdi"),
 }  # fmt: skip
 

@@ -596,3 +596,14 @@ def test_harness_start_stop() -> None:
         assert len(s.xenapi.host.get_all()) == 2
         s.xenapi.session.logout()
     assert sim.process is not None and sim.process.poll() is not None
+
+
+def test_every_error_the_simulator_raises_is_in_the_tables() -> None:
+    import re
+    from pathlib import Path
+
+    src = Path(xapisim.__file__).parent
+    codes: set[str] = set()
+    for f in src.glob("*.py"):
+        codes |= set(re.findall(r'Fault\(\s*"([A-Z_]+)"', f.read_text()))
+    assert codes and codes <= set(ERRORS), codes - set(ERRORS)
