@@ -57,6 +57,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -308,7 +309,12 @@ def ensure_network_and_pool(uri: str) -> None:
         conn.close()
 
 
-def _destroy_all_domains(uri: str) -> list[str]:
+def _quiesce_host(uri: str) -> list[str]:
+    """Destroy running domains and stop the test network (kills its dnsmasq) on ``uri``.
+
+    Only for hosts this harness started: QEMU and dnsmasq outlive libvirtd otherwise.
+    The network and pool stay defined (autostart) for the next start.
+    """
     names: list[str] = []
     try:
         conn = libvirt.open(uri)
@@ -317,8 +323,11 @@ def _destroy_all_domains(uri: str) -> list[str]:
     try:
         for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
             with contextlib.suppress(libvirt.libvirtError):
-                dom.destroy()
                 names.append(dom.name())
+                dom.destroy()
+        for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE):
+            with contextlib.suppress(libvirt.libvirtError):
+                net.destroy()
     finally:
         conn.close()
     return names
@@ -331,16 +340,21 @@ def _start_host1(started: list[Proc], timings: dict[str, float]) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     foreign = [p for p in _pids_of("libvirtd") if not any(s.pid == p for s in started)]
     if foreign:
+        cli = {p.pid for p in _read_state()[0] if p.alive()}
+        who = (
+            "started by `python -m tests.hosts.kvm start`"
+            if set(foreign) <= cli
+            else "this harness did not start"
+        )
         if _answers(URI):
             print(
-                f"kvm hosts: reusing a libvirtd this harness did not start (pid "
-                f"{', '.join(map(str, foreign))}); it is left running",
+                f"kvm hosts: reusing a libvirtd {who} (pid {', '.join(map(str, foreign))}); "
+                "it is left running",
                 file=sys.stderr,
             )
             return
         raise HostError(
-            f"a libvirtd this harness did not start is running (pid {foreign}) but "
-            f"{URI} does not answer; stop it yourself"
+            f"a libvirtd {who} is running (pid {foreign}) but {URI} does not answer; stop it first"
         )
     if not _pids_of("virtlogd") or not Path("/run/libvirt/virtlogd-sock").exists():
         vlog, _ = _spawn("virtlogd", ["virtlogd"], STATE_DIR / "virtlogd.log")
@@ -542,6 +556,19 @@ class KvmHosts:
     processes: list[Proc] = dataclasses.field(default_factory=list)  # what *we* started
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    def migrate_params(self, *, to_other: bool) -> dict[str, str]:
+        """virDomainMigrate3 params for a migration to host 2 (``to_other``) or to host 1.
+
+        Sets the migration URI and the address the destination QEMU listens on, so that
+        incoming migration listens on the private veth address only (without it, host 1's
+        QEMU listens on all addresses and is reached via the host name).
+        """
+        addr = HOST2_ADDR if to_other else HOST1_ADDR
+        return {
+            libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{addr}",
+            libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: addr,
+        }
+
     def env(self) -> dict[str, str]:
         env = {"VMCTL_URI": self.uri}
         if self.other_uri:
@@ -571,6 +598,9 @@ def start_hosts(*, second_host: bool = True) -> KvmHosts:
         raise
     for d in (GUEST_DIR, CONSOLE_DIR):
         d.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    _warm_capabilities([URI, OTHER_URI] if second_host else [URI])
+    timings["capabilities_s"] = round(time.monotonic() - t0, 2)
     return KvmHosts(
         uri=URI,
         other_uri=OTHER_URI if second_host else None,
@@ -586,12 +616,31 @@ def start_hosts(*, second_host: bool = True) -> KvmHosts:
     )
 
 
+def _warm_capabilities(uris: Sequence[str]) -> None:
+    """Make each daemon probe QEMU now, in parallel (~8 s the first time, then cached)."""
+
+    def probe(uri: str) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn = libvirt.open(uri)
+            try:
+                conn.getCapabilities()
+            finally:
+                conn.close()
+
+    threads = [threading.Thread(target=probe, args=(u,), daemon=True) for u in uris]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=START_TIMEOUT)
+
+
 def _stop(procs: Sequence[Proc], *, second_host: bool) -> None:
     roles = {p.role for p in procs}
-    if "libvirtd2" in roles:
-        _destroy_all_domains(OTHER_URI)
-    if "libvirtd" in roles:
-        _destroy_all_domains(URI)
+    for role, uri in (("libvirtd2", OTHER_URI), ("libvirtd", URI)):
+        if role in roles:
+            destroyed = _quiesce_host(uri)
+            if destroyed:
+                print(f"kvm hosts: destroyed on {uri}: {', '.join(destroyed)}", file=sys.stderr)
     order = ["libvirtd2", "virtlogd2", "libvirtd", "virtlogd"]
     for role in order:
         for p in procs:
@@ -1066,8 +1115,12 @@ def _read_state() -> tuple[list[Proc], bool]:
 
 def _cmd_start(args: argparse.Namespace) -> int:
     procs, _ = _read_state()
+    if procs and all(p.alive() for p in procs) and ENV_FILE.exists():
+        print("kvm hosts: already started (see `status`)", file=sys.stderr)
+        print(ENV_FILE.read_text().replace("export ", "#export "), end="")
+        return 0
     if any(p.alive() for p in procs):
-        print("kvm hosts: already started (see `status`); `stop` first", file=sys.stderr)
+        print("kvm hosts: partly running; run `stop` first (see `status`)", file=sys.stderr)
         return 1
     hosts = start_hosts(second_host=not args.no_second_host)
     _write_state(hosts)

@@ -98,15 +98,15 @@ def test_blank_domain_live_migration(hosts: kvm.KvmHosts) -> None:
         flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
         flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
         t0 = time.monotonic()
-        dom2 = dom.migrate(c2, flags, None, None, 0)
+        dom2 = dom.migrate3(c2, hosts.migrate_params(to_other=True), flags)
         there_s = time.monotonic() - t0
         assert dom2.isActive()
         assert "running" in _virsh(hosts.other_uri, "domstate", name)
         with pytest.raises(libvirt.libvirtError):
             c1.lookupByName(name)
 
-        t0 = time.monotonic()  # and back, with no explicit migration URI
-        dom1 = dom2.migrate(c1, flags, None, None, 0)
+        t0 = time.monotonic()
+        dom1 = dom2.migrate3(c1, hosts.migrate_params(to_other=False), flags)
         back_s = time.monotonic() - t0
         assert dom1.isActive()
         assert "running" in _virsh(hosts.uri, "domstate", name)
