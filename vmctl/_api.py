@@ -7,14 +7,13 @@ map any stray vendor exception, and wait until the target state is reached.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import attrs
 
@@ -63,6 +62,9 @@ from ._state import (
 from ._uri import URI
 from ._validate import check_name, int_range
 from .spi import INTERFACES, Driver, EventSource, StateWaiter
+
+if TYPE_CHECKING:
+    import concurrent.futures as cf
 
 log = logging.getLogger("vmctl")
 log.addHandler(logging.NullHandler())
@@ -189,6 +191,8 @@ class Hypervisor:
 
     def _submit(self, description: str, fn: Callable[[], T]) -> Operation[T]:
         if self._executor is None:
+            import concurrent.futures as cf
+
             self._executor = cf.ThreadPoolExecutor(max_workers=8,
                                                    thread_name_prefix="vmctl-op")
         return Operation(description, self._executor.submit(fn))

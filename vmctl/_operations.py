@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 from collections.abc import Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import OperationTimeout
+
+if TYPE_CHECKING:
+    import concurrent.futures as cf
 
 T = TypeVar("T")
 
@@ -29,6 +31,8 @@ class Operation(Generic[T]):
     def result(self, timeout: float | None = None) -> T:
         """The request's result; re-raises its error. OperationTimeout if not done in time
         (the request keeps going)."""
+        import concurrent.futures as cf
+
         try:
             return self._future.result(timeout)
         except cf.TimeoutError:
@@ -37,6 +41,8 @@ class Operation(Generic[T]):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The request's error, or None if it succeeded."""
+        import concurrent.futures as cf
+
         try:
             return self._future.exception(timeout)
         except cf.TimeoutError:
@@ -51,6 +57,8 @@ def wait_all(operations: Iterable[Operation[Any]],
              timeout: float | None = None) -> list[Operation[Any]]:
     """Wait until every operation has finished and return them (check each one's
     ``exception()``). Raises OperationTimeout naming those still running after ``timeout``."""
+    import concurrent.futures as cf
+
     ops = list(operations)
     _, pending = cf.wait([op._future for op in ops], timeout=timeout)
     if pending:
@@ -64,6 +72,8 @@ def as_completed(operations: Iterable[Operation[Any]],
                  timeout: float | None = None) -> Iterator[Operation[Any]]:
     """Yield operations as they finish; OperationTimeout if some are still running after
     ``timeout``."""
+    import concurrent.futures as cf
+
     ops = {op._future: op for op in operations}
     try:
         for fut in cf.as_completed(ops, timeout=timeout):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from types import MappingProxyType
 
 from ._errors import DriverError, ValidationError
@@ -32,6 +31,8 @@ _loaded: dict[str, type[Driver]] = {}
 
 
 def _entry_point_targets() -> dict[str, str]:
+    from importlib.metadata import entry_points  # costly: only when a driver is looked up
+
     return {ep.name: ep.value for ep in entry_points(group=GROUP)}
 
 

@@ -56,8 +56,8 @@ class URI:
                 f"{_safe(text)!r} has no '://'; write scheme://host, e.g. sim:// or "
                 "qemu:///system", field="uri")
         head, rest = text.split("://", 1)
-        scheme, _, transport = head.lower().partition("+")
-        if not _SCHEME.match(scheme) or (transport and not _SCHEME.match(transport)):
+        scheme, plus, transport = head.lower().partition("+")
+        if not _SCHEME.match(scheme) or (plus and not _SCHEME.match(transport)):
             raise ValidationError(f"{head!r} is not a valid scheme[+transport]", field="uri")
         try:
             parts = urllib.parse.urlsplit("x://" + rest)
