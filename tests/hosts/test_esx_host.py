@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import ssl
 import time
@@ -26,6 +27,8 @@ from .esx import (
     build_launcher,
     make_cert,
     running_simulator,
+    start_simulator,
+    stop_pid,
     thumbprint_of,
 )
 
@@ -160,6 +163,14 @@ def get_props(content: Any, obj: Any, props: list[str]) -> dict[str, Any]:
         [spec], vmodl.query.PropertyCollector.RetrieveOptions()
     )
     return {prop.name: prop.val for prop in result.objects[0].propSet}
+
+
+def list_hosts(content: Any) -> list[Any]:
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+    try:
+        return list(view.view)
+    finally:
+        view.DestroyView()
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -331,8 +342,29 @@ def test_relocate_between_hosts(vcenter: VcsimServer) -> None:
         after = get_props(content, vm, ["runtime.host", "runtime.powerState"])
         assert after["runtime.host"]._moId == target._moId
         assert after["runtime.powerState"] == "poweredOn"
+        # to the standalone host: give its compute resource's pool as well
+        standalone = next(h for h in list_hosts(content) if h.name == "DC0_H0")
+        pool = get_props(content, standalone.parent, ["resourcePool"])["resourcePool"]
+        wait_task(content, vm.RelocateVM_Task(vim.vm.RelocateSpec(host=standalone, pool=pool)))
+        assert get_props(content, vm, ["runtime.host"])["runtime.host"]._moId == standalone._moId
     finally:
         Disconnect(si)
+
+
+def test_detached_start_and_stop_by_pid(tmp_path: Path) -> None:
+    """What ``python -m tests.hosts.esx start/stop`` does: own session, stop by PID only."""
+    srv = start_simulator("esx", vms=1, detach=True, log_dir=tmp_path)
+    try:
+        assert os.getsid(srv.pid) == srv.pid
+        assert srv.alive()
+        assert stop_pid(srv.pid, timeout=5.0)  # by PID, without the Popen handle
+        assert not srv.alive()
+        assert not stop_pid(srv.pid)  # a dead (or reused) PID is never signalled
+        assert "stopped" in srv.stderr_log.read_text()
+    finally:
+        srv.stop()
+        if srv.process is not None:
+            srv.process.wait(timeout=5)
 
 
 def test_listing_2000_vms(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -260,12 +260,15 @@ func main() {
 	if err != nil {
 		fail("encoding the ready line: %v", err)
 	}
+	// Catch the stop signals before announcing readiness, so an immediate SIGTERM still
+	// gets a clean shutdown.
+	stop := make(chan os.Signal, 2)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+
 	// Only the ready line goes to stdout; it is the harness's signal that we accept connections.
 	fmt.Fprintln(os.Stdout, string(line))
 	_ = os.Stdout.Sync()
 
-	stop := make(chan os.Signal, 2)
-	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	if o.stdinEOFExit {
 		go func() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
