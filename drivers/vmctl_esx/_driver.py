@@ -1,0 +1,1513 @@
+"""The esx driver: vmctl's SPI over the vSphere API (pyvmomi), for ESX hosts and vCenter.
+
+URIs:
+
+* ``esx://[user@]host[:port]`` - a standalone ESX(i) host.
+* ``vcenter://[user@]host[:port]/DATACENTER/CLUSTER`` - the VMs of one cluster.
+* ``vcenter://[user@]host[:port]/DATACENTER/CLUSTER/HOST`` - the VMs of one host of a
+  cluster (a migration target: ``vm.migrate(other)`` relocates the VM to that host).
+* ``vcenter://[user@]host[:port]/DATACENTER/HOST`` - a standalone host in a vCenter.
+
+The path after the datacenter is the inventory path below the datacenter's host folder
+(folders included). Trust: ``cafile=``, ``thumbprint=`` (SHA-256), or ``insecure=True``.
+
+All reads go through the PropertyCollector; a listing is one RetrievePropertiesEx on a
+ContainerView kept for the session, however many VMs there are. Tasks and state changes are
+awaited with WaitForUpdatesEx on a private PropertyCollector.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from vmctl import (
+    AgentState,
+    Capability,
+    ConnectParams,
+    DiskBus,
+    DiskInfo,
+    DiskSpec,
+    Event,
+    EventKind,
+    GuestInfo,
+    GuestOS,
+    HostInfo,
+    InvalidState,
+    NicInfo,
+    NicSpec,
+    NotFound,
+    OperationTimeout,
+    PowerState,
+    Resources,
+    SnapshotInfo,
+    StateReason,
+    ValidationError,
+    VMConfig,
+    VMInfo,
+    VMSpec,
+    VMStats,
+)
+from vmctl.spi import (
+    Cloning,
+    Devices,
+    Driver,
+    Events,
+    EventSource,
+    GracefulPower,
+    GuestAgent,
+    Migration,
+    Reconfigurable,
+    Resettable,
+    ResourceControls,
+    Snapshots,
+    Statistics,
+    Suspendable,
+)
+
+from ._conn import MAX_POLL_S, Connection, apply_update
+from ._faults import is_fault, map_fault
+
+log = logging.getLogger("vmctl.esx")
+
+S = PowerState
+DEFAULT_PORT = 443
+KNOWN_OPTIONS = frozenset({"datastore"})
+
+_POWER = {"poweredOn": S.RUNNING, "poweredOff": S.STOPPED, "suspended": S.SUSPENDED}
+_GUEST_IDS = {
+    GuestOS.LINUX: "otherLinux64Guest",
+    GuestOS.WINDOWS: "windows9_64Guest",
+    GuestOS.OTHER: "otherGuest64",
+}
+_GUEST_OS = {v: k for k, v in _GUEST_IDS.items()}
+_LIST_PATHS = (
+    "name",
+    "config.instanceUuid",
+    "config.template",
+    "runtime.powerState",
+    "runtime.connectionState",
+    "runtime.host",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+)
+_CONFIG_PATHS = (
+    "name",
+    "config.instanceUuid",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+    "config.hardware.device",
+    "config.cpuAllocation",
+    "config.memoryAllocation",
+    "config.guestId",
+    "config.annotation",
+    "config.extraConfig",
+    "runtime.host",
+    "config.template",
+)
+_DISK_NAME_KEY = "vmctl.disk.{}.name"
+_NIC_MODELS = ("vmxnet3", "e1000", "e1000e")
+
+CAPABILITIES = frozenset(
+    {
+        Capability.CREATE,
+        Capability.DELETE,
+        Capability.START,
+        Capability.POWER_OFF,
+        Capability.SHUTDOWN,
+        Capability.REBOOT,
+        Capability.RESET,
+        Capability.SUSPEND,
+        Capability.SET_VCPUS,
+        Capability.SET_MEMORY,
+        Capability.CPU_SHARES,
+        Capability.CPU_RESERVATION,
+        Capability.CPU_LIMIT,
+        Capability.MEMORY_SHARES,
+        Capability.MEMORY_RESERVATION,
+        Capability.MEMORY_LIMIT,
+        Capability.ADD_DISK,
+        Capability.REMOVE_DISK,
+        Capability.ADD_NIC,
+        Capability.REMOVE_NIC,
+        Capability.SNAPSHOT,
+        Capability.SNAPSHOT_MEMORY,
+        Capability.CLONE,
+        Capability.MIGRATE_LIVE,
+        Capability.MIGRATE_COLD,
+        Capability.EVENTS,
+        Capability.STATS,
+        Capability.GUEST_INFO,
+    }
+)
+
+
+def _state(props: dict[str, Any]) -> PowerState:
+    if str(props.get("runtime.connectionState", "connected")) != "connected":
+        return S.UNKNOWN
+    return _POWER.get(str(props.get("runtime.powerState")), S.UNKNOWN)
+
+
+def _moid(obj: Any) -> str:
+    return str(obj._moId)
+
+
+class _Scope:
+    """What a connection manages: hosts, their resource pool, datacenter, networks, storage."""
+
+    def __init__(self) -> None:
+        self.kind = "host"  # "host" or "cluster"
+        self.name = ""
+        self.entity: Any = None
+        self.datacenter: Any = None
+        self.vm_folder: Any = None
+        self.view_root: Any = None
+        self.pool: Any = None
+        self.hosts: dict[str, str] = {}  # moid -> name
+        self.host_refs: dict[str, Any] = {}
+        self.host_props: dict[str, dict[str, Any]] = {}
+        self.networks: dict[str, Any] = {}  # name -> moref
+        self.dvpg: dict[str, tuple[str, str]] = {}  # name -> (switch uuid, portgroup key)
+        self.dvpg_names: dict[str, str] = {}  # portgroup key -> name
+        self.datastores: dict[str, tuple[Any, int, bool]] = {}  # name -> (moref, free, ok)
+
+
+class EsxDriver(
+    Driver,
+    GracefulPower,
+    Resettable,
+    Suspendable,
+    Reconfigurable,
+    ResourceControls,
+    Devices,
+    Snapshots,
+    Cloning,
+    Migration,
+    Events,
+    Statistics,
+    GuestAgent,
+):
+    """vSphere over pyvmomi: a standalone ESX host, or a cluster/host of a vCenter."""
+
+    name = "esx"
+    thread_safe = True
+
+    def __init__(self, conn: Connection, scope: _Scope, params: ConnectParams) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.uri = params.uri
+        self.timeout = params.timeouts.operation_s or 3600.0
+        self.default_datastore = params.options.get("datastore")
+        self._refs: dict[str, Any] = {}  # uuid -> VirtualMachine moref
+        self._refs_lock = threading.Lock()
+        self._view: Any = None
+        self._view_generation = -1
+        self._perf: dict[str, int] | None = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, params: ConnectParams) -> EsxDriver:
+        uri = params.uri
+        scheme = uri.scheme
+        unknown = set(params.options) - KNOWN_OPTIONS
+        if unknown:
+            raise ValidationError(
+                f"unknown esx option(s) {sorted(unknown)}; the esx driver "
+                f"knows {sorted(KNOWN_OPTIONS)}",
+                field="uri",
+            )
+        if uri.transport:
+            raise ValidationError(
+                f"{scheme}+{uri.transport}:// is not supported; use {scheme}://host", field="uri"
+            )
+        if not uri.host:
+            raise ValidationError(
+                f"{scheme}:// needs a host, e.g. {scheme}://root@esx1", field="uri"
+            )
+        parts = [p for p in uri.path.split("/") if p]
+        if scheme == "esx" and parts:
+            raise ValidationError(
+                "esx:// URIs have no path; for a vCenter use "
+                "vcenter://host/DATACENTER/CLUSTER[/HOST]",
+                field="uri",
+            )
+        if scheme == "vcenter" and len(parts) < 2:
+            raise ValidationError(
+                "vcenter:// URIs name a datacenter and a cluster (or host): "
+                "vcenter://host/DATACENTER/CLUSTER[/HOST]",
+                field="uri",
+            )
+        conn = Connection(params, uri.host, uri.port or DEFAULT_PORT)
+        try:
+            if scheme == "esx" and conn.is_vcenter:
+                raise ValidationError(
+                    f"{uri.host} is a vCenter; connect with "
+                    "vcenter://host/DATACENTER/CLUSTER[/HOST]",
+                    field="uri",
+                )
+            if scheme == "vcenter" and not conn.is_vcenter:
+                raise ValidationError(
+                    f"{uri.host} is a standalone ESX host, not a vCenter; connect with esx://host",
+                    field="uri",
+                )
+            scope = _resolve_scope(conn, parts)
+            driver = cls(conn, scope, params)
+            if driver.default_datastore and driver.default_datastore not in scope.datastores:
+                raise NotFound(
+                    f"no datastore {driver.default_datastore!r} on {scope.name} "
+                    f"(datastores: {', '.join(sorted(scope.datastores))})"
+                )
+            return driver
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def capabilities(self) -> frozenset[Capability]:
+        return CAPABILITIES
+
+    @property
+    def round_trips(self) -> int:
+        """HTTP requests made on this connection so far (for tests and benchmarks)."""
+        return self.conn.round_trips
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise map_fault(exc, what) from exc
+
+    # -- VM lookup --------------------------------------------------------------------------
+
+    def _vm_view(self) -> Any:
+        """The session's ContainerView of every VM of the datacenter (made once)."""
+        if self._view is None or self._view_generation != self.conn.stub.generation:
+            generation = self.conn.stub.generation
+            self._view = self.conn.content.viewManager.CreateContainerView(
+                container=self.scope.view_root, type=[self.conn.vim.VirtualMachine], recursive=True
+            )
+            self._view_generation = generation
+        return self._view
+
+    def _list_rows(self, paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
+        try:
+            try:
+                return self.conn.retrieve(
+                    [self._vm_view()], self.conn.vim.VirtualMachine, paths, through_view=True
+                )
+            except Exception as exc:
+                if not is_fault(exc, "ManagedObjectNotFound"):
+                    raise
+                self._view = None  # the session was renewed: the view went with it
+                return self.conn.retrieve(
+                    [self._vm_view()], self.conn.vim.VirtualMachine, paths, through_view=True
+                )
+        except Exception as exc:
+            raise map_fault(exc, f"list VMs on {self.scope.name}") from exc
+
+    def _in_scope(self, props: dict[str, Any]) -> bool:
+        host = props.get("runtime.host")
+        return host is not None and _moid(host) in self.scope.hosts
+
+    def _info(self, props: dict[str, Any]) -> VMInfo:
+        host = props.get("runtime.host")
+        return VMInfo(
+            uuid=str(props.get("config.instanceUuid", "")),
+            name=str(props.get("name", "")),
+            state=_state(props),
+            reason=StateReason.UNKNOWN,
+            vcpus=int(props.get("config.hardware.numCPU") or 0),
+            memory_mib=int(props.get("config.hardware.memoryMB") or 0),
+            host=self.scope.hosts.get(_moid(host)) if host is not None else None,
+        )
+
+    def _remember(self, uuid: str, ref: Any) -> None:
+        with self._refs_lock:
+            self._refs[uuid] = ref
+
+    def _ref(self, uuid: str) -> Any:
+        """The VirtualMachine moref for ``uuid`` (cached; else SearchIndex.FindByUuid)."""
+        with self._refs_lock:
+            ref = self._refs.get(uuid)
+        if ref is not None:
+            return ref
+        ref = self._call(
+            f"find VM {uuid}",
+            self.conn.content.searchIndex.FindByUuid,
+            datacenter=self.scope.datacenter,
+            uuid=uuid,
+            vmSearch=True,
+            instanceUuid=True,
+        )
+        if ref is None:
+            raise NotFound(f"no VM with UUID {uuid} on {self.scope.name}")
+        self._remember(uuid, ref)
+        return ref
+
+    def _props(self, uuid: str, paths: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+        """One VM's properties (one round trip), NotFound if gone or outside the scope."""
+        paths = tuple(dict.fromkeys((*paths, "runtime.host", "config.template")))
+        for attempt in range(2):
+            ref = self._ref(uuid)
+            try:
+                props = self.conn.retrieve_one(ref, self.conn.vim.VirtualMachine, paths)
+            except Exception as exc:
+                if is_fault(exc, "ManagedObjectNotFound") and attempt == 0:
+                    with self._refs_lock:
+                        self._refs.pop(uuid, None)
+                    continue
+                raise map_fault(exc, f"read VM {uuid}") from exc
+            if not props or props.get("config.template") or not self._in_scope(props):
+                raise NotFound(f"no VM with UUID {uuid} on {self.scope.name}")
+            return ref, props
+        raise NotFound(f"no VM with UUID {uuid} on {self.scope.name}")
+
+    # -- mandatory --------------------------------------------------------------------------
+
+    def host_info(self) -> HostInfo:
+        sc = self.scope
+        paths = (
+            "name",
+            "summary.hardware.cpuMhz",
+            "summary.hardware.numCpuThreads",
+            "summary.hardware.memorySize",
+            "summary.quickStats.overallMemoryUsage",
+            "hardware.systemInfo.uuid",
+        )
+        rows = self._call(
+            "read host info",
+            self.conn.retrieve,
+            list(sc.host_refs.values()),
+            self.conn.vim.HostSystem,
+            paths,
+        )
+        cpus = sum(int(p.get("summary.hardware.numCpuThreads") or 0) for _, p in rows)
+        mhz = min((int(p.get("summary.hardware.cpuMhz") or 0) for _, p in rows), default=0)
+        mem = sum(int(p.get("summary.hardware.memorySize") or 0) for _, p in rows) // 2**20
+        used = sum(int(p.get("summary.quickStats.overallMemoryUsage") or 0) for _, p in rows)
+        uuid = None
+        if sc.kind == "host" and rows:
+            uuid = rows[0][1].get("hardware.systemInfo.uuid")
+        about = self.conn.about
+        return HostInfo(
+            name=sc.name,
+            hypervisor="vCenter" if self.conn.is_vcenter else "ESXi",
+            version=f"{about.version} (build {about.build})",
+            cpus=cpus,
+            cpu_mhz=mhz,
+            memory_mib=mem,
+            free_memory_mib=max(mem - used, 0),
+            uuid=str(uuid) if uuid else _moid(sc.entity),
+            vm_count=len(self.list_vms()),
+        )
+
+    def list_vms(self) -> list[VMInfo]:
+        out = []
+        for ref, props in self._list_rows(_LIST_PATHS):
+            if props.get("config.template") or not self._in_scope(props):
+                continue
+            uuid = props.get("config.instanceUuid")
+            if not uuid:
+                continue
+            self._remember(str(uuid), ref)
+            out.append(self._info(props))
+        return out
+
+    def get_vm(self, uuid: str) -> VMInfo:
+        _, props = self._props(uuid, _LIST_PATHS)
+        return self._info(props)
+
+    def get_config(self, uuid: str) -> VMConfig:
+        _, props = self._props(uuid, _CONFIG_PATHS)
+        devices = list(props.get("config.hardware.device") or ())
+        extra = {str(o.key): str(o.value) for o in props.get("config.extraConfig") or ()}
+        disks = tuple(
+            self._disk_info(d, devices, extra)
+            for d in devices
+            if isinstance(d, self.conn.vim.vm.device.VirtualDisk)
+        )
+        nics = tuple(
+            self._nic_info(d)
+            for d in devices
+            if isinstance(d, self.conn.vim.vm.device.VirtualEthernetCard)
+        )
+        return VMConfig(
+            uuid=str(props.get("config.instanceUuid")),
+            name=str(props["name"]),
+            vcpus=int(props.get("config.hardware.numCPU") or 0),
+            memory_mib=int(props.get("config.hardware.memoryMB") or 0),
+            disks=disks,
+            nics=nics,
+            resources=self._resources(
+                props.get("config.cpuAllocation"), props.get("config.memoryAllocation")
+            ),
+            guest_os=_GUEST_OS.get(str(props.get("config.guestId")), GuestOS.OTHER),
+            description=str(props.get("config.annotation") or ""),
+        )
+
+    def create_vm(self, spec: VMSpec) -> VMInfo:
+        vim = self.conn.vim
+        datastore = self._datastore(None)
+        devices: list[Any] = []
+        extra: list[Any] = []
+        controllers: dict[str, tuple[int, int]] = {}  # bus -> (key, busNumber)
+        used: set[tuple[int, int]] = set()
+        for i, disk in enumerate(spec.disks):
+            dev_spec, disk_id, ctl = self._new_disk(
+                disk, -200 - i, controllers, used, spec.guest_os, existing=[], vm_name=spec.name
+            )
+            if ctl is not None:
+                devices.append(ctl)
+            devices.append(dev_spec)
+            if disk.name:
+                extra.append(
+                    vim.option.OptionValue(key=_DISK_NAME_KEY.format(disk_id), value=disk.name)
+                )
+        for i, nic in enumerate(spec.nics):
+            devices.append(self._new_nic(nic, -300 - i))
+        config = vim.vm.ConfigSpec(
+            name=spec.name,
+            numCPUs=spec.vcpus,
+            memoryMB=spec.memory_mib,
+            guestId=_GUEST_IDS[spec.guest_os],
+            annotation=spec.description,
+            files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
+            deviceChange=devices,
+            extraConfig=extra,
+        )
+        if spec.boot is not None:
+            self._boot(config, spec)
+        cpu, mem = self._allocations(spec.resources, None, None)
+        if cpu is not None:
+            config.cpuAllocation = cpu
+        if mem is not None:
+            config.memoryAllocation = mem
+        host = None
+        if self.scope.kind == "host":
+            host = next(iter(self.scope.host_refs.values()))
+        what = f"create VM {spec.name!r} on {self.scope.name}"
+        log.debug(
+            "%s: datastore %s, %d disk(s), %d NIC(s)",
+            what,
+            datastore,
+            len(spec.disks),
+            len(spec.nics),
+        )
+        ref = self.conn.run_task(
+            lambda: self.conn.ref(vim.Folder, _moid(self.scope.vm_folder)).CreateVM_Task(
+                config=config, pool=self.scope.pool, host=host
+            ),
+            self.timeout,
+            what,
+        )
+        try:
+            props = self.conn.retrieve_one(ref, vim.VirtualMachine, _LIST_PATHS)
+            info = self._info(props)
+            self._remember(info.uuid, ref)
+            return info
+        except BaseException:
+            # Never leave a half-made VM behind.
+            try:
+                self.conn.run_task(ref.Destroy_Task, self.timeout, f"remove {spec.name!r}")
+            except Exception as cleanup:
+                log.warning("%s: removing the half-made VM failed: %s", what, cleanup)
+            raise
+
+    def _boot(self, config: Any, spec: VMSpec) -> None:
+        vim = self.conn.vim
+        boot = spec.boot
+        assert boot is not None
+        if not boot.iso:
+            raise ValidationError(
+                "the esx driver boots from an ISO on a datastore "
+                "(boot=BootSource(iso='[datastore] path.iso')); "
+                "kernel/initrd boot is not available on vSphere",
+                field="boot",
+            )
+        cdrom = vim.vm.device.VirtualCdrom(
+            key=-400,
+            controllerKey=201,
+            unitNumber=0,
+            backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(fileName=boot.iso),
+            connectable=vim.vm.device.VirtualDevice.ConnectInfo(
+                startConnected=True, connected=True
+            ),
+        )
+        config.deviceChange.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom))
+
+    def delete_vm(self, uuid: str) -> list[str]:
+        ref, props = self._props(
+            uuid, ("name", "config.instanceUuid", "config.hardware.device", "runtime.powerState")
+        )
+        name = str(props.get("name"))
+        files = [
+            d.backing.fileName
+            for d in props.get("config.hardware.device") or ()
+            if isinstance(d, self.conn.vim.vm.device.VirtualDisk)
+            and getattr(d.backing, "fileName", None)
+        ]
+        self.conn.run_task(ref.Destroy_Task, self.timeout, f"delete VM {name!r}")
+        with self._refs_lock:
+            self._refs.pop(uuid, None)
+        return [f"vm {name} ({uuid})"] + [f"disk {f}" for f in files]
+
+    def start(self, uuid: str) -> None:
+        ref, props = self._props(uuid, ("name",))
+        self.conn.run_task(ref.PowerOnVM_Task, self.timeout, f"start VM {props['name']!r}")
+
+    def power_off(self, uuid: str) -> None:
+        ref, props = self._props(uuid, ("name",))
+        self.conn.run_task(ref.PowerOffVM_Task, self.timeout, f"power off VM {props['name']!r}")
+
+    # -- graceful, reset, suspend -----------------------------------------------------------
+
+    def _ask_guest(self, uuid: str, verb: str, method: str) -> None:
+        ref, props = self._props(uuid, ("name", "runtime.powerState", "guest.toolsRunningStatus"))
+        name = props["name"]
+        tools = str(props.get("guest.toolsRunningStatus", "guestToolsNotRunning"))
+        if tools != "guestToolsRunning":
+            # Real vSphere answers ToolsUnavailable here; ask first so that the answer is the
+            # same everywhere (the simulator would power the VM off instead).
+            raise InvalidState(
+                f"cannot ask the guest of VM {name!r} to {verb}: VMware Tools "
+                f"are not running in it ({tools}); use power_off, or "
+                "force_after",
+                current=_state(props),
+                vendor_code="ToolsUnavailable",
+            )
+        self._call(f"{verb} VM {name!r}", getattr(ref, method))
+
+    def shutdown(self, uuid: str) -> None:
+        self._ask_guest(uuid, "shut down", "ShutdownGuest")
+
+    def reboot(self, uuid: str) -> None:
+        self._ask_guest(uuid, "reboot", "RebootGuest")
+
+    def reset(self, uuid: str) -> None:
+        ref, props = self._props(uuid, ("name",))
+        self.conn.run_task(ref.ResetVM_Task, self.timeout, f"reset VM {props['name']!r}")
+
+    def suspend(self, uuid: str) -> None:
+        ref, props = self._props(uuid, ("name",))
+        self.conn.run_task(ref.SuspendVM_Task, self.timeout, f"suspend VM {props['name']!r}")
+
+    def resume_suspended(self, uuid: str) -> None:
+        ref, props = self._props(uuid, ("name",))
+        self.conn.run_task(ref.PowerOnVM_Task, self.timeout, f"resume VM {props['name']!r}")
+
+    # -- reconfiguration --------------------------------------------------------------------
+
+    def _reconfigure(self, uuid: str, what: str, **fields: Any) -> None:
+        ref, props = self._props(uuid, ("name",))
+        spec = self.conn.vim.vm.ConfigSpec(**fields)
+        self.conn.run_task(
+            lambda: ref.ReconfigVM_Task(spec=spec), self.timeout, f"{what} of VM {props['name']!r}"
+        )
+
+    def _apply_config(self, ref: Any, config: Any, what: str) -> None:
+        self.conn.run_task(lambda: ref.ReconfigVM_Task(spec=config), self.timeout, what)
+
+    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool) -> None:
+        self._reconfigure(uuid, f"set vCPUs to {vcpus}", numCPUs=vcpus)
+
+    def set_memory(self, uuid: str, memory_mib: int, *, live: bool) -> None:
+        self._reconfigure(uuid, f"set memory to {memory_mib} MiB", memoryMB=memory_mib)
+
+    def _cpu_mhz(self) -> int:
+        mhz = [int(p.get("summary.hardware.cpuMhz") or 0) for p in self.scope.host_props.values()]
+        return max(min(mhz, default=0), 1)
+
+    def _resources(self, cpu: Any, mem: Any) -> Resources:
+        mhz = self._cpu_mhz()
+
+        def shares(alloc: Any) -> int | None:
+            info = getattr(alloc, "shares", None) if alloc is not None else None
+            value = getattr(info, "shares", None)
+            return int(value) if value else None
+
+        def num(alloc: Any, field: str) -> int | None:
+            value = getattr(alloc, field, None) if alloc is not None else None
+            return None if value is None or int(value) < 0 else int(value)
+
+        cpu_res, cpu_lim = num(cpu, "reservation"), num(cpu, "limit")
+        mem_lim = num(mem, "limit")
+        return Resources(
+            cpu_shares=shares(cpu),
+            cpu_reservation_percent=None if cpu_res is None else round(cpu_res * 100 / mhz),
+            cpu_limit_percent=None if not cpu_lim else max(round(cpu_lim * 100 / mhz), 1),
+            memory_shares=shares(mem),
+            memory_reservation_mib=num(mem, "reservation"),
+            memory_limit_mib=mem_lim if mem_lim else None,
+        )
+
+    def _allocations(self, res: Resources, cpu: Any, mem: Any) -> tuple[Any, Any]:
+        """Allocation infos with ``res``'s set fields over the current ``cpu``/``mem``.
+
+        Sent whole (not just the changed fields): some servers replace the allocation."""
+        vim = self.conn.vim
+        mhz = self._cpu_mhz()
+
+        def build(
+            current: Any, shares: int | None, reservation: int | None, limit: int | None
+        ) -> Any:
+            if shares is None and reservation is None and limit is None:
+                return None
+            out = vim.ResourceAllocationInfo()
+            if current is not None:
+                out.reservation = current.reservation
+                out.limit = current.limit
+                out.expandableReservation = current.expandableReservation
+                out.shares = current.shares
+            if shares is not None:
+                out.shares = vim.SharesInfo(level="custom", shares=shares)
+            if reservation is not None:
+                out.reservation = reservation
+            if limit is not None:
+                out.limit = limit
+            return out
+
+        def to_mhz(percent: int | None) -> int | None:
+            return None if percent is None else round(percent * mhz / 100)
+
+        return (
+            build(
+                cpu,
+                res.cpu_shares,
+                to_mhz(res.cpu_reservation_percent),
+                to_mhz(res.cpu_limit_percent),
+            ),
+            build(mem, res.memory_shares, res.memory_reservation_mib, res.memory_limit_mib),
+        )
+
+    def set_resources(self, uuid: str, resources: Resources) -> None:
+        ref, props = self._props(uuid, ("name", "config.cpuAllocation", "config.memoryAllocation"))
+        cpu, mem = self._allocations(
+            resources, props.get("config.cpuAllocation"), props.get("config.memoryAllocation")
+        )
+        spec = self.conn.vim.vm.ConfigSpec()
+        if cpu is not None:
+            spec.cpuAllocation = cpu
+        if mem is not None:
+            spec.memoryAllocation = mem
+        self.conn.run_task(
+            lambda: ref.ReconfigVM_Task(spec=spec),
+            self.timeout,
+            f"set resources of VM {props['name']!r}",
+        )
+
+    # -- devices ----------------------------------------------------------------------------
+
+    def _datastore(self, pool: str | None) -> str:
+        sc = self.scope
+        name = pool or self.default_datastore
+        if name:
+            if name not in sc.datastores:
+                raise NotFound(
+                    f"no datastore {name!r} on {sc.name} (datastores: "
+                    f"{', '.join(sorted(sc.datastores))})"
+                )
+            return name
+        usable = [(free, n) for n, (_, free, ok) in sc.datastores.items() if ok]
+        if not usable:
+            raise NotFound(f"no accessible datastore on {sc.name}")
+        return max(usable)[1]
+
+    def _controller_kind(self, bus: DiskBus, guest_os: GuestOS) -> str:
+        if bus is DiskBus.VIRTIO:
+            raise ValidationError("vSphere has no virtio disks; use scsi, sata or ide", field="bus")
+        if bus in (DiskBus.DEFAULT, DiskBus.SCSI):
+            return "scsi"
+        return bus.value
+
+    def _new_disk(
+        self,
+        disk: DiskSpec,
+        key: int,
+        controllers: dict[str, tuple[int, int]],
+        used: set[tuple[int, int]],
+        guest_os: GuestOS,
+        existing: list[Any],
+        vm_name: str,
+    ) -> tuple[Any, str, Any]:
+        """A device spec adding ``disk`` (and a controller spec when one is needed)."""
+        vim = self.conn.vim
+        dev = vim.vm.device
+        if disk.source:
+            raise ValidationError(
+                "the esx driver creates blank disks only (source= is not supported)", field="source"
+            )
+        kind = self._controller_kind(disk.bus, guest_os)
+        ctl_spec = None
+        if kind not in controllers:
+            if kind == "ide":
+                ide = [d for d in existing if isinstance(d, dev.VirtualIDEController)]
+                controllers["ide"] = (ide[0].key, ide[0].busNumber) if ide else (200, 0)
+            else:
+                cls = {
+                    "scsi": dev.ParaVirtualSCSIController
+                    if guest_os is GuestOS.LINUX
+                    else dev.VirtualLsiLogicSASController,
+                    "sata": dev.VirtualAHCIController,
+                }[kind]
+                ctl_key = -100 if kind == "scsi" else -101
+                ctl = cls(key=ctl_key, busNumber=0)
+                if kind == "scsi":
+                    ctl.sharedBus = "noSharing"
+                ctl_spec = dev.VirtualDeviceSpec(operation="add", device=ctl)
+                controllers[kind] = (ctl_key, 0)
+        ctl_key, bus_number = controllers[kind]
+        limit = {"scsi": 16, "sata": 30, "ide": 2}[kind]
+        unit = next(
+            (
+                u
+                for u in range(limit)
+                if (ctl_key, u) not in used and not (kind == "scsi" and u == 7)
+            ),
+            None,
+        )
+        if unit is None:
+            raise ValidationError(f"no free unit on the {kind} controller", field="disks")
+        used.add((ctl_key, unit))
+        datastore = self._datastore(disk.pool)
+        backing = dev.VirtualDisk.FlatVer2BackingInfo(
+            fileName=f"[{datastore}]", diskMode="persistent", thinProvisioned=True
+        )
+        new = dev.VirtualDisk(
+            key=key,
+            controllerKey=ctl_key,
+            unitNumber=unit,
+            capacityInKB=disk.size_mib * 1024,
+            backing=backing,
+        )
+        spec = dev.VirtualDeviceSpec(operation="add", fileOperation="create", device=new)
+        return spec, f"{kind}{bus_number}:{unit}", ctl_spec
+
+    def _disk_id(self, disk: Any, devices: Sequence[Any]) -> tuple[str, str]:
+        dev = self.conn.vim.vm.device
+        ctl = next((d for d in devices if d.key == disk.controllerKey), None)
+        kind = "disk"
+        if isinstance(ctl, dev.VirtualSCSIController):
+            kind = "scsi"
+        elif isinstance(ctl, dev.VirtualSATAController):
+            kind = "sata"
+        elif isinstance(ctl, dev.VirtualIDEController):
+            kind = "ide"
+        elif isinstance(ctl, dev.VirtualNVMEController):
+            kind = "nvme"
+        bus = getattr(ctl, "busNumber", 0) if ctl is not None else 0
+        return f"{kind}{bus}:{disk.unitNumber}", kind
+
+    def _disk_info(self, disk: Any, devices: Sequence[Any], extra: dict[str, str]) -> DiskInfo:
+        disk_id, kind = self._disk_id(disk, devices)
+        size_kb = disk.capacityInKB or (disk.capacityInBytes or 0) // 1024
+        return DiskInfo(
+            id=disk_id,
+            size_mib=int(size_kb) // 1024,
+            name=extra.get(_DISK_NAME_KEY.format(disk_id)),
+            path=getattr(disk.backing, "fileName", None),
+            bus=kind,
+        )
+
+    def _network_backing(self, network: str) -> Any:
+        vim = self.conn.vim
+        sc = self.scope
+        if network in sc.dvpg:
+            switch, key = sc.dvpg[network]
+            return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+                port=vim.dvs.PortConnection(switchUuid=switch, portgroupKey=key)
+            )
+        if network in sc.networks:
+            return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+                deviceName=network, network=sc.networks[network]
+            )
+        raise NotFound(
+            f"no network (port group) {network!r} on {sc.name} (networks: "
+            f"{', '.join(sorted({*sc.networks, *sc.dvpg}))})"
+        )
+
+    def _new_nic(self, nic: NicSpec, key: int) -> Any:
+        dev = self.conn.vim.vm.device
+        model = (nic.model or "vmxnet3").lower()
+        classes = {
+            "vmxnet3": dev.VirtualVmxnet3,
+            "e1000": dev.VirtualE1000,
+            "e1000e": dev.VirtualE1000e,
+        }
+        if model not in classes:
+            raise ValidationError(
+                f"unknown NIC model {nic.model!r} for vSphere; use one of {', '.join(_NIC_MODELS)}",
+                field="model",
+            )
+        card = classes[model](key=key, backing=self._network_backing(nic.network))
+        card.connectable = dev.VirtualDevice.ConnectInfo(
+            startConnected=True, allowGuestControl=True
+        )
+        if nic.mac:
+            card.addressType = "manual"
+            card.macAddress = nic.mac
+        else:
+            card.addressType = "generated"
+        return dev.VirtualDeviceSpec(operation="add", device=card)
+
+    def _nic_info(self, card: Any) -> NicInfo:
+        dev = self.conn.vim.vm.device
+        backing = card.backing
+        network = ""
+        if isinstance(backing, dev.VirtualEthernetCard.NetworkBackingInfo):
+            network = backing.deviceName or ""
+        elif isinstance(backing, dev.VirtualEthernetCard.DistributedVirtualPortBackingInfo):
+            key = backing.port.portgroupKey
+            network = self.scope.dvpg_names.get(key, key)
+        model = (
+            "vmxnet3"
+            if isinstance(card, dev.VirtualVmxnet3)
+            else "e1000e"
+            if isinstance(card, dev.VirtualE1000e)
+            else "e1000"
+            if isinstance(card, dev.VirtualE1000)
+            else type(card).__name__
+        )
+        return NicInfo(
+            id=f"nic-{card.key}",
+            network=network,
+            mac=str(card.macAddress or "").lower(),
+            model=model,
+        )
+
+    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool) -> DiskInfo:
+        ref, props = self._props(uuid, ("name", "config.hardware.device", "config.guestId"))
+        devices = list(props.get("config.hardware.device") or ())
+        dev = self.conn.vim.vm.device
+        controllers: dict[str, tuple[int, int]] = {}
+        used: set[tuple[int, int]] = set()
+        for d in devices:
+            if getattr(d, "controllerKey", None) is not None and d.unitNumber is not None:
+                used.add((d.controllerKey, d.unitNumber))
+        for d in devices:
+            if isinstance(d, dev.VirtualSCSIController) and "scsi" not in controllers:
+                controllers["scsi"] = (d.key, d.busNumber)
+            elif isinstance(d, dev.VirtualSATAController) and "sata" not in controllers:
+                controllers["sata"] = (d.key, d.busNumber)
+            elif (
+                isinstance(d, dev.VirtualIDEController)
+                and "ide" not in controllers
+                and sum(1 for u in used if u[0] == d.key) < 2
+            ):
+                controllers["ide"] = (d.key, d.busNumber)
+        guest = _GUEST_OS.get(str(props.get("config.guestId")), GuestOS.OTHER)
+        if live and disk.bus is DiskBus.IDE:
+            raise InvalidState(
+                f"IDE disks cannot be added to running VM {props['name']!r}; "
+                "use scsi or power it off",
+                current=S.RUNNING,
+            )
+        spec, disk_id, ctl = self._new_disk(
+            disk, -1, controllers, used, guest, devices, str(props["name"])
+        )
+        changes = [c for c in (ctl, spec) if c is not None]
+        config = self.conn.vim.vm.ConfigSpec(deviceChange=changes)
+        if disk.name:
+            config.extraConfig = [
+                self.conn.vim.option.OptionValue(
+                    key=_DISK_NAME_KEY.format(disk_id), value=disk.name
+                )
+            ]
+        self._apply_config(ref, config, f"add a disk to VM {props['name']!r}")
+        config_after = self.get_config(uuid)
+        for info in config_after.disks:
+            if info.id == disk_id:
+                return info
+        raise NotFound(f"the new disk {disk_id} of VM {props['name']!r} did not appear")
+
+    def remove_disk(self, uuid: str, disk_id: str, *, live: bool) -> None:
+        ref, props = self._props(uuid, ("name", "config.hardware.device"))
+        devices = list(props.get("config.hardware.device") or ())
+        dev = self.conn.vim.vm.device
+        for d in devices:
+            if isinstance(d, dev.VirtualDisk) and self._disk_id(d, devices)[0] == disk_id:
+                spec = dev.VirtualDeviceSpec(operation="remove", fileOperation="destroy", device=d)
+                config = self.conn.vim.vm.ConfigSpec(
+                    deviceChange=[spec],
+                    extraConfig=[
+                        self.conn.vim.option.OptionValue(
+                            key=_DISK_NAME_KEY.format(disk_id), value=""
+                        )
+                    ],
+                )
+                self._apply_config(ref, config, f"remove disk {disk_id} of VM {props['name']!r}")
+                return
+        raise NotFound(f"VM {props['name']!r} has no disk {disk_id!r}")
+
+    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool) -> NicInfo:
+        ref, props = self._props(uuid, ("name", "config.hardware.device"))
+        dev = self.conn.vim.vm.device
+        before = {
+            d.key
+            for d in props.get("config.hardware.device") or ()
+            if isinstance(d, dev.VirtualEthernetCard)
+        }
+        spec = self._new_nic(nic, -1)
+        config = self.conn.vim.vm.ConfigSpec(deviceChange=[spec])
+        self._apply_config(ref, config, f"add a NIC to VM {props['name']!r}")
+        _, after = self._props(uuid, ("config.hardware.device",))
+        new = [
+            d
+            for d in after.get("config.hardware.device") or ()
+            if isinstance(d, dev.VirtualEthernetCard) and d.key not in before
+        ]
+        if not new:
+            raise NotFound(f"the new NIC of VM {props['name']!r} did not appear")
+        return self._nic_info(new[0])
+
+    def remove_nic(self, uuid: str, nic_id: str, *, live: bool) -> None:
+        ref, props = self._props(uuid, ("name", "config.hardware.device"))
+        dev = self.conn.vim.vm.device
+        for d in props.get("config.hardware.device") or ():
+            if isinstance(d, dev.VirtualEthernetCard) and f"nic-{d.key}" == nic_id:
+                spec = dev.VirtualDeviceSpec(operation="remove", device=d)
+                config = self.conn.vim.vm.ConfigSpec(deviceChange=[spec])
+                self._apply_config(ref, config, f"remove NIC {nic_id} of VM {props['name']!r}")
+                return
+        raise NotFound(f"VM {props['name']!r} has no NIC {nic_id!r}")
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def _snapshots(self, uuid: str) -> tuple[Any, str, list[tuple[Any, SnapshotInfo]]]:
+        ref, props = self._props(
+            uuid, ("name", "snapshot.rootSnapshotList", "snapshot.currentSnapshot")
+        )
+        current = props.get("snapshot.currentSnapshot")
+        current_id = _moid(current) if current is not None else None
+        out: list[tuple[Any, SnapshotInfo]] = []
+
+        def walk(trees: Iterable[Any], parent: str | None) -> None:
+            for tree in trees:
+                sid = _moid(tree.snapshot)
+                state = _POWER.get(str(tree.state), S.STOPPED)
+                created = tree.createTime
+                if created.tzinfo is None:
+                    created = created.replace(tzinfo=dt.UTC)
+                out.append(
+                    (
+                        tree.snapshot,
+                        SnapshotInfo(
+                            id=sid,
+                            name=str(tree.name),
+                            created=created,
+                            parent=parent,
+                            with_memory=state is not S.STOPPED,
+                            state=state,
+                            description=str(tree.description or ""),
+                            current=sid == current_id,
+                        ),
+                    )
+                )
+                walk(tree.childSnapshotList or (), sid)
+
+        walk(props.get("snapshot.rootSnapshotList") or (), None)
+        return ref, str(props["name"]), out
+
+    def create_snapshot(
+        self, uuid: str, name: str, *, memory: bool, description: str
+    ) -> SnapshotInfo:
+        ref, props = self._props(uuid, ("name",))
+        snap = self.conn.run_task(
+            lambda: ref.CreateSnapshot_Task(
+                name=name, description=description, memory=memory, quiesce=False
+            ),
+            self.timeout,
+            f"snapshot VM {props['name']!r}",
+        )
+        for obj, info in self._snapshots(uuid)[2]:
+            if _moid(obj) == _moid(snap):
+                return info
+        raise NotFound(f"the new snapshot {name!r} of VM {props['name']!r} did not appear")
+
+    def list_snapshots(self, uuid: str) -> list[SnapshotInfo]:
+        return [info for _, info in self._snapshots(uuid)[2]]
+
+    def _snapshot(self, uuid: str, snapshot_id: str) -> tuple[Any, str, SnapshotInfo]:
+        _, vm_name, snaps = self._snapshots(uuid)
+        for obj, info in snaps:
+            if info.id == snapshot_id:
+                return obj, vm_name, info
+        raise NotFound(f"VM {vm_name!r} has no snapshot {snapshot_id!r}")
+
+    def revert_snapshot(self, uuid: str, snapshot_id: str) -> None:
+        obj, vm_name, info = self._snapshot(uuid, snapshot_id)
+        self.conn.run_task(
+            lambda: obj.RevertToSnapshot_Task(suppressPowerOn=False),
+            self.timeout,
+            f"revert VM {vm_name!r} to {info.name!r}",
+        )
+
+    def delete_snapshot(self, uuid: str, snapshot_id: str) -> None:
+        obj, vm_name, info = self._snapshot(uuid, snapshot_id)
+        self.conn.run_task(
+            lambda: obj.RemoveSnapshot_Task(removeChildren=False),
+            self.timeout,
+            f"delete snapshot {info.name!r} of VM {vm_name!r}",
+        )
+
+    # -- clone and migrate ------------------------------------------------------------------
+
+    def clone_vm(self, uuid: str, name: str, *, linked: bool) -> VMInfo:
+        vim = self.conn.vim
+        ref, props = self._props(uuid, ("name", "config.hardware.device"))
+        if linked:
+            raise ValidationError(
+                "linked clones are not declared by the esx driver", field="linked"
+            )
+        # Ask for new generated MACs (vSphere does so for generated ones; manual ones would
+        # otherwise be copied).
+        changes = []
+        for d in props.get("config.hardware.device") or ():
+            if isinstance(d, vim.vm.device.VirtualEthernetCard):
+                d.addressType = "generated"
+                d.macAddress = None
+                changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=d))
+        location = vim.vm.RelocateSpec(pool=self.scope.pool)
+        if self.scope.kind == "host":
+            location.host = next(iter(self.scope.host_refs.values()))
+        spec = vim.vm.CloneSpec(
+            location=location,
+            powerOn=False,
+            template=False,
+            config=vim.vm.ConfigSpec(deviceChange=changes),
+        )
+        folder = self.conn.ref(vim.Folder, _moid(self.scope.vm_folder))
+        new = self.conn.run_task(
+            lambda: ref.CloneVM_Task(folder=folder, name=name, spec=spec),
+            self.timeout,
+            f"clone VM {props['name']!r} as {name!r}",
+        )
+        info = self._info(self.conn.retrieve_one(new, vim.VirtualMachine, _LIST_PATHS))
+        self._remember(info.uuid, new)
+        return info
+
+    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, timeout: float) -> None:
+        if not isinstance(target, EsxDriver):
+            raise ValidationError("the target must be an esx/vcenter connection", field="target")
+        if (
+            not self.conn.is_vcenter
+            or not target.conn.is_vcenter
+            or str(self.conn.about.instanceUuid) != str(target.conn.about.instanceUuid)
+        ):
+            raise ValidationError(
+                "migration needs both connections on the same vCenter "
+                "(vcenter://host/DC/CLUSTER[/HOST])",
+                field="target",
+            )
+        if set(target.scope.hosts) == set(self.scope.hosts):
+            raise ValidationError("the target manages the same hosts as the source", field="target")
+        vim = self.conn.vim
+        ref, props = self._props(uuid, ("name", "datastore"))
+        dest = target.scope
+        spec = vim.vm.RelocateSpec(pool=self.conn.ref(vim.ResourcePool, _moid(dest.pool)))
+        if dest.kind == "host":
+            spec.host = self.conn.ref(vim.HostSystem, next(iter(dest.hosts)))
+        reachable = {_moid(ds) for ds, _, ok in dest.datastores.values() if ok}
+        if not all(_moid(ds) in reachable for ds in props.get("datastore") or ()):
+            spec.datastore = self.conn.ref(
+                vim.Datastore, _moid(dest.datastores[target._datastore(None)][0])
+            )
+        self.conn.run_task(
+            lambda: ref.RelocateVM_Task(spec=spec, priority="defaultPriority"),
+            timeout,
+            f"migrate VM {props['name']!r} to {dest.name}",
+        )
+        target._remember(uuid, ref)
+
+    # -- observation ------------------------------------------------------------------------
+
+    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *, timeout: float) -> VMInfo:
+        wanted = frozenset(states)
+        info = self.get_vm(uuid)
+        if info.state in wanted:
+            return info
+        ref = self._ref(uuid)
+        paths = ("runtime.powerState", "runtime.connectionState")
+
+        def reached(state: dict[str, dict[str, Any]]) -> bool:
+            return _state(state[_moid(ref)]) in wanted
+
+        try:
+            self.conn.wait_for(
+                [ref],
+                self.conn.vim.VirtualMachine,
+                paths,
+                reached,
+                timeout,
+                f"wait for VM {info.name!r}",
+            )
+        except OperationTimeout:
+            now = self.get_vm(uuid)
+            want = "/".join(sorted(s.value for s in wanted))
+            raise OperationTimeout(
+                f"VM {now.name!r} is still {now.state.value} after "
+                f"{timeout:g} s (waiting for {want})"
+            ) from None
+        except Exception as exc:
+            raise map_fault(exc, f"wait for VM {info.name!r}") from exc
+        return self.get_vm(uuid)
+
+    def subscribe(self) -> EventSource:
+        try:
+            return _EventSource(self)
+        except Exception as exc:
+            raise map_fault(exc, f"subscribe to events of {self.scope.name}") from exc
+
+    def _perf_counters(self) -> dict[str, int]:
+        if self._perf is None:
+            pm = self.conn.content.perfManager
+            props = self._call(
+                "read performance counters",
+                self.conn.retrieve_one,
+                pm,
+                self.conn.vim.PerformanceManager,
+                ("perfCounter",),
+            )
+            out = {}
+            for c in props.get("perfCounter") or ():
+                out[f"{c.groupInfo.key}.{c.nameInfo.key}.{c.rollupType}"] = int(c.key)
+            self._perf = out
+        return self._perf
+
+    def get_stats(self, uuids: Sequence[str]) -> dict[str, VMStats]:
+        vim = self.conn.vim
+        counters = self._perf_counters()
+        wanted = {"mem.consumed.average": "memory_used_mib"}
+        ids = {counters[k]: v for k, v in wanted.items() if k in counters}
+        refs = {uuid: self._ref(uuid) for uuid in uuids}
+        specs = [
+            vim.PerformanceManager.QuerySpec(
+                entity=ref,
+                maxSample=1,
+                intervalId=20,
+                metricId=[vim.PerformanceManager.MetricId(counterId=c, instance="") for c in ids],
+            )
+            for ref in refs.values()
+        ]
+        now = dt.datetime.now(dt.UTC)
+        out = {uuid: VMStats(uuid=uuid, timestamp=now) for uuid in uuids}
+        if not specs or not ids:
+            return out
+        result = self._call(
+            "query performance counters", self.conn.content.perfManager.QueryPerf, querySpec=specs
+        )
+        by_moid = {_moid(ref): uuid for uuid, ref in refs.items()}
+        for metric in result or ():
+            uuid = by_moid.get(_moid(metric.entity))
+            if uuid is None:
+                continue
+            values: dict[str, int] = {}
+            for series in metric.value or ():
+                name = ids.get(series.id.counterId)
+                if name and series.value:
+                    values[name] = int(series.value[-1])
+            stamp = metric.sampleInfo[-1].timestamp if metric.sampleInfo else now
+            mem_kb = values.get("memory_used_mib")
+            out[uuid] = VMStats(
+                uuid=uuid,
+                timestamp=stamp,
+                memory_used_mib=None if mem_kb is None else mem_kb // 1024,
+            )
+        return out
+
+    def guest_info(self, uuid: str) -> GuestInfo:
+        _, props = self._props(
+            uuid,
+            (
+                "guest.toolsRunningStatus",
+                "guest.ipAddress",
+                "guest.net",
+                "guest.hostName",
+                "guest.guestFullName",
+                "runtime.powerState",
+            ),
+        )
+        running = str(props.get("guest.toolsRunningStatus")) == "guestToolsRunning"
+        ips: list[str] = []
+        for nic in props.get("guest.net") or ():
+            for ip in nic.ipAddress or ():
+                if ip not in ips:
+                    ips.append(str(ip))
+        primary = props.get("guest.ipAddress")
+        if primary and str(primary) not in ips:
+            ips.insert(0, str(primary))
+        if _state(props) is not S.RUNNING:
+            ips = []
+        return GuestInfo(
+            ip_addresses=tuple(ips),
+            agent=AgentState.RUNNING if running else AgentState.NOT_RUNNING,
+            hostname=props.get("guest.hostName") or None,
+            os_name=props.get("guest.guestFullName") or None,
+        )
+
+
+# -- events ---------------------------------------------------------------------------------
+
+_EVENT_PATHS = (
+    "name",
+    "config.instanceUuid",
+    "runtime.powerState",
+    "runtime.host",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+    "snapshot.currentSnapshot",
+)
+
+
+class _EventSource:
+    """VM events from WaitForUpdatesEx on a ContainerView (its own collector and view)."""
+
+    def __init__(self, driver: EsxDriver) -> None:
+        self.d = driver
+        conn = driver.conn
+        self.view = conn.content.viewManager.CreateContainerView(
+            container=driver.scope.view_root, type=[conn.vim.VirtualMachine], recursive=True
+        )
+        self.collector = conn.pc.CreatePropertyCollector()
+        self.collector.CreateFilter(
+            conn._filter_spec(
+                [self.view], conn.vim.VirtualMachine, _EVENT_PATHS, through_view=True
+            ),
+            partialUpdates=False,
+        )
+        self.known: dict[str, dict[str, Any]] = {}
+        self.queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.version = ""
+        self.closed = False
+        self._poll(0)  # the baseline: every VM that exists now, no events for them
+
+    def _poll(self, wait: int) -> None:
+        pcq = self.d.conn.vmodl.query.PropertyCollector
+        update = self.collector.WaitForUpdatesEx(
+            version=self.version, options=pcq.WaitOptions(maxWaitSeconds=wait)
+        )
+        baseline = not self.version
+        if update is None:
+            if baseline:
+                self.version = "-"
+            return
+        self.version = update.version
+        for obj, kind, changes in apply_update(update):
+            self._handle(_moid(obj), kind, changes, baseline)
+
+    def _handle(self, moid: str, kind: str, changes: dict[str, Any], baseline: bool) -> None:
+        scope = self.d.scope
+        old = self.known.get(moid)
+        if kind == "leave":
+            if old is not None and moid in self.known:
+                del self.known[moid]
+                if self._in(old):
+                    self._emit(EventKind.DELETED, old)
+            return
+        new = dict(old or {})
+        new.update(changes)
+        self.known[moid] = new
+        if baseline:
+            return
+        was_in, is_in = old is not None and self._in(old), self._in(new)
+        if not is_in and not was_in:
+            return
+        if old is None or (kind == "enter" and not was_in):
+            if is_in:
+                self._emit(EventKind.CREATED, new)
+                if _state(new) is not S.STOPPED:
+                    self._emit(EventKind.STATE_CHANGED, new)
+            return
+        if was_in != is_in:
+            host = new.get("runtime.host")
+            where = scope.hosts.get(_moid(host), _moid(host)) if host is not None else "?"
+            self._emit(EventKind.MIGRATED, new, f"to {where}" if was_in else "arrived")
+            return
+        if "runtime.powerState" in changes and str(changes["runtime.powerState"]) != str(
+            old.get("runtime.powerState")
+        ):
+            self._emit(EventKind.STATE_CHANGED, new)
+        elif (
+            "runtime.host" in changes
+            and changes["runtime.host"] is not None
+            and old.get("runtime.host") is not None
+            and _moid(changes["runtime.host"]) != _moid(old["runtime.host"])
+        ):
+            self._emit(EventKind.MIGRATED, new, f"to {_moid(changes['runtime.host'])}")
+        if any(k in changes for k in ("config.hardware.numCPU", "config.hardware.memoryMB")):
+            self._emit(EventKind.RECONFIGURED, new)
+        if "snapshot.currentSnapshot" in changes:
+            self._emit(EventKind.SNAPSHOT, new, "current snapshot changed")
+
+    def _in(self, props: dict[str, Any]) -> bool:
+        host = props.get("runtime.host")
+        return host is not None and _moid(host) in self.d.scope.hosts
+
+    def _emit(self, kind: EventKind, props: dict[str, Any], detail: str = "") -> None:
+        uuid = props.get("config.instanceUuid")
+        if not uuid:
+            return
+        state = _state(props) if kind is EventKind.STATE_CHANGED else None
+        self.queue.put(
+            Event(
+                kind=kind, vm_uuid=str(uuid), vm_name=props.get("name"), state=state, detail=detail
+            )
+        )
+
+    def next_event(self, timeout: float) -> Event | None:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while not self.closed:
+            try:
+                return self.queue.get_nowait()
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 and self.version != "":
+                # one more non-blocking look, then give up
+                try:
+                    self._poll(0)
+                except Exception as exc:
+                    raise map_fault(exc, "read events") from exc
+                try:
+                    return self.queue.get_nowait()
+                except queue.Empty:
+                    return None
+            try:
+                self._poll(max(1, min(MAX_POLL_S, int(left + 0.999))))
+            except Exception as exc:
+                raise map_fault(exc, "read events") from exc
+            if time.monotonic() >= deadline and self.queue.empty():
+                return None
+        return None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for what, call in (
+            ("collector", self.collector.DestroyPropertyCollector),
+            ("view", self.view.DestroyView),
+        ):
+            try:
+                call()
+            except Exception as exc:
+                log.debug("destroying the event %s failed: %s", what, exc)
+
+
+# -- scope ----------------------------------------------------------------------------------
+
+
+def _resolve_scope(conn: Connection, parts: list[str]) -> _Scope:
+    vim = conn.vim
+    sc = _Scope()
+    what = f"find {'/'.join(parts) or 'the host'} on {conn.where}"
+    try:
+        if parts:
+            index = conn.content.searchIndex
+            dc = index.FindByInventoryPath(inventoryPath=parts[0])
+            if dc is None or not isinstance(dc, vim.Datacenter):
+                raise NotFound(f"no datacenter {parts[0]!r} on {conn.where}")
+            entity = index.FindByInventoryPath(
+                inventoryPath="/".join([parts[0], "host", *parts[1:]])
+            )
+            if entity is None:
+                raise NotFound(
+                    f"no cluster or host {'/'.join(parts[1:])!r} in datacenter "
+                    f"{parts[0]!r} on {conn.where}"
+                )
+        else:
+            root = conn.retrieve_one(conn.content.rootFolder, vim.Folder, ("childEntity",))
+            dcs = [e for e in root.get("childEntity") or () if isinstance(e, vim.Datacenter)]
+            if not dcs:
+                raise NotFound(f"no datacenter on {conn.where}")
+            dc = dcs[0]
+            hf = conn.retrieve_one(dc, vim.Datacenter, ("hostFolder",))["hostFolder"]
+            kids = conn.retrieve_one(hf, vim.Folder, ("childEntity",)).get("childEntity") or ()
+            crs = [k for k in kids if isinstance(k, vim.ComputeResource)]
+            if not crs:
+                raise NotFound(f"no host on {conn.where}")
+            entity = crs[0]
+        dcp = conn.retrieve_one(dc, vim.Datacenter, ("vmFolder", "name"))
+        sc.datacenter = dc
+        sc.vm_folder = dcp["vmFolder"]
+        sc.view_root = dc if parts else conn.content.rootFolder
+        sc.entity = entity
+        if isinstance(entity, vim.HostSystem):
+            hp = conn.retrieve_one(entity, vim.HostSystem, ("name", "parent"))
+            cr = conn.retrieve_one(hp["parent"], vim.ComputeResource, ("resourcePool",))
+            sc.kind, sc.name, sc.pool = "host", str(hp["name"]), cr["resourcePool"]
+            hosts = [entity]
+        elif isinstance(entity, vim.ComputeResource):
+            cp = conn.retrieve_one(entity, vim.ComputeResource, ("name", "host", "resourcePool"))
+            hosts = list(cp.get("host") or ())
+            sc.pool = cp["resourcePool"]
+            is_cluster = isinstance(entity, vim.ClusterComputeResource)
+            sc.kind = "cluster" if is_cluster else "host"
+            sc.name = str(cp["name"])
+        else:
+            raise ValidationError(
+                f"{'/'.join(parts)!r} is a {type(entity).__name__}, not a cluster or host",
+                field="uri",
+            )
+        host_paths = ("name", "summary.hardware.cpuMhz", "network", "datastore")
+        networks: dict[str, Any] = {}
+        datastores: dict[str, Any] = {}
+        for ref, props in conn.retrieve(hosts, vim.HostSystem, host_paths):
+            sc.hosts[_moid(ref)] = str(props.get("name"))
+            sc.host_refs[_moid(ref)] = ref
+            sc.host_props[_moid(ref)] = props
+            for n in props.get("network") or ():
+                networks[_moid(n)] = n
+            for d in props.get("datastore") or ():
+                datastores[_moid(d)] = d
+        if sc.kind == "host" and len(sc.hosts) == 1 and not isinstance(entity, vim.HostSystem):
+            sc.name = next(iter(sc.hosts.values()))
+        for ref, props in conn.retrieve(list(networks.values()), vim.Network, ("name",)):
+            if isinstance(ref, vim.dvs.DistributedVirtualPortgroup):
+                continue
+            sc.networks[str(props.get("name"))] = ref
+        pgs = [n for n in networks.values() if isinstance(n, vim.dvs.DistributedVirtualPortgroup)]
+        rows = conn.retrieve(
+            pgs,
+            vim.dvs.DistributedVirtualPortgroup,
+            ("name", "key", "config.distributedVirtualSwitch"),
+        )
+        switches = {
+            _moid(p["config.distributedVirtualSwitch"]): p["config.distributedVirtualSwitch"]
+            for _, p in rows
+            if p.get("config.distributedVirtualSwitch") is not None
+        }
+        uuids = {
+            _moid(r): str(p.get("uuid"))
+            for r, p in conn.retrieve(
+                list(switches.values()), vim.DistributedVirtualSwitch, ("uuid",)
+            )
+        }
+        for _, p in rows:
+            switch = p.get("config.distributedVirtualSwitch")
+            if switch is None:
+                continue
+            sc.dvpg[str(p["name"])] = (uuids.get(_moid(switch), ""), str(p["key"]))
+            sc.dvpg_names[str(p["key"])] = str(p["name"])
+        for ref, props in conn.retrieve(
+            list(datastores.values()),
+            vim.Datastore,
+            ("name", "summary.freeSpace", "summary.accessible"),
+        ):
+            sc.datastores[str(props.get("name"))] = (
+                ref,
+                int(props.get("summary.freeSpace") or 0),
+                bool(props.get("summary.accessible", True)),
+            )
+        return sc
+    except (NotFound, ValidationError):
+        raise
+    except Exception as exc:
+        raise map_fault(exc, what) from exc
