@@ -524,7 +524,11 @@ class Api:
 
         return str(self._vm_op(ctx, vm, "pool_migrate", body, scale=2.0))
 
-    def _snap(self, ctx: Ctx, vm: str, new_name: str, op: str) -> str:
+    def _snap(
+        self, ctx: Ctx, vm: str, new_name: str, op: str, ignore_vdis: list[str] | None = None
+    ) -> str:
+        """xapi_vm_clone.ml: snapshots are templates, Halted, or Suspended for a checkpoint
+        of a Running/Suspended VM; snapshot_info records the power state."""
         db = self.db
 
         def body() -> str:
@@ -534,10 +538,13 @@ class Api:
                 snapshot_of=vm,
                 snapshot_time=time.time(),
                 is_a_template=True,
-                snapshot_info={"power-state-at-snapshot": rec["power_state"]},
+                snapshot_info={
+                    "disk-snapshot-type": "crash_consistent",
+                    "power-state-at-snapshot": rec["power_state"],
+                },
             )
-            snap = db._copy_vm(vm, new_name, None, **extra)
-            if op == "checkpoint" and rec["power_state"] != "Halted":
+            snap = db._copy_vm(vm, new_name, None, ignore_vdis=ignore_vdis or [], **extra)
+            if op == "checkpoint" and rec["power_state"] in ("Running", "Suspended"):
                 pool = db.objs["pool"][next(iter(db.objs["pool"]))]
                 sv = db._new_vdi(
                     f"Suspend image for {new_name}",
@@ -554,7 +561,7 @@ class Api:
     def m_VM_snapshot(
         self, ctx: Ctx, vm: str, new_name: str, ignore_vdis: list[str] | None = None
     ) -> str:
-        return self._snap(ctx, vm, new_name, "snapshot")
+        return self._snap(ctx, vm, new_name, "snapshot", ignore_vdis)
 
     def m_VM_snapshot_with_quiesce(self, ctx: Ctx, vm: str, new_name: str) -> str:
         return self._snap(ctx, vm, new_name, "snapshot_with_quiesce")
@@ -852,6 +859,14 @@ class Api:
                 raise Fault("DEVICE_ALREADY_ATTACHED", ref)
             if not plug and not rec["currently_attached"]:
                 raise Fault("DEVICE_ALREADY_DETACHED", ref)
+            # ocaml/xapi/xapi_vbd_helpers.ml: valid_operations
+            if cls == "VBD" and not plug and not rec["unpluggable"]:
+                raise Fault("VBD_NOT_UNPLUGGABLE", ref)
+            if cls == "VBD" and rec["type"] == "CD" and vm["domain_type"] == "hvm":
+                raise Fault(
+                    "OPERATION_NOT_ALLOWED",
+                    "HVM CDROMs cannot be hotplugged/unplugged, only inserted or ejected",
+                )
         self._work(ctx, 0.5)
         with db.lock:
             db.set(

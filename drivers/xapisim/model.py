@@ -684,6 +684,7 @@ class Database:
             domain_type="hvm" if hvm else "pv",
             hardware_platform_version=0,
             snapshot_time=0.0,
+            secureboot_certificates_state="ok",
             generation_id="",
             order=0,
         )
@@ -992,7 +993,14 @@ class Database:
         self.link("network", rec["network"], "VIFs", vif, add=False)
         self.delete("VIF", vif)
 
-    def _copy_vm(self, src: str, new_name: str, sr: str | None, **overrides: Any) -> str:
+    def _copy_vm(
+        self,
+        src: str,
+        new_name: str,
+        sr: str | None,
+        ignore_vdis: list[str] | None = None,
+        **overrides: Any,
+    ) -> str:
         """clone/copy/snapshot: a new VM record with copies of its disks and VIFs."""
         s = self.objs["VM"][src]
         skip = {
@@ -1046,6 +1054,8 @@ class Database:
         for vbd in s["VBDs"]:
             b = self.objs["VBD"][vbd]
             vdi = b["VDI"]
+            if ignore_vdis and vdi in ignore_vdis:
+                continue
             if vdi != NULL and b["type"] == "Disk":
                 d = self.objs["VDI"][vdi]
                 target = sr if sr and sr != NULL else d["SR"]

@@ -296,6 +296,7 @@ _add(
     pending_guidances_recommended set enum update_guidances
     pending_guidances_full set enum update_guidances
     groups set ref VM_group
+    secureboot_certificates_state enum vm_secureboot_certificates_state
     """,
     "name_label name_description user_version is_a_template affinity VCPUs_params"
     " actions_after_shutdown actions_after_reboot PV_bootloader PV_kernel PV_ramdisk PV_args"
@@ -842,6 +843,7 @@ ERRORS: dict[str, ErrorSpec] = {
     "SESSION_NOT_REGISTERED": ErrorSpec(["handle"], f"{DM_ERR}: session_not_registered"),
     "OPERATION_BLOCKED": ErrorSpec(["ref", "code"], f"{DM_ERR}: operation_blocked"),
     "VBD_NOT_REMOVABLE_MEDIA": ErrorSpec(["vbd"], f"{DM_ERR}: vbd_not_removable_media"),
+    "VBD_NOT_UNPLUGGABLE": ErrorSpec(["vbd"], f"{DM_ERR}: vbd_not_unpluggable"),
     "VBD_NOT_EMPTY": ErrorSpec(["vbd"], f"{DM_ERR}: vbd_not_empty"),
     "VBD_IS_EMPTY": ErrorSpec(["vbd"], f"{DM_ERR}: vbd_is_empty"),
     "VM_REVERT_FAILED": ErrorSpec(["vm", "snapshot"], f"{DM_ERR}: vm_revert_failed"),

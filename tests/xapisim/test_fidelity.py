@@ -607,3 +607,37 @@ def test_every_error_the_simulator_raises_is_in_the_tables() -> None:
     for f in src.glob("*.py"):
         codes |= set(re.findall(r'Fault\(\s*"([A-Z_]+)"', f.read_text()))
     assert codes and codes <= set(ERRORS), codes - set(ERRORS)
+
+
+def test_concurrent_operations_and_current_operations(server: xapisim.SimServer, x: Any) -> None:
+    vm = fresh_vm(x, "busy")
+    server.cfg.op_delay = 0.6
+    try:
+        task = x.Async.VM.start(vm, False, False)
+        ops = wait_for(lambda: x.VM.get_current_operations(vm))
+        assert ops == {task: "start"}
+        assert "start" not in x.VM.get_allowed_operations(vm)
+        d = failure(x.VM.clone, vm, "while-busy")
+        assert d == ["OTHER_OPERATION_IN_PROGRESS", "VM", vm, "start", task]
+        assert wait_task(x, task)["status"] == "success"
+    finally:
+        server.cfg.op_delay = 0.02
+    assert x.VM.get_current_operations(vm) == {}
+    x.VM.hard_shutdown(vm)
+    x.VM.destroy(vm)
+
+
+def test_snapshot_ignore_vdis_and_cd_rules(x: Any) -> None:
+    vm = fresh_vm(x, "ignore")
+    disks = [x.VBD.get_VDI(b) for b in x.VM.get_VBDs(vm) if x.VBD.get_type(b) == "Disk"]
+    snap = x.VM.snapshot(vm, "no-disks", disks)
+    types = [x.VBD.get_type(b) for b in x.VM.get_VBDs(snap)]
+    assert "Disk" not in types
+    info = x.VM.get_snapshot_info(snap)
+    assert info == {"disk-snapshot-type": "crash_consistent", "power-state-at-snapshot": "Halted"}
+    x.VM.start(vm, False, False)
+    cd = next(b for b in x.VM.get_VBDs(vm) if x.VBD.get_type(b) == "CD")
+    assert failure(x.VBD.unplug, cd)[0] == "OPERATION_NOT_ALLOWED"
+    x.VM.hard_shutdown(vm)
+    x.VM.destroy(snap)
+    x.VM.destroy(vm)

@@ -81,7 +81,9 @@ def check_wire(value: Any, ty: str, where: str) -> None:
             if kty == "int":
                 assert re.fullmatch(r"-?\d+", k), (where, k)
             check_wire(v, vty, f"{where}[{k}]")
-    else:  # string, enum
+    elif kind == "enum":
+        assert isinstance(value, str) and value, (where, value)
+    else:
         assert isinstance(value, str), (where, value)
 
 
