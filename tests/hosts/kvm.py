@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import grp
 import gzip
 import hashlib
@@ -960,12 +961,15 @@ def tiny_guest() -> TinyGuest:
     key_src = json.dumps([GUEST_BUILDER_VERSION, sorted(versions.items())])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cache = GUEST_CACHE_DIR / key
-    if not (cache / "guest.json").exists():
-        tmp_dest = GUEST_CACHE_DIR / f".{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp_dest, ignore_errors=True)
-        _build_guest(tmp_dest, versions)
-        shutil.rmtree(cache, ignore_errors=True)
-        tmp_dest.rename(cache)
+    GUEST_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(GUEST_CACHE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time (parallel test sessions)
+        if not (cache / "guest.json").exists():
+            tmp_dest = GUEST_CACHE_DIR / f".{key}.tmp{os.getpid()}"
+            shutil.rmtree(tmp_dest, ignore_errors=True)
+            _build_guest(tmp_dest, versions)
+            shutil.rmtree(cache, ignore_errors=True)
+            tmp_dest.rename(cache)
     meta = json.loads((cache / "guest.json").read_text())
     GUEST_DIR.mkdir(parents=True, exist_ok=True)
     os.chmod(BASE_DIR, 0o755)
