@@ -121,7 +121,17 @@ class Api:
         spec = MESSAGES.get(name)
         if spec is not None and name in self.impl:
             return spec.params, spec.optional, self.impl[name]
-        return self._generic(name)
+        generic = self._generic(name)
+        if generic is None:
+            return None
+        sig, optional, fn = generic
+        lock = self.db.lock
+
+        def locked(*args: Any) -> Any:
+            with lock:  # getters/setters are quick: run them under the database lock
+                return fn(*args)
+
+        return sig, optional, locked
 
     def _dispatch(self, method: str, params: list[Any]) -> Any:
         is_async = method.startswith("Async.")

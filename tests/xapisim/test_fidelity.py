@@ -16,8 +16,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import xapisim
 import XenAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from xapisim_helpers import NULL, REF_RE, check_wire, failure, login, raw, wait_for
+
+import xapisim
 from xapisim.tables import (
     ALLOWED_POWER_STATES,
     CLASSES,
@@ -27,7 +31,6 @@ from xapisim.tables import (
     POWER_STATES,
     RESULT_STATE,
 )
-from xapisim_helpers import NULL, REF_RE, check_wire, failure, login, raw, wait_for
 
 pytestmark = pytest.mark.xen
 
@@ -641,3 +644,39 @@ def test_snapshot_ignore_vdis_and_cd_rules(x: Any) -> None:
     x.VM.hard_shutdown(vm)
     x.VM.destroy(snap)
     x.VM.destroy(vm)
+
+
+@given(ops=st.lists(st.sampled_from(LIFECYCLE[:11]), min_size=1, max_size=12))
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+def test_random_lifecycle_sequences_keep_invariants(x: Any, ops: list[str]) -> None:
+    """Any sequence of lifecycle calls: each works iff the table allows it, and the
+    record stays consistent (resident_on, domid, host.resident_VMs, allowed_operations)."""
+    hs = hosts(x)
+    vm = fresh_vm(x, "hypo")
+    try:
+        for op in ops:
+            state = x.VM.get_power_state(vm)
+            args: list[Any] = [vm]
+            if op in ("start", "resume"):
+                args += [False, False]
+            elif op in ("start_on", "resume_on"):
+                args += [hs[0], False, False]
+            if state in ALLOWED_POWER_STATES[op]:
+                getattr(x.VM, op)(*args)
+                assert x.VM.get_power_state(vm) == RESULT_STATE[op]
+            else:
+                assert failure(getattr(x.VM, op), *args)[0] == "VM_BAD_POWER_STATE"
+            rec = x.VM.get_record(vm)
+            live = rec["power_state"] in ("Running", "Paused")
+            assert (rec["resident_on"] in hs) == live
+            assert (rec["domid"] != "-1") == live
+            assert any(vm in x.host.get_resident_VMs(h) for h in hs) == live
+            for o in LIFECYCLE[:11]:
+                assert (o in rec["allowed_operations"]) == (
+                    rec["power_state"] in ALLOWED_POWER_STATES[o]
+                )
+    finally:
+        if x.VM.get_power_state(vm) != "Halted":
+            x.VM.hard_shutdown(vm)
+        x.VM.destroy(vm)

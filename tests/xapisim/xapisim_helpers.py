@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import XenAPI
+
 from xapisim import SimServer
 from xapisim.tables import ERRORS
 
