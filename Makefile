@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-EXTRAS ?= dev,kit
+TEST_EXTRAS ?= dev,kit,kvm,esx,xen
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen \
@@ -27,7 +27,7 @@ hosts-deps:
 	@for s in tests/hosts/install-*.sh; do [ -f "$$s" ] && bash "$$s" || exit 1; done
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-core setup.cfg
-	$(PIP) install -e ".[$(EXTRAS)$(shell bash tests/hosts/extras.sh 2>/dev/null)]"
+	$(PIP) install -e ".[$(TEST_EXTRAS)]"
 	$(PIP) install -e examples/vmctl-toy
 	touch $@
 

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import attrs
-
 from . import _registry
 from ._capabilities import REQUIRED_CAPABILITIES, RESOURCE_CAPABILITIES, Capability
 from ._config import ConnectParams, PasswordSource, Timeouts, env_flag, resolve_password
@@ -60,8 +58,8 @@ from ._state import (
     target_of,
 )
 from ._uri import URI
-from ._validate import check_name, int_range
-from .spi import INTERFACES, Driver, EventSource, StateWaiter
+from ._validate import check_int, check_name
+from .spi import INTERFACES, Driver, EventSource, Snapshots, StateWaiter
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
@@ -75,11 +73,18 @@ _UNSET: Any = object()
 _POLL_START, _POLL_MAX = 0.02, 1.0
 
 
-def connect(uri: str | URI | None = None, *, username: str | None = None,
-            password: PasswordSource = None, cafile: str | None = None,
-            thumbprint: str | None = None, insecure: bool | None = None,
-            timeouts: Timeouts | float | None = None, env: Mapping[str, str] | None = None,
-            **options: str) -> Hypervisor:
+def connect(
+    uri: str | URI | None = None,
+    *,
+    username: str | None = None,
+    password: PasswordSource = None,
+    cafile: str | None = None,
+    thumbprint: str | None = None,
+    insecure: bool | None = None,
+    timeouts: Timeouts | float | None = None,
+    env: Mapping[str, str] | None = None,
+    **options: str,
+) -> Hypervisor:
     """Connect to a hypervisor and return a ``Hypervisor``; use it as a context manager.
 
     ``uri`` defaults to $VMCTL_URI. The password comes from ``password`` (a string or a
@@ -94,24 +99,27 @@ def connect(uri: str | URI | None = None, *, username: str | None = None,
     if uri is None:
         uri = env.get("VMCTL_URI")
         if not uri:
-            raise ValidationError("no URI given and VMCTL_URI is not set; e.g. connect('sim://')",
-                                  field="uri")
+            raise ValidationError(
+                "no URI given and VMCTL_URI is not set; e.g. connect('sim://')", field="uri"
+            )
     parsed = uri if isinstance(uri, URI) else URI.parse(uri)
     if isinstance(timeouts, (int, float)) and not isinstance(timeouts, bool):
         timeouts = Timeouts(timeouts)
     elif timeouts is None:
         timeouts = Timeouts()
     elif not isinstance(timeouts, Timeouts):
-        raise ValidationError("timeouts must be a Timeouts or a number of seconds",
-                              field="timeouts")
+        raise ValidationError(
+            "timeouts must be a Timeouts or a number of seconds", field="timeouts"
+        )
     if username is not None:
         check_user = URI.parse(f"x://{username}@h") if username else None
         if check_user is None:
             raise ValidationError("must not be empty", field="username")
     for key, value in options.items():
         if not isinstance(value, str):
-            raise ValidationError(f"driver option {key!r} must be a string, got "
-                                  f"{type(value).__name__}", field=key)
+            raise ValidationError(
+                f"driver option {key!r} must be a string, got {type(value).__name__}", field=key
+            )
     params = ConnectParams(
         uri=parsed,
         username=username if username is not None else (parsed.user or env.get("VMCTL_USER")),
@@ -152,13 +160,16 @@ class Hypervisor:
         caps = frozenset(Capability(c) for c in driver.capabilities())
         missing = REQUIRED_CAPABILITIES - caps
         if missing:
-            raise DriverError(f"driver {driver.name!r} lacks required capabilities "
-                              f"{sorted(missing)}")
+            raise DriverError(
+                f"driver {driver.name!r} lacks required capabilities {sorted(missing)}"
+            )
         for cap in caps:
             iface = INTERFACES.get(cap)
             if iface is not None and not isinstance(driver, iface):
-                raise DriverError(f"driver {driver.name!r} declares {cap.value!r} but does "
-                                  f"not implement {iface.__name__}")
+                raise DriverError(
+                    f"driver {driver.name!r} declares {cap.value!r} but does "
+                    f"not implement {iface.__name__}"
+                )
         self.capabilities: frozenset[Capability] = caps
         self._lock: threading.RLock | None = None if driver.thread_safe else threading.RLock()
         self._executor: cf.ThreadPoolExecutor | None = None
@@ -185,16 +196,17 @@ class Hypervisor:
     def require(self, capability: Capability, what: str) -> None:
         """Raise NotSupported naming ``capability`` unless this connection has it."""
         if capability not in self.capabilities:
-            raise NotSupported(f"{what} needs the capability {capability.value!r}, which the "
-                               f"{self.driver_name} driver does not have on {self.uri}",
-                               capability=capability)
+            raise NotSupported(
+                f"{what} needs the capability {capability.value!r}, which the "
+                f"{self.driver_name} driver does not have on {self.uri}",
+                capability=capability,
+            )
 
     def _submit(self, description: str, fn: Callable[[], T]) -> Operation[T]:
         if self._executor is None:
             import concurrent.futures as cf
 
-            self._executor = cf.ThreadPoolExecutor(max_workers=8,
-                                                   thread_name_prefix="vmctl-op")
+            self._executor = cf.ThreadPoolExecutor(max_workers=8, thread_name_prefix="vmctl-op")
         return Operation(description, self._executor.submit(fn))
 
     def _timeout(self, timeout: float | None, default: float | None) -> float:
@@ -202,12 +214,14 @@ class Hypervisor:
         if value is None:
             return float("inf")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValidationError(f"must be a positive number of seconds, got {value!r}",
-                                  field="timeout")
+            raise ValidationError(
+                f"must be a positive number of seconds, got {value!r}", field="timeout"
+            )
         return float(value)
 
-    def wait_for_state(self, uuid: str, states: frozenset[PowerState],
-                       timeout: float, what: str) -> VMInfo:
+    def wait_for_state(
+        self, uuid: str, states: frozenset[PowerState], timeout: float, what: str
+    ) -> VMInfo:
         """Return the VM's info once its state is in ``states``; OperationTimeout otherwise."""
         driver = self._driver
         if isinstance(driver, StateWaiter):
@@ -224,8 +238,10 @@ class Hypervisor:
             left = deadline - time.monotonic()
             if left <= 0:
                 want = "/".join(sorted(s.value for s in states))
-                raise OperationTimeout(f"{what}: VM {info.name!r} is still {info.state.value} "
-                                       f"after {timeout:g} s (waiting for {want})")
+                raise OperationTimeout(
+                    f"{what}: VM {info.name!r} is still {info.state.value} "
+                    f"after {timeout:g} s (waiting for {want})"
+                )
             time.sleep(min(delay, left))
             delay = min(delay * 1.5, _POLL_MAX)
 
@@ -237,8 +253,7 @@ class Hypervisor:
 
     def list_vms(self) -> list[VMInfo]:
         """Every VM with its state, sorted by name, in one batched driver call."""
-        return sorted(self._call("list VMs", self._driver.list_vms),
-                      key=lambda i: (i.name, i.uuid))
+        return sorted(self._call("list VMs", self._driver.list_vms), key=lambda i: (i.name, i.uuid))
 
     def vms(self) -> list[VM]:
         """A handle for every VM."""
@@ -256,8 +271,10 @@ class Hypervisor:
             return VM(self, by_uuid[0])
         by_name = [i for i in infos if i.name == name_or_uuid]
         if len(by_name) > 1:
-            raise Conflict(f"{len(by_name)} VMs are named {name_or_uuid!r} on {self.uri}: "
-                           f"{', '.join(i.uuid for i in by_name)}; use the UUID")
+            raise Conflict(
+                f"{len(by_name)} VMs are named {name_or_uuid!r} on {self.uri}: "
+                f"{', '.join(i.uuid for i in by_name)}; use the UUID"
+            )
         if not by_name:
             raise NotFound(f"no VM named {name_or_uuid!r} on {self.uri}")
         return VM(self, by_name[0])
@@ -282,8 +299,13 @@ class Hypervisor:
 
     # -- observation ----------------------------------------------------------------------
 
-    def watch(self, *, kinds: Sequence[EventKind] | None = None, vm: VM | str | None = None,
-              timeout: float | None = None) -> EventStream:
+    def watch(
+        self,
+        *,
+        kinds: Sequence[EventKind] | None = None,
+        vm: VM | str | None = None,
+        timeout: float | None = None,
+    ) -> EventStream:
         """Subscribe to events from now on; iterate the stream to get them.
 
         ``kinds`` and ``vm`` filter; iteration ends after ``timeout`` seconds in all (None:
@@ -333,8 +355,13 @@ class Hypervisor:
 class EventStream:
     """An iterator of events from a subscription, with filters and an overall timeout."""
 
-    def __init__(self, source: EventSource, kinds: frozenset[EventKind] | None,
-                 vm_uuid: str | None, timeout: float | None) -> None:
+    def __init__(
+        self,
+        source: EventSource,
+        kinds: frozenset[EventKind] | None,
+        vm_uuid: str | None,
+        timeout: float | None,
+    ) -> None:
         self._source = source
         self._kinds = kinds
         self._vm = vm_uuid.lower() if vm_uuid else None
@@ -342,8 +369,9 @@ class EventStream:
         self._closed = False
 
     def _wanted(self, event: Event) -> bool:
-        return ((self._kinds is None or event.kind in self._kinds)
-                and (self._vm is None or event.vm_uuid.lower() == self._vm))
+        return (self._kinds is None or event.kind in self._kinds) and (
+            self._vm is None or event.vm_uuid.lower() == self._vm
+        )
 
     def next(self, timeout: float | None = None) -> Event | None:
         """The next matching event within ``timeout`` seconds (and the stream's own
@@ -361,7 +389,7 @@ class EventStream:
 
     def drain(self) -> list[Event]:
         """Every matching event already delivered, without waiting."""
-        out = []
+        out: list[Event] = []
         while True:
             event = _guarded("next event", self._source.next_event, 0.0)
             if event is None:
@@ -389,7 +417,7 @@ class EventStream:
         self.close()
 
 
-def _async(fn: Callable[..., T]) -> Callable[..., Any]:
+def _async(fn: Callable[..., Callable[[], T]]) -> Callable[..., Any]:
     """Give a VM method ``wait=True`` (run now) / ``wait=False`` (return an Operation).
 
     Checks that need no waiting (capability, state, arguments) run before either, so that
@@ -429,8 +457,7 @@ class VM:
 
     def info(self) -> VMInfo:
         """The VM's current info, fresh from the host."""
-        self._info = self._hv._call(f"get VM {self.name!r}", self._hv._driver.get_vm,
-                                    self.uuid)
+        self._info = self._hv._call(f"get VM {self.name!r}", self._hv._driver.get_vm, self.uuid)
         return self._info
 
     @property
@@ -440,8 +467,9 @@ class VM:
 
     def config(self) -> VMConfig:
         """vCPUs, memory, disks, NICs and resource controls."""
-        return self._hv._call(f"get config of {self.name!r}", self._hv._driver.get_config,
-                              self.uuid)
+        return self._hv._call(
+            f"get config of {self.name!r}", self._hv._driver.get_config, self.uuid
+        )
 
     def _what(self, verb: str) -> str:
         return f"{verb} VM {self.name!r}"
@@ -459,15 +487,17 @@ class VM:
                 f"cannot {request.value} VM {info.name!r}: it is {info.state.value}; "
                 f"{request.value} is allowed when it is "
                 f"{' or '.join(sorted(s.value for s in allowed))}",
-                current=info.state, allowed=allowed)
+                current=info.state,
+                allowed=allowed,
+            )
         if request is Request.RESUME:
-            needed = Capability.PAUSE if info.state is PowerState.PAUSED else \
-                Capability.SUSPEND
+            needed = Capability.PAUSE if info.state is PowerState.PAUSED else Capability.SUSPEND
             self._hv.require(needed, self._what("resume"))
         return info
 
-    def _request(self, request: Request, call: Callable[[str], None],
-                 timeout: float | None) -> Callable[[], VMInfo]:
+    def _request(
+        self, request: Request, call: Callable[[str], None], timeout: float | None
+    ) -> Callable[[], VMInfo]:
         self._check(request)
         limit = self._hv._timeout(timeout, self._hv.timeouts.operation_s)
         what = self._what(request.value)
@@ -475,8 +505,9 @@ class VM:
         def run() -> VMInfo:
             log.info("%s on %s", what, self._hv.uri)
             self._hv._call(what, call, self.uuid)
-            self._info = self._hv.wait_for_state(self.uuid, frozenset({target_of(request)}),
-                                                 limit, what)
+            self._info = self._hv.wait_for_state(
+                self.uuid, frozenset({target_of(request)}), limit, what
+            )
             return self._info
 
         return run
@@ -494,8 +525,9 @@ class VM:
         return self._request(Request.POWER_OFF, self._hv._driver.power_off, timeout)
 
     @_async
-    def shutdown(self, *, timeout: float | None = None,
-                 force_after: float | None = None) -> Callable[[], VMInfo]:
+    def shutdown(
+        self, *, timeout: float | None = None, force_after: float | None = None
+    ) -> Callable[[], VMInfo]:
         """Ask the guest to shut down; returns once STOPPED.
 
         Waits up to ``timeout`` seconds (default: the connection's shutdown timeout). With
@@ -510,8 +542,10 @@ class VM:
         if force_after is not None:
             force_after = float(self._hv._timeout(force_after, None))
             if force_after > limit:
-                raise ValidationError(f"force_after ({force_after:g} s) is longer than the "
-                                      f"timeout ({limit:g} s)", field="force_after")
+                raise ValidationError(
+                    f"force_after ({force_after:g} s) is longer than the timeout ({limit:g} s)",
+                    field="force_after",
+                )
             self._hv.require(Capability.POWER_OFF, "shutdown with force_after")
         driver = self._hv._driver
         assert isinstance(driver, GracefulPower)
@@ -529,21 +563,23 @@ class VM:
             else:
                 grace = force_after if force_after is not None else limit
                 try:
-                    self._info = self._hv.wait_for_state(self.uuid,
-                                                         frozenset({PowerState.STOPPED}),
-                                                         grace, what)
+                    self._info = self._hv.wait_for_state(
+                        self.uuid, frozenset({PowerState.STOPPED}), grace, what
+                    )
                     return self._info
                 except OperationTimeout:
                     if force_after is None:
                         raise
-                log.warning("%s: the guest did not stop within %g s; powering off", what,
-                            force_after)
+                log.warning(
+                    "%s: the guest did not stop within %g s; powering off", what, force_after
+                )
             info = self.info()
             if info.state is not PowerState.STOPPED:
                 self._hv._call(self._what("power off"), driver.power_off, self.uuid)
             left = max(limit - (time.monotonic() - started), 5.0)
-            self._info = self._hv.wait_for_state(self.uuid, frozenset({PowerState.STOPPED}),
-                                                 left, what)
+            self._info = self._hv.wait_for_state(
+                self.uuid, frozenset({PowerState.STOPPED}), left, what
+            )
             return self._info
 
         return run
@@ -602,8 +638,9 @@ class VM:
 
         def run() -> VMInfo:
             self._hv._call(what, call, self.uuid)
-            self._info = self._hv.wait_for_state(self.uuid, frozenset({PowerState.RUNNING}),
-                                                 limit, what)
+            self._info = self._hv.wait_for_state(
+                self.uuid, frozenset({PowerState.RUNNING}), limit, what
+            )
             return self._info
 
         return run
@@ -620,7 +657,10 @@ class VM:
             if not force:
                 raise InvalidState(
                     f"VM {info.name!r} is {info.state.value}; power it off first or pass "
-                    "force=True", current=info.state, allowed=DELETABLE)
+                    "force=True",
+                    current=info.state,
+                    allowed=DELETABLE,
+                )
             self.power_off(timeout=timeout)
         what = self._what("delete")
         log.info("%s on %s", what, self._hv.uri)
@@ -639,14 +679,18 @@ class VM:
         if info.state is PowerState.RUNNING:
             if hot not in self._hv.capabilities:
                 hint = " (power it off first)" if cold in self._hv.capabilities else ""
-                raise NotSupported(f"{what} while running needs {hot.value!r}, which the "
-                                   f"{self._hv.driver_name} driver does not have{hint}",
-                                   capability=hot)
+                raise NotSupported(
+                    f"{what} while running needs {hot.value!r}, which the "
+                    f"{self._hv.driver_name} driver does not have{hint}",
+                    capability=hot,
+                )
             return True
-        raise InvalidState(f"cannot {what}: VM {info.name!r} is {info.state.value}; it must "
-                           "be stopped (or running, where hot changes are supported)",
-                           current=info.state,
-                           allowed={PowerState.STOPPED, PowerState.RUNNING})
+        raise InvalidState(
+            f"cannot {what}: VM {info.name!r} is {info.state.value}; it must "
+            "be stopped (or running, where hot changes are supported)",
+            current=info.state,
+            allowed={PowerState.STOPPED, PowerState.RUNNING},
+        )
 
     def reconfigure(self, *, vcpus: int | None = None, memory_mib: int | None = None) -> VMConfig:
         """Change vCPUs and/or memory: while stopped, or live where the driver can."""
@@ -656,28 +700,29 @@ class VM:
         if vcpus is None and memory_mib is None:
             raise ValidationError("give vcpus and/or memory_mib", field="reconfigure")
         if vcpus is not None:
-            int_range(1, MAX_VCPUS, "vCPUs")(None, _Attr("vcpus"), vcpus)
+            check_int(vcpus, 1, MAX_VCPUS, "vCPUs", "vcpus")
         if memory_mib is not None:
-            int_range(MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB")(None, _Attr("memory_mib"),
-                                                             memory_mib)
+            check_int(memory_mib, MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB", "memory_mib")
         driver = self._hv._driver
         if vcpus is not None:
-            live = self._cold_or_hot(Capability.SET_VCPUS, Capability.HOT_VCPUS,
-                                     "change vCPUs")
+            live = self._cold_or_hot(Capability.SET_VCPUS, Capability.HOT_VCPUS, "change vCPUs")
             assert isinstance(driver, Reconfigurable)
-            self._hv._call(self._what("set vCPUs of"), driver.set_vcpus, self.uuid, vcpus,
-                           live=live)
+            self._hv._call(
+                self._what("set vCPUs of"), driver.set_vcpus, self.uuid, vcpus, live=live
+            )
         if memory_mib is not None:
-            live = self._cold_or_hot(Capability.SET_MEMORY, Capability.HOT_MEMORY,
-                                     "change memory")
+            live = self._cold_or_hot(Capability.SET_MEMORY, Capability.HOT_MEMORY, "change memory")
             limit = self.config().resources.memory_limit_mib
             if limit is not None and memory_mib > limit:
-                raise ValidationError(f"memory_mib ({memory_mib}) exceeds the VM's memory "
-                                      f"limit ({limit} MiB); raise the limit first",
-                                      field="memory_mib")
+                raise ValidationError(
+                    f"memory_mib ({memory_mib}) exceeds the VM's memory "
+                    f"limit ({limit} MiB); raise the limit first",
+                    field="memory_mib",
+                )
             assert isinstance(driver, Reconfigurable)
-            self._hv._call(self._what("set memory of"), driver.set_memory, self.uuid,
-                           memory_mib, live=live)
+            self._hv._call(
+                self._what("set memory of"), driver.set_memory, self.uuid, memory_mib, live=live
+            )
         return self.config()
 
     def set_resources(self, resources: Resources) -> VMConfig:
@@ -695,20 +740,27 @@ class VM:
         try:
             merged = config.resources.merged(resources)
         except ValidationError as exc:
-            raise ValidationError(f"with the VM's current controls: {exc}",
-                                  field="resources") from None
+            raise ValidationError(
+                f"with the VM's current controls: {exc}", field="resources"
+            ) from None
         if merged.memory_limit_mib is not None and merged.memory_limit_mib < config.memory_mib:
-            raise ValidationError(f"memory_limit_mib ({merged.memory_limit_mib}) is below the "
-                                  f"VM's memory ({config.memory_mib} MiB)", field="resources")
-        if (merged.memory_reservation_mib is not None
-                and merged.memory_reservation_mib > config.memory_mib):
-            raise ValidationError(f"memory_reservation_mib ({merged.memory_reservation_mib}) "
-                                  f"exceeds the VM's memory ({config.memory_mib} MiB)",
-                                  field="resources")
+            raise ValidationError(
+                f"memory_limit_mib ({merged.memory_limit_mib}) is below the "
+                f"VM's memory ({config.memory_mib} MiB)",
+                field="resources",
+            )
+        if (
+            merged.memory_reservation_mib is not None
+            and merged.memory_reservation_mib > config.memory_mib
+        ):
+            raise ValidationError(
+                f"memory_reservation_mib ({merged.memory_reservation_mib}) "
+                f"exceeds the VM's memory ({config.memory_mib} MiB)",
+                field="resources",
+            )
         driver = self._hv._driver
         assert isinstance(driver, ResourceControls)
-        self._hv._call(self._what("set resources of"), driver.set_resources, self.uuid,
-                       resources)
+        self._hv._call(self._what("set resources of"), driver.set_resources, self.uuid, resources)
         return self.config()
 
     def _device_live(self, add: Capability, hot: Capability, what: str) -> bool:
@@ -726,21 +778,22 @@ class VM:
             raise AlreadyExists(f"VM {self.name!r} already has a disk named {disk.name!r}")
         driver = self._hv._driver
         assert isinstance(driver, Devices)
-        return self._hv._call(self._what("add disk to"), driver.add_disk, self.uuid, disk,
-                              live=live)
+        return self._hv._call(
+            self._what("add disk to"), driver.add_disk, self.uuid, disk, live=live
+        )
 
     def remove_disk(self, disk_id: str) -> None:
         """Detach and delete the disk with this id (see ``config().disks``)."""
         from .spi import Devices
 
-        live = self._device_live(Capability.REMOVE_DISK, Capability.HOTPLUG_DISK,
-                                 "remove a disk")
+        live = self._device_live(Capability.REMOVE_DISK, Capability.HOTPLUG_DISK, "remove a disk")
         if not any(d.id == disk_id for d in self.config().disks):
             raise NotFound(f"VM {self.name!r} has no disk {disk_id!r}")
         driver = self._hv._driver
         assert isinstance(driver, Devices)
-        self._hv._call(self._what("remove disk from"), driver.remove_disk, self.uuid, disk_id,
-                       live=live)
+        self._hv._call(
+            self._what("remove disk from"), driver.remove_disk, self.uuid, disk_id, live=live
+        )
 
     def add_nic(self, nic: NicSpec) -> NicInfo:
         """Attach a new NIC (hot-plugged if the VM runs and the driver can)."""
@@ -753,57 +806,63 @@ class VM:
             raise AlreadyExists(f"VM {self.name!r} already has a NIC with MAC {nic.mac}")
         driver = self._hv._driver
         assert isinstance(driver, Devices)
-        return self._hv._call(self._what("add NIC to"), driver.add_nic, self.uuid, nic,
-                              live=live)
+        return self._hv._call(self._what("add NIC to"), driver.add_nic, self.uuid, nic, live=live)
 
     def remove_nic(self, nic_id: str) -> None:
         """Detach the NIC with this id (see ``config().nics``)."""
         from .spi import Devices
 
-        live = self._device_live(Capability.REMOVE_NIC, Capability.HOTPLUG_NIC,
-                                 "remove a NIC")
+        live = self._device_live(Capability.REMOVE_NIC, Capability.HOTPLUG_NIC, "remove a NIC")
         if not any(n.id == nic_id for n in self.config().nics):
             raise NotFound(f"VM {self.name!r} has no NIC {nic_id!r}")
         driver = self._hv._driver
         assert isinstance(driver, Devices)
-        self._hv._call(self._what("remove NIC from"), driver.remove_nic, self.uuid, nic_id,
-                       live=live)
+        self._hv._call(
+            self._what("remove NIC from"), driver.remove_nic, self.uuid, nic_id, live=live
+        )
 
     # -- snapshots, clones, migration -----------------------------------------------------
 
-    def _snapshot_driver(self) -> Any:
-        from .spi import Snapshots
+    def _snapshot_driver(self) -> Snapshots:
 
         self._hv.require(Capability.SNAPSHOT, self._what("snapshot"))
         assert isinstance(self._hv._driver, Snapshots)
         return self._hv._driver
 
-    def snapshot(self, name: str, *, memory: bool = False,
-                 description: str = "") -> SnapshotInfo:
+    def snapshot(self, name: str, *, memory: bool = False, description: str = "") -> SnapshotInfo:
         """Take a snapshot named ``name`` (unique per VM); with ``memory`` the running
         guest's RAM is kept so a revert brings it back running."""
         check_name(name, "snapshot name")
         driver = self._snapshot_driver()
         info = self.info()
         if info.state in (PowerState.CRASHED, PowerState.UNKNOWN):
-            raise InvalidState(f"cannot snapshot VM {info.name!r}: it is {info.state.value}",
-                               current=info.state)
+            raise InvalidState(
+                f"cannot snapshot VM {info.name!r}: it is {info.state.value}", current=info.state
+            )
         if memory:
             self._hv.require(Capability.SNAPSHOT_MEMORY, "a snapshot with memory")
             if info.state not in (PowerState.RUNNING, PowerState.PAUSED):
-                raise InvalidState(f"a snapshot with memory needs a running or paused VM; "
-                                   f"{info.name!r} is {info.state.value}", current=info.state,
-                                   allowed={PowerState.RUNNING, PowerState.PAUSED})
+                raise InvalidState(
+                    f"a snapshot with memory needs a running or paused VM; "
+                    f"{info.name!r} is {info.state.value}",
+                    current=info.state,
+                    allowed={PowerState.RUNNING, PowerState.PAUSED},
+                )
         if any(s.name == name for s in self.snapshots()):
             raise AlreadyExists(f"VM {self.name!r} already has a snapshot named {name!r}")
-        return self._hv._call(self._what("snapshot"), driver.create_snapshot, self.uuid, name,
-                              memory=memory, description=description)
+        return self._hv._call(
+            self._what("snapshot"),
+            driver.create_snapshot,
+            self.uuid,
+            name,
+            memory=memory,
+            description=description,
+        )
 
     def snapshots(self) -> list[SnapshotInfo]:
         """All snapshots, oldest first."""
         driver = self._snapshot_driver()
-        snaps = self._hv._call(self._what("list snapshots of"), driver.list_snapshots,
-                               self.uuid)
+        snaps = self._hv._call(self._what("list snapshots of"), driver.list_snapshots, self.uuid)
         return sorted(snaps, key=lambda s: (s.created, s.name))
 
     def snapshot_tree(self) -> list[SnapshotNode]:
@@ -819,26 +878,25 @@ class VM:
 
     def _find_snapshot(self, name_or_id: str) -> SnapshotInfo:
         snaps = self.snapshots()
-        hit = [s for s in snaps if s.id == name_or_id] or \
-            [s for s in snaps if s.name == name_or_id]
+        hit = [s for s in snaps if s.id == name_or_id] or [s for s in snaps if s.name == name_or_id]
         if not hit:
             raise NotFound(f"VM {self.name!r} has no snapshot {name_or_id!r}")
         if len(hit) > 1:
-            raise Conflict(f"VM {self.name!r} has {len(hit)} snapshots named {name_or_id!r}; "
-                           "use the id")
+            raise Conflict(
+                f"VM {self.name!r} has {len(hit)} snapshots named {name_or_id!r}; use the id"
+            )
         return hit[0]
 
-    def revert(self, snapshot: str | SnapshotInfo, *,
-               timeout: float | None = None) -> VMInfo:
+    def revert(self, snapshot: str | SnapshotInfo, *, timeout: float | None = None) -> VMInfo:
         """Return to a snapshot (by name, id or info); returns the VM's info in the
         snapshot's state: RUNNING/PAUSED for one with memory, else STOPPED."""
         driver = self._snapshot_driver()
-        snap = self._find_snapshot(snapshot.id if isinstance(snapshot, SnapshotInfo)
-                                   else snapshot)
+        snap = self._find_snapshot(snapshot.id if isinstance(snapshot, SnapshotInfo) else snapshot)
         info = self.info()
         if info.state is PowerState.UNKNOWN:
-            raise InvalidState(f"cannot revert VM {info.name!r}: its state is unknown",
-                               current=info.state)
+            raise InvalidState(
+                f"cannot revert VM {info.name!r}: its state is unknown", current=info.state
+            )
         limit = self._hv._timeout(timeout, self._hv.timeouts.operation_s)
         what = self._what(f"revert to {snap.name!r}")
         self._hv._call(what, driver.revert_snapshot, self.uuid, snap.id)
@@ -849,32 +907,41 @@ class VM:
     def delete_snapshot(self, snapshot: str | SnapshotInfo) -> None:
         """Delete one snapshot; the VM and the other snapshots stay."""
         driver = self._snapshot_driver()
-        snap = self._find_snapshot(snapshot.id if isinstance(snapshot, SnapshotInfo)
-                                   else snapshot)
-        self._hv._call(self._what(f"delete snapshot {snap.name!r} of"), driver.delete_snapshot,
-                       self.uuid, snap.id)
+        snap = self._find_snapshot(snapshot.id if isinstance(snapshot, SnapshotInfo) else snapshot)
+        self._hv._call(
+            self._what(f"delete snapshot {snap.name!r} of"),
+            driver.delete_snapshot,
+            self.uuid,
+            snap.id,
+        )
 
     def clone(self, name: str, *, linked: bool = False) -> VM:
         """A full copy (or a linked clone) of this stopped VM under ``name``."""
         from .spi import Cloning
 
         check_name(name)
-        self._hv.require(Capability.LINKED_CLONE if linked else Capability.CLONE,
-                         self._what("clone"))
+        self._hv.require(
+            Capability.LINKED_CLONE if linked else Capability.CLONE, self._what("clone")
+        )
         info = self.info()
         if info.state not in QUIESCENT:
-            raise InvalidState(f"cannot clone VM {info.name!r}: it is {info.state.value}; "
-                               "clone a stopped VM", current=info.state, allowed=QUIESCENT)
+            raise InvalidState(
+                f"cannot clone VM {info.name!r}: it is {info.state.value}; clone a stopped VM",
+                current=info.state,
+                allowed=QUIESCENT,
+            )
         if any(i.name == name for i in self._hv.list_vms()):
             raise AlreadyExists(f"a VM named {name!r} already exists on {self._hv.uri}")
         driver = self._hv._driver
         assert isinstance(driver, Cloning)
-        clone = self._hv._call(self._what(f"clone as {name!r}"), driver.clone_vm, self.uuid,
-                               name, linked=linked)
+        clone = self._hv._call(
+            self._what(f"clone as {name!r}"), driver.clone_vm, self.uuid, name, linked=linked
+        )
         return VM(self._hv, clone)
 
-    def migrate(self, target: Hypervisor, *, live: bool | None = None,
-                timeout: float | None = None) -> VM:
+    def migrate(
+        self, target: Hypervisor, *, live: bool | None = None, timeout: float | None = None
+    ) -> VM:
         """Move the VM to the host ``target`` (same driver); returns its handle there.
 
         A RUNNING VM moves live (capability MIGRATE_LIVE); a STOPPED one moves cold
@@ -885,36 +952,44 @@ class VM:
         info = self.info()
         running = info.state is PowerState.RUNNING
         if info.state not in (PowerState.RUNNING, PowerState.STOPPED):
-            raise InvalidState(f"cannot migrate VM {info.name!r} while {info.state.value}",
-                               current=info.state,
-                               allowed={PowerState.RUNNING, PowerState.STOPPED})
+            raise InvalidState(
+                f"cannot migrate VM {info.name!r} while {info.state.value}",
+                current=info.state,
+                allowed={PowerState.RUNNING, PowerState.STOPPED},
+            )
         if live is None:
             live = running
         cap = Capability.MIGRATE_LIVE if live else Capability.MIGRATE_COLD
         self._hv.require(cap, self._what("migrate"))
         if live != running:
-            raise InvalidState(f"VM {info.name!r} is {info.state.value}: a "
-                               f"{'live' if live else 'cold'} migration needs it "
-                               f"{'running' if live else 'stopped'}", current=info.state)
+            raise InvalidState(
+                f"VM {info.name!r} is {info.state.value}: a "
+                f"{'live' if live else 'cold'} migration needs it "
+                f"{'running' if live else 'stopped'}",
+                current=info.state,
+            )
         if not isinstance(target, Hypervisor):
-            raise ValidationError("the target must be a Hypervisor from vmctl.connect()",
-                                  field="target")
+            raise ValidationError(
+                "the target must be a Hypervisor from vmctl.connect()", field="target"
+            )
         if type(target._driver) is not type(self._hv._driver):
-            raise ValidationError(f"cannot migrate from a {self._hv.driver_name} host to a "
-                                  f"{target.driver_name} host", field="target")
+            raise ValidationError(
+                f"cannot migrate from a {self._hv.driver_name} host to a {target.driver_name} host",
+                field="target",
+            )
         if target is self._hv or target.uri == self._hv.uri:
             raise ValidationError(f"the VM is already on {target.uri}", field="target")
         target.require(cap, self._what("migrate"))
         if any(i.uuid == self.uuid or i.name == info.name for i in target.list_vms()):
-            raise AlreadyExists(f"{target.uri} already has a VM named {info.name!r} or with "
-                                f"UUID {self.uuid}")
+            raise AlreadyExists(
+                f"{target.uri} already has a VM named {info.name!r} or with UUID {self.uuid}"
+            )
         limit = self._hv._timeout(timeout, self._hv.timeouts.operation_s)
         driver = self._hv._driver
         assert isinstance(driver, Migration)
         what = self._what(f"migrate to {target.uri}")
         log.info("%s", what)
-        self._hv._call(what, driver.migrate_vm, self.uuid, target._driver, live=live,
-                       timeout=limit)
+        self._hv._call(what, driver.migrate_vm, self.uuid, target._driver, live=live, timeout=limit)
         moved = VM(target, target._call(what, target._driver.get_vm, self.uuid))
         moved._info = target.wait_for_state(self.uuid, frozenset({info.state}), limit, what)
         return moved
@@ -931,8 +1006,7 @@ class VM:
 
         self._hv.require(Capability.GUEST_INFO, self._what("guest info of"))
         assert isinstance(self._hv._driver, GuestAgent)
-        return self._hv._call(self._what("guest info of"), self._hv._driver.guest_info,
-                              self.uuid)
+        return self._hv._call(self._what("guest info of"), self._hv._driver.guest_info, self.uuid)
 
     def __repr__(self) -> str:
         return f"<VM {self.name!r} {self.uuid} on {self._hv.uri}>"
@@ -942,10 +1016,3 @@ class VM:
 
     def __hash__(self) -> int:
         return hash(self.uuid)
-
-
-@attrs.frozen
-class _Attr:
-    """Stands in for an attrs Attribute so validators can be reused on plain arguments."""
-
-    name: str

@@ -54,8 +54,9 @@ class Capability(enum.StrEnum):
 
 
 #: The capabilities every driver must have: without them there is nothing to manage.
-REQUIRED_CAPABILITIES = frozenset({Capability.CREATE, Capability.DELETE, Capability.START,
-                                   Capability.POWER_OFF})
+REQUIRED_CAPABILITIES = frozenset(
+    {Capability.CREATE, Capability.DELETE, Capability.START, Capability.POWER_OFF}
+)
 
 RESOURCE_CAPABILITIES = {
     "cpu_shares": Capability.CPU_SHARES,

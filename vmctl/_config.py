@@ -54,25 +54,27 @@ def resolve_password(password: PasswordSource, env: Mapping[str, str]) -> Secret
     if callable(password):
         value = password()
         if not isinstance(value, str):
-            raise ValidationError("the password callback must return a string",
-                                  field="password")
+            raise ValidationError("the password callback must return a string", field="password")
         return Secret(value)
     if password is not None:
-        raise ValidationError("password must be a string or a callable returning one",
-                              field="password")
-    value = env.get("VMCTL_PASSWORD")
-    return Secret(value) if value is not None else None
+        raise ValidationError(
+            "password must be a string or a callable returning one", field="password"
+        )
+    from_env = env.get("VMCTL_PASSWORD")
+    return Secret(from_env) if from_env is not None else None
 
 
 def _timeout(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError(f"a timeout must be a number of seconds or None, got {value!r}",
-                              field="timeout")
+        raise ValidationError(
+            f"a timeout must be a number of seconds or None, got {value!r}", field="timeout"
+        )
     if not math.isfinite(value) or value <= 0:
-        raise ValidationError(f"a timeout must be positive and finite, got {value}",
-                              field="timeout")
+        raise ValidationError(
+            f"a timeout must be positive and finite, got {value}", field="timeout"
+        )
     return float(value)
 
 
@@ -130,9 +132,11 @@ class ConnectParams:
     options: Mapping[str, str] = field(factory=dict, converter=_options)
 
     def __repr__(self) -> str:
-        return (f"ConnectParams(uri={self.uri!s}, username={self.username!r}, "
-                f"password={'set' if self.password else 'unset'}, cafile={self.cafile!r}, "
-                f"thumbprint={self.thumbprint!r}, insecure={self.insecure})")
+        return (
+            f"ConnectParams(uri={self.uri!s}, username={self.username!r}, "
+            f"password={'set' if self.password else 'unset'}, cafile={self.cafile!r}, "
+            f"thumbprint={self.thumbprint!r}, insecure={self.insecure})"
+        )
 
 
 def env_flag(env: Mapping[str, str], name: str) -> bool:

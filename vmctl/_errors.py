@@ -112,7 +112,7 @@ class AuthenticationError(VmctlError):
     """The host refused the credentials, or an expired session could not be renewed."""
 
 
-class ConnectionError(VmctlError, builtins.ConnectionError):  # noqa: A001 - the tree's name
+class ConnectionError(VmctlError, builtins.ConnectionError):
     """The host cannot be reached, or the connection to it is gone for good."""
 
 

@@ -67,31 +67,46 @@ class Resources:
     Resources(cpu_shares=2048, ...)
     """
 
-    cpu_shares: int | None = field(default=None, validator=v.int_range(1, MAX_SHARES,
-                                                                        optional=True))
+    cpu_shares: int | None = field(
+        default=None, validator=v.int_range(1, MAX_SHARES, optional=True)
+    )
     cpu_reservation_percent: int | None = field(
-        default=None, validator=v.int_range(0, 100 * MAX_VCPUS, "percent", optional=True))
+        default=None, validator=v.int_range(0, 100 * MAX_VCPUS, "percent", optional=True)
+    )
     cpu_limit_percent: int | None = field(
-        default=None, validator=v.int_range(1, 100 * MAX_VCPUS, "percent", optional=True))
-    memory_shares: int | None = field(default=None, validator=v.int_range(1, MAX_SHARES,
-                                                                           optional=True))
+        default=None, validator=v.int_range(1, 100 * MAX_VCPUS, "percent", optional=True)
+    )
+    memory_shares: int | None = field(
+        default=None, validator=v.int_range(1, MAX_SHARES, optional=True)
+    )
     memory_reservation_mib: int | None = field(
-        default=None, validator=v.int_range(0, MAX_MEMORY_MIB, "MiB", optional=True))
+        default=None, validator=v.int_range(0, MAX_MEMORY_MIB, "MiB", optional=True)
+    )
     memory_limit_mib: int | None = field(
-        default=None, validator=v.int_range(MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB",
-                                            optional=True))
+        default=None, validator=v.int_range(MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB", optional=True)
+    )
 
     def __attrs_post_init__(self) -> None:
-        if (self.cpu_reservation_percent is not None and self.cpu_limit_percent is not None
-                and self.cpu_reservation_percent > self.cpu_limit_percent):
+        if (
+            self.cpu_reservation_percent is not None
+            and self.cpu_limit_percent is not None
+            and self.cpu_reservation_percent > self.cpu_limit_percent
+        ):
             raise ValidationError(
                 f"cpu_reservation_percent ({self.cpu_reservation_percent}) exceeds "
-                f"cpu_limit_percent ({self.cpu_limit_percent})", field="cpu_reservation_percent")
-        if (self.memory_reservation_mib is not None and self.memory_limit_mib is not None
-                and self.memory_reservation_mib > self.memory_limit_mib):
+                f"cpu_limit_percent ({self.cpu_limit_percent})",
+                field="cpu_reservation_percent",
+            )
+        if (
+            self.memory_reservation_mib is not None
+            and self.memory_limit_mib is not None
+            and self.memory_reservation_mib > self.memory_limit_mib
+        ):
             raise ValidationError(
                 f"memory_reservation_mib ({self.memory_reservation_mib}) exceeds "
-                f"memory_limit_mib ({self.memory_limit_mib})", field="memory_reservation_mib")
+                f"memory_limit_mib ({self.memory_limit_mib})",
+                field="memory_reservation_mib",
+            )
 
     def set_fields(self) -> dict[str, int]:
         """The controls that are set (not None), by name."""
@@ -157,15 +172,19 @@ class VMSpec:
 
     name: str = field(validator=v.name)
     vcpus: int = field(default=1, validator=v.int_range(1, MAX_VCPUS, "vCPUs"))
-    memory_mib: int = field(default=512, validator=v.int_range(MIN_MEMORY_MIB, MAX_MEMORY_MIB,
-                                                                "MiB"))
-    disks: tuple[DiskSpec, ...] = field(default=(), converter=v.to_tuple,
-                                        validator=v.tuple_of(DiskSpec))
-    nics: tuple[NicSpec, ...] = field(default=(), converter=v.to_tuple,
-                                      validator=v.tuple_of(NicSpec))
+    memory_mib: int = field(
+        default=512, validator=v.int_range(MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB")
+    )
+    disks: tuple[DiskSpec, ...] = field(
+        default=(), converter=v.to_tuple, validator=v.tuple_of(DiskSpec)
+    )
+    nics: tuple[NicSpec, ...] = field(
+        default=(), converter=v.to_tuple, validator=v.tuple_of(NicSpec)
+    )
     guest_os: GuestOS = field(default=GuestOS.OTHER, converter=GuestOS)
-    boot: BootSource | None = field(default=None,
-                                    validator=v.instance_of(BootSource, optional=True))
+    boot: BootSource | None = field(
+        default=None, validator=v.instance_of(BootSource, optional=True)
+    )
     resources: Resources = field(factory=Resources, validator=v.instance_of(Resources))
     description: str = field(default="", validator=v.instance_of(str))
 
@@ -173,12 +192,16 @@ class VMSpec:
         limit = self.resources.memory_limit_mib
         if limit is not None and limit < self.memory_mib:
             # A limit below the configured memory would make the guest swap from its first boot.
-            raise ValidationError(f"memory_limit_mib ({limit}) is below memory_mib "
-                                  f"({self.memory_mib})", field="resources")
+            raise ValidationError(
+                f"memory_limit_mib ({limit}) is below memory_mib ({self.memory_mib})",
+                field="resources",
+            )
         reservation = self.resources.memory_reservation_mib
         if reservation is not None and reservation > self.memory_mib:
-            raise ValidationError(f"memory_reservation_mib ({reservation}) exceeds memory_mib "
-                                  f"({self.memory_mib})", field="resources")
+            raise ValidationError(
+                f"memory_reservation_mib ({reservation}) exceeds memory_mib ({self.memory_mib})",
+                field="resources",
+            )
         names = [d.name for d in self.disks if d.name]
         if len(names) != len(set(names)):
             raise ValidationError("disk names must be unique within a VM", field="disks")

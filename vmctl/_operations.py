@@ -36,8 +36,9 @@ class Operation(Generic[T]):
         try:
             return self._future.result(timeout)
         except cf.TimeoutError:
-            raise OperationTimeout(f"{self.description}: not finished after {timeout} s; it "
-                                   "is still running") from None
+            raise OperationTimeout(
+                f"{self.description}: not finished after {timeout} s; it is still running"
+            ) from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The request's error, or None if it succeeded."""
@@ -46,15 +47,15 @@ class Operation(Generic[T]):
         try:
             return self._future.exception(timeout)
         except cf.TimeoutError:
-            raise OperationTimeout(f"{self.description}: not finished after {timeout} s") \
-                from None
+            raise OperationTimeout(f"{self.description}: not finished after {timeout} s") from None
 
     def __repr__(self) -> str:
         return f"<Operation {self.description!r} {'done' if self.done() else 'running'}>"
 
 
-def wait_all(operations: Iterable[Operation[Any]],
-             timeout: float | None = None) -> list[Operation[Any]]:
+def wait_all(
+    operations: Iterable[Operation[Any]], timeout: float | None = None
+) -> list[Operation[Any]]:
     """Wait until every operation has finished and return them (check each one's
     ``exception()``). Raises OperationTimeout naming those still running after ``timeout``."""
     import concurrent.futures as cf
@@ -63,13 +64,16 @@ def wait_all(operations: Iterable[Operation[Any]],
     _, pending = cf.wait([op._future for op in ops], timeout=timeout)
     if pending:
         still = [op.description for op in ops if op._future in pending]
-        raise OperationTimeout(f"{len(still)} of {len(ops)} operations still running after "
-                               f"{timeout} s: {', '.join(still)}")
+        raise OperationTimeout(
+            f"{len(still)} of {len(ops)} operations still running after "
+            f"{timeout} s: {', '.join(still)}"
+        )
     return ops
 
 
-def as_completed(operations: Iterable[Operation[Any]],
-                 timeout: float | None = None) -> Iterator[Operation[Any]]:
+def as_completed(
+    operations: Iterable[Operation[Any]], timeout: float | None = None
+) -> Iterator[Operation[Any]]:
     """Yield operations as they finish; OperationTimeout if some are still running after
     ``timeout``."""
     import concurrent.futures as cf
@@ -80,5 +84,4 @@ def as_completed(operations: Iterable[Operation[Any]],
             yield ops[fut]
     except cf.TimeoutError:
         still = [op.description for f, op in ops.items() if not f.done()]
-        raise OperationTimeout(f"still running after {timeout} s: {', '.join(still)}") \
-            from None
+        raise OperationTimeout(f"still running after {timeout} s: {', '.join(still)}") from None

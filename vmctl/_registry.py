@@ -40,8 +40,9 @@ def available() -> Mapping[str, str]:
     """Every known scheme and the ``module:Class`` (or class) serving it, read-only."""
     targets: dict[str, str] = _entry_point_targets()
     for scheme, target in _runtime.items():
-        targets[scheme] = target if isinstance(target, str) else \
-            f"{target.__module__}:{target.__qualname__}"
+        targets[scheme] = (
+            target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+        )
     return MappingProxyType(dict(sorted(targets.items())))
 
 
@@ -50,17 +51,27 @@ def register(scheme: str, driver: str | type[Driver], *, clobber: bool = False) 
 
     Refuses to replace an existing scheme unless ``clobber=True``.
     """
-    if not isinstance(scheme, str) or not scheme.isascii() or not scheme.replace("-", "") \
-            .isalnum() or not scheme[:1].isalpha() or scheme != scheme.lower():
-        raise ValidationError(f"{scheme!r} is not a valid URI scheme (lowercase letters, "
-                              "digits and '-', starting with a letter)", field="scheme")
+    if (
+        not isinstance(scheme, str)
+        or not scheme.isascii()
+        or not scheme.replace("-", "").isalnum()
+        or not scheme[:1].isalpha()
+        or scheme != scheme.lower()
+    ):
+        raise ValidationError(
+            f"{scheme!r} is not a valid URI scheme (lowercase letters, "
+            "digits and '-', starting with a letter)",
+            field="scheme",
+        )
     if isinstance(driver, type) and not issubclass(driver, Driver):
         raise ValidationError(f"{driver!r} is not a vmctl.spi.Driver subclass", field="driver")
     with _lock:
         if not clobber and scheme in available():
-            raise ValidationError(f"scheme {scheme!r} is already served by "
-                                  f"{available()[scheme]}; pass clobber=True to replace it",
-                                  field="scheme")
+            raise ValidationError(
+                f"scheme {scheme!r} is already served by "
+                f"{available()[scheme]}; pass clobber=True to replace it",
+                field="scheme",
+            )
         _runtime[scheme] = driver
         _loaded.pop(scheme, None)
 
@@ -82,20 +93,24 @@ def load(scheme: str) -> type[Driver]:
             target = _entry_point_targets().get(scheme)
         if target is None:
             known = ", ".join(available()) or "none"
-            raise DriverError(f"no driver serves URI scheme {scheme!r} (known schemes: "
-                              f"{known}); install the driver package that provides it")
+            raise DriverError(
+                f"no driver serves URI scheme {scheme!r} (known schemes: "
+                f"{known}); install the driver package that provides it"
+            )
         if isinstance(target, str):
             module_name, _, attr = target.partition(":")
             try:
                 module = importlib.import_module(module_name)
             except ImportError as exc:
                 hint = INSTALL_HINTS.get(module_name.split(".")[0], f"install {module_name}")
-                raise DriverError(f"the driver for {scheme!r} cannot be loaded ({exc}); "
-                                  f"{hint}") from exc
+                raise DriverError(
+                    f"the driver for {scheme!r} cannot be loaded ({exc}); {hint}"
+                ) from exc
             cls = getattr(module, attr, None)
             if not (isinstance(cls, type) and issubclass(cls, Driver)):
-                raise DriverError(f"{target} (the driver for {scheme!r}) is not a "
-                                  "vmctl.spi.Driver subclass")
+                raise DriverError(
+                    f"{target} (the driver for {scheme!r}) is not a vmctl.spi.Driver subclass"
+                )
             target = cls
         _loaded[scheme] = target
         return target

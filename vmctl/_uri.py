@@ -44,17 +44,18 @@ class URI:
     def parse(cls, text: str) -> URI:
         """Parse and check ``text``; raise ValidationError saying what is wrong."""
         if not isinstance(text, str):
-            raise ValidationError(f"a URI must be a string, got {type(text).__name__}",
-                                  field="uri")
+            raise ValidationError(f"a URI must be a string, got {type(text).__name__}", field="uri")
         if not text or text != text.strip():
             raise ValidationError("a URI must not be empty or padded with spaces", field="uri")
         if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
-            raise ValidationError("a URI must not contain spaces or control characters",
-                                  field="uri")
+            raise ValidationError(
+                "a URI must not contain spaces or control characters", field="uri"
+            )
         if "://" not in text:
             raise ValidationError(
-                f"{_safe(text)!r} has no '://'; write scheme://host, e.g. sim:// or "
-                "qemu:///system", field="uri")
+                f"{_safe(text)!r} has no '://'; write scheme://host, e.g. sim:// or qemu:///system",
+                field="uri",
+            )
         head, rest = text.split("://", 1)
         scheme, plus, transport = head.lower().partition("+")
         if not _SCHEME.match(scheme) or (plus and not _SCHEME.match(transport)):
@@ -73,14 +74,15 @@ class URI:
                 raise ValidationError(
                     "the URI holds a password (user:password@host); vmctl never takes a "
                     "password from a URI: pass password=..., set VMCTL_PASSWORD, or give a "
-                    "callback", field="uri")
+                    "callback",
+                    field="uri",
+                )
             user = urllib.parse.unquote(userinfo)
             if not userinfo or not _USER.match(userinfo):
                 raise ValidationError(f"user name {userinfo!r} is not valid", field="uri")
         host = parts.hostname or ""
         if host and not _HOST.match(host if ":" not in host else f"[{host}]"):
-            raise ValidationError(f"host {host!r} is not a valid host name or address",
-                                  field="uri")
+            raise ValidationError(f"host {host!r} is not a valid host name or address", field="uri")
         if port == 0:
             raise ValidationError("port 0 is not a valid port", field="uri")
         params: dict[str, str] = {}
@@ -88,12 +90,21 @@ class URI:
             if key.lower() in SECRET_PARAMS:
                 raise ValidationError(
                     f"the URI parameter {key!r} would carry a secret; pass it as an option or "
-                    "environment variable instead", field="uri")
+                    "environment variable instead",
+                    field="uri",
+                )
             if key in params:
                 raise ValidationError(f"the URI parameter {key!r} is given twice", field="uri")
             params[key] = val
-        return cls(scheme=scheme, transport=transport or None, user=user, host=host,
-                   port=port, path=urllib.parse.unquote(parts.path), params=params)
+        return cls(
+            scheme=scheme,
+            transport=transport or None,
+            user=user,
+            host=host,
+            port=port,
+            path=urllib.parse.unquote(parts.path),
+            params=params,
+        )
 
     def __str__(self) -> str:
         head = self.scheme + (f"+{self.transport}" if self.transport else "")
@@ -104,8 +115,11 @@ class URI:
         netloc += host
         if self.port is not None:
             netloc += f":{self.port}"
-        query = ("?" + urllib.parse.urlencode(sorted(self.params.items()), safe="/~")) \
-            if self.params else ""
+        query = (
+            ("?" + urllib.parse.urlencode(sorted(self.params.items()), safe="/~"))
+            if self.params
+            else ""
+        )
         return f"{head}://{netloc}{urllib.parse.quote(self.path)}{query}"
 
     def __repr__(self) -> str:

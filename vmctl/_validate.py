@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -24,17 +24,22 @@ def check_name(value: object, what: str = "name") -> str:
     if not value:
         raise ValidationError("must not be empty", field=what)
     if len(value) > NAME_MAX:
-        raise ValidationError(f"is {len(value)} characters long; the limit is {NAME_MAX}",
-                              field=what)
+        raise ValidationError(
+            f"is {len(value)} characters long; the limit is {NAME_MAX}", field=what
+        )
     if value != value.strip():
         raise ValidationError(f"{value!r} has leading or trailing white space", field=what)
     for ch in value:
         if unicodedata.category(ch)[0] in "CZ" and ch != " ":
-            raise ValidationError(f"{value!r} contains the control or separator character "
-                                  f"U+{ord(ch):04X}; use printable characters", field=what)
+            raise ValidationError(
+                f"{value!r} contains the control or separator character "
+                f"U+{ord(ch):04X}; use printable characters",
+                field=what,
+            )
     if "/" in value or "\\" in value:
-        raise ValidationError(f"{value!r} contains a slash; names must not contain / or \\",
-                              field=what)
+        raise ValidationError(
+            f"{value!r} contains a slash; names must not contain / or \\", field=what
+        )
     return value
 
 
@@ -47,18 +52,27 @@ def optional_name(_inst: object, attribute: attrs.Attribute[Any], value: object)
         check_name(value, attribute.name)
 
 
+def check_int(value: object, low: int, high: int, unit: str = "", field: str = "") -> int:
+    """``value`` if it is an int (not a bool, not a float) within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(
+            f"must be a whole number{' of ' + unit if unit else ''}, got {value!r}", field=field
+        )
+    if not low <= value <= high:
+        raise ValidationError(
+            f"must be between {low} and {high}{' ' + unit if unit else ''}, got {value}",
+            field=field,
+        )
+    return value
+
+
 def int_range(low: int, high: int, unit: str = "", optional: bool = False) -> Validator:
-    """An int (not a bool, not a float) within [low, high]."""
+    """An attrs validator: an int within [low, high] (or None when ``optional``)."""
 
     def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value is None and optional:
             return
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError(f"must be a whole number{' of ' + unit if unit else ''}, "
-                                  f"got {value!r}", field=attribute.name)
-        if not low <= value <= high:
-            raise ValidationError(f"must be between {low} and {high}{' ' + unit if unit else ''},"
-                                  f" got {value}", field=attribute.name)
+        check_int(value, low, high, unit, attribute.name)
 
     return check
 
@@ -67,11 +81,14 @@ def mac(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
     if not isinstance(value, str) or not _MAC.match(value):
-        raise ValidationError(f"{value!r} is not a MAC address like 52:54:00:12:34:56",
-                              field=attribute.name)
+        raise ValidationError(
+            f"{value!r} is not a MAC address like 52:54:00:12:34:56", field=attribute.name
+        )
     if int(value[:2], 16) & 1:
-        raise ValidationError(f"{value} is a multicast address; a NIC needs a unicast MAC "
-                              "(first octet even)", field=attribute.name)
+        raise ValidationError(
+            f"{value} is a multicast address; a NIC needs a unicast MAC (first octet even)",
+            field=attribute.name,
+        )
 
 
 def lower_str(value: object) -> object:
@@ -83,18 +100,22 @@ def instance_of(kind: type, optional: bool = False) -> Validator:
         if value is None and optional:
             return
         if not isinstance(value, kind):
-            raise ValidationError(f"must be a {kind.__name__}, got {type(value).__name__}",
-                                  field=attribute.name)
+            raise ValidationError(
+                f"must be a {kind.__name__}, got {type(value).__name__}", field=attribute.name
+            )
 
     return check
 
 
 def tuple_of(kind: type) -> Validator:
     def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        for i, item in enumerate(value):  # type: ignore[arg-type]
+        items = cast("tuple[object, ...]", value)
+        for i, item in enumerate(items):
             if not isinstance(item, kind):
-                raise ValidationError(f"item {i} must be a {kind.__name__}, got "
-                                      f"{type(item).__name__}", field=attribute.name)
+                raise ValidationError(
+                    f"item {i} must be a {kind.__name__}, got {type(item).__name__}",
+                    field=attribute.name,
+                )
 
     return check
 

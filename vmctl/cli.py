@@ -85,8 +85,7 @@ def _wait(ctx: Ctx, op: Operation[Any], what: str) -> Any:
 @click.group()
 @click.option("--uri", "-c", envvar="VMCTL_URI", help="host URI (default $VMCTL_URI)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.option("--ask-password", is_flag=True, help="prompt for the password "
-              "(else $VMCTL_PASSWORD)")
+@click.option("--ask-password", is_flag=True, help="prompt for the password (else $VMCTL_PASSWORD)")
 @click.version_option(vmctl.__version__)
 @click.pass_context
 def cli(click_ctx: click.Context, uri: str | None, as_json: bool, ask_password: bool) -> None:
@@ -102,8 +101,11 @@ pass_ctx = click.make_pass_decorator(Ctx)
 def drivers(ctx: Ctx) -> None:
     """List the installed drivers and their URI schemes."""
     found = dict(vmctl.available_drivers())
-    out(ctx, found, lambda: _table("drivers", ["scheme", "driver"],
-                                   [[k, v] for k, v in found.items()]))
+    out(
+        ctx,
+        found,
+        lambda: _table("drivers", ["scheme", "driver"], [[k, v] for k, v in found.items()]),
+    )
 
 
 @cli.command("list")
@@ -112,10 +114,18 @@ def list_(ctx: Ctx) -> None:
     """List VMs with their state."""
     with ctx.connect() as hv:
         infos = hv.list_vms()
-    out(ctx, [to_dict(i) for i in infos], lambda: _table(
-        str(hv.uri), ["name", "state", "reason", "vCPUs", "MiB", "uuid"],
-        [[i.name, i.state.value, i.reason.value, str(i.vcpus), str(i.memory_mib), i.uuid]
-         for i in infos]))
+    out(
+        ctx,
+        [to_dict(i) for i in infos],
+        lambda: _table(
+            str(hv.uri),
+            ["name", "state", "reason", "vCPUs", "MiB", "uuid"],
+            [
+                [i.name, i.state.value, i.reason.value, str(i.vcpus), str(i.memory_mib), i.uuid]
+                for i in infos
+            ],
+        ),
+    )
 
 
 @cli.command()
@@ -126,8 +136,11 @@ def info(ctx: Ctx, vm: str | None) -> None:
     with ctx.connect() as hv:
         if vm is None:
             host = hv.host_info()
-            data = {"host": to_dict(host), "driver": hv.driver_name,
-                    "capabilities": sorted(c.value for c in hv.capabilities)}
+            data = {
+                "host": to_dict(host),
+                "driver": hv.driver_name,
+                "capabilities": sorted(c.value for c in hv.capabilities),
+            }
         else:
             handle = hv.vm(vm)
             data = {"info": to_dict(handle.info()), "config": to_dict(handle.config())}
@@ -146,13 +159,16 @@ def _state_command(name: str, method: str, doc: str, **extra: Any) -> None:
     @click.argument("vm")
     @click.option("--timeout", type=float, default=None, help="seconds to wait")
     @pass_ctx
-    def command(ctx: Ctx, vm: str, timeout: float | None, **kw: Any) -> None:
+    def command(ctx: Ctx, /, vm: str, timeout: float | None, **kw: Any) -> None:
         with ctx.connect() as hv:
             handle = hv.vm(vm)
             op = getattr(handle, method)(wait=False, timeout=timeout, **kw)
             result = _wait(ctx, op, f"{name} {handle.name}")
-        out(ctx, to_dict(result), lambda: click.echo(
-            f"{result.name}: {result.state.value} ({result.reason.value})"))
+        out(
+            ctx,
+            to_dict(result),
+            lambda: click.echo(f"{result.name}: {result.state.value} ({result.reason.value})"),
+        )
 
     for opt in extra.get("options", []):
         command = opt(command)
@@ -165,9 +181,19 @@ _state_command("reset", "reset", "Force a restart.")
 _state_command("pause", "pause", "Pause a VM (memory kept in RAM).")
 _state_command("resume", "resume", "Resume a paused or suspended VM.")
 _state_command("suspend", "suspend", "Suspend a VM to disk.")
-_state_command("shutdown", "shutdown", "Ask the guest to shut down; returns once it is off.",
-               options=[click.option("--force-after", type=float, default=None,
-                                     help="power off if still running after this many s")])
+_state_command(
+    "shutdown",
+    "shutdown",
+    "Ask the guest to shut down; returns once it is off.",
+    options=[
+        click.option(
+            "--force-after",
+            type=float,
+            default=None,
+            help="power off if still running after this many s",
+        )
+    ],
+)
 
 
 @cli.command()
@@ -180,8 +206,7 @@ def delete(ctx: Ctx, vm: str, force: bool, yes: bool) -> None:
     with ctx.connect() as hv:
         handle = hv.vm(vm)
         if not yes and not ctx.json and sys.stdin.isatty():
-            click.confirm(f"Delete VM {handle.name!r} ({handle.uuid}) and its disks?",
-                          abort=True)
+            click.confirm(f"Delete VM {handle.name!r} ({handle.uuid}) and its disks?", abort=True)
         deleted = handle.delete(force=force)
     out(ctx, {"deleted": deleted}, lambda: click.echo("deleted:\n  " + "\n  ".join(deleted)))
 
@@ -194,16 +219,30 @@ def delete(ctx: Ctx, vm: str, force: bool, yes: bool) -> None:
 @click.option("--nic", "nics", multiple=True, help="network name (repeat)")
 @click.option("--start", is_flag=True)
 @pass_ctx
-def create(ctx: Ctx, name: str, vcpus: int, memory_mib: int, disks: tuple[int, ...],
-           nics: tuple[str, ...], start: bool) -> None:
+def create(
+    ctx: Ctx,
+    name: str,
+    vcpus: int,
+    memory_mib: int,
+    disks: tuple[int, ...],
+    nics: tuple[str, ...],
+    start: bool,
+) -> None:
     """Create a VM."""
-    spec = vmctl.VMSpec(name=name, vcpus=vcpus, memory_mib=memory_mib,
-                        disks=[vmctl.DiskSpec(size_mib=d) for d in disks],
-                        nics=[vmctl.NicSpec(network=n) for n in nics])
+    spec = vmctl.VMSpec(
+        name=name,
+        vcpus=vcpus,
+        memory_mib=memory_mib,
+        disks=[vmctl.DiskSpec(size_mib=d) for d in disks],
+        nics=[vmctl.NicSpec(network=n) for n in nics],
+    )
     with ctx.connect() as hv:
         info_ = hv.create_vm(spec, start=start).info()
-    out(ctx, to_dict(info_), lambda: click.echo(f"created {info_.name} ({info_.uuid}), "
-                                                f"{info_.state.value}"))
+    out(
+        ctx,
+        to_dict(info_),
+        lambda: click.echo(f"created {info_.name} ({info_.uuid}), {info_.state.value}"),
+    )
 
 
 @cli.group()
@@ -241,8 +280,10 @@ def snapshot_list(ctx: Ctx, vm: str) -> None:
         def add(parent: Tree, node: vmctl.SnapshotNode) -> None:
             s = node.snapshot
             mark = " (current)" if s.current else ""
-            branch = parent.add(f"{s.name}{mark}  {s.created:%Y-%m-%d %H:%M:%S}"
-                                f"{'  +memory' if s.with_memory else ''}")
+            branch = parent.add(
+                f"{s.name}{mark}  {s.created:%Y-%m-%d %H:%M:%S}"
+                f"{'  +memory' if s.with_memory else ''}"
+            )
             for child in node.children:
                 add(branch, child)
 
@@ -298,8 +339,11 @@ def migrate(ctx: Ctx, vm: str, target_uri: str, timeout: float | None) -> None:
         handle = hv.vm(vm)
         moved: VM = handle.migrate(target, timeout=timeout)
         result = moved.info()
-    out(ctx, to_dict(result), lambda: click.echo(f"{result.name} is now on {target_uri}, "
-                                                 f"{result.state.value}"))
+    out(
+        ctx,
+        to_dict(result),
+        lambda: click.echo(f"{result.name} is now on {target_uri}, {result.state.value}"),
+    )
 
 
 @cli.command()
@@ -316,22 +360,36 @@ def watch(ctx: Ctx, vm: str | None, timeout: float | None) -> None:
                     click.echo(json.dumps(to_dict(event), default=str))
                 else:
                     state = f" {event.state.value}" if event.state else ""
-                    click.echo(f"{event.timestamp:%H:%M:%S} {event.kind.value:<14} "
-                               f"{event.vm_name or event.vm_uuid}{state} {event.detail}")
+                    click.echo(
+                        f"{event.timestamp:%H:%M:%S} {event.kind.value:<14} "
+                        f"{event.vm_name or event.vm_uuid}{state} {event.detail}"
+                    )
 
 
 @cli.command()
 @click.argument("uri", required=False, envvar="VMCTL_URI")
 @click.option("--other-uri", envvar="VMCTL_OTHER_URI", help="second host, for migration")
 @click.option("--report", type=click.Path(dir_okay=False), help="write FILE.json or FILE.md")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-              help="backend option: network, pool, boot_kernel, boot_initrd, boot_cmdline, "
-                   "boot_iso, memory_mib, disk_mib, op_timeout")
+@click.option(
+    "--opt",
+    "opts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="backend option: network, pool, boot_kernel, boot_initrd, boot_cmdline, "
+    "boot_iso, memory_mib, disk_mib, op_timeout",
+)
 @click.option("--prefix", default=None, help="prefix of the kit's objects")
 @click.option("-k", "keyword", default=None, help="only tests matching this expression")
 @pass_ctx
-def conformance(ctx: Ctx, uri: str | None, other_uri: str | None, report: str | None,
-                opts: tuple[str, ...], prefix: str | None, keyword: str | None) -> None:
+def conformance(
+    ctx: Ctx,
+    uri: str | None,
+    other_uri: str | None,
+    report: str | None,
+    opts: tuple[str, ...],
+    prefix: str | None,
+    keyword: str | None,
+) -> None:
     """Run the conformance kit against a host; prints the verified support matrix."""
     from vmctl_conformance import run
 
@@ -343,16 +401,24 @@ def conformance(ctx: Ctx, uri: str | None, other_uri: str | None, report: str | 
         if not sep:
             fail(f"--opt wants KEY=VALUE, got {opt!r}", 2)
         options[key] = value
-    result = run(uri, other_uri=other_uri, report=report, options=options, prefix=prefix,
-                 pytest_args=["-k", keyword] if keyword else ())
+    result = run(
+        uri,
+        other_uri=other_uri,
+        report=report,
+        options=options,
+        prefix=prefix,
+        pytest_args=["-k", keyword] if keyword else (),
+    )
     if ctx.json:
         click.echo(result.to_json())
     else:
         counts = result.counts()
         rows = [[cid, r.status, r.reason[:90]] for cid, r in sorted(result.results.items())]
         _table(f"{uri} ({result.driver})", ["clause", "status", "note"], rows)
-        click.echo(f"{counts['pass']} pass, {counts['fail']} fail, {counts['not-supported']} "
-                   f"not supported, {counts['skip']} skipped; leaked: {len(result.leaked)}")
+        click.echo(
+            f"{counts['pass']} pass, {counts['fail']} fail, {counts['not-supported']} "
+            f"not supported, {counts['skip']} skipped; leaked: {len(result.leaked)}"
+        )
         if result.refused:
             click.echo(f"refused: {result.refused}", err=True)
         for leak in result.leaked:

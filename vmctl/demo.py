@@ -24,22 +24,33 @@ def show(label: str, value: object) -> None:
 
 
 def main() -> int:
-    say("Connect", 'vmctl.connect("sim://rack1") opens the embedded reference hypervisor; '
-        'swap the URI for qemu:///system, esx://host or xen://host.')
+    say(
+        "Connect",
+        'vmctl.connect("sim://rack1") opens the embedded reference hypervisor; '
+        "swap the URI for qemu:///system, esx://host or xen://host.",
+    )
     with vmctl.connect("sim://rack1") as hv, vmctl.connect("sim://rack2") as spare:
         host = hv.host_info()
-        show("host", f"{host.name}: {host.hypervisor} {host.version}, {host.cpus} CPUs, "
-             f"{host.memory_mib} MiB")
+        show(
+            "host",
+            f"{host.name}: {host.hypervisor} {host.version}, {host.cpus} CPUs, "
+            f"{host.memory_mib} MiB",
+        )
         show("capabilities", ", ".join(sorted(c.value for c in hv.capabilities)))
 
         events = hv.watch()  # subscribe now; we read what happened at the end
 
         say("Create a VM from a spec", "validated before anything reaches the hypervisor")
-        spec = VMSpec(name="demo-web", vcpus=2, memory_mib=2048,
-                      disks=[DiskSpec(size_mib=10 * 1024, name="root")],
-                      nics=[NicSpec(network="default")],
-                      boot=BootSource(kernel="/boot/vmlinuz", cmdline="console=ttyS0"),
-                      guest_os="linux", resources=Resources(cpu_shares=1024))
+        spec = VMSpec(
+            name="demo-web",
+            vcpus=2,
+            memory_mib=2048,
+            disks=[DiskSpec(size_mib=10 * 1024, name="root")],
+            nics=[NicSpec(network="default")],
+            boot=BootSource(kernel="/boot/vmlinuz", cmdline="console=ttyS0"),
+            guest_os="linux",
+            resources=Resources(cpu_shares=1024),
+        )
         vm = hv.create_vm(spec)
         show("created", vm.info())
         try:
@@ -64,13 +75,15 @@ def main() -> int:
         show("powered off", vm.info().state.value)
         show("revert brings it back", vm.revert("before-upgrade").state.value)
 
-        say("Reconfigure and set resource limits", "vCPUs and memory while stopped; limits "
-            "any time")
+        say(
+            "Reconfigure and set resource limits", "vCPUs and memory while stopped; limits any time"
+        )
         vm.shutdown(timeout=30)
         config = vm.reconfigure(vcpus=4, memory_mib=4096)
         show("now", f"{config.vcpus} vCPUs, {config.memory_mib} MiB")
-        limits = vm.set_resources(Resources(cpu_limit_percent=200, memory_limit_mib=6144,
-                                            memory_reservation_mib=1024)).resources
+        limits = vm.set_resources(
+            Resources(cpu_limit_percent=200, memory_limit_mib=6144, memory_reservation_mib=1024)
+        ).resources
         show("resources", limits)
 
         say("Clone", "a full copy with new MAC addresses")
@@ -84,8 +97,7 @@ def main() -> int:
 
         say("Migrate live to a second host", f"{hv.uri} -> {spare.uri}")
         moved = vm.migrate(spare)
-        show("on the spare host", f"{moved.info().state.value}, reason "
-             f"{moved.info().reason.value}")
+        show("on the spare host", f"{moved.info().state.value}, reason {moved.info().reason.value}")
         time.sleep(0.2)  # let the simulated guest finish booting and report an IP
         show("guest", moved.guest_info())
 

@@ -242,8 +242,9 @@ class Snapshots(abc.ABC):
     """Capabilities SNAPSHOT and SNAPSHOT_MEMORY."""
 
     @abc.abstractmethod
-    def create_snapshot(self, uuid: str, name: str, *, memory: bool,
-                        description: str) -> SnapshotInfo:
+    def create_snapshot(
+        self, uuid: str, name: str, *, memory: bool, description: str
+    ) -> SnapshotInfo:
         """Take a snapshot; with ``memory`` (VM running) the guest's RAM is saved too, so a
         revert brings it back RUNNING."""
 
@@ -316,8 +317,7 @@ class GuestAgent(abc.ABC):
 class StateWaiter(Protocol):
     """Optional: a driver that can wait for a state without polling (events, long-poll)."""
 
-    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *,
-                       timeout: float) -> VMInfo:
+    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *, timeout: float) -> VMInfo:
         """Return the VM's info as soon as its state is one of ``states``; raise
         OperationTimeout after ``timeout`` seconds."""
         ...

@@ -18,11 +18,11 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import attrs
 
 from vmctl import (
+    URI,
     AgentState,
     AlreadyExists,
     Capability,
@@ -31,6 +31,7 @@ from vmctl import (
     DiskSpec,
     EventKind,
     GuestInfo,
+    GuestOS,
     HostInfo,
     InsufficientResources,
     InvalidState,
@@ -42,7 +43,6 @@ from vmctl import (
     Resources,
     SnapshotInfo,
     StateReason,
-    URI,
     ValidationError,
     VMConfig,
     VMInfo,
@@ -53,8 +53,8 @@ from vmctl.spi import (
     Cloning,
     Devices,
     Driver,
-    EventSource,
     Events,
+    EventSource,
     GracefulPower,
     GuestAgent,
     Migration,
@@ -90,9 +90,22 @@ R = StateReason
 KNOWN_OPTIONS = {"site", "state"}
 
 
-class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconfigurable,
-                ResourceControls, Devices, Snapshots, Cloning, Migration, Events, Statistics,
-                GuestAgent):
+class SimDriver(
+    Driver,
+    GracefulPower,
+    Resettable,
+    Pausable,
+    Suspendable,
+    Reconfigurable,
+    ResourceControls,
+    Devices,
+    Snapshots,
+    Cloning,
+    Migration,
+    Events,
+    Statistics,
+    GuestAgent,
+):
     """The reference driver: every capability, enforced as real hypervisors enforce it."""
 
     name = "sim"
@@ -112,11 +125,16 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
     def open(cls, params: ConnectParams) -> SimDriver:
         unknown = set(params.options) - KNOWN_OPTIONS
         if unknown:
-            raise ValidationError(f"unknown sim option(s) {sorted(unknown)}; the sim knows "
-                                  f"{sorted(KNOWN_OPTIONS)}", field="uri")
+            raise ValidationError(
+                f"unknown sim option(s) {sorted(unknown)}; the sim knows {sorted(KNOWN_OPTIONS)}",
+                field="uri",
+            )
         if params.uri.path not in ("", "/"):
-            raise ValidationError(f"sim URIs have no path (got {params.uri.path!r}); use "
-                                  "sim://HOST?site=NAME&state=FILE", field="uri")
+            raise ValidationError(
+                f"sim URIs have no path (got {params.uri.path!r}); use "
+                "sim://HOST?site=NAME&state=FILE",
+                field="uri",
+            )
         site = get_site(params.options.get("site", "default"), params.options.get("state"))
         host = params.uri.host or "default"
         with site.transaction():
@@ -142,8 +160,15 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
         return vm
 
     def _info(self, vm: SimVM) -> VMInfo:
-        return VMInfo(uuid=vm.uuid, name=vm.name, state=vm.state, reason=vm.reason,
-                      vcpus=vm.vcpus, memory_mib=vm.memory_mib, host=self.host_name)
+        return VMInfo(
+            uuid=vm.uuid,
+            name=vm.name,
+            state=vm.state,
+            reason=vm.reason,
+            vcpus=vm.vcpus,
+            memory_mib=vm.memory_mib,
+            host=self.host_name,
+        )
 
     def _set_state(self, vm: SimVM, state: PowerState, reason: StateReason) -> None:
         t = time.time()
@@ -161,36 +186,48 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
 
     def _expect(self, vm: SimVM, *states: PowerState, verb: str) -> None:
         if vm.state not in states:
-            raise InvalidState(f"cannot {verb} VM {vm.name!r}: it is {vm.state.value}",
-                               current=vm.state, allowed=states)
+            raise InvalidState(
+                f"cannot {verb} VM {vm.name!r}: it is {vm.state.value}",
+                current=vm.state,
+                allowed=states,
+            )
 
     def _check_memory(self, host: SimHost, extra_mib: int, what: str) -> None:
         free = HOST_MEMORY_MIB - host.used_memory_mib()
         if extra_mib > free:
-            raise InsufficientResources(f"{what} needs {extra_mib} MiB but sim host "
-                                        f"{host.name!r} has {free} MiB free")
+            raise InsufficientResources(
+                f"{what} needs {extra_mib} MiB but sim host {host.name!r} has {free} MiB free"
+            )
 
     def _disk(self, vm: SimVM, spec: DiskSpec) -> SimDisk:
         pool = spec.pool or "default"
         if pool not in POOLS:
-            raise NotFound(f"no storage pool {pool!r} on sim host {self.host_name!r} "
-                           f"(pools: {', '.join(POOLS)})")
+            raise NotFound(
+                f"no storage pool {pool!r} on sim host {self.host_name!r} "
+                f"(pools: {', '.join(POOLS)})"
+            )
         disk_id = vm.device_id("disk")
         name = spec.name or f"{vm.name}-{disk_id}"
-        return SimDisk(id=disk_id, size_mib=spec.size_mib, name=spec.name,
-                       bus=spec.bus.value, path=f"/sim/{self.site.name}/{pool}/{name}.img")
+        return SimDisk(
+            id=disk_id,
+            size_mib=spec.size_mib,
+            name=spec.name,
+            bus=spec.bus.value,
+            path=f"/sim/{self.site.name}/{pool}/{name}.img",
+        )
 
     def _nic(self, vm: SimVM, spec: NicSpec) -> SimNic:
         if spec.network not in NETWORKS:
-            raise NotFound(f"no network {spec.network!r} on sim host {self.host_name!r} "
-                           f"(networks: {', '.join(NETWORKS)})")
-        mac = spec.mac or "52:54:00:%02x:%02x:%02x" % tuple(random.randbytes(3))
+            raise NotFound(
+                f"no network {spec.network!r} on sim host {self.host_name!r} "
+                f"(networks: {', '.join(NETWORKS)})"
+            )
+        mac = spec.mac or "52:54:00:" + ":".join(f"{b:02x}" for b in random.randbytes(3))
         return SimNic(id=vm.device_id("nic"), network=spec.network, mac=mac, model=spec.model)
 
     def _name_free(self, host: SimHost, name: str) -> None:
         if any(v.name == name for v in host.vms.values()):
-            raise AlreadyExists(f"a VM named {name!r} already exists on sim host "
-                                f"{host.name!r}")
+            raise AlreadyExists(f"a VM named {name!r} already exists on sim host {host.name!r}")
 
     def _later(self, uuid: str, action: str) -> None:
         """Let the simulated guest act on an ACPI request after a moment."""
@@ -214,10 +251,17 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
     def host_info(self) -> HostInfo:
         with self.site.transaction():
             host = self._host
-            return HostInfo(name=host.name, hypervisor="sim", version="1.0", cpus=HOST_CPUS,
-                            cpu_mhz=HOST_CPU_MHZ, memory_mib=HOST_MEMORY_MIB,
-                            free_memory_mib=HOST_MEMORY_MIB - host.used_memory_mib(),
-                            uuid=host.uuid, vm_count=len(host.vms))
+            return HostInfo(
+                name=host.name,
+                hypervisor="sim",
+                version="1.0",
+                cpus=HOST_CPUS,
+                cpu_mhz=HOST_CPU_MHZ,
+                memory_mib=HOST_MEMORY_MIB,
+                free_memory_mib=HOST_MEMORY_MIB - host.used_memory_mib(),
+                uuid=host.uuid,
+                vm_count=len(host.vms),
+            )
 
     def list_vms(self) -> list[VMInfo]:
         with self.site.transaction():
@@ -231,24 +275,40 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
         with self.site.transaction():
             vm = self._vm(uuid)
             return VMConfig(
-                uuid=vm.uuid, name=vm.name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
-                disks=tuple(DiskInfo(id=d.id, size_mib=d.size_mib, name=d.name, path=d.path,
-                                     bus=d.bus) for d in vm.disks),
-                nics=tuple(NicInfo(id=n.id, network=n.network, mac=n.mac, model=n.model)
-                           for n in vm.nics),
-                resources=vm.resources, guest_os=vm.guest_os, description=vm.description)
+                uuid=vm.uuid,
+                name=vm.name,
+                vcpus=vm.vcpus,
+                memory_mib=vm.memory_mib,
+                disks=tuple(
+                    DiskInfo(id=d.id, size_mib=d.size_mib, name=d.name, path=d.path, bus=d.bus)
+                    for d in vm.disks
+                ),
+                nics=tuple(
+                    NicInfo(id=n.id, network=n.network, mac=n.mac, model=n.model) for n in vm.nics
+                ),
+                resources=vm.resources,
+                guest_os=GuestOS(vm.guest_os),
+                description=vm.description,
+            )
 
     def create_vm(self, spec: VMSpec) -> VMInfo:
         with self.site.transaction():
             host = self._host
             self._name_free(host, spec.name)
-            vm = SimVM(uuid=str(uuidlib.uuid4()), name=spec.name, vcpus=spec.vcpus,
-                       memory_mib=spec.memory_mib, guest_os=spec.guest_os.value,
-                       has_os=spec.boot is not None, description=spec.description,
-                       resources=spec.resources)
+            vm = SimVM(
+                uuid=str(uuidlib.uuid4()),
+                name=spec.name,
+                vcpus=spec.vcpus,
+                memory_mib=spec.memory_mib,
+                guest_os=spec.guest_os.value,
+                has_os=spec.boot is not None,
+                description=spec.description,
+                resources=spec.resources,
+            )
             if spec.vcpus > HOST_CPUS:
-                raise InsufficientResources(f"{spec.vcpus} vCPUs exceed the {HOST_CPUS} CPUs "
-                                            f"of sim host {host.name!r}")
+                raise InsufficientResources(
+                    f"{spec.vcpus} vCPUs exceed the {HOST_CPUS} CPUs of sim host {host.name!r}"
+                )
             # Build every device before the VM becomes visible: nothing half-made is left.
             vm.disks = [self._disk(vm, d) for d in spec.disks]
             vm.nics = [self._nic(vm, n) for n in spec.nics]
@@ -262,8 +322,11 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
             self._expect(vm, S.STOPPED, S.SUSPENDED, S.CRASHED, verb="delete")
             del self._host.vms[uuid]
             self.site.emit(self.host_name, EventKind.DELETED, vm)
-            return [f"vm {vm.name} ({vm.uuid})"] + [f"disk {d.path}" for d in vm.disks] + \
-                [f"snapshot {s.name}" for s in vm.snapshots.values()]
+            return (
+                [f"vm {vm.name} ({vm.uuid})"]
+                + [f"disk {d.path}" for d in vm.disks]
+                + [f"snapshot {s.name}" for s in vm.snapshots.values()]
+            )
 
     def start(self, uuid: str) -> None:
         with self.site.transaction():
@@ -344,11 +407,11 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
             vm = self._vm(uuid)
             self._expect(vm, S.RUNNING if live else S.STOPPED, verb="set memory of")
             if live and memory_mib > vm.memory_mib:
-                self._check_memory(self._host, memory_mib - vm.memory_mib,
-                                   f"growing VM {vm.name!r}")
+                self._check_memory(
+                    self._host, memory_mib - vm.memory_mib, f"growing VM {vm.name!r}"
+                )
             vm.memory_mib = memory_mib
-            self.site.emit(self.host_name, EventKind.RECONFIGURED, vm,
-                           f"memory_mib={memory_mib}")
+            self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"memory_mib={memory_mib}")
 
     def set_resources(self, uuid: str, resources: Resources) -> None:
         with self.site.transaction():
@@ -362,8 +425,9 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
             new = self._disk(vm, disk)
             vm.disks.append(new)
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"disk {new.id} added")
-            return DiskInfo(id=new.id, size_mib=new.size_mib, name=new.name, path=new.path,
-                            bus=new.bus)
+            return DiskInfo(
+                id=new.id, size_mib=new.size_mib, name=new.name, path=new.path, bus=new.bus
+            )
 
     def remove_disk(self, uuid: str, disk_id: str, *, live: bool) -> None:
         with self.site.transaction():
@@ -395,24 +459,40 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
 
     @staticmethod
     def _snap_info(vm: SimVM, s: SimSnapshot) -> SnapshotInfo:
-        return SnapshotInfo(id=s.id, name=s.name, created=s.created, parent=s.parent,
-                            with_memory=s.with_memory, state=s.state,
-                            description=s.description, current=vm.current_snapshot == s.id)
+        return SnapshotInfo(
+            id=s.id,
+            name=s.name,
+            created=s.created,
+            parent=s.parent,
+            with_memory=s.with_memory,
+            state=s.state,
+            description=s.description,
+            current=vm.current_snapshot == s.id,
+        )
 
-    def create_snapshot(self, uuid: str, name: str, *, memory: bool,
-                        description: str) -> SnapshotInfo:
+    def create_snapshot(
+        self, uuid: str, name: str, *, memory: bool, description: str
+    ) -> SnapshotInfo:
         with self.site.transaction():
             vm = self._vm(uuid)
             if memory:
                 self._expect(vm, S.RUNNING, S.PAUSED, verb="snapshot with memory")
             snap = SimSnapshot(
-                id=str(uuidlib.uuid4()), name=name, created=now(), parent=vm.current_snapshot,
-                with_memory=memory, state=vm.state if memory else S.STOPPED,
+                id=str(uuidlib.uuid4()),
+                name=name,
+                created=now(),
+                parent=vm.current_snapshot,
+                with_memory=memory,
+                state=vm.state if memory else S.STOPPED,
                 description=description,
-                config={"vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
-                        "disks": [attrs.asdict(d) for d in vm.disks],
-                        "nics": [attrs.asdict(n) for n in vm.nics],
-                        "resources": attrs.asdict(vm.resources)})
+                config={
+                    "vcpus": vm.vcpus,
+                    "memory_mib": vm.memory_mib,
+                    "disks": [attrs.asdict(d) for d in vm.disks],
+                    "nics": [attrs.asdict(n) for n in vm.nics],
+                    "resources": attrs.asdict(vm.resources),
+                },
+            )
             vm.snapshots[snap.id] = snap
             vm.current_snapshot = snap.id
             self.site.emit(self.host_name, EventKind.SNAPSHOT, vm, f"taken {name}")
@@ -465,14 +545,27 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
             self._expect(vm, S.STOPPED, verb="clone")
             host = self._host
             self._name_free(host, name)
-            twin = SimVM(uuid=str(uuidlib.uuid4()), name=name, vcpus=vm.vcpus,
-                         memory_mib=vm.memory_mib, guest_os=vm.guest_os, has_os=vm.has_os,
-                         description=vm.description, resources=vm.resources)
+            twin = SimVM(
+                uuid=str(uuidlib.uuid4()),
+                name=name,
+                vcpus=vm.vcpus,
+                memory_mib=vm.memory_mib,
+                guest_os=vm.guest_os,
+                has_os=vm.has_os,
+                description=vm.description,
+                resources=vm.resources,
+            )
             for d in vm.disks:
                 base = d.path.rsplit("/", 1)[0]
-                twin.disks.append(SimDisk(
-                    id=twin.device_id("disk"), size_mib=d.size_mib, name=d.name, bus=d.bus,
-                    path=f"{base}/{name}-{d.id}{'.linked' if linked else ''}.img"))
+                twin.disks.append(
+                    SimDisk(
+                        id=twin.device_id("disk"),
+                        size_mib=d.size_mib,
+                        name=d.name,
+                        bus=d.bus,
+                        path=f"{base}/{name}-{d.id}{'.linked' if linked else ''}.img",
+                    )
+                )
             for n in vm.nics:
                 twin.nics.append(self._nic(twin, NicSpec(network=n.network, model=n.model)))
             host.vms[twin.uuid] = twin
@@ -481,8 +574,10 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
 
     def migrate_vm(self, uuid: str, target: Driver, *, live: bool, timeout: float) -> None:
         if not isinstance(target, SimDriver) or target.site is not self.site:
-            raise ValidationError("the target sim host must be in the same site (same "
-                                  "?site= and ?state=) to migrate", field="target")
+            raise ValidationError(
+                "the target sim host must be in the same site (same ?site= and ?state=) to migrate",
+                field="target",
+            )
         if target.host_name == self.host_name:
             raise ValidationError("the target is this host", field="target")
         with self.site.transaction():
@@ -520,26 +615,36 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
                 active = vm.state in (S.RUNNING, S.PAUSED)
                 io = int(cpu * 1_000_000)
                 out[uuid] = VMStats(
-                    uuid=uuid, timestamp=dt.datetime.now(dt.UTC), cpu_time_ns=int(cpu * 1e9),
+                    uuid=uuid,
+                    timestamp=dt.datetime.now(dt.UTC),
+                    cpu_time_ns=int(cpu * 1e9),
                     memory_used_mib=vm.memory_mib // 2 if active else 0,
-                    disk_read_bytes=io * len(vm.disks), disk_write_bytes=io // 2 * len(vm.disks),
-                    net_rx_bytes=io * len(vm.nics), net_tx_bytes=io // 3 * len(vm.nics))
+                    disk_read_bytes=io * len(vm.disks),
+                    disk_write_bytes=io // 2 * len(vm.disks),
+                    net_rx_bytes=io * len(vm.nics),
+                    net_tx_bytes=io // 3 * len(vm.nics),
+                )
             return out
 
     def guest_info(self, uuid: str) -> GuestInfo:
         with self.site.transaction():
             vm = self._vm(uuid)
-            up = (vm.has_os and vm.state is S.RUNNING and vm.booted_at is not None
-                  and time.time() - vm.booted_at >= GUEST_DELAY)
+            up = (
+                vm.has_os
+                and vm.state is S.RUNNING
+                and vm.booted_at is not None
+                and time.time() - vm.booted_at >= GUEST_DELAY
+            )
             if not up:
                 return GuestInfo(agent=AgentState.NOT_RUNNING)
-            ips = tuple(f"192.0.2.{(int(vm.uuid[:4], 16) + i) % 250 + 2}"
-                        for i, _ in enumerate(vm.nics))
-            return GuestInfo(ip_addresses=ips, agent=AgentState.RUNNING,
-                             hostname=vm.name, os_name=vm.guest_os)
+            ips = tuple(
+                f"192.0.2.{(int(vm.uuid[:4], 16) + i) % 250 + 2}" for i, _ in enumerate(vm.nics)
+            )
+            return GuestInfo(
+                ip_addresses=ips, agent=AgentState.RUNNING, hostname=vm.name, os_name=vm.guest_os
+            )
 
-    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *,
-                       timeout: float) -> VMInfo:
+    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *, timeout: float) -> VMInfo:
         """Wait on the site's own events rather than polling."""
         wanted = frozenset(states)
         sub = self.subscribe()
@@ -551,8 +656,9 @@ class SimDriver(Driver, GracefulPower, Resettable, Pausable, Suspendable, Reconf
                     return info
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise OperationTimeout(f"VM {info.name!r} is still {info.state.value} "
-                                           f"after {timeout:g} s")
+                    raise OperationTimeout(
+                        f"VM {info.name!r} is still {info.state.value} after {timeout:g} s"
+                    )
                 sub.next_event(min(left, 0.5))
         finally:
             sub.close()

@@ -98,8 +98,11 @@ class SimHost:
     vms: dict[str, SimVM] = field(factory=dict)
 
     def used_memory_mib(self) -> int:
-        return sum(vm.memory_mib for vm in self.vms.values()
-                   if vm.state in (PowerState.RUNNING, PowerState.PAUSED))
+        return sum(
+            vm.memory_mib
+            for vm in self.vms.values()
+            if vm.state in (PowerState.RUNNING, PowerState.PAUSED)
+        )
 
 
 class Subscriber:
@@ -136,13 +139,21 @@ class Site:
     def host(self, name: str) -> SimHost:
         with self.lock:
             if name not in self.hosts:
-                self.hosts[name] = SimHost(name=name, uuid=str(uuidlib.uuid5(
-                    uuidlib.NAMESPACE_URL, f"sim://{self.name}/{name}")))
+                self.hosts[name] = SimHost(
+                    name=name,
+                    uuid=str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"sim://{self.name}/{name}")),
+                )
             return self.hosts[name]
 
     def emit(self, host: str, kind: EventKind, vm: SimVM, detail: str = "") -> None:
-        event = Event(kind=kind, vm_uuid=vm.uuid, vm_name=vm.name, state=vm.state,
-                      reason=vm.reason, detail=detail)
+        event = Event(
+            kind=kind,
+            vm_uuid=vm.uuid,
+            vm_name=vm.name,
+            state=vm.state,
+            reason=vm.reason,
+            detail=detail,
+        )
         for sub in list(self.subscribers):
             if sub.host == host:
                 sub.queue.put(event)
@@ -228,10 +239,25 @@ def _host_to(host: SimHost) -> dict[str, Any]:
 def _host_from(data: dict[str, Any]) -> SimHost:
     host = SimHost(name=data["name"], uuid=data["uuid"])
     for uuid, raw in data["vms"].items():
-        vm = SimVM(**{k: raw[k] for k in ("uuid", "name", "vcpus", "memory_mib", "guest_os",
-                                           "has_os", "description", "current_snapshot",
-                                           "running_since", "cpu_seconds", "booted_at",
-                                           "next_device")})
+        vm = SimVM(
+            **{
+                k: raw[k]
+                for k in (
+                    "uuid",
+                    "name",
+                    "vcpus",
+                    "memory_mib",
+                    "guest_os",
+                    "has_os",
+                    "description",
+                    "current_snapshot",
+                    "running_since",
+                    "cpu_seconds",
+                    "booted_at",
+                    "next_device",
+                )
+            }
+        )
         vm.disks = [SimDisk(**d) for d in raw["disks"]]
         vm.nics = [SimNic(**n) for n in raw["nics"]]
         vm.resources = Resources(**raw["resources"])
@@ -239,9 +265,15 @@ def _host_from(data: dict[str, Any]) -> SimHost:
         vm.reason = StateReason(raw["reason"])
         for sid, s in raw["snapshots"].items():
             vm.snapshots[sid] = SimSnapshot(
-                id=s["id"], name=s["name"], created=dt.datetime.fromisoformat(s["created"]),
-                parent=s["parent"], with_memory=s["with_memory"], state=PowerState(s["state"]),
-                description=s["description"], config=s["config"])
+                id=s["id"],
+                name=s["name"],
+                created=dt.datetime.fromisoformat(s["created"]),
+                parent=s["parent"],
+                with_memory=s["with_memory"],
+                state=PowerState(s["state"]),
+                description=s["description"],
+                config=s["config"],
+            )
         host.vms[uuid] = vm
     return host
 

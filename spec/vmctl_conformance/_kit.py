@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import vmctl
 from vmctl import (
@@ -23,8 +24,9 @@ from vmctl import (
 class Kit:
     """What a kit test works with: the connections, the options, a VM factory."""
 
-    def __init__(self, hv: Hypervisor, other: Hypervisor | None, prefix: str,
-                 options: Mapping[str, str]) -> None:
+    def __init__(
+        self, hv: Hypervisor, other: Hypervisor | None, prefix: str, options: Mapping[str, str]
+    ) -> None:
         self.hv = hv
         self.other = other
         self.prefix = prefix
@@ -48,8 +50,11 @@ class Kit:
         if o.get("boot_iso"):
             return BootSource(iso=o["boot_iso"])
         if o.get("boot_kernel"):
-            return BootSource(kernel=o["boot_kernel"], initrd=o.get("boot_initrd") or None,
-                              cmdline=o.get("boot_cmdline", ""))
+            return BootSource(
+                kernel=o["boot_kernel"],
+                initrd=o.get("boot_initrd") or None,
+                cmdline=o.get("boot_cmdline", ""),
+            )
         return None
 
     def has(self, cap: Capability) -> bool:
@@ -60,19 +65,38 @@ class Kit:
     def name(self, hint: str = "vm") -> str:
         return f"{self.prefix}{hint}-{secrets.token_hex(3)}"
 
-    def spec(self, hint: str = "vm", *, os: bool = False, disks: int = 1, nics: int = 1,
-             memory_mib: int | None = None, **kw: object) -> VMSpec:
+    def spec(
+        self,
+        hint: str = "vm",
+        *,
+        os: bool = False,
+        disks: int = 1,
+        nics: int = 1,
+        memory_mib: int | None = None,
+        **kw: Any,
+    ) -> VMSpec:
         boot = self.boot if os else None
         return VMSpec(
-            name=self.name(hint), vcpus=1,
+            name=self.name(hint),
+            vcpus=1,
             memory_mib=memory_mib or int(self.options.get("memory_mib", "128")),
-            disks=[DiskSpec(size_mib=int(self.options.get("disk_mib", "64")), pool=self.pool)
-                   for _ in range(disks)],
+            disks=[
+                DiskSpec(size_mib=int(self.options.get("disk_mib", "64")), pool=self.pool)
+                for _ in range(disks)
+            ],
             nics=[NicSpec(network=self.network) for _ in range(nics)],
-            boot=boot, **kw)  # type: ignore[arg-type]
+            boot=boot,
+            **kw,
+        )  # type: ignore[arg-type]
 
-    def vm(self, hint: str = "vm", *, state: PowerState = PowerState.STOPPED,
-           os: bool = False, **kw: object) -> VM:
+    def vm(
+        self,
+        hint: str = "vm",
+        *,
+        state: PowerState = PowerState.STOPPED,
+        os: bool = False,
+        **kw: Any,
+    ) -> VM:
         """A new VM with the prefix, brought to ``state`` (tracked for cleanup)."""
         vm = self.track(self.hv.create_vm(self.spec(hint, os=os, **kw)))  # type: ignore[arg-type]
         if state is not PowerState.STOPPED:
@@ -87,8 +111,9 @@ class Kit:
         self.created.append(vm)
         return vm
 
-    def wait_until(self, check: Callable[[], bool], what: str,
-                   timeout: float | None = None) -> None:
+    def wait_until(
+        self, check: Callable[[], bool], what: str, timeout: float | None = None
+    ) -> None:
         """Wait for something the spec allows to take a while (e.g. a guest's IP)."""
         deadline = time.monotonic() + (timeout or self.timeout)
         delay = 0.05
@@ -121,8 +146,9 @@ def leftovers(hvs: list[Hypervisor], prefix: str) -> list[str]:
     """VMs with the kit's prefix on the given hosts."""
     out = []
     for hv in hvs:
-        out += [f"{hv.uri}: VM {i.name} ({i.uuid})" for i in hv.list_vms()
-                if i.name.startswith(prefix)]
+        out += [
+            f"{hv.uri}: VM {i.name} ({i.uuid})" for i in hv.list_vms() if i.name.startswith(prefix)
+        ]
     return out
 
 
@@ -151,20 +177,19 @@ PROBES: dict[Capability, Probe] = {
     Capability.HOT_MEMORY: lambda k: _running(k).reconfigure(memory_mib=256),
     Capability.CPU_SHARES: lambda k: _stopped(k).set_resources(Resources(cpu_shares=2048)),
     Capability.CPU_RESERVATION: lambda k: _stopped(k).set_resources(
-        Resources(cpu_reservation_percent=10)),
+        Resources(cpu_reservation_percent=10)
+    ),
     Capability.CPU_LIMIT: lambda k: _stopped(k).set_resources(Resources(cpu_limit_percent=50)),
-    Capability.MEMORY_SHARES: lambda k: _stopped(k).set_resources(
-        Resources(memory_shares=2000)),
+    Capability.MEMORY_SHARES: lambda k: _stopped(k).set_resources(Resources(memory_shares=2000)),
     Capability.MEMORY_RESERVATION: lambda k: _stopped(k).set_resources(
-        Resources(memory_reservation_mib=64)),
-    Capability.MEMORY_LIMIT: lambda k: _stopped(k).set_resources(
-        Resources(memory_limit_mib=1024)),
+        Resources(memory_reservation_mib=64)
+    ),
+    Capability.MEMORY_LIMIT: lambda k: _stopped(k).set_resources(Resources(memory_limit_mib=1024)),
     Capability.ADD_DISK: lambda k: _stopped(k).add_disk(DiskSpec(size_mib=16, pool=k.pool)),
     Capability.REMOVE_DISK: lambda k: _stopped(k).remove_disk("none"),
     Capability.ADD_NIC: lambda k: _stopped(k).add_nic(NicSpec(network=k.network)),
     Capability.REMOVE_NIC: lambda k: _stopped(k).remove_nic("none"),
-    Capability.HOTPLUG_DISK: lambda k: _running(k).add_disk(DiskSpec(size_mib=16,
-                                                                     pool=k.pool)),
+    Capability.HOTPLUG_DISK: lambda k: _running(k).add_disk(DiskSpec(size_mib=16, pool=k.pool)),
     Capability.HOTPLUG_NIC: lambda k: _running(k).add_nic(NicSpec(network=k.network)),
     Capability.SNAPSHOT: lambda k: _stopped(k).snapshot("probe"),
     Capability.SNAPSHOT_MEMORY: lambda k: _running(k).snapshot("probe", memory=True),

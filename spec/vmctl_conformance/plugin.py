@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -29,14 +29,22 @@ _STATE: dict[str, Any] = {}
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("vmctl", "vmctl conformance kit")
     group.addoption("--vmctl-uri", default=None, help="the host to test (default $VMCTL_URI)")
-    group.addoption("--vmctl-other-uri", default=None,
-                    help="a second host of the same backend, for migration "
-                         "(default $VMCTL_OTHER_URI)")
-    group.addoption("--vmctl-prefix", default="vmctl-kit-",
-                    help="prefix of every object the kit creates")
-    group.addoption("--vmctl-opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="backend option (network, pool, boot_kernel, boot_initrd, "
-                         "boot_cmdline, boot_iso, memory_mib, disk_mib, op_timeout)")
+    group.addoption(
+        "--vmctl-other-uri",
+        default=None,
+        help="a second host of the same backend, for migration (default $VMCTL_OTHER_URI)",
+    )
+    group.addoption(
+        "--vmctl-prefix", default="vmctl-kit-", help="prefix of every object the kit creates"
+    )
+    group.addoption(
+        "--vmctl-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option (network, pool, boot_kernel, boot_initrd, "
+        "boot_cmdline, boot_iso, memory_mib, disk_mib, op_timeout)",
+    )
     group.addoption("--vmctl-report", default=None, help="write the report (.json or .md)")
 
 
@@ -84,20 +92,27 @@ def vmctl_other_uri(pytestconfig: pytest.Config) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def _connections(pytestconfig: pytest.Config, vmctl_uri: str,
-                 vmctl_other_uri: str | None) -> Iterator[tuple[Hypervisor, Hypervisor | None]]:
+def _connections(
+    pytestconfig: pytest.Config, vmctl_uri: str, vmctl_other_uri: str | None
+) -> Iterator[tuple[Hypervisor, Hypervisor | None]]:
     hv = vmctl.connect(vmctl_uri)
     other = vmctl.connect(vmctl_other_uri) if vmctl_other_uri else None
     prefix = pytestconfig.getoption("--vmctl-prefix")
     hosts = [h for h in (hv, other) if h is not None]
-    _STATE.update(uri=str(hv.uri), driver=hv.driver_name,
-                  capabilities=sorted(c.value for c in hv.capabilities),
-                  connections=hosts, prefix=prefix)
+    _STATE.update(
+        uri=str(hv.uri),
+        driver=hv.driver_name,
+        capabilities=sorted(c.value for c in hv.capabilities),
+        connections=hosts,
+        prefix=prefix,
+    )
     found = leftovers(hosts, prefix)
     if found:
-        _STATE["refused"] = (f"the host already has {len(found)} object(s) with the prefix "
-                             f"{prefix!r}: {'; '.join(found)}. Remove them or choose "
-                             "another --vmctl-prefix.")
+        _STATE["refused"] = (
+            f"the host already has {len(found)} object(s) with the prefix "
+            f"{prefix!r}: {'; '.join(found)}. Remove them or choose "
+            "another --vmctl-prefix."
+        )
         pytest.exit(_STATE["refused"], returncode=3)
     try:
         yield hv, other
@@ -108,8 +123,9 @@ def _connections(pytestconfig: pytest.Config, vmctl_uri: str,
 
 
 @pytest.fixture
-def kit(pytestconfig: pytest.Config,
-        _connections: tuple[Hypervisor, Hypervisor | None]) -> Iterator[Kit]:
+def kit(
+    pytestconfig: pytest.Config, _connections: tuple[Hypervisor, Hypervisor | None]
+) -> Iterator[Kit]:
     """The connections, options and a VM factory; deletes what the test made afterwards."""
     hv, other = _connections
     k = Kit(hv, other, pytestconfig.getoption("--vmctl-prefix"), _kit_options(pytestconfig))
@@ -141,32 +157,43 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
             cap = exc.capability
         pyfuncitem.user_properties.append(("not_supported", cap.value))
         return True
-    raise AssertionError(f"the driver does not declare {cap.value!r}, but the request did not "
-                         "raise NotSupported")
+    raise AssertionError(
+        f"the driver does not declare {cap.value!r}, but the request did not raise NotSupported"
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
     outcome = yield
     rep: pytest.TestReport = outcome.get_result()
     clauses = _marker_args(item, "clause")
     if not clauses:
         return
     results: dict[str, ClauseResult] = _STATE["results"]
-    if rep.when == "call" or (rep.when == "setup" and not rep.passed) or \
-            (rep.when == "teardown" and rep.failed):
+    if (
+        rep.when == "call"
+        or (rep.when == "setup" and not rep.passed)
+        or (rep.when == "teardown" and rep.failed)
+    ):
         ns = dict(item.user_properties).get("not_supported")
         if rep.failed:
             status = "fail"
-            reason = f"{item.name}: {rep.longreprtext.strip().splitlines()[-1][:300]}" \
-                if rep.longreprtext else item.name
+            reason = (
+                f"{item.name}: {rep.longreprtext.strip().splitlines()[-1][:300]}"
+                if rep.longreprtext
+                else item.name
+            )
         elif rep.skipped:
             status = "skip"
             lr = rep.longrepr
             reason = str(lr[2]) if isinstance(lr, tuple) else str(lr)
         elif ns:
-            status, reason = "not-supported", f"capability {ns!r} not declared; " \
-                "NotSupported raised as required"
+            status, reason = (
+                "not-supported",
+                f"capability {ns!r} not declared; NotSupported raised as required",
+            )
         else:
             status, reason = "pass", ""
         for cid in clauses:
@@ -182,12 +209,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("--vmctl-report")
-    if not path or "uri" not in _STATE and "refused" not in _STATE:
+    if not path or ("uri" not in _STATE and "refused" not in _STATE):
         return
-    report = Report(uri=_STATE.get("uri", ""), driver=_STATE.get("driver", ""),
-                    capabilities=_STATE.get("capabilities", []), results=_STATE["results"],
-                    leaked=_STATE.get("leaked", []), refused=_STATE.get("refused", ""),
-                    duration_s=time.monotonic() - _STATE["started"])
+    report = Report(
+        uri=_STATE.get("uri", ""),
+        driver=_STATE.get("driver", ""),
+        capabilities=_STATE.get("capabilities", []),
+        results=_STATE["results"],
+        leaked=_STATE.get("leaked", []),
+        refused=_STATE.get("refused", ""),
+        duration_s=time.monotonic() - _STATE["started"],
+    )
     known = load_clauses()
     for cid in known:
         report.results.setdefault(cid, ClauseResult("skip", reason="not run (deselected)"))

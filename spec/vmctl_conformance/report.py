@@ -56,10 +56,15 @@ class Report:
     def from_json(cls, text: str) -> Report:
         data: dict[str, Any] = json.loads(text)
         results = {k: ClauseResult(**v) for k, v in data.get("results", {}).items()}
-        return cls(uri=data["uri"], driver=data.get("driver", ""),
-                   capabilities=data.get("capabilities", []), results=results,
-                   leaked=data.get("leaked", []), refused=data.get("refused", ""),
-                   duration_s=data.get("duration_s", 0.0))
+        return cls(
+            uri=data["uri"],
+            driver=data.get("driver", ""),
+            capabilities=data.get("capabilities", []),
+            results=results,
+            leaked=data.get("leaked", []),
+            refused=data.get("refused", ""),
+            duration_s=data.get("duration_s", 0.0),
+        )
 
     def to_markdown(self) -> str:
         from ._clauses import load_clauses

@@ -12,14 +12,17 @@ from vmctl.cli import cli
 
 
 def vmctl_cmd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmctl.cli", *args], capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "vmctl.cli", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_persistent_sim_across_invocations(tmp_path: Path) -> None:
     uri = f"sim://cli?state={tmp_path / 's.json'}"
-    assert vmctl_cmd("-c", uri, "create", "web", "--disk", "64", "--nic", "default")\
-        .returncode == 0
+    assert vmctl_cmd("-c", uri, "create", "web", "--disk", "64", "--nic", "default").returncode == 0
     assert vmctl_cmd("-c", uri, "start", "web").returncode == 0
     listed = json.loads(vmctl_cmd("-c", uri, "--json", "list").stdout)
     assert [(v["name"], v["state"]) for v in listed] == [("web", "running")]
@@ -28,8 +31,7 @@ def test_persistent_sim_across_invocations(tmp_path: Path) -> None:
     assert "it is running" in again.stderr and "hint:" in again.stderr
     missing = vmctl_cmd("-c", uri, "info", "nope")
     assert missing.returncode == 3 and "no VM named 'nope'" in missing.stderr
-    deleted = json.loads(vmctl_cmd("-c", uri, "--json", "delete", "web", "--force",
-                                   "--yes").stdout)
+    deleted = json.loads(vmctl_cmd("-c", uri, "--json", "delete", "web", "--force", "--yes").stdout)
     assert deleted["deleted"][0].startswith("vm web")
 
 
@@ -61,8 +63,17 @@ def test_snapshot_commands() -> None:
 
 
 def test_conformance_command(tmp_path: Path) -> None:
-    out = vmctl_cmd("conformance", "sim://clikit", "--opt", "boot_kernel=/k", "--report",
-                    str(tmp_path / "r.json"), "-k", "inventory")
+    out = vmctl_cmd(
+        "conformance",
+        "sim://clikit",
+        "--opt",
+        "boot_kernel=/k",
+        "--report",
+        str(tmp_path / "r.json"),
+        "-k",
+        "inventory",
+    )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert json.loads((tmp_path / "r.json").read_text())["results"]["INV-LIST-1"]["status"] \
-        == "pass"
+    assert (
+        json.loads((tmp_path / "r.json").read_text())["results"]["INV-LIST-1"]["status"] == "pass"
+    )

@@ -11,10 +11,20 @@ from vmctl._config import ConnectParams, resolve_password
 
 
 def test_tree() -> None:
-    for cls in (vmctl.ValidationError, vmctl.NotFound, vmctl.AlreadyExists, vmctl.Conflict,
-                vmctl.InvalidState, vmctl.NotSupported, vmctl.AuthenticationError,
-                vmctl.ConnectionError, vmctl.OperationTimeout, vmctl.BackendError,
-                vmctl.DriverError, vmctl.InsufficientResources):
+    for cls in (
+        vmctl.ValidationError,
+        vmctl.NotFound,
+        vmctl.AlreadyExists,
+        vmctl.Conflict,
+        vmctl.InvalidState,
+        vmctl.NotSupported,
+        vmctl.AuthenticationError,
+        vmctl.ConnectionError,
+        vmctl.OperationTimeout,
+        vmctl.BackendError,
+        vmctl.DriverError,
+        vmctl.InsufficientResources,
+    ):
         assert issubclass(cls, vmctl.VmctlError)
     assert issubclass(vmctl.ValidationError, ValueError)
     assert issubclass(vmctl.NotFound, LookupError)

@@ -10,18 +10,23 @@ import vmctl
 
 def test_all_is_complete_and_unique() -> None:
     public = {n for n in dir(vmctl) if not n.startswith("_")} - {
-        "cli", "demo", "spi", "annotations"}
+        "cli",
+        "demo",
+        "spi",
+        "annotations",
+    }
     modules = {n for n in public if type(getattr(vmctl, n)).__name__ == "module"}
     assert set(vmctl.__all__) == public - modules
     assert len(vmctl.__all__) == len(set(vmctl.__all__))
 
 
 def test_import_loads_no_vendor_sdk_and_no_driver() -> None:
-    code = ("import sys, vmctl; bad = [m for m in ('libvirt', 'pyVmomi', 'pyVim', 'XenAPI', "
-            "'vmctl_kvm', 'vmctl_esx', 'vmctl_xen', 'vmctl_sim', 'click', 'rich') "
-            "if m in sys.modules]; print(','.join(bad))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, vmctl; bad = [m for m in ('libvirt', 'pyVmomi', 'pyVim', 'XenAPI', "
+        "'vmctl_kvm', 'vmctl_esx', 'vmctl_xen', 'vmctl_sim', 'click', 'rich') "
+        "if m in sys.modules]; print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
 

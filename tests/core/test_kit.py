@@ -40,12 +40,13 @@ def test_every_clause_has_a_test_and_every_test_an_existing_clause() -> None:
     covered = _suite_clauses()
     assert sorted(set(spec) - set(covered)) == [], "clauses without a test"
     assert sorted(set(covered) - set(spec)) == [], "tests naming unknown clauses"
-    assert (ROOT / "spec" / "SPEC.md").read_text() == \
-        (ROOT / "spec" / "vmctl_conformance" / "SPEC.md").read_text()
+    assert (ROOT / "spec" / "SPEC.md").read_text() == (
+        ROOT / "spec" / "vmctl_conformance" / "SPEC.md"
+    ).read_text()
 
 
 def test_clause_capabilities_are_real() -> None:
-    for cid, meta in load_clauses().items():
+    for meta in load_clauses().values():
         if meta["capability"]:
             vmctl.Capability(meta["capability"])  # raises for a typo in SPEC.md
 
@@ -59,8 +60,7 @@ def test_sim_passes_every_clause_twice_without_leftovers(tmp_path: Path) -> None
         assert report.leaked == []
         assert report.refused == ""
         statuses = {r.status for r in report.results.values()}
-        assert statuses == {"pass"}, {c: r for c, r in report.results.items()
-                                      if r.status != "pass"}
+        assert statuses == {"pass"}, {c: r for c, r in report.results.items() if r.status != "pass"}
     again = Report.from_json((tmp_path / "r1.json").read_text())
     assert again.ok and again.driver == "sim"
 
@@ -88,8 +88,12 @@ def test_partial_driver_is_reported_not_supported() -> None:
 
 
 def test_markdown_report_is_the_matrix(tmp_path: Path) -> None:
-    run("sim://md", report=tmp_path / "r.md", options={"boot_kernel": "/k"},
-        pytest_args=["-k", "lifecycle"])
+    run(
+        "sim://md",
+        report=tmp_path / "r.md",
+        options={"boot_kernel": "/k"},
+        pytest_args=["-k", "lifecycle"],
+    )
     text = (tmp_path / "r.md").read_text()
     assert "| LIFE-START-1 | - | pass |" in text
     assert "| SNAP-CREATE-1 | snapshot | skip | not run (deselected) |" in text

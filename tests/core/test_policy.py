@@ -20,8 +20,9 @@ class SpyDriver(SimDriver):
     """The sim, with fewer capabilities and a log of every SPI call made."""
 
     name = "spy"
-    declared: frozenset[Capability] = frozenset({Capability.CREATE, Capability.DELETE,
-                                                 Capability.START, Capability.POWER_OFF})
+    declared: frozenset[Capability] = frozenset(
+        {Capability.CREATE, Capability.DELETE, Capability.START, Capability.POWER_OFF}
+    )
     calls: list[str] = []
 
     def capabilities(self) -> frozenset[Capability]:
@@ -29,8 +30,11 @@ class SpyDriver(SimDriver):
 
     def __getattribute__(self, attr: str) -> Any:
         value = super().__getattribute__(attr)
-        if not callable(value) or attr.startswith("_") or attr in (
-                "capabilities", "close", "wait_for_state"):
+        if (
+            not callable(value)
+            or attr.startswith("_")
+            or attr in ("capabilities", "close", "wait_for_state")
+        ):
             return value
 
         def record(*args: Any, **kwargs: Any) -> Any:
@@ -57,23 +61,26 @@ def _backend_calls(fn: Any) -> list[str]:
     return [c for c in SpyDriver.calls if c not in ("get_vm", "list_vms", "get_config")]
 
 
-@pytest.mark.parametrize(("cap", "request_"), [
-    (Capability.PAUSE, lambda vm: vm.pause()),
-    (Capability.SUSPEND, lambda vm: vm.suspend()),
-    (Capability.SHUTDOWN, lambda vm: vm.shutdown()),
-    (Capability.REBOOT, lambda vm: vm.reboot()),
-    (Capability.RESET, lambda vm: vm.reset()),
-    (Capability.SNAPSHOT, lambda vm: vm.snapshot("s")),
-    (Capability.CLONE, lambda vm: vm.clone("c")),
-    (Capability.HOT_VCPUS, lambda vm: vm.reconfigure(vcpus=2)),
-    (Capability.ADD_DISK, lambda vm: vm.add_disk(vmctl.DiskSpec(size_mib=1))),
-    (Capability.GUEST_INFO, lambda vm: vm.guest_info()),
-    (Capability.CPU_LIMIT, lambda vm: vm.set_resources(Resources(cpu_limit_percent=50))),
-    (Capability.MIGRATE_LIVE, lambda vm: vm.migrate(vm.hypervisor)),
-])
-def test_undeclared_capability_raises_before_driver_call(spy: vmctl.Hypervisor,
-                                                         cap: Capability,
-                                                         request_: Any) -> None:
+@pytest.mark.parametrize(
+    ("cap", "request_"),
+    [
+        (Capability.PAUSE, lambda vm: vm.pause()),
+        (Capability.SUSPEND, lambda vm: vm.suspend()),
+        (Capability.SHUTDOWN, lambda vm: vm.shutdown()),
+        (Capability.REBOOT, lambda vm: vm.reboot()),
+        (Capability.RESET, lambda vm: vm.reset()),
+        (Capability.SNAPSHOT, lambda vm: vm.snapshot("s")),
+        (Capability.CLONE, lambda vm: vm.clone("c")),
+        (Capability.HOT_VCPUS, lambda vm: vm.reconfigure(vcpus=2)),
+        (Capability.ADD_DISK, lambda vm: vm.add_disk(vmctl.DiskSpec(size_mib=1))),
+        (Capability.GUEST_INFO, lambda vm: vm.guest_info()),
+        (Capability.CPU_LIMIT, lambda vm: vm.set_resources(Resources(cpu_limit_percent=50))),
+        (Capability.MIGRATE_LIVE, lambda vm: vm.migrate(vm.hypervisor)),
+    ],
+)
+def test_undeclared_capability_raises_before_driver_call(
+    spy: vmctl.Hypervisor, cap: Capability, request_: Any
+) -> None:
     vm = spy.create_vm(VMSpec(name="v"))
     vm.start()
     with pytest.raises(vmctl.NotSupported) as err:
@@ -134,8 +141,9 @@ def test_declared_capability_must_have_its_interface() -> None:
         vmctl.unregister("incomplete")
 
 
-def test_stray_vendor_exception_becomes_backend_error(hv: vmctl.Hypervisor,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stray_vendor_exception_becomes_backend_error(
+    hv: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vm = hv.create_vm(VMSpec(name="v"))
     boom = KeyError("vendor says no")
 

@@ -45,9 +45,17 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
         pass
 
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.CREATE, Capability.DELETE, Capability.START,
-                          Capability.POWER_OFF, Capability.PAUSE, Capability.SET_VCPUS,
-                          Capability.SET_MEMORY})
+        return frozenset(
+            {
+                Capability.CREATE,
+                Capability.DELETE,
+                Capability.START,
+                Capability.POWER_OFF,
+                Capability.PAUSE,
+                Capability.SET_VCPUS,
+                Capability.SET_MEMORY,
+            }
+        )
 
     # -- translation helpers --------------------------------------------------------------
 
@@ -58,13 +66,17 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
             raise vmctl.NotFound(f"no toy VM {uuid}") from None
 
     def _info(self, vm: dict[str, object]) -> VMInfo:
-        return VMInfo(uuid=str(vm["uuid"]), name=str(vm["name"]),
-                      state=PowerState(vm["state"]), reason=StateReason(vm["reason"]),
-                      vcpus=int(vm["vcpus"]), memory_mib=int(vm["memory"]),  # type: ignore
-                      host=self.host)
+        return VMInfo(
+            uuid=str(vm["uuid"]),
+            name=str(vm["name"]),
+            state=PowerState(vm["state"]),
+            reason=StateReason(vm["reason"]),
+            vcpus=int(vm["vcpus"]),
+            memory_mib=int(vm["memory"]),  # type: ignore
+            host=self.host,
+        )
 
-    def _set(self, uuid: str, frm: set[PowerState], state: PowerState,
-             reason: StateReason) -> None:
+    def _set(self, uuid: str, frm: set[PowerState], state: PowerState, reason: StateReason) -> None:
         with _LOCK:
             vm = self._vm(uuid)
             if PowerState(vm["state"]) not in frm:
@@ -74,8 +86,15 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
     # -- the SPI --------------------------------------------------------------------------
 
     def host_info(self) -> HostInfo:
-        return HostInfo(name=self.host, hypervisor="toy", version="0.1", cpus=4, cpu_mhz=1000,
-                        memory_mib=8192, vm_count=len(self.vms))
+        return HostInfo(
+            name=self.host,
+            hypervisor="toy",
+            version="0.1",
+            cpus=4,
+            cpu_mhz=1000,
+            memory_mib=8192,
+            vm_count=len(self.vms),
+        )
 
     def list_vms(self) -> list[VMInfo]:
         with _LOCK:
@@ -88,9 +107,14 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
     def get_config(self, uuid: str) -> VMConfig:
         with _LOCK:
             vm = self._vm(uuid)
-            return VMConfig(uuid=uuid, name=str(vm["name"]), vcpus=int(vm["vcpus"]),  # type: ignore
-                            memory_mib=int(vm["memory"]),  # type: ignore
-                            disks=tuple(vm["disks"]), nics=tuple(vm["nics"]))  # type: ignore
+            return VMConfig(
+                uuid=uuid,
+                name=str(vm["name"]),
+                vcpus=int(vm["vcpus"]),  # type: ignore
+                memory_mib=int(vm["memory"]),  # type: ignore
+                disks=tuple(vm["disks"]),
+                nics=tuple(vm["nics"]),
+            )  # type: ignore
 
     def create_vm(self, spec: VMSpec) -> VMInfo:
         with _LOCK:
@@ -101,13 +125,23 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
                 raise vmctl.NotFound(f"toy hosts have only the network 'default', not {bad[0]!r}")
             uuid = str(uuidlib.uuid4())
             self.vms[uuid] = {
-                "uuid": uuid, "name": spec.name, "vcpus": spec.vcpus, "memory": spec.memory_mib,
-                "state": "stopped", "reason": "created",
-                "disks": [DiskInfo(id=f"d{i}", size_mib=d.size_mib)
-                          for i, d in enumerate(spec.disks)],
-                "nics": [NicInfo(id=f"n{i}", network=n.network,
-                                 mac=n.mac or f"52:54:00:00:{i:02x}:{len(self.vms) % 256:02x}")
-                         for i, n in enumerate(spec.nics)],
+                "uuid": uuid,
+                "name": spec.name,
+                "vcpus": spec.vcpus,
+                "memory": spec.memory_mib,
+                "state": "stopped",
+                "reason": "created",
+                "disks": [
+                    DiskInfo(id=f"d{i}", size_mib=d.size_mib) for i, d in enumerate(spec.disks)
+                ],
+                "nics": [
+                    NicInfo(
+                        id=f"n{i}",
+                        network=n.network,
+                        mac=n.mac or f"52:54:00:00:{i:02x}:{len(self.vms) % 256:02x}",
+                    )
+                    for i, n in enumerate(spec.nics)
+                ],
             }
             return self._info(self.vms[uuid])
 
@@ -119,12 +153,17 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
             return [f"vm {vm['name']}"] + [f"disk {d.id}" for d in vm["disks"]]  # type: ignore
 
     def start(self, uuid: str) -> None:
-        self._set(uuid, {PowerState.STOPPED, PowerState.CRASHED}, PowerState.RUNNING,
-                  StateReason.BOOTED)
+        self._set(
+            uuid, {PowerState.STOPPED, PowerState.CRASHED}, PowerState.RUNNING, StateReason.BOOTED
+        )
 
     def power_off(self, uuid: str) -> None:
-        self._set(uuid, {PowerState.RUNNING, PowerState.PAUSED}, PowerState.STOPPED,
-                  StateReason.POWERED_OFF)
+        self._set(
+            uuid,
+            {PowerState.RUNNING, PowerState.PAUSED},
+            PowerState.STOPPED,
+            StateReason.POWERED_OFF,
+        )
 
     def pause(self, uuid: str) -> None:
         self._set(uuid, {PowerState.RUNNING}, PowerState.PAUSED, StateReason.USER)

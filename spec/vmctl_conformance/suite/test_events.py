@@ -21,8 +21,7 @@ def test_state_change_event(kit: Kit) -> None:
 @clause("EVT-LIFE-1")
 @requires(Capability.EVENTS)
 def test_created_and_deleted_events(kit: Kit) -> None:
-    with kit.hv.watch(kinds=[EventKind.CREATED, EventKind.DELETED],
-                      timeout=kit.timeout) as events:
+    with kit.hv.watch(kinds=[EventKind.CREATED, EventKind.DELETED], timeout=kit.timeout) as events:
         vm = kit.vm("evt-life")
         vm.delete()
         seen = set()

@@ -19,8 +19,13 @@ def _need_os(kit: Kit) -> None:
 def test_create_matches_spec(kit: Kit) -> None:
     spec = kit.spec("create", disks=2, nics=1)
     mac = "52:54:00:4b:1d:07"
-    spec = VMSpec(name=spec.name, vcpus=2, memory_mib=spec.memory_mib, disks=spec.disks,
-                  nics=[NicSpec(network=kit.network, mac=mac)])
+    spec = VMSpec(
+        name=spec.name,
+        vcpus=2,
+        memory_mib=spec.memory_mib,
+        disks=spec.disks,
+        nics=[NicSpec(network=kit.network, mac=mac)],
+    )
     vm = kit.track(kit.hv.create_vm(spec))
     info = vm.info()
     assert info.state is S.STOPPED
@@ -44,8 +49,12 @@ def test_duplicate_name_refused(kit: Kit) -> None:
 @clause("LIFE-CREATE-3")
 def test_unknown_network_leaves_nothing(kit: Kit) -> None:
     spec = kit.spec("badnet")
-    spec = VMSpec(name=spec.name, memory_mib=spec.memory_mib, disks=spec.disks,
-                  nics=[NicSpec(network="vmctl-kit-no-such-network")])
+    spec = VMSpec(
+        name=spec.name,
+        memory_mib=spec.memory_mib,
+        disks=spec.disks,
+        nics=[NicSpec(network="vmctl-kit-no-such-network")],
+    )
     with pytest.raises((vmctl.NotFound, vmctl.ValidationError)):
         kit.track(kit.hv.create_vm(spec))
     assert not [i for i in kit.hv.list_vms() if i.name == spec.name]

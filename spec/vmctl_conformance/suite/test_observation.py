@@ -7,8 +7,7 @@ from vmctl_conformance import clause, requires
 from vmctl_conformance._kit import Kit
 
 S = PowerState
-COUNTERS = ("cpu_time_ns", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes",
-            "net_tx_bytes")
+COUNTERS = ("cpu_time_ns", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes", "net_tx_bytes")
 
 
 @clause("STATS-1")

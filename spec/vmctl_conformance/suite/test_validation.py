@@ -10,12 +10,15 @@ from vmctl_conformance._kit import Kit
 
 
 @clause("VAL-SPEC-1")
-@pytest.mark.parametrize("bad", [
-    {"name": ""},
-    {"name": "x", "vcpus": 0},
-    {"name": "x", "memory_mib": -512},
-    {"name": "x", "nics": [{"network": "n", "mac": "not-a-mac"}]},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": ""},
+        {"name": "x", "vcpus": 0},
+        {"name": "x", "memory_mib": -512},
+        {"name": "x", "nics": [{"network": "n", "mac": "not-a-mac"}]},
+    ],
+)
 def test_invalid_spec_rejected_before_backend(kit: Kit, bad: dict[str, object]) -> None:
     before = {i.uuid for i in kit.hv.list_vms()}
     args = dict(bad)
@@ -29,9 +32,14 @@ def test_invalid_spec_rejected_before_backend(kit: Kit, bad: dict[str, object]) 
 @pytest.mark.parametrize("field", sorted(RESOURCE_CAPABILITIES))
 def test_spec_resource_controls_applied_or_refused(kit: Kit, field: str) -> None:
     memory = int(kit.options.get("memory_mib", "128"))
-    value = {"cpu_shares": 1000, "cpu_reservation_percent": 10, "cpu_limit_percent": 50,
-             "memory_shares": 1000, "memory_reservation_mib": memory // 2,
-             "memory_limit_mib": memory * 4}[field]
+    value = {
+        "cpu_shares": 1000,
+        "cpu_reservation_percent": 10,
+        "cpu_limit_percent": 50,
+        "memory_shares": 1000,
+        "memory_reservation_mib": memory // 2,
+        "memory_limit_mib": memory * 4,
+    }[field]
     spec = kit.spec("capneg", resources=Resources(**{field: value}))
     cap = Capability(RESOURCE_CAPABILITIES[field])
     if cap in kit.hv.capabilities:

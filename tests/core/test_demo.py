@@ -1,0 +1,17 @@
+import subprocess
+import sys
+
+
+def test_demo_runs_to_the_end() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "vmctl.demo"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    for step in (
+        "Create a VM from a spec",
+        "Migrate live",
+        "Graceful shutdown",
+        "Events that happened",
+        "VMs left: []",
+    ):
+        assert step in out.stdout
