@@ -347,7 +347,7 @@ class Database:
                     if _sub_match(subs, cls, ref):
                         out.append(
                             self._wire_event(
-                                self.gen, cls, "add", ref, time.time(), self.encode_record(cls, rec)
+                                self.gen, cls, "add", ref, -1.0, self.encode_record(cls, rec)
                             )
                         )
             return out
@@ -368,19 +368,21 @@ class Database:
             if ev.op == "del":
                 if key in created:
                     continue  # created and deleted within the window: nothing to see
-                out.append(self._wire_event(ev.gen, ev.cls, "del", ev.ref, ev.ts, None))
+                out.append(self._wire_event(ev.gen, ev.cls, "del", ev.ref, -1.0, None))
                 continue
             op = "add" if key in created else "mod"
             cur = self.objs[ev.cls].get(ev.ref)
             snap = self.encode_record(ev.cls, cur) if cur is not None else ev.snapshot
-            out.append(self._wire_event(ev.gen, ev.cls, op, ev.ref, ev.ts, snap))
+            out.append(self._wire_event(ev.gen, ev.cls, op, ev.ref, -1.0, snap))
         return out
 
     @staticmethod
     def _wire_event(gen: int, cls: str, op: str, ref: str, ts: float, snap: Rec | None) -> Rec:
+        # event.from events carry timestamp "0.0" (xapi_event.ml: from_inner, event_of);
+        # event.next ones (ts >= 0) the time of the change.
         ev: Rec = {
             "id": str(gen),
-            "timestamp": f"{ts:.6f}",
+            "timestamp": "0.0" if ts < 0 else f"{ts:.6f}",
             "class": cls.lower(),
             "operation": op,
             "ref": ref,

@@ -496,6 +496,7 @@ def test_event_from_token_timeout_and_filters(server: xapisim.SimServer, x: Any)
     assert counts["vm"] == len(x.VM.get_all())
     ev = first["events"][0]
     assert set(ev) == {"id", "timestamp", "class", "operation", "ref", "snapshot"}
+    assert ev["timestamp"] == "0.0" and ev["id"].isdigit()  # xapi_event.ml: event_of
     token = first["token"]
     t0 = time.monotonic()
     empty = event_from(x, ["vm"], token, 0.3)
