@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import xmlrpc.client
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ from .model import (
     Session,
     check_memory,
     encode,
+    wire_datetime,
     xmlrpc_value_string,
 )
 from .tables import CLASSES, MESSAGES, RESULT_STATE
@@ -99,6 +102,109 @@ _RECORD_REQUIRED: dict[str, list[str]] = {
 }
 
 
+# Messages that have an Async.<Class>.<message> form: in the datamodel, the constructors,
+# destructors and the messages declared with ~flags:[`Session; `Async] (lifecycle and
+# device messages); field getters/setters, session.* and event.* have none.
+_NO_ASYNC = {"VM.get_guest_metrics", "pool.get_master", "host.get_servertime",
+             "host.get_server_localtime", "event.from", "event.next",
+             "event.register", "event.unregister", "event.get_current_id",
+             "VM.set_VCPUs_max", "VM.set_VCPUs_at_startup"}  # fmt: skip
+
+
+def _async_allowed(name: str) -> bool:
+    return name in MESSAGES and not name.startswith("session.") and name not in _NO_ASYNC
+
+
+_TOKEN = re.compile(r'\s*(\(|\)|"(?:[^"\\]|\\.)*"|[A-Za-z_]+|=|<>)')
+
+
+def _both(a: Callable[[Rec], bool], b: Callable[[Rec], bool]) -> Callable[[Rec], bool]:
+    return lambda r: a(r) and b(r)
+
+
+def _either(a: Callable[[Rec], bool], b: Callable[[Rec], bool]) -> Callable[[Rec], bool]:
+    return lambda r: a(r) or b(r)
+
+
+def parse_where(expr: str) -> Callable[[Rec], bool]:
+    """The db query language of get_all_records_where (ocaml/database/db_filter.ml):
+    ``field "name" = "value"``, ``<>``, ``and``, ``or``, ``not``, ``true``, ``false``,
+    parentheses. Values are compared with the field's string form."""
+    toks: list[str] = []
+    pos = 0
+    while pos < len(expr):
+        if expr[pos:].strip() == "":
+            break
+        m = _TOKEN.match(expr, pos)
+        if m is None:
+            raise Fault("INVALID_VALUE", "expr", expr)
+        toks.append(m.group(1))
+        pos = m.end()
+    i = 0
+
+    def peek() -> str:
+        return toks[i].lower() if i < len(toks) else ""
+
+    def take() -> str:
+        nonlocal i
+        if i >= len(toks):
+            raise Fault("INVALID_VALUE", "expr", expr)
+        i += 1
+        return toks[i - 1]
+
+    def literal() -> str:
+        t = take()
+        if not t.startswith('"'):
+            raise Fault("INVALID_VALUE", "expr", expr)
+        return t[1:-1].replace('\\"', '"')
+
+    def atom() -> Callable[[Rec], bool]:
+        t = take().lower()
+        if t == "(":
+            e = disj()
+            if take() != ")":
+                raise Fault("INVALID_VALUE", "expr", expr)
+            return e
+        if t == "not":
+            inner = atom()
+            return lambda r: not inner(r)
+        if t in ("true", "false"):
+            return lambda r: t == "true"
+        if t == "field":
+            name = literal()
+            op = take()
+            value = literal()
+            if op not in ("=", "<>"):
+                raise Fault("INVALID_VALUE", "expr", expr)
+
+            def cmp(r: Rec) -> bool:
+                v = r.get(name)
+                sv = str(v).lower() if isinstance(v, bool) else str(v)
+                return (sv == value) == (op == "=")
+
+            return cmp
+        raise Fault("INVALID_VALUE", "expr", expr)
+
+    def conj() -> Callable[[Rec], bool]:
+        e = atom()
+        while peek() == "and":
+            take()
+            e = _both(e, atom())
+        return e
+
+    def disj() -> Callable[[Rec], bool]:
+        e = conj()
+        while peek() == "or":
+            take()
+            e = _either(e, conj())
+        return e
+
+    result = disj()
+    if i != len(toks):
+        raise Fault("INVALID_VALUE", "expr", expr)
+    return result
+
+
 class Api:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -150,7 +256,7 @@ class Api:
             self.db.logout(params[0])
             return ""
         res = self._resolve(name)
-        if res is None or (is_async and name.split(".", 1)[0] in ("session", "event")):
+        if res is None or (is_async and not _async_allowed(name)):
             raise Fault("MESSAGE_METHOD_UNKNOWN", method)
         sig, optional, fn = res
         received = len(params) - 1
@@ -268,6 +374,17 @@ class Api:
             )
         if verb == "get_record":
             return [(ref_t, "self")], 0, lambda ctx, r: db.encode_record(cls, db.get(cls, r))
+        if verb == "get_all_records_where":
+
+            def where(ctx: Ctx, expr: str) -> Rec:
+                pred = parse_where(expr)
+                return {
+                    r: db.encode_record(cls, rec)
+                    for r, rec in db.objs[cls].items()
+                    if pred(db.encode_record(cls, rec))
+                }
+
+            return [("string", "expr")], 0, where
 
         if verb == "get_by_uuid":
 
@@ -411,6 +528,14 @@ class Api:
         if sess is None:
             raise Fault("HANDLE_INVALID", "session", s)
         return sess
+
+    def m_host_get_servertime(self, ctx: Ctx, host: str) -> Any:
+        self.db.get("host", host)
+        return wire_datetime(time.time())
+
+    def m_host_get_server_localtime(self, ctx: Ctx, host: str) -> Any:
+        self.db.get("host", host)
+        return xmlrpc.client.DateTime(time.strftime("%Y%m%dT%H:%M:%S", time.localtime()))
 
     def m_pool_get_master(self, ctx: Ctx, p: str) -> str:
         return str(self.db.get("pool", p)["master"])

@@ -762,6 +762,10 @@ MESSAGES: dict[str, MessageSpec] = {
                                     f"{DM}: Event unregister"),
     "event.next": MessageSpec([], "set event", None, f"{DM}: Event next"),
     "event.get_current_id": MessageSpec([], "int", None, f"{DM}: Event get_current_id"),
+    "host.get_servertime": MessageSpec(
+        [("ref host", "host")], "datetime", None, f"{DM_HOST}: get_servertime"),
+    "host.get_server_localtime": MessageSpec(
+        [("ref host", "host")], "datetime", None, f"{DM_HOST}: get_server_localtime"),
     "pool.get_master": MessageSpec([("ref pool", "self")], "ref host", None,
                                    f"{DM_POOL}: field master"),
 }  # fmt: skip

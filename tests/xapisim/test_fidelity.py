@@ -681,3 +681,18 @@ def test_random_lifecycle_sequences_keep_invariants(x: Any, ops: list[str]) -> N
         if x.VM.get_power_state(vm) != "Halted":
             x.VM.hard_shutdown(vm)
         x.VM.destroy(vm)
+
+
+def test_get_all_records_where_servertime_and_async_forms(x: Any) -> None:
+    recs = x.VM.get_all_records_where('field "is_a_template" = "false" and not '
+                                      'field "is_control_domain" = "true"')  # fmt: skip
+    names = {r["name_label"] for r in recs.values()}
+    assert {"vm-01", "vm-02"} <= names and not any(n.startswith("Control") for n in names)
+    assert x.VM.get_all_records_where("true").keys() == x.VM.get_all_records().keys()
+    assert failure(x.VM.get_all_records_where, 'field "x" ==')[0] == "INVALID_VALUE"
+    h = hosts(x)[0]
+    t = x.host.get_servertime(h)
+    check_wire(t, "datetime", "host.get_servertime")
+    assert failure(x.Async.VM.get_record, NULL) == [
+        "MESSAGE_METHOD_UNKNOWN", "Async.VM.get_record"]  # fmt: skip
+    assert failure(x.Async.session.get_uuid, NULL)[0] == "MESSAGE_METHOD_UNKNOWN"
