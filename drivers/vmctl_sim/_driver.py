@@ -116,10 +116,12 @@ class SimDriver(
         self._closed = False
 
     @classmethod
-    def kit_peer_uri(cls, uri: str) -> str:
-        """A second host for the kit's migration clauses: another host of the same site."""
+    def kit_options(cls, uri: str) -> dict[str, str]:
+        """Defaults for the conformance kit: a second host of the same site for the migration
+        clauses, and a boot source (the sim's guests boot from any kernel path)."""
         parsed = URI.parse(uri)
-        return str(attrs.evolve(parsed, host=f"{parsed.host or 'default'}-peer"))
+        peer = attrs.evolve(parsed, host=f"{parsed.host or 'default'}-peer")
+        return {"other_uri": str(peer), "boot_kernel": "/sim/boot/vmlinuz"}
 
     @classmethod
     def open(cls, params: ConnectParams) -> SimDriver:

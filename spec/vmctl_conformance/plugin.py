@@ -75,20 +75,30 @@ def vmctl_uri(pytestconfig: pytest.Config) -> str:
     return str(uri)
 
 
+def _driver_defaults(uri: str | None) -> dict[str, str]:
+    """Kit defaults a driver may offer for testing: a ``kit_options(uri)`` class method
+    returning options and, under "other_uri", a second host (the sim offers both)."""
+    if not uri:
+        return {}
+    driver = _registry.load(vmctl.URI.parse(uri).scheme)
+    suggest = getattr(driver, "kit_options", None)
+    return {str(k): str(v) for k, v in suggest(uri).items()} if callable(suggest) else {}
+
+
 @pytest.fixture(scope="session")
-def vmctl_other_uri(pytestconfig: pytest.Config) -> str | None:
-    """A second host for migration, or None. A driver may suggest one for testing with a
-    ``kit_peer_uri(uri)`` class method (the sim does: another host of the same site)."""
+def vmctl_options(pytestconfig: pytest.Config, vmctl_uri: str) -> dict[str, str]:
+    """Backend options: the driver's defaults, overridden by --vmctl-opt."""
+    options = _driver_defaults(vmctl_uri)
+    options.pop("other_uri", None)
+    return {**options, **_kit_options(pytestconfig)}
+
+
+@pytest.fixture(scope="session")
+def vmctl_other_uri(pytestconfig: pytest.Config, vmctl_uri: str) -> str | None:
+    """A second host for migration: --vmctl-other-uri, $VMCTL_OTHER_URI, or the driver's
+    suggestion; None if there is none."""
     other = pytestconfig.getoption("--vmctl-other-uri") or os.environ.get("VMCTL_OTHER_URI")
-    if other:
-        return str(other)
-    uri = pytestconfig.getoption("--vmctl-uri") or os.environ.get("VMCTL_URI")
-    if uri:
-        driver = _registry.load(vmctl.URI.parse(uri).scheme)
-        suggest = getattr(driver, "kit_peer_uri", None)
-        if callable(suggest):
-            return str(suggest(uri))
-    return None
+    return str(other) if other else _driver_defaults(vmctl_uri).get("other_uri")
 
 
 @pytest.fixture(scope="session")
@@ -124,11 +134,13 @@ def _connections(
 
 @pytest.fixture
 def kit(
-    pytestconfig: pytest.Config, _connections: tuple[Hypervisor, Hypervisor | None]
+    pytestconfig: pytest.Config,
+    vmctl_options: dict[str, str],
+    _connections: tuple[Hypervisor, Hypervisor | None],
 ) -> Iterator[Kit]:
     """The connections, options and a VM factory; deletes what the test made afterwards."""
     hv, other = _connections
-    k = Kit(hv, other, pytestconfig.getoption("--vmctl-prefix"), _kit_options(pytestconfig))
+    k = Kit(hv, other, pytestconfig.getoption("--vmctl-prefix"), vmctl_options)
     yield k
     problems = k.cleanup()
     if problems:

@@ -97,3 +97,17 @@ def test_markdown_report_is_the_matrix(tmp_path: Path) -> None:
     text = (tmp_path / "r.md").read_text()
     assert "| LIFE-START-1 | - | pass |" in text
     assert "| SNAP-CREATE-1 | snapshot | skip | not run (deselected) |" in text
+
+
+def test_conformance_sim_needs_no_options(tmp_path: Path) -> None:
+    """`vmctl conformance sim://` passes every clause: the sim offers its own defaults."""
+    from vmctl_conformance.matrix import matrix
+
+    report = run("sim://", report=tmp_path / "sim.json")
+    assert report.ok, report.output[-3000:]
+    assert {r.status for r in report.results.values()} == {"pass"}
+    reports_dir = ROOT / "reports"
+    reports_dir.mkdir(exist_ok=True)
+    report.write(reports_dir / "sim.json")
+    table = matrix([report])
+    assert "| LIFE-START-1 | - | pass |" in table
