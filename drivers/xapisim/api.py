@@ -244,7 +244,7 @@ class Api:
         name = method[len("Async.") :] if is_async else method
         if name == "session.login_with_password" and not is_async:
             if not 2 <= len(params) <= 4:
-                raise Fault("MESSAGE_PARAMETER_COUNT_MISMATCH", method, "4", str(len(params)))
+                raise Fault("MESSAGE_PARAMETER_COUNT_MISMATCH", method, "2", str(len(params)))
             p = [str(x) for x in params] + [""] * (4 - len(params))
             return self.db.login(p[0], p[1], p[3])
         if name in ("session.logout", "session.local_logout") and not is_async:

@@ -696,3 +696,27 @@ def test_get_all_records_where_servertime_and_async_forms(x: Any) -> None:
     assert failure(x.Async.VM.get_record, NULL) == [
         "MESSAGE_METHOD_UNKNOWN", "Async.VM.get_record"]  # fmt: skip
     assert failure(x.Async.session.get_uuid, NULL)[0] == "MESSAGE_METHOD_UNKNOWN"
+
+
+def test_certificate(server: xapisim.SimServer) -> None:
+    import hashlib
+    import ssl
+
+    assert server.cafile is not None and server.url.startswith("https://127.0.0.1:")
+    info = ssl._ssl._test_decode_cert(server.cafile)  # type: ignore[attr-defined]
+    assert ("IP Address", "127.0.0.1") in info["subjectAltName"]
+    assert ("DNS", "localhost") in info["subjectAltName"]
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-text", "-in", server.cafile],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "2048 bit" in out
+    with open(server.cafile) as f:
+        der = ssl.PEM_cert_to_DER_cert(f.read())
+    assert server.thumbprint == ":".join(
+        f"{b:02X}" for b in hashlib.sha256(der).digest()
+    )  # fmt: skip
+    p = raw(server)
+    r = p.session.login_with_password("root")
+    assert r["ErrorDescription"] == [
+        "MESSAGE_PARAMETER_COUNT_MISMATCH", "session.login_with_password", "2", "1"]  # fmt: skip
