@@ -1,0 +1,1206 @@
+"""The KVM/QEMU driver: vmctl's SPI over libvirt-python.
+
+URIs are libvirt's: ``qemu:///system``, ``qemu+ssh://user@host/system``,
+``qemu+tcp://host/system``, ``test:///default`` (libvirt's in-process test driver). Query
+parameters that libvirt understands (``keyfile``, ``no_verify``, ``socket``, ...) are passed
+on to libvirt; vmctl's own options are not:
+
+* ``pool``: storage pool for new disks (default ``default``, else the only active pool);
+* ``network``: the libvirt network a NicSpec on network ``default`` is put on;
+* ``type``: domain type for new VMs (``kvm`` or ``qemu``; default: kvm when the host has it,
+  qemu/TCG for VMs that boot an OS on a nested-PVM /dev/kvm, see docs/kvm.md);
+* ``shared_storage``: ``yes`` says the image directory is shared with migration targets
+  (libvirt cannot see that on a local file system and would refuse the migration as unsafe);
+* ``memory_limit``: ``yes``/``no`` overrides whether memory hard limits are offered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+import secrets
+import threading
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vmctl import (
+    AgentState,
+    AlreadyExists,
+    Capability,
+    ConnectParams,
+    DiskInfo,
+    DiskSpec,
+    GuestInfo,
+    HostInfo,
+    InvalidState,
+    NicInfo,
+    NicSpec,
+    NotFound,
+    NotSupported,
+    OperationTimeout,
+    PowerState,
+    Resources,
+    SnapshotInfo,
+    ValidationError,
+    VMConfig,
+    VMInfo,
+    VMSpec,
+    VMStats,
+)
+from vmctl.spi import (
+    Cloning,
+    Devices,
+    Driver,
+    Events,
+    EventSource,
+    GracefulPower,
+    GuestAgent,
+    Migration,
+    Pausable,
+    Reconfigurable,
+    Resettable,
+    ResourceControls,
+    Snapshots,
+    Statistics,
+    Suspendable,
+)
+
+from . import _errors as E
+from . import _xml as X
+from ._link import EventHub, Link, ensure_event_loop, require_libvirt
+from ._state import PMSUSPENDED, SHUTOFF, to_power_state
+
+S = PowerState
+C = Capability
+
+VMCTL_OPTIONS = frozenset({"pool", "network", "type", "shared_storage", "memory_limit"})
+#: URI query parameters libvirt itself understands (passed on unchanged).
+LIBVIRT_PARAMS = frozenset(
+    {
+        "name",
+        "command",
+        "socket",
+        "netcat",
+        "keyfile",
+        "no_verify",
+        "no_tty",
+        "pkipath",
+        "known_hosts",
+        "known_hosts_verify",
+        "sshauth",
+        "mode",
+        "proxy",
+        "tls_priority",
+        "tls",
+        "transport",
+    }
+)
+SCHEMES = frozenset({"qemu", "test"})
+MAX_DEFAULT_VCPUS = 16  # the vCPU ceiling a new domain gets for hot-plug, if the host has it
+
+# libvirt flag values used below (stable ABI; named for readability)
+AFFECT_LIVE, AFFECT_CONFIG = 1, 2
+XML_SECURE, XML_INACTIVE, XML_MIGRATABLE = 1, 2, 8
+
+
+def libvirt_uri(params: ConnectParams) -> str:
+    """The libvirt URI for a vmctl URI: vmctl's own options removed, libvirt's kept."""
+    uri = params.uri
+    if uri.scheme not in SCHEMES:
+        raise ValidationError(
+            f"the kvm driver serves qemu:// and test:// URIs, not {uri.scheme}://", field="uri"
+        )
+    unknown = set(params.options) - VMCTL_OPTIONS - LIBVIRT_PARAMS
+    if unknown:
+        raise ValidationError(
+            f"unknown kvm option(s) {sorted(unknown)}; vmctl's are {sorted(VMCTL_OPTIONS)}, "
+            f"libvirt's URI parameters are {sorted(LIBVIRT_PARAMS)}",
+            field="uri",
+        )
+    head = uri.scheme + (f"+{uri.transport}" if uri.transport else "")
+    netloc = ""
+    user = uri.user or (params.username if uri.host else None)
+    if user:
+        netloc += urllib.parse.quote(user, safe="@.-_~") + "@"
+    netloc += f"[{uri.host}]" if ":" in uri.host else uri.host
+    if uri.port is not None:
+        netloc += f":{uri.port}"
+    query = {k: v for k, v in params.options.items() if k in LIBVIRT_PARAMS}
+    qs = ("?" + urllib.parse.urlencode(sorted(query.items()))) if query else ""
+    return f"{head}://{netloc}{urllib.parse.quote(uri.path or '/', safe='/:._-~')}{qs}"
+
+
+def _yes(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v in {"1", "yes", "true", "on"}:
+        return True
+    if v in {"0", "no", "false", "off"}:
+        return False
+    raise ValidationError(f"expected yes or no, got {value!r}", field="uri")
+
+
+def _can_raise_memlock() -> bool:
+    """Whether libvirtd on this machine can raise a QEMU process's locked-memory limit (it
+    sets it to the memory hard limit): unlimited RLIMIT_MEMLOCK or CAP_SYS_RESOURCE."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if hard == resource.RLIM_INFINITY:
+        return True
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 24))
+    except OSError:
+        pass
+    return False
+
+
+class KvmDriver(
+    Driver,
+    GracefulPower,
+    Resettable,
+    Pausable,
+    Suspendable,
+    Reconfigurable,
+    ResourceControls,
+    Devices,
+    Snapshots,
+    Cloning,
+    Migration,
+    Events,
+    Statistics,
+    GuestAgent,
+):
+    """libvirt (QEMU/KVM, or libvirt's test driver) through libvirt-python."""
+
+    name = "kvm"
+    thread_safe = True
+
+    def __init__(self, params: ConnectParams, link: Link, hub: EventHub) -> None:
+        self._params = params
+        self._link = link
+        self._hub = hub
+        self._lock = threading.Lock()
+        opts = params.options
+        self._pool_opt = opts.get("pool") or None
+        self._network_opt = opts.get("network") or None
+        self._type_opt = opts.get("type") or None
+        if self._type_opt not in (None, "kvm", "qemu", "test"):
+            raise ValidationError(f"type must be kvm or qemu, got {self._type_opt!r}", field="uri")
+        self._shared_storage = bool(_yes(opts.get("shared_storage")))
+        self._memory_limit_opt = _yes(opts.get("memory_limit"))
+        info = link.call("host info", lambda c: (c.getType(), c.getInfo(), c.getHostname()))
+        self._hv_type: str = info[0]
+        self.is_test = self._hv_type.upper() == "TEST"
+        self._node = info[1]
+        self._hostname: str = info[2]
+        self._local = not params.uri.host
+        self._kvm_ok = False
+        self._arch = "x86_64"
+        if not self.is_test:
+            caps = X.parse(link.call("capabilities", lambda c: c.getCapabilities()))
+            self._kvm_ok = any(d.get("type") == "kvm" for d in caps.findall("guest/arch/domain"))
+            self._arch = caps.findtext("host/cpu/arch") or "x86_64"
+        else:
+            self._arch = self._node[0] if self._node[0] in ("i686", "x86_64") else "i686"
+        self._pvm = self._local and Path("/sys/module/kvm_pvm").exists()
+        self._caps = self._capabilities()
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, params: ConnectParams) -> KvmDriver:
+        require_libvirt()
+        uri = libvirt_uri(params)
+        ensure_event_loop()
+        hub = EventHub(params.uri.host or "localhost")
+        link = Link(uri, params, hub)
+        link.open()
+        try:
+            return cls(params, link, hub)
+        except BaseException:
+            link.close()
+            raise
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._link.close()
+
+    @property
+    def libvirt_uri(self) -> str:
+        return self._link.uri
+
+    def _capabilities(self) -> frozenset[Capability]:
+        caps = {
+            C.CREATE,
+            C.DELETE,
+            C.START,
+            C.POWER_OFF,
+            C.RESET,
+            C.PAUSE,
+            C.SUSPEND,
+            C.SET_VCPUS,
+            C.SET_MEMORY,
+            C.HOT_VCPUS,
+            C.SNAPSHOT,
+            C.SNAPSHOT_MEMORY,
+            C.CLONE,
+            C.EVENTS,
+            C.STATS,
+            C.ADD_DISK,
+            C.REMOVE_DISK,
+            C.ADD_NIC,
+            C.REMOVE_NIC,
+            C.REBOOT,
+        }
+        if self.is_test:
+            # libvirt's test driver: every guest obeys shutdown at once (so a guest that
+            # does not answer cannot be shown), reports made-up IP addresses for any
+            # domain, and has no scheduler tunables or device hot-plug.
+            caps |= {C.MEMORY_LIMIT}
+        else:
+            caps |= {
+                C.SHUTDOWN,
+                C.CPU_SHARES,
+                C.CPU_LIMIT,
+                C.HOTPLUG_DISK,
+                C.HOTPLUG_NIC,
+                C.GUEST_INFO,
+                C.MIGRATE_LIVE,
+                C.MIGRATE_COLD,
+            }
+            mem_limit = self._memory_limit_opt
+            if mem_limit is None:
+                mem_limit = not self._local or _can_raise_memlock()
+            if mem_limit:
+                caps.add(C.MEMORY_LIMIT)
+        return frozenset(caps)
+
+    def capabilities(self) -> frozenset[Capability]:
+        return self._caps
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        return self._link.call(what, fn)
+
+    def _dom(self, conn: Any, uuid: str) -> Any:
+        try:
+            return conn.lookupByUUIDString(uuid)
+        except Exception as exc:
+            if E.code_of(exc) == E.NO_DOMAIN:
+                raise NotFound(
+                    f"no VM with UUID {uuid} on {self._link.uri}", vendor_code=str(E.NO_DOMAIN)
+                ) from exc
+            raise
+
+    def _on_dom(self, uuid: str, what: str, fn: Callable[[Any], Any]) -> Any:
+        return self._call(what, lambda c: fn(self._dom(c, uuid)))
+
+    def _info_of(self, dom: Any) -> VMInfo:
+        state, reason = dom.state()
+        saved = state == SHUTOFF and bool(dom.hasManagedSaveImage(0))
+        ps, pr = to_power_state(state, reason, saved)
+        _, max_kib, _, vcpus, _ = dom.info()
+        return VMInfo(
+            uuid=dom.UUIDString(),
+            name=dom.name(),
+            state=ps,
+            reason=pr,
+            vcpus=int(vcpus),
+            memory_mib=int(max_kib) // 1024,
+            host=self._hostname,
+        )
+
+    def _xml(self, dom: Any, *, inactive: bool = False) -> ET.Element:
+        flags = XML_SECURE | (XML_INACTIVE if inactive else 0)
+        return X.parse(dom.XMLDesc(flags))
+
+    def _flags(self, dom: Any) -> int:
+        return AFFECT_CONFIG | (AFFECT_LIVE if dom.isActive() else 0)
+
+    def _pool(self, conn: Any, name: str | None) -> Any:
+        name = name or self._pool_opt
+        if name:
+            return conn.storagePoolLookupByName(name)
+        try:
+            return conn.storagePoolLookupByName("default")
+        except Exception as exc:
+            if E.code_of(exc) != E.NO_STORAGE_POOL:
+                raise
+            active = conn.listAllStoragePools(2)  # VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
+            if len(active) == 1:
+                return active[0]
+            raise NotFound(
+                f"no storage pool named 'default' on {self._link.uri}; give one "
+                "with ?pool=NAME or DiskSpec(pool=...)"
+            ) from exc
+
+    def _vol_format(self, pool: Any) -> str | None:
+        ptype = X.parse(pool.XMLDesc(0)).get("type", "dir")
+        if self.is_test:
+            return None
+        return "qcow2" if ptype in ("dir", "fs", "netfs") else None
+
+    def _create_volume(
+        self, conn: Any, vm_name: str, dev: str, disk: DiskSpec
+    ) -> tuple[X.OwnedDisk, str | None]:
+        pool = self._pool(conn, disk.pool)
+        fmt = self._vol_format(pool)
+        suffix = ".qcow2" if fmt == "qcow2" else ".img"
+        vol_name = f"{vm_name}-{dev}-{secrets.token_hex(3)}{suffix}"
+        xml = X.volume_xml(vol_name, disk.size_mib, fmt)
+        if disk.source:
+            try:
+                src = conn.storageVolLookupByPath(disk.source)
+            except Exception as exc:
+                if E.code_of(exc) == E.NO_STORAGE_VOL:
+                    raise NotFound(
+                        f"no storage volume at {disk.source!r} to copy from "
+                        "(the source must be a volume of a libvirt pool)"
+                    ) from exc
+                raise
+            vol = pool.createXMLFrom(xml, src, 0)
+        else:
+            vol = pool.createXML(xml, 0)
+        return X.OwnedDisk(vol.path(), pool.name(), vol.name(), disk.name), fmt
+
+    def _delete_volume(self, conn: Any, path: str) -> bool:
+        try:
+            vol = conn.storageVolLookupByPath(path)
+        except Exception as exc:
+            if E.code_of(exc) == E.NO_STORAGE_VOL:
+                return False
+            raise
+        vol.delete(0)
+        return True
+
+    def _network(self, conn: Any, name: str) -> str:
+        if name == "default" and self._network_opt:
+            name = self._network_opt
+        try:
+            conn.networkLookupByName(name)
+        except Exception as exc:
+            if E.code_of(exc) == E.NO_NETWORK:
+                raise NotFound(
+                    f"no libvirt network {name!r} on {self._link.uri}",
+                    vendor_code=str(E.NO_NETWORK),
+                ) from exc
+            raise
+        return name
+
+    def _domain_type(self, spec: VMSpec) -> str:
+        if self.is_test:
+            return "test"
+        if self._type_opt:
+            return self._type_opt
+        if not self._kvm_ok:
+            return "qemu"
+        if spec.boot is not None and self._pvm:
+            return "qemu"  # a guest OS does not boot in usable time on nested PVM
+        return "kvm"
+
+    # -- inventory ------------------------------------------------------------------------
+
+    def host_info(self) -> HostInfo:
+        def read(c: Any) -> HostInfo:
+            _model, mem_mib, cpus, mhz, *_ = c.getInfo()
+            free = None
+            with contextlib.suppress(Exception):
+                free = int(c.getFreeMemory()) // (1024 * 1024)
+            host_uuid = None
+            with contextlib.suppress(Exception):
+                host_uuid = X.parse(c.getCapabilities()).findtext("host/uuid")
+            version = c.getVersion()
+            ver = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
+            count = len(c.listAllDomains(0))
+            hv = "libvirt test" if self.is_test else ("QEMU/KVM" if self._kvm_ok else "QEMU (TCG)")
+            return HostInfo(
+                name=c.getHostname(),
+                hypervisor=hv,
+                version=ver,
+                cpus=int(cpus),
+                cpu_mhz=int(mhz),
+                memory_mib=int(mem_mib),
+                free_memory_mib=free,
+                uuid=host_uuid,
+                vm_count=count,
+            )
+
+        return self._call("host info", read)  # type: ignore[no-any-return]
+
+    def list_vms(self) -> list[VMInfo]:
+        """Two libvirt calls however many domains: getAllDomainStats (state, vCPUs, balloon)
+        and listAllDomains(MANAGEDSAVE) (which shut-off domains are SUSPENDED)."""
+        lv = require_libvirt()
+        stats_kind = (
+            lv.VIR_DOMAIN_STATS_STATE | lv.VIR_DOMAIN_STATS_VCPU | lv.VIR_DOMAIN_STATS_BALLOON
+        )
+
+        def read(c: Any) -> list[VMInfo]:
+            if self.is_test:
+                records = c.getAllDomainStats(lv.VIR_DOMAIN_STATS_STATE, 0)
+            else:
+                records = c.getAllDomainStats(stats_kind, 0)
+            saved = {
+                d.UUIDString() for d in c.listAllDomains(lv.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE)
+            }
+            out = []
+            for dom, st in records:
+                uuid = dom.UUIDString()
+                ps, pr = to_power_state(
+                    st.get("state.state", 0), st.get("state.reason", 0), uuid in saved
+                )
+                out.append(
+                    VMInfo(
+                        uuid=uuid,
+                        name=dom.name(),
+                        state=ps,
+                        reason=pr,
+                        vcpus=int(st.get("vcpu.current", 0)),
+                        memory_mib=int(st.get("balloon.maximum", 0)) // 1024,
+                        host=self._hostname,
+                    )
+                )
+            return out
+
+        return self._call("list VMs", read)  # type: ignore[no-any-return]
+
+    def get_vm(self, uuid: str) -> VMInfo:
+        return self._on_dom(uuid, f"get VM {uuid}", self._info_of)  # type: ignore
+
+    def get_config(self, uuid: str) -> VMConfig:
+        def read(c: Any) -> VMConfig:
+            dom = self._dom(c, uuid)
+            root = self._xml(dom)
+            meta = X.parse_metadata(root)
+            names = {d.path: d.name for d in meta.disks}
+            disks = []
+            for d in X.disks_of(root):
+                size = 0
+                if d.path:
+                    try:
+                        size = int(c.storageVolLookupByPath(d.path).info()[1]) // (1024 * 1024)
+                    except Exception:
+                        with contextlib.suppress(Exception):
+                            size = int(dom.blockInfo(d.path)[0]) // (1024 * 1024)
+                disks.append(
+                    DiskInfo(
+                        id=d.dev,
+                        size_mib=size,
+                        name=names.get(d.path or ""),
+                        path=d.path,
+                        bus=d.bus,
+                    )
+                )
+            mem_kib = X.kib_of(root.find("memory")) or 0
+            return VMConfig(
+                uuid=dom.UUIDString(),
+                name=dom.name(),
+                vcpus=X.vcpus_of(root),
+                memory_mib=mem_kib // 1024,
+                disks=tuple(disks),
+                nics=tuple(n for n, _ in X.nics_of(root)),
+                resources=X.resources_of(root),
+                guest_os=meta.guest_os,
+                description=root.findtext("description") or "",
+            )
+
+        return self._call(f"get config of {uuid}", read)  # type: ignore[no-any-return]
+
+    # -- create and delete ----------------------------------------------------------------
+
+    def create_vm(self, spec: VMSpec) -> VMInfo:
+        def create(c: Any) -> VMInfo:
+            try:
+                c.lookupByName(spec.name)
+            except Exception as exc:
+                if E.code_of(exc) != E.NO_DOMAIN:
+                    raise
+            else:
+                raise AlreadyExists(f"a VM named {spec.name!r} already exists on {self._link.uri}")
+            networks = [self._network(c, n.network) for n in spec.nics]
+            for d in spec.disks:
+                self._pool(c, d.pool)  # unknown pools fail before anything is made
+            owned: list[X.OwnedDisk] = []
+            plans: list[X.DiskPlan] = []
+            try:
+                used: list[str] = []
+                for d in spec.disks:
+                    bus = X.resolve_bus(d.bus, hotplug=False)
+                    dev = X.free_target(bus, used)
+                    used.append(dev)
+                    disk, fmt = self._create_volume(c, spec.name, dev, d)
+                    owned.append(disk)
+                    plans.append(X.DiskPlan(dev, bus, disk.path, fmt))
+                host_cpus = int(self._node[2])
+                max_vcpus = max(spec.vcpus, min(host_cpus, MAX_DEFAULT_VCPUS))
+                xml = X.domain_xml(
+                    spec,
+                    domain_type=self._domain_type(spec),
+                    disks=plans,
+                    networks=networks,
+                    max_vcpus=max_vcpus,
+                    meta=X.Metadata(spec.guest_os, tuple(owned)),
+                    arch=self._arch,
+                    test=self.is_test,
+                )
+                dom = c.defineXML(xml)
+            except BaseException:
+                for made in owned:
+                    with contextlib.suppress(Exception):
+                        self._delete_volume(c, made.path)
+                raise
+            return self._info_of(dom)
+
+        return self._call(f"create VM {spec.name!r}", create)  # type: ignore[no-any-return]
+
+    def delete_vm(self, uuid: str) -> list[str]:
+        lv = require_libvirt()
+
+        def delete(c: Any) -> list[str]:
+            dom = self._dom(c, uuid)
+            name = dom.name()
+            meta = X.parse_metadata(self._xml(dom, inactive=True))
+            snaps = [s.getName() for s in dom.listAllSnapshots(0)]
+            done = [f"vm {name} ({uuid})"]
+            if dom.hasManagedSaveImage(0):
+                done.append("managed save image")
+            done += [f"snapshot {s}" for s in snaps]
+            flags = lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | lv.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            if not self.is_test:
+                flags |= lv.VIR_DOMAIN_UNDEFINE_NVRAM | lv.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            dom.undefineFlags(flags)
+            for d in meta.disks:
+                if self._delete_volume(c, d.path):
+                    done.append(f"disk {d.path}")
+            return done
+
+        return self._call(f"delete VM {uuid}", delete)  # type: ignore[no-any-return]
+
+    # -- power --------------------------------------------------------------------------
+
+    def start(self, uuid: str) -> None:
+        def start(dom: Any) -> None:
+            if dom.isActive():  # CRASHED (on_crash=preserve) is still active
+                dom.destroy()
+            dom.create()
+
+        self._on_dom(uuid, f"start VM {uuid}", start)
+
+    def power_off(self, uuid: str) -> None:
+        def off(dom: Any) -> None:
+            if dom.isActive():
+                dom.destroy()
+            if dom.hasManagedSaveImage(0):
+                dom.managedSaveRemove(0)
+
+        self._on_dom(uuid, f"power off VM {uuid}", off)
+
+    def _graceful_flags(self, dom: Any) -> int:
+        lv = require_libvirt()
+        if self.is_test:
+            return 0
+        flags = lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
+        if X.has_agent_channel(self._xml(dom)) and self._agent_up(dom):
+            flags |= lv.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
+        return int(flags)
+
+    def _agent_up(self, dom: Any) -> bool:
+        """Whether the guest agent's channel is connected (read from the live XML)."""
+        root = self._xml(dom)
+        for ch in root.findall("devices/channel"):
+            tgt = ch.find("target")
+            if tgt is not None and tgt.get("name") == X.AGENT_CHANNEL:
+                return tgt.get("state") == "connected"
+        return False
+
+    def shutdown(self, uuid: str) -> None:
+        self._on_dom(
+            uuid, f"shut down VM {uuid}", lambda d: d.shutdownFlags(self._graceful_flags(d))
+        )
+
+    def reboot(self, uuid: str) -> None:
+        self._on_dom(uuid, f"reboot VM {uuid}", lambda d: d.reboot(self._graceful_flags(d)))
+
+    def reset(self, uuid: str) -> None:
+        self._on_dom(uuid, f"reset VM {uuid}", lambda d: d.reset(0))
+
+    def pause(self, uuid: str) -> None:
+        self._on_dom(uuid, f"pause VM {uuid}", lambda d: d.suspend())
+
+    def unpause(self, uuid: str) -> None:
+        self._on_dom(uuid, f"resume VM {uuid}", lambda d: d.resume())
+
+    def suspend(self, uuid: str) -> None:
+        self._on_dom(uuid, f"suspend VM {uuid}", lambda d: d.managedSave(0))
+
+    def resume_suspended(self, uuid: str) -> None:
+        def resume(dom: Any) -> None:
+            if dom.state()[0] == PMSUSPENDED:
+                dom.pMWakeup(0)
+            else:
+                dom.create()  # restores the managed-save image
+
+        self._on_dom(uuid, f"resume VM {uuid}", resume)
+
+    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *, timeout: float) -> VMInfo:
+        """Wait on libvirt's lifecycle events (re-reading the state after each one)."""
+        wanted = frozenset(states)
+        deadline = time.monotonic() + timeout
+        hub = self._hub
+        while True:
+            with hub.changed:
+                seen = hub.generation
+            info = self.get_vm(uuid)
+            if info.state in wanted:
+                return info
+            left = deadline - time.monotonic()
+            if left <= 0:
+                want = "/".join(sorted(s.value for s in wanted))
+                raise OperationTimeout(
+                    f"VM {info.name!r} is still {info.state.value} after "
+                    f"{timeout:g} s (waiting for {want})"
+                )
+            # Events for any domain wake us; a long safety bound covers an event lost while
+            # the connection was being re-opened.
+            hub.wait_change(seen, min(left, 10.0))
+
+    # -- reconfiguration ------------------------------------------------------------------
+
+    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool) -> None:
+        lv = require_libvirt()
+
+        def apply(dom: Any) -> None:
+            if live:
+                dom.setVcpusFlags(vcpus, AFFECT_LIVE | AFFECT_CONFIG)
+                return
+            maximum = dom.vcpusFlags(AFFECT_CONFIG | lv.VIR_DOMAIN_VCPU_MAXIMUM)
+            if vcpus > maximum:
+                dom.setVcpusFlags(vcpus, AFFECT_CONFIG | lv.VIR_DOMAIN_VCPU_MAXIMUM)
+            dom.setVcpusFlags(vcpus, AFFECT_CONFIG)
+
+        self._on_dom(uuid, f"set vCPUs of VM {uuid}", apply)
+
+    def set_memory(self, uuid: str, memory_mib: int, *, live: bool) -> None:
+        if live:
+            raise NotSupported(
+                "changing the memory of a running domain is not offered by the kvm driver",
+                capability=C.HOT_MEMORY,
+            )
+        kib = memory_mib * 1024
+
+        def apply(dom: Any) -> None:
+            current_max = int(dom.maxMemory())
+            if kib > current_max:
+                dom.setMaxMemory(kib)
+                dom.setMemoryFlags(kib, AFFECT_CONFIG)
+            else:
+                dom.setMemoryFlags(kib, AFFECT_CONFIG)
+                dom.setMaxMemory(kib)
+
+        self._on_dom(uuid, f"set memory of VM {uuid}", apply)
+
+    def set_resources(self, uuid: str, resources: Resources) -> None:
+        sched: dict[str, int] = {}
+        if resources.cpu_shares is not None:
+            sched["cpu_shares"] = resources.cpu_shares
+        if resources.cpu_limit_percent is not None:
+            sched["global_period"] = X.CPU_PERIOD_US
+            sched["global_quota"] = resources.cpu_limit_percent * X.CPU_PERIOD_US // 100
+        mem: dict[str, int] = {}
+        if resources.memory_limit_mib is not None:
+            mem["hard_limit"] = resources.memory_limit_mib * 1024
+
+        def apply(dom: Any) -> None:
+            # libvirt takes LIVE and CONFIG in separate calls for these tunables.
+            scopes = ([AFFECT_LIVE] if dom.isActive() else []) + [AFFECT_CONFIG]
+            for scope in scopes:
+                if sched:
+                    dom.setSchedulerParametersFlags(sched, scope)
+                if mem:
+                    dom.setMemoryParameters(mem, scope)
+
+        self._on_dom(uuid, f"set resources of VM {uuid}", apply)
+
+    # -- devices --------------------------------------------------------------------------
+
+    def _attach(self, dom: Any, xml: str, *, live: bool) -> None:
+        try:
+            dom.attachDeviceFlags(xml, AFFECT_CONFIG | (AFFECT_LIVE if live else 0))
+        except Exception as exc:
+            if live or E.code_of(exc) != E.NO_SUPPORT:
+                raise
+            root = self._xml(dom, inactive=True)
+            devs = root.find("devices")
+            assert devs is not None
+            devs.append(X.parse(xml))
+            dom.connect().defineXML(X.to_string(root))
+
+    def _detach(self, dom: Any, elem: ET.Element, *, live: bool) -> None:
+        xml = X.to_string(elem)
+        try:
+            dom.detachDeviceFlags(xml, AFFECT_CONFIG | (AFFECT_LIVE if live else 0))
+        except Exception as exc:
+            if live or E.code_of(exc) != E.NO_SUPPORT:
+                raise
+            self._redefine_without(dom, elem)
+
+    def _redefine_without(self, dom: Any, elem: ET.Element) -> None:
+        root = self._xml(dom, inactive=True)
+        devs = root.find("devices")
+        assert devs is not None
+        for child in list(devs):
+            if child.tag == elem.tag and ET.tostring(child) == ET.tostring(elem):
+                devs.remove(child)
+        dom.connect().defineXML(X.to_string(root))
+
+    def _set_meta(self, dom: Any, meta: X.Metadata, *, live: bool) -> None:
+        lv = require_libvirt()
+        flags = AFFECT_CONFIG | (AFFECT_LIVE if live else 0)
+        dom.setMetadata(
+            lv.VIR_DOMAIN_METADATA_ELEMENT, X.metadata_xml(meta), X.NS_PREFIX, X.NS, flags
+        )
+
+    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool) -> DiskInfo:
+        def add(c: Any) -> DiskInfo:
+            dom = self._dom(c, uuid)
+            root = self._xml(dom, inactive=True)
+            used = X.all_targets(root)
+            if live:
+                used += X.all_targets(self._xml(dom))
+            bus = X.resolve_bus(disk.bus, hotplug=live and not self.is_test)
+            dev = X.free_target(bus, used)
+            owned, fmt = self._create_volume(c, dom.name(), dev, disk)
+            try:
+                plan = X.DiskPlan(dev, bus, owned.path, fmt)
+                self._attach(dom, X.to_string(X.disk_element(plan, test=self.is_test)), live=live)
+                meta = X.parse_metadata(self._xml(dom, inactive=True))
+                self._set_meta(dom, meta._replace(disks=(*meta.disks, owned)), live=live)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._delete_volume(c, owned.path)
+                raise
+            return DiskInfo(
+                id=dev, size_mib=disk.size_mib, name=disk.name, path=owned.path, bus=bus
+            )
+
+        return self._call(f"add disk to VM {uuid}", add)  # type: ignore[no-any-return]
+
+    def remove_disk(self, uuid: str, disk_id: str, *, live: bool) -> None:
+        def remove(c: Any) -> None:
+            dom = self._dom(c, uuid)
+            root = self._xml(dom) if live else self._xml(dom, inactive=True)
+            found = [d for d in X.disks_of(root) if d.dev == disk_id]
+            if not found:
+                raise NotFound(f"VM {dom.name()!r} has no disk {disk_id!r}")
+            disk = found[0]
+            self._detach(dom, disk.element, live=live)
+            if live:
+                self._wait_device_gone(
+                    dom, lambda r: any(d.dev == disk_id for d in X.disks_of(r)), disk_id
+                )
+            meta = X.parse_metadata(self._xml(dom, inactive=True))
+            mine = [d for d in meta.disks if d.path == disk.path]
+            if mine:
+                self._set_meta(
+                    dom,
+                    meta._replace(disks=tuple(d for d in meta.disks if d.path != disk.path)),
+                    live=live,
+                )
+                self._delete_volume(c, disk.path or "")
+
+        self._call(f"remove disk {disk_id} from VM {uuid}", remove)
+
+    def _wait_device_gone(
+        self, dom: Any, present: Callable[[ET.Element], bool], dev: str, timeout: float = 20.0
+    ) -> None:
+        """A live detach returns once QEMU was asked; wait (on events) until it is gone."""
+        deadline = time.monotonic() + timeout
+        hub = self._hub
+        while True:
+            with hub.changed:
+                seen = hub.generation
+            if not present(self._xml(dom)):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OperationTimeout(
+                    f"device {dev} of VM {dom.name()!r} is still attached {timeout:g} s after "
+                    "the unplug request (the guest did not release it)"
+                )
+            hub.wait_change(seen, min(left, 2.0))  # woken by DEVICE_REMOVED
+
+    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool) -> NicInfo:
+        def add(c: Any) -> NicInfo:
+            dom = self._dom(c, uuid)
+            network = self._network(c, nic.network)
+            before = {n.mac for n, _ in X.nics_of(self._xml(dom, inactive=True))}
+            elem = X.nic_element(network, nic.mac, nic.model, test=self.is_test)
+            self._attach(dom, X.to_string(elem), live=live)
+            after = X.nics_of(self._xml(dom, inactive=True))
+            new = [n for n, _ in after if n.mac not in before]
+            if not new:
+                raise AlreadyExists(f"VM {dom.name()!r} already has a NIC with MAC {nic.mac}")
+            return new[-1]
+
+        return self._call(f"add NIC to VM {uuid}", add)  # type: ignore[no-any-return]
+
+    def remove_nic(self, uuid: str, nic_id: str, *, live: bool) -> None:
+        key = nic_id.lower()
+
+        def remove(c: Any) -> None:
+            dom = self._dom(c, uuid)
+            root = self._xml(dom) if live else self._xml(dom, inactive=True)
+            found = [e for n, e in X.nics_of(root) if n.id == key]
+            if not found:
+                raise NotFound(f"VM {dom.name()!r} has no NIC {nic_id!r}")
+            elem = ET.Element("interface", {"type": found[0].get("type", "network")})
+            X.sub(elem, "mac", address=key)
+            self._detach(dom, elem if not self.is_test else found[0], live=live)
+            if live:
+                self._wait_device_gone(
+                    dom, lambda r: any(n.id == key for n, _ in X.nics_of(r)), nic_id
+                )
+
+        self._call(f"remove NIC {nic_id} from VM {uuid}", remove)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def _snap_info(self, snap: Any) -> SnapshotInfo:
+        root = X.parse(snap.getXMLDesc(0))
+        state = root.findtext("state") or "shutoff"
+        created = dt.datetime.fromtimestamp(int(root.findtext("creationTime") or 0), dt.UTC)
+        memory = root.find("memory")
+        with_memory = state in ("running", "paused", "blocked") and (
+            memory is None or memory.get("snapshot") != "no"
+        )
+        ps = (
+            {"running": S.RUNNING, "blocked": S.RUNNING, "paused": S.PAUSED}.get(state, S.STOPPED)
+            if with_memory
+            else S.STOPPED
+        )
+        current = False
+        with contextlib.suppress(Exception):
+            current = bool(snap.isCurrent(0))
+        name = root.findtext("name") or snap.getName()
+        return SnapshotInfo(
+            id=name,
+            name=name,
+            created=created,
+            parent=root.findtext("parent/name"),
+            with_memory=with_memory,
+            state=ps,
+            description=root.findtext("description") or "",
+            current=current,
+        )
+
+    def create_snapshot(
+        self, uuid: str, name: str, *, memory: bool, description: str
+    ) -> SnapshotInfo:
+        def take(dom: Any) -> SnapshotInfo:
+            if dom.isActive() and not memory:
+                raise InvalidState(
+                    f"VM {dom.name()!r} is running: libvirt's internal snapshots of a "
+                    "running domain always include its memory; take it with memory=True, or "
+                    "stop the VM for a disk-only snapshot",
+                    current=S.RUNNING,
+                    allowed={S.STOPPED},
+                )
+            try:
+                dom.snapshotLookupByName(name, 0)
+            except Exception as exc:
+                if E.code_of(exc) != E.NO_DOMAIN_SNAPSHOT:
+                    raise
+            else:
+                raise AlreadyExists(f"VM {dom.name()!r} already has a snapshot named {name!r}")
+            snap = dom.snapshotCreateXML(X.snapshot_xml(name, description), 0)
+            return self._snap_info(snap)
+
+        return self._on_dom(uuid, f"snapshot VM {uuid}", take)  # type: ignore[no-any-return]
+
+    def list_snapshots(self, uuid: str) -> list[SnapshotInfo]:
+        snaps: list[SnapshotInfo] = self._on_dom(
+            uuid,
+            f"list snapshots of VM {uuid}",
+            lambda d: [self._snap_info(s) for s in d.listAllSnapshots(0)],
+        )
+        return snaps
+
+    def _snapshot(self, dom: Any, snapshot_id: str) -> Any:
+        try:
+            return dom.snapshotLookupByName(snapshot_id, 0)
+        except Exception as exc:
+            if E.code_of(exc) == E.NO_DOMAIN_SNAPSHOT:
+                raise NotFound(
+                    f"VM {dom.name()!r} has no snapshot {snapshot_id!r}",
+                    vendor_code=str(E.NO_DOMAIN_SNAPSHOT),
+                ) from exc
+            raise
+
+    def revert_snapshot(self, uuid: str, snapshot_id: str) -> None:
+        lv = require_libvirt()
+
+        def revert(dom: Any) -> None:
+            snap = self._snapshot(dom, snapshot_id)
+            try:
+                dom.revertToSnapshot(snap, 0)
+            except Exception as exc:
+                if E.code_of(exc) != E.SNAPSHOT_REVERT_RISKY:
+                    raise
+                dom.revertToSnapshot(snap, lv.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
+
+        self._on_dom(uuid, f"revert VM {uuid} to snapshot {snapshot_id!r}", revert)
+
+    def delete_snapshot(self, uuid: str, snapshot_id: str) -> None:
+        self._on_dom(
+            uuid,
+            f"delete snapshot {snapshot_id!r} of VM {uuid}",
+            lambda d: self._snapshot(d, snapshot_id).delete(0),
+        )
+
+    # -- clone and migrate ----------------------------------------------------------------
+
+    def clone_vm(self, uuid: str, name: str, *, linked: bool) -> VMInfo:
+        if linked:
+            raise NotSupported(
+                "linked clones are not offered by the kvm driver", capability=C.LINKED_CLONE
+            )
+
+        def clone(c: Any) -> VMInfo:
+            dom = self._dom(c, uuid)
+            if dom.isActive():
+                raise InvalidState(
+                    f"cannot clone VM {dom.name()!r} while it runs",
+                    current=S.RUNNING,
+                    allowed={S.STOPPED},
+                )
+            try:
+                c.lookupByName(name)
+            except Exception as exc:
+                if E.code_of(exc) != E.NO_DOMAIN:
+                    raise
+            else:
+                raise AlreadyExists(f"a VM named {name!r} already exists on {self._link.uri}")
+            root = self._xml(dom, inactive=True)
+            meta = X.parse_metadata(root)
+            name_el = root.find("name")
+            assert name_el is not None
+            name_el.text = name
+            for tag in ("uuid", "title"):
+                for el in root.findall(tag):
+                    root.remove(el)
+            for nic in root.findall("devices/interface"):
+                for el in nic.findall("mac") + nic.findall("target"):
+                    nic.remove(el)
+            owned: list[X.OwnedDisk] = []
+            try:
+                for d in X.disks_of(root):
+                    if not d.path:
+                        continue
+                    try:
+                        src = c.storageVolLookupByPath(d.path)
+                    except Exception as exc:
+                        if E.code_of(exc) == E.NO_STORAGE_VOL:
+                            raise NotSupported(
+                                f"disk {d.dev} of VM {dom.name()!r} ({d.path}) is not a "
+                                "volume of a libvirt storage pool; it cannot be copied",
+                                capability=C.CLONE,
+                            ) from exc
+                        raise
+                    pool = src.storagePoolLookupByVolume()
+                    fmt = self._vol_format(pool)
+                    suffix = ".qcow2" if fmt == "qcow2" else ".img"
+                    vol_name = f"{name}-{d.dev}-{secrets.token_hex(3)}{suffix}"
+                    size_mib = -(-int(src.info()[1]) // (1024 * 1024))
+                    vol = pool.createXMLFrom(X.volume_xml(vol_name, size_mib, fmt), src, 0)
+                    old_name = next((o.name for o in meta.disks if o.path == d.path), None)
+                    owned.append(X.OwnedDisk(vol.path(), pool.name(), vol.name(), old_name))
+                    src_el = d.element.find("source")
+                    assert src_el is not None
+                    src_el.attrib.clear()
+                    src_el.set("file", vol.path())
+                X.set_metadata(root, meta._replace(disks=tuple(owned)))
+                twin = c.defineXML(X.to_string(root))
+            except BaseException:
+                for o in owned:
+                    with contextlib.suppress(Exception):
+                        self._delete_volume(c, o.path)
+                raise
+            return self._info_of(twin)
+
+        return self._call(f"clone VM {uuid} as {name!r}", clone)  # type: ignore
+
+    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, timeout: float) -> None:
+        lv = require_libvirt()
+        if not isinstance(target, KvmDriver):
+            raise ValidationError("the target must be a kvm connection", field="target")
+        if target.is_test or self.is_test:
+            raise NotSupported(
+                "libvirt's test driver cannot migrate",
+                capability=C.MIGRATE_LIVE if live else C.MIGRATE_COLD,
+            )
+        flags = lv.VIR_MIGRATE_PERSIST_DEST | lv.VIR_MIGRATE_UNDEFINE_SOURCE
+        flags |= lv.VIR_MIGRATE_LIVE if live else lv.VIR_MIGRATE_OFFLINE
+        if self._shared_storage:
+            flags |= lv.VIR_MIGRATE_UNSAFE
+        dconn = target._link.get()
+        result: dict[str, Any] = {}
+
+        def run(c: Any) -> None:
+            dom = self._dom(c, uuid)
+            xml = dom.XMLDesc(XML_SECURE | XML_MIGRATABLE | (0 if live else XML_INACTIVE))
+            params = {lv.VIR_MIGRATE_PARAM_DEST_XML: xml}
+            done = threading.Event()
+
+            def work() -> None:
+                try:
+                    dom.migrate3(dconn, params, flags)
+                except BaseException as exc:
+                    result["error"] = exc
+                finally:
+                    done.set()
+
+            t = threading.Thread(target=work, name="vmctl-libvirt-migrate", daemon=True)
+            t.start()
+            if not done.wait(timeout):
+                with contextlib.suppress(Exception):
+                    dom.abortJob()
+                done.wait(30)
+                raise OperationTimeout(
+                    f"migrating VM {dom.name()!r} to {target.libvirt_uri} "
+                    f"did not finish within {timeout:g} s; aborted"
+                )
+            if "error" in result:
+                raise result["error"]
+
+        try:
+            self._call(f"migrate VM {uuid} to {target.libvirt_uri}", run)
+        except ValidationError:
+            raise
+        except Exception as exc:
+            cause = exc.__cause__
+            if cause is not None and E.code_of(cause) == E.MIGRATE_UNSAFE:
+                raise InvalidState(
+                    f"{exc} (the disks are on storage libvirt cannot see is shared; if the "
+                    "image directory is shared with the target, connect with "
+                    "?shared_storage=yes)",
+                    vendor_code=str(E.MIGRATE_UNSAFE),
+                ) from cause
+            raise
+
+    # -- observation ----------------------------------------------------------------------
+
+    def subscribe(self) -> EventSource:
+        self._link.get()  # make sure callbacks are registered on a live connection
+        return self._hub.subscribe()
+
+    def get_stats(self, uuids: Sequence[str]) -> dict[str, VMStats]:
+        lv = require_libvirt()
+        kinds = lv.VIR_DOMAIN_STATS_STATE
+        if not self.is_test:
+            kinds |= (
+                lv.VIR_DOMAIN_STATS_CPU_TOTAL
+                | lv.VIR_DOMAIN_STATS_BALLOON
+                | lv.VIR_DOMAIN_STATS_INTERFACE
+                | lv.VIR_DOMAIN_STATS_BLOCK
+            )
+        wanted = {u.lower() for u in uuids}
+
+        def read(c: Any) -> dict[str, VMStats]:
+            now = dt.datetime.now(dt.UTC)
+            out: dict[str, VMStats] = {}
+            for dom, st in c.getAllDomainStats(kinds, 0):
+                uuid = dom.UUIDString()
+                if uuid not in wanted:
+                    continue
+                out[uuid] = _stats(uuid, now, st)
+            missing = wanted - set(out)
+            if missing:
+                raise NotFound(f"no VM with UUID {', '.join(sorted(missing))} on {self._link.uri}")
+            return out
+
+        return self._call("stats", read)  # type: ignore[no-any-return]
+
+    def guest_info(self, uuid: str) -> GuestInfo:
+        lv = require_libvirt()
+
+        def read(dom: Any) -> GuestInfo:
+            if not dom.isActive() or dom.state()[0] != 1:
+                return GuestInfo(agent=AgentState.NOT_RUNNING)
+            ips: list[str] = []
+            agent = AgentState.NOT_RUNNING
+            hostname = os_name = None
+            if self._agent_up(dom):
+                try:
+                    ifaces = dom.interfaceAddresses(lv.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)
+                    agent = AgentState.RUNNING
+                    ips += _addresses(ifaces)
+                except Exception as exc:
+                    if E.code_of(exc) not in E.INVALID_STATE | E.NOT_SUPPORTED:
+                        raise
+                if agent is AgentState.RUNNING:
+                    with contextlib.suppress(Exception):
+                        hostname = dom.hostname(lv.VIR_DOMAIN_GET_HOSTNAME_AGENT)
+                    with contextlib.suppress(Exception):
+                        info = dom.guestInfo(lv.VIR_DOMAIN_GUEST_INFO_OS, 0)
+                        os_name = info.get("os.pretty-name") or info.get("os.name")
+            try:
+                leases = dom.interfaceAddresses(lv.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+                ips += [ip for ip in _addresses(leases) if ip not in ips]
+            except Exception as exc:
+                if E.code_of(exc) not in E.INVALID_STATE | E.NOT_SUPPORTED:
+                    raise
+            return GuestInfo(
+                ip_addresses=tuple(ips), agent=agent, hostname=hostname, os_name=os_name
+            )
+
+        return self._on_dom(uuid, f"guest info of VM {uuid}", read)  # type: ignore
+
+
+_LINK_LOCAL = re.compile(r"^(127\.|169\.254\.|::1$|fe80:)", re.I)
+
+
+def _addresses(ifaces: dict[str, Any]) -> list[str]:
+    out = []
+    for name, data in (ifaces or {}).items():
+        if name == "lo":
+            continue
+        for a in data.get("addrs") or []:
+            addr = a.get("addr")
+            if addr and not _LINK_LOCAL.match(addr) and addr not in out:
+                out.append(addr)
+    return out
+
+
+def _stats(uuid: str, now: dt.datetime, st: dict[str, Any]) -> VMStats:
+    def total(prefix: str, count_key: str, field: str) -> int | None:
+        n = st.get(count_key)
+        if n is None:
+            return None
+        return sum(int(st.get(f"{prefix}.{i}.{field}", 0)) for i in range(int(n)))
+
+    mem = None
+    if "balloon.rss" in st:
+        mem = int(st["balloon.rss"]) // 1024
+    elif "balloon.current" in st and "balloon.unused" in st:
+        mem = (int(st["balloon.current"]) - int(st["balloon.unused"])) // 1024
+    cpu = st.get("cpu.time")
+    return VMStats(
+        uuid=uuid,
+        timestamp=now,
+        cpu_time_ns=int(cpu) if cpu is not None else None,
+        memory_used_mib=mem,
+        disk_read_bytes=total("block", "block.count", "rd.bytes"),
+        disk_write_bytes=total("block", "block.count", "wr.bytes"),
+        net_rx_bytes=total("net", "net.count", "rx.bytes"),
+        net_tx_bytes=total("net", "net.count", "tx.bytes"),
+    )
