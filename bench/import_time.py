@@ -29,8 +29,12 @@ def sample(mod: str, runs: int) -> tuple[float, list[str]]:
     times = []
     loaded: list[str] = []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", PROBE.format(mod=mod)], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE.format(mod=mod)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         dt, loaded = json.loads(out)
         times.append(dt)
     return statistics.median(times), loaded
