@@ -31,7 +31,7 @@ def login(server: SimServer, originator: str = "xapisim-tests") -> Any:
     return s
 
 
-def raw(server: SimServer) -> xmlrpc.client.ServerProxy:
+def raw(server: SimServer) -> Any:
     """A plain XML-RPC proxy (no SDK re-login), for wire-level checks."""
     return xmlrpc.client.ServerProxy(server.url, transport=transport(server))
 
