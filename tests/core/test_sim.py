@@ -1,0 +1,71 @@
+"""The sim enforces what real hypervisors enforce, and persists across processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vmctl
+from vmctl import PowerState, VMSpec
+
+
+def test_host_memory_is_enforced(hv: vmctl.Hypervisor) -> None:
+    big = [hv.create_vm(VMSpec(name=f"big{i}", memory_mib=30 * 1024)) for i in range(3)]
+    big[0].start()
+    big[1].start()
+    with pytest.raises(vmctl.InsufficientResources, match="MiB free"):
+        big[2].start()
+    assert big[2].state is PowerState.STOPPED
+    big[0].suspend()  # a suspended VM gives its memory back
+    big[2].start()
+    with pytest.raises(vmctl.InsufficientResources):
+        big[0].resume()
+
+
+def test_vcpus_beyond_the_host_are_refused(hv: vmctl.Hypervisor) -> None:
+    with pytest.raises(vmctl.InsufficientResources, match="vCPUs"):
+        hv.create_vm(VMSpec(name="wide", vcpus=64))
+    assert hv.list_vms() == []
+
+
+def test_unknown_network_or_pool_leaves_nothing(hv: vmctl.Hypervisor) -> None:
+    with pytest.raises(vmctl.NotFound, match="network"):
+        hv.create_vm(VMSpec(name="n", nics=[vmctl.NicSpec(network="nope")]))
+    with pytest.raises(vmctl.NotFound, match="pool"):
+        hv.create_vm(VMSpec(name="p", disks=[vmctl.DiskSpec(size_mib=1, pool="nope")]))
+    assert hv.list_vms() == []
+
+
+def test_hosts_of_different_sites_cannot_migrate() -> None:
+    with vmctl.connect("sim://a?site=one") as a, vmctl.connect("sim://b?site=two") as b:
+        vm = a.create_vm(VMSpec(name="x"))
+        with pytest.raises(vmctl.ValidationError, match="same site"):
+            vm.migrate(b)
+
+
+def test_state_file_is_shared_between_processes(tmp_path: Path) -> None:
+    uri = f"sim://p?state={tmp_path / 'site.json'}"
+    with vmctl.connect(uri) as hv:
+        hv.create_vm(VMSpec(name="shared", vcpus=2)).start()
+    code = (
+        "import vmctl, sys; hv = vmctl.connect(sys.argv[1]); vm = hv.vm('shared'); "
+        "print(vm.info().state.value, vm.info().vcpus); vm.power_off()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, uri], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["running", "2"]
+    with vmctl.connect(uri) as hv:
+        assert hv.vm("shared").state is PowerState.STOPPED
+
+
+def test_events_are_per_host(hv: vmctl.Hypervisor, other: vmctl.Hypervisor) -> None:
+    with hv.watch() as here, other.watch() as there:
+        vm = hv.create_vm(VMSpec(name="e"))
+        assert [e.kind for e in here.drain()] == [vmctl.EventKind.CREATED]
+        assert there.drain() == []
+        vm.migrate(other)
+        assert [e.kind for e in there.drain()] == [vmctl.EventKind.MIGRATED]
