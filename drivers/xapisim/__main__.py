@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0.3,
         help="seconds after start before guest metrics (IPs) appear",
     )
+    p.add_argument("--host-memory", type=int, default=256, help="GiB of memory per host")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
     if a.host not in ("127.0.0.1", "localhost", "::1"):
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         session_timeout=a.session_timeout,
         op_delay=a.op_delay,
         guest_delay=a.guest_delay,
+        host_memory_gib=a.host_memory,
     )
     srv = SimServer(
         cfg, host=a.host, port=a.port, tls=a.tls, certfile=a.cert, keyfile=a.key, verbose=a.verbose

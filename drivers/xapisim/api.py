@@ -593,6 +593,7 @@ class Api:
                 if gm != NULL:
                     db.delete("VM_guest_metrics", gm)
                 db.link("host", h, "resident_VMs", vm, add=False)
+                db.update_host_free(h)
                 db._detach_devices(vm)
                 db.set("VM_metrics", rec["metrics"], state=[], memory_actual=0)
                 db.touch("VM", vm)
@@ -651,9 +652,13 @@ class Api:
         def body() -> str:
             rec = db.objs["VM"][vm]
             old = rec["resident_on"]
+            if host != old:
+                db.assert_fits(vm, host)
             db.link("host", old, "resident_VMs", vm, add=False)
             rec["resident_on"] = host
             db.link("host", host, "resident_VMs", vm)
+            db.update_host_free(old)
+            db.update_host_free(host)
             db.touch("VM", vm)
             return ""
 

@@ -183,6 +183,7 @@ class Config:
     session_timeout: float = 3600.0
     op_delay: float = 0.05
     guest_delay: float = 0.3
+    host_memory_gib: int = 256
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -504,8 +505,8 @@ class Database:
             name = f"xenhost{i}"
             metrics = self.new(
                 "host_metrics",
-                memory_total=256 * GiB,
-                memory_free=250 * GiB,
+                memory_total=cfg.host_memory_gib * GiB,
+                memory_free=cfg.host_memory_gib * GiB,
                 live=True,
                 last_updated=now,
             )
@@ -591,6 +592,7 @@ class Database:
                 local_cache_sr=local,
             )
             self.link("host", h, "resident_VMs", dom0)
+            self.update_host_free(h)
             hosts.append(h)
         self.new(
             "pool",
@@ -838,9 +840,35 @@ class Database:
         vm["allowed_operations"] = [op for op in LISTED_VM_OPS if self.op_error(ref, op) is None]
 
     # ------------------------------------------------------------------ lifecycle
+    @staticmethod
+    def footprint(rec: Rec) -> int:
+        """Host memory a live VM takes (memory_dynamic_max + memory_overhead)."""
+        return int(rec["memory_dynamic_max"]) + int(rec["memory_overhead"])
+
+    def host_free(self, host: str) -> int:
+        total = int(self.objs["host_metrics"][self.objs["host"][host]["metrics"]]["memory_total"])
+        used = sum(
+            self.footprint(v)
+            for v in self.objs["VM"].values()
+            if v["resident_on"] == host and v["power_state"] in ("Running", "Paused")
+        )
+        return total - used
+
+    def update_host_free(self, host: str) -> None:
+        if self.valid("host", host):
+            m = self.objs["host"][host]["metrics"]
+            self.set("host_metrics", m, memory_free=self.host_free(host), last_updated=time.time())
+
+    def assert_fits(self, vm: str, host: str) -> None:
+        """ocaml/xapi/memory_check.ml: HOST_NOT_ENOUGH_FREE_MEMORY [needed, available]."""
+        needed = self.footprint(self.objs["VM"][vm])
+        free = self.host_free(host)
+        if needed > free:
+            raise Fault("HOST_NOT_ENOUGH_FREE_MEMORY", needed, free)
+
     def _free_host(self) -> str:
-        def load(h: str) -> int:
-            return len(self.objs["host"][h]["resident_VMs"])
+        def load(h: str) -> tuple[int, int]:
+            return (-self.host_free(h), len(self.objs["host"][h]["resident_VMs"]))
 
         return min(self.hosts, key=load)
 
@@ -848,6 +876,8 @@ class Database:
         rec = self.objs["VM"][vm]
         if rec["VCPUs_at_startup"] < 1:
             raise Fault("VM_NO_VCPUS", vm)
+        if not rec["is_control_domain"]:
+            self.assert_fits(vm, host)
         self.domid += 1
         now = time.time()
         rec.update(
@@ -869,6 +899,7 @@ class Database:
             current_domain_type=rec["domain_type"],
         )
         self.link("host", host, "resident_VMs", vm)
+        self.update_host_free(host)
         for dev in rec["VBDs"] + rec["VIFs"]:
             cls = "VBD" if dev in self.objs["VBD"] else "VIF"
             self.set(
@@ -955,6 +986,7 @@ class Database:
         )
         if host != NULL:
             self.link("host", host, "resident_VMs", vm, add=False)
+            self.update_host_free(host)
         self._detach_devices(vm)
         self.touch("VM", vm)
 

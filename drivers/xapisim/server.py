@@ -228,6 +228,7 @@ def serve(
     session_timeout: float = 3600.0,
     op_delay: float = 0.05,
     guest_delay: float = 0.3,
+    host_memory_gib: int = 256,
     verbose: bool = False,
 ) -> Iterator[SimServer]:
     """Run a simulator on 127.0.0.1 for the duration of a ``with`` block."""
@@ -240,6 +241,7 @@ def serve(
         session_timeout=session_timeout,
         op_delay=op_delay,
         guest_delay=guest_delay,
+        host_memory_gib=host_memory_gib,
     )
     srv = SimServer(cfg, port=port, tls=tls, verbose=verbose).start()
     try:

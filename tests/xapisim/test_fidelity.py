@@ -720,3 +720,23 @@ def test_certificate(server: xapisim.SimServer) -> None:
     r = p.session.login_with_password("root")
     assert r["ErrorDescription"] == [
         "MESSAGE_PARAMETER_COUNT_MISMATCH", "session.login_with_password", "2", "1"]  # fmt: skip
+
+
+def test_host_memory_accounting() -> None:
+    with xapisim.serve(hosts=2, vms=1, password="pw", tls=False, host_memory_gib=8,
+                       op_delay=0.0) as srv:  # fmt: skip
+        x = login(srv).xenapi
+        hs = hosts(x)
+        m = x.host.get_metrics(hs[0])
+        free0 = int(x.host_metrics.get_memory_free(m))
+        assert free0 < 8 * 1024**3  # dom0 takes its share
+        vm = x.VM.get_by_name_label("vm-01")[0]
+        x.VM.start_on(vm, hs[0], False, False)
+        need = int(x.VM.get_memory_dynamic_max(vm)) + int(x.VM.get_memory_overhead(vm))
+        assert int(x.host_metrics.get_memory_free(m)) == free0 - need
+        x.VM.hard_shutdown(vm)
+        big = str(16 * 1024**3)
+        x.VM.set_memory_limits(vm, big, big, big, big)
+        d = failure(x.VM.start_on, vm, hs[0], False, False)
+        assert d[0] == "HOST_NOT_ENOUGH_FREE_MEMORY" and int(d[1]) > int(d[2])
+        x.session.logout()
