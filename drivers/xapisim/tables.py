@@ -324,6 +324,9 @@ _add(
     nested_virt bool
     nomigrate bool
     current_domain_type enum domain_type
+    numa_optimised bool
+    numa_nodes int
+    numa_node_memory map int int
     """,
     "other_config",
     f"{DM}: module VM_metrics",
@@ -497,6 +500,7 @@ _add(
     ipv6_configuration_mode enum vif_ipv6_configuration_mode
     ipv6_addresses set string
     ipv6_gateway string
+    trunks set int
     """,
     "other_config qos_algorithm_type qos_algorithm_params",
     f"{DM}: module VIF",
