@@ -1,7 +1,8 @@
 """The simulator's tables: classes, fields and wire types, messages, power-state rules, errors.
 
 Every fact carries a reference to where it comes from in the xapi-project/xen-api
-repository (``file: name``). The tables drive the server (record encoding, parameter counts,
+repository (``file: name``), as of commit e2ee48d6883e0b98c4d219d3f0778a10c6655607
+(2026-08-21). The tables drive the server (record encoding, parameter counts,
 power-state checks, error parameters) and the fidelity tests in ``tests/xapisim``.
 
 Type notation (as in the datamodel): ``string``, ``int`` (64-bit, a decimal string on the
