@@ -1,0 +1,187 @@
+"""The event stream: XenAPI event.from on the VM class, translated into vmctl events.
+
+The subscription starts with one event.from call with an empty token, which returns every
+VM record and a token (xapi_event.ml: "from" with token "" lists the current objects): that
+gives the prior state of each VM, so a later change is told apart exactly (power state,
+placement, configuration). Then each next_event call long-polls event.from from the token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from vmctl import Event, EventKind
+
+from . import _errors
+from ._errors import power_state
+
+if TYPE_CHECKING:
+    from ._driver import XenDriver
+
+log = logging.getLogger("vmctl.xen")
+
+#: Fields whose change is a reconfiguration (the rest change on every operation).
+CONFIG_FIELDS = (
+    "name_label",
+    "name_description",
+    "VCPUs_max",
+    "VCPUs_at_startup",
+    "VCPUs_params",
+    "memory_static_max",
+    "memory_static_min",
+    "memory_dynamic_max",
+    "memory_dynamic_min",
+    "VBDs",
+    "VIFs",
+)
+
+
+class _Seen:
+    __slots__ = ("config", "in_scope", "is_vm", "name", "resident", "snapshot_of", "state", "uuid")
+
+    def __init__(self, rec: dict[str, Any], in_scope: bool) -> None:
+        from ._driver import _is_vm
+
+        self.uuid = str(rec.get("uuid", ""))
+        self.name = str(rec.get("name_label", ""))
+        self.is_vm = _is_vm(rec)
+        self.in_scope = in_scope
+        self.state = str(rec.get("power_state", ""))
+        self.resident = str(rec.get("resident_on", ""))
+        self.snapshot_of = str(rec.get("snapshot_of", "")) if rec.get("is_a_snapshot") else ""
+        self.config = tuple(repr(rec.get(f)) for f in CONFIG_FIELDS)
+
+
+class XenEvents:
+    """An EventSource over event.from."""
+
+    def __init__(self, driver: XenDriver) -> None:
+        self._d = driver
+        self._c = driver.connection
+        self._queue: deque[Event] = deque()
+        self._seen: dict[str, _Seen] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._token = ""
+        self._sync()
+
+    def _sync(self) -> None:
+        resp = self._c.event_from(["VM"], "", 0.0)
+        self._seen = {}
+        for ev in resp.get("events", []):
+            rec = ev.get("snapshot")
+            if rec is not None:
+                self._seen[str(ev["ref"])] = _Seen(rec, self._d.in_scope(rec))
+        self._token = str(resp["token"])
+
+    def _vm_uuid(self, ref: str) -> tuple[str, str, bool] | None:
+        seen = self._seen.get(ref)
+        if seen is None or not seen.is_vm:
+            return None
+        return seen.uuid, seen.name, seen.in_scope
+
+    def _translate(self, ev: dict[str, Any]) -> list[Event]:
+        ref = str(ev.get("ref"))
+        op = ev.get("operation")
+        prev = self._seen.get(ref)
+        out: list[Event] = []
+        if op == "del":
+            self._seen.pop(ref, None)
+            if prev is None:
+                return out
+            if prev.is_vm and prev.in_scope:
+                out.append(Event(EventKind.DELETED, prev.uuid, prev.name))
+            elif prev.snapshot_of:
+                owner = self._vm_uuid(prev.snapshot_of)
+                if owner and owner[2]:
+                    out.append(
+                        Event(EventKind.SNAPSHOT, owner[0], owner[1], detail=f"deleted {prev.name}")
+                    )
+            return out
+        rec = ev.get("snapshot")
+        if rec is None:
+            return out
+        now = _Seen(rec, self._d.in_scope(rec))
+        self._seen[ref] = now
+        if now.snapshot_of:
+            if prev is None:
+                owner = self._vm_uuid(now.snapshot_of)
+                if owner and owner[2]:
+                    out.append(
+                        Event(EventKind.SNAPSHOT, owner[0], owner[1], detail=f"taken {now.name}")
+                    )
+            return out
+        if not now.is_vm:
+            return out
+        state = power_state(now.state)
+        if prev is None or not prev.is_vm:
+            if now.in_scope:
+                out.append(Event(EventKind.CREATED, now.uuid, now.name, state=state))
+            return out
+        if now.in_scope != prev.in_scope:
+            detail = "arrived" if now.in_scope else "left"
+            out.append(Event(EventKind.MIGRATED, now.uuid, now.name, state=state, detail=detail))
+            return out
+        if not now.in_scope:
+            return out
+        if now.state != prev.state:
+            out.append(
+                Event(
+                    EventKind.STATE_CHANGED, now.uuid, now.name, state=state, reason=_reason(state)
+                )
+            )
+        elif (
+            now.resident != prev.resident
+            and now.resident != "OpaqueRef:NULL"
+            and prev.resident != "OpaqueRef:NULL"
+        ):
+            out.append(
+                Event(
+                    EventKind.MIGRATED,
+                    now.uuid,
+                    now.name,
+                    state=state,
+                    detail=f"to {self._d._host_name(now.resident)}",
+                )
+            )
+        elif now.config != prev.config:
+            out.append(Event(EventKind.RECONFIGURED, now.uuid, now.name, state=state))
+        return out
+
+    def next_event(self, timeout: float) -> Event | None:
+        if self._queue:
+            return self._queue.popleft()
+        if self._closed:
+            return None
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=max(0.0, timeout))
+        while not self._closed:
+            left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
+            try:
+                resp = self._c.event_from(["VM"], self._token, max(0.0, min(left, 30.0)))
+            except Exception as exc:
+                if _errors.details(exc)[:1] == ["EVENTS_LOST"]:
+                    log.warning("XenAPI events were lost; resynchronising")
+                    self._sync()
+                    continue
+                raise _errors.from_exception("read events", exc) from exc
+            self._token = str(resp["token"])
+            for ev in resp.get("events", []):
+                self._queue.extend(self._translate(ev))
+            if self._queue:
+                return self._queue.popleft()
+            if left <= 0:
+                return None
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _reason(state: Any) -> Any:
+    from ._driver import _reason as reason
+
+    return reason(state)
