@@ -7,13 +7,12 @@ map any stray vendor exception, and wait until the target state is reached.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from . import _registry
 from ._capabilities import REQUIRED_CAPABILITIES, RESOURCE_CAPABILITIES, Capability
@@ -417,23 +416,6 @@ class EventStream:
         self.close()
 
 
-def _async(fn: Callable[..., Callable[[], T]]) -> Callable[..., Any]:
-    """Give a VM method ``wait=True`` (run now) / ``wait=False`` (return an Operation).
-
-    Checks that need no waiting (capability, state, arguments) run before either, so that
-    bad requests fail at the call, not later in the Operation.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(self: VM, *args: Any, wait: bool = True, **kwargs: Any) -> Any:
-        run = fn(self, *args, **kwargs)  # returns the deferred part after its checks
-        if wait:
-            return run()
-        return self._hv._submit(f"{fn.__name__} {self.name}", run)
-
-    return wrapper
-
-
 class VM:
     """A handle on one VM of a ``Hypervisor``. Cheap; holds the UUID and the last info."""
 
@@ -514,18 +496,15 @@ class VM:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    @_async
-    def start(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
+    def _plan_start(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
         """Power on; returns the info once RUNNING."""
         return self._request(Request.START, self._hv._driver.start, timeout)
 
-    @_async
-    def power_off(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
+    def _plan_power_off(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
         """Forced power-off (pull the plug); returns once STOPPED."""
         return self._request(Request.POWER_OFF, self._hv._driver.power_off, timeout)
 
-    @_async
-    def shutdown(
+    def _plan_shutdown(
         self, *, timeout: float | None = None, force_after: float | None = None
     ) -> Callable[[], VMInfo]:
         """Ask the guest to shut down; returns once STOPPED.
@@ -584,44 +563,39 @@ class VM:
 
         return run
 
-    @_async
-    def reboot(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
+    def _plan_reboot(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
         """Ask the guest to reboot; returns once the request is taken and it is RUNNING."""
         from .spi import GracefulPower
 
-        driver = self._hv._driver
-        call = driver.reboot if isinstance(driver, GracefulPower) else driver.start
+        driver = cast(GracefulPower, self._hv._driver)  # the capability check comes first
+        call = lambda uuid: driver.reboot(uuid)  # noqa: E731 - bound only once checked
         return self._request(Request.REBOOT, call, timeout)
 
-    @_async
-    def reset(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
+    def _plan_reset(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
         """Forced restart (press the reset button)."""
         from .spi import Resettable
 
-        driver = self._hv._driver
-        call = driver.reset if isinstance(driver, Resettable) else driver.start
+        driver = cast(Resettable, self._hv._driver)  # the capability check comes first
+        call = lambda uuid: driver.reset(uuid)  # noqa: E731 - bound only once checked
         return self._request(Request.RESET, call, timeout)
 
-    @_async
-    def pause(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
+    def _plan_pause(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
         """Stop execution, keeping memory in RAM; returns once PAUSED."""
         from .spi import Pausable
 
-        driver = self._hv._driver
-        call = driver.pause if isinstance(driver, Pausable) else driver.start
+        driver = cast(Pausable, self._hv._driver)  # the capability check comes first
+        call = lambda uuid: driver.pause(uuid)  # noqa: E731 - bound only once checked
         return self._request(Request.PAUSE, call, timeout)
 
-    @_async
-    def suspend(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
+    def _plan_suspend(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
         """Save memory to disk and stop; returns once SUSPENDED."""
         from .spi import Suspendable
 
-        driver = self._hv._driver
-        call = driver.suspend if isinstance(driver, Suspendable) else driver.start
+        driver = cast(Suspendable, self._hv._driver)  # the capability check comes first
+        call = lambda uuid: driver.suspend(uuid)  # noqa: E731 - bound only once checked
         return self._request(Request.SUSPEND, call, timeout)
 
-    @_async
-    def resume(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
+    def _plan_resume(self, *, timeout: float | None = None) -> Callable[[], VMInfo]:
         """Continue a PAUSED VM or restore a SUSPENDED one; returns once RUNNING."""
         from .spi import Pausable, Suspendable
 
@@ -644,6 +618,128 @@ class VM:
             return self._info
 
         return run
+
+    # -- the public requests: wait=True returns the VMInfo once the state is reached,
+    #    wait=False returns an Operation at once (its checks have already run).
+
+    def _dispatch(
+        self, verb: str, run: Callable[[], VMInfo], wait: bool
+    ) -> VMInfo | Operation[VMInfo]:
+        if wait:
+            return run()
+        return self._hv._submit(f"{verb} {self.name}", run)
+
+    @overload
+    def start(self, *, timeout: float | None = None, wait: Literal[True] = True) -> VMInfo: ...
+    @overload
+    def start(self, *, timeout: float | None = None, wait: Literal[False]) -> Operation[VMInfo]: ...
+    def start(
+        self, *, timeout: float | None = None, wait: bool = True
+    ) -> VMInfo | Operation[VMInfo]:
+        """Power on; returns the info once RUNNING."""
+        return self._dispatch("start", self._plan_start(timeout=timeout), wait)
+
+    @overload
+    def power_off(self, *, timeout: float | None = None, wait: Literal[True] = True) -> VMInfo: ...
+    @overload
+    def power_off(
+        self, *, timeout: float | None = None, wait: Literal[False]
+    ) -> Operation[VMInfo]: ...
+    def power_off(
+        self, *, timeout: float | None = None, wait: bool = True
+    ) -> VMInfo | Operation[VMInfo]:
+        """Forced power-off (pull the plug); returns once STOPPED."""
+        return self._dispatch("power_off", self._plan_power_off(timeout=timeout), wait)
+
+    @overload
+    def shutdown(
+        self,
+        *,
+        timeout: float | None = None,
+        force_after: float | None = None,
+        wait: Literal[True] = True,
+    ) -> VMInfo: ...
+    @overload
+    def shutdown(
+        self,
+        *,
+        timeout: float | None = None,
+        force_after: float | None = None,
+        wait: Literal[False],
+    ) -> Operation[VMInfo]: ...
+    def shutdown(
+        self,
+        *,
+        timeout: float | None = None,
+        force_after: float | None = None,
+        wait: bool = True,
+    ) -> VMInfo | Operation[VMInfo]:
+        """Ask the guest to shut down; returns once STOPPED.
+
+        Waits up to ``timeout`` seconds (default: the connection's shutdown timeout). With
+        ``force_after``, a guest still running after that many seconds is powered off, and
+        the info's reason says POWERED_OFF. Without it, a guest that does not stop in time
+        raises OperationTimeout and keeps running.
+        """
+        return self._dispatch(
+            "shutdown", self._plan_shutdown(timeout=timeout, force_after=force_after), wait
+        )
+
+    @overload
+    def reboot(self, *, timeout: float | None = None, wait: Literal[True] = True) -> VMInfo: ...
+    @overload
+    def reboot(
+        self, *, timeout: float | None = None, wait: Literal[False]
+    ) -> Operation[VMInfo]: ...
+    def reboot(
+        self, *, timeout: float | None = None, wait: bool = True
+    ) -> VMInfo | Operation[VMInfo]:
+        """Ask the guest to reboot; returns once the request is taken and it is RUNNING."""
+        return self._dispatch("reboot", self._plan_reboot(timeout=timeout), wait)
+
+    @overload
+    def reset(self, *, timeout: float | None = None, wait: Literal[True] = True) -> VMInfo: ...
+    @overload
+    def reset(self, *, timeout: float | None = None, wait: Literal[False]) -> Operation[VMInfo]: ...
+    def reset(
+        self, *, timeout: float | None = None, wait: bool = True
+    ) -> VMInfo | Operation[VMInfo]:
+        """Forced restart (press the reset button); returns once RUNNING."""
+        return self._dispatch("reset", self._plan_reset(timeout=timeout), wait)
+
+    @overload
+    def pause(self, *, timeout: float | None = None, wait: Literal[True] = True) -> VMInfo: ...
+    @overload
+    def pause(self, *, timeout: float | None = None, wait: Literal[False]) -> Operation[VMInfo]: ...
+    def pause(
+        self, *, timeout: float | None = None, wait: bool = True
+    ) -> VMInfo | Operation[VMInfo]:
+        """Stop execution, keeping memory in RAM; returns once PAUSED."""
+        return self._dispatch("pause", self._plan_pause(timeout=timeout), wait)
+
+    @overload
+    def suspend(self, *, timeout: float | None = None, wait: Literal[True] = True) -> VMInfo: ...
+    @overload
+    def suspend(
+        self, *, timeout: float | None = None, wait: Literal[False]
+    ) -> Operation[VMInfo]: ...
+    def suspend(
+        self, *, timeout: float | None = None, wait: bool = True
+    ) -> VMInfo | Operation[VMInfo]:
+        """Save memory to disk and stop; returns once SUSPENDED."""
+        return self._dispatch("suspend", self._plan_suspend(timeout=timeout), wait)
+
+    @overload
+    def resume(self, *, timeout: float | None = None, wait: Literal[True] = True) -> VMInfo: ...
+    @overload
+    def resume(
+        self, *, timeout: float | None = None, wait: Literal[False]
+    ) -> Operation[VMInfo]: ...
+    def resume(
+        self, *, timeout: float | None = None, wait: bool = True
+    ) -> VMInfo | Operation[VMInfo]:
+        """Continue a PAUSED VM or restore a SUSPENDED one; returns once RUNNING."""
+        return self._dispatch("resume", self._plan_resume(timeout=timeout), wait)
 
     def delete(self, *, force: bool = False, timeout: float | None = None) -> list[str]:
         """Delete the VM and the disks it owns; returns what was deleted.
