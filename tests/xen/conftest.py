@@ -1,0 +1,67 @@
+"""The XenAPI simulator (xapisim, a 2-host pool over HTTPS with a generated certificate) for
+the Xen driver's tests, started once per session; it must have no open session at the end."""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+import xmlrpc.client
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import vmctl
+
+xapisim = pytest.importorskip("xapisim")
+XenAPI = pytest.importorskip("XenAPI")
+
+PASSWORD = "xen-" + secrets.token_hex(8)
+NETWORK = "Pool-wide network associated with eth0"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/xen/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.xen)
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[Any]:
+    with xapisim.serve(hosts=2, vms=4, username="root", password=PASSWORD, tls=True) as server:
+        yield server
+        leaked = server.open_sessions()
+        assert leaked == 0, f"the xen tests left {leaked} XenAPI session(s) open"
+
+
+@pytest.fixture(scope="session")
+def base_uri(sim: Any) -> str:
+    return f"xen://root@127.0.0.1:{sim.port}"
+
+
+def connect(sim: Any, query: str = "", **kw: Any) -> vmctl.Hypervisor:
+    kw.setdefault("password", PASSWORD)
+    kw.setdefault("cafile", sim.cafile)
+    return vmctl.connect(f"xen://root@127.0.0.1:{sim.port}{query}", env={}, **kw)
+
+
+@pytest.fixture(scope="module")
+def hv(sim: Any) -> Iterator[vmctl.Hypervisor]:
+    with connect(sim) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def raw(sim: Any) -> Iterator[Any]:
+    """A plain XenAPI SDK session, to look at what the driver did."""
+    ctx = ssl.create_default_context(cafile=sim.cafile)
+    session = XenAPI.Session(sim.url, transport=xmlrpc.client.SafeTransport(context=ctx))
+    session.xenapi.login_with_password("root", PASSWORD, "2.21", "vmctl-tests")
+    try:
+        yield session.xenapi
+    finally:
+        session.xenapi.session.logout()
+
+
+def name(hint: str) -> str:
+    return f"xt-{hint}-{secrets.token_hex(3)}"
