@@ -204,6 +204,7 @@ class EsxDriver(
         self.timeout = params.timeouts.operation_s or 3600.0
         self.default_datastore = params.options.get("datastore")
         self._refs: dict[str, Any] = {}  # uuid -> VirtualMachine moref
+        self._seen: dict[str, str] = {}  # moid -> uuid of every VM seen (kept after delete)
         self._refs_lock = threading.Lock()
         self._view: Any = None
         self._view_generation = -1
@@ -332,6 +333,7 @@ class EsxDriver(
     def _remember(self, uuid: str, ref: Any) -> None:
         with self._refs_lock:
             self._refs[uuid] = ref
+            self._seen[_moid(ref)] = uuid
 
     def _ref(self, uuid: str) -> Any:
         """The VirtualMachine moref for ``uuid`` (cached; else SearchIndex.FindByUuid)."""
@@ -1165,6 +1167,24 @@ class EsxDriver(
         except Exception as exc:
             raise map_fault(exc, f"subscribe to events of {self.scope.name}") from exc
 
+    def _uuids_by_moid(self) -> dict[str, str]:
+        with self._refs_lock:
+            return dict(self._seen)
+
+    def _uuid_of(self, ref: Any) -> str | None:
+        """The instance UUID of a VM moref (one round trip), None if it is gone."""
+        try:
+            props = self.conn.retrieve_one(
+                ref, self.conn.vim.VirtualMachine, ("config.instanceUuid",)
+            )
+        except Exception:
+            return None
+        uuid = props.get("config.instanceUuid")
+        if not uuid:
+            return None
+        self._remember(str(uuid), ref)
+        return str(uuid)
+
     def _perf_counters(self) -> dict[str, int]:
         if self._perf is None:
             pm = self.conn.content.perfManager
@@ -1255,42 +1275,60 @@ class EsxDriver(
 
 # -- events ---------------------------------------------------------------------------------
 
-_EVENT_PATHS = (
-    "name",
-    "config.instanceUuid",
-    "runtime.powerState",
-    "runtime.host",
-    "config.hardware.numCPU",
-    "config.hardware.memoryMB",
-    "snapshot.currentSnapshot",
-)
+_EVENT_KINDS: dict[str, tuple[EventKind, PowerState | None, StateReason | None]] = {
+    "VmCreatedEvent": (EventKind.CREATED, None, None),
+    "VmClonedEvent": (EventKind.CREATED, None, None),
+    "VmRegisteredEvent": (EventKind.CREATED, None, None),
+    "VmDeployedEvent": (EventKind.CREATED, None, None),
+    "VmRemovedEvent": (EventKind.DELETED, None, None),
+    "VmPoweredOnEvent": (EventKind.STATE_CHANGED, S.RUNNING, StateReason.BOOTED),
+    "VmPoweredOffEvent": (EventKind.STATE_CHANGED, S.STOPPED, StateReason.POWERED_OFF),
+    "VmSuspendedEvent": (EventKind.STATE_CHANGED, S.SUSPENDED, StateReason.SAVED),
+    "VmResettingEvent": (EventKind.STATE_CHANGED, S.RUNNING, StateReason.BOOTED),
+    "VmReconfiguredEvent": (EventKind.RECONFIGURED, None, None),
+    "VmMigratedEvent": (EventKind.MIGRATED, None, StateReason.MIGRATED),
+    "VmRelocatedEvent": (EventKind.MIGRATED, None, StateReason.MIGRATED),
+    "DrsVmMigratedEvent": (EventKind.MIGRATED, None, StateReason.MIGRATED),
+}
+_PAGE_SIZE = 1000
 
 
 class _EventSource:
-    """VM events from WaitForUpdatesEx on a ContainerView (its own collector and view)."""
+    """VM events from the host's event log: an EventHistoryCollector whose ``latestPage`` is
+    watched with WaitForUpdatesEx on a private PropertyCollector (no polling). Events are
+    taken in key order, each once; only those of this connection's hosts are kept."""
 
     def __init__(self, driver: EsxDriver) -> None:
         self.d = driver
         conn = driver.conn
-        self.view = conn.content.viewManager.CreateContainerView(
-            container=driver.scope.view_root, type=[conn.vim.VirtualMachine], recursive=True
+        vim = conn.vim
+        entity = driver.scope.datacenter if conn.is_vcenter else conn.content.rootFolder
+        spec = vim.event.EventFilterSpec(
+            entity=vim.event.EventFilterSpec.ByEntity(entity=entity, recursion="all"),
+            eventTypeId=list(_EVENT_KINDS),
+            maxCount=_PAGE_SIZE,
         )
-        self.collector = conn.pc.CreatePropertyCollector()
-        self.collector.CreateFilter(
-            conn._filter_spec(
-                [self.view], conn.vim.VirtualMachine, _EVENT_PATHS, through_view=True
-            ),
-            partialUpdates=False,
-        )
-        self.known: dict[str, dict[str, Any]] = {}
+        self.collector = conn.content.eventManager.CreateCollectorForEvents(filter=spec)
+        self.pc = conn.pc.CreatePropertyCollector()
+        try:
+            self.pc.CreateFilter(
+                conn._filter_spec(
+                    [self.collector], vim.event.EventHistoryCollector, ("latestPage",)
+                ),
+                partialUpdates=False,
+            )
+        except BaseException:
+            self.close()
+            raise
         self.queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.version = ""
+        self.last_key = -1
         self.closed = False
-        self._poll(0)  # the baseline: every VM that exists now, no events for them
+        self._poll(0)  # the baseline: events already logged are not delivered
 
     def _poll(self, wait: int) -> None:
         pcq = self.d.conn.vmodl.query.PropertyCollector
-        update = self.collector.WaitForUpdatesEx(
+        update = self.pc.WaitForUpdatesEx(
             version=self.version, options=pcq.WaitOptions(maxWaitSeconds=wait)
         )
         baseline = not self.version
@@ -1299,67 +1337,51 @@ class _EventSource:
                 self.version = "-"
             return
         self.version = update.version
-        for obj, kind, changes in apply_update(update):
-            self._handle(_moid(obj), kind, changes, baseline)
+        events: list[Any] = []
+        for _, _, changes in apply_update(update):
+            events.extend(changes.get("latestPage") or ())
+        # An update may carry the page several times (one per change): each key once.
+        unique = {int(e.key): e for e in events if int(e.key) > self.last_key}
+        fresh = [unique[k] for k in sorted(unique)]
+        if fresh:
+            self.last_key = int(fresh[-1].key)
+        if not baseline:
+            self._deliver(fresh)
 
-    def _handle(self, moid: str, kind: str, changes: dict[str, Any], baseline: bool) -> None:
+    def _deliver(self, events: list[Any]) -> None:
         scope = self.d.scope
-        old = self.known.get(moid)
-        if kind == "leave":
-            if old is not None and moid in self.known:
-                del self.known[moid]
-                if self._in(old):
-                    self._emit(EventKind.DELETED, old)
-            return
-        new = dict(old or {})
-        new.update(changes)
-        self.known[moid] = new
-        if baseline:
-            return
-        was_in, is_in = old is not None and self._in(old), self._in(new)
-        if not is_in and not was_in:
-            return
-        if old is None or (kind == "enter" and not was_in):
-            if is_in:
-                self._emit(EventKind.CREATED, new)
-                if _state(new) is not S.STOPPED:
-                    self._emit(EventKind.STATE_CHANGED, new)
-            return
-        if was_in != is_in:
-            host = new.get("runtime.host")
-            where = scope.hosts.get(_moid(host), _moid(host)) if host is not None else "?"
-            self._emit(EventKind.MIGRATED, new, f"to {where}" if was_in else "arrived")
-            return
-        if "runtime.powerState" in changes and str(changes["runtime.powerState"]) != str(
-            old.get("runtime.powerState")
-        ):
-            self._emit(EventKind.STATE_CHANGED, new)
-        elif (
-            "runtime.host" in changes
-            and changes["runtime.host"] is not None
-            and old.get("runtime.host") is not None
-            and _moid(changes["runtime.host"]) != _moid(old["runtime.host"])
-        ):
-            self._emit(EventKind.MIGRATED, new, f"to {_moid(changes['runtime.host'])}")
-        if any(k in changes for k in ("config.hardware.numCPU", "config.hardware.memoryMB")):
-            self._emit(EventKind.RECONFIGURED, new)
-        if "snapshot.currentSnapshot" in changes:
-            self._emit(EventKind.SNAPSHOT, new, "current snapshot changed")
-
-    def _in(self, props: dict[str, Any]) -> bool:
-        host = props.get("runtime.host")
-        return host is not None and _moid(host) in self.d.scope.hosts
-
-    def _emit(self, kind: EventKind, props: dict[str, Any], detail: str = "") -> None:
-        uuid = props.get("config.instanceUuid")
-        if not uuid:
-            return
-        state = _state(props) if kind is EventKind.STATE_CHANGED else None
-        self.queue.put(
-            Event(
-                kind=kind, vm_uuid=str(uuid), vm_name=props.get("name"), state=state, detail=detail
+        by_ref = self.d._uuids_by_moid()
+        for ev in events:
+            kind = _EVENT_KINDS.get(type(ev).__name__.rsplit(".", 1)[-1])
+            if kind is None or ev.vm is None:
+                continue
+            hosts = {
+                _moid(a.host)
+                for a in (ev.host, getattr(ev, "sourceHost", None))
+                if a is not None and a.host is not None
+            }
+            if not hosts & set(scope.hosts):
+                continue
+            moid = _moid(ev.vm.vm)
+            uuid = by_ref.get(moid) or self.d._uuid_of(ev.vm.vm)
+            if uuid is None:
+                log.debug("event %s for unknown VM %s skipped", type(ev).__name__, moid)
+                continue
+            created = ev.createdTime
+            if created is not None and created.tzinfo is None:
+                created = created.replace(tzinfo=dt.UTC)
+            event_kind, state, reason = kind
+            self.queue.put(
+                Event(
+                    kind=event_kind,
+                    vm_uuid=uuid,
+                    vm_name=ev.vm.name,
+                    timestamp=created or dt.datetime.now(dt.UTC),
+                    state=state,
+                    reason=reason,
+                    detail=str(ev.fullFormattedMessage or type(ev).__name__),
+                )
             )
-        )
 
     def next_event(self, timeout: float) -> Event | None:
         deadline = time.monotonic() + max(timeout, 0.0)
@@ -1369,36 +1391,31 @@ class _EventSource:
             except queue.Empty:
                 pass
             left = deadline - time.monotonic()
-            if left <= 0 and self.version != "":
-                # one more non-blocking look, then give up
-                try:
-                    self._poll(0)
-                except Exception as exc:
-                    raise map_fault(exc, "read events") from exc
+            try:
+                self._poll(0 if left <= 0 else max(1, min(MAX_POLL_S, int(left + 0.999))))
+            except Exception as exc:
+                raise map_fault(exc, "read events") from exc
+            if time.monotonic() >= deadline:
                 try:
                     return self.queue.get_nowait()
                 except queue.Empty:
                     return None
-            try:
-                self._poll(max(1, min(MAX_POLL_S, int(left + 0.999))))
-            except Exception as exc:
-                raise map_fault(exc, "read events") from exc
-            if time.monotonic() >= deadline and self.queue.empty():
-                return None
         return None
 
     def close(self) -> None:
-        if self.closed:
+        if getattr(self, "closed", False):
             return
         self.closed = True
-        for what, call in (
-            ("collector", self.collector.DestroyPropertyCollector),
-            ("view", self.view.DestroyView),
+        for what, obj, method in (
+            ("property collector", getattr(self, "pc", None), "DestroyPropertyCollector"),
+            ("event collector", self.collector, "DestroyCollector"),
         ):
+            if obj is None:
+                continue
             try:
-                call()
+                getattr(obj, method)()
             except Exception as exc:
-                log.debug("destroying the event %s failed: %s", what, exc)
+                log.debug("destroying the %s failed: %s", what, exc)
 
 
 # -- scope ----------------------------------------------------------------------------------
