@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import threading
 import time
@@ -80,7 +79,7 @@ S = PowerState
 KNOWN_OPTIONS = {"host", "rpc_timeout"}
 OWNER_KEY = "owner"  # VBD other_config key xapi and XenCenter use for disks a VM owns
 GUEST_OS_KEY = "vmctl-guest-os"
-REPARENT_KEY = "vmctl-snapshot-reparent"
+PARENT_KEY = "vmctl-parent"
 #: Xen credit scheduler weight range (VCPUs_params:weight; xen sched_credit.c).
 WEIGHT_MIN, WEIGHT_MAX = 1, 65535
 #: How long shutdown() waits for a clean_shutdown task to fail fast before returning.
@@ -1086,31 +1085,28 @@ class XenDriver(
     # -- snapshots ------------------------------------------------------------------------
 
     @staticmethod
-    def _reparent_map(rec: dict[str, Any]) -> dict[str, str]:
-        try:
-            value = json.loads(rec.get("other_config", {}).get(REPARENT_KEY, "{}"))
-            return {str(k): str(v) for k, v in value.items()}
-        except (ValueError, AttributeError):
-            return {}
+    def _parent(rec: dict[str, Any]) -> str:
+        """A VM's or snapshot's parent: xapi's ``parent`` field, unless vmctl recorded (when
+        it deleted that parent) where it re-attaches: other_config "vmctl-parent" holds
+        "<deleted parent ref>><new parent ref>" and applies while ``parent`` still names the
+        deleted one."""
+        raw = str(rec.get("parent", NULL))
+        of, sep, to = str(rec.get("other_config", {}).get(PARENT_KEY, "")).partition(">")
+        return to if sep and of == raw else raw
 
     def _snapshots(self, ref: str, rec: dict[str, Any]) -> list[SnapshotInfo]:
         recs = {}
         for snap in rec.get("snapshots", []):
             with contextlib.suppress(NotFound):
                 recs[str(snap)] = self._call("list snapshots", "VM.get_record", snap)
-        moved = self._reparent_map(rec)
 
         def resolve(parent: str) -> str | None:
-            seen = set()
-            while parent in moved and parent not in seen:
-                seen.add(parent)
-                parent = moved[parent]
             return parent if parent in recs else None
 
-        current = resolve(str(rec.get("parent", NULL)))
+        current = resolve(self._parent(rec))
         out = []
         for sref, s in recs.items():
-            parent = resolve(str(s.get("parent", NULL)))
+            parent = resolve(self._parent(s))
             memory = s.get("power_state") == "Suspended" or s.get("suspend_VDI") not in (
                 None,
                 "",
@@ -1136,6 +1132,16 @@ class XenDriver(
     ) -> SnapshotInfo:
         ref, rec = self._vm(uuid)
         what = f"snapshot VM {rec['name_label']!r}"
+        if memory and rec.get("power_state") != "Running":
+            # xapi_vm_clone.ml: a checkpoint keeps memory only of a Running (or Suspended) VM;
+            # of a Paused one it is a disk-only snapshot.
+            state = power_state(str(rec.get("power_state")))
+            raise InvalidState(
+                f"{what}: XenAPI saves memory (VM.checkpoint) only from a "
+                f"running VM; this one is {state.value}",
+                current=state,
+                allowed={S.RUNNING},
+            )
         method = "VM.checkpoint" if memory else "VM.snapshot"
         snap = str(self._run(what, method, ref, name))
         if description:
@@ -1174,13 +1180,15 @@ class XenDriver(
         sref, snap = self._snapshot_ref(rec, snapshot_id)
         what = f"delete snapshot {snap['name_label']!r} of VM {rec['name_label']!r}"
         # xapi leaves a deleted snapshot's children (and the VM, if it was current) pointing
-        # at it: record where they re-attach, so the tree stays connected.
-        moved = self._reparent_map(rec)
-        moved[sref] = str(snap.get("parent", NULL))
-        alive = {str(r) for r in rec.get("snapshots", [])} | {ref}
-        moved = {k: v for k, v in moved.items() if k == sref or k not in alive}
-        self._call(what, "VM.remove_from_other_config", ref, REPARENT_KEY)
-        self._call(what, "VM.add_to_other_config", ref, REPARENT_KEY, json.dumps(moved))
+        # at it (VM.parent is read-only): record where they re-attach, on each of them.
+        new_parent = self._parent(snap)
+        for other in [ref, *rec.get("snapshots", [])]:
+            orec = rec if other == ref else self._call(what, "VM.get_record", other)
+            if other != sref and self._parent(orec) == sref:
+                link = f"{orec.get('parent', NULL)}>{new_parent}"
+                with contextlib.suppress(VmctlError):
+                    self._call(what, "VM.remove_from_other_config", other, PARENT_KEY)
+                self._call(what, "VM.add_to_other_config", other, PARENT_KEY, link)
         self._destroy_vm(sref, snap, what)
 
     # -- clone and migrate ----------------------------------------------------------------

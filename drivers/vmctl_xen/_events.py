@@ -8,13 +8,12 @@ placement, configuration). Then each next_event call long-polls event.from from 
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
+import queue
 import threading
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from vmctl import Event, EventKind
+from vmctl import Event, EventKind, VmctlError
 
 from . import _errors
 from ._errors import power_state
@@ -23,6 +22,10 @@ if TYPE_CHECKING:
     from ._driver import XenDriver
 
 log = logging.getLogger("vmctl.xen")
+
+#: How long one event.from call of the reader thread blocks (bounds how long a closed
+#: subscription's thread lingers).
+POLL_S = 5.0
 
 #: Fields whose change is a reconfiguration (the rest change on every operation).
 CONFIG_FIELDS = (
@@ -62,12 +65,14 @@ class XenEvents:
     def __init__(self, driver: XenDriver) -> None:
         self._d = driver
         self._c = driver.connection
-        self._queue: deque[Event] = deque()
+        self._queue: queue.Queue[Event | BaseException] = queue.Queue()
         self._seen: dict[str, _Seen] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._token = ""
         self._sync()
+        self._thread = threading.Thread(target=self._pump, name="vmctl-xen-events", daemon=True)
+        self._thread.start()
 
     def _sync(self) -> None:
         resp = self._c.event_from(["VM"], "", 0.0)
@@ -152,30 +157,46 @@ class XenEvents:
             out.append(Event(EventKind.RECONFIGURED, now.uuid, now.name, state=state))
         return out
 
-    def next_event(self, timeout: float) -> Event | None:
-        if self._queue:
-            return self._queue.popleft()
-        if self._closed:
-            return None
-        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=max(0.0, timeout))
+    def _pump(self) -> None:
+        """The reader thread: long-poll event.from and queue what it says, so that nothing
+        is coalesced away while the consumer is busy (event.from reports each object's
+        latest state: one created and deleted between two calls would never be seen)."""
         while not self._closed:
-            left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
             try:
-                resp = self._c.event_from(["VM"], self._token, max(0.0, min(left, 30.0)))
+                resp = self._c.event_from(["VM"], self._token, POLL_S)
             except Exception as exc:
+                if self._closed:
+                    return
                 if _errors.details(exc)[:1] == ["EVENTS_LOST"]:
                     log.warning("XenAPI events were lost; resynchronising")
-                    self._sync()
+                    try:
+                        self._sync()
+                    except Exception as exc2:
+                        self._queue.put(exc2)
+                        return
                     continue
-                raise _errors.from_exception("read events", exc) from exc
+                self._queue.put(exc)
+                return
             self._token = str(resp["token"])
             for ev in resp.get("events", []):
-                self._queue.extend(self._translate(ev))
-            if self._queue:
-                return self._queue.popleft()
-            if left <= 0:
-                return None
-        return None
+                for item in self._translate(ev):
+                    self._queue.put(item)
+
+    def next_event(self, timeout: float) -> Event | None:
+        try:
+            item = (
+                self._queue.get(timeout=max(0.0, timeout))
+                if timeout > 0
+                else self._queue.get_nowait()
+            )
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            self._closed = True
+            if isinstance(item, VmctlError):
+                raise item
+            raise _errors.from_exception("read events", item) from item
+        return item
 
     def close(self) -> None:
         self._closed = True

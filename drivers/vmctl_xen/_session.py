@@ -129,6 +129,8 @@ class Connection:
 
     def _relogin(self, stale: str | None) -> None:
         with self._lock:
+            if self.closed:
+                raise AuthenticationError(f"the connection to {self.url} is closed")
             if self.ref != stale:
                 return  # another thread has renewed it already
         log.info("XenAPI session on %s expired; logging in again", self.url)

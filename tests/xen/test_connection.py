@@ -27,9 +27,8 @@ def test_https_with_cafile_and_host_info(sim: Any) -> None:
 
 
 def test_session_carries_originator(sim: Any) -> None:
-    with connect(sim):
-        with sim.db.lock:
-            originators = [s.originator for s in sim.db.sessions.values()]
+    with connect(sim), sim.db.lock:
+        originators = [s.originator for s in sim.db.sessions.values()]
     assert "vmctl" in originators
 
 
@@ -63,15 +62,21 @@ def test_unknown_ca_refused(sim: Any) -> None:
 
 
 def test_insecure_warns(sim: Any) -> None:
-    with pytest.warns(UserWarning, match="verification is off"), \
-            connect(sim, cafile=None, insecure=True) as hv:
+    with (
+        pytest.warns(UserWarning, match="verification is off"),
+        connect(sim, cafile=None, insecure=True) as hv,
+    ):
         assert hv.host_info().cpus > 0
 
 
 def test_plain_http_refused_by_a_tls_server(sim: Any) -> None:
     with pytest.raises(vmctl.ConnectionError):
-        vmctl.connect(f"xen+http://root@127.0.0.1:{sim.port}", password=PASSWORD, env={},
-                      timeouts=vmctl.Timeouts(10))
+        vmctl.connect(
+            f"xen+http://root@127.0.0.1:{sim.port}",
+            password=PASSWORD,
+            env={},
+            timeouts=vmctl.Timeouts(10),
+        )
 
 
 def test_wrong_password(sim: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -91,8 +96,13 @@ def test_no_password_in_logs_reprs_or_errors(sim: Any, caplog: pytest.LogCapture
         hv.list_vms()
         with pytest.raises(vmctl.NotFound) as err:
             hv.vm("no-such-vm")
-        texts = [repr(hv), str(hv.uri), repr(hv._driver), repr(hv._driver.connection),
-                 str(err.value)]
+        texts = [
+            repr(hv),
+            str(hv.uri),
+            repr(hv._driver),
+            repr(hv._driver.connection),
+            str(err.value),
+        ]
     assert all(PASSWORD not in t for t in texts)
     assert PASSWORD not in caplog.text
 
@@ -150,12 +160,13 @@ def test_module_imports_without_sdk() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['XenAPI'] = None\n"
-            "import vmctl, vmctl_xen\n"
-            "try:\n    vmctl.connect('xen://h', password='x', env={})\n"
-            "except vmctl.DriverError as e:\n    print('DRIVER', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    code = (
+        "import sys; sys.modules['XenAPI'] = None\n"
+        "import vmctl, vmctl_xen\n"
+        "try:\n    vmctl.connect('xen://h', password='x', env={})\n"
+        "except vmctl.DriverError as e:\n    print('DRIVER', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "DRIVER" in out.stdout and "vmctl[xen]" in out.stdout, out.stderr
 
 
@@ -169,6 +180,11 @@ def test_connect_timeout_to_silent_host() -> None:
         port = s.getsockname()[1]
         t = time.monotonic()
         with pytest.raises((vmctl.OperationTimeout, vmctl.ConnectionError)):
-            vmctl.connect(f"xen://root@127.0.0.1:{port}", password="x", env={},
-                          insecure=True, timeouts=vmctl.Timeouts(2))
+            vmctl.connect(
+                f"xen://root@127.0.0.1:{port}",
+                password="x",
+                env={},
+                insecure=True,
+                timeouts=vmctl.Timeouts(2),
+            )
         assert time.monotonic() - t < 10

@@ -28,16 +28,23 @@ def test_list_is_one_round_trip_and_excludes_templates(hv: vmctl.Hypervisor, raw
     infos = hv.list_vms()
     assert drv.round_trips - before == 1
     recs = raw.VM.get_all_records()
-    real = {r["uuid"] for r in recs.values()
-            if not (r["is_a_template"] or r["is_a_snapshot"] or r["is_control_domain"])}
+    real = {
+        r["uuid"]
+        for r in recs.values()
+        if not (r["is_a_template"] or r["is_a_snapshot"] or r["is_control_domain"])
+    }
     assert {i.uuid for i in infos} == real
     assert any(r["is_a_template"] for r in recs.values())  # there were templates to leave out
     assert any(r["is_control_domain"] for r in recs.values())
 
 
 def test_create_matches_xapi_records(hv: vmctl.Hypervisor, raw: Any) -> None:
-    s = spec("create", vcpus=2, disks=[DiskSpec(size_mib=64), DiskSpec(size_mib=32, name="d2")],
-             nics=[NicSpec(network=NETWORK, mac="52:54:00:aa:bb:01")])
+    s = spec(
+        "create",
+        vcpus=2,
+        disks=[DiskSpec(size_mib=64), DiskSpec(size_mib=32, name="d2")],
+        nics=[NicSpec(network=NETWORK, mac="52:54:00:aa:bb:01")],
+    )
     vm = hv.create_vm(s)
     try:
         assert vm.info().state is S.STOPPED
@@ -167,8 +174,11 @@ def test_wait_for_state_long_polls(hv: vmctl.Hypervisor) -> None:
 
 
 def test_resources_map_to_vcpus_params_and_dynamic_min(hv: vmctl.Hypervisor, raw: Any) -> None:
-    s = spec("res", memory_mib=512, resources=Resources(cpu_shares=512, cpu_limit_percent=150,
-                                                        memory_reservation_mib=256))
+    s = spec(
+        "res",
+        memory_mib=512,
+        resources=Resources(cpu_shares=512, cpu_limit_percent=150, memory_reservation_mib=256),
+    )
     vm = hv.create_vm(s)
     ref = raw.VM.get_by_uuid(vm.uuid)
     try:
@@ -176,8 +186,11 @@ def test_resources_map_to_vcpus_params_and_dynamic_min(hv: vmctl.Hypervisor, raw
         assert raw.VM.get_memory_dynamic_min(ref) == str(256 * MiB)
         assert raw.VM.get_memory_dynamic_max(ref) == str(512 * MiB)
         res = vm.set_resources(Resources(cpu_shares=1024, memory_reservation_mib=128)).resources
-        assert (res.cpu_shares, res.cpu_limit_percent, res.memory_reservation_mib) == \
-            (1024, 150, 128)
+        assert (res.cpu_shares, res.cpu_limit_percent, res.memory_reservation_mib) == (
+            1024,
+            150,
+            128,
+        )
         assert raw.VM.get_memory_dynamic_min(ref) == str(128 * MiB)
         with pytest.raises(vmctl.ValidationError):
             vm.set_resources(Resources(cpu_shares=70000))  # beyond Xen's weight range
