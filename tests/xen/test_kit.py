@@ -1,0 +1,66 @@
+"""The conformance kit against the simulator's pool: xenhost1, with xenhost2 for migration."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import NETWORK, PASSWORD
+
+vmctl_conformance = pytest.importorskip("vmctl_conformance")
+
+#: Clauses that fail only because the simulator differs from xapi, each with the xen-api
+#: source that says what xapi does. The driver follows xapi; nothing here is worked around.
+SIM_GAPS = {
+    # A VM with nothing bootable has no guest agent and no PV drivers: xapi lists no
+    # clean_shutdown in allowed_operations and VM.assert_operation_valid fails with
+    # VM_LACKS_FEATURE (ocaml/xapi/xapi_vm_lifecycle.ml check_op_for_feature, strict) or
+    # VM_MISSING_PV_DRIVERS (older xapi: check_drivers); the driver raises InvalidState then.
+    # xapisim boots a guest with PV drivers and feature-shutdown in every VM.
+    "LIFE-SHUTDOWN-2",
+    # xapi: a snapshot's parent is the VM's parent and the VM's parent becomes the new
+    # snapshot (ocaml/xapi/xapi_vm_clone.ml copy_vm_record, "compute the parent VM");
+    # xapisim sets every copy's parent to the source VM, so snapshots form no chain.
+    "SNAP-CREATE-1",
+}
+
+
+def test_kit_against_the_simulator(sim: Any, tmp_path: Path) -> None:
+    base = f"xen://root@127.0.0.1:{sim.port}"
+    report = vmctl_conformance.run(
+        f"{base}?host=xenhost1",
+        other_uri=f"{base}?host=xenhost2",
+        env={"VMCTL_PASSWORD": PASSWORD, "VMCTL_CAFILE": sim.cafile},
+        options={
+            "network": NETWORK,
+            "boot_kernel": "/boot/guest/vmlinuz",
+            "boot_cmdline": "console=hvc0",
+        },
+        report=tmp_path / "xen-kit.md",
+    )
+    print((tmp_path / "xen-kit.md").read_text())
+    assert not report.leaked, report.leaked
+    unexpected = set(report.failed) - SIM_GAPS
+    assert not unexpected, f"{sorted(unexpected)}\n{report.output[-5000:]}"
+    fixed = SIM_GAPS - set(report.failed)
+    if fixed:
+        warnings.warn(
+            f"the simulator now passes {sorted(fixed)}: drop them from SIM_GAPS", stacklevel=1
+        )
+    results = report.results
+    for clause in (
+        "MIG-LIVE-1",
+        "MIG-COLD-1",
+        "EVT-STATE-1",
+        "EVT-LIFE-1",
+        "SNAP-MEMORY-1",
+        "LIFE-SHUTDOWN-1",
+        "GUEST-IP-1",
+        "DEV-HOTPLUG-DISK-1",
+        "CLONE-LINKED-1",
+    ):
+        assert results[clause].status == "pass", (clause, results[clause])
+    for clause in ("STATS-1", "RES-MEMORY-LIMIT-1", "RECONF-HOT-VCPUS-1"):
+        assert results[clause].status == "not-supported", (clause, results[clause])
