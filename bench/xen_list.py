@@ -25,9 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 import XenAPI
-import xapisim
 
 import vmctl
+import xapisim
 
 
 class CountingTransport(xmlrpc.client.SafeTransport):
