@@ -11,8 +11,9 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar, cast, overload
 
 from . import _registry
 from ._capabilities import REQUIRED_CAPABILITIES, RESOURCE_CAPABILITIES, Capability
@@ -68,7 +69,6 @@ log.addHandler(logging.NullHandler())
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_UNSET: Any = object()
 _POLL_START, _POLL_MAX = 0.02, 1.0
 
 
@@ -110,10 +110,15 @@ def connect(
         raise ValidationError(
             "timeouts must be a Timeouts or a number of seconds", field="timeouts"
         )
-    if username is not None:
-        check_user = URI.parse(f"x://{username}@h") if username else None
-        if check_user is None:
-            raise ValidationError("must not be empty", field="username")
+    if username is not None and (
+        not isinstance(username, str)
+        or not username
+        or any(ord(c) < 0x20 or c in "@/" for c in username)
+    ):
+        raise ValidationError(
+            "must be a non-empty string without control characters, '@' or '/'",
+            field="username",
+        )
     for key, value in options.items():
         if not isinstance(value, str):
             raise ValidationError(
@@ -129,6 +134,13 @@ def connect(
         timeouts=timeouts,
         options={**parsed.params, **options},
     )
+    if params.insecure:
+        message = (
+            f"TLS certificate verification is OFF for {parsed}: anyone on the path can "
+            "impersonate the host. Trust it with cafile= or thumbprint= instead."
+        )
+        warnings.warn(message, stacklevel=2)
+        log.warning("%s", message)
     driver_cls = _registry.load(parsed.scheme)
     log.debug("connecting to %s with driver %s", parsed, driver_cls.__name__)
     driver = _guarded(f"connect to {parsed}", driver_cls.open, params)
@@ -209,7 +221,7 @@ class Hypervisor:
         return Operation(description, self._executor.submit(fn))
 
     def _timeout(self, timeout: float | None, default: float | None) -> float:
-        value = default if timeout is _UNSET or timeout is None else timeout
+        value = default if timeout is None else timeout
         if value is None:
             return float("inf")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

@@ -66,3 +66,17 @@ def test_no_password_in_logs_or_errors(caplog: pytest.LogCaptureFixture) -> None
         assert "pw-in-logs-42" not in repr(hv) + str(err.value)
     assert caplog.records
     assert "pw-in-logs-42" not in caplog.text
+
+
+def test_insecure_mode_warns() -> None:
+    with (
+        pytest.warns(UserWarning, match="verification is OFF"),
+        vmctl.connect("sim://insecure", insecure=True),
+    ):
+        pass
+
+
+@pytest.mark.parametrize("name", ["", "a@b", "a/b", "tab\tx"])
+def test_bad_usernames(name: str) -> None:
+    with pytest.raises(vmctl.ValidationError, match="username"):
+        vmctl.connect("sim://u", username=name)
