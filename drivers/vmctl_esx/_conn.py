@@ -202,24 +202,57 @@ class Connection:
         paths: Sequence[str],
         *,
         through_view: bool = False,
-        collector: Any = None,
     ) -> list[tuple[Any, dict[str, Any]]]:
         """``[(moref, {path: value})]`` for ``objects`` (or the objects of a view), in one
         RetrievePropertiesEx plus one ContinueRetrievePropertiesEx per further page. Unset
-        properties are absent from the dict."""
+        properties are absent from the dict.
+
+        The same request also reads ``SessionManager.currentSession``: a server may answer a
+        read from an expired session with empty results (or NotAuthenticated per property)
+        instead of a fault; then the session is renewed and the read done again, once."""
         if not objects:
             return []
-        pc = collector or self.pc
+        for attempt in range(2):
+            generation = self.stub.generation
+            rows, session_ok = self._retrieve(objects, vim_type, paths, through_view)
+            if session_ok or attempt or self.stub.relogin is None:
+                if not session_ok:
+                    raise AuthenticationError(
+                        f"read from {self.where}: the session was "
+                        "refused even after logging in again"
+                    )
+                return rows
+            log.info("vSphere session expired (seen in a property read); logging in again")
+            self.stub.relogin(generation)
+        raise AssertionError("unreachable")
+
+    def _retrieve(
+        self, objects: Sequence[Any], vim_type: Any, paths: Sequence[str], through_view: bool
+    ) -> tuple[list[tuple[Any, dict[str, Any]]], bool]:
+        pcq = self.vmodl.query.PropertyCollector
+        manager = self.content.sessionManager
+        probe = pcq.FilterSpec(
+            objectSet=[pcq.ObjectSpec(obj=manager)],
+            propSet=[pcq.PropertySpec(type=self.vim.SessionManager, pathSet=["currentSession"])],
+        )
         spec = self._filter_spec(objects, vim_type, paths, through_view=through_view)
-        options = self.vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=PAGE)
+        options = pcq.RetrieveOptions(maxObjects=PAGE)
         out: list[tuple[Any, dict[str, Any]]] = []
-        result = pc.RetrievePropertiesEx(specSet=[spec], options=options)
+        session_ok = False
+        result = self.pc.RetrievePropertiesEx(specSet=[spec, probe], options=options)
         while result is not None:
             for oc in result.objects or ():
-                out.append((oc.obj, {p.name: p.val for p in oc.propSet or ()}))
+                props = {p.name: p.val for p in oc.propSet or ()}
+                if any(is_fault(m.fault, "NotAuthenticated") for m in oc.missingSet or ()):
+                    return [], False
+                if isinstance(oc.obj, self.vim.SessionManager):
+                    session_ok = props.pop("currentSession", None) is not None
+                    if vim_type is not self.vim.SessionManager:
+                        continue
+                out.append((oc.obj, props))
             token = result.token
-            result = pc.ContinueRetrievePropertiesEx(token=token) if token else None
-        return out
+            result = self.pc.ContinueRetrievePropertiesEx(token=token) if token else None
+        return out, session_ok
 
     def retrieve_one(self, obj: Any, vim_type: Any, paths: Sequence[str]) -> dict[str, Any]:
         rows = self.retrieve([obj], vim_type, paths)

@@ -1,0 +1,151 @@
+"""The vSphere API simulator (tests/hosts/esx.py) in ESX mode and in vCenter mode, started once
+per session for the esx driver's tests. At the end no session of the test user may be left.
+
+An "admin" pyvmomi connection (its own session, CA-verified) lets tests look behind the
+driver: count sessions (SessionManager.sessionList), read raw properties, and set simulator
+properties through its ``SET.<property>`` extraConfig hook (e.g. to make VMware Tools look
+like they run, which the simulator otherwise never reports).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.hosts.esx import VcsimServer, running_simulator
+
+pytest.importorskip("pyVmomi")
+from pyVim.connect import Connect, Disconnect
+from pyVmomi import vim, vmodl
+
+NETWORK = "VM Network"  # the standard port group of both simulator models
+DVPG = "DC0_DVPG0"  # the vCenter model's distributed port group
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/esx/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.esx)
+
+
+class Admin:
+    """A plain pyvmomi session on a simulator, for looking behind the driver."""
+
+    def __init__(self, srv: VcsimServer) -> None:
+        self.srv = srv
+        ctx = ssl.create_default_context(cafile=str(srv.cafile))
+        self.si: Any = Connect(
+            host=srv.host, port=srv.port, user=srv.username, pwd=srv.password, sslContext=ctx
+        )
+        self.content: Any = self.si.RetrieveContent()
+        self.key = self.content.sessionManager.currentSession.key
+
+    def close(self) -> None:
+        Disconnect(self.si)
+
+    def props(self, obj: Any, vim_type: Any, paths: list[str]) -> dict[str, Any]:
+        pcq = vmodl.query.PropertyCollector
+        spec = pcq.FilterSpec(
+            objectSet=[pcq.ObjectSpec(obj=obj)],
+            propSet=[pcq.PropertySpec(type=vim_type, pathSet=paths)],
+        )
+        result = self.content.propertyCollector.RetrievePropertiesEx(
+            specSet=[spec], options=pcq.RetrieveOptions()
+        )
+        if result is None:
+            return {}
+        return {p.name: p.val for p in result.objects[0].propSet or ()}
+
+    def other_sessions(self) -> list[str]:
+        """Sessions of the test user other than this admin session."""
+        sessions = (
+            self.props(self.content.sessionManager, vim.SessionManager, ["sessionList"]).get(
+                "sessionList"
+            )
+            or []
+        )
+        return [s.key for s in sessions if s.key != self.key]
+
+    def vm(self, uuid: str) -> Any:
+        ref = self.content.searchIndex.FindByUuid(uuid=uuid, vmSearch=True, instanceUuid=True)
+        assert ref is not None, f"no VM {uuid}"
+        return ref
+
+    def set_props(self, uuid: str, **values: str) -> None:
+        """Set VM properties in the simulator (its ``SET.<path>`` extraConfig hook)."""
+        spec = vim.vm.ConfigSpec(
+            extraConfig=[
+                vim.option.OptionValue(key=f"SET.{k.replace('__', '.')}", value=v)
+                for k, v in values.items()
+            ]
+        )
+        task = self.vm(uuid).ReconfigVM_Task(spec=spec)
+        info = self.props(task, vim.Task, ["info.state"])
+        assert str(info["info.state"]) == "success"
+
+    def host_mhz(self, host_name: str) -> int:
+        view = self.content.viewManager.CreateContainerView(
+            self.content.rootFolder, [vim.HostSystem], True
+        )
+        try:
+            for host in view.view:
+                p = self.props(host, vim.HostSystem, ["name", "summary.hardware.cpuMhz"])
+                if p["name"] == host_name:
+                    return int(p["summary.hardware.cpuMhz"])
+        finally:
+            view.DestroyView()
+        raise AssertionError(f"no host {host_name}")
+
+
+def _session_end_check(admin: Admin) -> None:
+    left = admin.other_sessions()
+    assert not left, f"the esx tests left {len(left)} vSphere session(s) open"
+
+
+@pytest.fixture(scope="session")
+def esx_sim() -> Iterator[VcsimServer]:
+    with running_simulator("esx", vms=2) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def vc_sim() -> Iterator[VcsimServer]:
+    with running_simulator("vcenter", vms=2) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def esx_admin(esx_sim: VcsimServer) -> Iterator[Admin]:
+    admin = Admin(esx_sim)
+    yield admin
+    try:
+        _session_end_check(admin)
+    finally:
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def vc_admin(vc_sim: VcsimServer) -> Iterator[Admin]:
+    admin = Admin(vc_sim)
+    yield admin
+    try:
+        _session_end_check(admin)
+    finally:
+        admin.close()
+
+
+def vc_uri(srv: VcsimServer, path: str) -> str:
+    return f"vcenter://{srv.username}@{srv.host}:{srv.port}/{path}"
+
+
+@pytest.fixture(params=["esx", "vcenter"])
+def target(request: pytest.FixtureRequest) -> tuple[VcsimServer, Admin, str]:
+    """(simulator, admin, URI) for each mode; vCenter scoped to the cluster DC0/DC0_C0."""
+    if request.param == "esx":
+        srv = request.getfixturevalue("esx_sim")
+        return srv, request.getfixturevalue("esx_admin"), srv.uri
+    srv = request.getfixturevalue("vc_sim")
+    return srv, request.getfixturevalue("vc_admin"), vc_uri(srv, "DC0/DC0_C0")
