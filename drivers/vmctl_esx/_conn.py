@@ -16,7 +16,7 @@ from typing import Any
 
 from vmctl import AuthenticationError, ConnectParams, DriverError, OperationTimeout
 
-from ._faults import is_fault, map_fault
+from ._faults import is_fault, map_fault, reraise
 from ._tls import make_context
 
 log = logging.getLogger("vmctl.esx")
@@ -106,7 +106,7 @@ class Connection:
             self.content = si.RetrieveContent()
         except Exception as exc:
             self.stub.DropConnections()
-            raise map_fault(exc, f"connect to {self.where}") from exc
+            reraise(exc, f"connect to {self.where}")
         self.pc = self.content.propertyCollector
         self.about = self.content.about
         self._login()
@@ -134,7 +134,7 @@ class Connection:
                     "was refused",
                     vendor_code="InvalidLogin",
                 ) from exc
-            raise map_fault(exc, f"log in to {self.where}") from exc
+            reraise(exc, f"log in to {self.where}")
         log.debug("logged in to %s as %r", self.where, self._username)
 
     def _relogin(self, generation: int) -> None:
@@ -356,7 +356,7 @@ class Connection:
         except OperationTimeout:
             raise
         except Exception as exc:
-            raise map_fault(exc, what) from exc
+            reraise(exc, what)
 
 
 def _apply(state: dict[str, dict[str, Any]], update: Any) -> None:

@@ -71,7 +71,7 @@ from vmctl.spi import (
 )
 
 from ._conn import MAX_POLL_S, Connection, apply_update
-from ._faults import is_fault, map_fault
+from ._faults import is_fault, reraise
 
 log = logging.getLogger("vmctl.esx")
 
@@ -284,7 +284,7 @@ class EsxDriver(
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            raise map_fault(exc, what) from exc
+            reraise(exc, what)
 
     # -- VM lookup --------------------------------------------------------------------------
 
@@ -312,7 +312,7 @@ class EsxDriver(
                     [self._vm_view()], self.conn.vim.VirtualMachine, paths, through_view=True
                 )
         except Exception as exc:
-            raise map_fault(exc, f"list VMs on {self.scope.name}") from exc
+            reraise(exc, f"list VMs on {self.scope.name}")
 
     def _in_scope(self, props: dict[str, Any]) -> bool:
         host = props.get("runtime.host")
@@ -366,7 +366,7 @@ class EsxDriver(
                     with self._refs_lock:
                         self._refs.pop(uuid, None)
                     continue
-                raise map_fault(exc, f"read VM {uuid}") from exc
+                reraise(exc, f"read VM {uuid}")
             if not props or props.get("config.template") or not self._in_scope(props):
                 raise NotFound(f"no VM with UUID {uuid} on {self.scope.name}")
             return ref, props
@@ -1158,14 +1158,14 @@ class EsxDriver(
                 f"{timeout:g} s (waiting for {want})"
             ) from None
         except Exception as exc:
-            raise map_fault(exc, f"wait for VM {info.name!r}") from exc
+            reraise(exc, f"wait for VM {info.name!r}")
         return self.get_vm(uuid)
 
     def subscribe(self) -> EventSource:
         try:
             return _EventSource(self)
         except Exception as exc:
-            raise map_fault(exc, f"subscribe to events of {self.scope.name}") from exc
+            reraise(exc, f"subscribe to events of {self.scope.name}")
 
     def _uuids_by_moid(self) -> dict[str, str]:
         with self._refs_lock:
@@ -1394,7 +1394,7 @@ class _EventSource:
             try:
                 self._poll(0 if left <= 0 else max(1, min(MAX_POLL_S, int(left + 0.999))))
             except Exception as exc:
-                raise map_fault(exc, "read events") from exc
+                reraise(exc, "read events")
             if time.monotonic() >= deadline:
                 try:
                     return self.queue.get_nowait()
@@ -1527,4 +1527,4 @@ def _resolve_scope(conn: Connection, parts: list[str]) -> _Scope:
     except (NotFound, ValidationError):
         raise
     except Exception as exc:
-        raise map_fault(exc, what) from exc
+        reraise(exc, what)

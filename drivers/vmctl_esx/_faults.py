@@ -11,7 +11,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-from typing import Any
+from typing import Any, NoReturn
 
 from vmctl import (
     AlreadyExists,
@@ -126,3 +126,10 @@ def map_fault(exc: BaseException, what: str, **extra: Any) -> VmctlError:
     if cls is InvalidState:
         return InvalidState(text, vendor_code=name, **extra)
     return cls(text, vendor_code=name)
+
+
+def reraise(exc: BaseException, what: str) -> NoReturn:
+    """Raise the vmctl error for ``exc`` (itself if it already is one), vendor fault as cause."""
+    if isinstance(exc, VmctlError):
+        raise exc
+    raise map_fault(exc, what) from exc

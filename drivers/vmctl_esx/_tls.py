@@ -113,8 +113,9 @@ def describe_tls_error(exc: BaseException) -> str | None:
         if isinstance(cur, ThumbprintMismatch):
             return str(cur)
         if isinstance(cur, ssl.SSLCertVerificationError):
+            reason = getattr(cur, "verify_message", None) or cur
             return (
-                f"the server's TLS certificate was not trusted ({cur.verify_message}); "
+                f"the server's TLS certificate was not trusted ({reason}); "
                 "give its CA with cafile= / $VMCTL_CAFILE or pin its SHA-256 thumbprint "
                 "with thumbprint= / $VMCTL_THUMBPRINT"
             )

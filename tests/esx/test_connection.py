@@ -203,10 +203,13 @@ def test_sdk_missing_names_the_extra() -> None:
     assert "pip install 'vmctl[esx]'" in out.stdout
 
 
-def test_unreachable_host() -> None:
+def test_unreachable_host(esx_sim: VcsimServer) -> None:
     with pytest.raises(vmctl.ConnectionError):
         vmctl.connect(
-            "esx://root@127.0.0.1:9", password="x", insecure=True, timeouts=vmctl.Timeouts(10)
+            "esx://root@127.0.0.1:9",
+            password="x",
+            cafile=str(esx_sim.cafile),
+            timeouts=vmctl.Timeouts(10),
         )
 
 
