@@ -19,7 +19,6 @@ import datetime as dt
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -173,6 +172,7 @@ class XenDriver(
         self.pool_uuid = ""
         self.scope: str | None = None  # host ref of ?host=NAME
         self.scope_name: str | None = None
+        self._detached: list[str] = []  # shutdown tasks left running; destroyed on close
 
     def __repr__(self) -> str:
         return f"<XenDriver {self.uri}>"
@@ -216,13 +216,7 @@ class XenDriver(
         pin = parse_thumbprint(params.thumbprint) if params.thumbprint else None
         tls = None
         if secure:
-            if params.insecure and not (params.cafile or pin):
-                msg = (
-                    f"TLS certificate verification is off for {uri} (insecure=True): "
-                    "anyone on the path can read the password"
-                )
-                warnings.warn(msg, stacklevel=4)
-                log.warning("%s", msg)
+            # insecure=True: the core has warned already (vmctl.connect).
             tls = tls_context(cafile=params.cafile, pin=pin, insecure=params.insecure)
         host = f"[{uri.host}]" if ":" in uri.host else uri.host
         port = uri.port or (443 if secure else 80)
@@ -299,6 +293,11 @@ class XenDriver(
             self._hosts = hosts
 
     def close(self) -> None:
+        with self._lock:
+            tasks, self._detached = self._detached, []
+        if not self._c.closed:
+            for task in tasks:
+                self._c.destroy_task(task)
         self._c.logout()
 
     def capabilities(self) -> frozenset[Capability]:
@@ -882,6 +881,8 @@ class XenDriver(
             self._run_task(task, what, SHUTDOWN_ASK_S)
         except OperationTimeout:
             log.debug("%s: asked the guest; the task %s runs on", what, task)
+            with self._lock:
+                self._detached.append(task)
 
     def _run_task(self, task: str, what: str, wait_s: float) -> None:
         """Wait up to ``wait_s`` for a task; if it still runs, leave it (not cancelled)."""
@@ -979,14 +980,18 @@ class XenDriver(
             self._check_weight(resources.cpu_shares)
         running = rec.get("power_state") == "Running"
         if resources.cpu_shares is not None or resources.cpu_limit_percent is not None:
+            if rec.get("power_state") != "Halted":
+                # The domain gets VCPUs_params when it is built; xapi has no live setter
+                # (xapi_vm.ml: add_to_VCPUs_params_live raises NOT_IMPLEMENTED).
+                state = power_state(str(rec.get("power_state")))
+                raise InvalidState(
+                    f"{what}: Xen applies the CPU weight and cap when the VM "
+                    f"starts; stop it first (it is {state.value})",
+                    current=state,
+                    allowed={S.STOPPED},
+                )
             params = self._vcpus_params(rec.get("VCPUs_params", {}), resources)
-            if running:
-                # Stored and applied to the running domain (xapi_vm.ml add_to_VCPUs_params_live)
-                for key in ("weight", "cap"):
-                    if key in params and params[key] != rec.get("VCPUs_params", {}).get(key):
-                        self._call(what, "VM.add_to_VCPUs_params_live", ref, key, params[key])
-            else:
-                self._call(what, "VM.set_VCPUs_params", ref, params)
+            self._call(what, "VM.set_VCPUs_params", ref, params)
         if resources.memory_reservation_mib is not None:
             dmin = resources.memory_reservation_mib * MiB
             smin, smax = _int(rec.get("memory_static_min")), _int(rec.get("memory_static_max"))

@@ -143,8 +143,9 @@ class Connection:
         for attempt in (1, 2):
             ref = self.ref
             resp = self.raw(method, ref, *args, timeout=timeout)
-            desc = resp.get("ErrorDescription") if isinstance(resp, dict) else None
-            if resp.get("Status") == "Failure" and desc and desc[0] == "SESSION_INVALID":
+            failed = isinstance(resp, dict) and resp.get("Status") == "Failure"
+            desc = resp.get("ErrorDescription") if failed else None
+            if desc and desc[0] == "SESSION_INVALID":
                 if attempt == 1:
                     self._relogin(ref)
                     continue

@@ -203,6 +203,10 @@ def test_resources_map_to_vcpus_params_and_dynamic_min(hv: vmctl.Hypervisor, raw
         vm.start()
         with pytest.raises(vmctl.NotSupported):
             vm.reconfigure(vcpus=2)
+        with pytest.raises(vmctl.InvalidState):  # no live setter for weight/cap in xapi
+            vm.set_resources(Resources(cpu_shares=256))
+        res = vm.set_resources(Resources(memory_reservation_mib=192)).resources  # live range
+        assert res.memory_reservation_mib == 192
     finally:
         vm.delete(force=True)
 
