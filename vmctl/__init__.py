@@ -6,52 +6,156 @@
 ...     vm.start()
 """
 
-from ._api import VM, EventStream, Hypervisor, connect
-from ._capabilities import REQUIRED_CAPABILITIES, Capability
-from ._config import ConnectParams, Secret, Timeouts
-from ._errors import (
-    AlreadyExists,
-    AuthenticationError,
-    BackendError,
-    Conflict,
-    ConnectionError,
-    DriverError,
-    InsufficientResources,
-    InvalidState,
-    NotFound,
-    NotSupported,
-    OperationTimeout,
-    ValidationError,
-    VmctlError,
-)
-from ._model import (
-    AgentState,
-    BootSource,
-    DiskBus,
-    DiskInfo,
-    DiskSpec,
-    Event,
-    EventKind,
-    GuestInfo,
-    GuestOS,
-    HostInfo,
-    NicInfo,
-    NicSpec,
-    Resources,
-    SnapshotInfo,
-    SnapshotNode,
-    VMConfig,
-    VMInfo,
-    VMSpec,
-    VMStats,
-)
-from ._operations import Operation, as_completed, wait_all
-from ._registry import available as available_drivers
-from ._registry import register, unregister
-from ._state import PowerState, Request, StateReason
-from ._uri import URI
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Exports load on first use (PEP 562): `import vmctl` stays cheap for tools that only need
+# the name, and the attrs models are built when something first touches them.
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "VM": ("._api", "VM"),
+    "EventStream": ("._api", "EventStream"),
+    "Hypervisor": ("._api", "Hypervisor"),
+    "connect": ("._api", "connect"),
+    "REQUIRED_CAPABILITIES": ("._capabilities", "REQUIRED_CAPABILITIES"),
+    "Capability": ("._capabilities", "Capability"),
+    "ConnectParams": ("._config", "ConnectParams"),
+    "Secret": ("._config", "Secret"),
+    "Timeouts": ("._config", "Timeouts"),
+    "AlreadyExists": ("._errors", "AlreadyExists"),
+    "AuthenticationError": ("._errors", "AuthenticationError"),
+    "BackendError": ("._errors", "BackendError"),
+    "Conflict": ("._errors", "Conflict"),
+    "ConnectionError": ("._errors", "ConnectionError"),
+    "DriverError": ("._errors", "DriverError"),
+    "InsufficientResources": ("._errors", "InsufficientResources"),
+    "InvalidState": ("._errors", "InvalidState"),
+    "NotFound": ("._errors", "NotFound"),
+    "NotSupported": ("._errors", "NotSupported"),
+    "OperationTimeout": ("._errors", "OperationTimeout"),
+    "ValidationError": ("._errors", "ValidationError"),
+    "VmctlError": ("._errors", "VmctlError"),
+    "AgentState": ("._model", "AgentState"),
+    "BootSource": ("._model", "BootSource"),
+    "DiskBus": ("._model", "DiskBus"),
+    "DiskInfo": ("._model", "DiskInfo"),
+    "DiskSpec": ("._model", "DiskSpec"),
+    "Event": ("._model", "Event"),
+    "EventKind": ("._model", "EventKind"),
+    "GuestInfo": ("._model", "GuestInfo"),
+    "GuestOS": ("._model", "GuestOS"),
+    "HostInfo": ("._model", "HostInfo"),
+    "NicInfo": ("._model", "NicInfo"),
+    "NicSpec": ("._model", "NicSpec"),
+    "Resources": ("._model", "Resources"),
+    "SnapshotInfo": ("._model", "SnapshotInfo"),
+    "SnapshotNode": ("._model", "SnapshotNode"),
+    "VMConfig": ("._model", "VMConfig"),
+    "VMInfo": ("._model", "VMInfo"),
+    "VMSpec": ("._model", "VMSpec"),
+    "VMStats": ("._model", "VMStats"),
+    "Operation": ("._operations", "Operation"),
+    "as_completed": ("._operations", "as_completed"),
+    "wait_all": ("._operations", "wait_all"),
+    "available_drivers": ("._registry", "available"),
+    "register": ("._registry", "register"),
+    "unregister": ("._registry", "unregister"),
+    "PowerState": ("._state", "PowerState"),
+    "Request": ("._state", "Request"),
+    "StateReason": ("._state", "StateReason"),
+    "URI": ("._uri", "URI"),
+}
+
+if TYPE_CHECKING:
+    from ._api import (
+        VM,
+        EventStream,
+        Hypervisor,
+        connect,
+    )
+    from ._capabilities import (
+        REQUIRED_CAPABILITIES,
+        Capability,
+    )
+    from ._config import (
+        ConnectParams,
+        Secret,
+        Timeouts,
+    )
+    from ._errors import (
+        AlreadyExists,
+        AuthenticationError,
+        BackendError,
+        Conflict,
+        ConnectionError,
+        DriverError,
+        InsufficientResources,
+        InvalidState,
+        NotFound,
+        NotSupported,
+        OperationTimeout,
+        ValidationError,
+        VmctlError,
+    )
+    from ._model import (
+        AgentState,
+        BootSource,
+        DiskBus,
+        DiskInfo,
+        DiskSpec,
+        Event,
+        EventKind,
+        GuestInfo,
+        GuestOS,
+        HostInfo,
+        NicInfo,
+        NicSpec,
+        Resources,
+        SnapshotInfo,
+        SnapshotNode,
+        VMConfig,
+        VMInfo,
+        VMSpec,
+        VMStats,
+    )
+    from ._operations import (
+        Operation,
+        as_completed,
+        wait_all,
+    )
+    from ._registry import (
+        available as available_drivers,
+    )
+    from ._registry import (
+        register,
+        unregister,
+    )
+    from ._state import (
+        PowerState,
+        Request,
+        StateReason,
+    )
+    from ._uri import (
+        URI,
+    )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'vmctl' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "REQUIRED_CAPABILITIES",

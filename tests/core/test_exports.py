@@ -9,15 +9,18 @@ import vmctl
 
 
 def test_all_is_complete_and_unique() -> None:
-    public = {n for n in dir(vmctl) if not n.startswith("_")} - {
-        "cli",
-        "demo",
-        "spi",
-        "annotations",
-    }
-    modules = {n for n in public if type(getattr(vmctl, n)).__name__ == "module"}
-    assert set(vmctl.__all__) == public - modules
+    assert set(vmctl.__all__) == set(vmctl._EXPORTS)
     assert len(vmctl.__all__) == len(set(vmctl.__all__))
+    for name in vmctl.__all__:
+        assert getattr(vmctl, name) is not None
+    assert vmctl.VMSpec.__module__ == "vmctl._model"
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vmctl.nope  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_import_loads_no_vendor_sdk_and_no_driver() -> None:
