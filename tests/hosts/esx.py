@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import ssl
@@ -46,6 +45,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
+
+from ._files import read_pids, shell_exports, shown, write_private
 
 Mode = Literal["esx", "vcenter"]
 
@@ -592,31 +593,16 @@ def env_lines(vcenter: VcsimServer, esx: VcsimServer) -> list[str]:
         "VMCTL_CAFILE": str(vcenter.cafile),
         "VMCTL_THUMBPRINT": vcenter.thumbprint,
     }
-    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
-
-
-def _read_pids() -> list[int]:
-    if not PIDS_FILE.is_file():
-        return []
-    return [int(word) for word in PIDS_FILE.read_text().split() if word.isdigit()]
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    return shell_exports(values)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    running = [pid for pid in _read_pids() if _pid_is_ours(pid)]
+    running = [pid for pid in read_pids(PIDS_FILE) if _pid_is_ours(pid)]
     if running:
         pids = " ".join(map(str, running))
         print(f"already running (PIDs {pids}); see {ENV_FILE}", file=sys.stderr)
         if ENV_FILE.is_file():
-            print(ENV_FILE.read_text(), end="")
+            print(shown(ENV_FILE.read_text()), end="")
         return 0
     build = build_launcher()
     if build.built:
@@ -639,7 +625,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     HOSTS_DIR.mkdir(parents=True, exist_ok=True)
     PIDS_FILE.write_text(f"{vcenter.pid}\n{esx.pid}\n")
     lines = env_lines(vcenter, esx)
-    _write_private(ENV_FILE, "\n".join(lines) + "\n")
+    write_private(ENV_FILE, "\n".join(lines) + "\n")
     state = {"vcenter": vcenter.to_json(), "esx": esx.to_json()}
     STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
     print(
@@ -648,12 +634,12 @@ def cmd_start(args: argparse.Namespace) -> int:
         f"({esx.vm_count} VMs); env: {ENV_FILE}",
         file=sys.stderr,
     )
-    print("\n".join(lines))
+    print(shown("\n".join(lines)))
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    pids = _read_pids()
+    pids = read_pids(PIDS_FILE)
     if not pids:
         print(f"nothing to stop ({PIDS_FILE} missing or empty)", file=sys.stderr)
         return 0
@@ -667,7 +653,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    pids = _read_pids()
+    pids = read_pids(PIDS_FILE)
     if not pids:
         print("not started")
         return 3

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 import secrets
-import shlex
 import signal
 import subprocess
 import sys
@@ -38,6 +37,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from ._files import read_pids, shell_exports, shown, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVERS = REPO_ROOT / "drivers"
@@ -224,30 +225,15 @@ def env_lines(sim: XenSim) -> list[str]:
         "VMCTL_CAFILE": sim.cafile or "",
         "VMCTL_THUMBPRINT": sim.thumbprint or "",
     }
-    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
-
-
-def _read_pids() -> list[int]:
-    if not PIDS_FILE.is_file():
-        return []
-    return [int(word) for word in PIDS_FILE.read_text().split() if word.isdigit()]
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    return shell_exports(values)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    running = [pid for pid in _read_pids() if _pid_is_ours(pid)]
+    running = [pid for pid in read_pids(PIDS_FILE) if _pid_is_ours(pid)]
     if running:
         print(f"already running (PID {running[0]}); see {ENV_FILE}", file=sys.stderr)
         if ENV_FILE.is_file():
-            print(ENV_FILE.read_text(), end="")
+            print(shown(ENV_FILE.read_text()), end="")
         return 0
     password = args.password or os.environ.get("VMCTL_PASSWORD") or secrets.token_urlsafe(12)
     sim = start_simulator(
@@ -258,16 +244,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     HOSTS_DIR.mkdir(parents=True, exist_ok=True)
     PIDS_FILE.write_text(f"{sim.pid}\n")
     lines = env_lines(sim)
-    _write_private(ENV_FILE, "\n".join(lines) + "\n")
+    write_private(ENV_FILE, "\n".join(lines) + "\n")
     STATE_FILE.write_text(json.dumps(sim.to_json(), indent=2) + "\n")
     print(f"xapisim: pid {sim.pid} {sim.url} hosts {', '.join(sim.hosts)}; env: {ENV_FILE}",
           file=sys.stderr)  # fmt: skip
-    print("\n".join(lines))
+    print(shown("\n".join(lines)))
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    pids = _read_pids()
+    pids = read_pids(PIDS_FILE)
     if not pids:
         print(f"nothing to stop ({PIDS_FILE} missing or empty)", file=sys.stderr)
         return 0
@@ -280,7 +266,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    pids = _read_pids()
+    pids = read_pids(PIDS_FILE)
     if not pids:
         print("not started")
         return 3
