@@ -73,7 +73,7 @@ from vmctl.spi import (
 from . import _errors as E
 from . import _xml as X
 from ._link import EventHub, Link, ensure_event_loop, require_libvirt
-from ._state import PMSUSPENDED, SHUTOFF, to_power_state
+from ._state import CRASHED, PMSUSPENDED, SHUTOFF, to_power_state
 
 S = PowerState
 C = Capability
@@ -267,12 +267,14 @@ class KvmDriver(
             # domain, and has no scheduler tunables or device hot-plug.
             caps |= {C.MEMORY_LIMIT}
         else:
+            # Not HOTPLUG_NIC: a virtio NIC is a PCI device, and QEMU releases a PCI device
+            # only when the guest OS acknowledges the unplug (ACPI eject); a guest without an
+            # OS never does. Hot-plugged disks go on virtio-scsi, which needs no guest consent.
             caps |= {
                 C.SHUTDOWN,
                 C.CPU_SHARES,
                 C.CPU_LIMIT,
                 C.HOTPLUG_DISK,
-                C.HOTPLUG_NIC,
                 C.GUEST_INFO,
                 C.MIGRATE_LIVE,
                 C.MIGRATE_COLD,
@@ -590,7 +592,7 @@ class KvmDriver(
 
     def start(self, uuid: str) -> None:
         def start(dom: Any) -> None:
-            if dom.isActive():  # CRASHED (on_crash=preserve) is still active
+            if dom.state()[0] == CRASHED:  # on_crash=preserve: still active, off first
                 dom.destroy()
             dom.create()
 
@@ -863,9 +865,7 @@ class KvmDriver(
             found = [e for n, e in X.nics_of(root) if n.id == key]
             if not found:
                 raise NotFound(f"VM {dom.name()!r} has no NIC {nic_id!r}")
-            elem = ET.Element("interface", {"type": found[0].get("type", "network")})
-            X.sub(elem, "mac", address=key)
-            self._detach(dom, elem if not self.is_test else found[0], live=live)
+            self._detach(dom, found[0], live=live)
             if live:
                 self._wait_device_gone(
                     dom, lambda r: any(n.id == key for n, _ in X.nics_of(r)), nic_id

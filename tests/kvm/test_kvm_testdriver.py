@@ -1,0 +1,95 @@
+"""The KVM driver on libvirt's own test driver (test:///...): an in-process fake hypervisor
+written by libvirt, so these run without libvirtd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import vmctl
+from tests.kvm.kvm_helpers import PREFIX, count_calls, write_node_xml
+from vmctl import DiskSpec, EventKind, NicSpec, PowerState, Resources, StateReason, VMSpec
+
+S = PowerState
+
+
+def test_lifecycle_and_state_reasons(test_hv: vmctl.Hypervisor) -> None:
+    vm = test_hv.create_vm(
+        VMSpec(
+            name=PREFIX + "life",
+            vcpus=1,
+            memory_mib=128,
+            disks=[DiskSpec(size_mib=32)],
+            nics=[NicSpec(network="default")],
+        )
+    )
+    assert vm.info().state is S.STOPPED
+    assert vm.start().reason is StateReason.BOOTED
+    assert vm.pause().state is S.PAUSED
+    assert {i.uuid: i.state for i in test_hv.list_vms()}[vm.uuid] is S.PAUSED
+    assert vm.resume().state is S.RUNNING
+    suspended = vm.suspend()
+    assert (suspended.state, suspended.reason) == (S.SUSPENDED, StateReason.SAVED)
+    assert {i.uuid: i.state for i in test_hv.list_vms()}[vm.uuid] is S.SUSPENDED
+    assert vm.resume().state is S.RUNNING
+    off = vm.power_off()
+    assert (off.state, off.reason) == (S.STOPPED, StateReason.POWERED_OFF)
+    deleted = vm.delete()
+    assert deleted[0].startswith(f"vm {PREFIX}life") and any("disk" in d for d in deleted)
+    with pytest.raises(vmctl.NotFound):
+        vm.info()
+
+
+def test_events_come_from_libvirt(test_hv: vmctl.Hypervisor) -> None:
+    with test_hv.watch(timeout=10) as events:
+        vm = test_hv.create_vm(VMSpec(name=PREFIX + "events", memory_mib=64))
+        vm.start()
+        vm.power_off()
+        vm.delete()
+        got = []
+        for e in events:  # delivered by libvirt's event loop thread, in order
+            if e.vm_uuid == vm.uuid:
+                got.append((e.kind, e.state))
+            if e.kind is EventKind.DELETED:
+                break
+    assert got == [
+        (EventKind.CREATED, S.STOPPED),
+        (EventKind.STATE_CHANGED, S.RUNNING),
+        (EventKind.STATE_CHANGED, S.STOPPED),
+        (EventKind.DELETED, None),
+    ]
+
+
+def test_memory_limit_and_unsupported_controls(test_hv: vmctl.Hypervisor) -> None:
+    vm = test_hv.create_vm(VMSpec(name=PREFIX + "res", memory_mib=128))
+    try:
+        assert vm.set_resources(Resources(memory_limit_mib=512)).resources.memory_limit_mib == 512
+        with pytest.raises(vmctl.NotSupported) as err:
+            vm.set_resources(Resources(cpu_shares=100))
+        assert err.value.capability is vmctl.Capability.CPU_SHARES
+    finally:
+        vm.delete()
+
+
+@pytest.mark.parametrize("count", [300])
+def test_inventory_takes_two_calls(tmp_path: Path, count: int) -> None:
+    node = write_node_xml(tmp_path / "node.xml", count)
+    with vmctl.connect(f"test://{node}") as h:
+        with count_calls() as calls:
+            infos = h.list_vms()
+        assert len(infos) == count
+        assert sum(calls.values()) <= 2, calls
+        states = {i.state for i in infos}
+        assert states == {S.RUNNING, S.PAUSED, S.STOPPED}
+
+
+def test_kit_on_test_driver(tmp_path: Path) -> None:
+    from vmctl_conformance import run
+
+    report = run("test:///default", report=tmp_path / "kit-test.md")
+    assert not report.failed, report.output[-3000:]
+    assert not report.leaked
+    statuses = {cid: r.status for cid, r in report.results.items()}
+    assert statuses["LIFE-SUSPEND-1"] == "pass"
+    assert statuses["LIFE-SHUTDOWN-1"] == "not-supported"

@@ -1,0 +1,101 @@
+"""The KVM driver's translation tables: URIs, states and reasons, errors (libvirt's test
+driver supplies real libvirtError objects)."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+
+import pytest
+
+import vmctl
+from vmctl import URI, ConnectParams, PowerState, StateReason
+from vmctl_kvm import KvmDriver, libvirt_uri
+from vmctl_kvm._state import to_power_state
+
+S, R = PowerState, StateReason
+
+
+def _params(uri: str, **options: str) -> ConnectParams:
+    parsed = URI.parse(uri)
+    return ConnectParams(uri=parsed, options={**parsed.params, **options})
+
+
+@pytest.mark.parametrize(
+    ("uri", "want"),
+    [
+        ("qemu:///system", "qemu:///system"),
+        ("qemu:///system?pool=p&network=n&type=qemu&shared_storage=yes", "qemu:///system"),
+        (
+            "qemu+ssh://admin@kvm1.example.com/system?keyfile=/k&pool=x",
+            "qemu+ssh://admin@kvm1.example.com/system?keyfile=%2Fk",
+        ),
+        ("qemu+tcp://10.0.0.2:16509/system", "qemu+tcp://10.0.0.2:16509/system"),
+        ("test:///default", "test:///default"),
+        ("test:///tmp/node.xml", "test:///tmp/node.xml"),
+    ],
+)
+def test_libvirt_uri_drops_vmctl_options(uri: str, want: str) -> None:
+    assert libvirt_uri(_params(uri)) == want
+
+
+def test_unknown_option_and_scheme_refused() -> None:
+    with pytest.raises(vmctl.ValidationError, match="unknown kvm option"):
+        libvirt_uri(_params("qemu:///system?colour=red"))
+    with pytest.raises(vmctl.ValidationError):
+        libvirt_uri(_params("xen:///system"))
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "saved", "want"),
+    [
+        (1, 1, False, (S.RUNNING, R.BOOTED)),
+        (2, 0, False, (S.RUNNING, R.UNKNOWN)),  # BLOCKED is RUNNING
+        (3, 1, False, (S.PAUSED, R.USER)),  # PAUSED stays PAUSED
+        (3, 2, False, (S.PAUSED, R.MIGRATED)),  # paused by an outgoing migration
+        (3, 3, False, (S.PAUSED, R.SAVED)),  # paused while a save runs
+        (5, 0, True, (S.SUSPENDED, R.SAVED)),  # SHUTOFF + managed save image
+        (5, 1, False, (S.STOPPED, R.SHUTDOWN)),
+        (5, 2, False, (S.STOPPED, R.POWERED_OFF)),  # destroyed
+        (5, 3, False, (S.STOPPED, R.CRASHED)),
+        (5, 4, False, (S.STOPPED, R.MIGRATED)),
+        (5, 5, False, (S.STOPPED, R.SAVED)),
+        (6, 1, False, (S.CRASHED, R.CRASHED)),
+        (7, 0, False, (S.SUSPENDED, R.USER)),  # PMSUSPENDED
+        (0, 0, False, (S.UNKNOWN, R.UNKNOWN)),
+    ],
+)
+def test_state_and_reason_mapping(
+    state: int, reason: int, saved: bool, want: tuple[PowerState, StateReason]
+) -> None:
+    assert to_power_state(state, reason, saved) == want
+
+
+def test_errors_mapped_by_code_with_cause() -> None:
+    pytest.importorskip("libvirt")
+    import libvirt
+
+    driver = KvmDriver.open(_params("test:///default"))
+    try:
+        with pytest.raises(vmctl.NotFound) as err:
+            driver.get_vm(str(uuidlib.uuid4()))
+        assert isinstance(err.value.__cause__, libvirt.libvirtError)
+        assert err.value.vendor_code == str(libvirt.VIR_ERR_NO_DOMAIN)
+        info = driver.create_vm(vmctl.VMSpec(name="vmctl-kvmtest-err", memory_mib=64))
+        try:
+            with pytest.raises(vmctl.InvalidState) as err2:
+                driver.set_vcpus(info.uuid, 2, live=True)  # "domain is not running"
+            assert err2.value.vendor_code == str(libvirt.VIR_ERR_OPERATION_INVALID)
+            assert isinstance(err2.value.__cause__, libvirt.libvirtError)
+            with pytest.raises(vmctl.AlreadyExists):
+                driver.create_vm(vmctl.VMSpec(name="vmctl-kvmtest-err", memory_mib=64))
+        finally:
+            driver.delete_vm(info.uuid)
+    finally:
+        driver.close()
+
+
+def test_unreachable_host_is_connection_error() -> None:
+    pytest.importorskip("libvirt")
+    with pytest.raises(vmctl.ConnectionError) as err:
+        vmctl.connect("qemu+tcp://127.0.0.1:9/system", timeouts=vmctl.Timeouts(connect=10))
+    assert err.value.vendor_code in {"38", "39"}  # system error / RPC on connect
