@@ -860,9 +860,12 @@ class XenDriver(
             self._c.call("VM.assert_operation_valid", ref, op)
         except Exception as exc:
             err = _errors.from_exception(f"{verb} VM {rec['name_label']!r}", exc)
-            if isinstance(err, InvalidState):
+            why = {"OPERATION_BLOCKED": f"{op} is blocked on this VM (blocked_operations)"}.get(
+                str(err.vendor_code), "no PV drivers or guest agent"
+            )
+            if isinstance(err, InvalidState) or err.vendor_code == "OPERATION_BLOCKED":
                 err = InvalidState(
-                    f"{err}: the guest cannot be asked to {verb} (no PV drivers or guest agent)",
+                    f"{err}: the guest cannot be asked to {verb} ({why})",
                     current=S.RUNNING,
                     allowed={S.RUNNING},
                     vendor_code=err.vendor_code,

@@ -225,3 +225,28 @@ def test_guest_info_from_guest_metrics(hv: vmctl.Hypervisor) -> None:
         assert info.os_name
     finally:
         vm.delete(force=True)
+
+
+def test_guest_that_cannot_be_asked_then_force(sim: Any, hv: vmctl.Hypervisor, raw: Any) -> None:
+    # xapi leaves clean_shutdown out of allowed_operations when the guest cannot do it; a
+    # blocked operation is the way to get that on the simulator (its guests all have PV
+    # drivers). The driver asks xapi why and raises InvalidState; force_after powers off.
+    # (VM.add_to_blocked_operations is RW in datamodel_vm.ml but not served by xapisim, so
+    # the test sets the field in the simulator's database.)
+    vm = hv.create_vm(spec("blocked"))
+    ref = raw.VM.get_by_uuid(vm.uuid)
+    try:
+        vm.start()
+        with sim.db.lock:
+            sim.db.objs["VM"][ref]["blocked_operations"]["clean_shutdown"] = "test"
+            sim.db.touch("VM", ref)
+        assert "clean_shutdown" not in raw.VM.get_allowed_operations(ref)
+        with pytest.raises(vmctl.InvalidState) as err:
+            vm.shutdown(timeout=3)
+        assert err.value.vendor_code == "OPERATION_BLOCKED"
+        assert vm.info().state is S.RUNNING
+        t = time.monotonic()
+        assert vm.shutdown(timeout=30, force_after=10).state is S.STOPPED
+        assert time.monotonic() - t < 5  # forced at once: the guest could not be asked
+    finally:
+        vm.delete(force=True)
