@@ -273,7 +273,10 @@ class EsxDriver(
         self.conn.close()
 
     def capabilities(self) -> frozenset[Capability]:
-        return CAPABILITIES
+        if self.conn.is_vcenter:
+            return CAPABILITIES
+        # A standalone ESX host cannot move VMs anywhere: that takes a vCenter.
+        return CAPABILITIES - {Capability.MIGRATE_LIVE, Capability.MIGRATE_COLD}
 
     @property
     def round_trips(self) -> int:

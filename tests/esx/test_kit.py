@@ -1,0 +1,82 @@
+"""The conformance kit against the simulator: ESX mode, and vCenter mode with two hosts of the
+cluster (host-scoped URIs) so that migration is exercised."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tests.hosts.esx import VcsimServer
+
+from .conftest import NETWORK, Admin, vc_uri
+
+vmctl_conformance = pytest.importorskip("vmctl_conformance")
+
+#: Clauses that fail for reasons outside the driver, each with the reason. The driver follows
+#: real vSphere; nothing here is worked around.
+KNOWN = {
+    # govmomi 0.24 simulator, snapshot.go RevertToSnapshotTask: it only moves
+    # snapshot.currentSnapshot; it restores neither the configuration nor the power state
+    # (real vSphere restores both, and powers on for a snapshot taken with memory).
+    "SNAP-REVERT-1": "simulator: revert does not restore the configuration",
+    "SNAP-MEMORY-1": "simulator: revert to a memory snapshot does not power the VM on",
+    # The kit reboots a VM that has no OS (no boot option can be given for the simulator)
+    # and expects RUNNING. vSphere asks the guest through VMware Tools; without them the
+    # driver raises InvalidState ("VMware Tools are not running"), as the SPI asks (real
+    # ESX answers ToolsUnavailable; the simulator has no RebootGuest at all).
+    "LIFE-REBOOT-1": "kit: reboot of a VM without OS/tools; vSphere cannot ask it",
+}
+OPTIONS = {"network": NETWORK, "op_timeout": "20"}
+
+
+def _check(report: object, label: str) -> None:
+    assert not report.leaked, report.leaked  # type: ignore[attr-defined]
+    failed = set(report.failed)  # type: ignore[attr-defined]
+    unexpected = failed - set(KNOWN)
+    assert not unexpected, f"{label}: {sorted(unexpected)}\n{report.output[-6000:]}"  # type: ignore[attr-defined]
+    fixed = set(KNOWN) - failed
+    if fixed:
+        warnings.warn(f"{label}: now passes {sorted(fixed)}: drop them from KNOWN", stacklevel=1)
+
+
+def test_kit_esx_mode(esx_sim: VcsimServer, esx_admin: Admin, tmp_path: Path) -> None:
+    report = vmctl_conformance.run(
+        esx_sim.uri,
+        env={"VMCTL_PASSWORD": esx_sim.password, "VMCTL_CAFILE": str(esx_sim.cafile)},
+        options=OPTIONS,
+        report=tmp_path / "esx-kit.md",
+    )
+    print((tmp_path / "esx-kit.md").read_text())
+    _check(report, "esx")
+    results = report.results
+    for clause in (
+        "EVT-LIFE-1",
+        "EVT-STATE-1",
+        "LIFE-SUSPEND-1",
+        "SNAP-CREATE-1",
+        "CLONE-FULL-1",
+        "RES-CPU-RESERVATION-1",
+        "STATS-1",
+        "LIFE-SHUTDOWN-2",
+    ):
+        assert results[clause].status == "pass", (clause, results[clause])
+    for clause in ("LIFE-PAUSE-1", "CLONE-LINKED-1", "RECONF-HOT-VCPUS-1", "MIG-LIVE-1"):
+        assert results[clause].status == "not-supported", (clause, results[clause])
+    assert not esx_admin.other_sessions()
+
+
+def test_kit_vcenter_mode(vc_sim: VcsimServer, vc_admin: Admin, tmp_path: Path) -> None:
+    report = vmctl_conformance.run(
+        vc_uri(vc_sim, "DC0/DC0_C0/DC0_C0_H0"),
+        other_uri=vc_uri(vc_sim, "DC0/DC0_C0/DC0_C0_H1"),
+        env={"VMCTL_PASSWORD": vc_sim.password, "VMCTL_THUMBPRINT": vc_sim.thumbprint},
+        options=OPTIONS,
+        report=tmp_path / "vcenter-kit.md",
+    )
+    print((tmp_path / "vcenter-kit.md").read_text())
+    _check(report, "vcenter")
+    for clause in ("MIG-LIVE-1", "MIG-COLD-1", "EVT-LIFE-1", "LIFE-CREATE-1"):
+        assert report.results[clause].status == "pass", (clause, report.results[clause])
+    assert not vc_admin.other_sessions()
