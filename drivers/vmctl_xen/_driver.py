@@ -255,10 +255,9 @@ class XenDriver(
                 # A pool member answers with its master's address: follow it once.
                 scheme, _, rest = url.partition("://")
                 port = rest.rsplit(":", 1)[1]
-                conn.url = f"{scheme}://{desc[1]}:{port}"
+                master = f"[{desc[1]}]" if ":" in desc[1] else desc[1]
                 log.info("%s is a pool member; its master is %s", url, desc[1])
-                conn.logout()
-                conn.closed = False
+                conn.retarget(f"{scheme}://{master}:{port}")
                 conn.login()
                 return
             raise
@@ -1320,10 +1319,14 @@ class XenDriver(
                 )
             with self._mapped(f"wait for VM {uuid}"):
                 resp = self._c.event_from([f"VM/{ref}"], token, max(0.0, min(left, 30.0)))
-            token = str(resp["token"])
-            for ev in resp.get("events", []):
-                if ev.get("ref") != ref:
-                    continue
+            first, token = not token, str(resp["token"])
+            events = [ev for ev in resp.get("events", []) if ev.get("ref") == ref]
+            if first and not events:
+                # The first call (empty token) returns the object if it exists.
+                with self._lock:
+                    self._vm_refs.pop(uuid, None)
+                raise NotFound(f"no VM with UUID {uuid} in the pool at {self.uri.host}")
+            for ev in events:
                 if ev.get("operation") == "del":
                     raise NotFound(f"VM {uuid} was deleted while waiting for it")
                 last = self._info(ev["snapshot"])

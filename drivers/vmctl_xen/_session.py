@@ -156,6 +156,17 @@ class Connection:
             return unwrap(resp)
         raise AssertionError("unreachable")
 
+    def retarget(self, url: str) -> None:
+        """Talk to ``url`` from now on (a pool member named its master): new transports."""
+        with self._lock:
+            proxies, self._proxies = self._proxies, []
+        for proxy in proxies:
+            with contextlib.suppress(Exception):
+                proxy("close")()
+        self._local = threading.local()
+        self.url = url
+        self.ref = None
+
     def logout(self) -> None:
         """Log out and close every transport. Never raises."""
         if self.closed:

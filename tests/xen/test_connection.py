@@ -188,3 +188,26 @@ def test_connect_timeout_to_silent_host() -> None:
                 timeouts=vmctl.Timeouts(2),
             )
         assert time.monotonic() - t < 10
+
+
+def test_plain_http_when_asked() -> None:
+    import xapisim
+
+    with xapisim.serve(hosts=1, vms=2, password=PASSWORD, tls=False) as plain:
+        with vmctl.connect(
+            f"xen+http://root@127.0.0.1:{plain.port}", password=PASSWORD, env={}
+        ) as hv:
+            assert len(hv.list_vms()) == 2
+            assert Capability.MIGRATE_LIVE not in hv.capabilities  # a single host
+        assert plain.open_sessions() == 0
+
+
+def test_wait_for_a_deleted_vm_is_not_found(sim: Any) -> None:
+    with connect(sim) as hv:
+        vm = hv.create_vm(vmctl.VMSpec(name=f"xt-gone-{time.monotonic_ns()}"))
+        hv._driver.get_vm(vm.uuid)  # caches its ref
+        vm.delete()
+        t = time.monotonic()
+        with pytest.raises(vmctl.NotFound):
+            hv._driver.wait_for_state(vm.uuid, {vmctl.PowerState.RUNNING}, timeout=10)
+        assert time.monotonic() - t < 5
