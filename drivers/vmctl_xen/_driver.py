@@ -78,7 +78,6 @@ S = PowerState
 KNOWN_OPTIONS = {"host", "rpc_timeout"}
 OWNER_KEY = "owner"  # VBD other_config key xapi and XenCenter use for disks a VM owns
 GUEST_OS_KEY = "vmctl-guest-os"
-PARENT_KEY = "vmctl-parent"
 #: Xen credit scheduler weight range (VCPUs_params:weight; xen sched_credit.c).
 WEIGHT_MIN, WEIGHT_MAX = 1, 65535
 #: How long shutdown() waits for a clean_shutdown task to fail fast before returning.
@@ -1093,13 +1092,10 @@ class XenDriver(
 
     @staticmethod
     def _parent(rec: dict[str, Any]) -> str:
-        """A VM's or snapshot's parent: xapi's ``parent`` field, unless vmctl recorded (when
-        it deleted that parent) where it re-attaches: other_config "vmctl-parent" holds
-        "<deleted parent ref>><new parent ref>" and applies while ``parent`` still names the
-        deleted one."""
-        raw = str(rec.get("parent", NULL))
-        of, sep, to = str(rec.get("other_config", {}).get(PARENT_KEY, "")).partition(">")
-        return to if sep and of == raw else raw
+        """xapi's parent field: a snapshot's is the snapshot it was taken after, the VM's is
+        its current snapshot (xapi_vm_clone.ml copy_vm_record; xapi_vm_snapshot.ml revert
+        update_parent); VM.destroy re-parents the children (xapi_vm.ml destroy)."""
+        return str(rec.get("parent", NULL))
 
     def _snapshots(self, ref: str, rec: dict[str, Any]) -> list[SnapshotInfo]:
         recs = {}
@@ -1183,19 +1179,9 @@ class XenDriver(
             self._resume(ref, what, paused=at == "Paused")
 
     def delete_snapshot(self, uuid: str, snapshot_id: str) -> None:
-        ref, rec = self._vm(uuid)
+        _ref, rec = self._vm(uuid)
         sref, snap = self._snapshot_ref(rec, snapshot_id)
         what = f"delete snapshot {snap['name_label']!r} of VM {rec['name_label']!r}"
-        # xapi leaves a deleted snapshot's children (and the VM, if it was current) pointing
-        # at it (VM.parent is read-only): record where they re-attach, on each of them.
-        new_parent = self._parent(snap)
-        for other in [ref, *rec.get("snapshots", [])]:
-            orec = rec if other == ref else self._call(what, "VM.get_record", other)
-            if other != sref and self._parent(orec) == sref:
-                link = f"{orec.get('parent', NULL)}>{new_parent}"
-                with contextlib.suppress(VmctlError):
-                    self._call(what, "VM.remove_from_other_config", other, PARENT_KEY)
-                self._call(what, "VM.add_to_other_config", other, PARENT_KEY, link)
         self._destroy_vm(sref, snap, what)
 
     # -- clone and migrate ----------------------------------------------------------------

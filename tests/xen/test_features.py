@@ -68,23 +68,27 @@ def test_memory_snapshot_is_a_checkpoint_and_reverts_running(vm: vmctl.VM, raw: 
     assert [s.name for s in vm.snapshots()] == ["live"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="xapisim gap: xapi sets snapshot.parent to the VM's "
-    "parent and the VM's parent to the new snapshot (xapi_vm_clone.ml "
-    "copy_vm_record 'compute the parent VM'; revert: xapi_vm_snapshot.ml "
-    "update_parent); the simulator sets every copy's parent to the source VM",
-)
 def test_snapshot_tree_follows_xapi_parent(vm: vmctl.VM) -> None:
+    # xapi: a new snapshot's parent is the VM's parent (its current snapshot), and the VM's
+    # parent becomes the new one (xapi_vm_clone.ml); a destroyed snapshot's children take
+    # its parent (xapi_vm.ml destroy); a revert makes the snapshot current.
     a = vm.snapshot("a")
     b = vm.snapshot("b")
     (root,) = vm.snapshot_tree()
     assert root.snapshot.id == a.id
     assert [c.snapshot.id for c in root.children] == [b.id]
     assert [s.current for s in vm.snapshots()] == [False, True]
+    c = vm.snapshot("c")
+    vm.delete_snapshot(b.id)
+    (root,) = vm.snapshot_tree()
+    assert [s.id for s in root.walk()] == [a.id, c.id]
+    vm.revert(a.id)
+    assert {s.name: s.current for s in vm.snapshots()} == {"a": True, "c": False}
+    d = vm.snapshot("d")
+    (root,) = vm.snapshot_tree()
+    assert sorted(n.snapshot.id for n in root.children) == sorted([c.id, d.id])
     vm.delete_snapshot(a.id)
-    (only,) = vm.snapshot_tree()
-    assert only.snapshot.id == b.id and only.snapshot.parent is None
+    assert {s.id: s.parent for s in vm.snapshots()} == {c.id: None, d.id: None}
 
 
 def test_full_and_linked_clones(vm: vmctl.VM, raw: Any) -> None:

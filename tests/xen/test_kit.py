@@ -11,20 +11,11 @@ from conftest import NETWORK, PASSWORD
 
 vmctl_conformance = pytest.importorskip("vmctl_conformance")
 
-#: Clauses that fail only because the simulator differs from xapi, each with the xen-api
-#: source that says what xapi does. The driver follows xapi; nothing here is worked around.
-SIM_GAPS = {
-    # A VM with nothing bootable has no guest agent and no PV drivers: xapi lists no
-    # clean_shutdown in allowed_operations and VM.assert_operation_valid fails with
-    # VM_LACKS_FEATURE (ocaml/xapi/xapi_vm_lifecycle.ml check_op_for_feature, strict) or
-    # VM_MISSING_PV_DRIVERS (older xapi: check_drivers); the driver raises InvalidState then.
-    # xapisim boots a guest with PV drivers and feature-shutdown in every VM.
-    "LIFE-SHUTDOWN-2",
-    # xapi: a snapshot's parent is the VM's parent and the VM's parent becomes the new
-    # snapshot (ocaml/xapi/xapi_vm_clone.ml copy_vm_record, "compute the parent VM");
-    # xapisim sets every copy's parent to the source VM, so snapshots form no chain.
-    "SNAP-CREATE-1",
-}
+#: Clauses allowed to fail only because the simulator differs from xapi, each with the
+#: xen-api source that says what xapi does (the driver follows xapi and works around
+#: nothing). Empty: with xapisim's guest model (VM_LACKS_FEATURE for a VM with nothing
+#: bootable) and parent chain (xapi_vm_clone.ml), every declared clause passes.
+SIM_GAPS: set[str] = set()
 
 
 def test_kit_against_the_simulator(sim: Any, tmp_path: Path) -> None:

@@ -10,10 +10,12 @@ import pytest
 from conftest import NETWORK, name
 
 import vmctl
-from vmctl import DiskSpec, NicSpec, PowerState, Resources, VMSpec
+from vmctl import BootSource, DiskSpec, NicSpec, PowerState, Resources, VMSpec
 
 S = PowerState
 MiB = 1024 * 1024
+#: A direct-boot PV kernel: the VM has a guest OS (with PV drivers and a guest agent).
+GUEST = BootSource(kernel="/boot/guest/vmlinuz", cmdline="console=hvc0")
 
 
 def spec(hint: str, **kw: Any) -> VMSpec:
@@ -92,7 +94,7 @@ def test_duplicate_name(hv: vmctl.Hypervisor) -> None:
 
 
 def test_power_cycle_exact_states(hv: vmctl.Hypervisor, raw: Any) -> None:
-    vm = hv.create_vm(spec("power"))
+    vm = hv.create_vm(spec("power", boot=GUEST))
     ref = raw.VM.get_by_uuid(vm.uuid)
     try:
         assert vm.start().state is S.RUNNING
@@ -212,7 +214,9 @@ def test_resources_map_to_vcpus_params_and_dynamic_min(hv: vmctl.Hypervisor, raw
 
 
 def test_guest_info_from_guest_metrics(hv: vmctl.Hypervisor) -> None:
-    vm = hv.create_vm(spec("guest", nics=[NicSpec(network=NETWORK), NicSpec(network=NETWORK)]))
+    vm = hv.create_vm(
+        spec("guest", boot=GUEST, nics=[NicSpec(network=NETWORK), NicSpec(network=NETWORK)])
+    )
     try:
         assert vm.guest_info().agent is vmctl.AgentState.NOT_RUNNING
         vm.start()
@@ -233,7 +237,7 @@ def test_guest_that_cannot_be_asked_then_force(sim: Any, hv: vmctl.Hypervisor, r
     # drivers). The driver asks xapi why and raises InvalidState; force_after powers off.
     # (VM.add_to_blocked_operations is RW in datamodel_vm.ml but not served by xapisim, so
     # the test sets the field in the simulator's database.)
-    vm = hv.create_vm(spec("blocked"))
+    vm = hv.create_vm(spec("blocked", boot=GUEST))
     ref = raw.VM.get_by_uuid(vm.uuid)
     try:
         vm.start()
@@ -248,5 +252,30 @@ def test_guest_that_cannot_be_asked_then_force(sim: Any, hv: vmctl.Hypervisor, r
         t = time.monotonic()
         assert vm.shutdown(timeout=30, force_after=10).state is S.STOPPED
         assert time.monotonic() - t < 5  # forced at once: the guest could not be asked
+    finally:
+        vm.delete(force=True)
+
+
+def test_no_os_cannot_be_asked(hv: vmctl.Hypervisor, raw: Any) -> None:
+    # Blank disks, nothing bootable: no guest agent, no PV drivers. xapi leaves
+    # clean_shutdown/clean_reboot out of allowed_operations (check_op_for_feature) and
+    # VM.assert_operation_valid says VM_LACKS_FEATURE: the driver raises InvalidState.
+    vm = hv.create_vm(spec("noos"))
+    try:
+        vm.start()
+        ref = raw.VM.get_by_uuid(vm.uuid)
+        assert "clean_shutdown" not in raw.VM.get_allowed_operations(ref)
+        with pytest.raises(vmctl.InvalidState) as err:
+            vm.shutdown(timeout=3)
+        assert err.value.vendor_code == "VM_LACKS_FEATURE"
+        with pytest.raises(vmctl.InvalidState):
+            vm.reboot()
+        time.sleep(0.5)  # longer than the simulated guest takes to come up
+        info = vm.guest_info()
+        assert info.ip_addresses == () and info.agent is not vmctl.AgentState.RUNNING
+        assert vm.info().state is S.RUNNING
+        t = time.monotonic()
+        assert vm.shutdown(timeout=30, force_after=10).state is S.STOPPED
+        assert time.monotonic() - t < 5
     finally:
         vm.delete(force=True)
