@@ -309,12 +309,6 @@ class XenDriver(
         """Capabilities this driver never declares, and why."""
         return dict(ABSENT)
 
-    @classmethod
-    def kit_peer_uri(cls, uri: str) -> str | None:
-        """A second host for the kit's migration clauses: none can be guessed (pass
-        --other-uri xen://master?host=OTHER)."""
-        return None
-
     @property
     def round_trips(self) -> int:
         """XML-RPC round trips made by this connection so far (for benchmarks)."""
