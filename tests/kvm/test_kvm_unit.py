@@ -99,3 +99,38 @@ def test_unreachable_host_is_connection_error() -> None:
     with pytest.raises(vmctl.ConnectionError) as err:
         vmctl.connect("qemu+tcp://127.0.0.1:9/system", timeouts=vmctl.Timeouts(connect=10))
     assert err.value.vendor_code in {"38", "39"}  # system error / RPC on connect
+
+
+def test_credentials_answer_libvirt_prompts() -> None:
+    libvirt = pytest.importorskip("libvirt")
+    from vmctl_kvm._link import EventHub, Link
+
+    params = ConnectParams(
+        uri=URI.parse("qemu+tcp://h/system"), username="admin", password=vmctl.Secret("s3cret")
+    )
+    link = Link("qemu+tcp://h/system", params, EventHub("h"))
+    kinds, callback, _ = link._auth()
+    assert libvirt.VIR_CRED_PASSPHRASE in kinds and libvirt.VIR_CRED_AUTHNAME in kinds
+    creds = [
+        [libvirt.VIR_CRED_AUTHNAME, "user", "root", None, None],
+        [libvirt.VIR_CRED_PASSPHRASE, "password", None, None, None],
+    ]
+    assert callback(creds, None) == 0
+    assert [c[4] for c in creds] == ["admin", "s3cret"]
+    anonymous = Link(
+        "qemu+tcp://h/system", ConnectParams(uri=URI.parse("qemu+tcp://h/system")), EventHub("h")
+    )
+    creds = [[libvirt.VIR_CRED_PASSPHRASE, "password", None, None, None]]
+    assert anonymous._auth()[1](creds, None) == -1  # no password: libvirt fails the auth
+
+
+def test_no_password_in_errors() -> None:
+    pytest.importorskip("libvirt")
+    with pytest.raises(vmctl.ConnectionError) as err:
+        vmctl.connect(
+            "qemu+tcp://admin@127.0.0.1:9/system",
+            password="s3cret-pw",
+            timeouts=vmctl.Timeouts(connect=10),
+        )
+    text = f"{err.value} {err.value!r} {err.value.__cause__}"
+    assert "s3cret-pw" not in text
