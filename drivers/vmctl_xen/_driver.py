@@ -171,6 +171,7 @@ class XenDriver(
         self.pool_uuid = ""
         self.scope: str | None = None  # host ref of ?host=NAME
         self.scope_name: str | None = None
+        self._default_sr = NULL
         self._detached: list[str] = []  # shutdown tasks left running; destroyed on close
 
     def __repr__(self) -> str:
@@ -205,9 +206,11 @@ class XenDriver(
             raise ValidationError(f"xen URIs have no path (got {uri.path!r})", field="uri")
         try:
             rpc_timeout = float(params.options.get("rpc_timeout", "60"))
+            if not 0 < rpc_timeout < float("inf"):
+                raise ValueError
         except ValueError:
             raise ValidationError(
-                "rpc_timeout must be a number of seconds", field="rpc_timeout"
+                "rpc_timeout must be a positive number of seconds", field="rpc_timeout"
             ) from None
         if params.timeouts.connect_s is not None:
             rpc_timeout = min(rpc_timeout, params.timeouts.connect_s)
