@@ -96,9 +96,9 @@ class Connection:
         self.where = f"{host}:{port}"
         self._username = params.username or ""
         self._password = params.password  # a Secret; revealed only to Login
-        timeout = params.timeouts.connect_s or 300.0
-        # The socket timeout bounds every read, so it must outlast a long poll.
-        self.stub = _make_stub(params, host, port, max(float(timeout), MAX_POLL_S + 20.0))
+        connect_s = float(params.timeouts.connect_s or 300.0)
+        # Opening the connection is bounded by the connect timeout...
+        self.stub = _make_stub(params, host, port, connect_s)
         self._login_lock = threading.Lock()
         self._closed = False
         si = self.vim.ServiceInstance("ServiceInstance", self.stub)
@@ -111,6 +111,9 @@ class Connection:
         self.about = self.content.about
         self._login()
         self.stub.relogin = self._relogin
+        # ...afterwards the socket timeout bounds every read, so it must outlast a long poll.
+        self.stub.schemeArgs["timeout"] = max(connect_s, MAX_POLL_S + 20.0)
+        self.stub.DropConnections()
 
     # -- session --------------------------------------------------------------------------
 

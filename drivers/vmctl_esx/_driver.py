@@ -207,6 +207,7 @@ class EsxDriver(
         self._seen: dict[str, str] = {}  # moid -> uuid of every VM seen (kept after delete)
         self._refs_lock = threading.Lock()
         self._view: Any = None
+        self._view_lock = threading.Lock()
         self._view_generation = -1
         self._perf: dict[str, int] | None = None
 
@@ -293,13 +294,16 @@ class EsxDriver(
 
     def _vm_view(self) -> Any:
         """The session's ContainerView of every VM of the datacenter (made once)."""
-        if self._view is None or self._view_generation != self.conn.stub.generation:
-            generation = self.conn.stub.generation
-            self._view = self.conn.content.viewManager.CreateContainerView(
-                container=self.scope.view_root, type=[self.conn.vim.VirtualMachine], recursive=True
-            )
-            self._view_generation = generation
-        return self._view
+        with self._view_lock:
+            if self._view is None or self._view_generation != self.conn.stub.generation:
+                generation = self.conn.stub.generation
+                self._view = self.conn.content.viewManager.CreateContainerView(
+                    container=self.scope.view_root,
+                    type=[self.conn.vim.VirtualMachine],
+                    recursive=True,
+                )
+                self._view_generation = generation
+            return self._view
 
     def _list_rows(self, paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
         try:
