@@ -1106,8 +1106,9 @@ class KvmDriver(
     # -- observation ----------------------------------------------------------------------
 
     def subscribe(self) -> EventSource:
-        self._link.get()  # make sure callbacks are registered on a live connection
-        return self._hub.subscribe()
+        sub = self._hub.subscribe()  # first: nothing after this call is missed
+        self._hub.seed({i.uuid: i.state for i in self.list_vms()})
+        return sub
 
     def get_stats(self, uuids: Sequence[str]) -> dict[str, VMStats]:
         lv = require_libvirt()

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import vmctl
-from vmctl import ConnectParams, Event
+from vmctl import ConnectParams, Event, PowerState
 
 from ._errors import CONNECTION, code_of, map_error
-from ._state import event_of
+from ._state import EV_RESUMED, EV_UNDEFINED, event_of
 
 log = logging.getLogger("vmctl.kvm")
 
@@ -100,6 +100,13 @@ class EventHub:
         self._subs: list[Subscription] = []
         self.changed = threading.Condition()
         self.generation = 0  # bumped on every event and connection change
+        #: the last state events (or a listing) said each domain is in, by UUID
+        self.last: dict[str, PowerState] = {}
+
+    def seed(self, states: dict[str, PowerState]) -> None:
+        """What a listing says each domain is in (events then keep it current)."""
+        for uuid, state in states.items():
+            self.last.setdefault(uuid, state)
 
     def subscribe(self) -> Subscription:
         sub = Subscription(self)
@@ -128,20 +135,26 @@ class EventHub:
         """libvirt's callback (on the event-loop thread): no RPC here, only local data."""
         try:
             mapped = event_of(event, detail)
-            if mapped is not None:
-                kind, state, reason, text = mapped
-                ev = Event(
-                    kind=kind,
-                    vm_uuid=dom.UUIDString(),
-                    vm_name=dom.name(),
-                    state=state,
-                    reason=reason,
-                    detail=text,
-                )
-                with self._lock:
-                    subs = list(self._subs)
-                for s in subs:
-                    s.put(ev)
+            if mapped is None:
+                return
+            kind, state, reason, text = mapped
+            uuid = dom.UUIDString()
+            before = self.last.get(uuid)
+            if event == EV_UNDEFINED:
+                self.last.pop(uuid, None)
+            elif state is not None:
+                self.last[uuid] = state
+            if event == EV_RESUMED and detail == 0 and before is not PowerState.PAUSED:
+                # QEMU starts a domain's vCPUs paused, and libvirt reports "resumed" just
+                # before "started": no paused VM was resumed, so it is not delivered.
+                return
+            ev = Event(
+                kind=kind, vm_uuid=uuid, vm_name=dom.name(), state=state, reason=reason, detail=text
+            )
+            with self._lock:
+                subs = list(self._subs)
+            for sub in subs:
+                sub.put(ev)
         finally:
             self.bump()
 

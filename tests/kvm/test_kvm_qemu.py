@@ -136,6 +136,29 @@ def test_lifecycle_states_match_virsh(hv: vmctl.Hypervisor, hosts: Any) -> None:
     assert vm.uuid not in virsh(uri, "list", "--all", "--uuid")
 
 
+def test_events_of_another_client(hv: vmctl.Hypervisor, hosts: Any) -> None:
+    """virsh changes the domain; vmctl hears it from libvirtd's lifecycle events."""
+    # NicSpec(network="default") lands on the connection's `network` option (vmctl-test)
+    vm = hv.create_vm(_spec(hosts, "peer-events", disks=[], nics=[NicSpec(network="default")]))
+    try:
+        assert hosts.network in virsh(hosts.uri, "domiflist", vm.uuid)
+        with hv.watch(vm=vm, timeout=60) as events:
+            virsh(hosts.uri, "start", vm.uuid)
+            ev = events.next(timeout=30)
+            assert ev is not None and (ev.kind, ev.state, ev.reason) == (
+                EventKind.STATE_CHANGED,
+                S.RUNNING,
+                R.BOOTED,
+            )
+            virsh(hosts.uri, "destroy", vm.uuid)
+            ev = events.next(timeout=30)
+            assert ev is not None and (ev.state, ev.reason) == (S.STOPPED, R.POWERED_OFF)
+        info = vm.info()
+        assert (info.state, info.reason) == (S.STOPPED, R.POWERED_OFF)
+    finally:
+        vm.delete(force=True)
+
+
 def test_delete_removes_only_what_vmctl_created(hv: vmctl.Hypervisor, hosts: Any) -> None:
     vm = hv.create_vm(_spec(hosts, "owned"))
     foreign = f"{PREFIX}foreign.qcow2"
