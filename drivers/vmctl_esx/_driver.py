@@ -1316,8 +1316,12 @@ class _EventSource:
             maxCount=_PAGE_SIZE,
         )
         self.collector = conn.content.eventManager.CreateCollectorForEvents(filter=spec)
-        self.pc = conn.pc.CreatePropertyCollector()
+        self.pc: Any = None
+        self.closed = False
         try:
+            # latestPage holds 10 events by default; a burst between two polls must fit.
+            self.collector.SetCollectorPageSize(maxCount=_PAGE_SIZE)
+            self.pc = conn.pc.CreatePropertyCollector()
             self.pc.CreateFilter(
                 conn._filter_spec(
                     [self.collector], vim.event.EventHistoryCollector, ("latestPage",)
@@ -1330,8 +1334,11 @@ class _EventSource:
         self.queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.version = ""
         self.last_key = -1
-        self.closed = False
-        self._poll(0)  # the baseline: events already logged are not delivered
+        try:
+            self._poll(0)  # the baseline: events already logged are not delivered
+        except BaseException:
+            self.close()
+            raise
 
     def _poll(self, wait: int) -> None:
         pcq = self.d.conn.vmodl.query.PropertyCollector

@@ -275,3 +275,14 @@ def test_migration_needs_the_same_vcenter(
             assert vm.info().host is not None
         finally:
             vm.delete()
+
+
+def test_event_burst_larger_than_the_default_page(hv: vmctl.Hypervisor) -> None:
+    with hv.watch(kinds=[EventKind.CREATED], timeout=10) as events:
+        made = {make(hv, f"burst{i}", disks=[], nics=[]).uuid for i in range(15)}
+        seen: set[str] = set()
+        for event in events:
+            seen.add(event.vm_uuid)
+            if made <= seen:
+                break
+    assert made <= seen
