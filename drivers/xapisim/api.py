@@ -744,6 +744,9 @@ class Api:
                     type="suspend",
                 )
                 rec.update(power_state="Suspended", suspend_VDI=sv)
+            # ocaml/xapi/xapi_vm_snapshot.ml: revert -> update_parent: the VM's parent
+            # becomes the snapshot it was reverted to.
+            db.set_parent(vm, snap)
             db.touch("VM", vm)
             return ""
 
@@ -779,8 +782,14 @@ class Api:
                     db.delete(cls, rec[f])
             if rec["snapshot_of"] != NULL:
                 db.link("VM", rec["snapshot_of"], "snapshots", vm, add=False)
+            # ocaml/xapi/xapi_vm.ml: destroy, "rebase the children": every child of the
+            # destroyed VM (snapshot or not) takes its parent.
+            for child in list(rec["children"]):
+                if db.valid("VM", child):
+                    db.set_parent(child, rec["parent"])
             if rec["parent"] != NULL:
                 db.link("VM", rec["parent"], "children", vm, add=False)
+            db.booted_os.discard(vm)
             db.delete("VM", vm)
             return ""
 

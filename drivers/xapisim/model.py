@@ -15,7 +15,9 @@ from .tables import (
     API_VERSION,
     CLASSES,
     EVENT_CLASSES,
+    GUEST_FEATURE_OPS,
     LISTED_VM_OPS,
+    PV_DOMAIN_TYPES,
     RESULT_STATE,
     SNAPSHOT_ALLOWED_OPS,
     TEMPLATE_ALLOWED_OPS,
@@ -235,6 +237,11 @@ class Database:
         self.macs = 0
         self.timers: list[threading.Timer] = []
         self.stopped = False
+        # Simulator-only state, not in any record: the VDIs that hold an installed guest OS
+        # (the disks of the initial vm-NN VMs and copies of them), and the VMs whose running
+        # domain booted one (decided at start; see has_os).
+        self.os_vdis: set[str] = set()
+        self.booted_os: set[str] = set()
         self._populate()
 
     # ------------------------------------------------------------------ objects
@@ -696,6 +703,7 @@ class Database:
         vm = self.new("VM", **fields)
         if with_disk is not None:
             vdi = self._new_vdi(f"{label} disk 0", with_disk, 16 * GiB)
+            self.os_vdis.add(vdi)  # an installed guest with PV drivers
             self._new_vbd(vm, vdi, "0", bootable=True)
             self._new_vbd(vm, NULL, "3", kind="CD")
         if net is not None:
@@ -833,7 +841,48 @@ class Database:
             return Fault("ONLY_REVERT_SNAPSHOT")
         if vm["is_control_domain"] and (op in RESULT_STATE or op in _DOM0_BLOCKED):
             return Fault("OPERATION_NOT_ALLOWED", f"{op} is not allowed on a control domain")
-        return None
+        return self._feature_error(ref, op)
+
+    def _feature_error(self, ref: str, op: str) -> Fault | None:
+        """LIFECYCLE: check_op_for_feature with strict=true (as update_allowed_operations,
+        VM.assert_operation_valid and with_vm_operation for clean_shutdown/clean_reboot use
+        it), for the operations in GUEST_FEATURE_OPS."""
+        needs = GUEST_FEATURE_OPS.get(op)
+        if needs is None:
+            return None
+        vm = self.objs["VM"][ref]
+        if vm["power_state"] not in ("Running", "Paused"):  # not is_live: implicit support
+            return None
+        metrics = self.objs["VM_metrics"].get(vm["metrics"])
+        if metrics is not None and metrics["current_domain_type"] in PV_DOMAIN_TYPES:
+            return None  # has_definitely_booted_pv
+        gm = self.objs["VM_guest_metrics"].get(vm["guest_metrics"])
+        if gm is not None and has_pv_drivers(gm["PV_drivers_version"]):
+            return None  # full PV drivers imply all features
+        other = gm["other"] if gm is not None else {}
+        if any(other.get(f) == "1" for f in needs):
+            return None
+        return Fault("VM_LACKS_FEATURE", ref)
+
+    def has_os(self, vm: str) -> bool:
+        """Whether starting the VM now boots a guest OS (with the simulated guest agent and
+        PV drivers). PV/PVH with direct boot (PV_bootloader ""): a PV_kernel is given. PV/PVH
+        with a bootloader (pygrub): a bootable, non-empty VBD holds an OS. HVM: a non-empty
+        VBD (disk or CD) in the boot order holds an OS. Only the initial vm-NN disks (and
+        snapshots, clones and copies of them) hold an OS: blank VDIs (VDI.create, provision
+        from a template) and the tools ISO do not."""
+        rec = self.objs["VM"][vm]
+        if rec["is_control_domain"]:
+            return True
+        vbds = [self.objs["VBD"][b] for b in rec["VBDs"] if b in self.objs["VBD"]]
+        full = [b for b in vbds if not b["empty"] and b["VDI"] in self.os_vdis]
+        if rec["domain_type"] in PV_DOMAIN_TYPES:
+            if rec["PV_bootloader"] == "":
+                return bool(rec["PV_kernel"])
+            return any(b["bootable"] for b in full)
+        order = str(rec["HVM_boot_params"].get("order", "cd"))
+        kinds = {"c": "Disk", "d": "CD"}
+        return any(b["type"] in {kinds[c] for c in order if c in kinds} for b in full)
 
     def _update_allowed_ops(self, ref: str) -> None:
         vm = self.objs["VM"][ref]
@@ -911,6 +960,10 @@ class Database:
                 else self.objs[cls][dev]["device"],
                 allowed_operations=["unplug", "unplug_force"],
             )
+        if self.has_os(vm):
+            self.booted_os.add(vm)
+        else:
+            self.booted_os.discard(vm)
         self.touch("VM", vm)
         if not paused:
             self._schedule_guest(vm, rec["domid"])
@@ -922,6 +975,9 @@ class Database:
                 if rec is None or rec["domid"] != domid or rec["power_state"] != "Running":
                     return
                 self._guest_up(vm)
+
+        if vm not in self.booted_os:
+            return  # nothing booted: no guest agent, no PV drivers, no guest metrics
 
         t = threading.Timer(self.cfg.guest_delay, boot)
         t.daemon = True
@@ -970,6 +1026,7 @@ class Database:
         host = rec["resident_on"]
         gm = rec["guest_metrics"]
         rec.update(power_state="Halted", resident_on=NULL, domid=-1, guest_metrics=NULL)
+        self.booted_os.discard(vm)
         if gm != NULL:
             self.delete("VM_guest_metrics", gm)
         if rec["suspend_VDI"] != NULL:
@@ -1012,6 +1069,7 @@ class Database:
                 0, srr["physical_utilisation"] - rec["physical_utilisation"]
             )
             self.link("SR", sr, "VDIs", vdi, add=False)
+        self.os_vdis.discard(vdi)
         self.delete("VDI", vdi)
 
     def _destroy_vbd(self, vbd: str) -> None:
@@ -1073,7 +1131,11 @@ class Database:
         vals["other_config"].pop("default_template", None)
         vals["power_state"] = "Halted"
         vals["domid"] = -1
-        vals["parent"] = src
+        # ocaml/xapi/xapi_vm_clone.ml: copy_vm_record, "compute the parent VM": clone and
+        # copy make top-level VMs (CA-52668, parent null); a snapshot or checkpoint takes
+        # the source's parent, and the source's parent becomes the new snapshot.
+        snapshot = bool(overrides.get("is_a_snapshot"))
+        vals["parent"] = s["parent"] if snapshot and self.valid("VM", s["parent"]) else NULL
         vals.update(overrides)
         metrics = self.new(
             "VM_metrics",
@@ -1084,7 +1146,8 @@ class Database:
         )
         vals["metrics"] = metrics
         vm = self.new("VM", **vals)
-        snapshot = bool(overrides.get("is_a_snapshot"))
+        if vals["parent"] != NULL:
+            self.link("VM", vals["parent"], "children", vm)
         for vbd in s["VBDs"]:
             b = self.objs["VBD"][vbd]
             vdi = b["VDI"]
@@ -1106,6 +1169,8 @@ class Database:
                 )
                 if snapshot:
                     self.link("VDI", vdi, "snapshots", new_vdi)
+                if vdi in self.os_vdis:
+                    self.os_vdis.add(new_vdi)
                 vdi = new_vdi
             self._new_vbd(
                 vm, vdi, b["userdevice"], bootable=b["bootable"], kind=b["type"], mode=b["mode"]
@@ -1114,8 +1179,21 @@ class Database:
             v = self.objs["VIF"][vif]
             mac = v["MAC"] if snapshot else ""
             self._new_vif(vm, v["network"], v["device"], mac=mac, mtu=v["MTU"])
-        self.link("VM", src, "children", vm)
+        if snapshot:
+            self.set_parent(src, vm)
         return vm
+
+    def set_parent(self, vm: str, parent: str) -> None:
+        """VM.parent := parent, keeping the reverse field VM.children in step (the
+        datamodel relation ((_vm, "parent"), (_vm, "children")) in ocaml/idl/datamodel.ml)."""
+        rec = self.objs["VM"][vm]
+        old = rec["parent"]
+        if old != NULL:
+            self.link("VM", old, "children", vm, add=False)
+        rec["parent"] = parent
+        if parent != NULL and self.valid("VM", parent):
+            self.link("VM", parent, "children", vm)
+        self.touch("VM", vm)
 
     def _provision(self, vm: str) -> None:
         rec = self.objs["VM"][vm]
@@ -1144,6 +1222,20 @@ class Database:
             )
         rec["other_config"].pop("disks", None)
         self.touch("VM", vm)
+
+
+def has_pv_drivers(version: dict[str, str]) -> bool:
+    """ocaml/xapi/xapi_pv_driver_version.ml: get_drivers_version is not Unknown iff
+    PV_drivers_version has integer "major" and "minor" (and integer micro/build if given)."""
+    try:
+        for key in ("major", "minor"):
+            int(version[key])
+        for key in ("micro", "build"):
+            if key in version:
+                int(version[key])
+    except (KeyError, ValueError):
+        return False
+    return True
 
 
 def check_memory(static_min: int, dyn_min: int, dyn_max: int, static_max: int) -> None:

@@ -625,6 +625,33 @@ LISTED_VM_OPS = [
     "changing_dynamic_range", "changing_static_range", "make_into_template",
 ]  # fmt: skip
 
+# LIFECYCLE: check_op_for_feature -- operations a live (Running or Paused) guest must
+# support, with the guest-metrics "other" features any one of which (value "1") is enough.
+# The check applies only when strict (update_allowed_operations, VM.assert_operation_valid
+# via ocaml/xapi/xapi_vm.ml: assert_operation_valid ~strict:true, and
+# ocaml/xapi/xapi_vm_helpers.ml: with_vm_operation, whose ?strict defaults to true and which
+# message_forwarding.ml uses without ~strict for VM.clean_shutdown and VM.clean_reboot), and
+# only without implicit support: implicit_support = not is_live
+# (ocaml/xapi/xapi_vm_lifecycle_helpers.ml: is_live = Running || Paused)
+# || has_definitely_booted_pv (VM_metrics.current_domain_type in PV_DOMAIN_TYPES)
+# || Xapi_pv_driver_version.has_pv_drivers (ocaml/xapi/xapi_pv_driver_version.ml:
+# VM_guest_metrics.PV_drivers_version has integer "major" and "minor"). The failure is
+# VM_LACKS_FEATURE [vm]. (At the commit read there is no VM_LACKS_FEATURE_SHUTDOWN or
+# _SUSPEND code and no check_drivers; VM_MISSING_PV_DRIVERS [vm] is raised only for VBD/VIF
+# hotplug, via xapi_pv_driver_version.ml: make_error_opt from xapi_vbd_helpers.ml and
+# xapi_vif_helpers.ml, not for VM operations.)
+# Not modelled: the same function's suspend/checkpoint/pool_migrate branch
+# ("feature-suspend", data-cant-suspend-reason -> VM_NON_SUSPENDABLE) and
+# changing_VCPUs_live ("feature-vcpu-hotplug"); see docs/xapisim.md.
+GUEST_FEATURE_OPS: dict[str, tuple[str, ...]] = {
+    "clean_shutdown": ("feature-shutdown", "feature-poweroff"),
+    "clean_reboot": ("feature-shutdown", "feature-reboot"),
+}
+# LIFECYCLE: has_definitely_booted_pv (`pv | `pv_in_pvh | `pvh -> true); also the domain
+# types that boot directly from PV_kernel/PV_bootloader (ocaml/xapi/helpers.ml:
+# boot_method_of_vm) rather than through hvmloader.
+PV_DOMAIN_TYPES = frozenset(["pv", "pv_in_pvh", "pvh"])
+
 # Power state a lifecycle operation leaves the VM in (ocaml/xapi/xapi_vm.ml).
 RESULT_STATE: dict[str, str] = {
     "start": "Running",
@@ -860,6 +887,10 @@ ERRORS: dict[str, ErrorSpec] = {
         ["expected", "received"], f"{DM_ERR}: xmlrpc_unmarshal_failure"
     ),
     "VM_HAS_NO_SUSPEND_VDI": ErrorSpec(["vm"], f"{DM_ERR}: vm_has_no_suspend_vdi"),
+    "VM_LACKS_FEATURE": ErrorSpec(
+        ["vm"], f"{DM_ERR}: vm_lacks_feature; ocaml/xapi-consts/api_errors.ml:"
+        f' vm_lacks_feature = "VM_LACKS_FEATURE"; {LIFECYCLE}: check_op_for_feature'
+        " raises [ref]"),
 }  # fmt: skip
 
 API_VERSION = (2, 21)  # host.API_version_major/minor reported (a recent xapi)
