@@ -3,21 +3,18 @@ the Xen driver's tests, started once per session; it must have no open session a
 
 from __future__ import annotations
 
-import secrets
 import ssl
 import xmlrpc.client
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from xen_helpers import PASSWORD, connect
 
 import vmctl
 
 xapisim = pytest.importorskip("xapisim")
 XenAPI = pytest.importorskip("XenAPI")
-
-PASSWORD = "xen-" + secrets.token_hex(8)
-NETWORK = "Pool-wide network associated with eth0"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,12 +36,6 @@ def base_uri(sim: Any) -> str:
     return f"xen://root@127.0.0.1:{sim.port}"
 
 
-def connect(sim: Any, query: str = "", **kw: Any) -> vmctl.Hypervisor:
-    kw.setdefault("password", PASSWORD)
-    kw.setdefault("cafile", sim.cafile)
-    return vmctl.connect(f"xen://root@127.0.0.1:{sim.port}{query}", env={}, **kw)
-
-
 @pytest.fixture(scope="module")
 def hv(sim: Any) -> Iterator[vmctl.Hypervisor]:
     with connect(sim) as h:
@@ -61,7 +52,3 @@ def raw(sim: Any) -> Iterator[Any]:
         yield session.xenapi
     finally:
         session.xenapi.session.logout()
-
-
-def name(hint: str) -> str:
-    return f"xt-{hint}-{secrets.token_hex(3)}"

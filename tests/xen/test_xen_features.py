@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import NETWORK, connect, name
+from xen_helpers import NETWORK, connect, name
 
 import vmctl
 from vmctl import DiskSpec, EventKind, NicSpec, PowerState, VMSpec

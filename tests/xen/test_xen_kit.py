@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NETWORK, PASSWORD
+from xen_helpers import NETWORK, PASSWORD
 
 vmctl_conformance = pytest.importorskip("vmctl_conformance")
 

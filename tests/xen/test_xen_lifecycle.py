@@ -7,7 +7,7 @@ import uuid as uuidlib
 from typing import Any
 
 import pytest
-from conftest import NETWORK, name
+from xen_helpers import NETWORK, name
 
 import vmctl
 from vmctl import BootSource, DiskSpec, NicSpec, PowerState, Resources, VMSpec

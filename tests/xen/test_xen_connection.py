@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, connect
+from xen_helpers import PASSWORD, connect
 
 import vmctl
 from vmctl import Capability

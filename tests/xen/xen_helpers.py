@@ -1,0 +1,21 @@
+"""Constants and helpers shared by the Xen driver's tests (conftest.py has the fixtures)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import vmctl
+
+PASSWORD = "xen-" + secrets.token_hex(8)
+NETWORK = "Pool-wide network associated with eth0"
+
+
+def connect(sim: Any, query: str = "", **kw: Any) -> vmctl.Hypervisor:
+    kw.setdefault("password", PASSWORD)
+    kw.setdefault("cafile", sim.cafile)
+    return vmctl.connect(f"xen://root@127.0.0.1:{sim.port}{query}", env={}, **kw)
+
+
+def name(hint: str) -> str:
+    return f"xt-{hint}-{secrets.token_hex(3)}"
