@@ -57,6 +57,13 @@ class Kit:
             )
         return None
 
+    @property
+    def guest(self) -> bool:
+        """Whether the kit can boot a guest OS here. Suspend, live migration, memory
+        snapshots and hot-plug run on a guest with an OS when it can: real hypervisors may
+        need the guest's cooperation for them (XenAPI: VM_LACKS_FEATURE without PV drivers)."""
+        return self.boot is not None
+
     def has(self, cap: Capability) -> bool:
         return cap in self.hv.capabilities
 

@@ -62,7 +62,7 @@ def test_remove_nic(kit: Kit) -> None:
 @clause("DEV-HOTPLUG-DISK-1")
 @requires(Capability.ADD_DISK, Capability.REMOVE_DISK, Capability.HOTPLUG_DISK)
 def test_hotplug_disk(kit: Kit) -> None:
-    vm = kit.vm("hot-disk", state=S.RUNNING)
+    vm = kit.vm("hot-disk", state=S.RUNNING, os=kit.guest)
     disk_id = _add_disk(kit, vm)
     vm.remove_disk(disk_id)
     assert disk_id not in {d.id for d in vm.config().disks}
@@ -72,7 +72,7 @@ def test_hotplug_disk(kit: Kit) -> None:
 @clause("DEV-HOTPLUG-NIC-1")
 @requires(Capability.ADD_NIC, Capability.REMOVE_NIC, Capability.HOTPLUG_NIC)
 def test_hotplug_nic(kit: Kit) -> None:
-    vm = kit.vm("hot-nic", state=S.RUNNING)
+    vm = kit.vm("hot-nic", state=S.RUNNING, os=kit.guest)
     nic_id = _add_nic(kit, vm)
     vm.remove_nic(nic_id)
     assert nic_id not in {n.id for n in vm.config().nics}

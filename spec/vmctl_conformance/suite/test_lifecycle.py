@@ -98,7 +98,7 @@ def test_power_off_from_paused(kit: Kit) -> None:
 @clause("LIFE-OFF-1")
 @requires(Capability.SUSPEND)
 def test_power_off_from_suspended(kit: Kit) -> None:
-    vm = kit.vm("off-susp", state=S.SUSPENDED)
+    vm = kit.vm("off-susp", state=S.SUSPENDED, os=kit.guest)
     assert vm.power_off(timeout=kit.timeout).state is S.STOPPED
 
 
@@ -154,7 +154,7 @@ def test_pause_and_resume(kit: Kit) -> None:
 @clause("LIFE-SUSPEND-1")
 @requires(Capability.SUSPEND)
 def test_suspend_and_resume(kit: Kit) -> None:
-    vm = kit.vm("suspend", state=S.RUNNING)
+    vm = kit.vm("suspend", state=S.RUNNING, os=kit.guest)
     assert vm.suspend(timeout=kit.timeout).state is S.SUSPENDED
     assert vm.info().state is S.SUSPENDED
     assert {i.uuid: i.state for i in kit.hv.list_vms()}[vm.uuid] is S.SUSPENDED

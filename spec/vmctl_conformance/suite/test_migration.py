@@ -20,7 +20,7 @@ def _other(kit: Kit) -> vmctl.Hypervisor:
 @requires(Capability.MIGRATE_LIVE)
 def test_live_migration(kit: Kit) -> None:
     other = _other(kit)
-    vm = kit.vm("mig-live", state=S.RUNNING)
+    vm = kit.vm("mig-live", state=S.RUNNING, os=kit.guest)
     moved = vm.migrate(other, timeout=kit.timeout)
     assert moved.uuid == vm.uuid
     assert moved.info().state is S.RUNNING

@@ -60,7 +60,7 @@ def test_duplicate_snapshot_name(kit: Kit) -> None:
 @clause("SNAP-MEMORY-1")
 @requires(Capability.SNAPSHOT, Capability.SNAPSHOT_MEMORY)
 def test_memory_snapshot_reverts_running(kit: Kit) -> None:
-    vm = kit.vm("snap-mem", state=S.RUNNING)
+    vm = kit.vm("snap-mem", state=S.RUNNING, os=kit.guest)
     snap = vm.snapshot("live", memory=True)
     assert snap.with_memory
     vm.power_off(timeout=kit.timeout)
