@@ -464,7 +464,8 @@ class EsxDriver(
 
     def create_vm(self, spec: VMSpec) -> VMInfo:
         vim = self.conn.vim
-        datastore = self._datastore(None)
+        # The VM's home (config, logs) goes where its first disk goes.
+        datastore = self._datastore(spec.disks[0].pool if spec.disks else None)
         devices: list[Any] = []
         extra: list[Any] = []
         controllers: dict[str, tuple[int, int]] = {}  # bus -> (key, busNumber)

@@ -89,6 +89,18 @@ def test_esx_uri_errors(
     assert not vc_admin.other_sessions() and not esx_admin.other_sessions()
 
 
+def test_datastore_option(esx_sim: VcsimServer, esx_admin: Admin) -> None:
+    with connect(esx_sim, esx_sim.uri + "?datastore=LocalDS_0") as hv:
+        vm = hv.create_vm(vmctl.VMSpec(name="ds-opt", disks=[vmctl.DiskSpec(size_mib=8)]))
+        try:
+            assert vm.config().disks[0].path.startswith("[LocalDS_0] ")  # type: ignore[union-attr]
+        finally:
+            vm.delete()
+    with pytest.raises(vmctl.NotFound, match="no datastore 'nope'"):
+        connect(esx_sim, esx_sim.uri + "?datastore=nope")
+    assert not esx_admin.other_sessions()
+
+
 # -- TLS trust ------------------------------------------------------------------------------
 
 
