@@ -196,7 +196,7 @@ class KvmDriver(
         self._type_opt = opts.get("type") or None
         if self._type_opt not in (None, "kvm", "qemu", "test"):
             raise ValidationError(f"type must be kvm or qemu, got {self._type_opt!r}", field="uri")
-        self._shared_storage = bool(_yes(opts.get("shared_storage")))
+        self._shared_storage = _yes(opts.get("shared_storage"))
         self._memory_limit_opt = _yes(opts.get("memory_limit"))
         info = link.call("host info", lambda c: (c.getType(), c.getInfo(), c.getHostname()))
         self._hv_type: str = info[0]
@@ -1056,9 +1056,17 @@ class KvmDriver(
             )
         flags = lv.VIR_MIGRATE_PERSIST_DEST | lv.VIR_MIGRATE_UNDEFINE_SOURCE
         flags |= lv.VIR_MIGRATE_LIVE if live else lv.VIR_MIGRATE_OFFLINE
-        if self._shared_storage:
-            flags |= lv.VIR_MIGRATE_UNSAFE
         dconn = target._link.get()
+        shared = self._shared_storage
+        if shared is None and live:
+            shared = self._call(
+                f"check the storage of VM {uuid} is shared with {target.libvirt_uri}",
+                lambda c: self._storage_shared(c, self._dom(c, uuid), dconn),
+            )
+        if shared:
+            # libvirt cannot tell a shared directory on a local file system from a private
+            # one and calls the migration unsafe; it is shared (said, or proven above).
+            flags |= lv.VIR_MIGRATE_UNSAFE
         result: dict[str, Any] = {}
 
         def run(c: Any) -> None:
@@ -1096,12 +1104,52 @@ class KvmDriver(
             cause = exc.__cause__
             if cause is not None and E.code_of(cause) == E.MIGRATE_UNSAFE:
                 raise InvalidState(
-                    f"{exc} (the disks are on storage libvirt cannot see is shared; if the "
-                    "image directory is shared with the target, connect with "
-                    "?shared_storage=yes)",
+                    f"{exc} (the target does not see the disks' files; if the image "
+                    "directory is shared with the target, connect with ?shared_storage=yes)",
                     vendor_code=str(E.MIGRATE_UNSAFE),
                 ) from cause
             raise
+
+    def _storage_shared(self, c: Any, dom: Any, dconn: Any) -> bool:
+        """Whether the target host sees this domain's disk files as the same files.
+
+        For each directory holding a disk, a probe volume is created in the source pool
+        there; the storage is shared when the target, after refreshing its pools on that
+        directory, finds the probe at the same path. The probe is deleted again.
+        """
+        dirs = {str(Path(d.path).parent) for d in X.disks_of(self._xml(dom)) if d.path}
+        for directory in sorted(dirs):
+            pool = next(
+                (
+                    p
+                    for p in c.listAllStoragePools(2)
+                    if X.parse(p.XMLDesc(0)).findtext("target/path") == directory
+                ),
+                None,
+            )
+            if pool is None:
+                return False
+            probe = pool.createXML(
+                X.volume_xml(f".vmctl-shared-probe-{secrets.token_hex(6)}", 1, None), 0
+            )
+            try:
+                path = probe.path()
+                for tpool in dconn.listAllStoragePools(2):
+                    if X.parse(tpool.XMLDesc(0)).findtext("target/path") == directory:
+                        tpool.refresh(0)
+                try:
+                    dconn.storageVolLookupByPath(path)
+                except Exception as exc:
+                    if E.code_of(exc) == E.NO_STORAGE_VOL:
+                        return False
+                    raise
+            finally:
+                probe.delete(0)
+                for tpool in dconn.listAllStoragePools(2):
+                    if X.parse(tpool.XMLDesc(0)).findtext("target/path") == directory:
+                        with contextlib.suppress(Exception):
+                            tpool.refresh(0)
+        return True
 
     # -- observation ----------------------------------------------------------------------
 

@@ -249,6 +249,12 @@ def test_live_migration_both_ways(
     vm = hv.create_vm(_spec(hosts, "mig"))
     try:
         vm.start(timeout=60)
+        # told the storage is not shared, libvirt refuses; the VM stays where it is
+        private = vmctl.connect(vmctl_uri(hosts.uri, hosts, shared_storage="no"))
+        with private, pytest.raises(vmctl.InvalidState, match="shared_storage"):
+            private.vm(vm.uuid).migrate(other, timeout=60)
+        assert _domstate(hosts.uri, vm.uuid).startswith("running")
+        # unsaid, the driver proves the image directory is shared (a probe volume)
         t0 = time.monotonic()
         moved = vm.migrate(other, timeout=120)
         there = time.monotonic() - t0
