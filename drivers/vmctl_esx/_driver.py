@@ -270,6 +270,12 @@ class EsxDriver(
             conn.close()
             raise
 
+    @classmethod
+    def kit_options(cls, uri: str) -> dict[str, str]:
+        """Defaults for the conformance kit: the port group every ESXi host starts with.
+        (Migration needs ``--other-uri``: another host of the same vCenter.)"""
+        return {"network": "VM Network"}
+
     def close(self) -> None:
         self.conn.close()
 

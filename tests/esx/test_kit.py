@@ -3,6 +3,7 @@ cluster (host-scoped URIs) so that migration is exercised."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,12 @@ KNOWN = {
     "LIFE-REBOOT-1": "kit: reboot of a VM without OS/tools; vSphere cannot ask it",
 }
 OPTIONS = {"network": NETWORK, "op_timeout": "20"}
+#: Where the reports are kept for the support matrix (python -m vmctl_conformance.matrix).
+REPORTS = Path(os.environ.get("VMCTL_REPORTS_DIR", Path(__file__).parents[2] / "reports"))
+
+
+def _keep(report: object, name: str) -> None:
+    report.write(REPORTS / name)  # type: ignore[attr-defined]
 
 
 def _check(report: object, label: str) -> None:
@@ -49,6 +56,7 @@ def test_kit_esx_mode(esx_sim: VcsimServer, esx_admin: Admin, tmp_path: Path) ->
         report=tmp_path / "esx-kit.md",
     )
     print((tmp_path / "esx-kit.md").read_text())
+    _keep(report, "esx.json")
     _check(report, "esx")
     results = report.results
     for clause in (
@@ -76,6 +84,7 @@ def test_kit_vcenter_mode(vc_sim: VcsimServer, vc_admin: Admin, tmp_path: Path) 
         report=tmp_path / "vcenter-kit.md",
     )
     print((tmp_path / "vcenter-kit.md").read_text())
+    _keep(report, "vcenter.json")
     _check(report, "vcenter")
     for clause in ("MIG-LIVE-1", "MIG-COLD-1", "EVT-LIFE-1", "LIFE-CREATE-1"):
         assert report.results[clause].status == "pass", (clause, report.results[clause])
