@@ -104,6 +104,7 @@ LIBVIRT_PARAMS = frozenset(
 SCHEMES = frozenset({"qemu", "test"})
 MAX_DEFAULT_VCPUS = 16  # the vCPU ceiling a new domain gets for hot-plug, if the host has it
 
+_NOWAIT = 1 << 29  # VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT (libvirt >= 4.5)
 # libvirt flag values used below (stable ABI; named for readability)
 AFFECT_LIVE, AFFECT_CONFIG = 1, 2
 XML_SECURE, XML_INACTIVE, XML_MIGRATABLE = 1, 2, 8
@@ -452,7 +453,9 @@ class KvmDriver(
             if self.is_test:
                 records = c.getAllDomainStats(lv.VIR_DOMAIN_STATS_STATE, 0)
             else:
-                records = c.getAllDomainStats(stats_kind, 0)
+                # NOWAIT: a domain busy with a job (migration, save) answers from what
+                # libvirt has without waiting for that job, so listing never blocks on it.
+                records = c.getAllDomainStats(stats_kind, _NOWAIT)
             saved = {
                 d.UUIDString() for d in c.listAllDomains(lv.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE)
             }
@@ -1173,7 +1176,7 @@ class KvmDriver(
         def read(c: Any) -> dict[str, VMStats]:
             now = dt.datetime.now(dt.UTC)
             out: dict[str, VMStats] = {}
-            for dom, st in c.getAllDomainStats(kinds, 0):
+            for dom, st in c.getAllDomainStats(kinds, 0 if self.is_test else _NOWAIT):
                 uuid = dom.UUIDString()
                 if uuid not in wanted:
                     continue
