@@ -195,6 +195,11 @@ def main() -> int:
         f"vmctl / hand-written = {vm_s / hand:.2f}x (goal <= 1.2x); "
         f"naive / vmctl = {naive_s / vm_s:.1f}x (goal >= 10x)"
     )
+    if not live and not args.rpc_us:
+        print(
+            "(the test driver is in-process: a call costs microseconds, not a round trip; "
+            "--rpc-from qemu:///system or --live-uri URI show the naive loop over RPC)"
+        )
     return 0
 
 
