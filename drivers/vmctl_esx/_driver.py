@@ -589,7 +589,7 @@ class EsxDriver(
         ref, props = self._props(uuid, ("name", "runtime.powerState", "guest.toolsRunningStatus"))
         name = props["name"]
         tools = str(props.get("guest.toolsRunningStatus", "guestToolsNotRunning"))
-        if tools != "guestToolsRunning":
+        if tools not in ("guestToolsRunning", "guestToolsExecutingScripts"):
             # Real vSphere answers ToolsUnavailable here; ask first so that the answer is the
             # same everywhere (the simulator would power the VM off instead).
             raise InvalidState(
