@@ -8,9 +8,13 @@ Command line (from the repository root)::
 
 ``.hosts/xen.env`` (POSIX shell, sourceable)::
 
-    VMCTL_URI=xen://root@127.0.0.1:PORT                  # the pool master
+    VMCTL_URI=xen://root@127.0.0.1:PORT/?host=xenhost1   # the pool's first host
     VMCTL_OTHER_URI=xen://root@127.0.0.1:PORT/?host=xenhost2
                                     # same pool, naming its second host by name_label
+    VMCTL_POOL_URI=xen://root@127.0.0.1:PORT             # the whole pool, via its master
+
+Host-scoped URIs are what migration needs: a pool-wide connection still lists a VM that
+moved to another host of the pool.
     VMCTL_PASSWORD=...  VMCTL_CAFILE=...  VMCTL_THUMBPRINT=AA:BB:...  (SHA-256 of the cert)
 
 Python API::
@@ -73,6 +77,11 @@ class XenSim:
     def uri(self) -> str:
         """A vmctl URI for the pool master."""
         return f"xen://{self.username}@127.0.0.1:{self.port}"
+
+    @property
+    def host_uri(self) -> str:
+        """A vmctl URI scoped to the pool's first host."""
+        return f"xen://{self.username}@127.0.0.1:{self.port}/?host={self.hosts[0]}"
 
     @property
     def other_uri(self) -> str:
@@ -219,8 +228,9 @@ def running_simulator(**kwargs: Any) -> Iterator[XenSim]:
 def env_lines(sim: XenSim) -> list[str]:
     """The lines of ``.hosts/xen.env`` (POSIX shell, sourceable)."""
     values = {
-        "VMCTL_URI": sim.uri,
+        "VMCTL_URI": sim.host_uri,
         "VMCTL_OTHER_URI": sim.other_uri,
+        "VMCTL_POOL_URI": sim.uri,
         "VMCTL_PASSWORD": sim.password,
         "VMCTL_CAFILE": sim.cafile or "",
         "VMCTL_THUMBPRINT": sim.thumbprint or "",
