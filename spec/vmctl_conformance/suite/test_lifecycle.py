@@ -129,8 +129,20 @@ def test_unanswered_shutdown_times_out_then_forces(kit: Kit) -> None:
 @clause("LIFE-REBOOT-1")
 @requires(Capability.REBOOT)
 def test_reboot(kit: Kit) -> None:
-    vm = kit.vm("reboot", state=S.RUNNING, os=kit.boot is not None)
-    assert vm.reboot(timeout=kit.timeout).state is S.RUNNING
+    if kit.guest:
+        vm = kit.vm("reboot", state=S.RUNNING, os=True)
+        if kit.has(Capability.GUEST_INFO):
+            kit.wait_until(lambda: bool(vm.guest_info().ip_addresses), "the guest to boot")
+        assert vm.reboot(timeout=kit.timeout).state is S.RUNNING
+        return
+    # No guest OS to ask: the request is refused as one the guest cannot take, or the VM
+    # simply keeps running (ACPI ignored); either way it stays RUNNING.
+    vm = kit.vm("reboot", state=S.RUNNING)
+    try:
+        assert vm.reboot(timeout=kit.timeout).state is S.RUNNING
+    except vmctl.InvalidState:
+        pass
+    assert vm.info().state is S.RUNNING
 
 
 @clause("LIFE-RESET-1")
