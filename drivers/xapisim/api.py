@@ -21,7 +21,13 @@ from .model import (
     wire_datetime,
     xmlrpc_value_string,
 )
-from .tables import CLASSES, MESSAGES, RESULT_STATE
+from .tables import (
+    CLASSES,
+    MESSAGES,
+    MIGRATE_FORCE_KEY,
+    MIGRATE_FORCE_TRUE,
+    RESULT_STATE,
+)
 
 Impl = Callable[..., Any]
 
@@ -482,14 +488,21 @@ class Api:
 
     # ------------------------------------------------------------------ helpers
     def _vm_op(
-        self, ctx: Ctx, vm: str, op: str, body: Callable[[], Any], scale: float = 1.0
+        self,
+        ctx: Ctx,
+        vm: str,
+        op: str,
+        body: Callable[[], Any],
+        scale: float = 1.0,
+        strict: bool = True,
     ) -> Any:
-        """Run a VM operation: power-state and concurrency checks, simulated time."""
+        """Run a VM operation: power-state and concurrency checks, simulated time
+        (ocaml/xapi/xapi_vm_helpers.ml: with_vm_operation, ?strict defaults to true)."""
         db = self.db
         opref = ctx.task or f"OpaqueRef:sync-{id(ctx)}"
         with db.lock:
             db.get("VM", vm)
-            err = db.op_error(vm, op)
+            err = db.op_error(vm, op, strict)
             if err is not None:
                 raise err
             db.objs["VM"][vm]["current_operations"][opref] = op
@@ -662,7 +675,9 @@ class Api:
             db.touch("VM", vm)
             return ""
 
-        return str(self._vm_op(ctx, vm, "pool_migrate", body, scale=2.0))
+        # message_forwarding.ml: VM.pool_migrate -- with_vm_operation ~strict:(not force).
+        force = options.get(MIGRATE_FORCE_KEY) == MIGRATE_FORCE_TRUE
+        return str(self._vm_op(ctx, vm, "pool_migrate", body, scale=2.0, strict=not force))
 
     def _snap(
         self, ctx: Ctx, vm: str, new_name: str, op: str, ignore_vdis: list[str] | None = None
@@ -790,6 +805,7 @@ class Api:
             if rec["parent"] != NULL:
                 db.link("VM", rec["parent"], "children", vm, add=False)
             db.booted_os.discard(vm)
+            db.guest_xs.pop(vm, None)
             db.delete("VM", vm)
             return ""
 
@@ -1002,16 +1018,21 @@ class Api:
         with db.lock:
             rec = db.get(cls, ref)
             vm = db.get("VM", rec["VM"])
+            # ocaml/xapi/xapi_vbd_helpers.ml: valid_operations sets VBD_NOT_UNPLUGGABLE
+            # before the power-state errors (the first error set for an op wins).
+            if cls == "VBD" and not plug and not rec["unpluggable"]:
+                raise Fault("VBD_NOT_UNPLUGGABLE", ref)
             if vm["power_state"] != "Running":
                 raise Fault("VM_BAD_POWER_STATE", rec["VM"], "running", vm["power_state"].lower())
             if plug and rec["currently_attached"]:
                 raise Fault("DEVICE_ALREADY_ATTACHED", ref)
             if not plug and not rec["currently_attached"]:
                 raise Fault("DEVICE_ALREADY_DETACHED", ref)
-            # ocaml/xapi/xapi_vbd_helpers.ml: valid_operations
-            if cls == "VBD" and not plug and not rec["unpluggable"]:
-                raise Fault("VBD_NOT_UNPLUGGABLE", ref)
-            if cls == "VBD" and rec["type"] == "CD" and vm["domain_type"] == "hvm":
+            # xapi_vbd_helpers.ml / xapi_vif_helpers.ml: PV drivers for HVM hot-plug.
+            err = db.hotplug_error(cls, ref)
+            if err is not None:
+                raise err
+            if cls == "VBD" and rec["type"] == "CD" and db.live_domain_type(rec["VM"]) == "hvm":
                 raise Fault(
                     "OPERATION_NOT_ALLOWED",
                     "HVM CDROMs cannot be hotplugged/unplugged, only inserted or ejected",

@@ -13,13 +13,19 @@ from typing import Any
 from .tables import (
     ALLOWED_POWER_STATES,
     API_VERSION,
+    CANT_SUSPEND_KEY,
     CLASSES,
     EVENT_CLASSES,
+    GUEST_CANT_SUSPEND_XS,
+    GUEST_CONTROL_KEYS,
     GUEST_FEATURE_OPS,
+    HOTPLUG_REFUSED,
     LISTED_VM_OPS,
     PV_DOMAIN_TYPES,
     RESULT_STATE,
     SNAPSHOT_ALLOWED_OPS,
+    SUSPEND_FEATURE,
+    SUSPEND_FEATURE_OPS,
     TEMPLATE_ALLOWED_OPS,
 )
 
@@ -242,6 +248,10 @@ class Database:
         # domain booted one (decided at start; see has_os).
         self.os_vdis: set[str] = set()
         self.booted_os: set[str] = set()
+        # The guest-written part of each booted guest's xenstore (relative paths such as
+        # "control/feature-suspend" or "data/cant_suspend_reason"), from which the simulated
+        # guest agent derives VM_guest_metrics.other (see guest_other).
+        self.guest_xs: dict[str, dict[str, str]] = {}
         self._populate()
 
     # ------------------------------------------------------------------ objects
@@ -799,8 +809,10 @@ class Database:
         return vif
 
     # ------------------------------------------------------------------ VM rules
-    def op_error(self, ref: str, op: str) -> Fault | None:
-        """LIFECYCLE: check_operation_error (the checks this simulator models)."""
+    def op_error(self, ref: str, op: str, strict: bool = True) -> Fault | None:
+        """LIFECYCLE: check_operation_error (the checks this simulator models). `strict` as
+        xapi's: true for allowed_operations, VM.assert_operation_valid and most messages;
+        VM.pool_migrate passes not force."""
         vm = self.objs["VM"][ref]
         ps = vm["power_state"]
         allowed = list(ALLOWED_POWER_STATES.get(op, ["Halted", "Paused", "Suspended", "Running"]))
@@ -841,28 +853,61 @@ class Database:
             return Fault("ONLY_REVERT_SNAPSHOT")
         if vm["is_control_domain"] and (op in RESULT_STATE or op in _DOM0_BLOCKED):
             return Fault("OPERATION_NOT_ALLOWED", f"{op} is not allowed on a control domain")
-        return self._feature_error(ref, op)
+        return self._feature_error(ref, op, strict)
 
-    def _feature_error(self, ref: str, op: str) -> Fault | None:
-        """LIFECYCLE: check_op_for_feature with strict=true (as update_allowed_operations,
-        VM.assert_operation_valid and with_vm_operation for clean_shutdown/clean_reboot use
-        it), for the operations in GUEST_FEATURE_OPS."""
+    def _feature_error(self, ref: str, op: str, strict: bool) -> Fault | None:
+        """LIFECYCLE: check_op_for_feature, for SUSPEND_FEATURE_OPS (VM_NON_SUSPENDABLE
+        whatever the mode, VM_LACKS_FEATURE when strict) and GUEST_FEATURE_OPS (strict)."""
         needs = GUEST_FEATURE_OPS.get(op)
-        if needs is None:
+        if needs is None and op not in SUSPEND_FEATURE_OPS:
             return None
         vm = self.objs["VM"][ref]
         if vm["power_state"] not in ("Running", "Paused"):  # not is_live: implicit support
             return None
+        gm = self.objs["VM_guest_metrics"].get(vm["guest_metrics"])
+        other: dict[str, str] = gm["other"] if gm is not None else {}
+        if op in SUSPEND_FEATURE_OPS and CANT_SUSPEND_KEY in other:
+            return Fault("VM_NON_SUSPENDABLE", ref, other[CANT_SUSPEND_KEY])
         metrics = self.objs["VM_metrics"].get(vm["metrics"])
         if metrics is not None and metrics["current_domain_type"] in PV_DOMAIN_TYPES:
             return None  # has_definitely_booted_pv
-        gm = self.objs["VM_guest_metrics"].get(vm["guest_metrics"])
         if gm is not None and has_pv_drivers(gm["PV_drivers_version"]):
             return None  # full PV drivers imply all features
-        other = gm["other"] if gm is not None else {}
-        if any(other.get(f) == "1" for f in needs):
+        if not strict:
+            return None
+        if any(other.get(f) == "1" for f in needs or (SUSPEND_FEATURE,)):
             return None
         return Fault("VM_LACKS_FEATURE", ref)
+
+    def live_domain_type(self, ref: str) -> str:
+        """ocaml/xapi/helpers.ml: domain_type -- VM_metrics.current_domain_type while the VM
+        is Paused, Running or Suspended, VM.domain_type when Halted."""
+        vm = self.objs["VM"][ref]
+        metrics = self.objs["VM_metrics"].get(vm["metrics"])
+        if vm["power_state"] != "Halted" and metrics is not None:
+            return str(metrics["current_domain_type"])
+        return str(vm["domain_type"])
+
+    def hotplug_error(self, cls: str, ref: str) -> Fault | None:
+        """xapi_vbd_helpers.ml / xapi_vif_helpers.ml: valid_operations -- plug/unplug into a
+        running HVM guest needs PV drivers or an explicit can_use_hotplug_<vbd|vif> "yes"
+        (tables.HOTPLUG_OPS)."""
+        vm_ref = self.objs[cls][ref]["VM"]
+        vm = self.objs["VM"][vm_ref]
+        if vm["power_state"] != "Running" or self.live_domain_type(vm_ref) != "hvm":
+            return None
+        gm = self.objs["VM_guest_metrics"].get(vm["guest_metrics"])
+        if gm is not None:
+            claim = gm[f"can_use_hotplug_{cls.lower()}"]
+            if claim == "yes":
+                return None
+            if claim == "no":
+                return Fault("OPERATION_NOT_ALLOWED", HOTPLUG_REFUSED[cls])
+            if gm["PV_drivers_detected"]:
+                return None
+        if gm is not None and has_pv_drivers(gm["PV_drivers_version"]):
+            return None
+        return Fault("VM_MISSING_PV_DRIVERS", vm_ref)
 
     def has_os(self, vm: str) -> bool:
         """Whether starting the VM now boots a guest OS (with the simulated guest agent and
@@ -962,8 +1007,13 @@ class Database:
             )
         if self.has_os(vm):
             self.booted_os.add(vm)
+            self.guest_xs[vm] = {f"control/{k}": v for k, v in GUEST_CONTROL_KEYS.items()}
+            self.guest_xs[vm]["control/has-vendor-device"] = (
+                "1" if rec["has_vendor_device"] else "0"
+            )
         else:
             self.booted_os.discard(vm)
+            self.guest_xs.pop(vm, None)
         self.touch("VM", vm)
         if not paused:
             self._schedule_guest(vm, rec["domid"])
@@ -1005,12 +1055,7 @@ class Database:
             networks=networks,
             memory={},
             disks={},
-            other={
-                "feature-shutdown": "1",
-                "feature-suspend": "1",
-                "has-vendor-device": "0",
-                "platform-feature-multiprocessor-suspend": "1",
-            },
+            other=self.guest_other(vm),
             last_updated=now,
             live=True,
             can_use_hotplug_vbd="yes",
@@ -1021,12 +1066,49 @@ class Database:
         if old != NULL:
             self.delete("VM_guest_metrics", old)
 
+    def guest_other(self, vm: str) -> dict[str, str]:
+        """VM_guest_metrics.other as xapi_guest_agent.ml: get_initial_guest_metrics derives
+        it from the guest's xenstore (tables.GUEST_CANT_SUSPEND_XS)."""
+        xs = self.guest_xs.get(vm, {})
+        reason = xs.get(GUEST_CANT_SUSPEND_XS)
+        other: dict[str, str] = {}
+        for path, value in xs.items():
+            if not path.startswith("control/") or "/" in path[len("control/") :]:
+                continue
+            key = path[len("control/") :]
+            if key == SUSPEND_FEATURE and reason is not None:
+                other[CANT_SUSPEND_KEY] = reason
+            else:
+                other[key] = value
+        if "data/ts" in xs:
+            other["data-ts"] = xs["data/ts"]
+        return other
+
+    def guest_xenstore_write(self, vm: str, path: str, value: str | None) -> None:
+        """Simulate the guest writing (value None: removing) a key of its own xenstore
+        directory, e.g. "data/cant_suspend_reason"; the guest agent's report
+        (VM_guest_metrics.other) follows at once. For tests, through `server.db`."""
+        with self.lock:
+            if vm not in self.booted_os:
+                raise ValueError(f"{vm} has no running guest OS")
+            xs = self.guest_xs.setdefault(vm, {})
+            if value is None:
+                xs.pop(path, None)
+            else:
+                xs[path] = value
+            gm = self.objs["VM"][vm]["guest_metrics"]
+            if gm in self.objs["VM_guest_metrics"]:
+                self.set("VM_guest_metrics", gm, other=self.guest_other(vm))
+                self._update_allowed_ops(vm)
+                self.touch("VM", vm)
+
     def _halt(self, vm: str) -> None:
         rec = self.objs["VM"][vm]
         host = rec["resident_on"]
         gm = rec["guest_metrics"]
         rec.update(power_state="Halted", resident_on=NULL, domid=-1, guest_metrics=NULL)
         self.booted_os.discard(vm)
+        self.guest_xs.pop(vm, None)
         if gm != NULL:
             self.delete("VM_guest_metrics", gm)
         if rec["suspend_VDI"] != NULL:

@@ -640,12 +640,77 @@ LISTED_VM_OPS = [
 # _SUSPEND code and no check_drivers; VM_MISSING_PV_DRIVERS [vm] is raised only for VBD/VIF
 # hotplug, via xapi_pv_driver_version.ml: make_error_opt from xapi_vbd_helpers.ml and
 # xapi_vif_helpers.ml, not for VM operations.)
-# Not modelled: the same function's suspend/checkpoint/pool_migrate branch
-# ("feature-suspend", data-cant-suspend-reason -> VM_NON_SUSPENDABLE) and
-# changing_VCPUs_live ("feature-vcpu-hotplug"); see docs/xapisim.md.
+# The suspend-like branch is SUSPEND_FEATURE_OPS below. Not modelled: changing_VCPUs_live
+# ("feature-vcpu-hotplug"); see docs/xapisim.md.
 GUEST_FEATURE_OPS: dict[str, tuple[str, ...]] = {
     "clean_shutdown": ("feature-shutdown", "feature-poweroff"),
     "clean_reboot": ("feature-shutdown", "feature-reboot"),
+}
+# LIFECYCLE: check_op_for_feature, first branch (`suspend | `checkpoint | `pool_migrate |
+# `migrate_send when is_live; migrate_send is not simulated). Checked before implicit
+# support, in this order:
+#   1. VM_guest_metrics.other has CANT_SUSPEND_KEY (get_feature, any value) ->
+#      VM_NON_SUSPENDABLE [vm; reason] -- whatever `strict`, even with PV boot or PV drivers;
+#   2. not implicit_support && strict && other lacks SUSPEND_FEATURE = "1" (has_feature) ->
+#      VM_LACKS_FEATURE [vm];
+#   3. otherwise allowed.
+# strict: update_allowed_operations and VM.assert_operation_valid (true);
+# ocaml/xapi/message_forwarding.ml: VM.suspend and VM.checkpoint use with_vm_operation
+# without ~strict (true, ocaml/xapi/xapi_vm_helpers.ml: with_vm_operation ?(strict = true));
+# VM.pool_migrate passes ~strict:(not force), force = bool_of_string (List.assoc "force"
+# options) with any exception -> false (OCaml bool_of_string accepts exactly "true" and
+# "false"; see MIGRATE_FORCE_TRUE).
+SUSPEND_FEATURE_OPS = frozenset(["suspend", "checkpoint", "pool_migrate"])
+SUSPEND_FEATURE = "feature-suspend"
+CANT_SUSPEND_KEY = "data-cant-suspend-reason"
+# ocaml/xapi/message_forwarding.ml: VM.pool_migrate -- the options value that is a forced
+# migration (bool_of_string: only "true" is true; "1", "True", "yes" raise -> false).
+MIGRATE_FORCE_KEY = "force"
+MIGRATE_FORCE_TRUE = "true"
+
+# What lands in VM_guest_metrics.other (ocaml/xapi/xapi_guest_agent.ml:
+# get_initial_guest_metrics): one (x, value) pair per key control/x in the guest's
+# xenstore directory (`other all_control`, "catches keys like feature-shutdown
+# feature-hibernate feature-reboot feature-sysrq"), plus ("data-ts", v) for data/ts; and
+# when data/cant_suspend_reason is set, control/feature-suspend is reported as
+# ("data-cant-suspend-reason", reason) instead of ("feature-suspend", ...) (and the reason
+# is not reported without control/feature-suspend).
+GUEST_CANT_SUSPEND_XS = "data/cant_suspend_reason"
+# The control/ keys of a simulated guest that boots an OS (a Linux guest with PV drivers):
+# written by the toolstack at domain build (ocaml/xenopsd/xc/domain.ml: make --
+# control/platform-feature-multiprocessor-suspend "1",
+# control/platform-feature-xs_reset_watches "1", control/has-vendor-device "0"/"1" from
+# VM.has_vendor_device) and by the guest kernel's shutdown watcher (Linux
+# drivers/xen/manage.c: setup_shutdown_watcher writes control/feature-<cmd> = "1" for
+# poweroff, reboot and, with CONFIG_HIBERNATE_CALLBACKS, suspend; outside xen-api, not read
+# at a recorded commit). has-vendor-device is filled in per VM.
+GUEST_CONTROL_KEYS: dict[str, str] = {
+    "platform-feature-multiprocessor-suspend": "1",
+    "platform-feature-xs_reset_watches": "1",
+    "feature-poweroff": "1",
+    "feature-reboot": "1",
+    "feature-suspend": "1",
+}
+
+# VBD/VIF hot-plug into a running HVM guest (ocaml/xapi/xapi_vbd_helpers.ml and
+# xapi_vif_helpers.ml: valid_operations, "HVM guests MAY support plug/unplug IF they have
+# PV drivers"): when the VM is Running and Helpers.domain_type (ocaml/xapi/helpers.ml:
+# VM_metrics.current_domain_type while Running/Paused/Suspended, VM.domain_type when Halted)
+# is hvm, for the ops HOTPLUG_OPS[cls]:
+#   no guest metrics -> fallback; can_use_hotplug_<vbd|vif> "yes" -> allowed; "no" ->
+#   OPERATION_NOT_ALLOWED [HOTPLUG_REFUSED[cls]]; "unspecified" with PV_drivers_detected ->
+#   allowed; else fallback. fallback = xapi_pv_driver_version.ml: make_error_opt:
+#   VM_MISSING_PV_DRIVERS [vm] unless has_pv_drivers.
+# The first error set for an op wins: for a VBD this comes after VBD_NOT_UNPLUGGABLE and
+# the power-state / DEVICE_ALREADY_* checks and before the HVM CD rule ("HVM CDROMs cannot
+# be hotplugged/unplugged, only inserted or ejected").
+HOTPLUG_OPS: dict[str, frozenset[str]] = {
+    "VBD": frozenset(["plug", "unplug", "unplug_force"]),
+    "VIF": frozenset(["plug", "unplug"]),
+}
+HOTPLUG_REFUSED: dict[str, str] = {
+    "VBD": "VM states it does not support VBD hotplug.",
+    "VIF": "VM states it does not support VIF hotplug.",
 }
 # LIFECYCLE: has_definitely_booted_pv (`pv | `pv_in_pvh | `pvh -> true); also the domain
 # types that boot directly from PV_kernel/PV_bootloader (ocaml/xapi/helpers.ml:
@@ -891,6 +956,14 @@ ERRORS: dict[str, ErrorSpec] = {
         ["vm"], f"{DM_ERR}: vm_lacks_feature; ocaml/xapi-consts/api_errors.ml:"
         f' vm_lacks_feature = "VM_LACKS_FEATURE"; {LIFECYCLE}: check_op_for_feature'
         " raises [ref]"),
+    "VM_NON_SUSPENDABLE": ErrorSpec(
+        ["vm", "reason"], f"{DM_ERR}: vm_non_suspendable; ocaml/xapi-consts/api_errors.ml:"
+        f' vm_non_suspendable = "VM_NON_SUSPENDABLE"; {LIFECYCLE}: check_op_for_feature'
+        " raises [ref; reason] (reason = guest metrics other:data-cant-suspend-reason)"),
+    "VM_MISSING_PV_DRIVERS": ErrorSpec(
+        ["vm"], f"{DM_ERR}: vm_missing_pv_drivers; ocaml/xapi-consts/api_errors.ml:"
+        ' vm_missing_pv_drivers = "VM_MISSING_PV_DRIVERS";'
+        " ocaml/xapi/xapi_pv_driver_version.ml: make_error_opt raises [vm]"),
 }  # fmt: skip
 
 API_VERSION = (2, 21)  # host.API_version_major/minor reported (a recent xapi)

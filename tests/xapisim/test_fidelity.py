@@ -31,6 +31,7 @@ from xapisim.tables import (
     MESSAGES,
     POWER_STATES,
     RESULT_STATE,
+    SUSPEND_FEATURE_OPS,
 )
 
 pytestmark = pytest.mark.xen
@@ -66,13 +67,19 @@ def put_in_state(x: Any, vm: str, state: str) -> None:
     if state == "Halted":
         return
     x.VM.start(vm, state == "Paused", False)
-    if state == "Running":
-        # An HVM guest can be asked to shut down cleanly once its agent reports
-        # (xapi_vm_lifecycle.ml check_op_for_feature): wait for the guest metrics.
-        wait_for(lambda: x.VM.get_guest_metrics(vm) != NULL)
+    if state in ("Running", "Suspended"):
+        # An HVM guest can be asked to shut down cleanly, and be suspended, checkpointed or
+        # migrated, once its agent reports (xapi_vm_lifecycle.ml check_op_for_feature):
+        # wait for the guest metrics.
+        wait_guest(x, vm)
     if state == "Suspended":
         x.VM.suspend(vm)
     assert x.VM.get_power_state(vm) == state
+
+
+def wait_guest(x: Any, vm: str) -> str:
+    """Wait until the simulated guest agent of a started VM reports (PV drivers)."""
+    return str(wait_for(lambda: (g := x.VM.get_guest_metrics(vm)) != NULL and g))
 
 
 def hosts(x: Any) -> list[str]:
@@ -326,6 +333,7 @@ def test_pool_migrate_moves_resident_on(x: Any) -> None:
     vm = fresh_vm(x, "migrant")
     x.VM.start_on(vm, hs[0], False, False)
     assert vm in x.host.get_resident_VMs(hs[0])
+    wait_guest(x, vm)  # an HVM guest migrates with PV drivers (check_op_for_feature)
     x.VM.pool_migrate(vm, hs[1], {"live": "true"})
     assert x.VM.get_resident_on(vm) == hs[1]
     assert vm in x.host.get_resident_VMs(hs[1]) and vm not in x.host.get_resident_VMs(hs[0])
@@ -358,6 +366,7 @@ def test_snapshot_checkpoint_revert_clone_copy(x: Any) -> None:
     assert srec["is_a_snapshot"] and srec["snapshot_of"] == vm and srec["is_a_template"]
     assert srec["power_state"] == "Halted" and snap in x.VM.get_snapshots(vm)
     assert failure(x.VM.start, snap, False, False)[0] == "VM_IS_SNAPSHOT"
+    wait_guest(x, vm)  # an HVM guest checkpoints with PV drivers (check_op_for_feature)
     cp = x.VM.checkpoint(vm, "c1")
     assert x.VM.get_power_state(cp) == "Suspended"
     assert x.VM.get_suspend_VDI(cp) != NULL
@@ -417,6 +426,7 @@ def test_devices_vbd_vdi_vif(x: Any) -> None:
     assert failure(x.VBD.create, {"VM": vm})[0] == "FIELD_TYPE_ERROR"
     x.VM.start(vm, False, False)
     assert x.VBD.get_currently_attached(vbd) is True
+    wait_guest(x, vm)  # HVM hot-plug needs PV drivers (xapi_vbd_helpers.ml)
     assert failure(x.VBD.plug, vbd) == ["DEVICE_ALREADY_ATTACHED", vbd]
     assert failure(x.VDI.destroy, vdi) == ["VDI_IN_USE", vdi, "destroy"]
     x.VBD.unplug(vbd)
@@ -645,6 +655,7 @@ def test_snapshot_ignore_vdis_and_cd_rules(x: Any) -> None:
     info = x.VM.get_snapshot_info(snap)
     assert info == {"disk-snapshot-type": "crash_consistent", "power-state-at-snapshot": "Halted"}
     x.VM.start(vm, False, False)
+    wait_guest(x, vm)  # with PV drivers, the HVM CD rule is the one that refuses
     cd = next(b for b in x.VM.get_VBDs(vm) if x.VBD.get_type(b) == "CD")
     assert failure(x.VBD.unplug, cd)[0] == "OPERATION_NOT_ALLOWED"
     x.VM.hard_shutdown(vm)
@@ -664,7 +675,8 @@ def test_random_lifecycle_sequences_keep_invariants(x: Any, ops: list[str]) -> N
         for op in ops:
             state = x.VM.get_power_state(vm)
             if state == "Running":
-                # clean_shutdown/clean_reboot need the guest agent (check_op_for_feature).
+                # clean_shutdown/clean_reboot/suspend need the guest agent
+                # (check_op_for_feature).
                 wait_for(lambda: x.VM.get_guest_metrics(vm) != NULL)
             args: list[Any] = [vm]
             if op in ("start", "resume"):
@@ -682,7 +694,8 @@ def test_random_lifecycle_sequences_keep_invariants(x: Any, ops: list[str]) -> N
             assert (rec["domid"] != "-1") == live
             assert any(vm in x.host.get_resident_VMs(h) for h in hs) == live
             for o in LIFECYCLE[:11]:
-                agent = o not in GUEST_FEATURE_OPS or rec["guest_metrics"] != NULL
+                needs_agent = o in GUEST_FEATURE_OPS or o in SUSPEND_FEATURE_OPS
+                agent = not needs_agent or rec["guest_metrics"] != NULL
                 assert (o in rec["allowed_operations"]) == (
                     rec["power_state"] in ALLOWED_POWER_STATES[o] and agent
                 ), (o, rec["power_state"], rec["guest_metrics"])

@@ -16,6 +16,7 @@ from xapisim.tables import ERRORS
 
 REF_RE = re.compile(r"^OpaqueRef:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 NULL = "OpaqueRef:NULL"
+MiB = 1024**2
 
 
 def transport(server: SimServer) -> xmlrpc.client.Transport:
@@ -97,3 +98,109 @@ def wait_for(pred: Callable[[], Any], timeout: float = 5.0, step: float = 0.02) 
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(step)
+
+
+# VMs as the vmctl Xen driver makes them, and clones of a VM with an installed guest.
+
+
+def new_vm(x: Any, name: str, *, kernel: str = "", disk: bool = True, iso: str = "") -> str:
+    """A VM as the vmctl Xen driver creates one (drivers/vmctl_xen create_vm): a kernel
+    BootSource gives PV direct boot (HVM_boot_policy "", PV_kernel); otherwise HVM "BIOS
+    order" with a blank bootable disk (VDI.create), and an ISO in a CD drive if given."""
+    mem = str(512 * MiB)
+    vm = x.VM.create(
+        {
+            "name_label": name,
+            "name_description": "",
+            "user_version": "1",
+            "is_a_template": False,
+            "affinity": NULL,
+            "memory_target": mem,
+            "memory_static_max": mem,
+            "memory_dynamic_max": mem,
+            "memory_dynamic_min": mem,
+            "memory_static_min": mem,
+            "VCPUs_params": {},
+            "VCPUs_max": "1",
+            "VCPUs_at_startup": "1",
+            "actions_after_shutdown": "destroy",
+            "actions_after_reboot": "restart",
+            "actions_after_crash": "destroy",
+            "PV_bootloader": "",
+            "PV_kernel": kernel,
+            "PV_ramdisk": "",
+            "PV_args": "console=hvc0" if kernel else "",
+            "PV_bootloader_args": "",
+            "PV_legacy_args": "",
+            "HVM_boot_policy": "" if kernel else "BIOS order",
+            "HVM_boot_params": {} if kernel else {"order": "dc" if iso else "cd"},
+            "platform": {} if kernel else {"acpi": "1"},
+            "PCI_bus": "",
+            "other_config": {},
+            "recommendations": "",
+        }
+    )
+    sr = x.pool.get_default_SR(x.pool.get_all()[0])
+    if disk:
+        vdi = x.VDI.create(
+            {
+                "name_label": f"{name} disk",
+                "name_description": "",
+                "SR": sr,
+                "virtual_size": str(64 * MiB),
+                "type": "user",
+                "sharable": False,
+                "read_only": False,
+                "other_config": {},
+            }
+        )
+        x.VBD.create(vbd_record(vm, vdi, "0", bootable=not kernel and not iso))
+    if iso:
+        cd = x.VDI.get_by_name_label(iso)[0]
+        x.VBD.create(vbd_record(vm, cd, "3", cd=True))
+    net = x.network.get_all()[0]
+    x.VIF.create(
+        {
+            "device": "0",
+            "network": net,
+            "VM": vm,
+            "MAC": "",
+            "MTU": "1500",
+            "other_config": {},
+            "qos_algorithm_type": "",
+            "qos_algorithm_params": {},
+        }
+    )
+    return str(vm)
+
+
+def vbd_record(vm: str, vdi: str, dev: str, *, cd: bool = False, bootable: bool = False) -> Any:
+    return {
+        "VM": vm,
+        "VDI": vdi,
+        "userdevice": dev,
+        "bootable": bootable or cd,
+        "mode": "RO" if cd else "RW",
+        "type": "CD" if cd else "Disk",
+        "unpluggable": True,
+        "empty": False,
+        "other_config": {},
+        "qos_algorithm_type": "",
+        "qos_algorithm_params": {},
+    }
+
+
+def clone_of_vm01(x: Any, name: str) -> str:
+    """vm-01 has an installed guest (HVM, its disk holds an OS with PV drivers)."""
+    return str(x.VM.clone(x.VM.get_by_name_label("vm-01")[0], name))
+
+
+def discard(x: Any, vm: str) -> None:
+    if x.VM.get_power_state(vm) != "Halted":
+        x.VM.hard_shutdown(vm)
+    for vbd in x.VM.get_VBDs(vm):
+        vdi = x.VBD.get_VDI(vbd)
+        if x.VBD.get_type(vbd) == "Disk" and vdi != NULL:
+            x.VBD.destroy(vbd)
+            x.VDI.destroy(vdi)
+    x.VM.destroy(vm)
