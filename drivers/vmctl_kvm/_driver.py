@@ -377,13 +377,24 @@ class KvmDriver(
             vol = pool.createXML(xml, 0)
         return X.OwnedDisk(vol.path(), pool.name(), vol.name(), disk.name), fmt
 
-    def _delete_volume(self, conn: Any, path: str) -> bool:
+    def _delete_volume(self, conn: Any, path: str, pool_name: str | None = None) -> bool:
+        """Delete the volume at ``path``; False if there is none. A pool this host has not
+        refreshed since another host made the file there (after a migration, on shared
+        storage) is refreshed first."""
         try:
             vol = conn.storageVolLookupByPath(path)
         except Exception as exc:
-            if E.code_of(exc) == E.NO_STORAGE_VOL:
-                return False
-            raise
+            if E.code_of(exc) != E.NO_STORAGE_VOL or not pool_name:
+                if E.code_of(exc) == E.NO_STORAGE_VOL:
+                    return False
+                raise
+            try:
+                conn.storagePoolLookupByName(pool_name).refresh(0)
+                vol = conn.storageVolLookupByPath(path)
+            except Exception as exc2:
+                if E.code_of(exc2) in (E.NO_STORAGE_VOL, E.NO_STORAGE_POOL):
+                    return False
+                raise
         vol.delete(0)
         return True
 
@@ -591,7 +602,7 @@ class KvmDriver(
                 flags |= lv.VIR_DOMAIN_UNDEFINE_NVRAM | lv.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
             dom.undefineFlags(flags)
             for d in meta.disks:
-                if self._delete_volume(c, d.path):
+                if self._delete_volume(c, d.path, d.pool):
                     done.append(f"disk {d.path}")
             return done
 
@@ -827,7 +838,7 @@ class KvmDriver(
                     meta._replace(disks=tuple(d for d in meta.disks if d.path != disk.path)),
                     live=live,
                 )
-                self._delete_volume(c, disk.path or "")
+                self._delete_volume(c, disk.path or "", mine[0].pool)
 
         self._call(f"remove disk {disk_id} from VM {uuid}", remove)
 

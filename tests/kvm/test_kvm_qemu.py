@@ -46,6 +46,14 @@ def _dominfo(uri: str, uuid: str) -> dict[str, str]:
     return out
 
 
+def _volumes(uri: str, pool: str) -> list[str]:
+    """Volume names in ``pool`` on ``uri``, after a refresh (another host may have written)."""
+    virsh(uri, "pool-refresh", pool)
+    return [
+        line.split()[0] for line in virsh(uri, "vol-list", pool).splitlines()[2:] if line.strip()
+    ]
+
+
 def _spec(hosts: Any, hint: str, **kw: Any) -> VMSpec:
     base: dict[str, Any] = {
         "name": PREFIX + hint,
@@ -269,6 +277,9 @@ def test_live_migration_both_ways(
         for h in (hv, other):
             with contextlib.suppress(vmctl.NotFound):
                 h.vm(vm.uuid).delete(force=True)
+    # deleted on the host it ended on, its volume is gone from the shared directory too
+    for uri in (hosts.uri, hosts.other_uri):
+        assert not [v for v in _volumes(uri, hosts.pool) if v.startswith(PREFIX + "mig")]
 
 
 def test_kit_on_qemu_with_second_host(hosts: Any, kvm_harness: Any, tmp_path: Path) -> None:
@@ -292,6 +303,8 @@ def test_kit_on_qemu_with_second_host(hosts: Any, kvm_harness: Any, tmp_path: Pa
     print("\n" + (tmp_path / "kit-qemu.md").read_text())
     assert not report.failed, report.output[-4000:]
     assert not report.leaked
+    for uri in (hosts.uri, hosts.other_uri):  # the kit counts VMs; volumes are checked here
+        assert not [v for v in _volumes(uri, hosts.pool) if v.startswith("vmctl-kit-")]
     statuses = {cid: r.status for cid, r in report.results.items()}
     for cid in (
         "MIG-LIVE-1",
