@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from xen_helpers import NETWORK, connect, name
+from xen_helpers import GUEST, NETWORK, connect, name
 
 import vmctl
 from vmctl import DiskSpec, EventKind, NicSpec, PowerState, VMSpec
@@ -25,6 +25,15 @@ def spec(hint: str, **kw: Any) -> VMSpec:
 @pytest.fixture
 def vm(hv: vmctl.Hypervisor) -> Iterator[vmctl.VM]:
     v = hv.create_vm(spec("feat"))
+    yield v
+    with contextlib.suppress(vmctl.NotFound):
+        v.delete(force=True)
+
+
+@pytest.fixture
+def guest_vm(hv: vmctl.Hypervisor) -> Iterator[vmctl.VM]:
+    """A VM with a guest OS: xapi needs one for checkpoints and hot-plug."""
+    v = hv.create_vm(spec("guest", boot=GUEST))
     yield v
     with contextlib.suppress(vmctl.NotFound):
         v.delete(force=True)
@@ -54,7 +63,8 @@ def test_disk_snapshot_revert_and_delete(vm: vmctl.VM, raw: Any) -> None:
     assert one.id not in {i.uuid for i in vm.hypervisor.list_vms()}
 
 
-def test_memory_snapshot_is_a_checkpoint_and_reverts_running(vm: vmctl.VM, raw: Any) -> None:
+def test_memory_snapshot_is_a_checkpoint_and_reverts_running(guest_vm: vmctl.VM, raw: Any) -> None:
+    vm = guest_vm
     vm.start()
     snap = vm.snapshot("live", memory=True)
     assert snap.with_memory and snap.state is S.RUNNING
@@ -119,7 +129,8 @@ def test_full_and_linked_clones(vm: vmctl.VM, raw: Any) -> None:
     assert hv.vm(vm.uuid).info().state is S.RUNNING
 
 
-def test_devices_cold_and_hot(vm: vmctl.VM, raw: Any) -> None:
+def test_devices_cold_and_hot(guest_vm: vmctl.VM, raw: Any) -> None:
+    vm = guest_vm
     disk = vm.add_disk(DiskSpec(size_mib=32, name="extra"))
     assert disk.id == "xvdb" and disk.size_mib == 32
     nic = vm.add_nic(NicSpec(network=NETWORK, mac="52:54:00:00:00:77"))
@@ -153,7 +164,7 @@ def test_devices_cold_and_hot(vm: vmctl.VM, raw: Any) -> None:
 def test_migration_between_host_scoped_connections(sim: Any, raw: Any) -> None:
     with connect(sim, "?host=xenhost1") as h1, connect(sim, "?host=xenhost2") as h2:
         assert h1.host_info().name == "xenhost1"
-        vm = h1.create_vm(spec("mig"))
+        vm = h1.create_vm(spec("mig", boot=GUEST))
         try:
             ref = raw.VM.get_by_uuid(vm.uuid)
             assert raw.host.get_name_label(raw.VM.get_affinity(ref)) == "xenhost1"

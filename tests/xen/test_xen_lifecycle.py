@@ -7,15 +7,13 @@ import uuid as uuidlib
 from typing import Any
 
 import pytest
-from xen_helpers import NETWORK, name
+from xen_helpers import GUEST, NETWORK, name
 
 import vmctl
-from vmctl import BootSource, DiskSpec, NicSpec, PowerState, Resources, VMSpec
+from vmctl import DiskSpec, NicSpec, PowerState, Resources, VMSpec
 
 S = PowerState
 MiB = 1024 * 1024
-#: A direct-boot PV kernel: the VM has a guest OS (with PV drivers and a guest agent).
-GUEST = BootSource(kernel="/boot/guest/vmlinuz", cmdline="console=hvc0")
 
 
 def spec(hint: str, **kw: Any) -> VMSpec:
@@ -138,7 +136,7 @@ def test_unknown_uuid_not_found(hv: vmctl.Hypervisor) -> None:
 
 def test_delete_removes_owned_disks_and_snapshots(hv: vmctl.Hypervisor, raw: Any) -> None:
     vdis = set(raw.VDI.get_all())
-    vm = hv.create_vm(spec("del", disks=[DiskSpec(size_mib=64), DiskSpec(size_mib=16)]))
+    vm = hv.create_vm(spec("del", boot=GUEST, disks=[DiskSpec(size_mib=64), DiskSpec(size_mib=16)]))
     vm.snapshot("s1")
     vm.start()
     vm.suspend()

@@ -9,6 +9,11 @@ import vmctl
 
 PASSWORD = "xen-" + secrets.token_hex(8)
 NETWORK = "Pool-wide network associated with eth0"
+#: A direct-boot PV kernel: the VM has a guest OS (PV drivers, a guest agent). xapi refuses
+#: suspend, checkpoint, live migration and hot-plug for an HVM guest without PV drivers
+#: (xapi_vm_lifecycle.ml check_op_for_feature; xapi_vbd_helpers.ml), so tests of those
+#: operations use it.
+GUEST = vmctl.BootSource(kernel="/boot/guest/vmlinuz", cmdline="console=hvc0")
 
 
 def connect(sim: Any, query: str = "", **kw: Any) -> vmctl.Hypervisor:
