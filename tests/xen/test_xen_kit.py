@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,9 @@ from xen_helpers import NETWORK, PASSWORD
 
 vmctl_conformance = pytest.importorskip("vmctl_conformance")
 
-#: Clauses allowed to fail only because the simulator differs from xapi, each with the
-#: xen-api source that says what xapi does (the driver follows xapi and works around
-#: nothing). Empty: with xapisim's guest model (VM_LACKS_FEATURE for a VM with nothing
-#: bootable) and parent chain (xapi_vm_clone.ml), every declared clause passes.
-SIM_GAPS: set[str] = set()
+
+#: Where kit reports are kept for the support matrix (python -m vmctl_conformance.matrix).
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
 
 def test_kit_against_the_simulator(sim: Any, tmp_path: Path) -> None:
@@ -32,14 +29,10 @@ def test_kit_against_the_simulator(sim: Any, tmp_path: Path) -> None:
         report=tmp_path / "xen-kit.md",
     )
     print((tmp_path / "xen-kit.md").read_text())
+    REPORTS.mkdir(exist_ok=True)
+    report.write(REPORTS / "xen.json")
     assert not report.leaked, report.leaked
-    unexpected = set(report.failed) - SIM_GAPS
-    assert not unexpected, f"{sorted(unexpected)}\n{report.output[-5000:]}"
-    fixed = SIM_GAPS - set(report.failed)
-    if fixed:
-        warnings.warn(
-            f"the simulator now passes {sorted(fixed)}: drop them from SIM_GAPS", stacklevel=1
-        )
+    assert not report.failed, f"{report.failed}\n{report.output[-5000:]}"
     results = report.results
     for clause in (
         "MIG-LIVE-1",
