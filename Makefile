@@ -8,7 +8,7 @@ TEST_EXTRAS ?= dev,kit,kvm,esx,xen
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen \
-        hosts-stop conformance-sim bench clean
+        hosts-stop conformance-sim bench matrix clean
 
 $(VENV)/.stamp-core: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,16 @@ test: test-venv lint typecheck
 conformance-sim: venv
 	$(VENV)/bin/vmctl conformance sim:// --report reports/sim.md
 
+## side-by-side benchmarks (each starts what it needs); they print ratios, they do not fail
 bench: test-venv
 	$(PY) bench/import_time.py
+	$(PY) bench/kvm_list.py
+	$(PY) bench/esx_list.py
+	$(PY) bench/xen_list.py
+
+## the verified support matrix, from the kit reports `make test` leaves in reports/
+matrix:
+	$(PY) -m vmctl_conformance.matrix reports/*.json > docs/support-matrix.md
 
 ## hosts to try things by hand; each writes .hosts/<name>.env
 host-kvm: test-venv
