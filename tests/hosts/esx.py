@@ -1,8 +1,10 @@
 """Harness for the vSphere API simulator (govmomi's ``simulator`` package).
 
-The launcher ``tests/hosts/vcsim/main.go`` is built in GOPATH mode against Debian's packaged
-govmomi library (``tests/hosts/install-esx.sh`` installs it) into ``.cache/vcsim/``. It is
-rebuilt only when ``main.go`` (or the Go toolchain / govmomi package version) changes.
+The launcher ``tests/hosts/vcsim/`` (``main.go``; ``snapshots.go`` makes snapshot revert restore
+the VM's configuration and power state as real vSphere does) is built in GOPATH mode against
+Debian's packaged govmomi library (``tests/hosts/install-esx.sh`` installs it) into
+``.cache/vcsim/``. It is rebuilt only when a ``.go`` file there (or the Go toolchain / govmomi
+package version) changes.
 
 Python API::
 
@@ -14,10 +16,15 @@ Python API::
             sslContext=ssl.create_default_context(cafile=str(srv.cafile)),
         )
         ...   # srv.uri == "vcenter://vmctl@127.0.0.1:PORT/DC0/DC0_C0"
+        # srv.host_uris == ["vcenter://vmctl@127.0.0.1:PORT/DC0/DC0_C0/DC0_C0_H0", ...,
+        #                   "vcenter://vmctl@127.0.0.1:PORT/DC0/DC0_H0"]
 
 Command line (from the repository root)::
 
-    python -m tests.hosts.esx start    # vCenter + standalone ESX, detached; writes .hosts/esx.env
+    python -m tests.hosts.esx start    # vCenter + standalone ESX, detached; writes .hosts/esx.env:
+                                       # VMCTL_URI=vcenter://vmctl@127.0.0.1:P/DC0/DC0_C0/DC0_C0_H0
+                                       # VMCTL_OTHER_URI=vcenter://.../DC0/DC0_C0/DC0_C0_H1
+                                       # VMCTL_ESX_URI=esx://vmctl@127.0.0.1:Q
     python -m tests.hosts.esx status
     python -m tests.hosts.esx stop     # stops exactly the PIDs in .hosts/esx.pids
 
@@ -53,7 +60,8 @@ Mode = Literal["esx", "vcenter"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".cache" / "vcsim"
 HOSTS_DIR = REPO_ROOT / ".hosts"
-MAIN_GO = Path(__file__).resolve().parent / "vcsim" / "main.go"
+LAUNCHER_DIR = Path(__file__).resolve().parent / "vcsim"  # package main: main.go, snapshots.go
+MAIN_GO = LAUNCHER_DIR / "main.go"
 BINARY_NAME = "vmctl-vcsim"
 SYSTEM_GOPATH = "/usr/share/gocode"
 GOVMOMI_PACKAGE = "golang-github-vmware-govmomi-dev"
@@ -108,8 +116,15 @@ def _package_version(package: str) -> str:
     return out.stdout.strip() or "unknown"
 
 
+def _launcher_sources() -> list[Path]:
+    """The launcher's Go files (GOPATH mode builds files, not a directory outside GOPATH)."""
+    return sorted(p for p in LAUNCHER_DIR.glob("*.go") if not p.name.endswith("_test.go"))
+
+
 def _build_key(go: str) -> str:
-    digest = hashlib.sha256(MAIN_GO.read_bytes())
+    digest = hashlib.sha256()
+    for source in _launcher_sources():
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
     go_version = subprocess.run(
         [go, "version"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -158,7 +173,7 @@ def build_launcher(force: bool = False, cache_dir: Path = CACHE_DIR) -> BuildRes
         tmp = cache_dir / f".{BINARY_NAME}.{os.getpid()}.tmp"
         started = time.monotonic()
         proc = subprocess.run(
-            [go, "build", "-o", str(tmp), str(MAIN_GO)],
+            [go, "build", "-o", str(tmp), *map(str, _launcher_sources())],
             cwd=str(cache_dir),
             env=go_env(cache_dir),
             capture_output=True,
@@ -281,6 +296,27 @@ class VcsimServer:
         paths = self.clusters or self.datacenters
         path = paths[0] if paths else ""
         return f"vcenter://{user}@{self.host}:{self.port}/{path}"
+
+    @property
+    def host_uris(self) -> list[str]:
+        """vcenter mode: host-scoped URIs, what migration needs: the first cluster's hosts
+        (``vcenter://user@h:p/DC0/DC0_C0/DC0_C0_H0``, ``.../DC0_C0_H1``, ...), then the
+        standalone hosts (``vcenter://user@h:p/DC0/DC0_H0``). Empty in esx mode.
+
+        The simulator names a cluster's hosts ``<cluster>_H<n>`` and a datacenter's standalone
+        hosts ``<datacenter>_H<n>``; the ready line lists the host names only.
+        """
+        if self.mode == "esx":
+            return []
+        base = f"vcenter://{quote(self.username, safe='')}@{self.host}:{self.port}"
+        uris: list[str] = []
+        if self.clusters:
+            cluster = self.clusters[0]
+            prefix = cluster.rsplit("/", 1)[-1] + "_H"
+            uris += [f"{base}/{cluster}/{h}" for h in self.hosts if h.startswith(prefix)]
+        for dc in self.datacenters:
+            uris += [f"{base}/{dc}/{h}" for h in self.hosts if h.startswith(f"{dc}_H")]
+        return uris
 
     @property
     def stderr_log(self) -> Path:
@@ -585,10 +621,19 @@ def running_simulator(
 
 
 def env_lines(vcenter: VcsimServer, esx: VcsimServer) -> list[str]:
-    """The lines of ``.hosts/esx.env`` (POSIX shell, sourceable)."""
+    """The lines of ``.hosts/esx.env`` (POSIX shell, sourceable).
+
+    ``VMCTL_URI`` and ``VMCTL_OTHER_URI`` are two hosts of the vCenter's cluster (host-scoped
+    URIs, so that the kit's migration clauses run between them); ``VMCTL_ESX_URI`` is the
+    standalone ESX simulator. Both simulators share the password and the certificate.
+    """
+    hosts = vcenter.host_uris
+    if len(hosts) < 2:
+        raise HarnessError(f"the vCenter model has fewer than two hosts: {hosts}")
     values = {
-        "VMCTL_URI": vcenter.uri,
-        "VMCTL_OTHER_URI": esx.uri,
+        "VMCTL_URI": hosts[0],
+        "VMCTL_OTHER_URI": hosts[1],
+        "VMCTL_ESX_URI": esx.uri,
         "VMCTL_PASSWORD": vcenter.password,
         "VMCTL_CAFILE": str(vcenter.cafile),
         "VMCTL_THUMBPRINT": vcenter.thumbprint,
@@ -604,6 +649,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         if ENV_FILE.is_file():
             print(shown(ENV_FILE.read_text()), end="")
         return 0
+    if args.hosts is not None and args.hosts < 2:
+        print("--hosts must be at least 2: the env names two hosts of the cluster", file=sys.stderr)
+        return 2
     build = build_launcher()
     if build.built:
         print(f"built {build.binary} in {build.seconds:.1f}s", file=sys.stderr)
@@ -694,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.set_defaults(func=cmd_stop)
     status = sub.add_parser("status", help="0 = all running, 1 = some dead, 3 = not started")
     status.set_defaults(func=cmd_status)
-    build = sub.add_parser("build", help="build the launcher (only if main.go changed)")
+    build = sub.add_parser("build", help="build the launcher (only if its sources changed)")
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=cmd_build)
     args = parser.parse_args(argv)

@@ -3,7 +3,8 @@
 They prove the launcher builds and serves both modes and show the calling patterns a driver
 needs: TLS verification with a CA file, thumbprint pinning, one-round-trip listing through a
 ContainerView, tasks awaited through the PropertyCollector, session expiry and re-login,
-and RelocateVM_Task between hosts.
+RelocateVM_Task between hosts, and snapshot revert restoring the configuration and power state
+(the launcher's snapshots.go; the library's simulator alone only moves currentSnapshot).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import ssl
 import time
@@ -25,6 +27,7 @@ from .esx import (
     SYSTEM_GOPATH,
     VcsimServer,
     build_launcher,
+    env_lines,
     make_cert,
     running_simulator,
     start_simulator,
@@ -123,17 +126,24 @@ def list_vms(content: Any, props: list[str]) -> list[dict[str, Any]]:
 def wait_task(content: Any, task: Any, timeout: float = 30.0) -> Any:
     """Wait for a task through the PropertyCollector (WaitForUpdatesEx), not pyVim.WaitForTask.
 
-    Returns ``info.result``; raises ``info.error`` (a vim fault) when the task failed.
+    Returns ``info.result``; raises ``info.error`` (a vim fault) when the task failed. Only
+    ``info.state``/``result``/``error`` are read: the simulator's snapshot tasks carry the
+    snapshot as ``info.entity``, which pyVmomi refuses to deserialize (HOSTS.md).
     """
     pc = content.propertyCollector.CreatePropertyCollector()
     try:
         spec = vmodl.query.PropertyCollector.FilterSpec(
             objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task, skip=False)],
-            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.Task, pathSet=["info"])],
+            propSet=[
+                vmodl.query.PropertyCollector.PropertySpec(
+                    type=vim.Task, pathSet=["info.state", "info.result", "info.error"]
+                )
+            ],
         )
         pc.CreateFilter(spec, True)
         deadline = time.monotonic() + timeout
         version = ""
+        info: dict[str, Any] = {}
         while time.monotonic() < deadline:
             options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=5)
             update = pc.WaitForUpdatesEx(version, options)
@@ -142,12 +152,11 @@ def wait_task(content: Any, task: Any, timeout: float = 30.0) -> Any:
             version = update.version
             for filter_set in update.filterSet:
                 for obj in filter_set.objectSet:
-                    for change in obj.changeSet:
-                        info = change.val
-                        if info.state == vim.TaskInfo.State.success:
-                            return info.result
-                        if info.state == vim.TaskInfo.State.error:
-                            raise info.error
+                    info.update({change.name: change.val for change in obj.changeSet})
+            if info.get("info.state") == vim.TaskInfo.State.success:
+                return info.get("info.result")
+            if info.get("info.state") == vim.TaskInfo.State.error:
+                raise info["info.error"]
         raise TimeoutError(f"task {task._moId} not done after {timeout}s")
     finally:
         pc.DestroyPropertyCollector()
@@ -392,3 +401,187 @@ def test_listing_2000_vms(monkeypatch: pytest.MonkeyPatch) -> None:
             "list_http_requests": requests,
         },
     )
+
+
+def test_env_names_two_cluster_hosts_and_the_esx_host(
+    vcenter: VcsimServer, esx: VcsimServer
+) -> None:
+    """``.hosts/esx.env``: host-scoped vCenter URIs (what migration needs) + the ESX simulator."""
+    base = f"vcenter://vmctl@127.0.0.1:{vcenter.port}/DC0"
+    assert vcenter.host_uris == [
+        f"{base}/DC0_C0/DC0_C0_H0",
+        f"{base}/DC0_C0/DC0_C0_H1",
+        f"{base}/DC0_C0/DC0_C0_H2",
+        f"{base}/DC0_H0",
+    ]
+    assert esx.host_uris == []
+    env = dict(shlex.split(line)[1].split("=", 1) for line in env_lines(vcenter, esx))
+    assert env["VMCTL_URI"] == f"{base}/DC0_C0/DC0_C0_H0"
+    assert env["VMCTL_OTHER_URI"] == f"{base}/DC0_C0/DC0_C0_H1"
+    assert env["VMCTL_ESX_URI"] == f"esx://vmctl@127.0.0.1:{esx.port}"
+    assert env["VMCTL_PASSWORD"] == vcenter.password
+    assert env["VMCTL_CAFILE"] == str(vcenter.cafile)
+    assert env["VMCTL_THUMBPRINT"] == vcenter.thumbprint
+
+
+# --------------------------------------------------------------------------- snapshot revert
+
+#: A VM per mode that the other tests leave alone (they use the first VM / a cluster VM).
+SNAPSHOT_VM = {"esx": "ha-host_VM1", "vcenter": "DC0_H0_VM2"}
+HW = ["config.hardware.numCPU", "config.hardware.memoryMB", "config.hardware.device"]
+
+
+def _vm_named(si: Any, content: Any, name: str) -> Any:
+    row = next(r for r in list_vms(content, ["name"]) if r["name"] == name)
+    return vim.VirtualMachine(row["_moid"], si._stub)
+
+
+def _power(content: Any, vm: Any) -> str:
+    return str(get_props(content, vm, ["runtime.powerState"])["runtime.powerState"])
+
+
+def _hardware(content: Any, vm: Any) -> tuple[int, int, list[int]]:
+    props = get_props(content, vm, HW)
+    keys = sorted(d.key for d in props["config.hardware.device"])
+    return props["config.hardware.numCPU"], props["config.hardware.memoryMB"], keys
+
+
+def _tree_state(content: Any, vm: Any, snapshot: Any) -> str:
+    def walk(trees: Any) -> Any:
+        for tree in trees or ():
+            if tree.snapshot._moId == snapshot._moId:
+                return tree
+            found = walk(tree.childSnapshotList)
+            if found is not None:
+                return found
+        return None
+
+    tree = walk(get_props(content, vm, ["snapshot.rootSnapshotList"])["snapshot.rootSnapshotList"])
+    assert tree is not None, f"snapshot {snapshot._moId} is not in the tree"
+    return str(tree.state)
+
+
+def _power_events(content: Any, vm: Any) -> list[str]:
+    spec = vim.event.EventFilterSpec(
+        entity=vim.event.EventFilterSpec.ByEntity(entity=vm, recursion="self")
+    )
+    kinds = (vim.event.VmPoweredOnEvent, vim.event.VmPoweredOffEvent, vim.event.VmSuspendedEvent)
+    events = content.eventManager.QueryEvents(spec)
+    return [type(e).__name__.rsplit(".", 1)[-1] for e in events if isinstance(e, kinds)]
+
+
+@pytest.fixture(params=["esx", "vcenter"])
+def snapshot_vm(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any, Any]]:
+    """(mode, content, vm): a powered-on VM without snapshots; left powered on, without them."""
+    srv: VcsimServer = request.getfixturevalue(request.param)
+    si = connect(srv)
+    try:
+        content = si.RetrieveContent()
+        vm = _vm_named(si, content, SNAPSHOT_VM[request.param])
+        assert _power(content, vm) == "poweredOn"
+        yield request.param, content, vm
+        wait_task(content, vm.RemoveAllSnapshots_Task())
+        if _power(content, vm) != "poweredOn":
+            wait_task(content, vm.PowerOnVM_Task())
+    finally:
+        Disconnect(si)
+
+
+def test_revert_restores_configuration_and_powered_off_state(
+    snapshot_vm: tuple[str, Any, Any],
+) -> None:
+    """Snapshot of a powered-off VM; CPUs, memory and a NIC changed; revert brings back the
+    old hardware, powered off, and a PropertyCollector waiting on the VM sees the change."""
+    _, content, vm = snapshot_vm
+    wait_task(content, vm.PowerOffVM_Task())
+    cpus, memory, devices = _hardware(content, vm)
+    snap = wait_task(
+        content, vm.CreateSnapshot_Task(name="before", description="", memory=False, quiesce=False)
+    )
+    assert _tree_state(content, vm, snap) == "poweredOff"
+    nic = vim.vm.device.VirtualDeviceSpec(
+        operation="add",
+        device=vim.vm.device.VirtualE1000(
+            key=-1,
+            backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName="VM Network"),
+        ),
+    )
+    spec = vim.vm.ConfigSpec(numCPUs=cpus + 2, memoryMB=memory + 512, deviceChange=[nic])
+    wait_task(content, vm.ReconfigVM_Task(spec))
+    changed = _hardware(content, vm)
+    assert changed[:2] == (cpus + 2, memory + 512) and len(changed[2]) == len(devices) + 1
+    # A second reconfiguration must not reach into the snapshot's copy of the devices.
+    wait_task(content, vm.ReconfigVM_Task(vim.vm.ConfigSpec(numCPUs=cpus + 3)))
+
+    pc = content.propertyCollector.CreatePropertyCollector()
+    try:
+        pcq = vmodl.query.PropertyCollector
+        pc.CreateFilter(
+            pcq.FilterSpec(
+                objectSet=[pcq.ObjectSpec(obj=vm, skip=False)],
+                propSet=[pcq.PropertySpec(type=vim.VirtualMachine, pathSet=HW[:2])],
+            ),
+            True,
+        )
+        version = pc.WaitForUpdatesEx("", pcq.WaitOptions(maxWaitSeconds=0)).version
+
+        wait_task(content, snap.RevertToSnapshot_Task(suppressPowerOn=False))
+
+        assert _hardware(content, vm) == (cpus, memory, devices)
+        assert _power(content, vm) == "poweredOff"
+        summary = get_props(content, vm, ["summary.config.numCpu", "summary.config.memorySizeMB"])
+        assert summary == {"summary.config.numCpu": cpus, "summary.config.memorySizeMB": memory}
+        seen: dict[str, Any] = {}
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            update = pc.WaitForUpdatesEx(version, pcq.WaitOptions(maxWaitSeconds=5))
+            if update is None:
+                continue
+            version = update.version
+            for filter_set in update.filterSet:
+                for obj in filter_set.objectSet:
+                    seen.update({change.name: change.val for change in obj.changeSet})
+        assert seen == {HW[0]: cpus, HW[1]: memory}
+    finally:
+        pc.DestroyPropertyCollector()
+
+    # Revert to the current snapshot (the VM's own method) restores it as well.
+    wait_task(content, vm.ReconfigVM_Task(vim.vm.ConfigSpec(numCPUs=cpus + 1)))
+    wait_task(content, vm.PowerOnVM_Task())
+    wait_task(content, vm.RevertToCurrentSnapshot_Task())
+    assert _hardware(content, vm) == (cpus, memory, devices)
+    assert _power(content, vm) == "poweredOff"
+
+
+def test_revert_to_memory_snapshot_powers_on(snapshot_vm: tuple[str, Any, Any]) -> None:
+    """A snapshot with memory of a powered-on VM comes back powered on; one without memory
+    comes back powered off (its tree state says poweredOff, as vSphere records it)."""
+    mode, content, vm = snapshot_vm
+    live = wait_task(
+        content, vm.CreateSnapshot_Task(name="live", description="", memory=True, quiesce=False)
+    )
+    assert _tree_state(content, vm, live) == "poweredOn"
+    disk_only = wait_task(
+        content, vm.CreateSnapshot_Task(name="disk", description="", memory=False, quiesce=False)
+    )
+    assert _tree_state(content, vm, disk_only) == "poweredOff"
+    assert _power(content, vm) == "poweredOn"
+
+    wait_task(content, vm.PowerOffVM_Task())
+    events = _power_events(content, vm) if mode == "vcenter" else []
+    wait_task(content, live.RevertToSnapshot_Task(suppressPowerOn=False))
+    assert _power(content, vm) == "poweredOn"
+    if mode == "vcenter":  # QueryEvents is not implemented in ESX mode
+        after = _power_events(content, vm)
+        assert after.count("VmPoweredOnEvent") == events.count("VmPoweredOnEvent") + 1
+
+    wait_task(content, disk_only.RevertToSnapshot_Task(suppressPowerOn=False))
+    assert _power(content, vm) == "poweredOff"
+
+    # suppressPowerOn: "will not be powered on" -- the memory image is kept, suspended.
+    wait_task(content, live.RevertToSnapshot_Task(suppressPowerOn=True))
+    assert _power(content, vm) == "suspended"
+    wait_task(content, vm.PowerOnVM_Task())
+    wait_task(content, vm.PowerOffVM_Task())
+    wait_task(content, vm.RevertToCurrentSnapshot_Task())  # current: "live"
+    assert _power(content, vm) == "poweredOn"

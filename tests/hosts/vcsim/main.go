@@ -9,6 +9,9 @@
 // The password is taken from the environment variable named by -password-env
 // (default VCSIM_PASSWORD) so that it does not appear in the process list;
 // -password overrides it. The password is never printed.
+//
+// snapshots.go makes snapshot revert restore the VM's configuration and power state, as real
+// vSphere does (the library's simulator only moves snapshot.currentSnapshot).
 package main
 
 import (
@@ -224,11 +227,18 @@ func main() {
 	if err := model.Create(); err != nil {
 		fail("creating the %s model: %v", o.mode, err)
 	}
+	// Snapshot revert as real vSphere does it (snapshots.go); after Create, which makes the
+	// registry.
+	fidelity := newSnapshotFidelity(o.username)
+	simulator.Map.AddHandler(fidelity)
 
 	model.Service.Listen = &url.URL{Host: o.listen, User: url.UserPassword(o.username, password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	model.Service.RegisterEndpoints = true
 	server := model.Service.NewServer()
+	// NewServer has started serving already, but nobody knows the port before the ready
+	// line, so no request can be in flight while the handler is replaced.
+	server.Config.Handler = fidelity.wrap(server.Config.Handler)
 	elapsed := time.Since(started)
 
 	port, _ := strconv.Atoi(server.URL.Port())
