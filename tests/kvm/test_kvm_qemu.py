@@ -32,6 +32,10 @@ from vmctl import (
 
 S, R = PowerState, StateReason
 
+#: Where kit reports are kept for the support matrix (python -m vmctl_conformance.matrix).
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
+REPORTS.mkdir(exist_ok=True)
+
 
 def _domstate(uri: str, uuid: str) -> str:
     return virsh(uri, "domstate", "--reason", uuid).strip()
@@ -301,6 +305,7 @@ def test_kit_on_qemu_with_second_host(hosts: Any, kvm_harness: Any, tmp_path: Pa
         options=options,
     )
     print("\n" + (tmp_path / "kit-qemu.md").read_text())
+    report.write(REPORTS / "kvm-qemu.json")  # kept for the support matrix
     assert not report.failed, report.output[-4000:]
     assert not report.leaked
     for uri in (hosts.uri, hosts.other_uri):  # the kit counts VMs; volumes are checked here

@@ -11,6 +11,10 @@ import vmctl
 from tests.kvm.kvm_helpers import PREFIX, count_calls, write_node_xml
 from vmctl import DiskSpec, EventKind, NicSpec, PowerState, Resources, StateReason, VMSpec
 
+#: Where kit reports are kept for the support matrix (python -m vmctl_conformance.matrix).
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
+REPORTS.mkdir(exist_ok=True)
+
 S = PowerState
 
 
@@ -88,6 +92,7 @@ def test_kit_on_test_driver(tmp_path: Path) -> None:
     from vmctl_conformance import run
 
     report = run("test:///default", report=tmp_path / "kit-test.md")
+    report.write(REPORTS / "kvm-test.json")  # kept for the support matrix
     assert not report.failed, report.output[-3000:]
     assert not report.leaked
     statuses = {cid: r.status for cid, r in report.results.items()}
