@@ -5,6 +5,7 @@ python -m vmctl_conformance.matrix reports/*.json > docs/support-matrix.md
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ MARK = {"pass": "pass", "fail": "**FAIL**", "not-supported": "not supported", "s
 
 def matrix(reports: list[Report]) -> str:
     clauses = load_clauses()
-    names = [f"{r.driver} `{r.uri.split('?')[0]}`" for r in reports]
+    # Ports of test hosts change every run; the URI without them names the backend.
+    names = [f"{r.driver} `{re.sub(r':[0-9]+(?=/|$)', '', r.uri.split('?')[0])}`" for r in reports]
     lines = [
         "# Verified support matrix",
         "",
@@ -44,6 +46,14 @@ def matrix(reports: list[Report]) -> str:
             f"| {name} | {c['pass']} | {c['fail']} | {c['not-supported']} | "
             f"{c['skip']} | {len(r.leaked)} |"
         )
+    notes = [
+        f"- {name}, {cid}: {res.reason}"
+        for name, r in zip(names, reports, strict=True)
+        for cid, res in sorted(r.results.items())
+        if res.status == "skip"
+    ]
+    if notes:
+        lines += ["", "Skipped clauses could not be checked on that host, and say why:", *notes]
     return "\n".join(lines) + "\n"
 
 
