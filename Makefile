@@ -50,7 +50,7 @@ conformance-sim: venv
 ## side-by-side benchmarks (each starts what it needs); they print ratios, they do not fail
 bench: test-venv
 	$(PY) bench/import_time.py
-	$(PY) bench/kvm_list.py
+	$(PY) bench/kvm_list.py $$([ -S /var/run/libvirt/libvirt-sock ] && echo --daemon)
 	$(PY) bench/esx_list.py
 	$(PY) bench/xen_list.py
 
