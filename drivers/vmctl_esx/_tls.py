@@ -13,7 +13,6 @@ import hashlib
 import logging
 import re
 import ssl
-import warnings
 from typing import Any
 
 from vmctl import ValidationError
@@ -77,15 +76,9 @@ def make_context(
       connection); with ``cafile`` too, the chain and host name are verified as well.
     * ``cafile``: the chain must lead to a CA in this file, and the host name must match.
     * neither: the system's CA store.
-    * ``insecure``: no verification at all (warns).
+    * ``insecure``: no verification at all (``vmctl.connect`` has already warned).
     """
     if insecure:
-        msg = (
-            f"TLS certificate verification is disabled for {where} (insecure=True): the "
-            "connection can be intercepted; give cafile= or thumbprint= instead"
-        )
-        warnings.warn(msg, stacklevel=4)
-        log.warning("%s", msg)
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
