@@ -469,10 +469,8 @@ class VM:
         return f"{verb} VM {self.name!r}"
 
     def _check(self, request: Request, info: VMInfo | None = None) -> VMInfo:
-        cap = REQUEST_CAPABILITY.get(request)
-        if request is Request.RESUME:
-            pass  # checked against the state below: pause or suspend got it there
-        elif cap is not None:
+        cap = REQUEST_CAPABILITY.get(request)  # RESUME has none: the state says which it needs
+        if cap is not None:
             self._hv.require(cap, self._what(request.value))
         info = info or self.info()
         allowed = allowed_from(request)
