@@ -47,13 +47,6 @@ def server() -> Iterator[xapisim.SimServer]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def x(server: xapisim.SimServer) -> Iterator[Any]:
-    s = login(server)
-    yield s.xenapi
-    s.xenapi.session.logout()
-
-
 def event_from(x: Any, classes: list[str], token: str, timeout: float) -> Any:
     return getattr(x.event, "from")(classes, token, timeout)
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from xapisim_helpers import NULL, clone_of_vm01, discard, failure, login, new_vm, wait_for
+from xapisim_helpers import NULL, clone_of_vm01, discard, failure, new_vm, wait_for
 
 import xapisim
 from xapisim.tables import ERRORS, GUEST_FEATURE_OPS, PV_DOMAIN_TYPES
@@ -38,13 +38,6 @@ def server() -> Iterator[xapisim.SimServer]:
         hosts=2, vms=2, password=PASSWORD, tls=False, op_delay=0.01, guest_delay=GUEST_DELAY
     ) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def x(server: xapisim.SimServer) -> Iterator[Any]:
-    s = login(server)
-    yield s.xenapi
-    s.xenapi.session.logout()
 
 
 def assert_lacks_feature(x: Any, vm: str) -> None:

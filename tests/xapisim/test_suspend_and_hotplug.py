@@ -34,7 +34,6 @@ from xapisim_helpers import (
     clone_of_vm01,
     discard,
     failure,
-    login,
     new_vm,
     vbd_record,
     wait_for,
@@ -68,13 +67,6 @@ def server() -> Iterator[xapisim.SimServer]:
         hosts=2, vms=1, password=PASSWORD, tls=False, op_delay=0.01, guest_delay=GUEST_DELAY
     ) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def x(server: xapisim.SimServer) -> Iterator[Any]:
-    s = login(server)
-    yield s.xenapi
-    s.xenapi.session.logout()
 
 
 def other_host(x: Any, vm: str) -> str:
