@@ -46,6 +46,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "boot_cmdline, boot_iso, memory_mib, disk_mib, op_timeout)",
     )
     group.addoption("--vmctl-report", default=None, help="write the report (.json or .md)")
+    group.addoption(
+        "--vmctl-clause",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only tests naming a clause with this id or id prefix, e.g. LIFE-START (repeat)",
+    )
+
+
+def _clause_matches(cid: str, wanted: str) -> bool:
+    wanted = wanted.rstrip("-")
+    return cid == wanted or cid.startswith(wanted + "-")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--vmctl-clause: keep the tests naming one of the given clauses (by id or prefix)."""
+    wanted = config.getoption("--vmctl-clause") or []
+    if not wanted:
+        return
+    keep, drop = [], []
+    for item in items:
+        ids = _marker_args(item, "clause")
+        if any(_clause_matches(cid, w) for cid in ids for w in wanted):
+            keep.append(item)
+        else:
+            drop.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -120,8 +149,8 @@ def _connections(
     if found:
         _STATE["refused"] = (
             f"the host already has {len(found)} object(s) with the prefix "
-            f"{prefix!r}: {'; '.join(found)}. Remove them or choose "
-            "another --vmctl-prefix."
+            f"{prefix!r}: {'; '.join(found)}. Remove them, or choose another prefix "
+            "(`vmctl conformance --prefix`, pytest's --vmctl-prefix, run(prefix=...))."
         )
         pytest.exit(_STATE["refused"], returncode=3)
     try:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,12 @@ def vmctl_cmd(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "vmctl.cli", *args],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **_pythonpath()},
     )
+
+
+def _pythonpath() -> dict[str, str]:
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
 
 
 def test_persistent_sim_across_invocations(tmp_path: Path) -> None:
