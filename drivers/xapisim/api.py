@@ -28,6 +28,7 @@ from .tables import (
     MIGRATE_FORCE_TRUE,
     RESULT_STATE,
 )
+from .wire import Encoded
 
 Impl = Callable[..., Any]
 
@@ -113,7 +114,7 @@ _RECORD_REQUIRED: dict[str, list[str]] = {
 # device messages); field getters/setters, session.* and event.* have none.
 _NO_ASYNC = {"VM.get_guest_metrics", "pool.get_master", "host.get_servertime",
              "host.get_server_localtime", "event.from", "event.next",
-             "event.register", "event.unregister", "event.get_current_id",
+             "event.register", "event.unregister", "event.get_current_id", "event.inject",
              "VM.set_VCPUs_max", "VM.set_VCPUs_at_startup"}  # fmt: skip
 
 
@@ -373,22 +374,24 @@ class Api:
         if verb == "get_all":
             return [], 0, lambda ctx: list(db.objs[cls])
         if verb == "get_all_records":
-            return (
-                [],
-                0,
-                lambda ctx: {r: db.encode_record(cls, rec) for r, rec in db.objs[cls].items()},
-            )
+            return [], 0, lambda ctx: {r: db.record_value(cls, r) for r in db.objs[cls]}
         if verb == "get_record":
-            return [(ref_t, "self")], 0, lambda ctx, r: db.encode_record(cls, db.get(cls, r))
+
+            def get_record(ctx: Ctx, r: str) -> Encoded:
+                db.get(cls, r)
+                return db.record_value(cls, r)
+
+            return [(ref_t, "self")], 0, get_record
         if verb == "get_all_records_where":
 
             def where(ctx: Ctx, expr: str) -> Rec:
                 pred = parse_where(expr)
-                return {
-                    r: db.encode_record(cls, rec)
-                    for r, rec in db.objs[cls].items()
-                    if pred(db.encode_record(cls, rec))
-                }
+                out: Rec = {}
+                for r in db.objs[cls]:
+                    enc = db.record_value(cls, r)
+                    if pred(enc.value):
+                        out[r] = enc
+                return out
 
             return [("string", "expr")], 0, where
 
@@ -1206,5 +1209,50 @@ class Api:
     def m_event_next(self, ctx: Ctx) -> list[Rec]:
         return self.db.event_next(ctx.session)
 
-    def m_event_get_current_id(self, ctx: Ctx) -> str:
-        return str(self.db.gen)
+    def m_event_get_current_id(self, ctx: Ctx) -> int:
+        return self.db.gen
+
+    def m_event_inject(self, ctx: Ctx, cls: str, ref: str) -> str:
+        """xapi_event.ml: inject -- the ref must be a row of table ``class`` (exact name,
+        as the database spells it: "VM", "host", ...), else HANDLE_INVALID [class, ref];
+        the row is touched (a "mod" event) and the token is (generation before - 1, 0)."""
+        db = self.db
+        with db.lock:
+            if cls not in db.objs or ref not in db.objs[cls]:
+                raise Fault("HANDLE_INVALID", cls, ref)
+            generation = db.gen
+            db.touch(cls, ref)
+        return f"{generation - 1:020d},{0:020d}"
+
+    def list_methods(self) -> list[str]:
+        """system.listMethods: every message's wire name (gen_server.ml: the
+        "system.listMethods" case lists DU.wire_name ~sync:true of every message of every
+        object, generated getters and setters included; no session, no Async names)."""
+        names = list(MESSAGES)
+        for cls, spec in CLASSES.items():
+            if cls == "session":
+                continue
+            verbs = ["get_all", "get_all_records", "get_record", "get_all_records_where",
+                     "get_by_uuid"]  # fmt: skip
+            if "name_label" in spec.fields:
+                verbs.append("get_by_name_label")
+            verbs += [f"get_{f}" for f in spec.fields]
+            verbs += [f"set_{f}" for f in spec.fields if f in spec.writable]
+            for f in spec.fields:
+                if f in spec.writable and spec.fields[f].startswith("map "):
+                    verbs += [f"add_to_{f}", f"remove_from_{f}"]
+            if "tags" in spec.fields:
+                verbs += ["add_tags", "remove_tags"]
+            names += [f"{cls}.{v}" for v in verbs]
+        names.append("session.local_logout")
+        seen: set[str] = set()
+        out = []
+        for n in names:
+            if n not in seen and self._resolve_any(n):
+                seen.add(n)
+                out.append(n)
+        return out
+
+    def _resolve_any(self, name: str) -> bool:
+        return name in ("session.login_with_password", "session.logout",
+                        "session.local_logout") or self._resolve(name) is not None  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import calendar
+import os
 import threading
 import time
 import uuid as uuidlib
@@ -16,6 +18,7 @@ from .tables import (
     CANT_SUSPEND_KEY,
     CLASSES,
     EVENT_CLASSES,
+    FIELD_DEFAULTS,
     GUEST_CANT_SUSPEND_XS,
     GUEST_CONTROL_KEYS,
     GUEST_FEATURE_OPS,
@@ -24,10 +27,12 @@ from .tables import (
     PV_DOMAIN_TYPES,
     RESULT_STATE,
     SNAPSHOT_ALLOWED_OPS,
+    SOFTWARE_VERSION,
     SUSPEND_FEATURE,
     SUSPEND_FEATURE_OPS,
     TEMPLATE_ALLOWED_OPS,
 )
+from .wire import I32, Encoded, xml_value
 
 NULL = "OpaqueRef:NULL"
 GiB = 1024**3
@@ -86,7 +91,7 @@ def encode(value: Any, ty: str) -> Any:
     """Encode an internal value of datamodel type ``ty`` for the XML-RPC wire."""
     kind = ty.split(" ", 1)[0]
     if kind == "int":
-        return str(int(value))
+        return int(value)  # Rpc.Int: <value>42</value> in XML-RPC, 42 in JSON
     if kind == "float":
         return float(value)
     if kind == "bool":
@@ -130,6 +135,8 @@ def decode(value: Any, ty: str, name: str) -> Any:
         if kind == "datetime":
             if isinstance(value, xmlrpc.client.DateTime):
                 return time.mktime(value.timetuple()) - time.timezone
+            if isinstance(value, str):  # JSON-RPC sends datetimes as strings
+                return parse_datetime(value)
             raise ValueError
         if not isinstance(value, str):
             raise ValueError
@@ -138,16 +145,23 @@ def decode(value: Any, ty: str, name: str) -> Any:
         raise Fault("FIELD_TYPE_ERROR", name) from None
 
 
+def parse_datetime(s: str) -> float:
+    """An ISO 8601 datetime as xapi reads one (ocaml/libs/clock/date.ml: of_iso8601):
+    ``20260101T12:00:00Z`` or with dashes; no time zone means UTC."""
+    s = s.strip()
+    if s.endswith("Z"):
+        s = s[:-1]
+    s = s.replace("-", "") if len(s) >= 10 and s[4] == "-" else s
+    t = time.strptime(s[:17], "%Y%m%dT%H:%M:%S")
+    return float(calendar.timegm(t))
+
+
 def xmlrpc_value_string(value: Any) -> str:
-    """Task.result: the XML-RPC encoding of the result value, as xapi stores it."""
+    """Task.result: the XML-RPC encoding of the result value, as xapi stores it
+    (ocaml/xapi/taskHelper.ml: Xmlrpc.to_string of the result), e.g. <value>OpaqueRef:..</value>."""
     if value is None:
         return ""
-    if isinstance(value, str):
-        esc = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return f"<value>{esc}</value>"
-    body = xmlrpc.client.dumps((value,), allow_none=False)
-    start, end = body.index("<value>"), body.rindex("</value>") + len("</value>")
-    return body[start:end]
+    return xml_value(value)
 
 
 @dataclass
@@ -170,7 +184,7 @@ class Event:
     op: str
     ref: str
     ts: float
-    snapshot: Rec | None = None
+    snapshot: Rec | Encoded | None = None
 
 
 @dataclass
@@ -252,12 +266,20 @@ class Database:
         # "control/feature-suspend" or "data/cant_suspend_reason"), from which the simulated
         # guest agent derives VM_guest_metrics.other (see guest_other).
         self.guest_xs: dict[str, dict[str, str]] = {}
+        # Each object's encoded record (wire.Encoded: the wire value and, once asked for,
+        # its XML), built when first read and dropped at the object's next event; every
+        # change to an object is followed by an event for it (touch/set/link/delete).
+        # With check_cache (XAPISIM_CHECK_CACHE=1, set by the tests) every cache hit is
+        # compared with a fresh encoding, and a stale entry fails the call.
+        self.wire_cache: dict[str, dict[str, Encoded]] = {c: {} for c in self.objs}
+        self.check_cache = os.environ.get("XAPISIM_CHECK_CACHE", "") not in ("", "0")
         self._populate()
 
     # ------------------------------------------------------------------ objects
     def new(self, cls: str, **values: Any) -> str:
         spec = CLASSES[cls]
         rec: Rec = {f: default_value(t) for f, t in spec.fields.items()}
+        rec.update(FIELD_DEFAULTS.get(cls, {}))
         rec["uuid"] = str(uuidlib.uuid4())
         for k, v in values.items():
             if k not in spec.fields:
@@ -305,6 +327,23 @@ class Database:
     def encode_record(self, cls: str, rec: Rec) -> Rec:
         return {f: encode(rec[f], t) for f, t in CLASSES[cls].fields.items()}
 
+    def record_value(self, cls: str, ref: str) -> Encoded:
+        """The object's record for the wire, from the cache (call with the lock held)."""
+        cache = self.wire_cache[cls]
+        enc = cache.get(ref)
+        if enc is None:
+            enc = cache[ref] = Encoded(self.encode_record(cls, self.objs[cls][ref]))
+        elif self.check_cache:
+            fresh = self.encode_record(cls, self.objs[cls][ref])
+            if enc.value != fresh:
+                diff = sorted(k for k in fresh if fresh[k] != enc.value.get(k))
+                raise AssertionError(f"stale wire cache for {cls} {ref}: {diff}")
+        return enc
+
+    def event_listeners(self) -> bool:
+        """Whether a session is registered for event.next (which needs event snapshots)."""
+        return any(s.subs is not None for s in self.sessions.values())
+
     def find(self, cls: str, **match: Any) -> list[str]:
         return [
             r for r, rec in self.objs[cls].items() if all(rec.get(k) == v for k, v in match.items())
@@ -317,8 +356,11 @@ class Database:
 
     def _event_locked(self, cls: str, op: str, ref: str) -> None:
         self.gen += 1
+        self.wire_cache[cls].pop(ref, None)
         snap = None
-        if op != "del":
+        # Only event.next reports the record as it was at the event; event.from reads the
+        # current one. Without a registered session nobody can ask for these snapshots.
+        if op != "del" and self.event_listeners():
             snap = self.encode_record(cls, self.objs[cls][ref])
         self.log.append(Event(self.gen, cls, op, ref, time.time(), snap))
         if len(self.log) > 100_000:
@@ -349,7 +391,8 @@ class Database:
                     break
                 self.cond.wait(min(remaining, 1.0))
             last = self.gen
-            counts = {c.lower(): len(self.objs[c]) for c in EVENT_CLASSES}
+            # event_types.ml: rpc_of_event_from -- valid_ref_counts values are Rpc.Int32
+            counts = {c.lower(): I32(len(self.objs[c])) for c in EVENT_CLASSES}
             return {
                 "events": events,
                 "valid_ref_counts": counts,
@@ -361,11 +404,11 @@ class Database:
             # A fresh token: every live object, as an "add" (xapi_event.ml: creates since 0).
             out = []
             for cls in EVENT_CLASSES:
-                for ref, rec in self.objs[cls].items():
+                for ref in self.objs[cls]:
                     if _sub_match(subs, cls, ref):
                         out.append(
                             self._wire_event(
-                                self.gen, cls, "add", ref, -1.0, self.encode_record(cls, rec)
+                                self.gen, cls, "add", ref, -1.0, self.record_value(cls, ref)
                             )
                         )
             return out
@@ -390,12 +433,14 @@ class Database:
                 continue
             op = "add" if key in created else "mod"
             cur = self.objs[ev.cls].get(ev.ref)
-            snap = self.encode_record(ev.cls, cur) if cur is not None else ev.snapshot
+            snap = self.record_value(ev.cls, ev.ref) if cur is not None else ev.snapshot
             out.append(self._wire_event(ev.gen, ev.cls, op, ev.ref, -1.0, snap))
         return out
 
     @staticmethod
-    def _wire_event(gen: int, cls: str, op: str, ref: str, ts: float, snap: Rec | None) -> Rec:
+    def _wire_event(
+        gen: int, cls: str, op: str, ref: str, ts: float, snap: Rec | Encoded | None
+    ) -> Rec:
         # event.from events carry timestamp "0.0" (xapi_event.ml: from_inner, event_of);
         # event.next ones (ts >= 0) the time of the change.
         ev: Rec = {
@@ -538,13 +583,7 @@ class Database:
                 API_version_major=API_VERSION[0],
                 API_version_minor=API_VERSION[1],
                 API_version_vendor="XenSource",
-                software_version={
-                    "product_brand": "XCP-ng",
-                    "product_version": "8.3.0",
-                    "xapi": f"{API_VERSION[0]}.{API_VERSION[1]}",
-                    "platform_name": "XCP",
-                    "hostname": name,
-                },
+                software_version=dict(SOFTWARE_VERSION),
                 capabilities=["xen-3.0-x86_64", "hvm-3.0-x86_32", "hvm-3.0-x86_64"],
                 cpu_info={
                     "cpu_count": "16",
@@ -723,7 +762,10 @@ class Database:
 
     def _new_vdi(self, label: str, sr: str, size: int, **extra: Any) -> str:
         srr = self.get("SR", sr)
+        u = str(uuidlib.uuid4())
         vals: Rec = dict(
+            uuid=u,
+            location=u,
             name_label=label,
             SR=sr,
             virtual_size=size,
@@ -731,7 +773,6 @@ class Database:
             type="user",
             managed=True,
             on_boot="persist",
-            location=str(uuidlib.uuid4()),
             allowed_operations=[
                 "clone",
                 "copy",
@@ -744,7 +785,6 @@ class Database:
         )
         vals.update(extra)
         vdi = self.new("VDI", **vals)
-        self.objs["VDI"][vdi]["location"] = self.objs["VDI"][vdi]["uuid"]
         srr["virtual_allocation"] += size
         srr["physical_utilisation"] += size // 4
         self.link("SR", sr, "VDIs", vdi)

@@ -1,9 +1,10 @@
-"""HTTP(S) XML-RPC front end, certificate generation and the ``serve`` API."""
+"""HTTP(S) front end (XML-RPC on any path, JSON-RPC at /jsonrpc), certificates, ``serve``."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import os
 import shutil
 import socket
@@ -17,7 +18,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .api import Api
-from .model import Config, Database, Fault
+from .model import Config, Database
+from .tables import HTTP_500_BODY, HTTP_500_HEAD, JSONRPC_PATH, RPC_REPLY_HEADERS
+from .wire import (
+    MalformedRequest,
+    json_response,
+    parse_json_call,
+    xml_bare_response,
+    xml_response,
+)
 
 MAX_BODY = 64 * 1024 * 1024
 
@@ -64,12 +73,46 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def do_GET(self) -> None:
-        body = b"xapisim: XenAPI simulator; POST XML-RPC here\n"
+        body = b"xapisim: XenAPI simulator; POST XML-RPC here, JSON-RPC to /jsonrpc\n"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _send(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        """Status line, content-length, then ``headers``, as xapi's http-lib writes a reply
+        (http.ml: Response.to_header_list); no Date or Server header."""
+        version = "HTTP/1.0" if self.request_version == "HTTP/1.0" else "HTTP/1.1"
+        lines = [f"{version} {status}", f"content-length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head + body)
+        if self.server.verbose:
+            self.log_request(status.split(" ", 1)[0], len(body))
+
+    def _rpc_reply(self, content_type: str, body: bytes) -> None:
+        # http_svr.ml: response_of_request -- connection as the request asked, cache-control;
+        # api_server.ml: callback/jsoncallback -- content-type and the CORS headers.
+        given = {
+            "connection": "close" if self.close_connection else "keep-alive",
+            "content-type": content_type,
+        }
+        self._send("200 OK", [(k, given.get(k, v)) for k, v in RPC_REPLY_HEADERS], body)
+
+    def _internal_error(self, extra: str) -> None:
+        """http_svr.ml: response_internal_error -- HTTP 500 with an HTML body, then close."""
+        body = HTTP_500_BODY.format(extra=html.escape(extra)).encode("utf-8")
+        self.close_connection = True
+        self._send(
+            HTTP_500_HEAD.split(" ", 1)[1],
+            [
+                ("content-type", "text/html"),
+                ("connection", "close"),
+                ("cache-control", "no-cache, no-store"),
+            ],
+            body,
+        )
 
     def do_POST(self) -> None:
         try:
@@ -80,29 +123,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(400, "bad Content-Length")
             return
         data = self.rfile.read(length)
+        api = self.server.api
+        if self.path.split("?", 1)[0] == JSONRPC_PATH:
+            try:
+                version, method, ident, params = parse_json_call(data)
+            except MalformedRequest as e:
+                self._internal_error(f'Jsonrpc.Malformed_method_request("{e}")')
+                return
+            if method == "system.listMethods":
+                out = json_response(api.list_methods(), version, ident, bare=True)
+            else:
+                out = json_response(api.dispatch(method, tuple(params)), version, ident)
+            self._rpc_reply("application/json", out)
+            return
         try:
-            params, method = xmlrpc.client.loads(data, use_datetime=False)
-        except Exception:
-            resp: dict[str, Any] = {
-                "Status": "Failure",
-                "ErrorDescription": Fault(
-                    "XMLRPC_UNMARSHAL_FAILURE", "methodCall", "unparsable"
-                ).description,
-            }
-            method = ""
-            params = ()
+            if b"<params" not in data:  # xmlrpc.ml: a methodCall needs <params>
+                raise ValueError("close_tag, open_tag")
+            xparams, xmethod = xmlrpc.client.loads(data, use_datetime=False)
+            if xmethod is None:
+                raise ValueError("methodName")
+        except Exception as e:
+            self._internal_error(f'Xmlrpc.Parse_error("{e}")')
+            return
+        if xmethod == "system.listMethods":
+            out = xml_bare_response(api.list_methods())
         else:
-            if method is None:
-                method = ""
-            resp = self.server.api.dispatch(method, params)
-        out = xmlrpc.client.dumps(
-            (resp,), methodresponse=True, allow_none=False, encoding="utf-8"
-        ).encode("utf-8")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/xml")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+            out = xml_response(api.dispatch(xmethod, xparams))
+        self._rpc_reply("text/xml", out)
 
 
 class _HTTPServer(ThreadingHTTPServer):
