@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import os
 import threading
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 import xmlrpc.client
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +34,7 @@ from .tables import (
     SUSPEND_FEATURE_OPS,
     TEMPLATE_ALLOWED_OPS,
 )
-from .wire import I32, Encoded, xml_value
+from .wire import _SPECIAL, I32, Encoded, escape, xml_value
 
 NULL = "OpaqueRef:NULL"
 GiB = 1024**3
@@ -83,28 +85,109 @@ def _split_map(ty: str) -> tuple[str, str]:
     return k, v
 
 
+_DATETIMES: dict[float, xmlrpc.client.DateTime] = {}
+
+
 def wire_datetime(t: float) -> xmlrpc.client.DateTime:
-    return xmlrpc.client.DateTime(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime(t)))
+    d = _DATETIMES.get(t)
+    if d is None:
+        d = xmlrpc.client.DateTime(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime(t)))
+        if len(_DATETIMES) > 100_000:
+            _DATETIMES.clear()
+        _DATETIMES[t] = d
+    return d
+
+
+Conv = Callable[[Any], Any]
+XmlOf = Callable[[Any], str]
+
+
+@functools.cache
+def converter(ty: str) -> Conv:
+    """The function that turns an internal value of datamodel type ``ty`` into its wire
+    value (see wire.py for the Python forms): int -> int (Rpc.Int), float, bool, datetime ->
+    DateTime, set -> list, map -> dict with string keys, the rest -> str."""
+    kind = ty.split(" ", 1)[0]
+    if kind == "int":
+        return int
+    if kind == "float":
+        return float
+    if kind == "bool":
+        return bool
+    if kind == "datetime":
+        return lambda v: wire_datetime(float(v))
+    if kind == "set":
+        inner = converter(ty[4:])
+        return lambda v: list(map(inner, v))
+    if kind == "map":
+        kty, vty = _split_map(ty)
+        kc, vc = converter(kty), converter(vty)
+        if kc is str:
+            return lambda v: dict(zip(map(str, v), map(vc, v.values()), strict=True))
+        return lambda v: dict(zip(map(str, map(kc, v)), map(vc, v.values()), strict=True))
+    return str  # string, ref, enum (str() of a str is the str itself)
 
 
 def encode(value: Any, ty: str) -> Any:
-    """Encode an internal value of datamodel type ``ty`` for the XML-RPC wire."""
+    """Encode an internal value of datamodel type ``ty`` for the wire."""
+    return converter(ty)(value)
+
+
+@functools.cache
+def xml_of(ty: str) -> XmlOf:
+    """The XML-RPC text of a wire value of datamodel type ``ty`` (what wire.xml_value
+    writes for it, specialised by type: the encoded-record cache's cold path)."""
     kind = ty.split(" ", 1)[0]
-    if kind == "int":
-        return int(value)  # Rpc.Int: <value>42</value> in XML-RPC, 42 in JSON
-    if kind == "float":
-        return float(value)
-    if kind == "bool":
-        return bool(value)
-    if kind == "datetime":
-        return wire_datetime(float(value))
+    if kind in ("string", "ref", "enum"):
+
+        def text(v: str) -> str:
+            if not v:
+                return "<value></value>"
+            return "<value>" + (v if _SPECIAL.search(v) is None else escape(v)) + "</value>"
+
+        return text
     if kind == "set":
-        inner = ty[4:]
-        return [encode(v, inner) for v in value]
+        inner = xml_of(ty[4:])
+        return lambda v: "<value><array><data>" + "".join(map(inner, v)) + "</data></array></value>"
     if kind == "map":
-        kty, vty = _split_map(ty)
-        return {str(encode(k, kty)): encode(v, vty) for k, v in value.items()}
-    return str(value)
+        vx = xml_of(_split_map(ty)[1])
+        return lambda v: (
+            "<value><struct>"
+            + "".join(
+                "<member><name>" + escape(k) + "</name>" + vx(x) + "</member>" for k, x in v.items()
+            )
+            + "</struct></value>"
+        )
+    if kind == "int":
+        return lambda v: "<value>" + str(v) + "</value>"
+    if kind == "bool":
+        return lambda v: "<value><boolean>1</boolean></value>" if v else _FALSE
+    if kind == "datetime":
+        return lambda v: "<value><dateTime.iso8601>" + v.value + "</dateTime.iso8601></value>"
+    return xml_value  # float: wire.xml_value's own form
+
+
+_FALSE = "<value><boolean>0</boolean></value>"
+
+
+@functools.cache
+def record_codec(cls: str) -> tuple[Callable[[Rec], Rec], Callable[[Rec], str]]:
+    """(internal record -> wire record, wire record -> XML) for class ``cls``."""
+    fields = list(CLASSES[cls].fields.items())
+    convs = [(f, converter(t)) for f, t in fields]
+    parts = [(f, "<member><name>" + escape(f) + "</name>", xml_of(t)) for f, t in fields]
+
+    def to_wire(rec: Rec) -> Rec:
+        return {f: conv(rec[f]) for f, conv in convs}
+
+    def to_xml(w: Rec) -> str:
+        return (
+            "<value><struct>"
+            + "".join([head + xml(w[f]) + "</member>" for f, head, xml in parts])
+            + "</struct></value>"
+        )
+
+    return to_wire, to_xml
 
 
 def decode(value: Any, ty: str, name: str) -> Any:
@@ -325,14 +408,15 @@ class Database:
         self.touch(cls, ref)
 
     def encode_record(self, cls: str, rec: Rec) -> Rec:
-        return {f: encode(rec[f], t) for f, t in CLASSES[cls].fields.items()}
+        return record_codec(cls)[0](rec)
 
     def record_value(self, cls: str, ref: str) -> Encoded:
         """The object's record for the wire, from the cache (call with the lock held)."""
         cache = self.wire_cache[cls]
         enc = cache.get(ref)
         if enc is None:
-            enc = cache[ref] = Encoded(self.encode_record(cls, self.objs[cls][ref]))
+            to_wire, to_xml = record_codec(cls)
+            enc = cache[ref] = Encoded(to_wire(self.objs[cls][ref]), to_xml)
         elif self.check_cache:
             fresh = self.encode_record(cls, self.objs[cls][ref])
             if enc.value != fresh:
