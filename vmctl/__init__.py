@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 # Exports load on first use (PEP 562): `import vmctl` stays cheap for tools that only need
 # the name, and the attrs models are built when something first touches them.
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "VM": ("._api", "VM"),
-    "EventStream": ("._api", "EventStream"),
-    "Hypervisor": ("._api", "Hypervisor"),
-    "connect": ("._api", "connect"),
+    "VM": ("._vm", "VM"),
+    "EventStream": ("._events", "EventStream"),
+    "Hypervisor": ("._hypervisor", "Hypervisor"),
+    "connect": ("._connect", "connect"),
     "REQUIRED_CAPABILITIES": ("._capabilities", "REQUIRED_CAPABILITIES"),
     "Capability": ("._capabilities", "Capability"),
     "ConnectParams": ("._config", "ConnectParams"),
@@ -34,6 +34,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "NotFound": ("._errors", "NotFound"),
     "NotSupported": ("._errors", "NotSupported"),
     "OperationTimeout": ("._errors", "OperationTimeout"),
+    "OutcomeUnknown": ("._errors", "OutcomeUnknown"),
     "ValidationError": ("._errors", "ValidationError"),
     "VmctlError": ("._errors", "VmctlError"),
     "AgentState": ("._model", "AgentState"),
@@ -68,12 +69,6 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 }
 
 if TYPE_CHECKING:
-    from ._api import (
-        VM,
-        EventStream,
-        Hypervisor,
-        connect,
-    )
     from ._capabilities import (
         REQUIRED_CAPABILITIES,
         Capability,
@@ -83,6 +78,7 @@ if TYPE_CHECKING:
         Secret,
         Timeouts,
     )
+    from ._connect import connect
     from ._errors import (
         AlreadyExists,
         AuthenticationError,
@@ -95,9 +91,12 @@ if TYPE_CHECKING:
         NotFound,
         NotSupported,
         OperationTimeout,
+        OutcomeUnknown,
         ValidationError,
         VmctlError,
     )
+    from ._events import EventStream
+    from ._hypervisor import Hypervisor
     from ._model import (
         AgentState,
         BootSource,
@@ -139,6 +138,7 @@ if TYPE_CHECKING:
     from ._uri import (
         URI,
     )
+    from ._vm import VM
 
 __version__ = "0.1.0"
 
@@ -189,6 +189,7 @@ __all__ = [
     "NotSupported",
     "Operation",
     "OperationTimeout",
+    "OutcomeUnknown",
     "PowerState",
     "Request",
     "Resources",

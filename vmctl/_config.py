@@ -89,13 +89,16 @@ class Timeouts:
     >>> Timeouts(shutdown=600)             # slow guests get longer to shut down
 
     ``operation`` bounds one request (start, snapshot, migrate...) until its state is reached,
-    ``shutdown`` the graceful shutdown of a guest, ``connect`` opening a connection.
+    ``shutdown`` the graceful shutdown of a guest, ``connect`` opening a connection, ``read``
+    one read (info, config, listing, stats). Every call ends within its timeout: the driver
+    bounds each vendor call it makes by what is left of it.
     """
 
     default: float | None = field(default=300.0, converter=_timeout)
     connect: float | None = field(default=None, converter=_timeout)
     operation: float | None = field(default=None, converter=_timeout)
     shutdown: float | None = field(default=None, converter=_timeout)
+    read: float | None = field(default=None, converter=_timeout)
 
     @property
     def connect_s(self) -> float | None:
@@ -104,6 +107,10 @@ class Timeouts:
     @property
     def operation_s(self) -> float | None:
         return self.operation if self.operation is not None else self.default
+
+    @property
+    def read_s(self) -> float | None:
+        return self.read if self.read is not None else self.default
 
     @property
     def shutdown_s(self) -> float | None:

@@ -11,7 +11,9 @@
     ├── InsufficientResources the host lacks the memory/CPU/disk the request needs
     ├── AuthenticationError  credentials refused, or the session could not be renewed
     ├── ConnectionError      the host is unreachable or the connection is gone
-    │                        (also the builtin ConnectionError)
+    │   │                    (also the builtin ConnectionError)
+    │   └── OutcomeUnknown   the connection failed after a change was sent: it may or may
+    │                        not have happened (``left_behind`` names what may exist)
     ├── OperationTimeout     a request did not reach its state in time (also a TimeoutError)
     └── BackendError         any other vendor fault; the original stays as ``__cause__``
 
@@ -19,6 +21,10 @@ Drivers map vendor faults to the most specific class and raise it ``from`` the o
 so ``err.__cause__`` is always the vendor's own exception. ``vendor_code`` carries the
 vendor's error code where there is one (libvirt error number, vSphere fault name, XenAPI code).
 No message, repr or attribute of these classes ever holds a password.
+
+Every error may carry ``left_behind``: the objects a failed request made and could not
+remove, as (kind, id) pairs (``("vm", uuid)``, ``("disk", path)``), so that the caller can
+delete them; the message names them too.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ if TYPE_CHECKING:
 
 class VmctlError(Exception):
     """Base of every error vmctl raises."""
+
+    #: Objects a failed request made and could not remove: (kind, id) pairs.
+    left_behind: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str, *, vendor_code: str | None = None) -> None:
         super().__init__(message)
@@ -113,11 +122,44 @@ class AuthenticationError(VmctlError):
 
 
 class ConnectionError(VmctlError, builtins.ConnectionError):
-    """The host cannot be reached, or the connection to it is gone for good."""
+    """The host cannot be reached, or the connection to it is gone.
+
+    ``sent`` is what the driver knows of the request that failed: False when it never
+    reached the host (refused before sending, an expired session the host rejected), so it
+    is safe to repeat; True or None (unknown) when the host may have acted on it. The core
+    reconnects and repeats a request only when that cannot do it twice.
+    """
+
+    def __init__(
+        self, message: str, *, sent: bool | None = None, vendor_code: str | None = None
+    ) -> None:
+        super().__init__(message, vendor_code=vendor_code)
+        self.sent = sent
+
+
+class OutcomeUnknown(ConnectionError):
+    """The connection failed after a change was sent: the host may or may not have made it.
+
+    Look before repeating: ``left_behind`` names objects that may now exist.
+    """
 
 
 class OperationTimeout(VmctlError, TimeoutError):
-    """A request did not reach its state within its timeout; the VM may still get there."""
+    """A request did not reach its state within its timeout; the VM may still get there.
+
+    ``running`` names what is still running on the host (vendor task ids and what they do),
+    where the driver handed the core a task.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        running: tuple[str, ...] = (),
+        vendor_code: str | None = None,
+    ) -> None:
+        super().__init__(message, vendor_code=vendor_code)
+        self.running = running
 
 
 class BackendError(VmctlError):

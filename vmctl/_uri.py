@@ -21,7 +21,15 @@ from ._errors import ValidationError
 _SCHEME = re.compile(r"^[a-z][a-z0-9-]*$")
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)$")
 _USER = re.compile(r"^[A-Za-z0-9._~%!$&'()*+,;=@\\-]+$")
-SECRET_PARAMS = frozenset({"password", "passwd", "pwd", "secret", "token", "key"})
+SECRET_PARAMS = frozenset({"password", "passwd", "pass", "pwd", "secret", "token", "key"})
+#: Parts of parameter names that say the value is a secret (``pass``, ``db_password``...).
+_SECRET_PARTS = ("pass", "pwd", "secret", "token", "credential", "apikey", "api_key")
+
+
+def looks_secret(key: str) -> bool:
+    """Whether a URI parameter named ``key`` would carry a secret."""
+    low = key.lower()
+    return low in SECRET_PARAMS or any(part in low for part in _SECRET_PARTS)
 
 
 def _params(value: object) -> Mapping[str, str]:
@@ -42,7 +50,20 @@ class URI:
 
     @classmethod
     def parse(cls, text: str) -> URI:
-        """Parse and check ``text``; raise ValidationError saying what is wrong."""
+        """Parse and check ``text``; raise ValidationError saying what is wrong.
+
+        A refused URI may hold a password: the error is raised from a frame that no longer
+        holds the text, so no traceback of vmctl's keeps it.
+        """
+        try:
+            return cls._parse(text)
+        except ValidationError as exc:
+            error = exc
+        del text
+        raise error.with_traceback(None) from None
+
+    @classmethod
+    def _parse(cls, text: str) -> URI:
         if not isinstance(text, str):
             raise ValidationError(f"a URI must be a string, got {type(text).__name__}", field="uri")
         if not text or text != text.strip():
@@ -87,7 +108,7 @@ class URI:
             raise ValidationError("port 0 is not a valid port", field="uri")
         params: dict[str, str] = {}
         for key, val in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-            if key.lower() in SECRET_PARAMS:
+            if looks_secret(key):
                 raise ValidationError(
                     f"the URI parameter {key!r} would carry a secret; pass it as an option or "
                     "environment variable instead",

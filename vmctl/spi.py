@@ -1,46 +1,81 @@
 """The driver SPI: what a backend implements so that vmctl can drive it.
 
-Read this module and docs/driver-authoring.md, and nothing else, to write a driver.
+Read this module and docs/driver-authoring.md, and nothing else, to write a driver. Every
+value type a driver builds or receives is re-exported here.
 
-A driver is a thin translator. The core (``vmctl.connect`` and the ``VM`` handle) has already
-done everything that is policy before it calls a driver method:
+A driver is a thin translator. The core (``vmctl.connect``, ``Hypervisor``, ``VM`` and the
+dispatcher in ``vmctl._dispatch``) does everything that is policy, once:
 
-* arguments are validated (specs are valid ``VMSpec`` values, names are checked);
-* the capability the request needs is declared by the driver (else NotSupported was raised);
+* arguments are validated (specs are valid ``VMSpec`` values, names and timeouts checked);
+* the capability the request needs is offered by the driver (else NotSupported was raised);
 * the VM's current power state allows the request (else InvalidState was raised);
-* timeouts are resolved: a driver gets plain seconds (``timeout``), never ``None`` defaults;
-* after a state request, the core waits until the target state is reached (with
-  ``wait_for_state`` when the driver has ``StateWaiter``, else by polling ``get_vm``),
-  handles graceful-then-forced shutdown, and runs requests asynchronously for ``wait=False``.
+* every request runs under one ``Deadline``; the same deadline is passed to every driver
+  method the request calls (``deadline=``). A driver bounds each vendor call it makes by
+  ``deadline.remaining()`` (or ``deadline.bound(rpc_timeout)``): a socket timeout, a task
+  wait, a long poll. Nothing in a driver waits past it;
+* the core owns the only wait loops: after a request the core waits for the vendor's task
+  (``TaskWaiter.wait_tasks``) and then for the target state (``ChangeWaiter.wait_changes``,
+  else it reads ``get_vm`` with a back-off). A driver offers these *primitives*: one
+  blocking call on the vendor's own mechanism (a task, an event stream, a long poll) until
+  something changed or the deadline; never a loop of its own;
+* the core owns retries: a driver classifies a failure (``ConnectionError(sent=False)`` when
+  the request never reached the host, e.g. an expired session; ``sent=True``/``None`` when it
+  may have) and offers ``Reconnectable.reconnect``; the core reconnects and repeats only
+  requests that cannot take effect twice;
+* graceful-then-forced shutdown, ``wait=False`` operations, bulk submission and the
+  concurrency bound are the core's.
 
-So a driver method does one thing: translate the request into vendor calls and map the
+So a driver method does one thing: translate the request into vendor calls, and map the
 vendor's faults into vmctl's exception tree (``raise vmctl.NotFound(...) from vendor_exc``).
+A request method (``start``, ``shutdown``, ...) returns a ``Task`` when the host is still
+working on it, or None when the host has taken it (the core then waits for the state).
 
 VMs are named by ``uuid`` (a string the backend keeps stable for the VM's life).
 
-Mandatory methods are on ``Driver``. Optional features are separate interfaces (``Pausable``,
-``Snapshots``, ...): a driver inherits the ones it implements and declares the matching
-``Capability`` values in ``capabilities()``. The core checks at connect time that every
-declared capability has its interface.
+Mandatory methods are on ``Driver``. Optional features are separate interfaces
+(``Pausable``, ``Snapshots``, ...): the capabilities a driver offers are *derived* from the
+interfaces it implements (``capabilities_of``), and narrowed per host by one optional hook,
+``Driver.narrow_capabilities`` (e.g. no hot-plug on this hypervisor version).
 
-Thread safety: the core may call a driver from several threads (``wait=False`` operations).
-Set ``thread_safe = False`` if the vendor connection cannot take that; the core then
-serializes calls to the driver with a lock.
+Thread safety: the core calls a driver from several threads (``wait=False`` operations,
+bulk submissions, a Hypervisor shared between threads). Set ``thread_safe = False`` if the
+vendor connection cannot take that; the core then serializes calls to the driver.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Protocol
 
-from ._capabilities import Capability
-from ._config import ConnectParams
+from ._capabilities import REQUIRED_CAPABILITIES, Capability
+from ._config import ConnectParams, Secret, Timeouts
+from ._deadline import Deadline
+from ._errors import (
+    AlreadyExists,
+    AuthenticationError,
+    BackendError,
+    Conflict,
+    ConnectionError,
+    InsufficientResources,
+    InvalidState,
+    NotFound,
+    NotSupported,
+    OperationTimeout,
+    OutcomeUnknown,
+    ValidationError,
+    VmctlError,
+)
 from ._model import (
+    AgentState,
+    BootSource,
+    DiskBus,
     DiskInfo,
     DiskSpec,
     Event,
+    EventKind,
     GuestInfo,
+    GuestOS,
     HostInfo,
     NicInfo,
     NicSpec,
@@ -51,26 +86,78 @@ from ._model import (
     VMSpec,
     VMStats,
 )
-from ._state import PowerState
+from ._state import PowerState, StateReason
+from ._tasks import Task, TaskOutcome
+from ._uri import URI
 
 __all__ = [
+    "INTERFACES",
+    "REQUIRED_CAPABILITIES",
+    "URI",
+    "AgentState",
+    "AlreadyExists",
+    "AuthenticationError",
+    "BackendError",
+    "BootSource",
+    "Capability",
+    "ChangeWaiter",
     "Cloning",
+    "Conflict",
+    "ConnectParams",
+    "ConnectionError",
+    "Deadline",
     "Devices",
+    "DiskBus",
+    "DiskInfo",
+    "DiskSpec",
     "Driver",
+    "Event",
+    "EventKind",
     "EventSource",
     "Events",
     "GracefulPower",
     "GuestAgent",
+    "GuestInfo",
+    "GuestOS",
+    "HostInfo",
+    "InsufficientResources",
+    "InvalidState",
     "Migration",
+    "NicInfo",
+    "NicSpec",
+    "NotFound",
+    "NotSupported",
+    "OperationTimeout",
+    "OutcomeUnknown",
     "Pausable",
+    "PowerState",
     "Reconfigurable",
+    "Reconnectable",
     "Resettable",
     "ResourceControls",
+    "Resources",
+    "Secret",
+    "SnapshotInfo",
     "Snapshots",
-    "StateWaiter",
+    "StateReason",
     "Statistics",
     "Suspendable",
+    "Task",
+    "TaskOutcome",
+    "TaskWaiter",
+    "Timeouts",
+    "VMConfig",
+    "VMInfo",
+    "VMSpec",
+    "VMStats",
+    "ValidationError",
+    "VmctlError",
+    "capabilities_of",
+    "finish_task",
 ]
+
+#: What a request method returns: a vendor task still running, or None (taken).
+Pending = Task | None
 
 
 class Driver(abc.ABC):
@@ -86,56 +173,66 @@ class Driver(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def open(cls, params: ConnectParams) -> Driver:
-        """Connect to the host ``params.uri`` names, within ``params.timeouts.connect_s``.
+    def open(cls, params: ConnectParams, *, deadline: Deadline) -> Driver:
+        """Connect to the host ``params.uri`` names, before ``deadline``.
 
         Raises AuthenticationError when credentials are refused, ConnectionError when the host
         cannot be reached, ValidationError for URI options the driver does not understand.
+        Unwrap ``params.password`` (a ``Secret``) only in the call that hands it to the SDK,
+        so that no frame of the driver holds the plain text.
         """
+
+    @classmethod
+    def kit_options(cls, uri: URI) -> Mapping[str, str]:
+        """Options the conformance kit should use on this host when the operator gives none
+        (a network and a storage pool that exist, a bootable guest). Optional."""
+        return {}
 
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection and any session on the host. Idempotent; never raises."""
 
-    @abc.abstractmethod
-    def capabilities(self) -> frozenset[Capability]:
-        """What this connection can do. Must include REQUIRED_CAPABILITIES.
+    def narrow_capabilities(self, offered: frozenset[Capability]) -> frozenset[Capability]:
+        """The capabilities this host has, out of those the driver's interfaces ``offered``
+        (see ``capabilities_of``). Optional: override to drop what this host or hypervisor
+        version cannot do. Called once per connection; may not add anything."""
+        return offered
 
-        May depend on the host (e.g. a hypervisor version); it is read once per connection.
-        """
-
     @abc.abstractmethod
-    def host_info(self) -> HostInfo:
+    def host_info(self, *, deadline: Deadline) -> HostInfo:
         """The host or cluster this connection manages."""
 
     @abc.abstractmethod
-    def list_vms(self) -> list[VMInfo]:
+    def list_vms(self, *, deadline: Deadline) -> list[VMInfo]:
         """Every VM (not templates, not the control domain) with its state.
 
         Must take a bounded number of backend round trips however many VMs exist: one batched
-        query, never one call per VM.
+        query, never one call per VM. The core also uses it to read the states of many VMs at
+        once (bulk requests).
         """
 
     @abc.abstractmethod
-    def get_vm(self, uuid: str) -> VMInfo:
+    def get_vm(self, uuid: str, *, deadline: Deadline) -> VMInfo:
         """One VM's current info. Raises NotFound."""
 
     @abc.abstractmethod
-    def get_config(self, uuid: str) -> VMConfig:
+    def get_config(self, uuid: str, *, deadline: Deadline) -> VMConfig:
         """One VM's configuration: vCPUs, memory, disks, NICs, resource controls."""
 
     @abc.abstractmethod
-    def create_vm(self, spec: VMSpec) -> VMInfo:
+    def create_vm(self, spec: VMSpec, *, deadline: Deadline) -> VMInfo:
         """Create a STOPPED VM from ``spec`` (disks created, NICs attached).
 
-        Pre: ``spec`` is valid; resource controls it sets are declared capabilities.
-        Post: the VM exists with ``spec.name``, or nothing of it is left behind (the driver
-        removes what it had created before raising). Raises AlreadyExists for a taken name,
-        NotFound for an unknown network or pool, InsufficientResources.
+        Pre: ``spec`` is valid; resource controls it sets are offered capabilities.
+        Post: the VM exists with ``spec.name``, or nothing of it is left behind: the driver
+        removes what it had made before raising. When it cannot (the host stopped answering),
+        it raises with ``left_behind`` naming each object that may remain, as (kind, id)
+        pairs, and an ``OutcomeUnknown`` when the VM itself may exist. Raises AlreadyExists for
+        a taken name, NotFound for an unknown network or pool, InsufficientResources.
         """
 
     @abc.abstractmethod
-    def delete_vm(self, uuid: str) -> list[str]:
+    def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
         """Delete a VM that is not running, with the disks it owns (created with it or
         added by vmctl), and nothing else. Returns what was deleted, one line each
         (e.g. ["vm web-1", "disk /var/lib/.../web-1-0.qcow2"]).
@@ -144,13 +241,48 @@ class Driver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def start(self, uuid: str) -> None:
-        """Power on a STOPPED or CRASHED VM. May return before RUNNING is reached."""
+    def start(self, uuid: str, *, deadline: Deadline) -> Pending:
+        """Power on a STOPPED or CRASHED VM. The core waits for RUNNING."""
 
     @abc.abstractmethod
-    def power_off(self, uuid: str) -> None:
+    def power_off(self, uuid: str, *, deadline: Deadline) -> Pending:
         """Forced power-off (pulling the plug) from RUNNING, PAUSED, SUSPENDED or CRASHED.
         A SUSPENDED VM's saved state is discarded."""
+
+
+# -- the primitives the core waits and retries with -----------------------------------------
+
+
+class TaskWaiter(abc.ABC):
+    """A driver whose request methods return ``Task`` handles implements this."""
+
+    @abc.abstractmethod
+    def wait_tasks(self, tasks: Sequence[Task], *, deadline: Deadline) -> list[TaskOutcome]:
+        """Block, on the vendor's own mechanism, until at least one of ``tasks`` has ended or
+        ``deadline`` passes; return the outcomes of those that ended ([] at the deadline).
+        One blocking call (a long poll, an event wait), not a loop: the core loops."""
+
+
+class ChangeWaiter(abc.ABC):
+    """A driver that can wait for VMs to change without polling (events, long polls)."""
+
+    @abc.abstractmethod
+    def wait_changes(
+        self, known: Mapping[str, VMInfo], *, deadline: Deadline
+    ) -> dict[str, VMInfo | None]:
+        """Block until the info of at least one VM in ``known`` (keyed by UUID) differs from
+        what is given, or ``deadline`` passes. Return the VMs whose info changed (None for a
+        VM that no longer exists); {} at the deadline. May return early with {}: the core
+        calls again. One blocking call on the vendor's mechanism, not a loop."""
+
+
+class Reconnectable(abc.ABC):
+    """A driver that can make a new connection or session after a ConnectionError."""
+
+    @abc.abstractmethod
+    def reconnect(self, *, deadline: Deadline) -> None:
+        """Replace the lost connection or expired session, before ``deadline``. Raise
+        ConnectionError or AuthenticationError if that cannot be done."""
 
 
 # -- optional interfaces: inherit the ones the backend has --------------------------------
@@ -160,64 +292,66 @@ class GracefulPower(abc.ABC):
     """Capabilities SHUTDOWN and REBOOT: ask the guest (ACPI, tools, agent)."""
 
     @abc.abstractmethod
-    def shutdown(self, uuid: str) -> None:
+    def shutdown(self, uuid: str, *, deadline: Deadline) -> Pending:
         """Ask the guest to shut down; return once asked (the core waits for STOPPED and
-        applies ``force_after``). Raise InvalidState if the guest cannot be asked (e.g. no
-        tools), saying why."""
+        applies ``force_after``). Raise InvalidState at once if the host knows the guest
+        cannot be asked (no OS, no tools running, no PV drivers), saying why."""
 
     @abc.abstractmethod
-    def reboot(self, uuid: str) -> None:
-        """Ask the guest to reboot."""
+    def reboot(self, uuid: str, *, deadline: Deadline) -> Pending:
+        """Ask the guest to reboot. Raise InvalidState if it cannot be asked."""
 
 
 class Resettable(abc.ABC):
     """Capability RESET: a forced restart."""
 
     @abc.abstractmethod
-    def reset(self, uuid: str) -> None: ...
+    def reset(self, uuid: str, *, deadline: Deadline) -> Pending: ...
 
 
 class Pausable(abc.ABC):
     """Capability PAUSE: stop execution, keep memory in RAM."""
 
     @abc.abstractmethod
-    def pause(self, uuid: str) -> None: ...
+    def pause(self, uuid: str, *, deadline: Deadline) -> Pending: ...
 
     @abc.abstractmethod
-    def unpause(self, uuid: str) -> None: ...
+    def unpause(self, uuid: str, *, deadline: Deadline) -> Pending: ...
 
 
 class Suspendable(abc.ABC):
     """Capability SUSPEND: save memory to disk and stop; resume restores it."""
 
     @abc.abstractmethod
-    def suspend(self, uuid: str) -> None: ...
+    def suspend(self, uuid: str, *, deadline: Deadline) -> Pending: ...
 
     @abc.abstractmethod
-    def resume_suspended(self, uuid: str) -> None: ...
+    def resume_suspended(self, uuid: str, *, deadline: Deadline) -> Pending: ...
 
 
 class Reconfigurable(abc.ABC):
     """Capabilities SET_VCPUS / SET_MEMORY (stopped), HOT_VCPUS / HOT_MEMORY (running).
 
-    The core has checked the state against the declared capabilities; ``live`` says whether
+    The core has checked the state against the offered capabilities; ``live`` says whether
     the VM is running (so the change must be applied live and persisted).
     """
 
     @abc.abstractmethod
-    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool) -> None: ...
+    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool, deadline: Deadline) -> Pending: ...
 
     @abc.abstractmethod
-    def set_memory(self, uuid: str, memory_mib: int, *, live: bool) -> None: ...
+    def set_memory(
+        self, uuid: str, memory_mib: int, *, live: bool, deadline: Deadline
+    ) -> Pending: ...
 
 
 class ResourceControls(abc.ABC):
     """Capabilities CPU_SHARES, CPU_RESERVATION, CPU_LIMIT, MEMORY_SHARES,
     MEMORY_RESERVATION, MEMORY_LIMIT: only the fields that are set (not None) change, and
-    only fields whose capability is declared are ever set."""
+    only fields whose capability is offered are ever set."""
 
     @abc.abstractmethod
-    def set_resources(self, uuid: str, resources: Resources) -> None: ...
+    def set_resources(self, uuid: str, resources: Resources, *, deadline: Deadline) -> Pending: ...
 
 
 class Devices(abc.ABC):
@@ -225,17 +359,21 @@ class Devices(abc.ABC):
     when they work on a running VM)."""
 
     @abc.abstractmethod
-    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool) -> DiskInfo: ...
+    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool, deadline: Deadline) -> DiskInfo:
+        """Create and attach the disk; on failure remove what was made (or name it in
+        ``left_behind``)."""
 
     @abc.abstractmethod
-    def remove_disk(self, uuid: str, disk_id: str, *, live: bool) -> None:
-        """Detach and delete the disk. Raises NotFound for an unknown ``disk_id``."""
+    def remove_disk(self, uuid: str, disk_id: str, *, live: bool, deadline: Deadline) -> None:
+        """Detach and delete the disk. Raises NotFound for an unknown ``disk_id``. A live
+        detach the guest must acknowledge is waited for within ``deadline`` (one blocking
+        wait on the vendor's device-removed event, not a poll loop)."""
 
     @abc.abstractmethod
-    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool) -> NicInfo: ...
+    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool, deadline: Deadline) -> NicInfo: ...
 
     @abc.abstractmethod
-    def remove_nic(self, uuid: str, nic_id: str, *, live: bool) -> None: ...
+    def remove_nic(self, uuid: str, nic_id: str, *, live: bool, deadline: Deadline) -> None: ...
 
 
 class Snapshots(abc.ABC):
@@ -243,22 +381,22 @@ class Snapshots(abc.ABC):
 
     @abc.abstractmethod
     def create_snapshot(
-        self, uuid: str, name: str, *, memory: bool, description: str
+        self, uuid: str, name: str, *, memory: bool, description: str, deadline: Deadline
     ) -> SnapshotInfo:
         """Take a snapshot; with ``memory`` (VM running) the guest's RAM is saved too, so a
         revert brings it back RUNNING."""
 
     @abc.abstractmethod
-    def list_snapshots(self, uuid: str) -> list[SnapshotInfo]:
+    def list_snapshots(self, uuid: str, *, deadline: Deadline) -> list[SnapshotInfo]:
         """All snapshots of the VM, each naming its parent; one marked ``current``."""
 
     @abc.abstractmethod
-    def revert_snapshot(self, uuid: str, snapshot_id: str) -> None:
+    def revert_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> Pending:
         """Return the VM to the snapshot: STOPPED for a disk-only snapshot, the saved state
         (RUNNING or PAUSED) for one with memory."""
 
     @abc.abstractmethod
-    def delete_snapshot(self, uuid: str, snapshot_id: str) -> None:
+    def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> Pending:
         """Delete one snapshot; its children are re-parented, the VM's data is untouched."""
 
 
@@ -266,18 +404,19 @@ class Cloning(abc.ABC):
     """Capabilities CLONE (full copy of the disks) and LINKED_CLONE."""
 
     @abc.abstractmethod
-    def clone_vm(self, uuid: str, name: str, *, linked: bool) -> VMInfo:
-        """Copy a STOPPED VM under a new name (new UUID, new MACs). The clone is STOPPED."""
+    def clone_vm(self, uuid: str, name: str, *, linked: bool, deadline: Deadline) -> VMInfo:
+        """Copy a STOPPED VM under a new name (new UUID, new MACs). The clone is STOPPED.
+        On failure, as ``create_vm``: nothing left behind, or ``left_behind`` says what."""
 
 
 class Migration(abc.ABC):
     """Capabilities MIGRATE_LIVE (running VM) and MIGRATE_COLD (stopped VM)."""
 
     @abc.abstractmethod
-    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, timeout: float) -> None:
-        """Move the VM to the host ``target`` (a connection of the same driver class) and
-        return when it is there, running if it was, within ``timeout`` seconds. The VM keeps
-        its UUID. Raise ValidationError if ``target`` is not reachable from this host."""
+    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, deadline: Deadline) -> Pending:
+        """Move the VM to the host ``target`` (a connection of the same driver class). The
+        VM keeps its UUID; the core then waits until it is on ``target`` in its state. Raise
+        ValidationError if ``target`` is not reachable from this host."""
 
 
 class EventSource(Protocol):
@@ -294,7 +433,7 @@ class Events(abc.ABC):
     """Capability EVENTS: the backend pushes events (no polling by the driver)."""
 
     @abc.abstractmethod
-    def subscribe(self) -> EventSource:
+    def subscribe(self, *, deadline: Deadline) -> EventSource:
         """Start receiving events now: every event after this call is delivered."""
 
 
@@ -302,7 +441,7 @@ class Statistics(abc.ABC):
     """Capability STATS."""
 
     @abc.abstractmethod
-    def get_stats(self, uuids: Sequence[str]) -> dict[str, VMStats]:
+    def get_stats(self, uuids: Sequence[str], *, deadline: Deadline) -> dict[str, VMStats]:
         """Counters for the given VMs, in a bounded number of round trips."""
 
 
@@ -310,20 +449,10 @@ class GuestAgent(abc.ABC):
     """Capability GUEST_INFO."""
 
     @abc.abstractmethod
-    def guest_info(self, uuid: str) -> GuestInfo: ...
+    def guest_info(self, uuid: str, *, deadline: Deadline) -> GuestInfo: ...
 
 
-@runtime_checkable
-class StateWaiter(Protocol):
-    """Optional: a driver that can wait for a state without polling (events, long-poll)."""
-
-    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *, timeout: float) -> VMInfo:
-        """Return the VM's info as soon as its state is one of ``states``; raise
-        OperationTimeout after ``timeout`` seconds."""
-        ...
-
-
-#: The interface each capability needs.
+#: The interface each optional capability needs; implementing it offers the capability.
 INTERFACES: dict[Capability, type] = {
     Capability.SHUTDOWN: GracefulPower,
     Capability.REBOOT: GracefulPower,
@@ -356,3 +485,25 @@ INTERFACES: dict[Capability, type] = {
     Capability.STATS: Statistics,
     Capability.GUEST_INFO: GuestAgent,
 }
+
+
+def capabilities_of(driver: type[Driver] | Driver) -> frozenset[Capability]:
+    """The capabilities a driver class offers: the required ones, and each optional one
+    whose interface it implements."""
+    cls = driver if isinstance(driver, type) else type(driver)
+    return REQUIRED_CAPABILITIES | frozenset(
+        cap for cap, iface in INTERFACES.items() if issubclass(cls, iface)
+    )
+
+
+def finish_task(driver: Driver, task: Task, *, deadline: Deadline, what: str) -> TaskOutcome:
+    """Wait for one of the driver's own tasks inside a method that must return a value
+    (``create_vm``, ``clone_vm``, ``create_snapshot``, ``add_disk``...), with the core's one
+    wait loop over ``TaskWaiter.wait_tasks``. Raises the task's error if it failed, and
+    OperationTimeout (naming the task) when ``deadline`` passes first."""
+    from ._dispatch import wait_tasks
+
+    (outcome,) = wait_tasks(driver, [task], deadline, what)
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -25,7 +25,6 @@ from vmctl import (
     URI,
     AgentState,
     AlreadyExists,
-    Capability,
     ConnectParams,
     DiskInfo,
     DiskSpec,
@@ -38,7 +37,6 @@ from vmctl import (
     NicInfo,
     NicSpec,
     NotFound,
-    OperationTimeout,
     PowerState,
     Resources,
     SnapshotInfo,
@@ -50,7 +48,9 @@ from vmctl import (
     VMStats,
 )
 from vmctl.spi import (
+    ChangeWaiter,
     Cloning,
+    Deadline,
     Devices,
     Driver,
     Events,
@@ -92,6 +92,7 @@ KNOWN_OPTIONS = {"site", "state"}
 
 class SimDriver(
     Driver,
+    ChangeWaiter,
     GracefulPower,
     Resettable,
     Pausable,
@@ -116,15 +117,15 @@ class SimDriver(
         self._closed = False
 
     @classmethod
-    def kit_options(cls, uri: str) -> dict[str, str]:
+    def kit_options(cls, uri: URI) -> dict[str, str]:
         """Defaults for the conformance kit: a second host of the same site for the migration
         clauses, and a boot source (the sim's guests boot from any kernel path)."""
-        parsed = URI.parse(uri)
+        parsed = uri
         peer = attrs.evolve(parsed, host=f"{parsed.host or 'default'}-peer")
         return {"other_uri": str(peer), "boot_kernel": "/sim/boot/vmlinuz"}
 
     @classmethod
-    def open(cls, params: ConnectParams) -> SimDriver:
+    def open(cls, params: ConnectParams, *, deadline: Deadline) -> SimDriver:
         unknown = set(params.options) - KNOWN_OPTIONS
         if unknown:
             raise ValidationError(
@@ -145,9 +146,6 @@ class SimDriver(
 
     def close(self) -> None:
         self._closed = True
-
-    def capabilities(self) -> frozenset[Capability]:
-        return frozenset(Capability)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -192,6 +190,17 @@ class SimDriver(
                 f"cannot {verb} VM {vm.name!r}: it is {vm.state.value}",
                 current=vm.state,
                 allowed=states,
+            )
+
+    @staticmethod
+    def _need_os(vm: SimVM, verb: str) -> None:
+        """A VM with no OS cannot answer an ACPI request; the sim knows it, so it says so
+        at once (a real host may only find out when the guest never reacts)."""
+        if not vm.has_os:
+            raise InvalidState(
+                f"cannot {verb} VM {vm.name!r} gracefully: it has no guest OS to answer the "
+                "ACPI request (it was created without a boot source)",
+                current=vm.state,
             )
 
     def _check_memory(self, host: SimHost, extra_mib: int, what: str) -> None:
@@ -250,7 +259,7 @@ class SimDriver(
 
     # -- mandatory ------------------------------------------------------------------------
 
-    def host_info(self) -> HostInfo:
+    def host_info(self, *, deadline: Deadline) -> HostInfo:
         with self.site.transaction():
             host = self._host
             return HostInfo(
@@ -265,15 +274,15 @@ class SimDriver(
                 vm_count=len(host.vms),
             )
 
-    def list_vms(self) -> list[VMInfo]:
+    def list_vms(self, *, deadline: Deadline) -> list[VMInfo]:
         with self.site.transaction():
             return [self._info(vm) for vm in self._host.vms.values()]
 
-    def get_vm(self, uuid: str) -> VMInfo:
+    def get_vm(self, uuid: str, *, deadline: Deadline) -> VMInfo:
         with self.site.transaction():
             return self._info(self._vm(uuid))
 
-    def get_config(self, uuid: str) -> VMConfig:
+    def get_config(self, uuid: str, *, deadline: Deadline) -> VMConfig:
         with self.site.transaction():
             vm = self._vm(uuid)
             return VMConfig(
@@ -293,7 +302,7 @@ class SimDriver(
                 description=vm.description,
             )
 
-    def create_vm(self, spec: VMSpec) -> VMInfo:
+    def create_vm(self, spec: VMSpec, *, deadline: Deadline) -> VMInfo:
         with self.site.transaction():
             host = self._host
             self._name_free(host, spec.name)
@@ -318,7 +327,7 @@ class SimDriver(
             self.site.emit(self.host_name, EventKind.CREATED, vm)
             return self._info(vm)
 
-    def delete_vm(self, uuid: str) -> list[str]:
+    def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.STOPPED, S.SUSPENDED, S.CRASHED, verb="delete")
@@ -330,7 +339,7 @@ class SimDriver(
                 + [f"snapshot {s.name}" for s in vm.snapshots.values()]
             )
 
-    def start(self, uuid: str) -> None:
+    def start(self, uuid: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.STOPPED, S.CRASHED, verb="start")
@@ -339,7 +348,7 @@ class SimDriver(
             self._check_memory(self._host, vm.memory_mib, f"starting VM {vm.name!r}")
             self._set_state(vm, S.RUNNING, R.BOOTED)
 
-    def power_off(self, uuid: str) -> None:
+    def power_off(self, uuid: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.RUNNING, S.PAUSED, S.SUSPENDED, S.CRASHED, verb="power off")
@@ -347,46 +356,45 @@ class SimDriver(
 
     # -- graceful, reset, pause, suspend --------------------------------------------------
 
-    def shutdown(self, uuid: str) -> None:
+    def shutdown(self, uuid: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.RUNNING, verb="shut down")
-            if vm.has_os:
-                self._later(uuid, "shutdown")
-            # A VM with no OS ignores the ACPI request, as on real hardware.
+            self._need_os(vm, "shut down")
+            self._later(uuid, "shutdown")
 
-    def reboot(self, uuid: str) -> None:
+    def reboot(self, uuid: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.RUNNING, verb="reboot")
-            if vm.has_os:
-                self._later(uuid, "reboot")
+            self._need_os(vm, "reboot")
+            self._later(uuid, "reboot")
 
-    def reset(self, uuid: str) -> None:
+    def reset(self, uuid: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.RUNNING, verb="reset")
             self._set_state(vm, S.RUNNING, R.BOOTED)
 
-    def pause(self, uuid: str) -> None:
+    def pause(self, uuid: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.RUNNING, verb="pause")
             self._set_state(vm, S.PAUSED, R.USER)
 
-    def unpause(self, uuid: str) -> None:
+    def unpause(self, uuid: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.PAUSED, verb="unpause")
             self._set_state(vm, S.RUNNING, R.RESUMED)
 
-    def suspend(self, uuid: str) -> None:
+    def suspend(self, uuid: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.RUNNING, verb="suspend")
             self._set_state(vm, S.SUSPENDED, R.SAVED)
 
-    def resume_suspended(self, uuid: str) -> None:
+    def resume_suspended(self, uuid: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.SUSPENDED, verb="resume")
@@ -395,7 +403,7 @@ class SimDriver(
 
     # -- reconfiguration ------------------------------------------------------------------
 
-    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool) -> None:
+    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             if vcpus > HOST_CPUS:
@@ -404,7 +412,7 @@ class SimDriver(
             vm.vcpus = vcpus
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"vcpus={vcpus}")
 
-    def set_memory(self, uuid: str, memory_mib: int, *, live: bool) -> None:
+    def set_memory(self, uuid: str, memory_mib: int, *, live: bool, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.RUNNING if live else S.STOPPED, verb="set memory of")
@@ -415,13 +423,13 @@ class SimDriver(
             vm.memory_mib = memory_mib
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"memory_mib={memory_mib}")
 
-    def set_resources(self, uuid: str, resources: Resources) -> None:
+    def set_resources(self, uuid: str, resources: Resources, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             vm.resources = vm.resources.merged(resources)
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, "resources")
 
-    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool) -> DiskInfo:
+    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool, deadline: Deadline) -> DiskInfo:
         with self.site.transaction():
             vm = self._vm(uuid)
             new = self._disk(vm, disk)
@@ -431,7 +439,7 @@ class SimDriver(
                 id=new.id, size_mib=new.size_mib, name=new.name, path=new.path, bus=new.bus
             )
 
-    def remove_disk(self, uuid: str, disk_id: str, *, live: bool) -> None:
+    def remove_disk(self, uuid: str, disk_id: str, *, live: bool, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             kept = [d for d in vm.disks if d.id != disk_id]
@@ -440,7 +448,7 @@ class SimDriver(
             vm.disks = kept
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"disk {disk_id} removed")
 
-    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool) -> NicInfo:
+    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool, deadline: Deadline) -> NicInfo:
         with self.site.transaction():
             vm = self._vm(uuid)
             new = self._nic(vm, nic)
@@ -448,7 +456,7 @@ class SimDriver(
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"nic {new.id} added")
             return NicInfo(id=new.id, network=new.network, mac=new.mac, model=new.model)
 
-    def remove_nic(self, uuid: str, nic_id: str, *, live: bool) -> None:
+    def remove_nic(self, uuid: str, nic_id: str, *, live: bool, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             kept = [n for n in vm.nics if n.id != nic_id]
@@ -473,7 +481,7 @@ class SimDriver(
         )
 
     def create_snapshot(
-        self, uuid: str, name: str, *, memory: bool, description: str
+        self, uuid: str, name: str, *, memory: bool, description: str, deadline: Deadline
     ) -> SnapshotInfo:
         with self.site.transaction():
             vm = self._vm(uuid)
@@ -500,7 +508,7 @@ class SimDriver(
             self.site.emit(self.host_name, EventKind.SNAPSHOT, vm, f"taken {name}")
             return self._snap_info(vm, snap)
 
-    def list_snapshots(self, uuid: str) -> list[SnapshotInfo]:
+    def list_snapshots(self, uuid: str, *, deadline: Deadline) -> list[SnapshotInfo]:
         with self.site.transaction():
             vm = self._vm(uuid)
             return [self._snap_info(vm, s) for s in vm.snapshots.values()]
@@ -511,7 +519,7 @@ class SimDriver(
             raise NotFound(f"VM {vm.name!r} has no snapshot {snapshot_id!r}")
         return snap
 
-    def revert_snapshot(self, uuid: str, snapshot_id: str) -> None:
+    def revert_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             snap = self._snap(vm, snapshot_id)
@@ -527,7 +535,7 @@ class SimDriver(
             self._set_state(vm, target, R.RESTORED)
             self.site.emit(self.host_name, EventKind.SNAPSHOT, vm, f"reverted {snap.name}")
 
-    def delete_snapshot(self, uuid: str, snapshot_id: str) -> None:
+    def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> None:
         with self.site.transaction():
             vm = self._vm(uuid)
             snap = self._snap(vm, snapshot_id)
@@ -541,7 +549,7 @@ class SimDriver(
 
     # -- clone and migrate ----------------------------------------------------------------
 
-    def clone_vm(self, uuid: str, name: str, *, linked: bool) -> VMInfo:
+    def clone_vm(self, uuid: str, name: str, *, linked: bool, deadline: Deadline) -> VMInfo:
         with self.site.transaction():
             vm = self._vm(uuid)
             self._expect(vm, S.STOPPED, verb="clone")
@@ -574,7 +582,7 @@ class SimDriver(
             self.site.emit(self.host_name, EventKind.CREATED, twin, f"clone of {vm.name}")
             return self._info(twin)
 
-    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, timeout: float) -> None:
+    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, deadline: Deadline) -> None:
         if not isinstance(target, SimDriver) or target.site is not self.site:
             raise ValidationError(
                 "the target sim host must be in the same site (same ?site= and ?state=) to migrate",
@@ -599,13 +607,13 @@ class SimDriver(
 
     # -- observation ----------------------------------------------------------------------
 
-    def subscribe(self) -> EventSource:
+    def subscribe(self, *, deadline: Deadline) -> EventSource:
         sub = Subscriber(self.site, self.host_name)
         with self.site.lock:
             self.site.subscribers.append(sub)
         return sub
 
-    def get_stats(self, uuids: Sequence[str]) -> dict[str, VMStats]:
+    def get_stats(self, uuids: Sequence[str], *, deadline: Deadline) -> dict[str, VMStats]:
         with self.site.transaction():
             out = {}
             t = time.time()
@@ -628,7 +636,7 @@ class SimDriver(
                 )
             return out
 
-    def guest_info(self, uuid: str) -> GuestInfo:
+    def guest_info(self, uuid: str, *, deadline: Deadline) -> GuestInfo:
         with self.site.transaction():
             vm = self._vm(uuid)
             up = (
@@ -646,21 +654,29 @@ class SimDriver(
                 ip_addresses=ips, agent=AgentState.RUNNING, hostname=vm.name, os_name=vm.guest_os
             )
 
-    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *, timeout: float) -> VMInfo:
-        """Wait on the site's own events rather than polling."""
-        wanted = frozenset(states)
-        sub = self.subscribe()
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                info = self.get_vm(uuid)
-                if info.state in wanted:
-                    return info
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise OperationTimeout(
-                        f"VM {info.name!r} is still {info.state.value} after {timeout:g} s"
-                    )
-                sub.next_event(min(left, 0.5))
-        finally:
-            sub.close()
+    def wait_changes(
+        self, known: Mapping[str, VMInfo], *, deadline: Deadline
+    ) -> dict[str, VMInfo | None]:
+        """Block on the site's change condition until a VM's state or reason differs from
+        ``known``. A site kept in a state file is also changed by other processes, which
+        cannot signal this one: there the wait is cut to a quarter second (the core asks
+        again)."""
+        site = self.site
+        with site.changed:
+            found = self._changed(known)
+            if not found:
+                cap = 0.25 if site.path else None
+                site.changed.wait(timeout=deadline.bound(cap))
+                found = self._changed(known)
+        return found
+
+    def _changed(self, known: Mapping[str, VMInfo]) -> dict[str, VMInfo | None]:
+        with self.site.transaction():
+            out: dict[str, VMInfo | None] = {}
+            for uuid, info in known.items():
+                vm = self._host.vms.get(uuid)
+                if vm is None:
+                    out[uuid] = None
+                elif (vm.state, vm.reason) != (info.state, info.reason):
+                    out[uuid] = self._info(vm)
+            return out

@@ -132,6 +132,8 @@ class Site:
         self.name = name
         self.path = path
         self.lock = threading.RLock()
+        #: Notified on every event, so waiters block instead of polling.
+        self.changed = threading.Condition(self.lock)
         self.hosts: dict[str, SimHost] = {}
         self.subscribers: list[Subscriber] = []
         self._loaded_mtime: float | None = None
@@ -157,6 +159,8 @@ class Site:
         for sub in list(self.subscribers):
             if sub.host == host:
                 sub.queue.put(event)
+        with self.changed:
+            self.changed.notify_all()
 
     # -- persistence ----------------------------------------------------------------------
 

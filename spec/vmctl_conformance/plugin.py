@@ -105,13 +105,13 @@ def vmctl_uri(pytestconfig: pytest.Config) -> str:
 
 
 def _driver_defaults(uri: str | None) -> dict[str, str]:
-    """Kit defaults a driver may offer for testing: a ``kit_options(uri)`` class method
-    returning options and, under "other_uri", a second host (the sim offers both)."""
+    """Kit defaults a driver offers for testing (``Driver.kit_options``): options and, under
+    "other_uri", a second host (the sim offers both)."""
     if not uri:
         return {}
-    driver = _registry.load(vmctl.URI.parse(uri).scheme)
-    suggest = getattr(driver, "kit_options", None)
-    return {str(k): str(v) for k, v in suggest(uri).items()} if callable(suggest) else {}
+    parsed = vmctl.URI.parse(uri)
+    driver = _registry.load(parsed.scheme)
+    return {str(k): str(v) for k, v in driver.kit_options(parsed).items()}
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ checked before a driver is called; stray vendor errors are mapped; waiting is ho
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ class SpyDriver(SimDriver):
     )
     calls: list[str] = []
 
-    def capabilities(self) -> frozenset[Capability]:
+    def narrow_capabilities(self, offered: frozenset[Capability]) -> frozenset[Capability]:
         return self.declared
 
     def __getattribute__(self, attr: str) -> Any:
@@ -33,7 +34,7 @@ class SpyDriver(SimDriver):
         if (
             not callable(value)
             or attr.startswith("_")
-            or attr in ("capabilities", "close", "wait_for_state")
+            or attr in ("narrow_capabilities", "close", "wait_changes")
         ):
             return value
 
@@ -111,19 +112,26 @@ def test_spec_resources_need_capability(spy: vmctl.Hypervisor) -> None:
     assert spy.list_vms() == []
 
 
-def test_declared_capability_must_have_its_interface() -> None:
-    class Incomplete(Driver):
-        name = "incomplete"
+def test_capabilities_come_from_the_interfaces() -> None:
+    """A driver offers what its interfaces give; the hook can narrow, never add."""
+    assert vmctl.spi.capabilities_of(SimDriver) == frozenset(Capability)
+    assert vmctl.spi.capabilities_of(Driver) == vmctl.REQUIRED_CAPABILITIES
+
+    class Boastful(SpyDriver):
+        declared = SpyDriver.declared | {Capability.PAUSE}
+
+    class Minimal(Driver):
+        name = "minimal"
         __init__ = SimDriver.__init__
         _host = SimDriver._host
-
+        _vm = SimDriver._vm
+        _info = SimDriver._info
         @classmethod
-        def open(cls, params: vmctl.ConnectParams) -> Driver:
-            sim = SimDriver.open(params)
+        def open(cls, params: vmctl.ConnectParams, *, deadline: vmctl.spi.Deadline) -> Driver:
+            sim = SimDriver.open(params, deadline=deadline)
             return cls(sim.site, sim.host_name)  # type: ignore[call-arg]
 
         close = SimDriver.close
-        capabilities = lambda self: frozenset(Capability)  # noqa: E731
         host_info = SimDriver.host_info
         list_vms = SimDriver.list_vms
         get_vm = SimDriver.get_vm
@@ -133,12 +141,21 @@ def test_declared_capability_must_have_its_interface() -> None:
         start = SimDriver.start
         power_off = SimDriver.power_off
 
-    vmctl.register("incomplete", Incomplete)
+        def narrow_capabilities(self, offered: frozenset[Capability]) -> frozenset[Capability]:
+            return offered | {Capability.PAUSE}
+
+    vmctl.register("minimal", Minimal)
     try:
-        with pytest.raises(vmctl.DriverError, match="does not implement"):
-            vmctl.connect("incomplete://h")
+        with pytest.raises(vmctl.DriverError, match="without implementing Pausable"):
+            vmctl.connect("minimal://h")
     finally:
-        vmctl.unregister("incomplete")
+        vmctl.unregister("minimal")
+    vmctl.register("boastful", Boastful)
+    try:
+        with vmctl.connect("boastful://h") as hv:  # the sim has Pausable: narrowing is fine
+            assert hv.capabilities == Boastful.declared
+    finally:
+        vmctl.unregister("boastful")
 
 
 def test_stray_vendor_exception_becomes_backend_error(
@@ -147,7 +164,7 @@ def test_stray_vendor_exception_becomes_backend_error(
     vm = hv.create_vm(VMSpec(name="v"))
     boom = KeyError("vendor says no")
 
-    def broken(uuid: str) -> None:
+    def broken(uuid: str, *, deadline: vmctl.spi.Deadline) -> None:
         raise boom
 
     monkeypatch.setattr(hv._driver, "start", broken)
@@ -172,16 +189,23 @@ def test_shutdown_waits_and_force_after(hv: vmctl.Hypervisor) -> None:
     guest.start()
     info = guest.shutdown(timeout=5)
     assert (info.state, info.reason) == (S.STOPPED, vmctl.StateReason.SHUTDOWN)
+    guest.start()
+    with pytest.raises(vmctl.OperationTimeout):  # the guest takes 0.15 s to act
+        guest.shutdown(timeout=0.05)
     blank = hv.create_vm(VMSpec(name="blank"))
     blank.start()
-    with pytest.raises(vmctl.OperationTimeout, match="still running"):
-        blank.shutdown(timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(vmctl.InvalidState, match="no guest OS") as err:
+        blank.shutdown(timeout=30)  # the sim knows nobody can answer: at once, not in 30 s
+    assert time.monotonic() - started < 5
+    assert "force_after" in str(err.value) and "power_off" in str(err.value)
     assert blank.state is S.RUNNING
     info = blank.shutdown(timeout=5, force_after=0.2)
     assert (info.state, info.reason) == (S.STOPPED, vmctl.StateReason.POWERED_OFF)
-    with pytest.raises(vmctl.ValidationError, match="force_after"):
-        guest.start()
-        guest.shutdown(timeout=1, force_after=2)
+    guest.start() if guest.state is S.STOPPED else None
+    for bad in (2, 1):  # force_after must leave time for the power-off
+        with pytest.raises(vmctl.ValidationError, match="force_after"):
+            guest.shutdown(timeout=1, force_after=bad)
 
 
 def test_delete_refuses_running_unless_forced(hv: vmctl.Hypervisor) -> None:
@@ -201,14 +225,16 @@ def test_operations_and_wait_all(hv: vmctl.Hypervisor) -> None:
     assert all(isinstance(op, vmctl.Operation) for op in ops)
     done = vmctl.wait_all(ops, timeout=10)
     assert [op.result().state for op in done] == [S.RUNNING] * 4
-    # A bad request fails at the call, not later inside the operation.
+    # A missing capability fails at the call; the state is read in the background (no round
+    # trip in the caller), so a request the state forbids fails in its operation.
+    bad = vms[0].start(wait=False)
     with pytest.raises(vmctl.InvalidState):
-        vms[0].start(wait=False)
-    slow = hv.create_vm(VMSpec(name="slow"))
+        bad.result(timeout=10)
+    slow = hv.create_vm(VMSpec(name="slow", boot=vmctl.BootSource(kernel="/k")))
     slow.start()
-    op = slow.shutdown(wait=False, timeout=5)
+    op = slow.shutdown(wait=False, timeout=0.1)
     with pytest.raises(vmctl.OperationTimeout):
-        vmctl.wait_all([op], timeout=0.05)
+        vmctl.wait_all([op], timeout=0.01)
     assert isinstance(op.exception(timeout=10), vmctl.OperationTimeout)
     assert [o.description for o in vmctl.as_completed(ops, timeout=1)]
 

@@ -22,7 +22,7 @@ from vmctl import (
     VMInfo,
     VMSpec,
 )
-from vmctl.spi import Driver, Pausable, Reconfigurable
+from vmctl.spi import Deadline, Driver, Pausable, Reconfigurable
 
 _HOSTS: dict[str, dict[str, dict[str, object]]] = {}
 _LOCK = threading.Lock()
@@ -36,7 +36,7 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
         self.vms = _HOSTS.setdefault(host, {})
 
     @classmethod
-    def open(cls, params: ConnectParams) -> ToyDriver:
+    def open(cls, params: ConnectParams, *, deadline: Deadline) -> ToyDriver:
         if params.options:
             raise vmctl.ValidationError(f"toy:// takes no options, got {sorted(params.options)}")
         return cls(params.uri.host or "toy")
@@ -44,18 +44,9 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
     def close(self) -> None:
         pass
 
-    def capabilities(self) -> frozenset[Capability]:
-        return frozenset(
-            {
-                Capability.CREATE,
-                Capability.DELETE,
-                Capability.START,
-                Capability.POWER_OFF,
-                Capability.PAUSE,
-                Capability.SET_VCPUS,
-                Capability.SET_MEMORY,
-            }
-        )
+    def narrow_capabilities(self, offered: frozenset[Capability]) -> frozenset[Capability]:
+        # Reconfigurable offers hot changes too; the toy only changes stopped VMs.
+        return offered - {Capability.HOT_VCPUS, Capability.HOT_MEMORY}
 
     # -- translation helpers --------------------------------------------------------------
 
@@ -85,7 +76,7 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
 
     # -- the SPI --------------------------------------------------------------------------
 
-    def host_info(self) -> HostInfo:
+    def host_info(self, *, deadline: Deadline) -> HostInfo:
         return HostInfo(
             name=self.host,
             hypervisor="toy",
@@ -96,15 +87,15 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
             vm_count=len(self.vms),
         )
 
-    def list_vms(self) -> list[VMInfo]:
+    def list_vms(self, *, deadline: Deadline) -> list[VMInfo]:
         with _LOCK:
             return [self._info(vm) for vm in self.vms.values()]
 
-    def get_vm(self, uuid: str) -> VMInfo:
+    def get_vm(self, uuid: str, *, deadline: Deadline) -> VMInfo:
         with _LOCK:
             return self._info(self._vm(uuid))
 
-    def get_config(self, uuid: str) -> VMConfig:
+    def get_config(self, uuid: str, *, deadline: Deadline) -> VMConfig:
         with _LOCK:
             vm = self._vm(uuid)
             return VMConfig(
@@ -116,7 +107,7 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
                 nics=tuple(vm["nics"]),
             )  # type: ignore
 
-    def create_vm(self, spec: VMSpec) -> VMInfo:
+    def create_vm(self, spec: VMSpec, *, deadline: Deadline) -> VMInfo:
         with _LOCK:
             if any(vm["name"] == spec.name for vm in self.vms.values()):
                 raise vmctl.AlreadyExists(f"toy VM {spec.name!r} exists")
@@ -145,19 +136,19 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
             }
             return self._info(self.vms[uuid])
 
-    def delete_vm(self, uuid: str) -> list[str]:
+    def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
         with _LOCK:
             vm = self.vms.pop(uuid, None)
             if vm is None:
                 raise vmctl.NotFound(f"no toy VM {uuid}")
             return [f"vm {vm['name']}"] + [f"disk {d.id}" for d in vm["disks"]]  # type: ignore
 
-    def start(self, uuid: str) -> None:
+    def start(self, uuid: str, *, deadline: Deadline) -> None:
         self._set(
             uuid, {PowerState.STOPPED, PowerState.CRASHED}, PowerState.RUNNING, StateReason.BOOTED
         )
 
-    def power_off(self, uuid: str) -> None:
+    def power_off(self, uuid: str, *, deadline: Deadline) -> None:
         self._set(
             uuid,
             {PowerState.RUNNING, PowerState.PAUSED},
@@ -165,16 +156,16 @@ class ToyDriver(Driver, Pausable, Reconfigurable):
             StateReason.POWERED_OFF,
         )
 
-    def pause(self, uuid: str) -> None:
+    def pause(self, uuid: str, *, deadline: Deadline) -> None:
         self._set(uuid, {PowerState.RUNNING}, PowerState.PAUSED, StateReason.USER)
 
-    def unpause(self, uuid: str) -> None:
+    def unpause(self, uuid: str, *, deadline: Deadline) -> None:
         self._set(uuid, {PowerState.PAUSED}, PowerState.RUNNING, StateReason.RESUMED)
 
-    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool) -> None:
+    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool, deadline: Deadline) -> None:
         with _LOCK:
             self._vm(uuid)["vcpus"] = vcpus
 
-    def set_memory(self, uuid: str, memory_mib: int, *, live: bool) -> None:
+    def set_memory(self, uuid: str, memory_mib: int, *, live: bool, deadline: Deadline) -> None:
         with _LOCK:
             self._vm(uuid)["memory"] = memory_mib
