@@ -10,10 +10,12 @@ PYTEST_ARGS ?=
 .PHONY: demo test venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen \
         hosts-stop conformance-sim bench matrix clean
 
-$(VENV)/.stamp-core: setup.cfg pyproject.toml
+# vmctl and the conformance kit's pytest ([kit]): `vmctl conformance sim://` works after
+# `make demo`.
+$(VENV)/.stamp-core: setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -U pip setuptools wheel
-	$(PIP) install -e .
+	$(PIP) install -e ".[kit]"
 	touch $@
 
 venv: $(VENV)/.stamp-core
@@ -21,10 +23,16 @@ venv: $(VENV)/.stamp-core
 ## make demo: set up and run the narrated walkthrough on the embedded sim:// backend
 demo: venv
 	$(PY) -m vmctl.demo
+	@echo
+	@echo "vmctl is installed in $(VENV): run '. $(VENV)/bin/activate' to put it on your PATH"
+	@echo "(or call $(VENV)/bin/vmctl), then try 'vmctl --help' and 'vmctl conformance sim://'."
 
 ## the hosts' system packages (apt) and builds, each script installs only what is missing
 hosts-deps:
 	@for s in tests/hosts/install-*.sh; do [ -f "$$s" ] && bash "$$s" || exit 1; done
+## one host's packages only (make host-esx needs no KVM packages)
+hosts-deps-%:
+	@if [ -f tests/hosts/install-$*.sh ]; then bash tests/hosts/install-$*.sh; fi
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-core setup.cfg
 	$(PIP) install -e ".[$(TEST_EXTRAS)]"
@@ -54,16 +62,17 @@ bench: test-venv
 	$(PY) bench/esx_list.py
 	$(PY) bench/xen_list.py
 
-## the verified support matrix, from the kit reports `make test` leaves in reports/
+## the verified support matrix: merges the kit reports `make test` leaves in reports/ into
+## docs/support-matrix.md (backends without a report keep their column; none: nothing written)
 matrix:
-	$(PY) -m vmctl_conformance.matrix reports/*.json > docs/support-matrix.md
+	$(PY) -m vmctl_conformance.matrix --update docs/support-matrix.md $(wildcard reports/*.json)
 
 ## hosts to try things by hand; each writes .hosts/<name>.env
-host-kvm: test-venv
+host-kvm: hosts-deps-kvm $(VENV)/.stamp-test
 	$(PY) -m tests.hosts.kvm start
-host-esx: test-venv
+host-esx: hosts-deps-esx $(VENV)/.stamp-test
 	$(PY) -m tests.hosts.esx start
-host-xen: test-venv
+host-xen: hosts-deps-xen $(VENV)/.stamp-test
 	$(PY) -m tests.hosts.xen start
 hosts-stop:
 	@for h in kvm esx xen; do \

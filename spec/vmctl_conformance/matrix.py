@@ -1,68 +1,182 @@
 """Merge kit reports of several backends into one verified support matrix (Markdown).
 
-python -m vmctl_conformance.matrix reports/*.json > docs/support-matrix.md
+    python -m vmctl_conformance.matrix --update docs/support-matrix.md reports/*.json
+    python -m vmctl_conformance.matrix reports/*.json > matrix.md
+
+With ``--update FILE`` the reports are merged into the matrix already in FILE: the column
+of a backend with a new report is replaced, the columns of backends without one are kept
+as they were. Without reports nothing is written.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
 
+from attrs import define, field
+
 from ._clauses import load_clauses
-from .report import Report
+from .report import STATUSES, Report
 
-MARK = {"pass": "pass", "fail": "**FAIL**", "not-supported": "not supported", "skip": "skip"}
+#: A cell says what the report says (the statuses of docs/conformance.md), fail in bold.
+MARK = {"pass": "pass", "fail": "**FAIL**", "not-supported": "not-supported", "skip": "skip"}
+#: Cells of matrices written before the statuses were spelt as in the reports.
+_OLD = {"not supported": "not-supported", "**FAIL**": "**FAIL**"}
+
+HEADER = [
+    "# Verified support matrix",
+    "",
+    "Every cell comes from a live run of the conformance kit (`vmctl conformance`) against",
+    "the backend named in the column; `make matrix` merges the reports `make test` writes to",
+    "`reports/` into this page (`python -m vmctl_conformance.matrix --update",
+    "docs/support-matrix.md reports/*.json`); a backend without a new report keeps its",
+    "column. The statuses are those of the reports: pass, **FAIL**, not-supported, skip",
+    "(see [conformance.md](conformance.md)).",
+]
 
 
-def matrix(reports: list[Report]) -> str:
-    clauses = load_clauses()
+@define
+class Column:
+    """One backend's column: its cells by clause, its summary counts, its skip notes."""
+
+    name: str
+    cells: dict[str, str] = field(factory=dict)
+    counts: list[str] = field(factory=list)  # pass, fail, not-supported, skip, leaked
+    notes: list[str] = field(factory=list)  # "CLAUSE: reason"
+
+    @classmethod
+    def from_report(cls, report: Report) -> Column:
+        c = report.counts()
+        return cls(
+            name=column_name(report),
+            cells={cid: MARK.get(r.status, r.status) for cid, r in report.results.items()},
+            counts=[*(str(c[s]) for s in STATUSES), str(len(report.leaked))],
+            notes=[
+                f"{cid}: {r.reason}"
+                for cid, r in sorted(report.results.items())
+                if r.status == "skip"
+            ],
+        )
+
+
+def column_name(report: Report) -> str:
     # Ports of test hosts change every run; the URI without them names the backend.
-    names = [f"{r.driver} `{re.sub(r':[0-9]+(?=/|$)', '', r.uri.split('?')[0])}`" for r in reports]
+    uri = re.sub(r":[0-9]+(?=/|$)", "", report.uri.split("?")[0])
+    return f"{report.driver} `{uri}`"
+
+
+def _row(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def parse(text: str) -> list[Column]:
+    """The columns of a matrix this module wrote."""
+    columns: list[Column] = []
+    by_name: dict[str, Column] = {}
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("| clause | capability |"):
+            names = _row(line)[2:]
+            columns = [Column(n) for n in names]
+            by_name = {c.name: c for c in columns}
+            section = "clauses"
+        elif line.startswith("| backend |"):
+            section = "summary"
+        elif line.startswith("|---"):
+            continue
+        elif line.startswith("| ") and section == "clauses":
+            cells = _row(line)
+            for col, cell in zip(columns, cells[2:], strict=False):
+                col.cells[cells[0]] = _OLD.get(cell, cell)
+        elif line.startswith("| ") and section == "summary":
+            cells = _row(line)
+            if cells[0] in by_name:
+                by_name[cells[0]].counts = cells[1:]
+        elif line.startswith("- ") and ", " in line:
+            for name, col in by_name.items():
+                if line.startswith(f"- {name}, "):
+                    col.notes.append(line[len(f"- {name}, ") :])
+    return columns
+
+
+def render(columns: list[Column]) -> str:
+    clauses = load_clauses()
+    names = [c.name for c in columns]
     lines = [
-        "# Verified support matrix",
-        "",
-        "Every cell comes from a live run of the conformance kit (`vmctl conformance`) against",
-        "the backend named in the column; it is regenerated from the reports `make test` writes",
-        "to `reports/` with `python -m vmctl_conformance.matrix reports/*.json`.",
+        *HEADER,
         "",
         "| clause | capability | " + " | ".join(names) + " |",
-        "|---|---|" + "---|" * len(reports),
+        "|---|---|" + "---|" * len(columns),
     ]
     for cid, meta in clauses.items():
-        cells = []
-        for r in reports:
-            res = r.results.get(cid)
-            cells.append(MARK.get(res.status, res.status) if res else "not run")
+        cells = [c.cells.get(cid, "not run") for c in columns]
         lines.append(f"| {cid} | {meta['capability'] or '-'} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| backend | pass | fail | not supported | skip | leaked |",
+        "| backend | pass | fail | not-supported | skip | leaked |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r in zip(names, reports, strict=True):
-        c = r.counts()
-        lines.append(
-            f"| {name} | {c['pass']} | {c['fail']} | {c['not-supported']} | "
-            f"{c['skip']} | {len(r.leaked)} |"
-        )
-    notes = [
-        f"- {name}, {cid}: {res.reason}"
-        for name, r in zip(names, reports, strict=True)
-        for cid, res in sorted(r.results.items())
-        if res.status == "skip"
-    ]
+    for c in columns:
+        lines.append(f"| {c.name} | " + " | ".join(c.counts) + " |")
+    notes = [f"- {c.name}, {note}" for c in columns for note in c.notes]
     if notes:
         lines += ["", "Skipped clauses could not be checked on that host, and say why:", *notes]
     return "\n".join(lines) + "\n"
 
 
+def merge(existing: list[Column], reports: list[Report]) -> list[Column]:
+    """``existing`` with each report's column replacing the one of the same backend (new
+    backends are appended)."""
+    out = list(existing)
+    for report in reports:
+        col = Column.from_report(report)
+        for i, old in enumerate(out):
+            if old.name == col.name:
+                out[i] = col
+                break
+        else:
+            out.append(col)
+    return out
+
+
+def matrix(reports: list[Report], existing: str | None = None) -> str:
+    """The matrix of ``reports``, merged into the ``existing`` matrix text if given."""
+    return render(merge(parse(existing) if existing else [], reports))
+
+
+USAGE = "usage: python -m vmctl_conformance.matrix [--update MATRIX.md] REPORT.json..."
+
+
 def main(argv: list[str]) -> int:
-    reports = [Report.from_json(Path(p).read_text()) for p in argv]
-    if not reports:
-        print("usage: python -m vmctl_conformance.matrix REPORT.json...", file=sys.stderr)
+    target: Path | None = None
+    if argv[:1] == ["--update"]:
+        if len(argv) < 2:
+            print(USAGE, file=sys.stderr)
+            return 2
+        target, argv = Path(argv[1]), argv[2:]
+    paths = [Path(p) for p in argv]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing or not paths:
+        what = f"no such report: {', '.join(missing)}" if missing else "no reports given"
+        print(
+            f"{what}; nothing written. The kit writes reports with --report FILE.json "
+            "(`make test` leaves them in reports/).\n" + USAGE,
+            file=sys.stderr,
+        )
         return 2
-    sys.stdout.write(matrix(reports))
+    reports = [Report.from_json(p.read_text()) for p in paths]
+    if target is None:
+        sys.stdout.write(matrix(reports))
+        return 0
+    existing = target.read_text() if target.is_file() else None
+    text = matrix(reports, existing)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(target)
+    kept = len(parse(text)) - len({column_name(r) for r in reports})
+    print(f"{target}: {len(reports)} column(s) from reports, {kept} kept", file=sys.stderr)
     return 0
 
 

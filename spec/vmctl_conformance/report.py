@@ -74,7 +74,7 @@ class Report:
         lines = [
             f"# vmctl conformance: `{self.uri}` ({self.driver} driver)",
             "",
-            f"{c['pass']} pass, {c['fail']} fail, {c['not-supported']} not supported, "
+            f"{c['pass']} pass, {c['fail']} fail, {c['not-supported']} not-supported, "
             f"{c['skip']} skipped; leaked objects: {len(self.leaked)}; "
             f"{self.duration_s:.1f} s.",
             "",
