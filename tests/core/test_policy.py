@@ -126,6 +126,7 @@ def test_capabilities_come_from_the_interfaces() -> None:
         _host = SimDriver._host
         _vm = SimDriver._vm
         _info = SimDriver._info
+
         @classmethod
         def open(cls, params: vmctl.ConnectParams, *, deadline: vmctl.spi.Deadline) -> Driver:
             sim = SimDriver.open(params, deadline=deadline)
