@@ -34,7 +34,8 @@ def shown(env_text: str) -> str:
     """The env file's text for a terminal: the password masked (it stays in the file)."""
     out = []
     for line in env_text.splitlines():
-        if line.startswith(("export VMCTL_PASSWORD=", "VMCTL_PASSWORD=")):
+        name = line.removeprefix("export ").split("=", 1)[0]
+        if name.startswith("VMCTL_") and name.endswith("PASSWORD"):
             line = line.split("=", 1)[0] + "=*** (in the env file)"
         out.append(line)
     return "\n".join(out) + ("\n" if env_text.endswith("\n") else "")

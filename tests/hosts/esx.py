@@ -626,6 +626,11 @@ def env_lines(vcenter: VcsimServer, esx: VcsimServer) -> list[str]:
     ``VMCTL_URI`` and ``VMCTL_OTHER_URI`` are two hosts of the vCenter's cluster (host-scoped
     URIs, so that the kit's migration clauses run between them); ``VMCTL_ESX_URI`` is the
     standalone ESX simulator. Both simulators share the password and the certificate.
+
+    The same values also come under names of their own (``VMCTL_VCENTER_URI``,
+    ``VMCTL_VCENTER_OTHER_URI``, ``VMCTL_ESX_PASSWORD``, ``VMCTL_ESX_CAFILE``,
+    ``VMCTL_ESX_THUMBPRINT``), which sourcing ``.hosts/xen.env`` after this file does not
+    overwrite.
     """
     hosts = vcenter.host_uris
     if len(hosts) < 2:
@@ -637,6 +642,11 @@ def env_lines(vcenter: VcsimServer, esx: VcsimServer) -> list[str]:
         "VMCTL_PASSWORD": vcenter.password,
         "VMCTL_CAFILE": str(vcenter.cafile),
         "VMCTL_THUMBPRINT": vcenter.thumbprint,
+        "VMCTL_VCENTER_URI": hosts[0],
+        "VMCTL_VCENTER_OTHER_URI": hosts[1],
+        "VMCTL_ESX_PASSWORD": vcenter.password,
+        "VMCTL_ESX_CAFILE": str(vcenter.cafile),
+        "VMCTL_ESX_THUMBPRINT": vcenter.thumbprint,
     }
     return shell_exports(values)
 

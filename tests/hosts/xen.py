@@ -13,9 +13,13 @@ Command line (from the repository root)::
                                     # same pool, naming its second host by name_label
     VMCTL_POOL_URI=xen://root@127.0.0.1:PORT             # the whole pool, via its master
 
-Host-scoped URIs are what migration needs: a pool-wide connection still lists a VM that
-moved to another host of the pool.
     VMCTL_PASSWORD=...  VMCTL_CAFILE=...  VMCTL_THUMBPRINT=AA:BB:...  (SHA-256 of the cert)
+
+Host-scoped URIs are what migration needs: a pool-wide connection still lists a VM that
+moved to another host of the pool. The same values also come as ``VMCTL_XEN_URI``,
+``VMCTL_XEN_OTHER_URI``, ``VMCTL_XEN_POOL_URI``, ``VMCTL_XEN_PASSWORD``, ``VMCTL_XEN_CAFILE``
+and ``VMCTL_XEN_THUMBPRINT``, which sourcing ``.hosts/esx.env`` after this file does not
+overwrite.
 
 Python API::
 
@@ -234,6 +238,12 @@ def env_lines(sim: XenSim) -> list[str]:
         "VMCTL_PASSWORD": sim.password,
         "VMCTL_CAFILE": sim.cafile or "",
         "VMCTL_THUMBPRINT": sim.thumbprint or "",
+        "VMCTL_XEN_URI": sim.host_uri,
+        "VMCTL_XEN_OTHER_URI": sim.other_uri,
+        "VMCTL_XEN_POOL_URI": sim.uri,
+        "VMCTL_XEN_PASSWORD": sim.password,
+        "VMCTL_XEN_CAFILE": sim.cafile or "",
+        "VMCTL_XEN_THUMBPRINT": sim.thumbprint or "",
     }
     return shell_exports(values)
 

@@ -1,0 +1,75 @@
+"""`.hosts/esx.env` and `.hosts/xen.env` set the generic VMCTL_* variables (what the kit and
+the CLI read) and also names of their own, so sourcing both leaves each backend's values
+reachable."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from types import SimpleNamespace
+
+from tests.hosts import esx, xen
+from tests.hosts._files import shown
+
+GENERIC = {
+    "VMCTL_URI",
+    "VMCTL_OTHER_URI",
+    "VMCTL_PASSWORD",
+    "VMCTL_CAFILE",
+    "VMCTL_THUMBPRINT",
+}
+
+
+def _esx_lines() -> list[str]:
+    vcenter = SimpleNamespace(
+        host_uris=["vcenter://vmctl@127.0.0.1:1/DC0/C/H0", "vcenter://vmctl@127.0.0.1:1/DC0/C/H1"],
+        password="esx-pw",
+        cafile="/esx/ca.pem",
+        thumbprint="AA:AA",
+    )
+    standalone = SimpleNamespace(uri="esx://vmctl@127.0.0.1:2")
+    return esx.env_lines(vcenter, standalone)  # type: ignore[arg-type]
+
+
+def _xen_lines() -> list[str]:
+    sim = SimpleNamespace(
+        host_uri="xen://root@127.0.0.1:3/?host=xenhost1",
+        other_uri="xen://root@127.0.0.1:3/?host=xenhost2",
+        uri="xen://root@127.0.0.1:3",
+        password="xen-pw",
+        cafile="/xen/cert.pem",
+        thumbprint="BB:BB",
+    )
+    return xen.env_lines(sim)  # type: ignore[arg-type]
+
+
+def _names(lines: list[str]) -> set[str]:
+    return {shlex.split(line)[1].split("=", 1)[0] for line in lines}
+
+
+def test_each_backend_has_names_of_its_own() -> None:
+    esx_names, xen_names = _names(_esx_lines()), _names(_xen_lines())
+    assert esx_names >= GENERIC and xen_names >= GENERIC
+    assert esx_names & xen_names == GENERIC
+    assert {"VMCTL_VCENTER_URI", "VMCTL_ESX_URI", "VMCTL_ESX_PASSWORD"} <= esx_names
+    assert {"VMCTL_XEN_URI", "VMCTL_XEN_POOL_URI", "VMCTL_XEN_PASSWORD"} <= xen_names
+
+
+def test_sourcing_both_keeps_each_backends_values() -> None:
+    script = "\n".join([*_esx_lines(), *_xen_lines()]) + (
+        '\necho "$VMCTL_VCENTER_URI|$VMCTL_ESX_PASSWORD|$VMCTL_XEN_URI|$VMCTL_XEN_PASSWORD'
+        '|$VMCTL_URI"'
+    )
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().split("|") == [
+        "vcenter://vmctl@127.0.0.1:1/DC0/C/H0",
+        "esx-pw",
+        "xen://root@127.0.0.1:3/?host=xenhost1",
+        "xen-pw",
+        "xen://root@127.0.0.1:3/?host=xenhost1",  # the generic one: the last file sourced
+    ]
+
+
+def test_passwords_are_masked_on_the_terminal() -> None:
+    text = shown("\n".join(_esx_lines() + _xen_lines()))
+    assert "esx-pw" not in text and "xen-pw" not in text
