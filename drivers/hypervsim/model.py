@@ -1,0 +1,1060 @@
+"""The simulated cluster: hosts, virtual machines, their settings, jobs and CIM methods."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from . import tables as T
+from .cim import Epr, Instance, Interval, Query, cimxml_instance, epr_of
+
+
+@dataclasses.dataclass
+class Config:
+    hosts: int = 2
+    vms: int = 4
+    running: int = 0
+    username: str = "Administrator"
+    password: str = "hypervsim"
+    domain: str = "HVSIM"
+    op_delay: float = 0.2
+    guest_delay: float = 0.3
+    host_memory_gib: int = 64
+    host_prefix: str = "HVHOST"
+
+
+class WmiFault(Exception):
+    """A fault the WMI provider raises (carried as MSFT_WmiError in the SOAP fault)."""
+
+    def __init__(self, kind: str, message: str, cim_status: int, hresult: int) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.cim_status = cim_status
+        self.hresult = hresult
+
+
+def not_found(what: str) -> WmiFault:
+    return WmiFault("DestinationUnreachable", f"Not found: {what}", T.CIM_ERR_NOT_FOUND,
+                    T.WBEM_E_NOT_FOUND)  # fmt: skip
+
+
+def invalid_param(what: str) -> WmiFault:
+    return WmiFault("InvalidParameter", f"Invalid parameter: {what}",
+                    T.CIM_ERR_INVALID_PARAMETER, T.WBEM_E_INVALID_PARAMETER)  # fmt: skip
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _guid() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+@dataclasses.dataclass
+class Snapshot:
+    vssd: Instance
+    rasds: list[Instance]
+    saved: bool  # taken while the VM ran: applying it leaves the VM Saved (6)
+
+
+@dataclasses.dataclass
+class VM:
+    guid: str
+    host: str
+    index: int
+    vssd: Instance
+    rasds: list[Instance]
+    state: int = T.ES_DISABLED
+    requested: int = T.RS_NO_CHANGE
+    busy: str | None = None  # InstanceID of the job changing the state
+    snapshots: list[Snapshot] = dataclasses.field(default_factory=list)
+    created: dt.datetime = dataclasses.field(default_factory=_now)
+    state_changed: dt.datetime = dataclasses.field(default_factory=_now)
+    run_since: float | None = None  # monotonic time of the last start/reset/resume
+    run_accum: float = 0.0  # seconds run before the last pause
+    guest_os: bool = False  # decided at start from the boot media
+    guest_ready_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return str(self.vssd["ElementName"])
+
+
+@dataclasses.dataclass
+class Job:
+    inst: Instance
+    host: str
+    start: float
+    done_at: float
+    effect: Callable[[], tuple[int, str] | None]
+    finished: float | None = None
+
+
+class World:
+    """Everything the endpoints serve; one lock guards it all."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.lock = threading.RLock()
+        self.hosts = [f"{cfg.host_prefix}{i + 1}" for i in range(cfg.hosts)]
+        self.vms: dict[str, VM] = {}
+        self.jobs: dict[str, Job] = {}
+        self.host_cs: dict[str, Instance] = {}
+        self.services: dict[str, list[Instance]] = {}
+        self.switches: dict[str, Instance] = {}
+        self.switch_guid = _guid()
+        self.os_images: set[str] = {
+            "c:\\hyper-v\\images\\guest-os.vhdx",
+            "c:\\hyper-v\\images\\guest-os.iso",
+        }
+        for host in self.hosts:
+            self._make_host(host)
+        for n in range(cfg.vms):
+            vm = self._new_vm(self.hosts[n % len(self.hosts)], f"vm-{n + 1:02d}")
+            disk = f"C:\\ProgramData\\Microsoft\\Windows\\Virtual Hard Disks\\{vm.name}.vhdx"
+            self.os_images.add(disk.lower())
+            self._add_devices(vm, disk)
+            if n < cfg.running:
+                self._power_on(vm)
+                vm.guest_ready_at = 0.0
+
+    # --- construction -----------------------------------------------------------------
+    def _make_host(self, host: str) -> None:
+        self.host_cs[host] = Instance(
+            "Msvm_ComputerSystem",
+            {
+                "Caption": "Hosting Computer System",
+                "Description": "Microsoft Hosting Computer System",
+                "ElementName": host,
+                "CreationClassName": "Msvm_ComputerSystem",
+                "Name": host,
+                "EnabledState": T.ES_ENABLED,
+                "RequestedState": T.RS_NOT_APPLICABLE,
+                "EnabledDefault": T.ES_ENABLED,
+                "HealthState": T.HEALTH_OK,
+                "OperationalStatus": [2],
+                "ResetCapability": 1,
+                "NumberOfNumaNodes": 1,
+            },
+        )
+        base = {
+            "SystemCreationClassName": "Msvm_ComputerSystem",
+            "SystemName": host,
+            "EnabledState": T.ES_ENABLED,
+            "HealthState": T.HEALTH_OK,
+            "OperationalStatus": [2],
+            "Started": True,
+        }
+        self.services[host] = [
+            Instance(cls, dict(base, CreationClassName=cls, Name=name, ElementName=label,
+                               Caption=label, StartMode="Automatic"))  # fmt: skip
+            for cls, name, label in (
+                ("Msvm_VirtualSystemManagementService", "vmms",
+                 "Virtual Machine Management Service"),
+                ("Msvm_VirtualSystemSnapshotService", "vssnapsvc", "Virtual System Snapshot"),
+                ("Msvm_VirtualSystemMigrationService", "vsmigrationsvc",
+                 "Virtual System Migration Service"),
+            )  # fmt: skip
+        ]
+        self.switches[host] = Instance(
+            "Msvm_VirtualEthernetSwitch",
+            {
+                "Caption": "Virtual Ethernet Switch",
+                "Description": "Microsoft Virtual Ethernet Switch",
+                "ElementName": "vSwitch",
+                "CreationClassName": "Msvm_VirtualEthernetSwitch",
+                "Name": self.switch_guid,
+                "EnabledState": T.ES_ENABLED,
+                "HealthState": T.HEALTH_OK,
+                "OperationalStatus": [2],
+            },
+        )
+
+    def _new_vm(self, host: str, name: str, settings: Instance | None = None) -> VM:
+        guid = _guid()
+        now = _now()
+        vssd = Instance(
+            "Msvm_VirtualSystemSettingData",
+            {
+                "InstanceID": f"Microsoft:{guid}",
+                "Caption": "Virtual Machine Settings",
+                "Description": "Active settings for the virtual machine.",
+                "ElementName": name,
+                "VirtualSystemIdentifier": guid,
+                "VirtualSystemType": "Microsoft:Hyper-V:System:Realized",
+                "VirtualSystemSubType": "Microsoft:Hyper-V:SubType:2",
+                "Version": "10.0",
+                "CreationTime": now,
+                "ConfigurationID": guid,
+                "ConfigurationDataRoot": "C:\\ProgramData\\Microsoft\\Windows\\Hyper-V",
+                "SnapshotDataRoot": "C:\\ProgramData\\Microsoft\\Windows\\Hyper-V",
+                "AutomaticStartupAction": 2,
+                "AutomaticShutdownAction": 3,
+                "AutomaticRecoveryAction": 3,
+                "BIOSGUID": "{" + _guid() + "}",
+                "SecureBootEnabled": True,
+                "IsSaved": False,
+                "Notes": [""],
+            },
+        )
+        if settings is not None:
+            for k in ("ElementName", "Notes", "VirtualSystemSubType", "SecureBootEnabled",
+                      "AutomaticStartupAction", "AutomaticShutdownAction", "BootOrder",
+                      "BootSourceOrder", "ConfigurationDataRoot", "Version"):  # fmt: skip
+                if settings.get(k) is not None:
+                    vssd[k] = settings[k]
+        vm = VM(guid, host, len(self.vms) + 1, vssd, [])
+        vm.rasds = [self._processor(vm, T.DEFAULT_VCPUS), self._memory(vm, T.DEFAULT_MEMORY_MB)]
+        self.vms[guid] = vm
+        return vm
+
+    def _rasd(self, vm: VM, subtype: str, **props: Any) -> Instance:
+        rtype, cls = T.SUBTYPES[subtype]
+        base: dict[str, Any] = {
+            "InstanceID": f"Microsoft:{vm.guid}\\{_guid()}",
+            "ResourceType": rtype,
+            "ResourceSubType": subtype,
+            "ElementName": subtype.rpartition(":")[2],
+            "Caption": subtype.rpartition(":")[2],
+            "AutomaticAllocation": True,
+            "AutomaticDeallocation": True,
+        }
+        base.update(props)
+        return Instance(cls, base)
+
+    def _processor(self, vm: VM, count: int) -> Instance:
+        return self._rasd(vm, "Microsoft:Hyper-V:Processor", InstanceID=
+                          f"Microsoft:{vm.guid}\\{T.PROCESSOR_ID_SUFFIX}", ElementName="Processor",
+                          VirtualQuantity=count, Reservation=0, Limit=T.PROCESSOR_LIMIT_MAX,
+                          Weight=T.PROCESSOR_WEIGHT_DEFAULT, AllocationUnits="count",
+                          VirtualQuantityUnits="count")  # fmt: skip
+
+    def _memory(self, vm: VM, mb: int) -> Instance:
+        return self._rasd(vm, "Microsoft:Hyper-V:Memory", InstanceID=
+                          f"Microsoft:{vm.guid}\\{T.MEMORY_ID_SUFFIX}", ElementName="Memory",
+                          VirtualQuantity=mb, Reservation=mb, Limit=1048576, Weight=5000,
+                          DynamicMemoryEnabled=False, TargetMemoryBuffer=20,
+                          AllocationUnits="byte * 2^20", VirtualQuantityUnits="byte * 2^20")  # fmt: skip
+
+    def _add_devices(self, vm: VM, disk: str | None) -> None:
+        scsi = self._rasd(vm, "Microsoft:Hyper-V:Synthetic SCSI Controller",
+                          ElementName="SCSI Controller")  # fmt: skip
+        vm.rasds.append(scsi)
+        if disk is not None:
+            drive = self._rasd(vm, "Microsoft:Hyper-V:Synthetic Disk Drive",
+                               ElementName="Hard Drive", Parent=scsi.path(vm.host),
+                               AddressOnParent="0")  # fmt: skip
+            vhd = self._rasd(vm, "Microsoft:Hyper-V:Virtual Hard Disk", ElementName="Hard Disk Image",
+                             Parent=drive.path(vm.host), HostResource=[disk])  # fmt: skip
+            vm.rasds += [drive, vhd]
+        port = self._rasd(vm, "Microsoft:Hyper-V:Synthetic Ethernet Port",
+                          ElementName="Network Adapter", Address=self._mac(vm, 0),
+                          StaticMacAddress=False,
+                          VirtualSystemIdentifiers=["{" + _guid() + "}"])  # fmt: skip
+        conn = self._rasd(vm, "Microsoft:Hyper-V:Ethernet Connection", ElementName="Dynamic Ethernet Switch Port",
+                          Parent=port.path(vm.host), EnabledState=T.ES_ENABLED,
+                          HostResource=[self.switches[vm.host].path(vm.host)])  # fmt: skip
+        vm.rasds += [port, conn]
+
+    def _mac(self, vm: VM, n: int) -> str:
+        # Hyper-V's dynamic MAC pool is 00-15-5D-xx-xx-xx (OUI of Microsoft Hyper-V).
+        return f"00155D{(vm.index >> 8) & 0xFF:02X}{vm.index & 0xFF:02X}{n & 0xFF:02X}"
+
+    # --- time ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Complete the jobs whose time has come (called before every request)."""
+        now = time.monotonic()
+        with self.lock:
+            for job in sorted(self.jobs.values(), key=lambda j: j.done_at):
+                if job.finished is None and job.done_at <= now:
+                    self._finish(job, now)
+            for jid in [j for j, job in self.jobs.items()
+                        if job.finished is not None and now - job.finished > 300]:  # fmt: skip
+                del self.jobs[jid]
+
+    def _finish(self, job: Job, now: float) -> None:
+        try:
+            err = job.effect()
+        except Exception as exc:  # a bug in an effect must not kill the server
+            err = (T.RC_FAILED, f"Internal simulator error: {exc}")
+        job.finished = now
+        inst = job.inst
+        inst["PercentComplete"] = 100
+        inst["ElapsedTime"] = Interval(now - job.start)
+        inst["TimeOfLastStateChange"] = _now()
+        if err is None:
+            inst["JobState"] = T.JOB_COMPLETED
+            inst["ErrorCode"] = 0
+            inst["JobStatus"] = "Job completed successfully"
+            inst["OperationalStatus"] = [2, 17]  # OK, Completed
+            inst["Status"] = "OK"
+        else:
+            inst["JobState"] = T.JOB_EXCEPTION
+            inst["ErrorCode"] = err[0]
+            inst["ErrorDescription"] = err[1]
+            inst["ErrorSummaryDescription"] = err[1]
+            inst["JobStatus"] = "Job failed"
+            inst["OperationalStatus"] = [6, 17]  # Error, Completed
+            inst["Status"] = "Error"
+
+    def _job(self, host: str, name: str, effect: Callable[[], tuple[int, str] | None],
+             delay: float | None = None) -> Instance:  # fmt: skip
+        jid = _guid()
+        now = time.monotonic()
+        inst = Instance(
+            "Msvm_ConcreteJob",
+            {
+                "InstanceID": jid,
+                "Caption": name,
+                "Description": name,
+                "ElementName": name,
+                "Name": name,
+                "JobState": T.JOB_RUNNING,
+                "JobStatus": "Job is running",
+                "PercentComplete": 0,
+                "ErrorCode": 0,
+                "TimeSubmitted": _now(),
+                "StartTime": _now(),
+                "ElapsedTime": Interval(0),
+                "TimeOfLastStateChange": _now(),
+                "TimeBeforeRemoval": None,
+                "DeleteOnCompletion": True,
+                "Cancellable": False,
+                "OperationalStatus": [2],
+                "Status": "OK",
+                "HealthState": T.HEALTH_OK,
+                "JobRunTimes": 1,
+                "Priority": 0,
+                "Owner": f"{self.cfg.domain}\\{self.cfg.username}",
+            },
+        )
+        job = Job(inst, host, now, now + (self.cfg.op_delay if delay is None else delay), effect)
+        self.jobs[jid] = job
+        if job.done_at <= now:
+            self._finish(job, now)
+        return inst
+
+    def job_view(self, job: Job) -> Instance:
+        inst = job.inst.copy()
+        if job.finished is None:
+            now = time.monotonic()
+            span = max(job.done_at - job.start, 1e-6)
+            inst["PercentComplete"] = min(99, int(100 * (now - job.start) / span))
+            inst["ElapsedTime"] = Interval(now - job.start)
+        return inst
+
+    # --- views -----------------------------------------------------------------------------
+    def vm_on(self, host: str) -> list[VM]:
+        return [vm for vm in self.vms.values() if vm.host == host]
+
+    def _on_ms(self, vm: VM) -> int:
+        run = vm.run_accum
+        if vm.run_since is not None:
+            run += time.monotonic() - vm.run_since
+        return int(run * 1000)
+
+    def computer_system(self, vm: VM) -> Instance:
+        es = vm.state
+        avail = sorted({rs for (frm, rs) in T.TRANSITIONS if frm == es}) if vm.busy is None else []
+        return Instance(
+            "Msvm_ComputerSystem",
+            {
+                "Caption": "Virtual Machine",
+                "Description": "Microsoft Virtual Machine",
+                "ElementName": vm.name,
+                "InstallDate": vm.created,
+                "CreationClassName": "Msvm_ComputerSystem",
+                "Name": vm.guid,
+                "EnabledState": es,
+                "OtherEnabledState": None,
+                "RequestedState": vm.requested,
+                "EnabledDefault": T.ES_ENABLED,
+                "HealthState": T.HEALTH_OK,
+                "OperationalStatus": [2],
+                "AvailableRequestedStates": avail,
+                "TransitioningToState": None,
+                "TimeOfLastStateChange": vm.state_changed,
+                "TimeOfLastConfigurationChange": vm.state_changed,
+                "OnTimeInMilliseconds": self._on_ms(vm),
+                "ProcessID": (4000 + vm.index) if es in (T.ES_ENABLED, T.ES_QUIESCE) else None,
+                "NumberOfNumaNodes": 1,
+                "ResetCapability": 1,
+                "Dedicated": [0],
+                "PrimaryOwnerName": f"{self.cfg.domain}\\{self.cfg.username}",
+                "ReplicationState": 0,
+                "ReplicationHealth": 0,
+                "ReplicationMode": 0,
+                "EnhancedSessionModeState": 3,
+            },
+        )
+
+    def _guest_up(self, vm: VM) -> bool:
+        return (
+            vm.state in (T.ES_ENABLED,)
+            and vm.busy is None
+            and vm.guest_os
+            and time.monotonic() >= vm.guest_ready_at
+        )
+
+    def _device(self, vm: VM, cls: str, suffix: str, label: str) -> Instance:
+        up = self._guest_up(vm)
+        return Instance(
+            cls,
+            {
+                "Caption": label,
+                "Description": label,
+                "ElementName": label,
+                "CreationClassName": cls,
+                "DeviceID": f"Microsoft:{vm.guid}\\{suffix}",
+                "SystemCreationClassName": "Msvm_ComputerSystem",
+                "SystemName": vm.guid,
+                "EnabledState": T.ES_ENABLED,
+                "HealthState": T.HEALTH_OK,
+                "OperationalStatus": [T.OPSTATUS_OK if up else T.OPSTATUS_NO_CONTACT],
+                "StatusDescriptions": ["OK" if up else "No Contact"],
+            },
+        )
+
+    def shutdown_component(self, vm: VM) -> Instance:
+        return self._device(vm, "Msvm_ShutdownComponent",
+                            "9F8233AC-BE49-4C79-8EE3-E7E1985B2077", "Shutdown")  # fmt: skip
+
+    def kvp_component(self, vm: VM) -> Instance:
+        inst = self._device(vm, "Msvm_KvpExchangeComponent",
+                            "7A4F3E1C-1D6D-4BD4-9F2C-0A3C6B1E4A51", "Key-Value Pair Exchange")  # fmt: skip
+        items: list[str] = []
+        if self._guest_up(vm):
+            v4, v6 = self.guest_ips(vm)
+            data = {
+                "FullyQualifiedDomainName": f"{vm.name}.{self.cfg.domain.lower()}.test",
+                "OSName": "Ubuntu 22.04.4 LTS",
+                "OSVersion": "5.15.0-105-generic",
+                "IntegrationServicesVersion": "3.1",
+                "NetworkAddressIPv4": ";".join(v4),
+                "NetworkAddressIPv6": ";".join(v6),
+            }
+            for name in T.KVP_ITEMS:
+                items.append(cimxml_instance(Instance("Msvm_KvpExchangeDataItem", {
+                    "Caption": None, "Data": data[name], "Description": None,
+                    "ElementName": None, "Name": name,
+                    "Source": T.KVP_SOURCE_GUEST_INTRINSIC})))  # fmt: skip
+        inst["GuestIntrinsicExchangeItems"] = items
+        inst["GuestExchangeItems"] = []
+        return inst
+
+    def guest_ips(self, vm: VM) -> tuple[list[str], list[str]]:
+        v4: list[str] = []
+        v6: list[str] = []
+        hi = self.hosts.index(vm.host) if vm.host in self.hosts else 0
+        n = 0
+        for port in [r for r in vm.rasds if r.cls == "Msvm_SyntheticEthernetPortSettingData"]:
+            path = port.path(vm.host)
+            if not any(r.cls == "Msvm_EthernetPortAllocationSettingData" and r["Parent"] == path
+                       and r["HostResource"] for r in vm.rasds):  # fmt: skip
+                continue
+            v4.append(f"10.{20 + n}.{vm.index // 250}.{vm.index % 250 + 2}")
+            mac = str(port["Address"] or "00155D000000")
+            v6.append(f"fe80::215:5dff:fe{mac[6:8].lower()}:{mac[8:12].lower()}")
+            n += 1
+        del hi
+        return v4, v6
+
+    def instances(self, host: str, cls: str) -> list[Instance]:
+        """Every instance of ``cls`` the endpoint of ``host`` serves (WMI is per host)."""
+        vms = self.vm_on(host)
+        if cls == "Msvm_ComputerSystem":
+            return [self.host_cs[host]] + [self.computer_system(vm) for vm in vms]
+        if cls == "Msvm_VirtualSystemSettingData":
+            out = []
+            for vm in vms:
+                out.append(vm.vssd)
+                out += [s.vssd for s in vm.snapshots]
+            return out
+        if cls in ("Msvm_VirtualSystemManagementService", "Msvm_VirtualSystemSnapshotService",
+                   "Msvm_VirtualSystemMigrationService"):  # fmt: skip
+            return [s for s in self.services[host] if s.cls == cls]
+        if cls == "Msvm_VirtualEthernetSwitch":
+            return [self.switches[host]]
+        if cls == "Msvm_ConcreteJob":
+            return [self.job_view(j) for j in self.jobs.values() if j.host == host]
+        if cls == "Msvm_ShutdownComponent":
+            return [self.shutdown_component(vm) for vm in vms if self._live(vm)]
+        if cls == "Msvm_KvpExchangeComponent":
+            return [self.kvp_component(vm) for vm in vms if self._live(vm)]
+        if cls in T.CLASSES and "ResourceType" in T.CLASSES[cls].props:
+            out = []
+            for vm in vms:
+                out += [r for r in vm.rasds if r.cls == cls]
+                for s in vm.snapshots:
+                    out += [r for r in s.rasds if r.cls == cls]
+            return out
+        return []
+
+    @staticmethod
+    def _live(vm: VM) -> bool:
+        # Integration-service devices exist while the VM's worker runs (Running or Paused).
+        return vm.state in (T.ES_ENABLED, T.ES_QUIESCE, T.ES_STARTING, T.ES_SHUTTING_DOWN)
+
+    def find(self, host: str, cls: str, selectors: dict[str, str]) -> Instance | None:
+        for inst in self.instances(host, cls):
+            keys = inst.keys()
+            if all(keys.get(k, "").lower() == v.lower() for k, v in selectors.items()):
+                return inst
+        return None
+
+    def vm_of_cs(self, host: str, epr: Epr | None) -> VM | None:
+        if epr is None or epr.cls != "Msvm_ComputerSystem":
+            return None
+        vm = self.vms.get(epr.selectors.get("Name", "").upper())
+        return vm if vm is not None and vm.host == host else None
+
+    def _vssd_owner(self, host: str, instance_id: str) -> tuple[VM, Snapshot | None] | None:
+        for vm in self.vm_on(host):
+            if vm.vssd["InstanceID"].lower() == instance_id.lower():
+                return vm, None
+            for s in vm.snapshots:
+                if s.vssd["InstanceID"].lower() == instance_id.lower():
+                    return vm, s
+        return None
+
+    def _rasd_owner(self, host: str, instance_id: str) -> tuple[VM, Instance, bool] | None:
+        for vm in self.vm_on(host):
+            for r in vm.rasds:
+                if r["InstanceID"].lower() == instance_id.lower():
+                    return vm, r, False
+            for s in vm.snapshots:
+                for r in s.rasds:
+                    if r["InstanceID"].lower() == instance_id.lower():
+                        return vm, r, True
+        return None
+
+    # --- associations (WQL ASSOCIATORS OF) ---------------------------------------------------
+    def associators(self, host: str, q: Query) -> list[Instance]:
+        assert q.assoc_of is not None
+        src_cls, sels = q.assoc_of
+        src = self.find(host, src_cls, sels)
+        if src is None:
+            raise not_found(f"{src_cls} {sels}")
+        out: list[tuple[str, Instance]] = []
+        if src_cls == "Msvm_ComputerSystem" and src["Caption"] == "Virtual Machine":
+            vm = self.vms[str(src["Name"])]
+            out.append(("Msvm_SettingsDefineState", vm.vssd))
+            out += [("Msvm_SnapshotOfVirtualSystem", s.vssd) for s in vm.snapshots]
+            if self._live(vm):
+                out.append(("Msvm_SystemDevice", self.shutdown_component(vm)))
+                out.append(("Msvm_SystemDevice", self.kvp_component(vm)))
+        elif src_cls == "Msvm_VirtualSystemSettingData":
+            owner = self._vssd_owner(host, str(src["InstanceID"]))
+            if owner is not None:
+                vm, snap = owner
+                rasds = vm.rasds if snap is None else snap.rasds
+                out += [("Msvm_VirtualSystemSettingDataComponent", r) for r in rasds]
+                kind = "Msvm_SettingsDefineState" if snap is None else "Msvm_SnapshotOfVirtualSystem"
+                out.append((kind, self.computer_system(vm)))
+        elif "ResourceType" in T.CLASSES.get(src_cls, T.CLASSES["Msvm_ConcreteJob"]).props:
+            found = self._rasd_owner(host, str(src["InstanceID"]))
+            if found is not None:
+                vm, r, in_snap = found
+                vssd = vm.vssd
+                if in_snap:
+                    for s in vm.snapshots:
+                        if any(x is r for x in s.rasds):
+                            vssd = s.vssd
+                out.append(("Msvm_VirtualSystemSettingDataComponent", vssd))
+        elif src_cls in ("Msvm_ShutdownComponent", "Msvm_KvpExchangeComponent"):
+            vm_g = str(src["SystemName"])
+            if vm_g in self.vms:
+                out.append(("Msvm_SystemDevice", self.computer_system(self.vms[vm_g])))
+        res = []
+        for assoc, inst in out:
+            if q.assoc_class and q.assoc_class.lower() != assoc.lower():
+                continue
+            if q.result_class and q.result_class.lower() != inst.cls.lower():
+                continue
+            res.append(inst)
+        return res
+
+    # --- state ---------------------------------------------------------------------------
+    def _mem_mb(self, rasds: list[Instance]) -> int:
+        for r in rasds:
+            if r.cls == "Msvm_MemorySettingData":
+                return int(r["VirtualQuantity"] or 0)
+        return 0
+
+    def free_mb(self, host: str, excluding: VM | None = None) -> int:
+        used = sum(self._mem_mb(vm.rasds) for vm in self.vm_on(host)
+                   if vm is not excluding and vm.state in (T.ES_ENABLED, T.ES_QUIESCE,
+                                                           T.ES_STARTING, T.ES_SHUTTING_DOWN))  # fmt: skip
+        return self.cfg.host_memory_gib * 1024 - used
+
+    def _boots_os(self, vm: VM) -> bool:
+        for r in vm.rasds:
+            if r.cls == "Msvm_StorageAllocationSettingData":
+                for path in r["HostResource"] or []:
+                    if str(path).lower() in self.os_images:
+                        return True
+        return False
+
+    def _set_state(self, vm: VM, state: int) -> None:
+        now = time.monotonic()
+        was_running = vm.state == T.ES_ENABLED and vm.run_since is not None
+        if was_running and state != T.ES_ENABLED and vm.run_since is not None:
+            vm.run_accum += now - vm.run_since
+            vm.run_since = None
+        if state in (T.ES_DISABLED, T.ES_OFFLINE):
+            vm.run_accum = 0.0
+            vm.run_since = None
+        vm.state = state
+        vm.state_changed = _now()
+
+    def _power_on(self, vm: VM) -> None:
+        self._set_state(vm, T.ES_ENABLED)
+        vm.run_accum = 0.0
+        vm.run_since = time.monotonic()
+        vm.guest_os = self._boots_os(vm)
+        vm.guest_ready_at = time.monotonic() + self.cfg.guest_delay
+
+    # --- methods -------------------------------------------------------------------------
+    def invoke(self, host: str, target: Instance, method: str,
+               args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        fn = getattr(self, f"_m_{method}", None)
+        spec = T.METHODS.get((target.cls, method))
+        if fn is None or spec is None:
+            raise WmiFault("ActionNotSupported", f"{target.cls} has no method {method}",
+                           T.CIM_ERR_METHOD_NOT_FOUND, T.WBEM_E_INVALID_METHOD)  # fmt: skip
+        with self.lock:
+            result: tuple[int, dict[str, Any]] = fn(host, target, args)
+            return result
+
+    def _job_out(self, host: str, name: str, effect: Callable[[], tuple[int, str] | None],
+                 extra: dict[str, Any] | None = None,
+                 delay: float | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        job = self._job(host, name, effect, delay)
+        out: dict[str, Any] = {"Job": epr_of(job)}
+        out.update(extra or {})
+        return T.RC_JOB, out
+
+    # Msvm_ComputerSystem.RequestStateChange
+    def _m_RequestStateChange(self, host: str, target: Instance,
+                              args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        if target["Caption"] != "Virtual Machine":
+            return T.RC_NOT_SUPPORTED, {}
+        vm = self.vms[str(target["Name"])]
+        try:
+            rs = int(args.get("RequestedState"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return T.RC_INVALID_PARAMETER, {}
+        if rs not in T.REQUESTED_STATES:
+            return T.RC_INVALID_PARAMETER, {}
+        if vm.busy is not None or (vm.state, rs) not in T.TRANSITIONS:
+            return T.RC_INVALID_STATE, {}
+        target_state = T.TRANSITIONS[(vm.state, rs)]
+        starting = rs == 2 and vm.state in (T.ES_DISABLED, T.ES_OFFLINE)
+        need = self._mem_mb(vm.rasds)
+        vm.requested = rs
+        old = vm.state
+        if rs in (2, 3) and target_state != old:
+            self._set_state(vm, T.TRANSITIONAL[target_state])
+        label = {2: "Starting", 3: "Turning Off", 6: "Saving", 9: "Pausing", 10: "Rebooting",
+                 11: "Resetting"}.get(rs, "Changing state")  # fmt: skip
+        if old == T.ES_QUIESCE and rs == 2:
+            label = "Resuming"
+        if old == T.ES_OFFLINE and rs == 2:
+            label = "Restoring"
+
+        def effect() -> tuple[int, str] | None:
+            vm.busy = None
+            if starting and self.free_mb(vm.host, excluding=vm) < need:
+                self._set_state(vm, old)
+                return (32778, f"'{vm.name}' could not initialize. Not enough "
+                        f"memory in the system to start the virtual machine {vm.name}.")  # fmt: skip
+            if starting and old == T.ES_DISABLED:
+                self._power_on(vm)
+            elif rs == 2 and old == T.ES_OFFLINE:
+                self._power_on(vm)  # restore from saved state: the guest resumes as it was
+                vm.guest_ready_at = 0.0
+            elif rs == 2 and old == T.ES_QUIESCE:
+                self._set_state(vm, T.ES_ENABLED)
+                vm.run_since = time.monotonic()
+            elif rs in (10, 11):
+                vm.run_accum = 0.0
+                vm.run_since = time.monotonic()
+                vm.guest_ready_at = time.monotonic() + self.cfg.guest_delay
+                vm.state_changed = _now()
+            else:
+                self._set_state(vm, target_state)
+            vm.vssd["IsSaved"] = vm.state == T.ES_OFFLINE
+            return None
+
+        out = self._job_out(host, label, effect)
+        if vm.requested == rs and self.jobs[str(out[1]["Job"].selectors["InstanceID"])].finished is None:
+            vm.busy = str(out[1]["Job"].selectors["InstanceID"])
+        return out
+
+    # Msvm_ShutdownComponent.InitiateShutdown
+    def _m_InitiateShutdown(self, host: str, target: Instance,
+                            args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        vm = self.vms.get(str(target["SystemName"]))
+        if vm is None:
+            return T.RC_NOT_AVAILABLE, {}
+        if vm.busy is not None or vm.state != T.ES_ENABLED:
+            return T.RC_INVALID_STATE, {}
+        if not self._guest_up(vm):
+            # No integration services answering (no OS, or not booted yet).
+            return T.RC_NOT_AVAILABLE, {}
+        vm.requested = 3
+        self._set_state(vm, T.ES_SHUTTING_DOWN)
+
+        def effect() -> tuple[int, str] | None:
+            vm.busy = None
+            self._set_state(vm, T.ES_DISABLED)
+            return None
+
+        out = self._job_out(host, "Initiating Shutdown", effect)
+        jid = str(out[1]["Job"].selectors["InstanceID"])
+        if self.jobs[jid].finished is None:
+            vm.busy = jid
+        return out
+
+    # Msvm_VirtualSystemManagementService
+    def _m_DefineSystem(self, host: str, target: Instance,
+                        args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        settings = args.get("SystemSettings")
+        if not isinstance(settings, Instance) or settings.cls != "Msvm_VirtualSystemSettingData":
+            return T.RC_INVALID_PARAMETER, {}
+        name = str(settings.get("ElementName") or "New Virtual Machine")
+        rasds = args.get("ResourceSettings") or []
+        vm = self._new_vm(host, name, settings)
+        vm.vssd["ElementName"] = name
+        for r in rasds:
+            rc = self._add_rasd(vm, r)
+            if rc != T.RC_OK:
+                del self.vms[vm.guid]
+                return rc, {}
+        return self._job_out(host, "Defining virtual machine", lambda: None,
+                             {"ResultingSystem": Epr("Msvm_ComputerSystem", {
+                                 "CreationClassName": "Msvm_ComputerSystem", "Name": vm.guid})})  # fmt: skip
+
+    def _m_DestroySystem(self, host: str, target: Instance,
+                         args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        vm = self.vm_of_cs(host, args.get("AffectedSystem"))
+        if vm is None:
+            return T.RC_INVALID_PARAMETER, {}
+        if vm.busy is not None or vm.state not in (T.ES_DISABLED, T.ES_OFFLINE):
+            return T.RC_INVALID_STATE, {}
+        del self.vms[vm.guid]
+        return self._job_out(host, "Deleting virtual machine", lambda: None)
+
+    def _m_ModifySystemSettings(self, host: str, target: Instance,
+                                args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        settings = args.get("SystemSettings")
+        if not isinstance(settings, Instance) or settings.cls != "Msvm_VirtualSystemSettingData":
+            return T.RC_INVALID_PARAMETER, {}
+        owner = self._vssd_owner(host, str(settings.get("InstanceID") or ""))
+        if owner is None:
+            return T.RC_INVALID_PARAMETER, {}
+        vm, snap = owner
+        vssd = vm.vssd if snap is None else snap.vssd
+        for k in ("ElementName", "Notes", "AutomaticStartupAction", "AutomaticShutdownAction",
+                  "AutomaticRecoveryAction", "BootOrder", "BootSourceOrder", "SecureBootEnabled",
+                  "BIOSNumLock"):  # fmt: skip
+            if k in settings.props and settings[k] is not None:
+                vssd[k] = settings[k]
+        return self._job_out(host, "Modifying system settings", lambda: None)
+
+    def _add_rasd(self, vm: VM, r: Any) -> int:
+        if not isinstance(r, Instance):
+            return T.RC_INVALID_PARAMETER
+        sub = str(r.get("ResourceSubType") or "")
+        if sub not in T.SUBTYPES or T.SUBTYPES[sub][1] != r.cls:
+            return T.RC_INVALID_PARAMETER
+        if sub in ("Microsoft:Hyper-V:Processor", "Microsoft:Hyper-V:Memory"):
+            # A VM has exactly one of each; DefineSystem's copies modify the defaults.
+            cur = next(x for x in vm.rasds if x.cls == r.cls)
+            return self._modify_rasd(vm, cur, r)
+        props = {k: v for k, v in r.props.items() if v is not None and k != "InstanceID"}
+        new = self._rasd(vm, sub, **props)
+        if r.cls == "Msvm_StorageAllocationSettingData" and not new["HostResource"]:
+            return T.RC_INVALID_PARAMETER
+        if r.cls == "Msvm_SyntheticEthernetPortSettingData" and not new["Address"]:
+            new["Address"] = self._mac(vm, sum(1 for x in vm.rasds if x.cls == r.cls))
+            new["StaticMacAddress"] = False
+        vm.rasds.append(new)
+        return T.RC_OK
+
+    def _m_AddResourceSettings(self, host: str, target: Instance,
+                               args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        ref = args.get("AffectedConfiguration")
+        owner = (self._vssd_owner(host, ref.selectors.get("InstanceID", ""))
+                 if isinstance(ref, Epr) else None)  # fmt: skip
+        rasds = args.get("ResourceSettings") or []
+        if owner is None or owner[1] is not None or not rasds:
+            return T.RC_INVALID_PARAMETER, {}
+        vm = owner[0]
+        before = len(vm.rasds)
+        for r in rasds:
+            if isinstance(r, Instance) and r.get("ResourceSubType") in (
+                "Microsoft:Hyper-V:Processor", "Microsoft:Hyper-V:Memory"):  # fmt: skip
+                del vm.rasds[before:]
+                return T.RC_INVALID_PARAMETER, {}
+            rc = self._add_rasd(vm, r)
+            if rc != T.RC_OK:
+                del vm.rasds[before:]
+                return rc, {}
+        added = [epr_of(r) for r in vm.rasds[before:]]
+        return self._job_out(host, "Adding resources", lambda: None,
+                             {"ResultingResourceSettings": added})  # fmt: skip
+
+    def _modify_rasd(self, vm: VM, cur: Instance, new: Instance) -> int:
+        live = vm.state != T.ES_DISABLED
+        merged = cur.copy()
+        for k, v in new.props.items():
+            if k in ("InstanceID", "ResourceType", "ResourceSubType") or v is None:
+                continue
+            merged[k] = v
+        if cur.cls == "Msvm_ProcessorSettingData":
+            q, res, lim, w = (int(merged[k] or 0) for k in ("VirtualQuantity", "Reservation",
+                                                             "Limit", "Weight"))  # fmt: skip
+            if q < 1 or not 0 <= res <= lim <= T.PROCESSOR_LIMIT_MAX or not 0 <= w <= 10000:
+                return T.RC_INVALID_PARAMETER
+            if live and q != int(cur["VirtualQuantity"] or 0):
+                return T.RC_INVALID_STATE  # the vCPU count changes only while Off
+        if cur.cls == "Msvm_MemorySettingData":
+            q, res, lim = (int(merged[k] or 0) for k in ("VirtualQuantity", "Reservation", "Limit"))
+            if q < 32 or q % 2:
+                return T.RC_INVALID_PARAMETER  # Hyper-V wants an even number of MiB
+            if merged["DynamicMemoryEnabled"] and not res <= q <= lim:
+                return T.RC_INVALID_PARAMETER
+            if not merged["DynamicMemoryEnabled"]:
+                merged["Reservation"] = q
+                merged["Limit"] = q if merged["Limit"] is None else merged["Limit"]
+            if live and bool(merged["DynamicMemoryEnabled"]) != bool(cur["DynamicMemoryEnabled"]):
+                return T.RC_INVALID_STATE
+        cur.props.update(merged.props)
+        return T.RC_OK
+
+    def _m_ModifyResourceSettings(self, host: str, target: Instance,
+                                  args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        rasds = args.get("ResourceSettings") or []
+        if not rasds:
+            return T.RC_INVALID_PARAMETER, {}
+        results = []
+        for r in rasds:
+            if not isinstance(r, Instance):
+                return T.RC_INVALID_PARAMETER, {}
+            found = self._rasd_owner(host, str(r.get("InstanceID") or ""))
+            if found is None or found[1].cls != r.cls:
+                return T.RC_INVALID_PARAMETER, {}
+            vm, cur, in_snap = found
+            if in_snap:
+                return T.RC_INVALID_STATE, {}  # snapshot settings are read-only
+            rc = self._modify_rasd(vm, cur, r)
+            if rc != T.RC_OK:
+                return rc, {}
+            results.append(epr_of(cur))
+        return self._job_out(host, "Modifying resources", lambda: None,
+                             {"ResultingResourceSettings": results})  # fmt: skip
+
+    def _m_RemoveResourceSettings(self, host: str, target: Instance,
+                                  args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        refs = args.get("ResourceSettings") or []
+        if not refs:
+            return T.RC_INVALID_PARAMETER, {}
+        for ref in refs:
+            found = (self._rasd_owner(host, ref.selectors.get("InstanceID", ""))
+                     if isinstance(ref, Epr) else None)  # fmt: skip
+            if found is None or found[2]:
+                return T.RC_INVALID_PARAMETER, {}
+            vm, cur, _ = found
+            if cur.cls in ("Msvm_ProcessorSettingData", "Msvm_MemorySettingData"):
+                return T.RC_INVALID_PARAMETER, {}
+            gone = {cur.path(vm.host)}
+            changed = True
+            while changed:  # children (a drive's disk, a port's connection) go with it
+                changed = False
+                for r in list(vm.rasds):
+                    if r is cur or r["Parent"] in gone:
+                        vm.rasds.remove(r)
+                        gone.add(r.path(vm.host))
+                        changed = True
+        return self._job_out(host, "Removing resources", lambda: None)
+
+    def _m_GetSummaryInformation(self, host: str, target: Instance,
+                                 args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        wanted = [int(x) for x in args.get("RequestedInformation") or []]
+        refs = args.get("SettingData")
+        if refs is None:
+            owners = [(vm, None) for vm in self.vm_on(host)]
+        else:
+            owners = []
+            for ref in refs:
+                o = (self._vssd_owner(host, ref.selectors.get("InstanceID", ""))
+                     if isinstance(ref, Epr) else None)  # fmt: skip
+                if o is None:
+                    return T.RC_INVALID_PARAMETER, {}
+                owners.append(o)
+        infos = []
+        for vm, snap in owners:
+            vssd = vm.vssd if snap is None else snap.vssd
+            cpu = next((r for r in vm.rasds if r.cls == "Msvm_ProcessorSettingData"), None)
+            full: dict[str, Any] = {
+                "InstanceID": vssd["InstanceID"],
+                "Name": vm.guid,
+                "ElementName": vssd["ElementName"],
+                "Notes": (vssd["Notes"] or [""])[0],
+                "NumberOfProcessors": int(cpu["VirtualQuantity"]) if cpu else 0,
+                "HealthState": T.HEALTH_OK,
+                "EnabledState": vm.state,
+                "ProcessorLoad": 3 if vm.state == T.ES_ENABLED else 0,
+                "MemoryUsage": self._mem_mb(vm.rasds) if self._live(vm) else 0,
+                "UpTime": self._on_ms(vm),
+                "GuestOperatingSystem": "Ubuntu 22.04.4 LTS" if self._guest_up(vm) else None,
+                "Snapshots": [epr_of(s.vssd) for s in vm.snapshots],
+            }
+            props = {"InstanceID": full["InstanceID"]}
+            for code in wanted:
+                field = T.SUMMARY_FIELDS.get(code)
+                if field is not None:
+                    props[field] = full[field]
+            infos.append(Instance("Msvm_SummaryInformation", props))
+        return T.RC_OK, {"SummaryInformation": infos}
+
+    # Msvm_VirtualSystemSnapshotService
+    def _m_CreateSnapshot(self, host: str, target: Instance,
+                          args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        vm = self.vm_of_cs(host, args.get("AffectedSystem"))
+        if vm is None:
+            return T.RC_INVALID_PARAMETER, {}
+        stype = args.get("SnapshotType")
+        if stype is not None and int(stype) not in T.SNAPSHOT_TYPES:
+            return T.RC_INVALID_PARAMETER, {}
+        if vm.busy is not None:
+            return T.RC_INVALID_STATE, {}
+        sguid = _guid()
+        vssd = vm.vssd.copy()
+        stamp = dt.datetime.now().strftime("%m/%d/%Y - %I:%M:%S %p").lstrip("0")
+        vssd.props.update({
+            "InstanceID": f"Microsoft:{sguid}",
+            "VirtualSystemType": "Microsoft:Hyper-V:Snapshot:Realized",
+            "ElementName": f"{vm.name} - ({stamp})",
+            "ConfigurationID": sguid,
+            "CreationTime": _now(),
+            "Caption": "Virtual Machine Settings",
+            "Description": "Snapshot settings for the virtual machine.",
+            "IsSaved": vm.state in (T.ES_ENABLED, T.ES_QUIESCE, T.ES_OFFLINE),
+        })  # fmt: skip
+        rasds = []
+        for r in vm.rasds:
+            c = r.copy()
+            c["InstanceID"] = str(r["InstanceID"]).replace(vm.guid, sguid, 1)
+            rasds.append(c)
+        snap = Snapshot(vssd, rasds, saved=bool(vssd["IsSaved"]))
+        vm.snapshots.append(snap)
+        vm.vssd["Parent"] = vssd.path(vm.host)
+        return self._job_out(host, "Creating checkpoint", lambda: None,
+                             {"ResultingSnapshot": epr_of(vssd)})  # fmt: skip
+
+    def _snapshot_ref(self, host: str, ref: Any) -> tuple[VM, Snapshot] | None:
+        if not isinstance(ref, Epr) or ref.cls != "Msvm_VirtualSystemSettingData":
+            return None
+        o = self._vssd_owner(host, ref.selectors.get("InstanceID", ""))
+        if o is None or o[1] is None:
+            return None
+        return o[0], o[1]
+
+    def _m_ApplySnapshot(self, host: str, target: Instance,
+                         args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        found = self._snapshot_ref(host, args.get("Snapshot"))
+        if found is None:
+            return T.RC_INVALID_PARAMETER, {}
+        vm, snap = found
+        if vm.busy is not None or vm.state not in (T.ES_DISABLED, T.ES_OFFLINE):
+            return T.RC_INVALID_STATE, {}  # a running VM must be turned off or saved first
+        rasds = []
+        sguid = str(snap.vssd["InstanceID"]).partition(":")[2]
+        for r in snap.rasds:
+            c = r.copy()
+            c["InstanceID"] = str(r["InstanceID"]).replace(sguid, vm.guid, 1)
+            rasds.append(c)
+
+        def effect() -> tuple[int, str] | None:
+            vm.rasds = rasds
+            vm.vssd["Parent"] = snap.vssd.path(vm.host)
+            self._set_state(vm, T.ES_OFFLINE if snap.saved else T.ES_DISABLED)
+            vm.vssd["IsSaved"] = snap.saved
+            return None
+
+        return self._job_out(host, "Applying checkpoint", effect)
+
+    def _m_DestroySnapshot(self, host: str, target: Instance,
+                           args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        found = self._snapshot_ref(host, args.get("AffectedSnapshot"))
+        if found is None:
+            return T.RC_INVALID_PARAMETER, {}
+        vm, snap = found
+        path = snap.vssd.path(vm.host)
+        parent = snap.vssd["Parent"]
+        vm.snapshots.remove(snap)
+        for s in vm.snapshots:
+            if s.vssd["Parent"] == path:
+                s.vssd["Parent"] = parent
+        if vm.vssd["Parent"] == path:
+            vm.vssd["Parent"] = parent
+        return self._job_out(host, "Deleting checkpoint", lambda: None)
+
+    # Msvm_VirtualSystemMigrationService
+    def _m_MigrateVirtualSystemToHost(self, host: str, target: Instance,
+                                      args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        vm = self.vm_of_cs(host, args.get("ComputerSystem"))
+        dest_raw = str(args.get("DestinationHost") or "")
+        if vm is None or not dest_raw:
+            return T.RC_INVALID_PARAMETER, {}
+        msd = args.get("MigrationSettingData")
+        mtype = 32768
+        if isinstance(msd, Instance) and msd.get("MigrationType") is not None:
+            mtype = int(msd["MigrationType"])
+        if mtype not in T.MIGRATION_TYPES:
+            return T.RC_INVALID_PARAMETER, {}
+        if mtype == 32770:
+            return T.RC_NOT_SUPPORTED, {}
+        if vm.busy is not None:
+            return T.RC_INVALID_STATE, {}
+        dest = next((h for h in self.hosts if h.lower() == dest_raw.split(".")[0].lower()), None)
+        if dest is not None and dest == host:
+            return T.RC_INVALID_PARAMETER, {}
+        need = self._mem_mb(vm.rasds) if self._live(vm) else 0
+
+        def effect() -> tuple[int, str] | None:
+            vm.busy = None
+            if dest is None:
+                return (T.RC_FAILED, f"Virtual machine migration operation for '{vm.name}' "
+                        f"failed at migration source '{host}'. The Virtual Machine Management "
+                        f"Service failed to establish a connection for a Virtual Machine "
+                        f"migration with host '{dest_raw}'.")  # fmt: skip
+            if mtype == 32769:
+                return None  # storage-only: the VM stays on its host
+            if self.free_mb(dest) < need:
+                return (32778, f"Virtual machine migration operation for '{vm.name}' failed: "
+                        f"not enough memory on '{dest}'.")  # fmt: skip
+            old_paths = {r.path(vm.host): r for r in vm.rasds}
+            vm.host = dest
+            for r in vm.rasds:
+                if r["Parent"] in old_paths:
+                    r["Parent"] = old_paths[r["Parent"]].path(dest)
+                if r.cls == "Msvm_EthernetPortAllocationSettingData" and r["HostResource"]:
+                    r["HostResource"] = [self.switches[dest].path(dest)]
+            return None
+
+        out = self._job_out(host, "Migrating virtual machine", effect,
+                            delay=self.cfg.op_delay * 2)  # fmt: skip
+        jid = str(out[1]["Job"].selectors["InstanceID"])
+        if self.jobs[jid].finished is None:
+            vm.busy = jid
+        return out
