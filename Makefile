@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TEST_EXTRAS ?= dev,kit,kvm,esx,xen
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen \
+.PHONY: demo test venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen host-hyperv \
         hosts-stop conformance-sim bench matrix clean
 
 # vmctl and the conformance kit's pytest ([kit]): `vmctl conformance sim://` works after
@@ -74,8 +74,10 @@ host-esx: hosts-deps-esx $(VENV)/.stamp-test
 	$(PY) -m tests.hosts.esx start
 host-xen: hosts-deps-xen $(VENV)/.stamp-test
 	$(PY) -m tests.hosts.xen start
+host-hyperv: $(VENV)/.stamp-test
+	$(PY) -m tests.hosts.hyperv start
 hosts-stop:
-	@for h in kvm esx xen; do \
+	@for h in kvm esx xen hyperv; do \
 	  if [ -f .hosts/$$h.pids ]; then $(PY) -m tests.hosts.$$h stop; fi; done
 
 clean:
