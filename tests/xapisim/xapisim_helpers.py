@@ -207,3 +207,197 @@ def discard(x: Any, vm: str) -> None:
             x.VBD.destroy(vbd)
             x.VDI.destroy(vdi)
     x.VM.destroy(vm)
+
+
+# ------------------------------------------------------------------------------------
+# A strict XML-RPC reader for xapi's replies (the forms mirage/ocaml-rpc's xmlrpc.ml
+# writes, tables.WIRE_FORMS): no whitespace between elements, <value>text</value> for
+# strings (never <string>), <value></value> for "", <i4> for Int32, <boolean>0|1</boolean>,
+# <double> as %.16g, <dateTime.iso8601> as YYYYMMDDTHH:MM:SSZ, <array><data>, <struct>.
+# Anything else fails with WireError.
+# ------------------------------------------------------------------------------------
+
+
+class WireError(AssertionError):
+    pass
+
+
+class I4(int):
+    """A value that came as <i4> (or <int>)."""
+
+
+class Stamp(str):
+    """A value that came as <dateTime.iso8601>."""
+
+
+_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"'}
+_TEXT_RE = re.compile(r"[^<]*")
+_DOUBLE_RE = re.compile(r"-?(?:\d+(?:\.\d+)?(?:e[+-]\d\d+)?|nan|inf)")
+_STAMP_RE = re.compile(r"\d{8}T\d\d:\d\d:\d\dZ")
+XML_HEAD = '<?xml version="1.0"?><methodResponse><params><param>'
+XML_TAIL = "</param></params></methodResponse>"
+
+
+def _unescape(text: str, at: int) -> str:
+    out = []
+    i = 0
+    while True:
+        j = text.find("&", i)
+        if j < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:j])
+        k = text.find(";", j)
+        ent = text[j : k + 1]
+        if k < 0 or ent not in _ENTITIES:
+            raise WireError(f"unknown entity at {at + j}: {text[j : j + 8]!r}")
+        out.append(_ENTITIES[ent])
+        i = k + 1
+    s = "".join(out)
+    for ch in '>"':  # ocaml-rpc escapes these too
+        if ch in text:
+            raise WireError(f"unescaped {ch!r} at {at}")
+    if any(ord(c) < 0x20 and c not in "\t\n\r" for c in s):
+        raise WireError(f"control character in text at {at}")
+    return s
+
+
+class StrictReader:
+    def __init__(self, doc: str) -> None:
+        self.doc = doc
+        self.pos = 0
+
+    def expect(self, token: str) -> None:
+        if not self.doc.startswith(token, self.pos):
+            got = self.doc[self.pos : self.pos + len(token) + 10]
+            raise WireError(f"expected {token!r} at {self.pos}, got {got!r}")
+        self.pos += len(token)
+
+    def peek(self, token: str) -> bool:
+        return self.doc.startswith(token, self.pos)
+
+    def text_until(self, close: str) -> str:
+        m = _TEXT_RE.match(self.doc, self.pos)
+        assert m is not None
+        raw_text = m.group()
+        start = self.pos
+        self.pos = m.end()
+        self.expect(close)
+        return _unescape(raw_text, start)
+
+    def value(self) -> Any:
+        self.expect("<value>")
+        if self.peek("</value>"):
+            self.pos += len("</value>")
+            return ""
+        if not self.peek("<"):
+            return self.text_until("</value>")
+        if self.peek("<boolean>"):
+            self.pos += len("<boolean>")
+            t = self.text_until("</boolean>")
+            if t not in ("0", "1"):
+                raise WireError(f"boolean {t!r}")
+            v: Any = t == "1"
+        elif self.peek("<i4>") or self.peek("<int>"):
+            tag = "i4" if self.peek("<i4>") else "int"
+            self.pos += len(tag) + 2
+            t = self.text_until(f"</{tag}>")
+            if not re.fullmatch(r"-?(0|[1-9]\d*)", t):
+                raise WireError(f"{tag} {t!r}")
+            v = I4(int(t))
+        elif self.peek("<double>"):
+            self.pos += len("<double>")
+            t = self.text_until("</double>")
+            if not _DOUBLE_RE.fullmatch(t) or format(float(t), ".16g") != t:
+                raise WireError(f"double {t!r} is not %.16g")
+            v = float(t)
+        elif self.peek("<dateTime.iso8601>"):
+            self.pos += len("<dateTime.iso8601>")
+            t = self.text_until("</dateTime.iso8601>")
+            if not _STAMP_RE.fullmatch(t):
+                raise WireError(f"dateTime {t!r}")
+            v = Stamp(t)
+        elif self.peek("<array><data>"):
+            self.pos += len("<array><data>")
+            items = []
+            while not self.peek("</data></array>"):
+                items.append(self.value())
+            self.pos += len("</data></array>")
+            v = items
+        elif self.peek("<struct>"):
+            self.pos += len("<struct>")
+            members: dict[str, Any] = {}
+            while not self.peek("</struct>"):
+                self.expect("<member><name>")
+                name = self.text_until("</name>")
+                if name in members:
+                    raise WireError(f"duplicate member {name!r}")
+                members[name] = self.value()
+                self.expect("</member>")
+            self.pos += len("</struct>")
+            v = members
+        else:
+            raise WireError(
+                f"unexpected element at {self.pos}: {self.doc[self.pos : self.pos + 30]!r}"
+            )
+        self.expect("</value>")
+        return v
+
+
+def parse_strict(body: bytes, bare: bool = False) -> Any:
+    """The value of a xapi XML-RPC reply, read strictly. Unless ``bare`` (how
+    system.listMethods is answered), it must be the {Status, Value|ErrorDescription}
+    struct with its members in that order, the error description an array of strings."""
+    doc = body.decode("utf-8")
+    if not doc.startswith(XML_HEAD) or not doc.endswith(XML_TAIL):
+        raise WireError(f"envelope: {doc[:80]!r} ... {doc[-60:]!r}")
+    r = StrictReader(doc)
+    r.pos = len(XML_HEAD)
+    v = r.value()
+    if r.pos != len(doc) - len(XML_TAIL):
+        raise WireError(f"trailing data at {r.pos}")
+    if bare:
+        return v
+    if not isinstance(v, dict) or list(v)[:1] != ["Status"] or len(v) != 2:
+        raise WireError(f"not a Status struct: {str(v)[:100]}")
+    if v["Status"] == "Success":
+        if list(v) != ["Status", "Value"]:
+            raise WireError(f"success members {list(v)}")
+    elif v["Status"] == "Failure":
+        if list(v) != ["Status", "ErrorDescription"]:
+            raise WireError(f"failure members {list(v)}")
+        desc = v["ErrorDescription"]
+        if not isinstance(desc, list) or not all(type(d) is str for d in desc):
+            raise WireError(f"ErrorDescription {desc!r}")
+    else:
+        raise WireError(f"Status {v['Status']!r}")
+    return v
+
+
+def strict_check(value: Any, ty: str, where: str) -> None:
+    """Assert a strictly parsed value has datamodel type ``ty`` in xapi's byte forms: int
+    as plain decimal text, float as <double>, bool as <boolean>, datetime as
+    <dateTime.iso8601>, refs/strings/enums as plain text."""
+    kind = ty.split(" ", 1)[0]
+    if kind == "int":
+        assert type(value) is str and re.fullmatch(r"-?(0|[1-9]\d*)", value), (where, value)
+    elif kind == "float":
+        assert type(value) is float, (where, value)
+    elif kind == "bool":
+        assert type(value) is bool, (where, value)
+    elif kind == "datetime":
+        assert type(value) is Stamp, (where, value)
+    elif kind == "set":
+        assert type(value) is list, (where, value)
+        for v in value:
+            strict_check(v, ty[4:], where)
+    elif kind == "map":
+        assert type(value) is dict, (where, value)
+        rest = ty[4:]
+        vty = (
+            rest.split(" ", 2)[2] if rest.startswith(("enum ", "ref ")) else rest.partition(" ")[2]
+        )
+        for k, v in value.items():
+            strict_check(v, vty, f"{where}[{k}]")
+    else:
+        assert type(value) is str, (where, value)
