@@ -114,6 +114,23 @@ class _Handler(BaseHTTPRequestHandler):
             body,
         )
 
+    def do_OPTIONS(self) -> None:
+        """CORS preflight, as http_svr.ml: respond_to_options answers it on /, /json and
+        /jsonrpc: 200, no body, the request's Access-Control-Request-Headers allowed."""
+        asked = self.headers.get("Access-Control-Request-Headers")
+        allow = f"{asked}, X-Requested-With" if asked else "X-Requested-With"
+        self._send(
+            "200 OK",
+            [
+                ("connection", "close" if self.close_connection else "keep-alive"),
+                ("cache-control", "no-cache, no-store"),
+                ("Access-Control-Allow-Origin", "*"),
+                ("Access-Control-Allow-Headers", allow),
+                ("Access-Control-Allow-Methods", "PUT"),
+            ],
+            b"",
+        )
+
     def do_POST(self) -> None:
         try:
             length = int(self.headers.get("Content-Length", "0"))

@@ -1091,6 +1091,9 @@ RPC_REPLY_HEADERS: list[tuple[str, str]] = [
     ("Access-Control-Allow-Origin", "*"),
     ("Access-Control-Allow-Headers", "X-Requested-With"),
 ]
+# OPTIONS (CORS preflight) on any path: http_svr.ml: respond_to_options -- 200, no body,
+# Access-Control-Allow-Origin "*", Access-Control-Allow-Headers the request's
+# Access-Control-Request-Headers + ", X-Requested-With", Access-Control-Allow-Methods "PUT".
 # http_svr.ml: response_internal_error / response_error_html -- what a request that
 # cannot be parsed (xmlrpc.ml Parse_error, jsonrpc.ml Malformed_method_request) gets.
 HTTP_500_HEAD = "HTTP/1.1 500 Internal Error"

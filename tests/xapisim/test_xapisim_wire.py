@@ -516,3 +516,18 @@ def test_cached_records_follow_changes(server: xapisim.SimServer, sess: str) -> 
     assert "stale wire cache" in r["ErrorDescription"][1]
     server.db.wire_cache["VM"].pop(vm)
     assert value(server, sess, "VM.get_record", v(vm))["name_label"] == "vm-03"
+
+
+def test_cors_preflight(server: xapisim.SimServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"OPTIONS /jsonrpc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  b"Access-Control-Request-Headers: content-type\r\n\r\n")  # fmt: skip
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.decode() == (
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n"
+        "cache-control: no-cache, no-store\r\nAccess-Control-Allow-Origin: *\r\n"
+        "Access-Control-Allow-Headers: content-type, X-Requested-With\r\n"
+        "Access-Control-Allow-Methods: PUT\r\n\r\n"
+    )
