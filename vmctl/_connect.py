@@ -60,8 +60,13 @@ def connect(
             raise ValidationError(
                 "no URI given and VMCTL_URI is not set; e.g. connect('sim://')", field="uri"
             )
-    parsed = uri if isinstance(uri, URI) else URI.parse(uri)
+    try:
+        parsed = uri if isinstance(uri, URI) else URI.parse(uri)
+    except ValidationError as exc:  # a refused URI may hold a password: drop it first
+        error = exc
     del uri
+    if error is not None:
+        raise error.with_traceback(None) from None
     if isinstance(timeouts, (int, float)) and not isinstance(timeouts, bool):
         timeouts = Timeouts(timeouts)
     elif timeouts is None:

@@ -34,7 +34,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from ._capabilities import Capability
+    from ._operations import Operation
     from ._state import PowerState
 
 
@@ -148,7 +152,8 @@ class OperationTimeout(VmctlError, TimeoutError):
     """A request did not reach its state within its timeout; the VM may still get there.
 
     ``running`` names what is still running on the host (vendor task ids and what they do),
-    where the driver handed the core a task.
+    where the driver handed the core a task. ``operation`` (for a VM request) is an
+    ``Operation`` that goes on waiting for it, under the connection's operation timeout.
     """
 
     def __init__(
@@ -160,6 +165,20 @@ class OperationTimeout(VmctlError, TimeoutError):
     ) -> None:
         super().__init__(message, vendor_code=vendor_code)
         self.running = running
+        self._resume: Callable[[], Operation[Any]] | None = None
+        self._operation: Operation[Any] | None = None
+
+    def can_resume(self, resume: Callable[[], Operation[Any]]) -> None:
+        """Set by the core: how to go on waiting for what timed out."""
+        self._resume = resume
+
+    @property
+    def operation(self) -> Operation[Any] | None:
+        """An Operation that goes on waiting for the request (started on first use), or
+        None where there is nothing to wait for."""
+        if self._operation is None and self._resume is not None:
+            self._operation = self._resume()
+        return self._operation
 
 
 class BackendError(VmctlError):

@@ -117,6 +117,14 @@ class Resources:
         return attrs.evolve(self, **other.set_fields())
 
 
+def _disk_bus(value: object) -> DiskBus:
+    return v.enum_of(DiskBus, "bus")(value)
+
+
+def _guest_os(value: object) -> GuestOS:
+    return v.enum_of(GuestOS, "guest_os")(value)
+
+
 @frozen
 class DiskSpec:
     """A new virtual disk.
@@ -127,7 +135,7 @@ class DiskSpec:
 
     size_mib: int = field(validator=v.int_range(1, MAX_DISK_MIB, "MiB"))
     name: str | None = field(default=None, validator=v.optional_name)
-    bus: DiskBus = field(default=DiskBus.DEFAULT, converter=DiskBus)
+    bus: DiskBus = field(default=DiskBus.DEFAULT, converter=_disk_bus)
     pool: str | None = field(default=None, validator=v.optional_name)
     source: str | None = field(default=None, validator=v.instance_of(str, optional=True))
 
@@ -181,7 +189,7 @@ class VMSpec:
     nics: tuple[NicSpec, ...] = field(
         default=(), converter=v.to_tuple, validator=v.tuple_of(NicSpec)
     )
-    guest_os: GuestOS = field(default=GuestOS.OTHER, converter=GuestOS)
+    guest_os: GuestOS = field(default=GuestOS.OTHER, converter=_guest_os)
     boot: BootSource | None = field(
         default=None, validator=v.instance_of(BootSource, optional=True)
     )

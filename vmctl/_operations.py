@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._errors import OperationTimeout
+from ._errors import OperationTimeout, ValidationError
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
 
 T = TypeVar("T")
+
+
+def _seconds(timeout: float | None) -> float | None:
+    """A wait's timeout: None (no limit) or a finite number >= 0 (NaN would never end)."""
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout < 0
+    ):
+        raise ValidationError(
+            f"must be None or a finite number of seconds >= 0, got {timeout!r}", field="timeout"
+        )
+    return float(timeout)
 
 
 class Operation(Generic[T]):
@@ -33,6 +50,7 @@ class Operation(Generic[T]):
         (the request keeps going)."""
         import concurrent.futures as cf
 
+        timeout = _seconds(timeout)
         try:
             return self._future.result(timeout)
         except cf.TimeoutError:
@@ -44,6 +62,7 @@ class Operation(Generic[T]):
         """The request's error, or None if it succeeded."""
         import concurrent.futures as cf
 
+        timeout = _seconds(timeout)
         try:
             return self._future.exception(timeout)
         except cf.TimeoutError:
@@ -60,6 +79,7 @@ def wait_all(
     ``exception()``). Raises OperationTimeout naming those still running after ``timeout``."""
     import concurrent.futures as cf
 
+    timeout = _seconds(timeout)
     ops = list(operations)
     _, pending = cf.wait([op._future for op in ops], timeout=timeout)
     if pending:
@@ -78,6 +98,7 @@ def as_completed(
     ``timeout``."""
     import concurrent.futures as cf
 
+    timeout = _seconds(timeout)
     ops = {op._future: op for op in operations}
     try:
         for fut in cf.as_completed(ops, timeout=timeout):

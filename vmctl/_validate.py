@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import attrs
 
@@ -126,3 +127,20 @@ def to_tuple(value: object) -> object:
     if value is None:
         return ()
     raise ValidationError(f"expected a list or tuple, got {type(value).__name__}")
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def enum_of(kind: type[E], field: str) -> Callable[[object], E]:
+    """A converter to the enum ``kind`` that refuses other values with ValidationError,
+    naming the allowed ones."""
+
+    def convert(value: object) -> E:
+        try:
+            return kind(value)
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in kind)
+            raise ValidationError(f"{value!r} is not one of {allowed}", field=field) from None
+
+    return convert

@@ -51,6 +51,7 @@ from ._state import (
 from ._tasks import Task
 from ._validate import check_name
 from .spi import (
+    ChangeWaiter,
     Cloning,
     Devices,
     GuestAgent,
@@ -181,8 +182,16 @@ class VM:
                 raise
         raise AssertionError("unreachable")
 
-    def _finish(self, request: Request, task: Task | None, deadline: Deadline, what: str) -> VMInfo:
-        """Wait for the vendor's task, then for the target state."""
+    def _finish(
+        self,
+        request: Request,
+        task: Task | None,
+        deadline: Deadline,
+        what: str,
+        before: VMInfo | None = None,
+    ) -> VMInfo:
+        """Wait for the vendor's task, then for the target state. A driver that waits for
+        changes is handed the info from before the request (no extra read)."""
         dispatcher = self._conn.dispatcher
         target = target_of(request)
         if task is not None:
@@ -193,7 +202,12 @@ class VM:
                 if fresh.state is not target:
                     raise
                 return fresh
-        states = dispatcher.await_states({self.uuid: frozenset({target})}, deadline, what)
+        known = None
+        if before is not None and isinstance(self._conn.driver, ChangeWaiter):
+            known = {self.uuid: before}
+        states = dispatcher.await_states(
+            {self.uuid: frozenset({target})}, deadline, what, known=known
+        )
         self._info = states[self.uuid]
         return self._info
 
@@ -206,7 +220,27 @@ class VM:
         if reached is not None:
             self._info = reached
             return reached
-        return self._finish(request, task, deadline, what)
+        try:
+            return self._finish(request, task, deadline, what, info)
+        except OperationTimeout as exc:
+            self._resumable(exc, request, task, what)
+            raise
+
+    def _resumable(
+        self, exc: OperationTimeout, request: Request, task: Task | None, what: str
+    ) -> None:
+        """Let the caller go on waiting for a request that timed out (``exc.operation``)."""
+        conn = self._conn
+
+        def resume() -> Operation[VMInfo]:
+            deadline = Deadline.after(conn.timeouts.operation_s)
+            pending = task if exc.running else None
+            future = conn.dispatcher.run_in_background(
+                lambda: self._finish(request, pending, deadline, what)
+            )
+            return Operation(f"{what} (still waiting)", future)
+
+        exc.can_resume(resume)
 
     def _run_shutdown(
         self, deadline: Deadline, force_after: float | None, known: VMInfo | None
@@ -221,7 +255,7 @@ class VM:
             if reached is not None:
                 self._info = reached
                 return reached
-            return self._finish(Request.SHUTDOWN, task, grace, what)
+            return self._finish(Request.SHUTDOWN, task, grace, what, info)
         except InvalidState as exc:
             if force_after is None:
                 raise InvalidState(
