@@ -21,6 +21,7 @@ before/after figures come from the same script: point PYTHONPATH at the older tr
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import xmlrpc.client
@@ -33,6 +34,9 @@ from xapisim.model import Config, Database
 
 try:  # the compact encoder (ocaml-rpc's byte forms); absent in older versions
     from xapisim import wire
+
+    if os.path.dirname(wire.__file__) != os.path.dirname(xapisim.__file__):
+        wire = None  # type: ignore[assignment]  # another tree's: not the one measured
 except ImportError:  # pragma: no cover - older tree
     wire = None  # type: ignore[assignment]
 
