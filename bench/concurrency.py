@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import vmctl  # noqa: E402
+import vmctl
 
 
 def tcp_connections(port: int) -> int:
