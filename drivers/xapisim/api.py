@@ -1194,9 +1194,12 @@ class Api:
     def m_event_register(self, ctx: Ctx, classes: list[str]) -> str:
         with self.db.lock:
             s = ctx.session
-            s.subs = sorted(set((s.subs or []) + classes))
-            if s.next_gen == 0:
+            if s.subs is None:
+                # xapi_event.ml: get_subscription -- a session's subscription starts at the
+                # current event id when it is first registered (event snapshots are kept
+                # only while a session is registered: Database.event_listeners).
                 s.next_gen = self.db.gen
+            s.subs = sorted(set((s.subs or []) + classes))
         return ""
 
     def m_event_unregister(self, ctx: Ctx, classes: list[str]) -> str:

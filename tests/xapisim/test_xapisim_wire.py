@@ -531,3 +531,22 @@ def test_cors_preflight(server: xapisim.SimServer) -> None:
         "Access-Control-Allow-Headers: content-type, X-Requested-With\r\n"
         "Access-Control-Allow-Methods: PUT\r\n\r\n"
     )
+
+
+def test_event_next_snapshots_start_at_registration(server: xapisim.SimServer) -> None:
+    """Event snapshots are kept only while a session is registered (event.next reports the
+    record as it was at each event); the subscription starts at registration
+    (xapi_event.ml: get_subscription)."""
+    s = login(server, "next").xenapi
+    try:
+        vm = s.VM.get_by_name_label("vm-03")[0]
+        s.VM.set_name_description(vm, "before")  # before registering: not reported
+        s.event.register(["vm"])
+        s.VM.set_name_description(vm, "one")
+        s.VM.set_name_description(vm, "two")
+        evs = [e for e in s.event.next() if e["ref"] == vm]
+        assert [e["snapshot"]["name_description"] for e in evs] == ["one", "two"]
+        assert all(e["operation"] == "mod" and e["class"] == "vm" for e in evs)
+        s.event.unregister(["vm"])
+    finally:
+        s.session.logout()
