@@ -30,9 +30,9 @@ from ._errors import (
     VmctlError,
 )
 from ._model import VMInfo
-from ._state import PowerState
+from ._state import PowerState, Request, allowed_from
 from ._tasks import Task, TaskOutcome
-from .spi import ChangeWaiter, Driver, Reconnectable, TaskWaiter
+from .spi import BulkPower, ChangeWaiter, Driver, Reconnectable, TaskWaiter
 
 log = logging.getLogger("vmctl")
 T = TypeVar("T")
@@ -43,6 +43,8 @@ MAX_RECONNECTS = 2
 POLL_START, POLL_MAX = 0.02, 1.0
 #: Background requests running at once per Hypervisor (``connect(max_concurrency=)``).
 DEFAULT_MAX_CONCURRENCY = 64
+#: How long the dispatcher waits for more background requests to batch with a lone one.
+GATHER_S = 0.002
 
 
 def _describe(tasks: Iterable[Task]) -> str:
@@ -257,18 +259,27 @@ class Dispatcher:
     # -- background requests --------------------------------------------------------------
 
     def submit(
-        self, uuid: str, run: Callable[[VMInfo | None], T], deadline: Deadline, what: str
+        self,
+        uuid: str,
+        run: Callable[[VMInfo | None, Issued | None], T],
+        deadline: Deadline,
+        what: str,
+        *,
+        start: bool = False,
     ) -> Future[T]:
-        """Run ``run(known_info)`` in the background; never blocks the caller on the host.
+        """Run ``run(known_info, issued)`` in the background; never blocks the caller on
+        the host.
 
         Requests submitted together have their VMs' states read in one batched call (handed
-        to ``run`` as ``known_info``); at most ``max_concurrency`` run at once.
+        to ``run`` as ``known_info``); at most ``max_concurrency`` run at once. Starts
+        (``start=True``) submitted together go to the driver's ``BulkPower.start_many`` in
+        one call where it has one; ``issued`` is then that call's result for the VM.
         """
         if self.closed:
             raise VmctlError(f"{what}: the connection to {self.uri} is closed")
         future: Future[T] = Future()
         self._ensure_started()
-        self._queue.put(_Submitted(uuid, run, deadline, what, future))
+        self._queue.put(_Submitted(uuid, run, deadline, what, future, start))
         return future
 
     def run_in_background(self, fn: Callable[[], T]) -> Future[T]:
@@ -298,7 +309,16 @@ class Dispatcher:
             if first is None:
                 return
             batch = [first]
-            while True:
+            try:  # requests submitted in a loop come microseconds apart: let them gather
+                more = self._queue.get(timeout=GATHER_S)
+            except queue.Empty:
+                more = None
+            else:
+                if more is None:
+                    self._queue.put(None)
+                else:
+                    batch.append(more)
+            while more is not None:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -308,18 +328,41 @@ class Dispatcher:
                     break
                 batch.append(item)
             known: dict[str, VMInfo] = {}
+            issued: dict[str, Issued] = {}
             if len(batch) > 1:
                 deadline = min((b.deadline for b in batch), key=lambda d: d.at)
                 try:
                     known = self.read_states(
                         [b.uuid for b in batch], deadline, f"read the states of {len(batch)} VMs"
                     )
+                    issued = self._start_many(batch, known, deadline)
                 except VmctlError as exc:  # each request reads its own state instead
                     log.debug("batched state read failed: %s", exc)
             assert self._executor is not None
             for item in batch:
                 if item.future.set_running_or_notify_cancel():
-                    self._executor.submit(item.execute, known.get(item.uuid))
+                    self._executor.submit(item.execute, known.get(item.uuid), issued.get(item.uuid))
+
+    def _start_many(
+        self, batch: list[_Submitted], known: Mapping[str, VMInfo], deadline: Deadline
+    ) -> dict[str, Issued]:
+        """One bulk call for the batch's starts that their states allow, where the driver
+        has one. The VMs it covers get its result; the others go the ordinary way."""
+        driver = self.driver
+        if not isinstance(driver, BulkPower):
+            return {}
+        startable = allowed_from(Request.START)
+        uuids = [
+            b.uuid
+            for b in batch
+            if b.start and b.uuid in known and known[b.uuid].state in startable
+        ]
+        if len(uuids) < 2:
+            return {}
+        results = self.call(
+            f"start {len(uuids)} VMs", driver.start_many, uuids, deadline=deadline, idempotent=False
+        )
+        return {uuid: Issued(results[uuid]) for uuid in uuids if uuid in results}
 
     def close(self) -> None:
         """Stop taking requests; wait for the running ones to end."""
@@ -333,26 +376,37 @@ class Dispatcher:
             self._executor.shutdown(wait=True)
 
 
+class Issued:
+    """What a bulk call did for one VM: a task, None (taken) or the error for that VM."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self, outcome: Task | VmctlError | None) -> None:
+        self.outcome = outcome
+
+
 class _Submitted:
-    __slots__ = ("deadline", "future", "run", "uuid", "what")
+    __slots__ = ("deadline", "future", "run", "start", "uuid", "what")
 
     def __init__(
         self,
         uuid: str,
-        run: Callable[[VMInfo | None], Any],
+        run: Callable[[VMInfo | None, Issued | None], Any],
         deadline: Deadline,
         what: str,
         future: Future[Any],
+        start: bool,
     ) -> None:
         self.uuid = uuid
         self.run = run
         self.deadline = deadline
         self.what = what
         self.future = future
+        self.start = start
 
-    def execute(self, known: VMInfo | None) -> None:
+    def execute(self, known: VMInfo | None, issued: Issued | None) -> None:
         try:
-            result = self.run(known)
+            result = self.run(known, issued)
         except BaseException as exc:
             self.future.set_exception(exc)
         else:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar, overload
 from ._capabilities import RESOURCE_CAPABILITIES, Capability
 from ._connection import Connection
 from ._deadline import Deadline, check_seconds
+from ._dispatch import Issued
 from ._errors import (
     AlreadyExists,
     Conflict,
@@ -24,6 +25,7 @@ from ._errors import (
     OperationTimeout,
     OutcomeUnknown,
     ValidationError,
+    VmctlError,
 )
 from ._model import (
     DiskInfo,
@@ -211,12 +213,23 @@ class VM:
         self._info = states[self.uuid]
         return self._info
 
-    def _run(self, request: Request, deadline: Deadline, known: VMInfo | None) -> VMInfo:
+    def _run(
+        self,
+        request: Request,
+        deadline: Deadline,
+        known: VMInfo | None,
+        issued: Issued | None = None,
+    ) -> VMInfo:
         what = self._what(request.value)
         info = known if known is not None else self._read(deadline)
         self._check_state(request, info)
         log.info("%s on %s", what, self._conn.uri)
-        reached, task = self._issue(request, info, deadline, what)
+        if issued is not None:  # sent already, by a bulk call for several VMs
+            if isinstance(issued.outcome, VmctlError):
+                raise issued.outcome
+            reached, task = None, issued.outcome
+        else:
+            reached, task = self._issue(request, info, deadline, what)
         if reached is not None:
             self._info = reached
             return reached
@@ -273,12 +286,19 @@ class VM:
         return self._run(Request.POWER_OFF, deadline, None)
 
     def _submit(
-        self, verb: str, run: Callable[[VMInfo | None], VMInfo], deadline: Deadline, wait: bool
+        self,
+        verb: str,
+        run: Callable[[VMInfo | None, Issued | None], VMInfo],
+        deadline: Deadline,
+        wait: bool,
+        *,
+        start: bool = False,
     ) -> VMInfo | Operation[VMInfo]:
         if wait:
-            return run(None)
+            return run(None, None)
         what = f"{verb} {self.name}"
-        return Operation(what, self._conn.dispatcher.submit(self.uuid, run, deadline, what))
+        future = self._conn.dispatcher.submit(self.uuid, run, deadline, what, start=start)
+        return Operation(what, future)
 
     def _request(
         self, request: Request, timeout: object, wait: object
@@ -291,7 +311,11 @@ class VM:
             conn.require(cap, self._what(request.value))
         deadline = conn.deadline(timeout, conn.timeouts.operation_s)
         return self._submit(
-            request.value, lambda known: self._run(request, deadline, known), deadline, wait
+            request.value,
+            lambda known, issued: self._run(request, deadline, known, issued),
+            deadline,
+            wait,
+            start=request is Request.START,
         )
 
     # -- the public requests: wait=True returns the VMInfo once the state is reached,
@@ -366,7 +390,10 @@ class VM:
                 )
             conn.require(Capability.POWER_OFF, "shutdown with force_after")
         return self._submit(
-            "shutdown", lambda known: self._run_shutdown(deadline, grace, known), deadline, wait
+            "shutdown",
+            lambda known, _: self._run_shutdown(deadline, grace, known),
+            deadline,
+            wait,
         )
 
     @overload

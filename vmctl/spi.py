@@ -99,6 +99,7 @@ __all__ = [
     "AuthenticationError",
     "BackendError",
     "BootSource",
+    "BulkPower",
     "Capability",
     "ChangeWaiter",
     "Cloning",
@@ -283,6 +284,20 @@ class Reconnectable(abc.ABC):
     def reconnect(self, *, deadline: Deadline) -> None:
         """Replace the lost connection or expired session, before ``deadline``. Raise
         ConnectionError or AuthenticationError if that cannot be done."""
+
+
+class BulkPower(abc.ABC):
+    """Optional: the vendor powers on many VMs in one call (vCenter's
+    ``Datacenter.PowerOnMultiVM_Task``). The core uses it for starts submitted together
+    (``wait=False``); one start still goes through ``start``."""
+
+    @abc.abstractmethod
+    def start_many(
+        self, uuids: Sequence[str], *, deadline: Deadline
+    ) -> Mapping[str, Task | VmctlError | None]:
+        """Start these STOPPED VMs in one call. For each VM: the task the core waits on (one
+        task may stand for several VMs), None when taken, or the (mapped) error for that VM.
+        A VM missing from the result is started the ordinary way."""
 
 
 # -- optional interfaces: inherit the ones the backend has --------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 import vmctl
 from vmctl import PowerState, VMSpec
-from vmctl.spi import Deadline, Reconnectable, Task, TaskOutcome, TaskWaiter
+from vmctl.spi import BulkPower, Deadline, Reconnectable, Task, TaskOutcome, TaskWaiter
 from vmctl_sim import SimDriver
 
 S = PowerState
@@ -404,3 +404,40 @@ def test_no_vmctl_frame_holds_a_plaintext_password(
     with pytest.raises(vmctl.ValidationError, match="secret"):
         vmctl.connect("sim://h", api_token=PLAIN)
     assert PLAIN not in caplog.text
+
+
+class Bulky(SimDriver, BulkPower):
+    """Starts many VMs in one call, as vCenter's PowerOnMultiVM_Task does."""
+
+    name = "bulky"
+    bulk_calls: list[int] = []
+    single_starts = 0
+
+    def start_many(
+        self, uuids: Sequence[str], *, deadline: Deadline
+    ) -> dict[str, Task | vmctl.VmctlError | None]:
+        Bulky.bulk_calls.append(len(uuids))
+        out: dict[str, Task | vmctl.VmctlError | None] = {}
+        for uuid in uuids:
+            try:
+                SimDriver.start(self, uuid, deadline=deadline)
+                out[uuid] = None
+            except vmctl.VmctlError as exc:
+                out[uuid] = exc
+        return out
+
+    def start(self, uuid: str, *, deadline: Deadline) -> None:
+        Bulky.single_starts += 1
+        SimDriver.start(self, uuid, deadline=deadline)
+
+
+def test_starts_submitted_together_use_the_bulk_primitive(registered: Any) -> None:
+    Bulky.bulk_calls, Bulky.single_starts = [], 0
+    with vmctl.connect(registered("bulky", Bulky)) as hv:
+        vms = [hv.create_vm(VMSpec(name=f"b{i:02}", memory_mib=128)) for i in range(30)]
+        ops = [vm.start(wait=False) for vm in vms]
+        vmctl.wait_all(ops, timeout=30)
+        assert all(op.result().state is S.RUNNING for op in ops)
+        assert sum(Bulky.bulk_calls) + Bulky.single_starts == 30
+        assert Bulky.bulk_calls and min(Bulky.bulk_calls) >= 2  # a lone start goes alone
+        assert vms[0].start(wait=False).exception(timeout=10) is not None  # checked still
