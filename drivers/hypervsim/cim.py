@@ -13,7 +13,7 @@ from . import tables as T
 
 
 class Interval:
-    """A CIM interval datetime (``cim:Interval``, xs:duration), e.g. Msvm_ConcreteJob.ElapsedTime."""
+    """A CIM interval (``cim:Interval``, an xs:duration): Msvm_ConcreteJob.ElapsedTime."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = max(0.0, seconds)
@@ -92,7 +92,9 @@ def prop_xml(prefix: str, name: str, value: Any) -> str:
     if isinstance(value, list):
         return "".join(prop_xml(prefix, name, v) for v in value)
     if isinstance(value, dt.datetime):
-        return f"<{prefix}:{name}><cim:Datetime>{cim_datetime(value)}</cim:Datetime></{prefix}:{name}>"
+        return (
+            f"<{prefix}:{name}><cim:Datetime>{cim_datetime(value)}</cim:Datetime></{prefix}:{name}>"
+        )
     if isinstance(value, Interval):
         return f"<{prefix}:{name}><cim:Interval>{value.iso()}</cim:Interval></{prefix}:{name}>"
     if isinstance(value, Epr):
@@ -442,7 +444,9 @@ def parse_wql(text: str) -> Query:
 def _parse_associators(path: str, where: str) -> Query:
     cls, _, keys = path.strip().partition(".")
     sels: dict[str, str] = {}
-    for m in re.finditer(r"([A-Za-z_]\w*)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\")", keys):
+    for m in re.finditer(
+        r"([A-Za-z_]\w*)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\")", keys
+    ):
         raw = m.group(2) if m.group(2) is not None else m.group(3)
         sels[m.group(1)] = re.sub(r"\\(.)", r"\1", raw)
     assoc = result = None

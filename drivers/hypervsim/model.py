@@ -40,13 +40,18 @@ class WmiFault(Exception):
 
 
 def not_found(what: str) -> WmiFault:
-    return WmiFault("DestinationUnreachable", f"Not found: {what}", T.CIM_ERR_NOT_FOUND,
-                    T.WBEM_E_NOT_FOUND)  # fmt: skip
+    return WmiFault(
+        "DestinationUnreachable", f"Not found: {what}", T.CIM_ERR_NOT_FOUND, T.WBEM_E_NOT_FOUND
+    )
 
 
 def invalid_param(what: str) -> WmiFault:
-    return WmiFault("InvalidParameter", f"Invalid parameter: {what}",
-                    T.CIM_ERR_INVALID_PARAMETER, T.WBEM_E_INVALID_PARAMETER)  # fmt: skip
+    return WmiFault(
+        "InvalidParameter",
+        f"Invalid parameter: {what}",
+        T.CIM_ERR_INVALID_PARAMETER,
+        T.WBEM_E_INVALID_PARAMETER,
+    )
 
 
 def _now() -> dt.datetime:
@@ -153,15 +158,30 @@ class World:
             "Started": True,
         }
         self.services[host] = [
-            Instance(cls, dict(base, CreationClassName=cls, Name=name, ElementName=label,
-                               Caption=label, StartMode="Automatic"))  # fmt: skip
+            Instance(
+                cls,
+                dict(
+                    base,
+                    CreationClassName=cls,
+                    Name=name,
+                    ElementName=label,
+                    Caption=label,
+                    StartMode="Automatic",
+                ),
+            )
             for cls, name, label in (
-                ("Msvm_VirtualSystemManagementService", "vmms",
-                 "Virtual Machine Management Service"),
+                (
+                    "Msvm_VirtualSystemManagementService",
+                    "vmms",
+                    "Virtual Machine Management Service",
+                ),
                 ("Msvm_VirtualSystemSnapshotService", "vssnapsvc", "Virtual System Snapshot"),
-                ("Msvm_VirtualSystemMigrationService", "vsmigrationsvc",
-                 "Virtual System Migration Service"),
-            )  # fmt: skip
+                (
+                    "Msvm_VirtualSystemMigrationService",
+                    "vsmigrationsvc",
+                    "Virtual System Migration Service",
+                ),
+            )
         ]
         self.switches[host] = Instance(
             "Msvm_VirtualEthernetSwitch",
@@ -205,9 +225,18 @@ class World:
             },
         )
         if settings is not None:
-            for k in ("ElementName", "Notes", "VirtualSystemSubType", "SecureBootEnabled",
-                      "AutomaticStartupAction", "AutomaticShutdownAction", "BootOrder",
-                      "BootSourceOrder", "ConfigurationDataRoot", "Version"):  # fmt: skip
+            for k in (
+                "ElementName",
+                "Notes",
+                "VirtualSystemSubType",
+                "SecureBootEnabled",
+                "AutomaticStartupAction",
+                "AutomaticShutdownAction",
+                "BootOrder",
+                "BootSourceOrder",
+                "ConfigurationDataRoot",
+                "Version",
+            ):
                 if settings.get(k) is not None:
                     vssd[k] = settings[k]
         vm = VM(guid, host, len(self.vms) + 1, vssd, [])
@@ -230,37 +259,72 @@ class World:
         return Instance(cls, base)
 
     def _processor(self, vm: VM, count: int) -> Instance:
-        return self._rasd(vm, "Microsoft:Hyper-V:Processor", InstanceID=
-                          f"Microsoft:{vm.guid}\\{T.PROCESSOR_ID_SUFFIX}", ElementName="Processor",
-                          VirtualQuantity=count, Reservation=0, Limit=T.PROCESSOR_LIMIT_MAX,
-                          Weight=T.PROCESSOR_WEIGHT_DEFAULT, AllocationUnits="count",
-                          VirtualQuantityUnits="count")  # fmt: skip
+        return self._rasd(
+            vm,
+            "Microsoft:Hyper-V:Processor",
+            InstanceID=f"Microsoft:{vm.guid}\\{T.PROCESSOR_ID_SUFFIX}",
+            ElementName="Processor",
+            VirtualQuantity=count,
+            Reservation=0,
+            Limit=T.PROCESSOR_LIMIT_MAX,
+            Weight=T.PROCESSOR_WEIGHT_DEFAULT,
+            AllocationUnits="count",
+            VirtualQuantityUnits="count",
+        )
 
     def _memory(self, vm: VM, mb: int) -> Instance:
-        return self._rasd(vm, "Microsoft:Hyper-V:Memory", InstanceID=
-                          f"Microsoft:{vm.guid}\\{T.MEMORY_ID_SUFFIX}", ElementName="Memory",
-                          VirtualQuantity=mb, Reservation=mb, Limit=1048576, Weight=5000,
-                          DynamicMemoryEnabled=False, TargetMemoryBuffer=20,
-                          AllocationUnits="byte * 2^20", VirtualQuantityUnits="byte * 2^20")  # fmt: skip
+        return self._rasd(
+            vm,
+            "Microsoft:Hyper-V:Memory",
+            InstanceID=f"Microsoft:{vm.guid}\\{T.MEMORY_ID_SUFFIX}",
+            ElementName="Memory",
+            VirtualQuantity=mb,
+            Reservation=mb,
+            Limit=1048576,
+            Weight=5000,
+            DynamicMemoryEnabled=False,
+            TargetMemoryBuffer=20,
+            AllocationUnits="byte * 2^20",
+            VirtualQuantityUnits="byte * 2^20",
+        )
 
     def _add_devices(self, vm: VM, disk: str | None) -> None:
-        scsi = self._rasd(vm, "Microsoft:Hyper-V:Synthetic SCSI Controller",
-                          ElementName="SCSI Controller")  # fmt: skip
+        scsi = self._rasd(
+            vm, "Microsoft:Hyper-V:Synthetic SCSI Controller", ElementName="SCSI Controller"
+        )
         vm.rasds.append(scsi)
         if disk is not None:
-            drive = self._rasd(vm, "Microsoft:Hyper-V:Synthetic Disk Drive",
-                               ElementName="Hard Drive", Parent=scsi.path(vm.host),
-                               AddressOnParent="0")  # fmt: skip
-            vhd = self._rasd(vm, "Microsoft:Hyper-V:Virtual Hard Disk", ElementName="Hard Disk Image",
-                             Parent=drive.path(vm.host), HostResource=[disk])  # fmt: skip
+            drive = self._rasd(
+                vm,
+                "Microsoft:Hyper-V:Synthetic Disk Drive",
+                ElementName="Hard Drive",
+                Parent=scsi.path(vm.host),
+                AddressOnParent="0",
+            )
+            vhd = self._rasd(
+                vm,
+                "Microsoft:Hyper-V:Virtual Hard Disk",
+                ElementName="Hard Disk Image",
+                Parent=drive.path(vm.host),
+                HostResource=[disk],
+            )
             vm.rasds += [drive, vhd]
-        port = self._rasd(vm, "Microsoft:Hyper-V:Synthetic Ethernet Port",
-                          ElementName="Network Adapter", Address=self._mac(vm, 0),
-                          StaticMacAddress=False,
-                          VirtualSystemIdentifiers=["{" + _guid() + "}"])  # fmt: skip
-        conn = self._rasd(vm, "Microsoft:Hyper-V:Ethernet Connection", ElementName="Dynamic Ethernet Switch Port",
-                          Parent=port.path(vm.host), EnabledState=T.ES_ENABLED,
-                          HostResource=[self.switches[vm.host].path(vm.host)])  # fmt: skip
+        port = self._rasd(
+            vm,
+            "Microsoft:Hyper-V:Synthetic Ethernet Port",
+            ElementName="Network Adapter",
+            Address=self._mac(vm, 0),
+            StaticMacAddress=False,
+            VirtualSystemIdentifiers=["{" + _guid() + "}"],
+        )
+        conn = self._rasd(
+            vm,
+            "Microsoft:Hyper-V:Ethernet Connection",
+            ElementName="Dynamic Ethernet Switch Port",
+            Parent=port.path(vm.host),
+            EnabledState=T.ES_ENABLED,
+            HostResource=[self.switches[vm.host].path(vm.host)],
+        )
         vm.rasds += [port, conn]
 
     def _mac(self, vm: VM, n: int) -> str:
@@ -275,8 +339,11 @@ class World:
             for job in sorted(self.jobs.values(), key=lambda j: j.done_at):
                 if job.finished is None and job.done_at <= now:
                     self._finish(job, now)
-            for jid in [j for j, job in self.jobs.items()
-                        if job.finished is not None and now - job.finished > 300]:  # fmt: skip
+            for jid in [
+                j
+                for j, job in self.jobs.items()
+                if job.finished is not None and now - job.finished > 300
+            ]:
                 del self.jobs[jid]
 
     def _finish(self, job: Job, now: float) -> None:
@@ -304,8 +371,13 @@ class World:
             inst["OperationalStatus"] = [6, 17]  # Error, Completed
             inst["Status"] = "Error"
 
-    def _job(self, host: str, name: str, effect: Callable[[], tuple[int, str] | None],
-             delay: float | None = None) -> Instance:  # fmt: skip
+    def _job(
+        self,
+        host: str,
+        name: str,
+        effect: Callable[[], tuple[int, str] | None],
+        delay: float | None = None,
+    ) -> Instance:
         jid = _guid()
         now = time.monotonic()
         inst = Instance(
@@ -423,12 +495,17 @@ class World:
         )
 
     def shutdown_component(self, vm: VM) -> Instance:
-        return self._device(vm, "Msvm_ShutdownComponent",
-                            "9F8233AC-BE49-4C79-8EE3-E7E1985B2077", "Shutdown")  # fmt: skip
+        return self._device(
+            vm, "Msvm_ShutdownComponent", "9F8233AC-BE49-4C79-8EE3-E7E1985B2077", "Shutdown"
+        )
 
     def kvp_component(self, vm: VM) -> Instance:
-        inst = self._device(vm, "Msvm_KvpExchangeComponent",
-                            "7A4F3E1C-1D6D-4BD4-9F2C-0A3C6B1E4A51", "Key-Value Pair Exchange")  # fmt: skip
+        inst = self._device(
+            vm,
+            "Msvm_KvpExchangeComponent",
+            "7A4F3E1C-1D6D-4BD4-9F2C-0A3C6B1E4A51",
+            "Key-Value Pair Exchange",
+        )
         items: list[str] = []
         if self._guest_up(vm):
             v4, v6 = self.guest_ips(vm)
@@ -441,10 +518,21 @@ class World:
                 "NetworkAddressIPv6": ";".join(v6),
             }
             for name in T.KVP_ITEMS:
-                items.append(cimxml_instance(Instance("Msvm_KvpExchangeDataItem", {
-                    "Caption": None, "Data": data[name], "Description": None,
-                    "ElementName": None, "Name": name,
-                    "Source": T.KVP_SOURCE_GUEST_INTRINSIC})))  # fmt: skip
+                items.append(
+                    cimxml_instance(
+                        Instance(
+                            "Msvm_KvpExchangeDataItem",
+                            {
+                                "Caption": None,
+                                "Data": data[name],
+                                "Description": None,
+                                "ElementName": None,
+                                "Name": name,
+                                "Source": T.KVP_SOURCE_GUEST_INTRINSIC,
+                            },
+                        )
+                    )
+                )
         inst["GuestIntrinsicExchangeItems"] = items
         inst["GuestExchangeItems"] = []
         return inst
@@ -456,8 +544,12 @@ class World:
         n = 0
         for port in [r for r in vm.rasds if r.cls == "Msvm_SyntheticEthernetPortSettingData"]:
             path = port.path(vm.host)
-            if not any(r.cls == "Msvm_EthernetPortAllocationSettingData" and r["Parent"] == path
-                       and r["HostResource"] for r in vm.rasds):  # fmt: skip
+            if not any(
+                r.cls == "Msvm_EthernetPortAllocationSettingData"
+                and r["Parent"] == path
+                and r["HostResource"]
+                for r in vm.rasds
+            ):
                 continue
             v4.append(f"10.{20 + n}.{vm.index // 250}.{vm.index % 250 + 2}")
             mac = str(port["Address"] or "00155D000000")
@@ -477,8 +569,11 @@ class World:
                 out.append(vm.vssd)
                 out += [s.vssd for s in vm.snapshots]
             return out
-        if cls in ("Msvm_VirtualSystemManagementService", "Msvm_VirtualSystemSnapshotService",
-                   "Msvm_VirtualSystemMigrationService"):  # fmt: skip
+        if cls in (
+            "Msvm_VirtualSystemManagementService",
+            "Msvm_VirtualSystemSnapshotService",
+            "Msvm_VirtualSystemMigrationService",
+        ):
             return [s for s in self.services[host] if s.cls == cls]
         if cls == "Msvm_VirtualEthernetSwitch":
             return [self.switches[host]]
@@ -556,7 +651,9 @@ class World:
                 vm, snap = owner
                 rasds = vm.rasds if snap is None else snap.rasds
                 out += [("Msvm_VirtualSystemSettingDataComponent", r) for r in rasds]
-                kind = "Msvm_SettingsDefineState" if snap is None else "Msvm_SnapshotOfVirtualSystem"
+                kind = (
+                    "Msvm_SettingsDefineState" if snap is None else "Msvm_SnapshotOfVirtualSystem"
+                )
                 out.append((kind, self.computer_system(vm)))
         elif "ResourceType" in T.CLASSES.get(src_cls, T.CLASSES["Msvm_ConcreteJob"]).props:
             found = self._rasd_owner(host, str(src["InstanceID"]))
@@ -589,9 +686,12 @@ class World:
         return 0
 
     def free_mb(self, host: str, excluding: VM | None = None) -> int:
-        used = sum(self._mem_mb(vm.rasds) for vm in self.vm_on(host)
-                   if vm is not excluding and vm.state in (T.ES_ENABLED, T.ES_QUIESCE,
-                                                           T.ES_STARTING, T.ES_SHUTTING_DOWN))  # fmt: skip
+        used = sum(
+            self._mem_mb(vm.rasds)
+            for vm in self.vm_on(host)
+            if vm is not excluding
+            and vm.state in (T.ES_ENABLED, T.ES_QUIESCE, T.ES_STARTING, T.ES_SHUTTING_DOWN)
+        )
         return self.cfg.host_memory_gib * 1024 - used
 
     def _boots_os(self, vm: VM) -> bool:
@@ -622,28 +722,39 @@ class World:
         vm.guest_ready_at = time.monotonic() + self.cfg.guest_delay
 
     # --- methods -------------------------------------------------------------------------
-    def invoke(self, host: str, target: Instance, method: str,
-               args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def invoke(
+        self, host: str, target: Instance, method: str, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         fn = getattr(self, f"_m_{method}", None)
         spec = T.METHODS.get((target.cls, method))
         if fn is None or spec is None:
-            raise WmiFault("ActionNotSupported", f"{target.cls} has no method {method}",
-                           T.CIM_ERR_METHOD_NOT_FOUND, T.WBEM_E_INVALID_METHOD)  # fmt: skip
+            raise WmiFault(
+                "ActionNotSupported",
+                f"{target.cls} has no method {method}",
+                T.CIM_ERR_METHOD_NOT_FOUND,
+                T.WBEM_E_INVALID_METHOD,
+            )
         with self.lock:
             result: tuple[int, dict[str, Any]] = fn(host, target, args)
             return result
 
-    def _job_out(self, host: str, name: str, effect: Callable[[], tuple[int, str] | None],
-                 extra: dict[str, Any] | None = None,
-                 delay: float | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _job_out(
+        self,
+        host: str,
+        name: str,
+        effect: Callable[[], tuple[int, str] | None],
+        extra: dict[str, Any] | None = None,
+        delay: float | None = None,
+    ) -> tuple[int, dict[str, Any]]:
         job = self._job(host, name, effect, delay)
         out: dict[str, Any] = {"Job": epr_of(job)}
         out.update(extra or {})
         return T.RC_JOB, out
 
     # Msvm_ComputerSystem.RequestStateChange
-    def _m_RequestStateChange(self, host: str, target: Instance,
-                              args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_RequestStateChange(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         if target["Caption"] != "Virtual Machine":
             return T.RC_NOT_SUPPORTED, {}
         vm = self.vms[str(target["Name"])]
@@ -662,8 +773,14 @@ class World:
         old = vm.state
         if rs in (2, 3) and target_state != old:
             self._set_state(vm, T.TRANSITIONAL[target_state])
-        label = {2: "Starting", 3: "Turning Off", 6: "Saving", 9: "Pausing", 10: "Rebooting",
-                 11: "Resetting"}.get(rs, "Changing state")  # fmt: skip
+        label = {
+            2: "Starting",
+            3: "Turning Off",
+            6: "Saving",
+            9: "Pausing",
+            10: "Rebooting",
+            11: "Resetting",
+        }.get(rs, "Changing state")
         if old == T.ES_QUIESCE and rs == 2:
             label = "Resuming"
         if old == T.ES_OFFLINE and rs == 2:
@@ -673,8 +790,11 @@ class World:
             vm.busy = None
             if starting and self.free_mb(vm.host, excluding=vm) < need:
                 self._set_state(vm, old)
-                return (32778, f"'{vm.name}' could not initialize. Not enough "
-                        f"memory in the system to start the virtual machine {vm.name}.")  # fmt: skip
+                return (
+                    32778,
+                    f"'{vm.name}' could not initialize. Not enough "
+                    f"memory in the system to start the virtual machine {vm.name}.",
+                )
             if starting and old == T.ES_DISABLED:
                 self._power_on(vm)
             elif rs == 2 and old == T.ES_OFFLINE:
@@ -694,13 +814,17 @@ class World:
             return None
 
         out = self._job_out(host, label, effect)
-        if vm.requested == rs and self.jobs[str(out[1]["Job"].selectors["InstanceID"])].finished is None:
+        if (
+            vm.requested == rs
+            and self.jobs[str(out[1]["Job"].selectors["InstanceID"])].finished is None
+        ):
             vm.busy = str(out[1]["Job"].selectors["InstanceID"])
         return out
 
     # Msvm_ShutdownComponent.InitiateShutdown
-    def _m_InitiateShutdown(self, host: str, target: Instance,
-                            args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_InitiateShutdown(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         vm = self.vms.get(str(target["SystemName"]))
         if vm is None:
             return T.RC_NOT_AVAILABLE, {}
@@ -724,8 +848,9 @@ class World:
         return out
 
     # Msvm_VirtualSystemManagementService
-    def _m_DefineSystem(self, host: str, target: Instance,
-                        args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_DefineSystem(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         settings = args.get("SystemSettings")
         if not isinstance(settings, Instance) or settings.cls != "Msvm_VirtualSystemSettingData":
             return T.RC_INVALID_PARAMETER, {}
@@ -738,12 +863,21 @@ class World:
             if rc != T.RC_OK:
                 del self.vms[vm.guid]
                 return rc, {}
-        return self._job_out(host, "Defining virtual machine", lambda: None,
-                             {"ResultingSystem": Epr("Msvm_ComputerSystem", {
-                                 "CreationClassName": "Msvm_ComputerSystem", "Name": vm.guid})})  # fmt: skip
+        return self._job_out(
+            host,
+            "Defining virtual machine",
+            lambda: None,
+            {
+                "ResultingSystem": Epr(
+                    "Msvm_ComputerSystem",
+                    {"CreationClassName": "Msvm_ComputerSystem", "Name": vm.guid},
+                )
+            },
+        )
 
-    def _m_DestroySystem(self, host: str, target: Instance,
-                         args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_DestroySystem(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         vm = self.vm_of_cs(host, args.get("AffectedSystem"))
         if vm is None:
             return T.RC_INVALID_PARAMETER, {}
@@ -752,8 +886,9 @@ class World:
         del self.vms[vm.guid]
         return self._job_out(host, "Deleting virtual machine", lambda: None)
 
-    def _m_ModifySystemSettings(self, host: str, target: Instance,
-                                args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_ModifySystemSettings(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         settings = args.get("SystemSettings")
         if not isinstance(settings, Instance) or settings.cls != "Msvm_VirtualSystemSettingData":
             return T.RC_INVALID_PARAMETER, {}
@@ -762,9 +897,17 @@ class World:
             return T.RC_INVALID_PARAMETER, {}
         vm, snap = owner
         vssd = vm.vssd if snap is None else snap.vssd
-        for k in ("ElementName", "Notes", "AutomaticStartupAction", "AutomaticShutdownAction",
-                  "AutomaticRecoveryAction", "BootOrder", "BootSourceOrder", "SecureBootEnabled",
-                  "BIOSNumLock"):  # fmt: skip
+        for k in (
+            "ElementName",
+            "Notes",
+            "AutomaticStartupAction",
+            "AutomaticShutdownAction",
+            "AutomaticRecoveryAction",
+            "BootOrder",
+            "BootSourceOrder",
+            "SecureBootEnabled",
+            "BIOSNumLock",
+        ):
             if k in settings.props and settings[k] is not None:
                 vssd[k] = settings[k]
         return self._job_out(host, "Modifying system settings", lambda: None)
@@ -789,11 +932,15 @@ class World:
         vm.rasds.append(new)
         return T.RC_OK
 
-    def _m_AddResourceSettings(self, host: str, target: Instance,
-                               args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_AddResourceSettings(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         ref = args.get("AffectedConfiguration")
-        owner = (self._vssd_owner(host, ref.selectors.get("InstanceID", ""))
-                 if isinstance(ref, Epr) else None)  # fmt: skip
+        owner = (
+            self._vssd_owner(host, ref.selectors.get("InstanceID", ""))
+            if isinstance(ref, Epr)
+            else None
+        )
         rasds = args.get("ResourceSettings") or []
         if owner is None or owner[1] is not None or not rasds:
             return T.RC_INVALID_PARAMETER, {}
@@ -801,7 +948,9 @@ class World:
         before = len(vm.rasds)
         for r in rasds:
             if isinstance(r, Instance) and r.get("ResourceSubType") in (
-                "Microsoft:Hyper-V:Processor", "Microsoft:Hyper-V:Memory"):  # fmt: skip
+                "Microsoft:Hyper-V:Processor",
+                "Microsoft:Hyper-V:Memory",
+            ):
                 del vm.rasds[before:]
                 return T.RC_INVALID_PARAMETER, {}
             rc = self._add_rasd(vm, r)
@@ -809,8 +958,9 @@ class World:
                 del vm.rasds[before:]
                 return rc, {}
         added = [epr_of(r) for r in vm.rasds[before:]]
-        return self._job_out(host, "Adding resources", lambda: None,
-                             {"ResultingResourceSettings": added})  # fmt: skip
+        return self._job_out(
+            host, "Adding resources", lambda: None, {"ResultingResourceSettings": added}
+        )
 
     def _modify_rasd(self, vm: VM, cur: Instance, new: Instance) -> int:
         live = vm.state != T.ES_DISABLED
@@ -820,8 +970,9 @@ class World:
                 continue
             merged[k] = v
         if cur.cls == "Msvm_ProcessorSettingData":
-            q, res, lim, w = (int(merged[k] or 0) for k in ("VirtualQuantity", "Reservation",
-                                                             "Limit", "Weight"))  # fmt: skip
+            q, res, lim, w = (
+                int(merged[k] or 0) for k in ("VirtualQuantity", "Reservation", "Limit", "Weight")
+            )
             if q < 1 or not 0 <= res <= lim <= T.PROCESSOR_LIMIT_MAX or not 0 <= w <= 10000:
                 return T.RC_INVALID_PARAMETER
             if live and q != int(cur["VirtualQuantity"] or 0):
@@ -840,8 +991,9 @@ class World:
         cur.props.update(merged.props)
         return T.RC_OK
 
-    def _m_ModifyResourceSettings(self, host: str, target: Instance,
-                                  args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_ModifyResourceSettings(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         rasds = args.get("ResourceSettings") or []
         if not rasds:
             return T.RC_INVALID_PARAMETER, {}
@@ -859,17 +1011,22 @@ class World:
             if rc != T.RC_OK:
                 return rc, {}
             results.append(epr_of(cur))
-        return self._job_out(host, "Modifying resources", lambda: None,
-                             {"ResultingResourceSettings": results})  # fmt: skip
+        return self._job_out(
+            host, "Modifying resources", lambda: None, {"ResultingResourceSettings": results}
+        )
 
-    def _m_RemoveResourceSettings(self, host: str, target: Instance,
-                                  args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_RemoveResourceSettings(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         refs = args.get("ResourceSettings") or []
         if not refs:
             return T.RC_INVALID_PARAMETER, {}
         for ref in refs:
-            found = (self._rasd_owner(host, ref.selectors.get("InstanceID", ""))
-                     if isinstance(ref, Epr) else None)  # fmt: skip
+            found = (
+                self._rasd_owner(host, ref.selectors.get("InstanceID", ""))
+                if isinstance(ref, Epr)
+                else None
+            )
             if found is None or found[2]:
                 return T.RC_INVALID_PARAMETER, {}
             vm, cur, _ = found
@@ -886,17 +1043,21 @@ class World:
                         changed = True
         return self._job_out(host, "Removing resources", lambda: None)
 
-    def _m_GetSummaryInformation(self, host: str, target: Instance,
-                                 args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_GetSummaryInformation(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         wanted = [int(x) for x in args.get("RequestedInformation") or []]
         refs = args.get("SettingData")
         if refs is None:
-            owners = [(vm, None) for vm in self.vm_on(host)]
+            owners: list[tuple[VM, Snapshot | None]] = [(vm, None) for vm in self.vm_on(host)]
         else:
             owners = []
             for ref in refs:
-                o = (self._vssd_owner(host, ref.selectors.get("InstanceID", ""))
-                     if isinstance(ref, Epr) else None)  # fmt: skip
+                o = (
+                    self._vssd_owner(host, ref.selectors.get("InstanceID", ""))
+                    if isinstance(ref, Epr)
+                    else None
+                )
                 if o is None:
                     return T.RC_INVALID_PARAMETER, {}
                 owners.append(o)
@@ -927,8 +1088,9 @@ class World:
         return T.RC_OK, {"SummaryInformation": infos}
 
     # Msvm_VirtualSystemSnapshotService
-    def _m_CreateSnapshot(self, host: str, target: Instance,
-                          args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_CreateSnapshot(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         vm = self.vm_of_cs(host, args.get("AffectedSystem"))
         if vm is None:
             return T.RC_INVALID_PARAMETER, {}
@@ -940,16 +1102,18 @@ class World:
         sguid = _guid()
         vssd = vm.vssd.copy()
         stamp = dt.datetime.now().strftime("%m/%d/%Y - %I:%M:%S %p").lstrip("0")
-        vssd.props.update({
-            "InstanceID": f"Microsoft:{sguid}",
-            "VirtualSystemType": "Microsoft:Hyper-V:Snapshot:Realized",
-            "ElementName": f"{vm.name} - ({stamp})",
-            "ConfigurationID": sguid,
-            "CreationTime": _now(),
-            "Caption": "Virtual Machine Settings",
-            "Description": "Snapshot settings for the virtual machine.",
-            "IsSaved": vm.state in (T.ES_ENABLED, T.ES_QUIESCE, T.ES_OFFLINE),
-        })  # fmt: skip
+        vssd.props.update(
+            {
+                "InstanceID": f"Microsoft:{sguid}",
+                "VirtualSystemType": "Microsoft:Hyper-V:Snapshot:Realized",
+                "ElementName": f"{vm.name} - ({stamp})",
+                "ConfigurationID": sguid,
+                "CreationTime": _now(),
+                "Caption": "Virtual Machine Settings",
+                "Description": "Snapshot settings for the virtual machine.",
+                "IsSaved": vm.state in (T.ES_ENABLED, T.ES_QUIESCE, T.ES_OFFLINE),
+            }
+        )
         rasds = []
         for r in vm.rasds:
             c = r.copy()
@@ -958,8 +1122,9 @@ class World:
         snap = Snapshot(vssd, rasds, saved=bool(vssd["IsSaved"]))
         vm.snapshots.append(snap)
         vm.vssd["Parent"] = vssd.path(vm.host)
-        return self._job_out(host, "Creating checkpoint", lambda: None,
-                             {"ResultingSnapshot": epr_of(vssd)})  # fmt: skip
+        return self._job_out(
+            host, "Creating checkpoint", lambda: None, {"ResultingSnapshot": epr_of(vssd)}
+        )
 
     def _snapshot_ref(self, host: str, ref: Any) -> tuple[VM, Snapshot] | None:
         if not isinstance(ref, Epr) or ref.cls != "Msvm_VirtualSystemSettingData":
@@ -969,8 +1134,9 @@ class World:
             return None
         return o[0], o[1]
 
-    def _m_ApplySnapshot(self, host: str, target: Instance,
-                         args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_ApplySnapshot(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         found = self._snapshot_ref(host, args.get("Snapshot"))
         if found is None:
             return T.RC_INVALID_PARAMETER, {}
@@ -993,8 +1159,9 @@ class World:
 
         return self._job_out(host, "Applying checkpoint", effect)
 
-    def _m_DestroySnapshot(self, host: str, target: Instance,
-                           args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_DestroySnapshot(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         found = self._snapshot_ref(host, args.get("AffectedSnapshot"))
         if found is None:
             return T.RC_INVALID_PARAMETER, {}
@@ -1010,8 +1177,9 @@ class World:
         return self._job_out(host, "Deleting checkpoint", lambda: None)
 
     # Msvm_VirtualSystemMigrationService
-    def _m_MigrateVirtualSystemToHost(self, host: str, target: Instance,
-                                      args: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _m_MigrateVirtualSystemToHost(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         vm = self.vm_of_cs(host, args.get("ComputerSystem"))
         dest_raw = str(args.get("DestinationHost") or "")
         if vm is None or not dest_raw:
@@ -1034,15 +1202,21 @@ class World:
         def effect() -> tuple[int, str] | None:
             vm.busy = None
             if dest is None:
-                return (T.RC_FAILED, f"Virtual machine migration operation for '{vm.name}' "
-                        f"failed at migration source '{host}'. The Virtual Machine Management "
-                        f"Service failed to establish a connection for a Virtual Machine "
-                        f"migration with host '{dest_raw}'.")  # fmt: skip
+                return (
+                    T.RC_FAILED,
+                    f"Virtual machine migration operation for '{vm.name}' "
+                    f"failed at migration source '{host}'. The Virtual Machine Management "
+                    f"Service failed to establish a connection for a Virtual Machine "
+                    f"migration with host '{dest_raw}'.",
+                )
             if mtype == 32769:
                 return None  # storage-only: the VM stays on its host
             if self.free_mb(dest) < need:
-                return (32778, f"Virtual machine migration operation for '{vm.name}' failed: "
-                        f"not enough memory on '{dest}'.")  # fmt: skip
+                return (
+                    32778,
+                    f"Virtual machine migration operation for '{vm.name}' failed: "
+                    f"not enough memory on '{dest}'.",
+                )
             old_paths = {r.path(vm.host): r for r in vm.rasds}
             vm.host = dest
             for r in vm.rasds:
@@ -1052,8 +1226,7 @@ class World:
                     r["HostResource"] = [self.switches[dest].path(dest)]
             return None
 
-        out = self._job_out(host, "Migrating virtual machine", effect,
-                            delay=self.cfg.op_delay * 2)  # fmt: skip
+        out = self._job_out(host, "Migrating virtual machine", effect, delay=self.cfg.op_delay * 2)
         jid = str(out[1]["Job"].selectors["InstanceID"])
         if self.jobs[jid].finished is None:
             vm.busy = jid

@@ -155,8 +155,9 @@ class NtlmError(ValueError):
 class NtlmAcceptor:
     """One NTLM handshake on one connection: NEGOTIATE -> CHALLENGE, AUTHENTICATE -> user."""
 
-    def __init__(self, username: str, password: str, computer: str, domain: str,
-                 cbt: bytes | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, username: str, password: str, computer: str, domain: str, cbt: bytes | None = None
+    ) -> None:
         self.username = username
         self.password = password
         self.computer = computer.upper()
@@ -184,12 +185,22 @@ class NtlmAcceptor:
     def _challenge(self, negotiate: bytes) -> bytes:
         client = struct.unpack_from("<I", negotiate, 12)[0] if len(negotiate) >= 16 else 0
         flags = (
-            NEGOTIATE_UNICODE | REQUEST_TARGET | NEGOTIATE_NTLM | NEGOTIATE_ALWAYS_SIGN
-            | TARGET_TYPE_DOMAIN | NEGOTIATE_EXTENDED_SESSIONSECURITY | NEGOTIATE_TARGET_INFO
+            NEGOTIATE_UNICODE
+            | REQUEST_TARGET
+            | NEGOTIATE_NTLM
+            | NEGOTIATE_ALWAYS_SIGN
+            | TARGET_TYPE_DOMAIN
+            | NEGOTIATE_EXTENDED_SESSIONSECURITY
+            | NEGOTIATE_TARGET_INFO
             | NEGOTIATE_VERSION
-        )  # fmt: skip
-        for opt in (NEGOTIATE_SIGN, NEGOTIATE_SEAL, NEGOTIATE_128, NEGOTIATE_56,
-                    NEGOTIATE_KEY_EXCH):  # fmt: skip
+        )
+        for opt in (
+            NEGOTIATE_SIGN,
+            NEGOTIATE_SEAL,
+            NEGOTIATE_128,
+            NEGOTIATE_56,
+            NEGOTIATE_KEY_EXCH,
+        ):
             if client & opt:
                 flags |= opt
         target = self.domain.encode("utf-16-le")
@@ -199,21 +210,28 @@ class NtlmAcceptor:
             (AV_NB_DOMAIN, self.domain.encode("utf-16-le")),
             (AV_NB_COMPUTER, self.computer.encode("utf-16-le")),
             (AV_DNS_DOMAIN, f"{self.domain.lower()}.test".encode("utf-16-le")),
-            (AV_DNS_COMPUTER, f"{self.computer.lower()}.{self.domain.lower()}.test".encode(
-                "utf-16-le")),
+            (
+                AV_DNS_COMPUTER,
+                f"{self.computer.lower()}.{self.domain.lower()}.test".encode("utf-16-le"),
+            ),
             (AV_TIMESTAMP, ts),
-        ):  # fmt: skip
+        ):
             info += struct.pack("<HH", av_id, len(value)) + value
         info += struct.pack("<HH", AV_EOL, 0)
         head_len = 56
         version = bytes([10, 0]) + struct.pack("<H", 20348) + b"\x00\x00\x00\x0f"
         msg = (
-            SIGNATURE + struct.pack("<I", 2)
+            SIGNATURE
+            + struct.pack("<I", 2)
             + struct.pack("<HHI", len(target), len(target), head_len)
-            + struct.pack("<I", flags) + self.server_challenge + b"\x00" * 8
+            + struct.pack("<I", flags)
+            + self.server_challenge
+            + b"\x00" * 8
             + struct.pack("<HHI", len(info), len(info), head_len + len(target))
-            + version + target + info
-        )  # fmt: skip
+            + version
+            + target
+            + info
+        )
         return msg
 
     def _authenticate(self, msg: bytes) -> None:

@@ -33,12 +33,30 @@ def make_cert(directory: str) -> tuple[str, str]:
     if openssl is None:
         raise RuntimeError("the openssl command is needed to generate a certificate")
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
-         "-keyout", key, "-out", cert, "-days", "825", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-addext", "basicConstraints=critical,CA:TRUE"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "825",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ],
+        check=True,
+        capture_output=True,
+    )
     os.chmod(key, 0o600)
     return cert, key
 
@@ -73,8 +91,13 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return "Microsoft-HTTPAPI/2.0"  # the HTTP.sys Server header WinRM answers with
 
-    def _send(self, code: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
-              ctype: str = T.CONTENT_TYPE) -> None:  # fmt: skip
+    def _send(
+        self,
+        code: int,
+        body: bytes = b"",
+        headers: list[tuple[str, str]] | None = None,
+        ctype: str = T.CONTENT_TYPE,
+    ) -> None:
         self.send_response(code)
         for k, v in headers or []:
             self.send_header(k, v)
@@ -155,8 +178,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Advance the connection's NTLM handshake; True when authenticated."""
         cfg = self.server.world.cfg
         if token.startswith(b"NTLMSSP\x00") and token[8:12] == b"\x01\x00\x00\x00":
-            self.ntlm = NtlmAcceptor(cfg.username, cfg.password, self.server.host_name,
-                                     cfg.domain, self.server.cbt)  # fmt: skip
+            self.ntlm = NtlmAcceptor(
+                cfg.username, cfg.password, self.server.host_name, cfg.domain, self.server.cbt
+            )
             self.authenticated = False
         if self.ntlm is None:
             self._challenge()
@@ -180,9 +204,16 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], host_name: str, world: World,
-                 service: WsmanService, ctx: ssl.SSLContext | None, cbt: bytes | None,
-                 verbose: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        host_name: str,
+        world: World,
+        service: WsmanService,
+        ctx: ssl.SSLContext | None,
+        cbt: bytes | None,
+        verbose: bool,
+    ) -> None:
         self.host_name = host_name
         self.world = world
         self.service = service
@@ -205,9 +236,16 @@ class _HTTPServer(ThreadingHTTPServer):
 class SimServer:
     """A running simulated cluster: one WS-Man endpoint (port) per Hyper-V host."""
 
-    def __init__(self, cfg: Config, host: str = "127.0.0.1", port: int = 0, tls: bool = True,
-                 certfile: str | None = None, keyfile: str | None = None,
-                 verbose: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = True,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        verbose: bool = False,
+    ) -> None:
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError("hypervsim listens on 127.0.0.1 only")
         self.cfg = cfg
@@ -231,16 +269,19 @@ class SimServer:
         self.httpds: list[_HTTPServer] = []
         for i, name in enumerate(self.world.hosts):
             p = port + i if port else 0
-            self.httpds.append(_HTTPServer(("127.0.0.1", p), name, self.world, self.service,
-                                           ctx, cbt, verbose))  # fmt: skip
+            self.httpds.append(
+                _HTTPServer(("127.0.0.1", p), name, self.world, self.service, ctx, cbt, verbose)
+            )
         scheme = "https" if tls else "http"
         self.ports = [int(h.server_address[1]) for h in self.httpds]
         self.urls = [f"{scheme}://127.0.0.1:{p}{T.WSMAN_PATH}" for p in self.ports]
         self.port = self.ports[0]
         self.url = self.urls[0]
         self.tls = tls
-        self._threads = [threading.Thread(target=h.serve_forever, name=f"hypervsim-{h.host_name}",
-                                          daemon=True) for h in self.httpds]  # fmt: skip
+        self._threads = [
+            threading.Thread(target=h.serve_forever, name=f"hypervsim-{h.host_name}", daemon=True)
+            for h in self.httpds
+        ]
         self._stopped = False
 
     @property
@@ -297,8 +338,16 @@ def serve(
     verbose: bool = False,
 ) -> Iterator[SimServer]:
     """Run a simulated Hyper-V cluster on 127.0.0.1 for the duration of a ``with`` block."""
-    cfg = Config(hosts=hosts, vms=vms, running=running, username=username, password=password,
-                 op_delay=op_delay, guest_delay=guest_delay, host_memory_gib=host_memory_gib)  # fmt: skip
+    cfg = Config(
+        hosts=hosts,
+        vms=vms,
+        running=running,
+        username=username,
+        password=password,
+        op_delay=op_delay,
+        guest_delay=guest_delay,
+        host_memory_gib=host_memory_gib,
+    )
     srv = SimServer(cfg, port=port, tls=tls, verbose=verbose).start()
     try:
         yield srv

@@ -47,10 +47,16 @@ WQL_DIALECT = "http://schemas.microsoft.com/wbem/wsman/1/WQL"  # MS-WSMV 2.2.4.x
 ASSOC_DIALECT = "http://schemas.dmtf.org/wbem/wsman/1/cimbinding/associationFilter"  # DSP0227 8.2
 SELECTOR_DIALECT = "http://schemas.dmtf.org/wbem/wsman/1/wsman/SelectorFilter"  # DSP0226 8.3
 #: DSP0226 14.6 fault details used.
-FD_INSUFFICIENT_SELECTORS = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/InsufficientSelectors"
-FD_UNEXPECTED_SELECTORS = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/UnexpectedSelectors"
+FD_INSUFFICIENT_SELECTORS = (
+    "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/InsufficientSelectors"
+)
+FD_UNEXPECTED_SELECTORS = (
+    "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/UnexpectedSelectors"
+)
 FD_MAX_ENVELOPE_SIZE = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/MaxEnvelopeSize"
-FD_MIN_ENVELOPE_LIMIT = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/MinimumEnvelopeLimit"
+FD_MIN_ENVELOPE_LIMIT = (
+    "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/MinimumEnvelopeLimit"
+)
 FD_FILTER_DIALECT = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/FilteringRequired"
 
 # --- actions (DSP0226 7, 8; DSP0227 9.1 custom actions = resource URI + "/" + method) ------
@@ -847,13 +853,12 @@ FAULTS: dict[str, FaultSpec] = {
     "SchemaValidationError": FaultSpec(
         "s:Sender",
         "w:SchemaValidationError",
-        "The SOAP XML in the message does not match the corresponding XML schema "
-        "definition.",
+        "The SOAP XML in the message does not match the corresponding XML schema definition.",
         0x80338041,  # ERROR_WSMAN_SCHEMA_VALIDATION_ERROR
         500,
         "DSP0226 14.6.x wsman:SchemaValidationError; wsmerror.h",
     ),
-    "InvalidMessageInformationHeader": FaultSpec(
+    "MessageInformationHeaderRequired": FaultSpec(
         "s:Sender",
         "a:MessageInformationHeaderRequired",
         "The WS-Management service cannot process the request. The request does not have "
@@ -866,8 +871,7 @@ FAULTS: dict[str, FaultSpec] = {
     "InternalError": FaultSpec(
         "s:Receiver",
         "w:InternalError",
-        "The WS-Management service cannot process the request. The WMI provider "
-        "returned an error.",
+        "The WS-Management service cannot process the request. The WMI provider returned an error.",
         0x803381A6,  # the HRESULT of the MS-WSMV-shaped WMI fault example (pywinrm tests)
         500,
         "DSP0226 14.6.x wsman:InternalError; MS-WSMV (WMI errors carried as MSFT_WmiError, "

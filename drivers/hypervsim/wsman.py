@@ -36,8 +36,13 @@ S, A, W, N = T.NS_S, T.NS_A, T.NS_W, T.NS_N
 class Fault(Exception):
     """A WS-Management fault (DSP0226 14) to send back."""
 
-    def __init__(self, kind: str, message: str | None = None, detail_uri: str | None = None,
-                 wmi: WmiFault | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        kind: str,
+        message: str | None = None,
+        detail_uri: str | None = None,
+        wmi: WmiFault | None = None,
+    ) -> None:
         spec = T.FAULTS[kind]
         super().__init__(message or spec.reason)
         self.kind = kind
@@ -100,14 +105,16 @@ class WsmanService:
             if len(data) > req.max_envelope:
                 raise Fault("EncodingLimit", detail_uri=T.FD_MAX_ENVELOPE_SIZE)
             return 200, data
-        except Fault as f:
-            return f.spec.http_status, self._fault(host, f, req.message_id if req else None)
+        except Fault as fault:
+            return fault.spec.http_status, self._fault(host, fault, req.message_id if req else None)
         except WmiFault as wf:
-            f = Fault(wf.kind if wf.kind in T.FAULTS else "InternalError", wf.message, wmi=wf)
-            return f.spec.http_status, self._fault(host, f, req.message_id if req else None)
+            wfault = Fault(wf.kind if wf.kind in T.FAULTS else "InternalError", wf.message, wmi=wf)
+            rel = req.message_id if req else None
+            return wfault.spec.http_status, self._fault(host, wfault, rel)
         except Exception as exc:  # a simulator bug answers w:InternalError, not a dead link
-            f = Fault("InternalError", f"Internal simulator error: {exc!r}")
-            return f.spec.http_status, self._fault(host, f, req.message_id if req else None)
+            ifault = Fault("InternalError", f"Internal simulator error: {exc!r}")
+            rel = req.message_id if req else None
+            return ifault.spec.http_status, self._fault(host, ifault, rel)
 
     # --- parsing -------------------------------------------------------------------------
     def _parse(self, body: bytes) -> Request:
@@ -116,7 +123,9 @@ class WsmanService:
         try:
             root = ET.fromstring(body)
         except ET.ParseError as exc:
-            raise Fault("SchemaValidationError", f"The message is not well-formed XML: {exc}")
+            raise Fault(
+                "SchemaValidationError", f"The message is not well-formed XML: {exc}"
+            ) from exc
         if root.tag != f"{{{S}}}Envelope":
             raise Fault("SchemaValidationError", "The message is not a SOAP 1.2 envelope.")
         header = root.find(f"{{{S}}}Header")
@@ -141,7 +150,7 @@ class WsmanService:
             try:
                 max_env = int(mes.strip())
             except ValueError:
-                raise Fault("SchemaValidationError", "MaxEnvelopeSize is not an integer.")
+                raise Fault("SchemaValidationError", "MaxEnvelopeSize is not an integer.") from None
             if max_env < T.MIN_MAX_ENVELOPE:
                 raise Fault("EncodingLimit", detail_uri=T.FD_MIN_ENVELOPE_LIMIT)
         timeout = None
@@ -149,11 +158,13 @@ class WsmanService:
         if ot is not None:
             timeout = parse_duration(ot)
             if timeout is None:
-                raise Fault("SchemaValidationError", f"OperationTimeout {ot!r} is not an "
-                            "xs:duration.")  # fmt: skip
+                raise Fault(
+                    "SchemaValidationError", f"OperationTimeout {ot!r} is not an xs:duration."
+                )
         children = list(sbody)
-        return Request(action, message_id, ruri, sels, max_env, timeout,
-                       children[0] if children else None)  # fmt: skip
+        return Request(
+            action, message_id, ruri, sels, max_env, timeout, children[0] if children else None
+        )
 
     # --- dispatch ------------------------------------------------------------------------
     def _dispatch(self, host: str, req: Request) -> tuple[str, str]:
@@ -172,8 +183,10 @@ class WsmanService:
         if req.action.startswith(prefix):
             method = req.action[len(prefix) :]
             return req.action + T.RESPONSE_SUFFIX, self._invoke(host, req, cls, method)
-        raise Fault("ActionNotSupported",
-                    f"The WS-Management service does not support the action {req.action}.")  # fmt: skip
+        raise Fault(
+            "ActionNotSupported",
+            f"The WS-Management service does not support the action {req.action}.",
+        )
 
     def _class(self, uri: str, allow_all: bool = False) -> str:
         cls = class_of_uri(uri)
@@ -182,8 +195,12 @@ class WsmanService:
         if cls == "*" and allow_all:
             return cls
         if cls not in T.CLASSES:
-            raise WmiFault("DestinationUnreachable", f"Invalid class {cls}",
-                           T.CIM_ERR_INVALID_CLASS, T.WBEM_E_INVALID_CLASS)  # fmt: skip
+            raise WmiFault(
+                "DestinationUnreachable",
+                f"Invalid class {cls}",
+                T.CIM_ERR_INVALID_CLASS,
+                T.WBEM_E_INVALID_CLASS,
+            )
         return cls
 
     def _lookup(self, host: str, cls: str, sels: dict[str, str]) -> Instance:
@@ -196,8 +213,12 @@ class WsmanService:
         with self.world.lock:
             inst = self.world.find(host, cls, sels)
         if inst is None:
-            raise WmiFault("DestinationUnreachable", T.FAULTS["DestinationUnreachable"].reason,
-                           T.CIM_ERR_NOT_FOUND, T.WBEM_E_NOT_FOUND)  # fmt: skip
+            raise WmiFault(
+                "DestinationUnreachable",
+                T.FAULTS["DestinationUnreachable"].reason,
+                T.CIM_ERR_NOT_FOUND,
+                T.WBEM_E_NOT_FOUND,
+            )
         return inst
 
     # Get (DSP0226 7.3)
@@ -221,18 +242,28 @@ class WsmanService:
         if flt is not None:
             query = self._filter(cls, flt)
         elif cls == "*":
-            raise Fault("CannotProcessFilter", "Enumerating the * resource needs a WQL filter.",
-                        detail_uri=T.FD_FILTER_DIALECT)  # fmt: skip
+            raise Fault(
+                "CannotProcessFilter",
+                "Enumerating the * resource needs a WQL filter.",
+                detail_uri=T.FD_FILTER_DIALECT,
+            )
         with self.world.lock:
             if query is not None and query.assoc_of is not None:
                 items = self.world.associators(host, query)
             else:
                 target = query.cls if query is not None else cls
                 if target not in T.CLASSES:
-                    raise WmiFault("DestinationUnreachable", f"Invalid class {target}",
-                                   T.CIM_ERR_INVALID_CLASS, T.WBEM_E_INVALID_CLASS)  # fmt: skip
-                items = [i for i in self.world.instances(host, target)
-                         if query is None or query.matches(i)]  # fmt: skip
+                    raise WmiFault(
+                        "DestinationUnreachable",
+                        f"Invalid class {target}",
+                        T.CIM_ERR_INVALID_CLASS,
+                        T.WBEM_E_INVALID_CLASS,
+                    )
+                items = [
+                    i
+                    for i in self.world.instances(host, target)
+                    if query is None or query.matches(i)
+                ]
             items = [i.copy() for i in items]
         only = set(query.props) if query is not None and query.props else None
         ctx_id = f"uuid:{str(uuid.uuid4()).upper()}"
@@ -256,14 +287,24 @@ class WsmanService:
             try:
                 q = parse_wql(flt.text or "")
             except WqlError as exc:
-                raise WmiFault("CannotProcessFilter", f"Invalid query: {exc}",
-                               T.CIM_ERR_INVALID_QUERY, T.WBEM_E_INVALID_QUERY) from exc  # fmt: skip
+                raise WmiFault(
+                    "CannotProcessFilter",
+                    f"Invalid query: {exc}",
+                    T.CIM_ERR_INVALID_QUERY,
+                    T.WBEM_E_INVALID_QUERY,
+                ) from exc
             if q.assoc_of is None and cls not in ("*", q.cls):
-                raise Fault("CannotProcessFilter",
-                            f"The WQL class {q.cls} is not the resource URI's class {cls}.")  # fmt: skip
+                raise Fault(
+                    "CannotProcessFilter",
+                    f"The WQL class {q.cls} is not the resource URI's class {cls}.",
+                )
             if q.assoc_of is None and q.cls not in T.CLASSES:
-                raise WmiFault("DestinationUnreachable", f"Invalid class {q.cls}",
-                               T.CIM_ERR_INVALID_CLASS, T.WBEM_E_INVALID_CLASS)  # fmt: skip
+                raise WmiFault(
+                    "DestinationUnreachable",
+                    f"Invalid class {q.cls}",
+                    T.CIM_ERR_INVALID_CLASS,
+                    T.WBEM_E_INVALID_CLASS,
+                )
             return q
         if dialect == T.SELECTOR_DIALECT and cls != "*":
             sset = flt.find(f"{{{W}}}SelectorSet")
@@ -284,8 +325,11 @@ class WsmanService:
             assoc = (ai.findtext(f"{{{T.NS_B}}}AssociationClassName") or "").strip() or None
             result = (ai.findtext(f"{{{T.NS_B}}}ResultClassName") or "").strip() or None
             return Query(result or "*", None, [], (epr.cls, epr.selectors), assoc, result)
-        raise Fault("CannotProcessFilter", f"Filter dialect {dialect} is not supported.",
-                    detail_uri=T.FD_FILTER_DIALECT)  # fmt: skip
+        raise Fault(
+            "CannotProcessFilter",
+            f"Filter dialect {dialect} is not supported.",
+            detail_uri=T.FD_FILTER_DIALECT,
+        )
 
     @staticmethod
     def _max_elements(text: str | None) -> int:
@@ -294,7 +338,7 @@ class WsmanService:
         try:
             n = int(text.strip())
         except ValueError:
-            raise Fault("SchemaValidationError", "MaxElements is not an integer.")
+            raise Fault("SchemaValidationError", "MaxElements is not an integer.") from None
         if n < 1:
             raise Fault("SchemaValidationError", "MaxElements must be positive.")
         return n
@@ -304,7 +348,8 @@ class WsmanService:
             return f"<a:EndpointReference>{epr_of(inst).xml()}</a:EndpointReference>"
         obj = instance_xml(inst, only=ctx.only)
         if ctx.mode == T.ENUM_MODE_OBJECT_AND_EPR:
-            return f"<w:Item>{obj}<a:EndpointReference>{epr_of(inst).xml()}</a:EndpointReference></w:Item>"
+            epr = epr_of(inst).xml()
+            return f"<w:Item>{obj}<a:EndpointReference>{epr}</a:EndpointReference></w:Item>"
         return obj
 
     def _take(self, ctx: EnumContext, max_el: int, max_env: int) -> tuple[str, bool]:
@@ -370,8 +415,10 @@ class WsmanService:
     def _invoke(self, host: str, req: Request, cls: str, method: str) -> str:
         spec = T.METHODS.get((cls, method))
         if spec is None:
-            raise Fault("ActionNotSupported",
-                        f"The WS-Management service does not support the action {req.action}.")  # fmt: skip
+            raise Fault(
+                "ActionNotSupported",
+                f"The WS-Management service does not support the action {req.action}.",
+            )
         target = self._lookup(host, cls, req.selectors)
         body = req.body
         if body is None or local(body.tag) != f"{method}_INPUT":
@@ -401,8 +448,12 @@ class WsmanService:
             name = local(child.tag)
             param = by_name.get(name.lower())
             if param is None:
-                raise WmiFault("InvalidParameter", f"{spec.name} has no input parameter {name}",
-                               T.CIM_ERR_INVALID_PARAMETER, T.WBEM_E_INVALID_PARAMETER)  # fmt: skip
+                raise WmiFault(
+                    "InvalidParameter",
+                    f"{spec.name} has no input parameter {name}",
+                    T.CIM_ERR_INVALID_PARAMETER,
+                    T.WBEM_E_INVALID_PARAMETER,
+                )
             if child.get(f"{{{T.NS_XSI}}}nil") == "true":
                 args.setdefault(param.name, [] if param.type.endswith("[]") else None)
                 continue
@@ -411,22 +462,32 @@ class WsmanService:
             if base == "ref":
                 value = parse_epr(child)
                 if value is None:
-                    raise WmiFault("InvalidParameter", f"{name} is not an endpoint reference",
-                                   T.CIM_ERR_INVALID_PARAMETER, T.WBEM_E_INVALID_PARAMETER)  # fmt: skip
+                    raise WmiFault(
+                        "InvalidParameter",
+                        f"{name} is not an endpoint reference",
+                        T.CIM_ERR_INVALID_PARAMETER,
+                        T.WBEM_E_INVALID_PARAMETER,
+                    )
             elif base == "embedded":
                 try:
                     value = parse_embedded(child)
                 except EmbeddedError as exc:
-                    raise WmiFault("InvalidParameter", f"{name}: {exc}",
-                                   T.CIM_ERR_INVALID_PARAMETER,
-                                   T.WBEM_E_INVALID_PARAMETER) from exc  # fmt: skip
+                    raise WmiFault(
+                        "InvalidParameter",
+                        f"{name}: {exc}",
+                        T.CIM_ERR_INVALID_PARAMETER,
+                        T.WBEM_E_INVALID_PARAMETER,
+                    ) from exc
             elif base in ("uint16", "uint32"):
                 try:
                     value = int((child.text or "").strip())
                 except ValueError as exc:
-                    raise WmiFault("InvalidParameter", f"{name} is not an integer",
-                                   T.CIM_ERR_INVALID_PARAMETER,
-                                   T.WBEM_E_INVALID_PARAMETER) from exc  # fmt: skip
+                    raise WmiFault(
+                        "InvalidParameter",
+                        f"{name} is not an integer",
+                        T.CIM_ERR_INVALID_PARAMETER,
+                        T.WBEM_E_INVALID_PARAMETER,
+                    ) from exc
             elif base == "boolean":
                 value = (child.text or "").strip().lower() == "true"
             else:
