@@ -233,7 +233,7 @@ def test_invoke_faults(server: hypervsim.SimServer, w: WSMan) -> None:
             vm_selectors(guid),
         ),
     )
-    code, sub, detail = fault_parts(raw)
+    _code, sub, detail = fault_parts(raw)
     assert sub == "w:InvalidParameter"
     assert detail.find(f"{{{T.NS_WMIERR}}}MSFT_WmiError") is not None
 
@@ -328,7 +328,7 @@ def test_optimized_enumeration_and_epr_mode(w: WSMan) -> None:
 def test_max_envelope_size(server: hypervsim.SimServer, w: WSMan) -> None:
     uri = V2 + "Msvm_ComputerSystem"
     _, raw, _ = exchange(server, envelope(T.A_GET, uri, sels=vm_selectors("x"), max_env=1000))
-    code, sub, detail = fault_parts(raw)
+    _code, sub, detail = fault_parts(raw)
     assert sub == "w:EncodingLimit"
     assert detail.findtext(f"{{{NS_W}}}FaultDetail") == T.FD_MIN_ENVELOPE_LIMIT
     ctx = w.enumerate(uri, enum_body()).findtext(f".//{{{NS_N}}}EnumerationContext") or ""
