@@ -11,23 +11,32 @@ on to libvirt; vmctl's own options are not:
   qemu/TCG for VMs that boot an OS on a nested-PVM /dev/kvm, see docs/kvm.md);
 * ``shared_storage``: ``yes`` says the image directory is shared with migration targets
   (libvirt cannot see that on a local file system and would refuse the migration as unsafe);
-* ``memory_limit``: ``yes``/``no`` overrides whether memory hard limits are offered.
+* ``memory_limit``: ``yes``/``no`` overrides whether memory hard limits are offered;
+* ``rpc_timeout``: seconds after which a libvirtd that stopped answering is given up (the
+  connection's keepalive), and the time a failed create gets to remove what it made
+  (default 20).
+
+Every libvirt call runs under the request's deadline (see ``_link``); the driver has no
+wait or retry loop of its own: the core waits with ``wait_changes`` (lifecycle events) and
+reconnects with ``reconnect``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import re
 import secrets
 import threading
-import time
 import urllib.parse
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import vmctl
 from vmctl import (
     AgentState,
     AlreadyExists,
@@ -43,18 +52,22 @@ from vmctl import (
     NotFound,
     NotSupported,
     OperationTimeout,
+    OutcomeUnknown,
     PowerState,
     Resources,
     SnapshotInfo,
     StateReason,
     ValidationError,
     VMConfig,
+    VmctlError,
     VMInfo,
     VMSpec,
     VMStats,
 )
 from vmctl.spi import (
+    ChangeWaiter,
     Cloning,
+    Deadline,
     Devices,
     Driver,
     Events,
@@ -64,6 +77,7 @@ from vmctl.spi import (
     Migration,
     Pausable,
     Reconfigurable,
+    Reconnectable,
     Resettable,
     ResourceControls,
     Snapshots,
@@ -73,13 +87,15 @@ from vmctl.spi import (
 
 from . import _errors as E
 from . import _xml as X
-from ._link import EventHub, Link, ensure_event_loop, require_libvirt
+from ._link import RPC_TIMEOUT_S, EventHub, Link, ensure_event_loop, require_libvirt
 from ._state import CRASHED, PMSUSPENDED, SHUTOFF, to_power_state
 
 S = PowerState
 C = Capability
 
-VMCTL_OPTIONS = frozenset({"pool", "network", "type", "shared_storage", "memory_limit"})
+VMCTL_OPTIONS = frozenset(
+    {"pool", "network", "type", "shared_storage", "memory_limit", "rpc_timeout"}
+)
 #: URI query parameters libvirt itself understands (passed on unchanged).
 LIBVIRT_PARAMS = frozenset(
     {
@@ -165,8 +181,24 @@ def _can_raise_memlock() -> bool:
     return False
 
 
+def _rpc_timeout(value: str | None) -> float:
+    if value is None:
+        return RPC_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 1:
+        raise ValidationError(
+            f"rpc_timeout must be a number of seconds >= 1, got {value!r}", field="uri"
+        )
+    return seconds
+
+
 class KvmDriver(
     Driver,
+    Reconnectable,
+    ChangeWaiter,
     GracefulPower,
     Resettable,
     Pausable,
@@ -186,7 +218,9 @@ class KvmDriver(
     name = "kvm"
     thread_safe = True
 
-    def __init__(self, params: ConnectParams, link: Link, hub: EventHub) -> None:
+    def __init__(
+        self, params: ConnectParams, link: Link, hub: EventHub, deadline: Deadline
+    ) -> None:
         self._params = params
         self._link = link
         self._hub = hub
@@ -199,7 +233,9 @@ class KvmDriver(
             raise ValidationError(f"type must be kvm or qemu, got {self._type_opt!r}", field="uri")
         self._shared_storage = _yes(opts.get("shared_storage"))
         self._memory_limit_opt = _yes(opts.get("memory_limit"))
-        info = link.call("host info", lambda c: (c.getType(), c.getInfo(), c.getHostname()))
+        info = link.run(
+            "host info", lambda c: (c.getType(), c.getInfo(), c.getHostname()), deadline
+        )
         self._hv_type: str = info[0]
         self.is_test = self._hv_type.upper() == "TEST"
         self._node = info[1]
@@ -208,7 +244,7 @@ class KvmDriver(
         self._kvm_ok = False
         self._arch = "x86_64"
         if not self.is_test:
-            caps = X.parse(link.call("capabilities", lambda c: c.getCapabilities()))
+            caps = X.parse(link.run("capabilities", lambda c: c.getCapabilities(), deadline))
             self._kvm_ok = any(d.get("type") == "kvm" for d in caps.findall("guest/arch/domain"))
             self._arch = caps.findtext("host/cpu/arch") or "x86_64"
         else:
@@ -219,18 +255,24 @@ class KvmDriver(
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, params: ConnectParams) -> KvmDriver:
+    def open(cls, params: ConnectParams, *, deadline: Deadline) -> KvmDriver:
         require_libvirt()
         uri = libvirt_uri(params)
+        rpc = _rpc_timeout(params.options.get("rpc_timeout"))
         ensure_event_loop()
         hub = EventHub(params.uri.host or "localhost")
-        link = Link(uri, params, hub)
-        link.open()
+        link = Link(uri, params, hub, rpc_timeout=rpc)
+        link.open(deadline)
         try:
-            return cls(params, link, hub)
+            return cls(params, link, hub, deadline)
         except BaseException:
             link.close()
             raise
+
+    def reconnect(self, *, deadline: Deadline) -> None:
+        """A new libvirt connection: one attempt, bounded by ``deadline`` and the connect
+        timeout; event callbacks are registered on it again."""
+        self._link.reopen(deadline)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -240,7 +282,11 @@ class KvmDriver(
     def libvirt_uri(self) -> str:
         return self._link.uri
 
+    def narrow_capabilities(self, offered: frozenset[Capability]) -> frozenset[Capability]:
+        return offered & self._caps
+
     def _capabilities(self) -> frozenset[Capability]:
+        """What this host can do (the interfaces offer more: see docs/kvm.md)."""
         caps = {
             C.CREATE,
             C.DELETE,
@@ -288,13 +334,12 @@ class KvmDriver(
                 caps.add(C.MEMORY_LIMIT)
         return frozenset(caps)
 
-    def capabilities(self) -> frozenset[Capability]:
-        return self._caps
-
     # -- helpers ------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
-        return self._link.call(what, fn)
+    def _call(
+        self, what: str, fn: Callable[[Any], Any], deadline: Deadline, *, change: bool = False
+    ) -> Any:
+        return self._link.run(what, fn, deadline, change=change)
 
     def _dom(self, conn: Any, uuid: str) -> Any:
         try:
@@ -306,8 +351,16 @@ class KvmDriver(
                 ) from exc
             raise
 
-    def _on_dom(self, uuid: str, what: str, fn: Callable[[Any], Any]) -> Any:
-        return self._call(what, lambda c: fn(self._dom(c, uuid)))
+    def _on_dom(
+        self,
+        uuid: str,
+        what: str,
+        fn: Callable[[Any], Any],
+        deadline: Deadline,
+        *,
+        change: bool = False,
+    ) -> Any:
+        return self._call(what, lambda c: fn(self._dom(c, uuid)), deadline, change=change)
 
     def _info_of(self, dom: Any) -> VMInfo:
         state, reason = dom.state()
@@ -353,29 +406,6 @@ class KvmDriver(
         if self.is_test:
             return None
         return "qcow2" if ptype in ("dir", "fs", "netfs") else None
-
-    def _create_volume(
-        self, conn: Any, vm_name: str, dev: str, disk: DiskSpec
-    ) -> tuple[X.OwnedDisk, str | None]:
-        pool = self._pool(conn, disk.pool)
-        fmt = self._vol_format(pool)
-        suffix = ".qcow2" if fmt == "qcow2" else ".img"
-        vol_name = f"{vm_name}-{dev}-{secrets.token_hex(3)}{suffix}"
-        xml = X.volume_xml(vol_name, disk.size_mib, fmt)
-        if disk.source:
-            try:
-                src = conn.storageVolLookupByPath(disk.source)
-            except Exception as exc:
-                if E.code_of(exc) == E.NO_STORAGE_VOL:
-                    raise NotFound(
-                        f"no storage volume at {disk.source!r} to copy from "
-                        "(the source must be a volume of a libvirt pool)"
-                    ) from exc
-                raise
-            vol = pool.createXMLFrom(xml, src, 0)
-        else:
-            vol = pool.createXML(xml, 0)
-        return X.OwnedDisk(vol.path(), pool.name(), vol.name(), disk.name), fmt
 
     def _delete_volume(self, conn: Any, path: str, pool_name: str | None = None) -> bool:
         """Delete the volume at ``path``; False if there is none. A pool this host has not
@@ -425,7 +455,7 @@ class KvmDriver(
 
     # -- inventory ------------------------------------------------------------------------
 
-    def host_info(self) -> HostInfo:
+    def host_info(self, *, deadline: Deadline) -> HostInfo:
         def read(c: Any) -> HostInfo:
             _model, mem_mib, cpus, mhz, *_ = c.getInfo()
             free = None
@@ -450,23 +480,24 @@ class KvmDriver(
                 vm_count=count,
             )
 
-        return self._call("host info", read)  # type: ignore[no-any-return]
+        return self._call("host info", read, deadline)  # type: ignore[no-any-return]
 
-    def list_vms(self) -> list[VMInfo]:
+    def list_vms(self, *, deadline: Deadline) -> list[VMInfo]:
         """Two libvirt calls however many domains: getAllDomainStats (state, vCPUs, balloon)
-        and listAllDomains(MANAGEDSAVE) (which shut-off domains are SUSPENDED)."""
+        and listAllDomains(MANAGEDSAVE) (which shut-off domains are SUSPENDED).
+
+        libvirt's test driver answers getAllDomainStats with the state only (no vcpu or
+        balloon group): there the vCPUs and memory come from each domain's ``info()``.
+        """
         lv = require_libvirt()
         stats_kind = (
             lv.VIR_DOMAIN_STATS_STATE | lv.VIR_DOMAIN_STATS_VCPU | lv.VIR_DOMAIN_STATS_BALLOON
         )
 
         def read(c: Any) -> list[VMInfo]:
-            if self.is_test:
-                records = c.getAllDomainStats(lv.VIR_DOMAIN_STATS_STATE, 0)
-            else:
-                # NOWAIT: a domain busy with a job (migration, save) answers from what
-                # libvirt has without waiting for that job, so listing never blocks on it.
-                records = c.getAllDomainStats(stats_kind, _NOWAIT)
+            # NOWAIT: a domain busy with a job (migration, save) answers from what libvirt
+            # has without waiting for that job, so listing never blocks on it.
+            records = c.getAllDomainStats(stats_kind, 0 if self.is_test else _NOWAIT)
             saved = {
                 d.UUIDString() for d in c.listAllDomains(lv.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE)
             }
@@ -481,25 +512,49 @@ class KvmDriver(
                 ps_pr = state_of(key)
                 if ps_pr is None:
                     ps_pr = _STATE_MEMO[key] = to_power_state(*key)
-                append(
-                    VMInfo(
-                        uuid,
-                        dom.name(),
-                        ps_pr[0],
-                        ps_pr[1],
-                        st.get("vcpu.current", 0),
-                        st.get("balloon.maximum", 0) // 1024,
-                        host,
-                    )
-                )
+                vcpus = st.get("vcpu.current")
+                max_kib = st.get("balloon.maximum")
+                if vcpus is None or max_kib is None:  # the test driver's stats lack them
+                    _, max_kib, _, vcpus, _ = dom.info()
+                append(VMInfo(uuid, dom.name(), ps_pr[0], ps_pr[1], vcpus, max_kib // 1024, host))
             return out
 
-        return self._call("list VMs", read)  # type: ignore[no-any-return]
+        return self._call("list VMs", read, deadline)  # type: ignore[no-any-return]
 
-    def get_vm(self, uuid: str) -> VMInfo:
-        return self._on_dom(uuid, f"get VM {uuid}", self._info_of)  # type: ignore
+    def get_vm(self, uuid: str, *, deadline: Deadline) -> VMInfo:
+        return self._on_dom(uuid, f"get VM {uuid}", self._info_of, deadline)  # type: ignore
 
-    def get_config(self, uuid: str) -> VMConfig:
+    def _read_infos(self, uuids: Sequence[str], deadline: Deadline) -> dict[str, VMInfo | None]:
+        """The current info of these VMs (None for one that is gone): one get_vm for one VM,
+        one listing for several."""
+        if len(uuids) == 1:
+            try:
+                return {uuids[0]: self.get_vm(uuids[0], deadline=deadline)}
+            except NotFound:
+                return {uuids[0]: None}
+        infos = {i.uuid: i for i in self.list_vms(deadline=deadline)}
+        return {u: infos.get(u) for u in uuids}
+
+    def wait_changes(
+        self, known: Mapping[str, VMInfo], *, deadline: Deadline
+    ) -> dict[str, VMInfo | None]:
+        """Read the VMs once; if none differs from ``known`` (state or reason), block once on
+        libvirt's events (any lifecycle event, or the connection changing), up to the
+        deadline, and return {} (the core calls again and this reads again)."""
+        hub = self._hub
+        seen = hub.current()  # before the read: an event after it is not missed
+        fresh = self._read_infos(list(known), deadline)
+        changed = {
+            u: i
+            for u, i in fresh.items()
+            if i is None or (i.state, i.reason) != (known[u].state, known[u].reason)
+        }
+        if not changed:
+            # 10 s at most: an event lost while a connection was replaced is not waited for
+            hub.wait_change(seen, min(deadline.remaining(), 10.0))
+        return changed
+
+    def get_config(self, uuid: str, *, deadline: Deadline) -> VMConfig:
         def read(c: Any) -> VMConfig:
             dom = self._dom(c, uuid)
             root = self._xml(dom)
@@ -536,56 +591,226 @@ class KvmDriver(
                 description=root.findtext("description") or "",
             )
 
-        return self._call(f"get config of {uuid}", read)  # type: ignore[no-any-return]
+        return self._call(f"get config of {uuid}", read, deadline)  # type: ignore[no-any-return]
 
     # -- create and delete ----------------------------------------------------------------
 
-    def create_vm(self, spec: VMSpec) -> VMInfo:
-        def create(c: Any) -> VMInfo:
-            try:
-                c.lookupByName(spec.name)
-            except Exception as exc:
-                if E.code_of(exc) != E.NO_DOMAIN:
-                    raise
-            else:
-                raise AlreadyExists(f"a VM named {spec.name!r} already exists on {self._link.uri}")
+    def _pool_plan(self, c: Any, name: str | None) -> tuple[Any, str | None, str]:
+        """(pool, volume format, target directory) of the pool new volumes go to."""
+        pool = self._pool(c, name)
+        root = X.parse(pool.XMLDesc(0))
+        fmt = (
+            None
+            if self.is_test
+            else ("qcow2" if root.get("type", "dir") in ("dir", "fs", "netfs") else None)
+        )
+        return pool, fmt, (root.findtext("target/path") or "").rstrip("/")
+
+    def create_vm(self, spec: VMSpec, *, deadline: Deadline) -> VMInfo:
+        """Define the domain first (under a UUID chosen here, listing the volumes it will
+        own), then create its volumes: whatever is cut short, the domain names all of it, so
+        ``left_behind`` can say ("vm", uuid) and ``delete`` removes it with its disks."""
+        what = f"create VM {spec.name!r}"
+
+        def prepare(c: Any) -> tuple[list[str], list[tuple[Any, str | None, str, Any]]]:
             networks = [self._network(c, n.network) for n in spec.nics]
-            for d in spec.disks:
-                self._pool(c, d.pool)  # unknown pools fail before anything is made
-            owned: list[X.OwnedDisk] = []
-            plans: list[X.DiskPlan] = []
-            try:
-                used: list[str] = []
-                for d in spec.disks:
-                    bus = X.resolve_bus(d.bus, hotplug=False)
-                    dev = X.free_target(bus, used)
-                    used.append(dev)
-                    disk, fmt = self._create_volume(c, spec.name, dev, d)
-                    owned.append(disk)
-                    plans.append(X.DiskPlan(dev, bus, disk.path, fmt))
-                host_cpus = int(self._node[2])
-                max_vcpus = max(spec.vcpus, min(host_cpus, MAX_DEFAULT_VCPUS))
-                xml = X.domain_xml(
-                    spec,
-                    domain_type=self._domain_type(spec),
-                    disks=plans,
-                    networks=networks,
-                    max_vcpus=max_vcpus,
-                    meta=X.Metadata(spec.guest_os, tuple(owned)),
-                    arch=self._arch,
-                    test=self.is_test,
-                )
-                dom = c.defineXML(xml)
-            except BaseException:
-                for made in owned:
-                    with contextlib.suppress(Exception):
-                        self._delete_volume(c, made.path)
+            pools = []
+            for d in spec.disks:  # unknown pools and sources fail before anything is made
+                pool, fmt, target = self._pool_plan(c, d.pool)
+                src = self._source_volume(c, d.source) if d.source else None
+                pools.append((pool, fmt, target, src))
+            return networks, pools
+
+        networks, pools = self._call(what, prepare, deadline)
+        used: list[str] = []
+        owned: list[X.OwnedDisk] = []
+        plans: list[X.DiskPlan] = []
+        jobs: list[tuple[Any, str, Any]] = []
+        for d, (pool, fmt, target, src) in zip(spec.disks, pools, strict=True):
+            bus = X.resolve_bus(d.bus, hotplug=False)
+            dev = X.free_target(bus, used)
+            used.append(dev)
+            vol_name = (
+                f"{spec.name}-{dev}-{secrets.token_hex(3)}{'.qcow2' if fmt == 'qcow2' else '.img'}"
+            )
+            path = f"{target}/{vol_name}"
+            owned.append(X.OwnedDisk(path, pool.name(), vol_name, d.name))
+            plans.append(X.DiskPlan(dev, bus, path, fmt))
+            jobs.append((pool, X.volume_xml(vol_name, d.size_mib, fmt), src))
+        host_cpus = int(self._node[2])
+        root = X.parse(
+            X.domain_xml(
+                spec,
+                domain_type=self._domain_type(spec),
+                disks=plans,
+                networks=networks,
+                max_vcpus=max(spec.vcpus, min(host_cpus, MAX_DEFAULT_VCPUS)),
+                meta=X.Metadata(spec.guest_os, tuple(owned)),
+                arch=self._arch,
+                test=self.is_test,
+            )
+        )
+        vm_uuid = self._make(what, root, owned, jobs, deadline)
+        return VMInfo(
+            uuid=vm_uuid,
+            name=spec.name,
+            state=S.STOPPED,
+            reason=StateReason.UNKNOWN,  # what libvirt says of a domain just defined
+            vcpus=spec.vcpus,
+            memory_mib=spec.memory_mib,
+            host=self._hostname,
+        )
+
+    def _source_volume(self, c: Any, path: str) -> Any:
+        try:
+            return c.storageVolLookupByPath(path)
+        except Exception as exc:
+            if E.code_of(exc) == E.NO_STORAGE_VOL:
+                raise NotFound(
+                    f"no storage volume at {path!r} to copy from "
+                    "(the source must be a volume of a libvirt pool)"
+                ) from exc
+            raise
+
+    def _make(
+        self,
+        what: str,
+        root: ET.Element,
+        owned: list[X.OwnedDisk],
+        jobs: list[tuple[Any, str, Any]],
+        deadline: Deadline,
+    ) -> str:
+        """Define the domain ``root`` (given a new UUID), then create the volumes ``jobs``
+        (pool, volume XML, source volume or None) at the paths ``owned`` predicts. On failure
+        remove what was made, or name it in ``left_behind``. Returns the UUID."""
+        vm_uuid = str(uuidlib.uuid4())
+        for el in root.findall("uuid"):
+            root.remove(el)
+        X.sub(root, "uuid", vm_uuid)
+        made: list[tuple[str, str]] = [("vm", vm_uuid)]
+        xml = X.to_string(root)
+        try:
+            self._call(
+                f"{what}: define the domain", lambda c: c.defineXML(xml), deadline, change=True
+            )
+        except (vmctl.ConnectionError, OperationTimeout) as exc:
+            err = self._undo(what, exc, made, owned)
+            if err is exc:
                 raise
-            return self._info_of(dom)
+            raise err from exc
+        # anything else: libvirt refused the definition (a taken name...): nothing was made
+        moved: dict[str, str] = {}
+        try:
+            for (pool, vol_xml, src), disk in zip(jobs, owned, strict=True):
+                made.append(("disk", disk.path))
 
-        return self._call(f"create VM {spec.name!r}", create)  # type: ignore[no-any-return]
+                def create(
+                    _c: Any, pool: Any = pool, vol_xml: str = vol_xml, src: Any = src
+                ) -> str:
+                    vol = (
+                        pool.createXMLFrom(vol_xml, src, 0)
+                        if src is not None
+                        else pool.createXML(vol_xml, 0)
+                    )
+                    return str(vol.path())
 
-    def delete_vm(self, uuid: str) -> list[str]:
+                try:
+                    path = self._call(
+                        f"{what}: create volume {disk.volume}", create, deadline, change=True
+                    )
+                except (vmctl.ConnectionError, OperationTimeout):
+                    raise
+                except VmctlError:
+                    made.pop()  # refused by libvirt: this volume was not made
+                    raise
+                if path != disk.path:
+                    moved[disk.path] = path
+            if moved:  # the pool put a volume elsewhere than predicted: say where
+                for d in X.disks_of(root):
+                    src_el = d.element.find("source")
+                    if d.path in moved and src_el is not None:
+                        src_el.set("file", moved[d.path])
+                meta = X.parse_metadata(root)
+                X.set_metadata(
+                    root,
+                    meta._replace(
+                        disks=tuple(o._replace(path=moved.get(o.path, o.path)) for o in meta.disks)
+                    ),
+                )
+                fixed = X.to_string(root)
+                self._call(
+                    f"{what}: record volume paths",
+                    lambda c: c.defineXML(fixed),
+                    deadline,
+                    change=True,
+                )
+        except VmctlError as exc:
+            made = [(k, moved.get(i, i)) for k, i in made]
+            err = self._undo(what, exc, made, owned)
+            if err is exc:
+                raise
+            raise err from exc
+        return vm_uuid
+
+    def _undo(
+        self,
+        what: str,
+        exc: VmctlError,
+        made: list[tuple[str, str]],
+        owned: Sequence[X.OwnedDisk],
+    ) -> VmctlError:
+        """Remove what a failed ``what`` made (newest first), within one RPC timeout after
+        its deadline. The error to raise: ``exc`` itself when all is removed (or nothing
+        remains but disks after a refusal), else with ``left_behind`` set and said; an
+        OutcomeUnknown when the VM may remain or the connection failed."""
+        budget = Deadline.after(self._link.rpc_timeout)
+        pools = {o.path: o.pool for o in owned}
+        lv = require_libvirt()
+        left: list[tuple[str, str]] = []
+
+        def undefine(c: Any, uuid: str) -> None:
+            try:
+                dom = c.lookupByUUIDString(uuid)
+            except Exception as exc2:
+                if E.code_of(exc2) == E.NO_DOMAIN:
+                    return
+                raise
+            with contextlib.suppress(Exception):
+                if dom.isActive():
+                    dom.destroy()
+            dom.undefineFlags(lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+
+        def remover(kind: str, ident: str) -> Callable[[Any], Any]:
+            if kind == "vm":
+                return lambda c: undefine(c, ident)
+            return lambda c: self._delete_volume(c, ident, pools.get(ident))
+
+        for kind, ident in reversed(made):
+            step = remover(kind, ident)
+            try:
+                self._call(f"{what}: remove {kind} {ident}", step, budget, change=True)
+            except VmctlError:
+                left.append((kind, ident))
+        if not left:
+            return exc
+        left.reverse()
+        names = ", ".join(f"{k} {i}" for k, i in left)
+        vm_left = any(k == "vm" for k, _ in left)
+        msg = (
+            f"{exc.message}; what it made could not be removed (libvirtd did not answer) and "
+            f"may remain: {names}"
+            + (" (deleting the VM removes it with its disks)" if vm_left else "")
+        )
+        if vm_left or isinstance(exc, vmctl.ConnectionError):
+            err: VmctlError = OutcomeUnknown(msg, sent=None, vendor_code=exc.vendor_code)
+        else:
+            err = exc
+            err.message = msg
+            err.args = (msg,)
+        err.left_behind = tuple(left)
+        return err
+
+    def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
         lv = require_libvirt()
 
         def delete(c: Any) -> list[str]:
@@ -606,99 +831,100 @@ class KvmDriver(
                     done.append(f"disk {d.path}")
             return done
 
-        return self._call(f"delete VM {uuid}", delete)  # type: ignore[no-any-return]
+        return self._call(f"delete VM {uuid}", delete, deadline, change=True)  # type: ignore[no-any-return]
 
     # -- power --------------------------------------------------------------------------
 
-    def start(self, uuid: str) -> None:
+    def start(self, uuid: str, *, deadline: Deadline) -> None:
         def start(dom: Any) -> None:
             if dom.state()[0] == CRASHED:  # on_crash=preserve: still active, off first
                 dom.destroy()
             dom.create()
 
-        self._on_dom(uuid, f"start VM {uuid}", start)
+        self._on_dom(uuid, f"start VM {uuid}", start, deadline, change=True)
 
-    def power_off(self, uuid: str) -> None:
+    def power_off(self, uuid: str, *, deadline: Deadline) -> None:
         def off(dom: Any) -> None:
             if dom.isActive():
-                dom.destroy()
+                dom.destroy()  # "domain is not running" (stopped meanwhile): InvalidState
             if dom.hasManagedSaveImage(0):
                 dom.managedSaveRemove(0)
 
-        self._on_dom(uuid, f"power off VM {uuid}", off)
+        self._on_dom(uuid, f"power off VM {uuid}", off, deadline, change=True)
 
-    def _graceful_flags(self, dom: Any) -> int:
+    def _graceful_flags(self, dom: Any, verb: str) -> int:
+        """How to ask the guest: the ACPI power button, and the guest agent when its channel
+        is connected. InvalidState at once when the domain has neither (no ``<acpi/>``
+        feature and no connected agent): nothing in the guest could hear the request."""
         lv = require_libvirt()
         if self.is_test:
             return 0
-        flags = lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
-        if X.has_agent_channel(self._xml(dom)) and self._agent_up(dom):
+        root = self._xml(dom)
+        flags = 0
+        if root.find("features/acpi") is not None:
+            flags |= lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
+        if X.has_agent_channel(root) and self._agent_up(dom, root):
             flags |= lv.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
+        if not flags:
+            raise InvalidState(
+                f"cannot {verb} VM {dom.name()!r} gracefully: it has no ACPI and no connected "
+                "guest agent, so the guest cannot be asked; use power_off (or force_after)",
+                current=S.RUNNING,
+            )
         return int(flags)
 
-    def _agent_up(self, dom: Any) -> bool:
+    def _agent_up(self, dom: Any, root: ET.Element | None = None) -> bool:
         """Whether the guest agent's channel is connected (read from the live XML)."""
-        root = self._xml(dom)
+        if root is None:
+            root = self._xml(dom)
         for ch in root.findall("devices/channel"):
             tgt = ch.find("target")
             if tgt is not None and tgt.get("name") == X.AGENT_CHANNEL:
                 return tgt.get("state") == "connected"
         return False
 
-    def shutdown(self, uuid: str) -> None:
+    def shutdown(self, uuid: str, *, deadline: Deadline) -> None:
         self._on_dom(
-            uuid, f"shut down VM {uuid}", lambda d: d.shutdownFlags(self._graceful_flags(d))
+            uuid,
+            f"shut down VM {uuid}",
+            lambda d: d.shutdownFlags(self._graceful_flags(d, "shut down")),
+            deadline,
+            change=True,
         )
 
-    def reboot(self, uuid: str) -> None:
-        self._on_dom(uuid, f"reboot VM {uuid}", lambda d: d.reboot(self._graceful_flags(d)))
+    def reboot(self, uuid: str, *, deadline: Deadline) -> None:
+        self._on_dom(
+            uuid,
+            f"reboot VM {uuid}",
+            lambda d: d.reboot(self._graceful_flags(d, "reboot")),
+            deadline,
+            change=True,
+        )
 
-    def reset(self, uuid: str) -> None:
-        self._on_dom(uuid, f"reset VM {uuid}", lambda d: d.reset(0))
+    def reset(self, uuid: str, *, deadline: Deadline) -> None:
+        self._on_dom(uuid, f"reset VM {uuid}", lambda d: d.reset(0), deadline, change=True)
 
-    def pause(self, uuid: str) -> None:
-        self._on_dom(uuid, f"pause VM {uuid}", lambda d: d.suspend())
+    def pause(self, uuid: str, *, deadline: Deadline) -> None:
+        self._on_dom(uuid, f"pause VM {uuid}", lambda d: d.suspend(), deadline, change=True)
 
-    def unpause(self, uuid: str) -> None:
-        self._on_dom(uuid, f"resume VM {uuid}", lambda d: d.resume())
+    def unpause(self, uuid: str, *, deadline: Deadline) -> None:
+        self._on_dom(uuid, f"resume VM {uuid}", lambda d: d.resume(), deadline, change=True)
 
-    def suspend(self, uuid: str) -> None:
-        self._on_dom(uuid, f"suspend VM {uuid}", lambda d: d.managedSave(0))
+    def suspend(self, uuid: str, *, deadline: Deadline) -> None:
+        self._on_dom(uuid, f"suspend VM {uuid}", lambda d: d.managedSave(0), deadline, change=True)
 
-    def resume_suspended(self, uuid: str) -> None:
+    def resume_suspended(self, uuid: str, *, deadline: Deadline) -> None:
         def resume(dom: Any) -> None:
             if dom.state()[0] == PMSUSPENDED:
                 dom.pMWakeup(0)
             else:
                 dom.create()  # restores the managed-save image
 
-        self._on_dom(uuid, f"resume VM {uuid}", resume)
-
-    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *, timeout: float) -> VMInfo:
-        """Wait on libvirt's lifecycle events (re-reading the state after each one)."""
-        wanted = frozenset(states)
-        deadline = time.monotonic() + timeout
-        hub = self._hub
-        while True:
-            with hub.changed:
-                seen = hub.generation
-            info = self.get_vm(uuid)
-            if info.state in wanted:
-                return info
-            left = deadline - time.monotonic()
-            if left <= 0:
-                want = "/".join(sorted(s.value for s in wanted))
-                raise OperationTimeout(
-                    f"VM {info.name!r} is still {info.state.value} after "
-                    f"{timeout:g} s (waiting for {want})"
-                )
-            # Events for any domain wake us; a long safety bound covers an event lost while
-            # the connection was being re-opened.
-            hub.wait_change(seen, min(left, 10.0))
+        self._on_dom(uuid, f"resume VM {uuid}", resume, deadline, change=True)
 
     # -- reconfiguration ------------------------------------------------------------------
 
-    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool) -> None:
+    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool, deadline: Deadline) -> None:
         lv = require_libvirt()
 
         def apply(dom: Any) -> None:
@@ -710,9 +936,9 @@ class KvmDriver(
                 dom.setVcpusFlags(vcpus, AFFECT_CONFIG | lv.VIR_DOMAIN_VCPU_MAXIMUM)
             dom.setVcpusFlags(vcpus, AFFECT_CONFIG)
 
-        self._on_dom(uuid, f"set vCPUs of VM {uuid}", apply)
+        self._on_dom(uuid, f"set vCPUs of VM {uuid}", apply, deadline, change=True)
 
-    def set_memory(self, uuid: str, memory_mib: int, *, live: bool) -> None:
+    def set_memory(self, uuid: str, memory_mib: int, *, live: bool, deadline: Deadline) -> None:
         if live:
             raise NotSupported(
                 "changing the memory of a running domain is not offered by the kvm driver",
@@ -729,9 +955,9 @@ class KvmDriver(
                 dom.setMemoryFlags(kib, AFFECT_CONFIG)
                 dom.setMaxMemory(kib)
 
-        self._on_dom(uuid, f"set memory of VM {uuid}", apply)
+        self._on_dom(uuid, f"set memory of VM {uuid}", apply, deadline, change=True)
 
-    def set_resources(self, uuid: str, resources: Resources) -> None:
+    def set_resources(self, uuid: str, resources: Resources, *, deadline: Deadline) -> None:
         sched: dict[str, int] = {}
         if resources.cpu_shares is not None:
             sched["cpu_shares"] = resources.cpu_shares
@@ -751,7 +977,7 @@ class KvmDriver(
                 if mem:
                     dom.setMemoryParameters(mem, scope)
 
-        self._on_dom(uuid, f"set resources of VM {uuid}", apply)
+        self._on_dom(uuid, f"set resources of VM {uuid}", apply, deadline, change=True)
 
     # -- devices --------------------------------------------------------------------------
 
@@ -792,8 +1018,10 @@ class KvmDriver(
             lv.VIR_DOMAIN_METADATA_ELEMENT, X.metadata_xml(meta), X.NS_PREFIX, X.NS, flags
         )
 
-    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool) -> DiskInfo:
-        def add(c: Any) -> DiskInfo:
+    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool, deadline: Deadline) -> DiskInfo:
+        what = f"add disk to VM {uuid}"
+
+        def plan(c: Any) -> tuple[str, str, str, Any, str | None, str, Any]:
             dom = self._dom(c, uuid)
             root = self._xml(dom, inactive=True)
             used = X.all_targets(root)
@@ -801,67 +1029,133 @@ class KvmDriver(
                 used += X.all_targets(self._xml(dom))
             bus = X.resolve_bus(disk.bus, hotplug=live and not self.is_test)
             dev = X.free_target(bus, used)
-            owned, fmt = self._create_volume(c, dom.name(), dev, disk)
-            try:
-                plan = X.DiskPlan(dev, bus, owned.path, fmt)
-                self._attach(dom, X.to_string(X.disk_element(plan, test=self.is_test)), live=live)
-                meta = X.parse_metadata(self._xml(dom, inactive=True))
-                self._set_meta(dom, meta._replace(disks=(*meta.disks, owned)), live=live)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self._delete_volume(c, owned.path)
+            pool, fmt, target = self._pool_plan(c, disk.pool)
+            src = self._source_volume(c, disk.source) if disk.source else None
+            return dom.name(), dev, bus, pool, fmt, target, src
+
+        vm_name, dev, bus, pool, fmt, target, src = self._call(what, plan, deadline)
+        vol_name = f"{vm_name}-{dev}-{secrets.token_hex(3)}{'.qcow2' if fmt == 'qcow2' else '.img'}"
+        owned = X.OwnedDisk(f"{target}/{vol_name}", pool.name(), vol_name, disk.name)
+        vol_xml = X.volume_xml(vol_name, disk.size_mib, fmt)
+
+        def create(_c: Any) -> str:
+            vol = (
+                pool.createXMLFrom(vol_xml, src, 0)
+                if src is not None
+                else pool.createXML(vol_xml, 0)
+            )
+            return str(vol.path())
+
+        made: list[tuple[str, str]] = [("disk", owned.path)]
+        try:
+            path = self._call(f"{what}: create volume {vol_name}", create, deadline, change=True)
+        except (vmctl.ConnectionError, OperationTimeout) as exc:
+            err = self._undo(what, exc, made, [owned])
+            if err is exc:
                 raise
-            return DiskInfo(
-                id=dev, size_mib=disk.size_mib, name=disk.name, path=owned.path, bus=bus
+            raise err from exc
+        made = [("disk", path)]
+        owned = owned._replace(path=path)
+
+        def attach(c: Any) -> None:
+            dom = self._dom(c, uuid)
+            disk_plan = X.DiskPlan(dev, bus, path, fmt)
+            self._attach(dom, X.to_string(X.disk_element(disk_plan, test=self.is_test)), live=live)
+            meta = X.parse_metadata(self._xml(dom, inactive=True))
+            self._set_meta(dom, meta._replace(disks=(*meta.disks, owned)), live=live)
+
+        try:
+            self._call(f"{what}: attach {path}", attach, deadline, change=True)
+        except VmctlError as exc:
+            err = self._undo(what, exc, made, [owned])
+            if err is exc:
+                raise
+            raise err from exc
+        return DiskInfo(id=dev, size_mib=disk.size_mib, name=disk.name, path=path, bus=bus)
+
+    def _detach_live(
+        self,
+        uuid: str,
+        what: str,
+        find: Callable[[ET.Element], ET.Element | None],
+        label: str,
+        deadline: Deadline,
+    ) -> None:
+        """Detach a device from the running domain and its config, then block once on
+        libvirt's DEVICE_REMOVED event for its alias until ``deadline`` (QEMU releases some
+        devices only when the guest acknowledges the unplug)."""
+        hub = self._hub
+
+        def detach(c: Any) -> tuple[str, str | None]:
+            dom = self._dom(c, uuid)
+            elem = find(self._xml(dom))
+            if elem is None:
+                raise NotFound(f"VM {dom.name()!r} has no {label}")
+            alias_el = elem.find("alias")
+            alias = alias_el.get("name") if alias_el is not None else None
+            if alias:
+                hub.forget_removed(uuid, alias)
+            self._detach(dom, elem, live=True)
+            return dom.name(), alias
+
+        seen = hub.current()
+        vm_name, alias = self._call(what, detach, deadline, change=True)
+
+        def present(c: Any) -> bool:
+            return find(self._xml(self._dom(c, uuid))) is not None
+
+        if not self._call(f"{what}: check", present, deadline):
+            return
+        link = self._link
+        if alias:
+            got = hub.wait_removed(uuid, alias, deadline.remaining(), lambda: link.dead)
+            if got and not link.dead:
+                return
+        else:
+            hub.wait_change(seen, deadline.remaining())
+        # no event by the deadline (or the connection changed): look once more
+        if self._call(f"{what}: check", present, Deadline.after(min(link.rpc_timeout, 2.0))):
+            raise OperationTimeout(
+                f"{what}: {label} of VM {vm_name!r} is still attached "
+                f"{deadline.seconds:g} s after the unplug request (the guest did not release "
+                "it); libvirtd may still remove it"
             )
 
-        return self._call(f"add disk to VM {uuid}", add)  # type: ignore[no-any-return]
+    def remove_disk(self, uuid: str, disk_id: str, *, live: bool, deadline: Deadline) -> None:
+        what = f"remove disk {disk_id} from VM {uuid}"
 
-    def remove_disk(self, uuid: str, disk_id: str, *, live: bool) -> None:
-        def remove(c: Any) -> None:
+        def find(root: ET.Element) -> ET.Element | None:
+            return next((d.element for d in X.disks_of(root) if d.dev == disk_id), None)
+
+        def path_of(c: Any) -> str | None:
             dom = self._dom(c, uuid)
             root = self._xml(dom) if live else self._xml(dom, inactive=True)
             found = [d for d in X.disks_of(root) if d.dev == disk_id]
             if not found:
                 raise NotFound(f"VM {dom.name()!r} has no disk {disk_id!r}")
-            disk = found[0]
-            self._detach(dom, disk.element, live=live)
-            if live:
-                self._wait_device_gone(
-                    dom, lambda r: any(d.dev == disk_id for d in X.disks_of(r)), disk_id
-                )
+            if not live:
+                self._detach(dom, found[0].element, live=False)
+            return found[0].path
+
+        path = self._call(what, path_of, deadline, change=not live)
+        if live:
+            self._detach_live(uuid, what, find, f"disk {disk_id!r}", deadline)
+
+        def forget(c: Any) -> None:
+            dom = self._dom(c, uuid)
             meta = X.parse_metadata(self._xml(dom, inactive=True))
-            mine = [d for d in meta.disks if d.path == disk.path]
+            mine = [d for d in meta.disks if d.path == path]
             if mine:
                 self._set_meta(
                     dom,
-                    meta._replace(disks=tuple(d for d in meta.disks if d.path != disk.path)),
+                    meta._replace(disks=tuple(d for d in meta.disks if d.path != path)),
                     live=live,
                 )
-                self._delete_volume(c, disk.path or "", mine[0].pool)
+                self._delete_volume(c, path or "", mine[0].pool)
 
-        self._call(f"remove disk {disk_id} from VM {uuid}", remove)
+        self._call(f"{what}: delete its volume", forget, deadline, change=True)
 
-    def _wait_device_gone(
-        self, dom: Any, present: Callable[[ET.Element], bool], dev: str, timeout: float = 20.0
-    ) -> None:
-        """A live detach returns once QEMU was asked; wait (on events) until it is gone."""
-        deadline = time.monotonic() + timeout
-        hub = self._hub
-        while True:
-            with hub.changed:
-                seen = hub.generation
-            if not present(self._xml(dom)):
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise OperationTimeout(
-                    f"device {dev} of VM {dom.name()!r} is still attached {timeout:g} s after "
-                    "the unplug request (the guest did not release it)"
-                )
-            hub.wait_change(seen, min(left, 2.0))  # woken by DEVICE_REMOVED
-
-    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool) -> NicInfo:
+    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool, deadline: Deadline) -> NicInfo:
         def add(c: Any) -> NicInfo:
             dom = self._dom(c, uuid)
             network = self._network(c, nic.network)
@@ -874,24 +1168,27 @@ class KvmDriver(
                 raise AlreadyExists(f"VM {dom.name()!r} already has a NIC with MAC {nic.mac}")
             return new[-1]
 
-        return self._call(f"add NIC to VM {uuid}", add)  # type: ignore[no-any-return]
+        return self._call(f"add NIC to VM {uuid}", add, deadline, change=True)  # type: ignore[no-any-return]
 
-    def remove_nic(self, uuid: str, nic_id: str, *, live: bool) -> None:
+    def remove_nic(self, uuid: str, nic_id: str, *, live: bool, deadline: Deadline) -> None:
         key = nic_id.lower()
+        what = f"remove NIC {nic_id} from VM {uuid}"
+
+        def find(root: ET.Element) -> ET.Element | None:
+            return next((e for n, e in X.nics_of(root) if n.id == key), None)
+
+        if live:
+            self._detach_live(uuid, what, find, f"NIC {nic_id!r}", deadline)
+            return
 
         def remove(c: Any) -> None:
             dom = self._dom(c, uuid)
-            root = self._xml(dom) if live else self._xml(dom, inactive=True)
-            found = [e for n, e in X.nics_of(root) if n.id == key]
-            if not found:
+            elem = find(self._xml(dom, inactive=True))
+            if elem is None:
                 raise NotFound(f"VM {dom.name()!r} has no NIC {nic_id!r}")
-            self._detach(dom, found[0], live=live)
-            if live:
-                self._wait_device_gone(
-                    dom, lambda r: any(n.id == key for n, _ in X.nics_of(r)), nic_id
-                )
+            self._detach(dom, elem, live=False)
 
-        self._call(f"remove NIC {nic_id} from VM {uuid}", remove)
+        self._call(what, remove, deadline, change=True)
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -924,7 +1221,7 @@ class KvmDriver(
         )
 
     def create_snapshot(
-        self, uuid: str, name: str, *, memory: bool, description: str
+        self, uuid: str, name: str, *, memory: bool, description: str, deadline: Deadline
     ) -> SnapshotInfo:
         def take(dom: Any) -> SnapshotInfo:
             if dom.isActive() and not memory:
@@ -945,13 +1242,16 @@ class KvmDriver(
             snap = dom.snapshotCreateXML(X.snapshot_xml(name, description), 0)
             return self._snap_info(snap)
 
-        return self._on_dom(uuid, f"snapshot VM {uuid}", take)  # type: ignore[no-any-return]
+        return self._on_dom(  # type: ignore[no-any-return]
+            uuid, f"snapshot VM {uuid}", take, deadline, change=True
+        )
 
-    def list_snapshots(self, uuid: str) -> list[SnapshotInfo]:
+    def list_snapshots(self, uuid: str, *, deadline: Deadline) -> list[SnapshotInfo]:
         snaps: list[SnapshotInfo] = self._on_dom(
             uuid,
             f"list snapshots of VM {uuid}",
             lambda d: [self._snap_info(s) for s in d.listAllSnapshots(0)],
+            deadline,
         )
         return snaps
 
@@ -966,7 +1266,7 @@ class KvmDriver(
                 ) from exc
             raise
 
-    def revert_snapshot(self, uuid: str, snapshot_id: str) -> None:
+    def revert_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> None:
         lv = require_libvirt()
 
         def revert(dom: Any) -> None:
@@ -978,24 +1278,31 @@ class KvmDriver(
                     raise
                 dom.revertToSnapshot(snap, lv.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
 
-        self._on_dom(uuid, f"revert VM {uuid} to snapshot {snapshot_id!r}", revert)
+        self._on_dom(
+            uuid, f"revert VM {uuid} to snapshot {snapshot_id!r}", revert, deadline, change=True
+        )
 
-    def delete_snapshot(self, uuid: str, snapshot_id: str) -> None:
+    def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> None:
         self._on_dom(
             uuid,
             f"delete snapshot {snapshot_id!r} of VM {uuid}",
             lambda d: self._snapshot(d, snapshot_id).delete(0),
+            deadline,
+            change=True,
         )
 
     # -- clone and migrate ----------------------------------------------------------------
 
-    def clone_vm(self, uuid: str, name: str, *, linked: bool) -> VMInfo:
+    def clone_vm(self, uuid: str, name: str, *, linked: bool, deadline: Deadline) -> VMInfo:
         if linked:
             raise NotSupported(
                 "linked clones are not offered by the kvm driver", capability=C.LINKED_CLONE
             )
+        what = f"clone VM {uuid} as {name!r}"
 
-        def clone(c: Any) -> VMInfo:
+        def prepare(
+            c: Any,
+        ) -> tuple[ET.Element, list[X.OwnedDisk], list[tuple[Any, str, Any]], tuple[int, int]]:
             dom = self._dom(c, uuid)
             if dom.isActive():
                 raise InvalidState(
@@ -1011,6 +1318,7 @@ class KvmDriver(
             else:
                 raise AlreadyExists(f"a VM named {name!r} already exists on {self._link.uri}")
             root = self._xml(dom, inactive=True)
+            _, max_kib, _, vcpus, _ = dom.info()
             meta = X.parse_metadata(root)
             name_el = root.find("name")
             assert name_el is not None
@@ -1022,44 +1330,54 @@ class KvmDriver(
                 for el in nic.findall("mac") + nic.findall("target"):
                     nic.remove(el)
             owned: list[X.OwnedDisk] = []
-            try:
-                for d in X.disks_of(root):
-                    if not d.path:
-                        continue
-                    try:
-                        src = c.storageVolLookupByPath(d.path)
-                    except Exception as exc:
-                        if E.code_of(exc) == E.NO_STORAGE_VOL:
-                            raise NotSupported(
-                                f"disk {d.dev} of VM {dom.name()!r} ({d.path}) is not a "
-                                "volume of a libvirt storage pool; it cannot be copied",
-                                capability=C.CLONE,
-                            ) from exc
-                        raise
-                    pool = src.storagePoolLookupByVolume()
-                    fmt = self._vol_format(pool)
-                    suffix = ".qcow2" if fmt == "qcow2" else ".img"
-                    vol_name = f"{name}-{d.dev}-{secrets.token_hex(3)}{suffix}"
-                    size_mib = -(-int(src.info()[1]) // (1024 * 1024))
-                    vol = pool.createXMLFrom(X.volume_xml(vol_name, size_mib, fmt), src, 0)
-                    old_name = next((o.name for o in meta.disks if o.path == d.path), None)
-                    owned.append(X.OwnedDisk(vol.path(), pool.name(), vol.name(), old_name))
-                    src_el = d.element.find("source")
-                    assert src_el is not None
-                    src_el.attrib.clear()
-                    src_el.set("file", vol.path())
-                X.set_metadata(root, meta._replace(disks=tuple(owned)))
-                twin = c.defineXML(X.to_string(root))
-            except BaseException:
-                for o in owned:
-                    with contextlib.suppress(Exception):
-                        self._delete_volume(c, o.path)
-                raise
-            return self._info_of(twin)
+            jobs: list[tuple[Any, str, Any]] = []
+            for d in X.disks_of(root):
+                if not d.path:
+                    continue
+                try:
+                    src = c.storageVolLookupByPath(d.path)
+                except Exception as exc:
+                    if E.code_of(exc) == E.NO_STORAGE_VOL:
+                        raise NotSupported(
+                            f"disk {d.dev} of VM {dom.name()!r} ({d.path}) is not a "
+                            "volume of a libvirt storage pool; it cannot be copied",
+                            capability=C.CLONE,
+                        ) from exc
+                    raise
+                pool = src.storagePoolLookupByVolume()
+                proot = X.parse(pool.XMLDesc(0))
+                fmt = self._vol_format(pool)
+                target = (proot.findtext("target/path") or "").rstrip("/")
+                vol_name = (
+                    f"{name}-{d.dev}-{secrets.token_hex(3)}{'.qcow2' if fmt == 'qcow2' else '.img'}"
+                )
+                size_mib = -(-int(src.info()[1]) // (1024 * 1024))
+                old_name = next((o.name for o in meta.disks if o.path == d.path), None)
+                path = f"{target}/{vol_name}"
+                owned.append(X.OwnedDisk(path, pool.name(), vol_name, old_name))
+                jobs.append((pool, X.volume_xml(vol_name, size_mib, fmt), src))
+                src_el = d.element.find("source")
+                assert src_el is not None
+                src_el.attrib.clear()
+                src_el.set("file", path)
+            X.set_metadata(root, meta._replace(disks=tuple(owned)))
+            return root, owned, jobs, (int(vcpus), int(max_kib) // 1024)
 
-        return self._call(f"clone VM {uuid} as {name!r}", clone)  # type: ignore
+        root, owned, jobs, (vcpus, memory_mib) = self._call(what, prepare, deadline)
+        vm_uuid = self._make(what, root, owned, jobs, deadline)
+        return VMInfo(
+            uuid=vm_uuid,
+            name=name,
+            state=S.STOPPED,
+            reason=StateReason.UNKNOWN,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            host=self._hostname,
+        )
 
-    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, timeout: float) -> None:
+    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, deadline: Deadline) -> None:
+        """``migrate3`` (client-managed, direct), waited for until ``deadline``; then the job
+        is aborted (``abortJob``, within one RPC timeout) and OperationTimeout raised."""
         lv = require_libvirt()
         if not isinstance(target, KvmDriver):
             raise ValidationError("the target must be a kvm connection", field="target")
@@ -1068,53 +1386,45 @@ class KvmDriver(
                 "libvirt's test driver cannot migrate",
                 capability=C.MIGRATE_LIVE if live else C.MIGRATE_COLD,
             )
+        what = f"migrate VM {uuid} to {target.libvirt_uri}"
         flags = lv.VIR_MIGRATE_PERSIST_DEST | lv.VIR_MIGRATE_UNDEFINE_SOURCE
         flags |= lv.VIR_MIGRATE_LIVE if live else lv.VIR_MIGRATE_OFFLINE
-        dconn = target._link.get()
+        dconn = target._link.connection(f"{what}: the target")
         shared = self._shared_storage
         if shared is None and live:
             shared = self._call(
                 f"check the storage of VM {uuid} is shared with {target.libvirt_uri}",
                 lambda c: self._storage_shared(c, self._dom(c, uuid), dconn),
+                deadline,
             )
         if shared:
             # libvirt cannot tell a shared directory on a local file system from a private
             # one and calls the migration unsafe; it is shared (said, or proven above).
             flags |= lv.VIR_MIGRATE_UNSAFE
-        result: dict[str, Any] = {}
 
         def run(c: Any) -> None:
             dom = self._dom(c, uuid)
             xml = dom.XMLDesc(XML_SECURE | XML_MIGRATABLE | (0 if live else XML_INACTIVE))
-            params = {lv.VIR_MIGRATE_PARAM_DEST_XML: xml}
-            done = threading.Event()
-
-            def work() -> None:
-                try:
-                    dom.migrate3(dconn, params, flags)
-                except BaseException as exc:
-                    result["error"] = exc
-                finally:
-                    done.set()
-
-            t = threading.Thread(target=work, name="vmctl-libvirt-migrate", daemon=True)
-            t.start()
-            if not done.wait(timeout):
-                with contextlib.suppress(Exception):
-                    dom.abortJob()
-                done.wait(30)
-                raise OperationTimeout(
-                    f"migrating VM {dom.name()!r} to {target.libvirt_uri} "
-                    f"did not finish within {timeout:g} s; aborted"
-                )
-            if "error" in result:
-                raise result["error"]
+            dom.migrate3(dconn, {lv.VIR_MIGRATE_PARAM_DEST_XML: xml}, flags)
 
         try:
-            self._call(f"migrate VM {uuid} to {target.libvirt_uri}", run)
+            self._call(what, run, deadline, change=True)
+        except OperationTimeout as exc:
+            with contextlib.suppress(VmctlError):
+                self._on_dom(
+                    uuid,
+                    f"{what}: abort",
+                    lambda d: d.abortJob(),
+                    Deadline.after(self._link.rpc_timeout),
+                    change=True,
+                )
+            raise OperationTimeout(
+                f"{what}: did not finish within {deadline.seconds:g} s; the migration job was "
+                "aborted (if libvirtd answered)"
+            ) from exc
         except ValidationError:
             raise
-        except Exception as exc:
+        except VmctlError as exc:
             cause = exc.__cause__
             if cause is not None and E.code_of(cause) == E.MIGRATE_UNSAFE:
                 raise InvalidState(
@@ -1167,12 +1477,16 @@ class KvmDriver(
 
     # -- observation ----------------------------------------------------------------------
 
-    def subscribe(self) -> EventSource:
+    def subscribe(self, *, deadline: Deadline) -> EventSource:
         sub = self._hub.subscribe()  # first: nothing after this call is missed
-        self._hub.seed({i.uuid: i.state for i in self.list_vms()})
+        try:
+            self._hub.seed({i.uuid: i.state for i in self.list_vms(deadline=deadline)})
+        except BaseException:
+            sub.close()
+            raise
         return sub
 
-    def get_stats(self, uuids: Sequence[str]) -> dict[str, VMStats]:
+    def get_stats(self, uuids: Sequence[str], *, deadline: Deadline) -> dict[str, VMStats]:
         lv = require_libvirt()
         kinds = lv.VIR_DOMAIN_STATS_STATE
         if not self.is_test:
@@ -1197,9 +1511,9 @@ class KvmDriver(
                 raise NotFound(f"no VM with UUID {', '.join(sorted(missing))} on {self._link.uri}")
             return out
 
-        return self._call("stats", read)  # type: ignore[no-any-return]
+        return self._call("stats", read, deadline)  # type: ignore[no-any-return]
 
-    def guest_info(self, uuid: str) -> GuestInfo:
+    def guest_info(self, uuid: str, *, deadline: Deadline) -> GuestInfo:
         lv = require_libvirt()
 
         def read(dom: Any) -> GuestInfo:
@@ -1232,7 +1546,7 @@ class KvmDriver(
                 ip_addresses=tuple(ips), agent=agent, hostname=hostname, os_name=os_name
             )
 
-        return self._on_dom(uuid, f"guest info of VM {uuid}", read)  # type: ignore
+        return self._on_dom(uuid, f"guest info of VM {uuid}", read, deadline)  # type: ignore
 
 
 #: (state, reason, managed save) -> (PowerState, StateReason), filled as seen

@@ -1,5 +1,14 @@
-"""The libvirt connection: opened with credentials, kept alive, re-opened when libvirtd
-restarts; and libvirt's event loop, which delivers lifecycle events (no polling)."""
+"""The libvirt connection, and libvirt's event loop, which delivers lifecycle and
+device-removed events (no polling).
+
+libvirt calls block and cannot be interrupted. ``Link.run`` makes each call on a worker
+thread and stops waiting for it at the request's deadline (OperationTimeout; the call may
+still be carried out by libvirtd later, and the message says so). The connection's keepalive
+(``rpc_timeout`` / 4 seconds x 3) closes a connection to a libvirtd that stopped answering
+after about one RPC timeout; a call on a lost connection raises ``ConnectionError`` saying
+whether the request was sent. The link never reconnects or repeats by itself: the core calls
+``KvmDriver.reconnect`` (one bounded attempt, ``Link.reopen``) and repeats what is safe.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +23,9 @@ from typing import Any
 
 import vmctl
 from vmctl import ConnectParams, Event, PowerState
+from vmctl.spi import Deadline
 
-from ._errors import CONNECTION, code_of, map_error
+from ._errors import INTERNAL_ERROR, code_of, map_error, message_of
 from ._state import EV_RESUMED, EV_UNDEFINED, event_of
 
 log = logging.getLogger("vmctl.kvm")
@@ -26,9 +36,11 @@ try:
 except ImportError:  # the driver module imports without libvirt-python; open() says so
     libvirt = None
 
-KEEPALIVE_INTERVAL_S = 5
+#: Default bound of one libvirt RPC when libvirtd stops answering (URI option rpc_timeout):
+#: the keepalive closes the connection after about this long, and a failed create_vm gets
+#: this long (after its deadline) to remove what it made.
+RPC_TIMEOUT_S = 20.0
 KEEPALIVE_COUNT = 3
-RECONNECT_WINDOW_S = 30.0
 
 _loop_lock = threading.Lock()
 _loop_thread: threading.Thread | None = None
@@ -40,6 +52,13 @@ def require_libvirt() -> Any:
             "the kvm driver needs libvirt-python: pip install 'vmctl[kvm]' (libvirt-python)"
         )
     return libvirt
+
+
+def keepalive_for(rpc_timeout: float) -> tuple[int, int]:
+    """libvirt keepalive (interval s, count) that declares a silent libvirtd dead after about
+    ``rpc_timeout`` seconds (interval x (count + 1))."""
+    interval = max(1, round(rpc_timeout / (KEEPALIVE_COUNT + 1)))
+    return interval, KEEPALIVE_COUNT
 
 
 def ensure_event_loop() -> None:
@@ -92,7 +111,8 @@ class Subscription:
 
 
 class EventHub:
-    """Fans libvirt's lifecycle callbacks out to subscriptions and state waiters."""
+    """Fans libvirt's callbacks out to subscriptions and waiters (the core's wait_changes,
+    device removal)."""
 
     def __init__(self, host: str) -> None:
         self.host = host
@@ -102,6 +122,8 @@ class EventHub:
         self.generation = 0  # bumped on every event and connection change
         #: the last state events (or a listing) said each domain is in, by UUID
         self.last: dict[str, PowerState] = {}
+        #: (domain UUID, device alias) -> generation at which DEVICE_REMOVED came
+        self.removed: dict[tuple[str, str], int] = {}
 
     def seed(self, states: dict[str, PowerState]) -> None:
         """What a listing says each domain is in (events then keep it current)."""
@@ -123,13 +145,35 @@ class EventHub:
             self.generation += 1
             self.changed.notify_all()
 
-    def wait_change(self, seen: int, timeout: float) -> None:
-        """Wait until the generation moves past ``seen`` (an event came), or ``timeout``."""
+    def current(self) -> int:
         with self.changed:
-            self.changed.wait_for(lambda: self.generation != seen, timeout=timeout)
+            return self.generation
 
-    def device_removed(self, _conn: Any, _dom: Any, _dev: str, _opaque: Any) -> None:
-        self.bump()
+    def wait_change(self, seen: int, timeout: float) -> bool:
+        """One wait until the generation moves past ``seen`` (an event came, or the connection
+        changed), or ``timeout``. Whether it moved."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.generation != seen, timeout=timeout)
+
+    def wait_removed(self, uuid: str, alias: str, timeout: float, gone: Callable[[], bool]) -> bool:
+        """One wait for libvirt's DEVICE_REMOVED event of ``alias`` on domain ``uuid`` (or for
+        ``gone()``, checked when the connection changed), up to ``timeout``."""
+        key = (uuid, alias)
+        with self.changed:
+            return self.changed.wait_for(lambda: key in self.removed or gone(), timeout=timeout)
+
+    def device_removed(self, _conn: Any, dom: Any, dev: str, _opaque: Any) -> None:
+        try:
+            with self.changed:
+                if len(self.removed) > 1024:
+                    self.removed.clear()
+                self.removed[(dom.UUIDString(), dev)] = self.generation
+        finally:
+            self.bump()
+
+    def forget_removed(self, uuid: str, alias: str) -> None:
+        with self.changed:
+            self.removed.pop((uuid, alias), None)
 
     def lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         """libvirt's callback (on the event-loop thread): no RPC here, only local data."""
@@ -159,25 +203,45 @@ class EventHub:
             self.bump()
 
 
+def _on_worker(name: str, fn: Callable[[], Any], timeout: float) -> tuple[bool, Any, Any]:
+    """Run ``fn()`` on a daemon thread and wait up to ``timeout``: (done, result, error)."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=work, name=name, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        return False, None, None
+    return True, box.get("result"), box.get("error")
+
+
 class Link:
-    """A libvirt connection that re-opens itself after libvirtd went away and came back.
+    """One libvirt connection (replaced only by ``reopen``) and its bounded calls."""
 
-    ``get()`` returns a live virConnect. A connection is known dead when libvirt's close
-    callback fired (socket EOF, keepalive timeout) or ``isAlive()`` says so; the next
-    ``get()`` opens a new one (within RECONNECT_WINDOW_S), re-registering the event
-    callbacks. Callers see ConnectionError only when no new connection can be made.
-    """
-
-    def __init__(self, libvirt_uri: str, params: ConnectParams, hub: EventHub) -> None:
+    def __init__(
+        self,
+        libvirt_uri: str,
+        params: ConnectParams,
+        hub: EventHub,
+        *,
+        rpc_timeout: float = RPC_TIMEOUT_S,
+    ) -> None:
         self.uri = libvirt_uri
         self._params = params
         self._hub = hub
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._conn: Any = None
         self._dead = True
         self._closed = False
         self._callback_ids: list[int] = []
         self.reconnects = 0
+        self.rpc_timeout = rpc_timeout
         timeout = params.timeouts.connect_s
         self.connect_timeout = 60.0 if timeout is None else timeout
 
@@ -186,7 +250,7 @@ class Link:
     def _auth(self) -> list[Any]:
         lv = libvirt
         username = self._params.username
-        password = self._params.password
+        password = self._params.password  # a Secret: revealed only into libvirt's slot
 
         def callback(creds: list[list[Any]], _data: object) -> int:
             for cred in creds:
@@ -206,146 +270,188 @@ class Link:
             None,
         ]
 
-    def _open_once(self, timeout: float) -> Any:
-        """virConnectOpenAuth in a helper thread, so that a host that never answers cannot
-        hang the caller beyond ``timeout``."""
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["conn"] = libvirt.openAuth(self.uri, self._auth(), 0)
-            except BaseException as exc:  # handed to the caller
-                box["error"] = exc
-
-        t = threading.Thread(target=work, name="vmctl-libvirt-open", daemon=True)
-        t.start()
-        t.join(timeout)
-        if t.is_alive():
-            raise vmctl.ConnectionError(f"connecting to {self.uri}: no answer within {timeout:g} s")
-        if "error" in box:
-            exc = box["error"]
-            if isinstance(exc, libvirt.libvirtError):
-                raise map_error(exc, f"connect to {self.uri}", connecting=True) from exc
-            raise exc
-        return box["conn"]
-
-    def open(self) -> None:
-        """The first connection: fail fast, with the libvirt error mapped."""
-        with self._lock:
-            self._install(self._open_once(self.connect_timeout))
-
-    def _install(self, conn: Any) -> None:
-        self._conn = conn
-        self._dead = False
-        self._callback_ids = []
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.registerCloseCallback(self._on_close, None)
+    def _open_and_install(self) -> Any:
+        """On a worker thread: virConnectOpenAuth, keepalive, close callback and event
+        callbacks (all RPCs, so all under the caller's bound)."""
+        conn = libvirt.openAuth(self.uri, self._auth(), 0)
+        ids: list[int] = []
         try:
-            cid = conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._hub.lifecycle, None
-            )
-            self._callback_ids.append(cid)
-        except libvirt.libvirtError as exc:
-            log.warning("%s: no lifecycle events: %s", self.uri, exc)
-        with contextlib.suppress(libvirt.libvirtError):
-            cid = conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._hub.device_removed, None
-            )
-            self._callback_ids.append(cid)
-        self._hub.bump()
-
-    def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
-        log.info("%s: connection closed (reason %s); it is re-opened on next use", self.uri, reason)
-        self._dead = True
-        self._hub.bump()
-
-    def _alive(self, conn: Any) -> bool:
-        if self._dead:
-            return False
-        try:
-            return bool(conn.isAlive())
-        except libvirt.libvirtError:
-            return False
-
-    def _reopen(self) -> Any:
-        if self._closed:
-            raise vmctl.ConnectionError(f"the connection to {self.uri} is closed")
-        old = self._conn
-        self._conn = None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                old.unregisterCloseCallback()
-            with contextlib.suppress(Exception):
-                old.close()
-        window = min(self.connect_timeout, RECONNECT_WINDOW_S)
-        deadline = time.monotonic() + window
-        delay = 0.1
-        last: BaseException | None = None
-        while True:
-            left = deadline - time.monotonic()
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.setKeepAlive(*keepalive_for(self.rpc_timeout))
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.registerCloseCallback(self._on_close, None)
             try:
-                conn = self._open_once(max(left, 1.0))
-            except vmctl.AuthenticationError:
-                raise
-            except vmctl.VmctlError as exc:
-                last = exc
-                if time.monotonic() + delay > deadline:
-                    raise vmctl.ConnectionError(
-                        f"the connection to {self.uri} is gone and could not be re-opened "
-                        f"within {window:g} s: {exc}"
-                    ) from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            self.reconnects += 1
-            log.info("%s: re-opened the connection (after %s)", self.uri, last)
-            self._install(conn)
-            return conn
-
-    # -- using ------------------------------------------------------------------------
-
-    def get(self) -> Any:
-        with self._lock:
-            conn = self._conn
-            if conn is not None and self._alive(conn):
-                return conn
-            return self._reopen()
-
-    def lost(self, conn: Any, exc: Any) -> bool:
-        """Whether ``exc`` (raised by a call on ``conn``) means the connection broke."""
-        if code_of(exc) not in CONNECTION:
-            return False
-        if not self._alive(conn):
-            self._dead = True
-            return True
-        return False
-
-    def call(self, what: str, fn: Callable[[Any], Any]) -> Any:
-        """``fn(conn)`` with libvirt errors mapped; retried once on a fresh connection when
-        the connection turned out to be broken (libvirtd restarted)."""
-        for attempt in (1, 2):
-            conn = self.get()
-            try:
-                return fn(conn)
+                ids.append(
+                    conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._hub.lifecycle, None
+                    )
+                )
             except libvirt.libvirtError as exc:
-                if attempt == 1 and self.lost(conn, exc):
-                    log.info("%s: %s: connection lost (%s); retrying once", self.uri, what, exc)
-                    continue
-                raise map_error(exc, what) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+                log.warning("%s: no lifecycle events: %s", self.uri, exc)
+            with contextlib.suppress(libvirt.libvirtError):
+                ids.append(
+                    conn.domainEventRegisterAny(
+                        None,
+                        libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+                        self._hub.device_removed,
+                        None,
+                    )
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        return conn, ids
 
-    def close(self) -> None:
+    def _open_once(self, deadline: Deadline) -> tuple[Any, list[int]]:
+        """One connection attempt, bounded by the connect timeout and ``deadline``."""
+        timeout = deadline.bound(self.connect_timeout)
+        done, result, error = _on_worker("vmctl-libvirt-open", self._open_and_install, timeout)
+        if not done:
+            raise vmctl.ConnectionError(
+                f"connecting to {self.uri}: no answer within {timeout:.3g} s", sent=False
+            )
+        if error is not None:
+            if isinstance(error, libvirt.libvirtError):
+                err = map_error(error, f"connect to {self.uri}", connecting=True)
+                if isinstance(err, vmctl.ConnectionError):
+                    err.sent = False
+                raise err from error
+            raise error
+        conn, ids = result
+        return conn, ids
+
+    def open(self, deadline: Deadline) -> None:
+        """The first connection: fail fast, with the libvirt error mapped."""
+        conn, ids = self._open_once(deadline)
         with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-            if conn is None:
-                return
-            for cid in self._callback_ids:
+            self._conn, self._callback_ids, self._dead = conn, ids, False
+        self._hub.bump()
+
+    def reopen(self, deadline: Deadline) -> None:
+        """Replace the connection: one attempt, bounded by ``deadline`` (the core repeats).
+        The old connection is dropped without waiting for it (its libvirtd may be stalled)."""
+        if self._closed:
+            raise vmctl.ConnectionError(f"the connection to {self.uri} is closed", sent=False)
+        conn, ids = self._open_once(deadline)
+        with self._lock:
+            old, old_ids = self._conn, self._callback_ids
+            self._conn, self._callback_ids, self._dead = conn, ids, False
+            self.reconnects += 1
+        log.info("%s: opened a new connection", self.uri)
+        self._hub.bump()
+        if old is not None:
+            self._drop(old, old_ids)
+
+    def _drop(self, conn: Any, ids: list[int]) -> None:
+        def close() -> None:
+            for cid in ids:
                 with contextlib.suppress(Exception):
                     conn.domainEventDeregisterAny(cid)
             with contextlib.suppress(Exception):
                 conn.unregisterCloseCallback()
             with contextlib.suppress(Exception):
                 conn.close()
+
+        threading.Thread(target=close, name="vmctl-libvirt-close", daemon=True).start()
+
+    def _on_close(self, conn: Any, reason: int, _opaque: Any) -> None:
+        log.info("%s: connection closed (reason %s)", self.uri, reason)
+        if conn is self._conn or self._conn is None:
+            self._dead = True
+        self._hub.bump()
+
+    # -- using ------------------------------------------------------------------------
+
+    @property
+    def dead(self) -> bool:
+        return self._dead or self._conn is None
+
+    def connection(self, what: str) -> Any:
+        """The live connection, or ConnectionError(sent=False)."""
+        conn = self._conn
+        if self._closed:
+            raise vmctl.ConnectionError(
+                f"{what}: the connection to {self.uri} is closed", sent=False
+            )
+        if conn is None or self._dead or not _alive(conn):
+            self._dead = True
+            raise vmctl.ConnectionError(
+                f"{what}: the connection to {self.uri} is lost (libvirtd went away or stopped "
+                "answering); nothing was sent",
+                sent=False,
+            )
+        return conn
+
+    def run(
+        self, what: str, fn: Callable[[Any], Any], deadline: Deadline, *, change: bool = False
+    ) -> Any:
+        """``fn(conn)`` on a worker thread, waited for until ``deadline``; libvirt errors mapped.
+
+        ``change`` says ``fn`` asks libvirtd to change something (for the messages).
+        OperationTimeout at the deadline (the call stays pending in libvirtd); ConnectionError
+        when the connection is lost (``sent=False`` when libvirt refused to send on a closed
+        socket, else None).
+        """
+        conn = self.connection(what)
+        if deadline.expired():
+            raise vmctl.OperationTimeout(f"{what}: no time left (timeout {deadline.seconds:g} s)")
+        done, result, error = _on_worker(
+            "vmctl-libvirt-call", lambda: fn(conn), deadline.remaining()
+        )
+        if not done:
+            pending = "; the request was sent and libvirtd may still carry it out" if change else ""
+            raise vmctl.OperationTimeout(
+                f"{what}: libvirtd at {self.uri} did not answer within {deadline.seconds:g} s"
+                f"{pending}"
+            )
+        if error is None:
+            return result
+        if libvirt is not None and isinstance(error, libvirt.libvirtError):
+            raise self.mapped(error, what, conn) from error
+        raise error
+
+    def mapped(self, exc: Any, what: str, conn: Any) -> vmctl.VmctlError:
+        """The vmctl error for libvirtError ``exc`` raised by a call on ``conn``: a lost
+        connection is a ConnectionError, anything else is mapped by its number."""
+        if self._dead or not _alive(conn):
+            if conn is self._conn:
+                self._dead = True
+            not_sent = code_of(exc) == INTERNAL_ERROR and "client socket is closed" in message_of(
+                exc
+            )
+            return vmctl.ConnectionError(
+                f"{what}: the connection to {self.uri} was lost ({message_of(exc)})"
+                + ("; the request was not sent" if not_sent else ""),
+                sent=False if not_sent else None,
+                vendor_code=str(code_of(exc)) or None,
+            )
+        return map_error(exc, what)
+
+    def close(self) -> None:
+        """Close the connection; waits at most 2 s (a stalled libvirtd never answers the
+        close RPC: the connection is then dropped in the background)."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            ids, self._callback_ids = self._callback_ids, []
+        if conn is None:
+            return
+
+        def close() -> None:
+            for cid in ids:
+                with contextlib.suppress(Exception):
+                    conn.domainEventDeregisterAny(cid)
+            with contextlib.suppress(Exception):
+                conn.unregisterCloseCallback()
+            with contextlib.suppress(Exception):
+                conn.close()
+
+        _on_worker("vmctl-libvirt-close", close, 2.0)
+
+
+def _alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())  # the client's own socket state: no RPC
+    except Exception:
+        return False
