@@ -115,8 +115,28 @@ def main() -> int:
         for line in moved.delete() + twin.delete():
             print(f"   deleted {line}")
         show("VMs left", [i.name for i in hv.list_vms() + spare.list_vms()])
-    print("\nDone. Next: `vmctl --help`, docs/, and `vmctl conformance sim://`.")
+    print("\nDone. Next: `vmctl --help`, docs/guide.md, and `vmctl conformance sim://`.")
+    print(where_is_vmctl())
     return 0
+
+
+def where_is_vmctl() -> str:
+    """How to run the ``vmctl`` command from here: it is on PATH, or where it is."""
+    import os
+    import shutil
+
+    if shutil.which("vmctl"):
+        return "`vmctl` is on your PATH."
+    bindir = os.path.join(sys.prefix, "bin")
+    activate = os.path.join(bindir, "activate")
+    if os.path.exists(activate):
+        rel = os.path.relpath(bindir)
+        shown = rel if not rel.startswith("..") else bindir
+        return (
+            f"`vmctl` is installed in {shown}, which is not on your PATH: run "
+            f"`. {shown}/activate` first (or call {shown}/vmctl)."
+        )
+    return f"`vmctl` is installed in {bindir}; add it to your PATH."
 
 
 if __name__ == "__main__":

@@ -13,5 +13,13 @@ def test_demo_runs_to_the_end() -> None:
         "Graceful shutdown",
         "Events that happened",
         "VMs left: []",
+        "vmctl conformance sim://",
     ):
         assert step in out.stdout
+
+
+def test_demo_says_how_to_reach_vmctl() -> None:
+    from vmctl.demo import where_is_vmctl
+
+    text = where_is_vmctl()
+    assert "on your PATH" in text
