@@ -34,7 +34,7 @@ from .tables import (
     SUSPEND_FEATURE_OPS,
     TEMPLATE_ALLOWED_OPS,
 )
-from .wire import _SPECIAL, I32, Encoded, escape, xml_value
+from .wire import I32, Encoded, escape, xml_value
 
 NULL = "OpaqueRef:NULL"
 GiB = 1024**3
@@ -143,7 +143,7 @@ def xml_of(ty: str) -> XmlOf:
         def text(v: str) -> str:
             if not v:
                 return "<value></value>"
-            return "<value>" + (v if _SPECIAL.search(v) is None else escape(v)) + "</value>"
+            return "<value>" + escape(v) + "</value>"
 
         return text
     if kind == "set":

@@ -87,7 +87,11 @@ class _Handler(BaseHTTPRequestHandler):
         lines = [f"{version} {status}", f"content-length: {len(body)}"]
         lines += [f"{k}: {v}" for k, v in headers]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + body)
+        if len(body) < 1 << 16:
+            self.wfile.write(head + body)  # one segment
+        else:
+            self.wfile.write(head)  # no copy of a large body
+            self.wfile.write(body)
         if self.server.verbose:
             self.log_request(status.split(" ", 1)[0], len(body))
 
