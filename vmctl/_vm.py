@@ -283,7 +283,10 @@ class VM:
             if force_after is None or deadline.expired():
                 raise
             log.warning("%s: the guest did not stop within %g s; powering off", what, force_after)
-        return self._run(Request.POWER_OFF, deadline, None)
+        info = self._read(deadline)
+        if info.state is S.STOPPED:  # it stopped meanwhile: done, by the guest after all
+            return info
+        return self._run(Request.POWER_OFF, deadline, info)
 
     def _submit(
         self,
