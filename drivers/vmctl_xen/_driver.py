@@ -7,9 +7,11 @@ VMs resident on it or, when not running, with affinity to it; VMs created there 
 affinity and start there. Two such connections are what ``vm.migrate(target)`` moves
 between (``VM.pool_migrate`` live, an affinity change cold).
 
-Every XenAPI call is one XML-RPC round trip through the XenAPI SDK over our own transport
-(timeouts, TLS verified by CA file or SHA-256 pin). Long operations are ``Async.*`` tasks
-awaited with ``event.from`` on the task; state waits use ``event.from`` on the VM.
+Every XenAPI call is one XML-RPC round trip over our own transport, bounded by the
+request's deadline (``deadline.bound(rpc_timeout)``). Long operations are ``Async.*`` tasks
+handed to the core as ``Task``; the core waits with ``wait_tasks`` (one ``event.from`` on
+the tasks) and ``wait_changes`` (one ``event.from`` on the VMs). The driver has no wait or
+retry loop of its own.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import secrets
 import threading
-import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NoReturn
 
 from vmctl import (
     URI,
     AgentState,
     AlreadyExists,
     Capability,
+    ConnectionError,
     ConnectParams,
     DiskInfo,
     DiskSpec,
@@ -50,7 +53,9 @@ from vmctl import (
     VMSpec,
 )
 from vmctl.spi import (
+    ChangeWaiter,
     Cloning,
+    Deadline,
     Devices,
     Driver,
     Events,
@@ -58,30 +63,41 @@ from vmctl.spi import (
     GracefulPower,
     GuestAgent,
     Migration,
+    OutcomeUnknown,
     Pausable,
     Reconfigurable,
+    Reconnectable,
     Resettable,
     ResourceControls,
     Snapshots,
     Suspendable,
+    Task,
+    TaskOutcome,
+    TaskWaiter,
+    finish_task,
 )
 
 from . import _errors
 from ._errors import power_state
-from ._session import NULL, Connection
-from ._transport import parse_thumbprint, tls_context
+from ._session import EVENT_SLICE_S, NULL, Connection, task_result
+from ._transport import NOT_SENT, parse_thumbprint, tls_context
 
 log = logging.getLogger("vmctl.xen")
 
 MiB = 1024 * 1024
 S = PowerState
 KNOWN_OPTIONS = {"host", "rpc_timeout"}
+DEFAULT_RPC_TIMEOUT = 60.0
 OWNER_KEY = "owner"  # VBD other_config key xapi and XenCenter use for disks a VM owns
 GUEST_OS_KEY = "vmctl-guest-os"
+#: VIF other_config: the network as the user named it (name_label, UUID or bridge).
+NETWORK_KEY = "vmctl-network"
+#: VM and VDI other_config: the token of a create_vm not known to have finished. A VM that
+#: still carries it when deleted also takes the VDIs carrying the same token (made for it by
+#: a create the host did not confirm).
+CREATING_KEY = "vmctl-creating"
 #: Xen credit scheduler weight range (VCPUs_params:weight; xen sched_credit.c).
 WEIGHT_MIN, WEIGHT_MAX = 1, 65535
-#: How long shutdown() waits for a clean_shutdown task to fail fast before returning.
-SHUTDOWN_ASK_S = 1.0
 
 #: Why each capability vmctl knows is absent (reported by ``unsupported()``, docs/xen.md).
 ABSENT = {
@@ -96,6 +112,9 @@ ABSENT = {
     Capability.STATS: "XenAPI's counters are served as RRDs over HTTP (/rrd_updates), not "
     "over XML-RPC; not implemented",
 }
+
+#: How a task that ended is told apart (xapi task_status_type).
+_RUNNING_TASK = ("pending", "cancelling", None)
 
 
 def _int(value: Any) -> int:
@@ -140,8 +159,46 @@ def _nic_id(device: str) -> str:
     return f"vif{device}"
 
 
+def _uncertain(exc: BaseException) -> bool:
+    """Whether the failed call may have been carried out by the host (or still may be): a
+    timeout, or a connection lost after the request was sent."""
+    if getattr(exc, NOT_SENT, False):
+        return False
+    if isinstance(exc, OperationTimeout):
+        return exc.vendor_code != "TASK_CANCELLED"
+    return isinstance(exc, ConnectionError) and exc.sent is not False
+
+
+class _TaskRef:
+    """A Task's handle: the xapi task ref and the event.from token it was last seen at."""
+
+    __slots__ = ("ref", "token")
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self.token = ""
+
+
+class _Made:
+    """What a create has made so far, for undoing it or naming it in ``left_behind``."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.vm: str | None = None  # ref
+        self.vm_id: str = ""  # UUID, or the name until it is known
+        self.vdis: list[tuple[str, str]] = []  # (ref, uuid)
+        self.pending = ""  # the call in flight when it failed
+
+    def left(self) -> tuple[tuple[str, str], ...]:
+        out = [("vm", self.vm_id)] if self.vm_id else []
+        return tuple(out + [("disk", f"vdi:{u}" if u else f"ref:{r}") for r, u in self.vdis])
+
+
 class XenDriver(
     Driver,
+    TaskWaiter,
+    ChangeWaiter,
+    Reconnectable,
     GracefulPower,
     Resettable,
     Pausable,
@@ -159,20 +216,19 @@ class XenDriver(
 
     name = "xen"
 
-    def __init__(self, conn: Connection, uri: URI, params: ConnectParams) -> None:
+    def __init__(self, conn: Connection, uri: URI) -> None:
         self._c = conn
         self.uri = uri
-        self._op_timeout = params.timeouts.operation_s or float("inf")
         self._lock = threading.Lock()
         self._vm_refs: dict[str, str] = {}
         self._hosts: dict[str, dict[str, Any]] = {}
         self._networks: dict[str, dict[str, Any]] = {}
+        self._tokens: dict[frozenset[str], str] = {}  # wait_changes: event.from tokens
         self.pool_ref = ""
         self.pool_uuid = ""
         self.scope: str | None = None  # host ref of ?host=NAME
         self.scope_name: str | None = None
         self._default_sr = NULL
-        self._detached: list[str] = []  # shutdown tasks left running; destroyed on close
 
     def __repr__(self) -> str:
         return f"<XenDriver {self.uri}>"
@@ -180,7 +236,7 @@ class XenDriver(
     # -- connection -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, params: ConnectParams) -> XenDriver:
+    def open(cls, params: ConnectParams, *, deadline: Deadline) -> XenDriver:
         try:
             import XenAPI  # noqa: F401
         except ImportError as exc:
@@ -205,15 +261,13 @@ class XenDriver(
         if uri.path not in ("", "/"):
             raise ValidationError(f"xen URIs have no path (got {uri.path!r})", field="uri")
         try:
-            rpc_timeout = float(params.options.get("rpc_timeout", "60"))
+            rpc_timeout = float(params.options.get("rpc_timeout", DEFAULT_RPC_TIMEOUT))
             if not 0 < rpc_timeout < float("inf"):
                 raise ValueError
         except ValueError:
             raise ValidationError(
                 "rpc_timeout must be a positive number of seconds", field="rpc_timeout"
             ) from None
-        if params.timeouts.connect_s is not None:
-            rpc_timeout = min(rpc_timeout, params.timeouts.connect_s)
         secure = uri.transport != "http"
         pin = parse_thumbprint(params.thumbprint) if params.thumbprint else None
         tls = None
@@ -232,25 +286,33 @@ class XenDriver(
             password=params.password,
         )
         try:
-            cls._login(conn, url)
+            cls._login(conn, url, deadline)
         except VmctlError:
-            conn.logout()
+            conn.logout(deadline)
             raise
         except Exception as exc:
-            conn.logout()
-            raise _errors.from_exception(f"connect to {uri}", exc) from exc
-        driver = cls(conn, uri, params)
+            conn.logout(deadline)
+            err = _errors.from_exception(f"connect to {uri}", exc)
+            if isinstance(err, OperationTimeout):
+                err = ConnectionError(f"connect to {uri}: {err.message}", sent=None)
+            raise err from exc
+        driver = cls(conn, uri)
         try:
-            driver._load_pool(params.options.get("host"))
+            driver._load_pool(params.options.get("host"), deadline)
         except BaseException:
             driver.close()
             raise
         return driver
 
+    @classmethod
+    def kit_options(cls, uri: URI) -> Mapping[str, str]:
+        # xenbr0 is the bridge of a XenServer/XCP-ng host's first NIC (and xapisim's).
+        return {"network": "xenbr0"}
+
     @staticmethod
-    def _login(conn: Connection, url: str) -> None:
+    def _login(conn: Connection, url: str, deadline: Deadline) -> None:
         try:
-            conn.login()
+            conn.login(deadline)
         except Exception as exc:
             desc = _errors.details(exc)
             if desc[:1] == ["HOST_IS_SLAVE"] and len(desc) > 1:
@@ -260,17 +322,23 @@ class XenDriver(
                 master = f"[{desc[1]}]" if ":" in desc[1] else desc[1]
                 log.info("%s is a pool member; its master is %s", url, desc[1])
                 conn.retarget(f"{scheme}://{master}:{port}")
-                conn.login()
+                conn.login(deadline)
                 return
             raise
 
-    def _load_pool(self, host_name: str | None) -> None:
+    def reconnect(self, *, deadline: Deadline) -> None:
+        """A new session (the core calls this after a ConnectionError: a lost connection,
+        or SESSION_INVALID when xapi expired the session)."""
+        with self._mapped(f"log in to {self.uri} again"):
+            self._c.relogin(deadline)
+
+    def _load_pool(self, host_name: str | None, deadline: Deadline) -> None:
         with self._mapped("read the pool"):
-            pools = self._c.call("pool.get_all_records")
+            pools = self._c.call("pool.get_all_records", deadline=deadline)
             self.pool_ref, pool = next(iter(pools.items()))
             self.pool_uuid = str(pool["uuid"])
             self._default_sr = str(pool.get("default_SR", NULL))
-            self._refresh_hosts()
+            self._refresh_hosts(deadline)
         if host_name is not None:
             for ref, rec in self._hosts.items():
                 if host_name in (
@@ -288,21 +356,16 @@ class XenDriver(
                     f"(hosts: {', '.join(names)})"
                 )
 
-    def _refresh_hosts(self) -> None:
-        hosts = self._c.call("host.get_all_records")
+    def _refresh_hosts(self, deadline: Deadline) -> None:
+        hosts = self._c.call("host.get_all_records", deadline=deadline)
         with self._lock:
             self._hosts = hosts
 
     def close(self) -> None:
-        with self._lock:
-            tasks, self._detached = self._detached, []
-        if not self._c.closed:
-            for task in tasks:
-                self._c.destroy_task(task)
         self._c.logout()
 
-    def capabilities(self) -> frozenset[Capability]:
-        caps = set(Capability) - set(ABSENT)
+    def narrow_capabilities(self, offered: frozenset[Capability]) -> frozenset[Capability]:
+        caps = set(offered) - set(ABSENT)
         if len(self._hosts) < 2:
             caps -= {Capability.MIGRATE_LIVE, Capability.MIGRATE_COLD}
         return frozenset(caps)
@@ -329,41 +392,44 @@ class XenDriver(
         except Exception as exc:
             raise _errors.from_exception(what, exc) from exc
 
-    def _call(self, what: str, method: str, *args: Any) -> Any:
+    def _call(self, what: str, method: str, *args: Any, deadline: Deadline) -> Any:
         with self._mapped(what):
-            return self._c.call(method, *args)
+            return self._c.call(method, *args, deadline=deadline)
 
-    def _run(self, what: str, method: str, *args: Any, timeout: float | None = None) -> Any:
-        with self._mapped(what):
-            return self._c.run(
-                method,
-                *args,
-                what=what,
-                timeout=timeout if timeout is not None else self._op_timeout,
-            )
+    def _task(self, what: str, method: str, *args: Any, deadline: Deadline) -> Task:
+        """``Async.<method>(*args)``: the xapi task, handed to the core to wait on."""
+        ref = str(self._call(what, f"Async.{method}", *args, deadline=deadline))
+        return Task(id=ref, description=f"{what} ({method})", handle=_TaskRef(ref))
 
-    def _ref(self, uuid: str) -> str:
+    def _run(self, what: str, method: str, *args: Any, deadline: Deadline) -> Any:
+        """``Async.<method>(*args)`` awaited with the core's loop; the task's result."""
+        task = self._task(what, method, *args, deadline=deadline)
+        return finish_task(self, task, deadline=deadline, what=what).result
+
+    def _ref(self, uuid: str, deadline: Deadline) -> str:
         with self._lock:
             ref = self._vm_refs.get(uuid)
         if ref is None:
             try:
-                ref = str(self._c.call("VM.get_by_uuid", uuid))
+                ref = str(self._c.call("VM.get_by_uuid", uuid, deadline=deadline))
             except Exception as exc:
                 if _errors.details(exc)[:1] in (["UUID_INVALID"], ["HANDLE_INVALID"]):
                     raise NotFound(
                         f"no VM with UUID {uuid} in the pool at {self.uri.host}",
                         vendor_code=_errors.details(exc)[0],
                     ) from exc
+                if isinstance(exc, VmctlError):
+                    raise
                 raise _errors.from_exception(f"find VM {uuid}", exc) from exc
             with self._lock:
                 self._vm_refs[uuid] = ref
         return ref
 
-    def _vm(self, uuid: str) -> tuple[str, dict[str, Any]]:
+    def _vm(self, uuid: str, deadline: Deadline) -> tuple[str, dict[str, Any]]:
         """The VM's ref and record; NotFound for templates, snapshots and dom0."""
-        ref = self._ref(uuid)
+        ref = self._ref(uuid, deadline)
         try:
-            rec = self._c.call("VM.get_record", ref)
+            rec = self._c.call("VM.get_record", ref, deadline=deadline)
         except Exception as exc:
             if _errors.details(exc)[:1] == ["HANDLE_INVALID"]:
                 with self._lock:
@@ -372,18 +438,20 @@ class XenDriver(
                     f"no VM with UUID {uuid} in the pool at {self.uri.host}",
                     vendor_code="HANDLE_INVALID",
                 ) from exc
+            if isinstance(exc, VmctlError):
+                raise
             raise _errors.from_exception(f"get VM {uuid}", exc) from exc
         if not _is_vm(rec):
             raise NotFound(f"{uuid} is a template, snapshot or control domain, not a VM")
         return ref, rec
 
-    def _host_name(self, ref: str) -> str | None:
+    def _host_name(self, ref: str, deadline: Deadline) -> str | None:
         if ref in ("", NULL):
             return None
         rec = self._hosts.get(ref)
         if rec is None:
             with self._mapped("read the pool's hosts"):
-                self._refresh_hosts()
+                self._refresh_hosts(deadline)
             rec = self._hosts.get(ref)
         return str(rec["name_label"]) if rec else None
 
@@ -395,7 +463,7 @@ class XenDriver(
             return bool(resident == self.scope)
         return bool(rec.get("affinity") == self.scope)
 
-    def _info(self, rec: dict[str, Any]) -> VMInfo:
+    def _info(self, rec: dict[str, Any], deadline: Deadline) -> VMInfo:
         state = power_state(str(rec.get("power_state", "")))
         host = rec.get("resident_on", NULL)
         if host in ("", NULL):
@@ -407,33 +475,35 @@ class XenDriver(
             reason=_reason(state),
             vcpus=_int(rec.get("VCPUs_at_startup")),
             memory_mib=_mib(rec.get("memory_static_max")),
-            host=self._host_name(str(host)),
+            host=self._host_name(str(host), deadline),
         )
 
-    def _networks_by(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+    def _networks_by(self, deadline: Deadline, refresh: bool = False) -> dict[str, dict[str, Any]]:
         if refresh or not self._networks:
-            nets = self._call("read the networks", "network.get_all_records")
+            nets = self._call("read the networks", "network.get_all_records", deadline=deadline)
             with self._lock:
                 self._networks = nets
         return self._networks
 
-    def _network(self, name: str) -> tuple[str, dict[str, Any]]:
+    def _network(self, name: str, deadline: Deadline) -> tuple[str, dict[str, Any]]:
         for refresh in (False, True):
-            for ref, rec in self._networks_by(refresh).items():
+            for ref, rec in self._networks_by(deadline, refresh).items():
                 if name in (rec.get("name_label"), rec.get("uuid"), rec.get("bridge")):
                     return ref, rec
-        names = sorted(str(r.get("name_label")) for r in self._networks.values())
+        names = sorted(
+            f"{r.get('name_label')} (bridge {r.get('bridge')})" for r in self._networks.values()
+        )
         raise NotFound(
             f"no network {name!r} in the pool at {self.uri.host} (name, UUID or "
             f"bridge; networks: {', '.join(names)})"
         )
 
-    def _sr(self, name: str | None) -> str:
+    def _sr(self, name: str | None, deadline: Deadline) -> str:
         if name is None:
             if self._default_sr in ("", NULL):
                 raise NotFound("the pool has no default SR; give the disk a pool (SR name)")
             return self._default_sr
-        srs = self._call("read the SRs", "SR.get_all_records")
+        srs = self._call("read the SRs", "SR.get_all_records", deadline=deadline)
         for ref, rec in srs.items():
             if (
                 name in (rec.get("name_label"), rec.get("uuid"))
@@ -461,13 +531,169 @@ class XenDriver(
             params["cap"] = str(res.cpu_limit_percent)
         return params
 
+    # -- the primitives the core waits with -----------------------------------------------
+
+    def wait_tasks(self, tasks: Sequence[Task], *, deadline: Deadline) -> list[TaskOutcome]:
+        """One event.from on the tasks (``task/<ref>``): a first call with no token reads
+        their records; then one long poll from the token until one of them changes."""
+        handles: dict[str, Task] = {}
+        for t in tasks:
+            assert isinstance(t.handle, _TaskRef)
+            handles[t.handle.ref] = t
+        classes = [f"task/{ref}" for ref in handles]
+        tokens = {t.handle.token for t in tasks}
+        what = f"wait for {', '.join(t.description for t in tasks)}"
+        try:
+            with self._mapped(what):
+                if len(tokens) != 1 or "" in tokens:
+                    resp = self._c.event_from(classes, "", 0.0, deadline)
+                    ended = self._ended(resp, handles, what, first=True, deadline=deadline)
+                    if ended:
+                        return ended
+                    tokens = {str(resp["token"])}
+                resp = self._c.event_from(classes, tokens.pop(), EVENT_SLICE_S, deadline)
+                return self._ended(resp, handles, what, first=False, deadline=deadline)
+        except OperationTimeout:
+            if deadline.expired():
+                return []
+            raise
+
+    def _ended(
+        self,
+        resp: dict[str, Any],
+        handles: dict[str, Task],
+        what: str,
+        *,
+        first: bool,
+        deadline: Deadline,
+    ) -> list[TaskOutcome]:
+        token = str(resp["token"])
+        for t in handles.values():
+            t.handle.token = token
+        out: dict[str, TaskOutcome] = {}
+        seen = set()
+        for ev in resp.get("events", []):
+            ref = str(ev.get("ref"))
+            task = handles.get(ref)
+            if task is None or ref in out:
+                continue
+            seen.add(ref)
+            if ev.get("operation") == "del":
+                out[ref] = TaskOutcome(
+                    task, error=VmctlError(f"{what}: the XenAPI task {ref} was destroyed")
+                )
+                continue
+            rec = ev.get("snapshot") or {}
+            status = rec.get("status")
+            if status in _RUNNING_TASK:
+                continue
+            if status == "success":
+                out[ref] = TaskOutcome(task, result=task_result(str(rec.get("result", ""))))
+            else:
+                desc = [
+                    str(x) for x in rec.get("error_info") or ["TASK_" + str(status).upper(), ref]
+                ]
+                err = _errors.from_failure(task.description, desc)
+                import XenAPI
+
+                err.__cause__ = XenAPI.Failure(desc)
+                out[ref] = TaskOutcome(task, error=err)
+        if first:
+            for ref, task in handles.items():
+                if ref not in seen:  # the first call lists every object that exists
+                    out[ref] = TaskOutcome(
+                        task, error=VmctlError(f"{what}: the XenAPI task {ref} does not exist")
+                    )
+        for ref in out:  # an ended task is ours to destroy (xapi keeps it otherwise)
+            if deadline.expired():
+                break
+            try:
+                self._c.call("task.destroy", ref, deadline=deadline)
+            except Exception as exc:
+                log.debug("destroying task %s failed: %s", ref, exc)
+        return list(out.values())
+
+    def wait_changes(
+        self, known: Mapping[str, VMInfo], *, deadline: Deadline
+    ) -> dict[str, VMInfo | None]:
+        """One event.from on the VMs (``VM/<ref>``) until one's state or reason differs
+        from ``known``: a first call with no token reads their records, then one long poll
+        from the token (kept per set of VMs for the next call)."""
+        refs: dict[str, str] = {}
+        for uuid in known:
+            try:
+                refs[self._ref(uuid, deadline)] = uuid
+            except NotFound:
+                return {uuid: None}
+        key = frozenset(refs)
+        classes = [f"VM/{ref}" for ref in refs]
+        with self._lock:
+            token = self._tokens.get(key, "")
+        try:
+            with self._mapped(f"wait for VM {', '.join(i.name for i in known.values())}"):
+                if not token:
+                    resp = self._c.event_from(classes, "", 0.0, deadline)
+                    token = str(resp["token"])
+                    changed = self._changed(resp, refs, known, deadline, first=True)
+                    if changed:
+                        self._keep_token(key, token)
+                        return changed
+                resp = self._c.event_from(classes, token, EVENT_SLICE_S, deadline)
+                self._keep_token(key, str(resp["token"]))
+                return self._changed(resp, refs, known, deadline, first=False)
+        except OperationTimeout:
+            if deadline.expired():
+                return {}
+            raise
+
+    def _keep_token(self, key: frozenset[str], token: str) -> None:
+        with self._lock:
+            self._tokens.pop(key, None)
+            self._tokens[key] = token
+            while len(self._tokens) > 256:
+                self._tokens.pop(next(iter(self._tokens)))
+
+    def _changed(
+        self,
+        resp: dict[str, Any],
+        refs: dict[str, str],
+        known: Mapping[str, VMInfo],
+        deadline: Deadline,
+        *,
+        first: bool,
+    ) -> dict[str, VMInfo | None]:
+        out: dict[str, VMInfo | None] = {}
+        seen = set()
+        for ev in resp.get("events", []):
+            ref = str(ev.get("ref"))
+            uuid = refs.get(ref)
+            if uuid is None:
+                continue
+            seen.add(ref)
+            if ev.get("operation") == "del":
+                out[uuid] = None
+                with self._lock:
+                    self._vm_refs.pop(uuid, None)
+                continue
+            info = self._info(ev["snapshot"], deadline)
+            was = known[uuid]
+            if (info.state, info.reason) != (was.state, was.reason):
+                out[uuid] = info
+        if first:
+            for ref, uuid in refs.items():
+                if ref not in seen:  # the first call lists every object that exists
+                    out[uuid] = None
+                    with self._lock:
+                        self._vm_refs.pop(uuid, None)
+        return out
+
     # -- mandatory ------------------------------------------------------------------------
 
-    def host_info(self) -> HostInfo:
+    def host_info(self, *, deadline: Deadline) -> HostInfo:
         with self._mapped("read host info"):
-            self._refresh_hosts()
-            metrics = self._c.call("host_metrics.get_all_records")
-            pools = self._c.call("pool.get_all_records")
+            self._refresh_hosts(deadline)
+            metrics = self._c.call("host_metrics.get_all_records", deadline=deadline)
+            pools = self._c.call("pool.get_all_records", deadline=deadline)
         hosts = {r: h for r, h in self._hosts.items() if self.scope in (None, r)}
         cpus = mhz = total = free = 0
         for h in hosts.values():
@@ -503,26 +729,26 @@ class XenDriver(
             memory_mib=total // MiB,
             free_memory_mib=free // MiB,
             uuid=uuid,
-            vm_count=len(self.list_vms()),
+            vm_count=len(self.list_vms(deadline=deadline)),
         )
 
-    def list_vms(self) -> list[VMInfo]:
-        recs = self._call("list VMs", "VM.get_all_records")
+    def list_vms(self, *, deadline: Deadline) -> list[VMInfo]:
+        recs = self._call("list VMs", "VM.get_all_records", deadline=deadline)
         out = []
         refs = {}
         for ref, rec in recs.items():
             if _is_vm(rec) and self._in_scope(rec):
-                out.append(self._info(rec))
+                out.append(self._info(rec, deadline))
                 refs[str(rec["uuid"])] = ref
         with self._lock:
             self._vm_refs.update(refs)
         return out
 
-    def get_vm(self, uuid: str) -> VMInfo:
-        return self._info(self._vm(uuid)[1])
+    def get_vm(self, uuid: str, *, deadline: Deadline) -> VMInfo:
+        return self._info(self._vm(uuid, deadline)[1], deadline)
 
     def _devices(
-        self, rec: dict[str, Any]
+        self, rec: dict[str, Any], deadline: Deadline
     ) -> tuple[
         list[tuple[str, dict[str, Any], dict[str, Any] | None]], list[tuple[str, dict[str, Any]]]
     ]:
@@ -531,15 +757,17 @@ class XenDriver(
         nics = []
         with self._mapped(f"read the devices of VM {rec.get('name_label')!r}"):
             for vbd in rec.get("VBDs", []):
-                b = self._c.call("VBD.get_record", vbd)
+                b = self._c.call("VBD.get_record", vbd, deadline=deadline)
                 if b.get("type") != "Disk":
                     continue
                 vdi = (
-                    None if b.get("VDI") in ("", NULL) else self._c.call("VDI.get_record", b["VDI"])
+                    None
+                    if b.get("VDI") in ("", NULL)
+                    else self._c.call("VDI.get_record", b["VDI"], deadline=deadline)
                 )
                 disks.append((str(vbd), b, vdi))
             for vif in rec.get("VIFs", []):
-                nics.append((str(vif), self._c.call("VIF.get_record", vif)))
+                nics.append((str(vif), self._c.call("VIF.get_record", vif, deadline=deadline)))
         disks.sort(
             key=lambda d: (
                 _int(d[1].get("userdevice")) if str(d[1].get("userdevice")).isdigit() else 99
@@ -559,19 +787,23 @@ class XenDriver(
             bus=None,
         )
 
-    def _nic_info(self, v: dict[str, Any]) -> NicInfo:
-        net = self._networks_by().get(v.get("network", ""))
+    def _nic_info(self, v: dict[str, Any], deadline: Deadline) -> NicInfo:
+        net = self._networks_by(deadline).get(v.get("network", ""))
         if net is None:
-            net = self._networks_by(refresh=True).get(v.get("network", ""), {})
+            net = self._networks_by(deadline, refresh=True).get(v.get("network", ""), {})
+        # The network as the user named it when that name still means this network (so
+        # that config() gives back what create_vm/add_nic got), else its name_label.
+        given = str(v.get("other_config", {}).get(NETWORK_KEY, ""))
+        names = (net.get("name_label"), net.get("uuid"), net.get("bridge"))
         return NicInfo(
             id=_nic_id(str(v.get("device"))),
-            network=str(net.get("name_label", "")),
+            network=given if given and given in names else str(net.get("name_label", "")),
             mac=str(v.get("MAC", "")).lower(),
         )
 
-    def get_config(self, uuid: str) -> VMConfig:
-        _ref, rec = self._vm(uuid)
-        disks, nics = self._devices(rec)
+    def get_config(self, uuid: str, *, deadline: Deadline) -> VMConfig:
+        _ref, rec = self._vm(uuid, deadline)
+        disks, nics = self._devices(rec, deadline)
         params = rec.get("VCPUs_params", {})
         res = Resources(
             cpu_shares=_int(params["weight"]) if params.get("weight") else None,
@@ -588,21 +820,22 @@ class XenDriver(
             vcpus=_int(rec.get("VCPUs_at_startup")),
             memory_mib=_mib(rec.get("memory_static_max")),
             disks=tuple(self._disk_info(b, v) for _r, b, v in disks),
-            nics=tuple(self._nic_info(v) for _r, v in nics),
+            nics=tuple(self._nic_info(v, deadline) for _r, v in nics),
             resources=res,
             guest_os=guest,
             description=str(rec.get("name_description", "")),
         )
 
-    def _name_taken(self, name: str) -> bool:
-        refs = self._call(f"look up VM name {name!r}", "VM.get_by_name_label", name)
+    def _name_taken(self, name: str, deadline: Deadline) -> bool:
+        what = f"look up VM name {name!r}"
+        refs = self._call(what, "VM.get_by_name_label", name, deadline=deadline)
         for ref in refs:
-            rec = self._call(f"look up VM name {name!r}", "VM.get_record", ref)
+            rec = self._call(what, "VM.get_record", ref, deadline=deadline)
             if _is_vm(rec):
                 return True
         return False
 
-    def create_vm(self, spec: VMSpec) -> VMInfo:
+    def create_vm(self, spec: VMSpec, *, deadline: Deadline) -> VMInfo:
         res = spec.resources
         if res.cpu_shares is not None:
             self._check_weight(res.cpu_shares)
@@ -612,10 +845,10 @@ class XenDriver(
                 field="disks",
             )
         # Resolve everything that can be missing before anything is created.
-        nets = [self._network(n.network) for n in spec.nics]
-        srs = [self._sr(d.pool) for d in spec.disks]
-        iso = self._iso(spec.boot.iso) if spec.boot and spec.boot.iso else None
-        if self._name_taken(spec.name):
+        nets = [self._network(n.network, deadline) for n in spec.nics]
+        srs = [self._sr(d.pool, deadline) for d in spec.disks]
+        iso = self._iso(spec.boot.iso, deadline) if spec.boot and spec.boot.iso else None
+        if self._name_taken(spec.name, deadline):
             raise AlreadyExists(
                 f"a VM named {spec.name!r} already exists in the pool at {self.uri.host}"
             )
@@ -630,6 +863,7 @@ class XenDriver(
             "viridian": "true" if spec.guest_os is GuestOS.WINDOWS else "false",
             "device-model": "qemu-upstream-compat",
         }
+        token = secrets.token_hex(8)
         record: dict[str, Any] = {
             "name_label": spec.name,
             "name_description": spec.description,
@@ -659,44 +893,152 @@ class XenDriver(
             "HVM_boot_params": {} if kernel else {"order": "dc" if iso else "cd"},
             "platform": {} if kernel else platform,
             "PCI_bus": "",
-            "other_config": {GUEST_OS_KEY: spec.guest_os.value},
+            "other_config": {GUEST_OS_KEY: spec.guest_os.value, CREATING_KEY: token},
             "recommendations": "",
         }
         what = f"create VM {spec.name!r}"
-        vm = str(self._call(what, "VM.create", record))
-        made_vdis: list[str] = []
+        made = _Made(what)
+        made.vm_id = spec.name  # until its UUID is known (hv.vm() takes either)
         try:
+            made.pending = "VM.create"
+            vm = made.vm = str(self._call(what, "VM.create", record, deadline=deadline))
+            made.pending = "VM.get_uuid"
+            made.vm_id = str(self._call(what, "VM.get_uuid", vm, deadline=deadline))
             for i, (disk, sr) in enumerate(zip(spec.disks, srs, strict=True)):
-                made_vdis.append(
-                    self._new_disk(
-                        vm, spec.name, disk, sr, str(i), bootable=i == 0 and not kernel and not iso
-                    )
+                self._new_disk(
+                    vm,
+                    spec.name,
+                    disk,
+                    sr,
+                    str(i),
+                    made,
+                    token,
+                    deadline,
+                    bootable=i == 0 and not kernel and not iso,
                 )
             if iso is not None:
+                made.pending = "VBD.create"
                 self._call(
-                    what, "VBD.create", self._vbd_record(vm, iso, str(len(spec.disks)), cd=True)
+                    what,
+                    "VBD.create",
+                    self._vbd_record(vm, iso, str(len(spec.disks)), cd=True),
+                    deadline=deadline,
                 )
             for i, (nic, (net, netrec)) in enumerate(zip(spec.nics, nets, strict=True)):
-                self._call(what, "VIF.create", self._vif_record(vm, net, netrec, str(i), nic.mac))
-            rec = self._call(what, "VM.get_record", vm)
-        except BaseException:
-            self._undo_create(vm, made_vdis)
-            raise
+                made.pending = "VIF.create"
+                self._call(
+                    what,
+                    "VIF.create",
+                    self._vif_record(vm, net, netrec, str(i), nic),
+                    deadline=deadline,
+                )
+            made.pending = "VM.remove_from_other_config"
+            self._call(what, "VM.remove_from_other_config", vm, CREATING_KEY, deadline=deadline)
+            made.pending = "VM.get_record"
+            rec = self._call(what, "VM.get_record", vm, deadline=deadline)
+        except VmctlError as exc:
+            self._undo(made, exc, token, deadline)
         with self._lock:
             self._vm_refs[str(rec["uuid"])] = vm
         log.info("created VM %r (%s)", spec.name, rec["uuid"])
-        return self._info(rec)
+        return self._info(rec, deadline)
 
-    def _undo_create(self, vm: str, vdis: list[str]) -> None:
-        for method, ref in [("VM.destroy", vm)] + [("VDI.destroy", v) for v in vdis]:
+    def _undo(self, made: _Made, exc: VmctlError, token: str, deadline: Deadline) -> NoReturn:
+        """Remove what a failed create made, then raise: ``exc`` when all is gone, else an
+        error naming what is left (``left_behind``).
+
+        After a timeout nothing more is sent: the host may be stopped, and what was sent
+        (the call that timed out) may still be carried out when it runs again; undoing then
+        could race it. The VM (and VDIs tagged with the create's token, which ``delete``
+        also removes) is left and named. After a lost connection or a refusal the host is
+        asked to undo, within the request's deadline or one RPC timeout, whichever ends
+        later.
+        """
+        timed_out = isinstance(exc, OperationTimeout) and _uncertain(exc)
+        if made.vm is None and not _uncertain(exc):
+            raise exc  # nothing was made
+        failed: BaseException | None = exc if timed_out else None
+        if not timed_out:
+            budget = (
+                deadline
+                if deadline.remaining() > self._c.rpc_timeout
+                else Deadline.after(self._c.rpc_timeout)
+            )
             try:
-                self._c.call(method, ref)
-            except Exception as exc:
-                log.warning("cleaning up after a failed create: %s %s failed: %s", method, ref, exc)
+                if made.vm is None:  # VM.create may have been done: look for it
+                    made.vm = self._created_vm(made.vm_id, token, budget)
+                    if made.vm is not None:
+                        made.vm_id = str(
+                            self._call(made.what, "VM.get_uuid", made.vm, deadline=budget)
+                        )
+                if made.vm is not None:
+                    self._call(made.what, "VM.destroy", made.vm, deadline=budget)
+                    made.vm, made.vm_id = None, ""
+                while made.vdis:
+                    self._call(made.what, "VDI.destroy", made.vdis[-1][0], deadline=budget)
+                    made.vdis.pop()
+                if made.pending == "VDI.create" and _uncertain(exc):
+                    for ref, uuid in self._tagged_vdis(token, budget):
+                        self._call(made.what, "VDI.destroy", ref, deadline=budget)
+                        log.info("%s: removed VDI %s made by a lost VDI.create", made.what, uuid)
+            except VmctlError as cleanup:
+                failed = cleanup
+                log.warning("%s: cleaning up failed: %s", made.what, cleanup)
+        if failed is None:
+            if _uncertain(exc):
+                # Everything made is gone: nothing of the request remains, it can be repeated.
+                err: VmctlError = ConnectionError(
+                    f"{exc.message}; everything made was removed again", sent=False
+                )
+                raise err from exc
+            raise exc
+        left = made.left()
+        names = ", ".join(f"{kind} {ident}" for kind, ident in left) or "nothing known"
+        undo = (
+            "nothing was undone (after a timeout the driver sends nothing more: the host may "
+            "be stopped, and what it was sent may still be carried out)"
+            if timed_out
+            else f"undoing it failed ({failed})"
+        )
+        in_flight = (
+            f"; {made.pending} was in flight and may still be carried out"
+            + (
+                " (its VDI is tagged for this VM: delete removes it)"
+                if made.pending == "VDI.create"
+                else ""
+            )
+            if _uncertain(exc)
+            else ""
+        )
+        err = OutcomeUnknown(
+            f"{made.what}: {exc.message}; {undo}, so these may be left behind: "
+            f"{names}{in_flight}. Delete the VM to remove them.",
+            sent=None,
+        )
+        err.left_behind = left
+        err.vendor_code = exc.vendor_code
+        raise err from exc
 
-    def _iso(self, name: str) -> str:
-        vdis = self._call("find the ISO", "VDI.get_all_records")
-        srs = self._call("find the ISO", "SR.get_all_records")
+    def _created_vm(self, name: str, token: str, deadline: Deadline) -> str | None:
+        """The VM a create whose VM.create was not answered made, if it exists."""
+        refs = self._call(f"look up VM {name!r}", "VM.get_by_name_label", name, deadline=deadline)
+        for ref in refs:
+            oc = self._call(f"look up VM {name!r}", "VM.get_other_config", ref, deadline=deadline)
+            if oc.get(CREATING_KEY) == token:
+                return str(ref)
+        return None
+
+    def _tagged_vdis(self, token: str, deadline: Deadline) -> list[tuple[str, str]]:
+        vdis = self._call("find the disks of a create", "VDI.get_all_records", deadline=deadline)
+        return [
+            (str(ref), str(rec.get("uuid")))
+            for ref, rec in vdis.items()
+            if rec.get("other_config", {}).get(CREATING_KEY) == token
+        ]
+
+    def _iso(self, name: str, deadline: Deadline) -> str:
+        vdis = self._call("find the ISO", "VDI.get_all_records", deadline=deadline)
+        srs = self._call("find the ISO", "SR.get_all_records", deadline=deadline)
         for ref, rec in vdis.items():
             sr = srs.get(rec.get("SR"), {})
             if sr.get("content_type") == "iso" and name in (
@@ -727,15 +1069,15 @@ class XenDriver(
 
     @staticmethod
     def _vif_record(
-        vm: str, net: str, netrec: dict[str, Any], device: str, mac: str | None
+        vm: str, net: str, netrec: dict[str, Any], device: str, nic: NicSpec
     ) -> dict[str, Any]:
         return {
             "device": device,
             "network": net,
             "VM": vm,
-            "MAC": mac or "",
+            "MAC": nic.mac or "",
             "MTU": str(netrec.get("MTU") or 1500),
-            "other_config": {},
+            "other_config": {NETWORK_KEY: nic.network},
             "qos_algorithm_type": "",
             "qos_algorithm_params": {},
         }
@@ -747,10 +1089,15 @@ class XenDriver(
         disk: DiskSpec,
         sr: str,
         userdevice: str,
+        made: _Made,
+        token: str,
+        deadline: Deadline,
         *,
         bootable: bool = False,
     ) -> str:
-        what = f"add a disk to VM {vm_name!r}"
+        """VDI.create + VBD.create; the VDI is recorded in ``made`` as soon as it exists."""
+        what = made.what
+        made.pending = "VDI.create"
         vdi = str(
             self._call(
                 what,
@@ -763,31 +1110,38 @@ class XenDriver(
                     "type": "user",
                     "sharable": False,
                     "read_only": False,
-                    "other_config": {},
+                    "other_config": {CREATING_KEY: token} if token else {},
                     "sm_config": {},
                     "xenstore_data": {},
                     "tags": [],
                 },
+                deadline=deadline,
             )
         )
-        try:
-            self._call(what, "VBD.create", self._vbd_record(vm, vdi, userdevice, bootable=bootable))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._c.call("VDI.destroy", vdi)
-            raise
+        made.pending = "VDI.get_uuid"
+        made.vdis.append((vdi, ""))
+        made.vdis[-1] = (vdi, str(self._call(what, "VDI.get_uuid", vdi, deadline=deadline)))
+        made.pending = "VBD.create"
+        self._call(
+            what,
+            "VBD.create",
+            self._vbd_record(vm, vdi, userdevice, bootable=bootable),
+            deadline=deadline,
+        )
         return vdi
 
-    def _owned_vdis(self, rec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    def _owned_vdis(
+        self, rec: dict[str, Any], deadline: Deadline
+    ) -> list[tuple[str, dict[str, Any]]]:
         """The VDIs a VM (or snapshot) owns: disks whose VBD carries the owner key, or, for
         a snapshot, its snapshot VDIs; plus a suspend image."""
         out = []
         with self._mapped(f"read the disks of {rec.get('name_label')!r}"):
             for vbd in rec.get("VBDs", []):
-                b = self._c.call("VBD.get_record", vbd)
+                b = self._c.call("VBD.get_record", vbd, deadline=deadline)
                 if b.get("type") != "Disk" or b.get("VDI") in ("", NULL):
                     continue
-                vdi = self._c.call("VDI.get_record", b["VDI"])
+                vdi = self._c.call("VDI.get_record", b["VDI"], deadline=deadline)
                 owned = OWNER_KEY in b.get("other_config", {}) or (
                     rec.get("is_a_snapshot") and vdi.get("is_a_snapshot")
                 )
@@ -795,151 +1149,161 @@ class XenDriver(
                     out.append((str(b["VDI"]), vdi))
             if rec.get("suspend_VDI") not in (None, "", NULL):
                 out.append(
-                    (str(rec["suspend_VDI"]), self._c.call("VDI.get_record", rec["suspend_VDI"]))
+                    (
+                        str(rec["suspend_VDI"]),
+                        self._c.call("VDI.get_record", rec["suspend_VDI"], deadline=deadline),
+                    )
                 )
+            token = rec.get("other_config", {}).get(CREATING_KEY)
+            if token:  # a create the host did not confirm: its VDIs, attached or not
+                have = {ref for ref, _v in out}
+                vdis = self._c.call("VDI.get_all_records", deadline=deadline)
+                out += [
+                    (str(ref), v)
+                    for ref, v in vdis.items()
+                    if v.get("other_config", {}).get(CREATING_KEY) == token and ref not in have
+                ]
         return out
 
-    def _destroy_vm(self, ref: str, rec: dict[str, Any], what: str) -> list[str]:
+    def _destroy_vm(
+        self, ref: str, rec: dict[str, Any], what: str, deadline: Deadline
+    ) -> list[str]:
         """VM.destroy (which keeps VDIs), then the VDIs it owned."""
-        vdis = self._owned_vdis(rec)
-        self._run(what, "VM.destroy", ref)
+        vdis = self._owned_vdis(rec, deadline)
+        self._call(what, "VM.destroy", ref, deadline=deadline)
         gone = [
             f"{'snapshot' if rec.get('is_a_snapshot') else 'vm'} {rec['name_label']} "
             f"({rec['uuid']})"
         ]
         for vdi, vrec in vdis:
             try:
-                self._run(what, "VDI.destroy", vdi)
+                self._call(what, "VDI.destroy", vdi, deadline=deadline)
                 gone.append(f"disk {vrec.get('name_label')} (vdi {vrec.get('uuid')})")
             except NotFound:
                 pass
         return gone
 
-    def delete_vm(self, uuid: str) -> list[str]:
-        ref, rec = self._vm(uuid)
+    def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
+        ref, rec = self._vm(uuid, deadline)
         what = f"delete VM {rec['name_label']!r}"
         if rec.get("power_state") == "Suspended":
             # Discard the saved state first, so its suspend image goes too.
-            self._run(what, "VM.hard_shutdown", ref)
-            rec = self._call(what, "VM.get_record", ref)
+            self._call(what, "VM.hard_shutdown", ref, deadline=deadline)
+            rec = self._call(what, "VM.get_record", ref, deadline=deadline)
         gone = []
         for snap in rec.get("snapshots", []):
-            srec = self._call(what, "VM.get_record", snap)
-            gone += self._destroy_vm(str(snap), srec, what)
-        gone = self._destroy_vm(ref, rec, what) + gone
+            srec = self._call(what, "VM.get_record", snap, deadline=deadline)
+            gone += self._destroy_vm(str(snap), srec, what, deadline)
+        gone = self._destroy_vm(ref, rec, what, deadline) + gone
         with self._lock:
             self._vm_refs.pop(uuid, None)
         return gone
 
-    def start(self, uuid: str) -> None:
-        ref, rec = self._vm(uuid)
+    def start(self, uuid: str, *, deadline: Deadline) -> Task:
+        ref, rec = self._vm(uuid, deadline)
         what = f"start VM {rec['name_label']!r}"
         if self.scope is not None:
-            self._run(what, "VM.start_on", ref, self.scope, False, False)
-        else:
-            self._run(what, "VM.start", ref, False, False)
+            return self._task(what, "VM.start_on", ref, self.scope, False, False, deadline=deadline)
+        return self._task(what, "VM.start", ref, False, False, deadline=deadline)
 
-    def power_off(self, uuid: str) -> None:
-        ref, rec = self._vm(uuid)
-        self._run(f"power off VM {rec['name_label']!r}", "VM.hard_shutdown", ref)
+    def power_off(self, uuid: str, *, deadline: Deadline) -> Task:
+        ref, rec = self._vm(uuid, deadline)
+        return self._task(
+            f"power off VM {rec['name_label']!r}", "VM.hard_shutdown", ref, deadline=deadline
+        )
 
     # -- graceful, reset, pause, suspend --------------------------------------------------
 
-    def _assert_guest_can(self, ref: str, rec: dict[str, Any], op: str, verb: str) -> None:
+    def _assert_guest_can(
+        self, ref: str, rec: dict[str, Any], op: str, verb: str, deadline: Deadline
+    ) -> None:
         """xapi lists an operation in allowed_operations only when the guest can do it (for
-        HVM guests: PV drivers or the feature flag; xapi_vm_lifecycle.ml check_op_for_feature
-        with strict=true). If it is missing, ask xapi why and raise InvalidState."""
+        HVM guests: PV drivers or the feature flag in the guest metrics; xapi_vm_lifecycle.ml
+        check_op_for_feature, strict). If it is missing, ask xapi why (one call) and raise
+        InvalidState at once, naming the remedy."""
         if rec.get("power_state") != "Running" or op in rec.get("allowed_operations", []):
             return
+        what = f"{verb} VM {rec['name_label']!r}"
         try:
-            self._c.call("VM.assert_operation_valid", ref, op)
+            self._c.call("VM.assert_operation_valid", ref, op, deadline=deadline)
         except Exception as exc:
-            err = _errors.from_exception(f"{verb} VM {rec['name_label']!r}", exc)
-            why = {"OPERATION_BLOCKED": f"{op} is blocked on this VM (blocked_operations)"}.get(
-                str(err.vendor_code), "no PV drivers or guest agent"
+            err = _errors.from_exception(what, exc)
+            code = str(err.vendor_code)
+            if not (isinstance(err, InvalidState) or code == "OPERATION_BLOCKED"):
+                raise err from exc
+            why = {
+                "OPERATION_BLOCKED": f"{op} is blocked on this VM (blocked_operations)",
+                "VM_LACKS_FEATURE": "the guest has no PV drivers and has not announced "
+                f"feature-{'shutdown' if op == 'clean_shutdown' else 'reboot'} (no OS "
+                "booted, or its guest tools are not running)",
+                "VM_MISSING_PV_DRIVERS": "the guest has no PV drivers",
+            }.get(code, "the guest cannot act on it")
+            remedy = (
+                "shutdown(force_after=...) or power_off() to force it"
+                if op == "clean_shutdown"
+                else "reset() to force a restart"
             )
-            if isinstance(err, InvalidState) or err.vendor_code == "OPERATION_BLOCKED":
-                err = InvalidState(
-                    f"{err}: the guest cannot be asked to {verb} ({why})",
-                    current=S.RUNNING,
-                    allowed={S.RUNNING},
-                    vendor_code=err.vendor_code,
-                )
-            raise err from exc
+            raise InvalidState(
+                f"{what}: the guest cannot be asked ({why}; XenAPI {code}); use {remedy}",
+                current=S.RUNNING,
+                allowed={S.RUNNING},
+                vendor_code=code,
+            ) from exc
+        # xapi says it is valid after all (allowed_operations was stale): go on.
 
-    def shutdown(self, uuid: str) -> None:
-        ref, rec = self._vm(uuid)
+    def shutdown(self, uuid: str, *, deadline: Deadline) -> Task:
+        ref, rec = self._vm(uuid, deadline)
         what = f"shut down VM {rec['name_label']!r}"
-        self._assert_guest_can(ref, rec, "clean_shutdown", "shut down")
-        with self._mapped(what):
-            task = str(self._c.call("Async.VM.clean_shutdown", ref))
-        # A guest that cannot be asked fails at once: say so (the core then forces, if
-        # told to). One that was asked takes its time: the core waits for Halted.
-        try:
-            self._run_task(task, what, SHUTDOWN_ASK_S)
-        except OperationTimeout:
-            log.debug("%s: asked the guest; the task %s runs on", what, task)
-            with self._lock:
-                self._detached.append(task)
+        self._assert_guest_can(ref, rec, "clean_shutdown", "shut down", deadline)
+        return self._task(what, "VM.clean_shutdown", ref, deadline=deadline)
 
-    def _run_task(self, task: str, what: str, wait_s: float) -> None:
-        """Wait up to ``wait_s`` for a task; if it still runs, leave it (not cancelled)."""
-        deadline = time.monotonic() + wait_s
-        token = ""
-        with self._mapped(what):
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise OperationTimeout(f"{what}: still running")
-                resp = self._c.event_from([f"task/{task}"], token, left)
-                token = str(resp["token"])
-                for ev in resp.get("events", []):
-                    status = (ev.get("snapshot") or {}).get("status")
-                    if ev.get("ref") == task and status not in (None, "pending", "cancelling"):
-                        self._c.wait_task(task, what, 1.0)  # result or failure; destroys it
-                        return
+    def reboot(self, uuid: str, *, deadline: Deadline) -> Task:
+        ref, rec = self._vm(uuid, deadline)
+        self._assert_guest_can(ref, rec, "clean_reboot", "reboot", deadline)
+        return self._task(
+            f"reboot VM {rec['name_label']!r}", "VM.clean_reboot", ref, deadline=deadline
+        )
 
-    def reboot(self, uuid: str) -> None:
-        ref, rec = self._vm(uuid)
-        self._assert_guest_can(ref, rec, "clean_reboot", "reboot")
-        self._run(f"reboot VM {rec['name_label']!r}", "VM.clean_reboot", ref)
+    def reset(self, uuid: str, *, deadline: Deadline) -> Task:
+        ref, rec = self._vm(uuid, deadline)
+        return self._task(
+            f"reset VM {rec['name_label']!r}", "VM.hard_reboot", ref, deadline=deadline
+        )
 
-    def reset(self, uuid: str) -> None:
-        ref, rec = self._vm(uuid)
-        self._run(f"reset VM {rec['name_label']!r}", "VM.hard_reboot", ref)
+    def pause(self, uuid: str, *, deadline: Deadline) -> Task:
+        ref, rec = self._vm(uuid, deadline)
+        return self._task(f"pause VM {rec['name_label']!r}", "VM.pause", ref, deadline=deadline)
 
-    def pause(self, uuid: str) -> None:
-        ref, rec = self._vm(uuid)
-        self._run(f"pause VM {rec['name_label']!r}", "VM.pause", ref)
+    def unpause(self, uuid: str, *, deadline: Deadline) -> Task:
+        ref, rec = self._vm(uuid, deadline)
+        return self._task(f"unpause VM {rec['name_label']!r}", "VM.unpause", ref, deadline=deadline)
 
-    def unpause(self, uuid: str) -> None:
-        ref, rec = self._vm(uuid)
-        self._run(f"unpause VM {rec['name_label']!r}", "VM.unpause", ref)
-
-    def suspend(self, uuid: str) -> None:
-        ref, rec = self._vm(uuid)
+    def suspend(self, uuid: str, *, deadline: Deadline) -> Task:
+        ref, rec = self._vm(uuid, deadline)
         what = f"suspend VM {rec['name_label']!r}"
         if self.scope is not None and rec.get("affinity") != self.scope:
             # A suspended VM is resident nowhere: its affinity keeps it in this host's
             # inventory and resumes it here.
-            self._call(what, "VM.set_affinity", ref, self.scope)
-        self._run(what, "VM.suspend", ref)
+            self._call(what, "VM.set_affinity", ref, self.scope, deadline=deadline)
+        return self._task(what, "VM.suspend", ref, deadline=deadline)
 
-    def resume_suspended(self, uuid: str) -> None:
-        ref, rec = self._vm(uuid)
-        what = f"resume VM {rec['name_label']!r}"
-        self._resume(ref, what, paused=False)
+    def resume_suspended(self, uuid: str, *, deadline: Deadline) -> Task:
+        ref, rec = self._vm(uuid, deadline)
+        return self._resume(
+            ref, f"resume VM {rec['name_label']!r}", paused=False, deadline=deadline
+        )
 
-    def _resume(self, ref: str, what: str, *, paused: bool) -> None:
+    def _resume(self, ref: str, what: str, *, paused: bool, deadline: Deadline) -> Task:
         if self.scope is not None:
-            self._run(what, "VM.resume_on", ref, self.scope, paused, False)
-        else:
-            self._run(what, "VM.resume", ref, paused, False)
+            return self._task(
+                what, "VM.resume_on", ref, self.scope, paused, False, deadline=deadline
+            )
+        return self._task(what, "VM.resume", ref, paused, False, deadline=deadline)
 
     # -- reconfiguration ------------------------------------------------------------------
 
-    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool) -> None:
-        ref, rec = self._vm(uuid)
+    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool, deadline: Deadline) -> None:
+        ref, rec = self._vm(uuid, deadline)
         what = f"set vCPUs of VM {rec['name_label']!r}"
         if live:
             raise InvalidState(
@@ -948,15 +1312,14 @@ class XenDriver(
                 allowed={S.STOPPED},
             )
         # xapi keeps 0 < VCPUs_at_startup <= VCPUs_max at every step.
-        if vcpus >= _int(rec.get("VCPUs_max")):
-            self._call(what, "VM.set_VCPUs_max", ref, str(vcpus))
-            self._call(what, "VM.set_VCPUs_at_startup", ref, str(vcpus))
-        else:
-            self._call(what, "VM.set_VCPUs_at_startup", ref, str(vcpus))
-            self._call(what, "VM.set_VCPUs_max", ref, str(vcpus))
+        order = ["VM.set_VCPUs_max", "VM.set_VCPUs_at_startup"]
+        if vcpus < _int(rec.get("VCPUs_max")):
+            order.reverse()
+        for method in order:
+            self._call(what, method, ref, str(vcpus), deadline=deadline)
 
-    def set_memory(self, uuid: str, memory_mib: int, *, live: bool) -> None:
-        ref, rec = self._vm(uuid)
+    def set_memory(self, uuid: str, memory_mib: int, *, live: bool, deadline: Deadline) -> None:
+        ref, rec = self._vm(uuid, deadline)
         what = f"set memory of VM {rec['name_label']!r}"
         if live:
             raise InvalidState(
@@ -969,10 +1332,19 @@ class XenDriver(
         # A VM without a reservation (pinned: dynamic_min = static_max) stays pinned.
         dmin = new if dmin >= smax else min(dmin, new)
         smin = min(_int(rec.get("memory_static_min")), dmin)
-        self._call(what, "VM.set_memory_limits", ref, str(smin), str(new), str(dmin), str(new))
+        self._call(
+            what,
+            "VM.set_memory_limits",
+            ref,
+            str(smin),
+            str(new),
+            str(dmin),
+            str(new),
+            deadline=deadline,
+        )
 
-    def set_resources(self, uuid: str, resources: Resources) -> None:
-        ref, rec = self._vm(uuid)
+    def set_resources(self, uuid: str, resources: Resources, *, deadline: Deadline) -> None:
+        ref, rec = self._vm(uuid, deadline)
         what = f"set resources of VM {rec['name_label']!r}"
         if resources.cpu_shares is not None:
             self._check_weight(resources.cpu_shares)
@@ -989,16 +1361,30 @@ class XenDriver(
                     allowed={S.STOPPED},
                 )
             params = self._vcpus_params(rec.get("VCPUs_params", {}), resources)
-            self._call(what, "VM.set_VCPUs_params", ref, params)
+            self._call(what, "VM.set_VCPUs_params", ref, params, deadline=deadline)
         if resources.memory_reservation_mib is not None:
             dmin = resources.memory_reservation_mib * MiB
             smin, smax = _int(rec.get("memory_static_min")), _int(rec.get("memory_static_max"))
             dmax = _int(rec.get("memory_dynamic_max"))
             if dmin >= smin:
-                self._call(what, "VM.set_memory_dynamic_range", ref, str(dmin), str(dmax))
+                self._call(
+                    what,
+                    "VM.set_memory_dynamic_range",
+                    ref,
+                    str(dmin),
+                    str(dmax),
+                    deadline=deadline,
+                )
             elif not running and rec.get("power_state") == "Halted":
                 self._call(
-                    what, "VM.set_memory_limits", ref, str(dmin), str(smax), str(dmin), str(dmax)
+                    what,
+                    "VM.set_memory_limits",
+                    ref,
+                    str(dmin),
+                    str(smax),
+                    str(dmin),
+                    str(dmax),
+                    deadline=deadline,
                 )
             else:
                 raise InvalidState(
@@ -1010,80 +1396,126 @@ class XenDriver(
 
     # -- devices --------------------------------------------------------------------------
 
-    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool) -> DiskInfo:
-        ref, rec = self._vm(uuid)
+    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool, deadline: Deadline) -> DiskInfo:
+        ref, rec = self._vm(uuid, deadline)
         what = f"add a disk to VM {rec['name_label']!r}"
         if disk.source:
             raise ValidationError("the xen driver creates blank disks only", field="source")
-        sr = self._sr(disk.pool)
-        free = self._call(what, "VM.get_allowed_VBD_devices", ref)
+        sr = self._sr(disk.pool, deadline)
+        free = self._call(what, "VM.get_allowed_VBD_devices", ref, deadline=deadline)
         if not free:
             raise InvalidState(f"{what}: no free disk slot")
         userdevice = sorted(free, key=lambda d: int(d) if d.isdigit() else 99)[0]
-        vdi = self._new_disk(ref, str(rec["name_label"]), disk, sr, userdevice)
-        if live:
-            vbd = self._vbd_of(ref, userdevice)
-            try:
-                self._run(what, "VBD.plug", vbd)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self._c.call("VBD.destroy", vbd)
-                    self._c.call("VDI.destroy", vdi)
-                raise
-        vrec = self._call(what, "VDI.get_record", vdi)
+        made = _Made(what)
+        try:
+            vdi = self._new_disk(
+                ref, str(rec["name_label"]), disk, sr, userdevice, made, "", deadline
+            )
+            if live:
+                vbd = self._vbd_of(ref, userdevice, deadline)
+                made.pending = "VBD.plug"
+                self._run(what, "VBD.plug", vbd, deadline=deadline)
+            made.pending = "VDI.get_record"
+            vrec = self._call(what, "VDI.get_record", vdi, deadline=deadline)
+        except VmctlError as exc:
+            self._undo_disk(made, exc, deadline)
         return self._disk_info({"userdevice": userdevice}, vrec)
 
-    def _vbd_of(self, ref: str, userdevice: str) -> str:
-        for vbd in self._call("find the disk", "VM.get_VBDs", ref):
-            if self._call("find the disk", "VBD.get_userdevice", vbd) == userdevice:
+    def _undo_disk(self, made: _Made, exc: VmctlError, deadline: Deadline) -> NoReturn:
+        """As ``_undo`` for a disk of an existing VM: VDI.destroy (its VBD goes with it
+        once unplugged), or ``left_behind`` naming the disk."""
+        if not made.vdis:
+            raise exc
+        failed: BaseException | None = exc if isinstance(exc, OperationTimeout) else None
+        if failed is None:
+            budget = (
+                deadline
+                if deadline.remaining() > self._c.rpc_timeout
+                else Deadline.after(self._c.rpc_timeout)
+            )
+            try:
+                for vdi, _u in made.vdis:
+                    with contextlib.suppress(NotFound):
+                        vbds = self._call(made.what, "VDI.get_VBDs", vdi, deadline=budget)
+                        for vbd in vbds:
+                            self._call(made.what, "VBD.destroy", vbd, deadline=budget)
+                    self._call(made.what, "VDI.destroy", vdi, deadline=budget)
+            except VmctlError as cleanup:
+                failed = cleanup
+            else:
+                raise exc
+        left = tuple(("disk", f"vdi:{u}" if u else r) for r, u in made.vdis)
+        err = OutcomeUnknown(
+            f"{made.what}: {exc.message}; the disk could not be removed again "
+            f"({', '.join(i for _k, i in left)}): remove it with remove_disk",
+            sent=None,
+        )
+        err.left_behind = left
+        raise err from exc
+
+    def _vbd_of(self, ref: str, userdevice: str, deadline: Deadline) -> str:
+        for vbd in self._call("find the disk", "VM.get_VBDs", ref, deadline=deadline):
+            if (
+                self._call("find the disk", "VBD.get_userdevice", vbd, deadline=deadline)
+                == userdevice
+            ):
                 return str(vbd)
         raise NotFound(f"no disk in slot {userdevice}")
 
-    def remove_disk(self, uuid: str, disk_id: str, *, live: bool) -> None:
-        _ref, rec = self._vm(uuid)
+    def remove_disk(self, uuid: str, disk_id: str, *, live: bool, deadline: Deadline) -> None:
+        _ref, rec = self._vm(uuid, deadline)
         what = f"remove disk {disk_id} from VM {rec['name_label']!r}"
-        disks, _nics = self._devices(rec)
+        disks, _nics = self._devices(rec, deadline)
         hit = [d for d in disks if _disk_id(str(d[1].get("userdevice"))) == disk_id]
         if not hit:
             raise NotFound(f"VM {rec['name_label']!r} has no disk {disk_id!r}")
         vbd, b, vdi = hit[0]
         if b.get("currently_attached"):
-            self._run(what, "VBD.unplug", vbd)
-        self._call(what, "VBD.destroy", vbd)
+            self._run(what, "VBD.unplug", vbd, deadline=deadline)
+        self._call(what, "VBD.destroy", vbd, deadline=deadline)
         if vdi is not None and OWNER_KEY in b.get("other_config", {}):
-            self._run(what, "VDI.destroy", b["VDI"])
+            self._call(what, "VDI.destroy", b["VDI"], deadline=deadline)
 
-    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool) -> NicInfo:
-        ref, rec = self._vm(uuid)
+    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool, deadline: Deadline) -> NicInfo:
+        ref, rec = self._vm(uuid, deadline)
         what = f"add a NIC to VM {rec['name_label']!r}"
-        net, netrec = self._network(nic.network)
-        free = self._call(what, "VM.get_allowed_VIF_devices", ref)
+        net, netrec = self._network(nic.network, deadline)
+        free = self._call(what, "VM.get_allowed_VIF_devices", ref, deadline=deadline)
         if not free:
             raise InvalidState(f"{what}: no free NIC slot")
         device = sorted(free, key=lambda d: int(d) if d.isdigit() else 99)[0]
         vif = str(
-            self._call(what, "VIF.create", self._vif_record(ref, net, netrec, device, nic.mac))
+            self._call(
+                what,
+                "VIF.create",
+                self._vif_record(ref, net, netrec, device, nic),
+                deadline=deadline,
+            )
         )
         if live:
             try:
-                self._run(what, "VIF.plug", vif)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self._c.call("VIF.destroy", vif)
+                self._run(what, "VIF.plug", vif, deadline=deadline)
+            except VmctlError as exc:
+                try:
+                    self._call(
+                        what, "VIF.destroy", vif, deadline=Deadline.after(self._c.rpc_timeout)
+                    )
+                except VmctlError:
+                    exc.left_behind = (("nic", vif),)
                 raise
-        return self._nic_info(self._call(what, "VIF.get_record", vif))
+        return self._nic_info(self._call(what, "VIF.get_record", vif, deadline=deadline), deadline)
 
-    def remove_nic(self, uuid: str, nic_id: str, *, live: bool) -> None:
-        _ref, rec = self._vm(uuid)
+    def remove_nic(self, uuid: str, nic_id: str, *, live: bool, deadline: Deadline) -> None:
+        _ref, rec = self._vm(uuid, deadline)
         what = f"remove NIC {nic_id} from VM {rec['name_label']!r}"
-        _disks, nics = self._devices(rec)
+        _disks, nics = self._devices(rec, deadline)
         hits = [n for n in nics if _nic_id(str(n[1].get("device"))) == nic_id]
         if not hits:
             raise NotFound(f"VM {rec['name_label']!r} has no NIC {nic_id!r}")
         vif, v = hits[0]
         if v.get("currently_attached"):
-            self._run(what, "VIF.unplug", vif)
-        self._call(what, "VIF.destroy", vif)
+            self._run(what, "VIF.unplug", vif, deadline=deadline)
+        self._call(what, "VIF.destroy", vif, deadline=deadline)
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -1094,11 +1526,13 @@ class XenDriver(
         update_parent); VM.destroy re-parents the children (xapi_vm.ml destroy)."""
         return str(rec.get("parent", NULL))
 
-    def _snapshots(self, ref: str, rec: dict[str, Any]) -> list[SnapshotInfo]:
+    def _snapshots(self, rec: dict[str, Any], deadline: Deadline) -> list[SnapshotInfo]:
         recs = {}
         for snap in rec.get("snapshots", []):
             with contextlib.suppress(NotFound):
-                recs[str(snap)] = self._call("list snapshots", "VM.get_record", snap)
+                recs[str(snap)] = self._call(
+                    "list snapshots", "VM.get_record", snap, deadline=deadline
+                )
 
         def resolve(parent: str) -> str | None:
             return parent if parent in recs else None
@@ -1128,9 +1562,9 @@ class XenDriver(
         return out
 
     def create_snapshot(
-        self, uuid: str, name: str, *, memory: bool, description: str
+        self, uuid: str, name: str, *, memory: bool, description: str, deadline: Deadline
     ) -> SnapshotInfo:
-        ref, rec = self._vm(uuid)
+        ref, rec = self._vm(uuid, deadline)
         what = f"snapshot VM {rec['name_label']!r}"
         if memory and rec.get("power_state") != "Running":
             # xapi_vm_clone.ml: a checkpoint keeps memory only of a Running (or Suspended) VM;
@@ -1143,76 +1577,97 @@ class XenDriver(
                 allowed={S.RUNNING},
             )
         method = "VM.checkpoint" if memory else "VM.snapshot"
-        snap = str(self._run(what, method, ref, name))
+        snap = str(self._run(what, method, ref, name, deadline=deadline))
         if description:
-            self._call(what, "VM.set_name_description", snap, description)
-        _ref, rec = self._vm(uuid)
-        for info in self._snapshots(ref, rec):
-            if info.id == self._call(what, "VM.get_uuid", snap):
+            self._call(what, "VM.set_name_description", snap, description, deadline=deadline)
+        snap_uuid = self._call(what, "VM.get_uuid", snap, deadline=deadline)
+        _ref, rec = self._vm(uuid, deadline)
+        for info in self._snapshots(rec, deadline):
+            if info.id == snap_uuid:
                 return info
         raise NotFound(f"{what}: the new snapshot {name!r} is not among the VM's snapshots")
 
-    def list_snapshots(self, uuid: str) -> list[SnapshotInfo]:
-        ref, rec = self._vm(uuid)
-        return self._snapshots(ref, rec)
+    def list_snapshots(self, uuid: str, *, deadline: Deadline) -> list[SnapshotInfo]:
+        _ref, rec = self._vm(uuid, deadline)
+        return self._snapshots(rec, deadline)
 
-    def _snapshot_ref(self, rec: dict[str, Any], snapshot_id: str) -> tuple[str, dict[str, Any]]:
+    def _snapshot_ref(
+        self, rec: dict[str, Any], snapshot_id: str, deadline: Deadline
+    ) -> tuple[str, dict[str, Any]]:
         for snap in rec.get("snapshots", []):
-            s = self._call("find the snapshot", "VM.get_record", snap)
+            s = self._call("find the snapshot", "VM.get_record", snap, deadline=deadline)
             if s.get("uuid") == snapshot_id:
                 return str(snap), s
         raise NotFound(f"VM {rec['name_label']!r} has no snapshot {snapshot_id!r}")
 
-    def revert_snapshot(self, uuid: str, snapshot_id: str) -> None:
-        ref, rec = self._vm(uuid)
-        sref, snap = self._snapshot_ref(rec, snapshot_id)
+    def revert_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> Task | None:
+        ref, rec = self._vm(uuid, deadline)
+        sref, snap = self._snapshot_ref(rec, snapshot_id, deadline)
         what = f"revert VM {rec['name_label']!r} to {snap['name_label']!r}"
-        self._run(what, "VM.revert", sref)
+        self._run(what, "VM.revert", sref, deadline=deadline)
         # A checkpoint reverts to Suspended (xapi_vm_snapshot.ml); resume it to the state
-        # it was in when taken.
-        state = self._call(what, "VM.get_power_state", ref)
+        # it was in when taken: that is the task the core waits on.
+        state = self._call(what, "VM.get_power_state", ref, deadline=deadline)
         if state == "Suspended" and snap.get("power_state") == "Suspended":
             at = str(snap.get("snapshot_info", {}).get("power-state-at-snapshot", "Running"))
-            self._resume(ref, what, paused=at == "Paused")
+            return self._resume(ref, what, paused=at == "Paused", deadline=deadline)
+        return None
 
-    def delete_snapshot(self, uuid: str, snapshot_id: str) -> None:
-        _ref, rec = self._vm(uuid)
-        sref, snap = self._snapshot_ref(rec, snapshot_id)
+    def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> None:
+        _ref, rec = self._vm(uuid, deadline)
+        sref, snap = self._snapshot_ref(rec, snapshot_id, deadline)
         what = f"delete snapshot {snap['name_label']!r} of VM {rec['name_label']!r}"
-        self._destroy_vm(sref, snap, what)
+        self._destroy_vm(sref, snap, what, deadline)
 
     # -- clone and migrate ----------------------------------------------------------------
 
-    def clone_vm(self, uuid: str, name: str, *, linked: bool) -> VMInfo:
-        ref, rec = self._vm(uuid)
-        if self._name_taken(name):
+    def clone_vm(self, uuid: str, name: str, *, linked: bool, deadline: Deadline) -> VMInfo:
+        ref, rec = self._vm(uuid, deadline)
+        if self._name_taken(name, deadline):
             raise AlreadyExists(
                 f"a VM named {name!r} already exists in the pool at {self.uri.host}"
             )
         what = f"clone VM {rec['name_label']!r} as {name!r}"
         if linked:
-            new = str(self._run(what, "VM.clone", ref, name))
+            task = self._task(what, "VM.clone", ref, name, deadline=deadline)
         else:
-            new = str(self._run(what, "VM.copy", ref, name, NULL))
+            task = self._task(what, "VM.copy", ref, name, NULL, deadline=deadline)
         try:
-            nrec = self._call(what, "VM.get_record", new)
+            new = str(finish_task(self, task, deadline=deadline, what=what).result)
+        except OperationTimeout as exc:
+            late = OperationTimeout(
+                f"{exc.message}; the copy may still finish on the host as a VM named {name!r} "
+                "(delete it when it appears)",
+                running=exc.running,
+            )
+            late.left_behind = (("vm", name),)
+            raise late from exc
+        try:
+            nrec = self._call(what, "VM.get_record", new, deadline=deadline)
             # The copy owns its disks (xapi_vm_clone.ml marks them so; make sure).
             for vbd in nrec.get("VBDs", []):
-                b = self._call(what, "VBD.get_record", vbd)
+                b = self._call(what, "VBD.get_record", vbd, deadline=deadline)
                 if b.get("type") == "Disk" and OWNER_KEY not in b.get("other_config", {}):
-                    self._call(what, "VBD.add_to_other_config", vbd, OWNER_KEY, "true")
+                    self._call(
+                        what, "VBD.add_to_other_config", vbd, OWNER_KEY, "true", deadline=deadline
+                    )
             if nrec.get("is_a_template"):
-                self._call(what, "VM.set_is_a_template", new, False)
-                nrec = self._call(what, "VM.get_record", new)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._destroy_vm(new, self._c.call("VM.get_record", new), what)
+                self._call(what, "VM.set_is_a_template", new, False, deadline=deadline)
+                nrec = self._call(what, "VM.get_record", new, deadline=deadline)
+        except VmctlError as exc:
+            budget = Deadline.after(self._c.rpc_timeout)
+            try:
+                self._destroy_vm(
+                    new, self._call(what, "VM.get_record", new, deadline=budget), what, budget
+                )
+            except VmctlError:
+                exc.left_behind = (("vm", name),)
             raise
         with self._lock:
             self._vm_refs[str(nrec["uuid"])] = new
-        return self._info(nrec)
+        return self._info(nrec, deadline)
 
-    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, timeout: float) -> None:
+    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, deadline: Deadline) -> None:
         if not isinstance(target, XenDriver) or target.pool_uuid != self.pool_uuid:
             raise ValidationError(
                 "the target must be a host of the same pool (a xen:// "
@@ -1224,20 +1679,22 @@ class XenDriver(
                 "the target names no host: connect to it with xen://master?host=NAME",
                 field="target",
             )
-        ref, rec = self._vm(uuid)
+        ref, rec = self._vm(uuid, deadline)
         what = f"migrate VM {rec['name_label']!r} to {target.scope_name}"
         if live:
-            self._run(what, "VM.pool_migrate", ref, target.scope, {"live": "true"}, timeout=timeout)
+            self._run(
+                what, "VM.pool_migrate", ref, target.scope, {"live": "true"}, deadline=deadline
+            )
         else:
-            self._check_storage(rec, target.scope, what)
+            self._check_storage(rec, target.scope, what, deadline)
         # The VM's home moves too: it stays in the target's inventory when it stops.
-        self._call(what, "VM.set_affinity", ref, target.scope)
+        self._call(what, "VM.set_affinity", ref, target.scope, deadline=deadline)
 
-    def _check_storage(self, rec: dict[str, Any], host: str, what: str) -> None:
+    def _check_storage(self, rec: dict[str, Any], host: str, what: str, deadline: Deadline) -> None:
         """A halted VM can move only if the target host sees all its disks."""
-        srs = self._call(what, "SR.get_all_records")
-        pbds = self._call(what, "PBD.get_all_records")
-        for _vdi, vrec in self._owned_vdis(rec):
+        srs = self._call(what, "SR.get_all_records", deadline=deadline)
+        pbds = self._call(what, "PBD.get_all_records", deadline=deadline)
+        for _vdi, vrec in self._owned_vdis(rec, deadline):
             sr = srs.get(vrec.get("SR"), {})
             if sr.get("shared"):
                 continue
@@ -1253,16 +1710,18 @@ class XenDriver(
 
     # -- observation ----------------------------------------------------------------------
 
-    def guest_info(self, uuid: str) -> GuestInfo:
-        _ref, rec = self._vm(uuid)
+    def guest_info(self, uuid: str, *, deadline: Deadline) -> GuestInfo:
+        _ref, rec = self._vm(uuid, deadline)
         gm = rec.get("guest_metrics", NULL)
         if rec.get("power_state") != "Running" or gm in ("", NULL):
             return GuestInfo(agent=AgentState.NOT_RUNNING)
         try:
-            g = self._c.call("VM_guest_metrics.get_record", gm)
+            g = self._c.call("VM_guest_metrics.get_record", gm, deadline=deadline)
         except Exception as exc:
             if _errors.details(exc)[:1] == ["HANDLE_INVALID"]:
                 return GuestInfo(agent=AgentState.NOT_RUNNING)
+            if isinstance(exc, VmctlError):
+                raise
             raise _errors.from_exception(f"guest info of VM {rec['name_label']!r}", exc) from exc
         ips: list[str] = []
         for key, value in sorted(g.get("networks", {}).items()):
@@ -1283,51 +1742,18 @@ class XenDriver(
             os_name=os_version.get("name") or None,
         )
 
-    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *, timeout: float) -> VMInfo:
-        """Wait with event.from on the VM object (the first call returns its current record,
-        then each call blocks until it changes)."""
-        wanted = frozenset(states)
-        ref = self._ref(uuid)
-        deadline = time.monotonic() + timeout
-        token = ""
-        last: VMInfo | None = None
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 and token:
-                name = last.name if last else uuid
-                state = last.state.value if last else "unknown"
-                raise OperationTimeout(
-                    f"VM {name!r} is still {state} after {timeout:g} s "
-                    f"(waiting for {'/'.join(sorted(wanted))})"
-                )
-            with self._mapped(f"wait for VM {uuid}"):
-                resp = self._c.event_from([f"VM/{ref}"], token, max(0.0, min(left, 30.0)))
-            first, token = not token, str(resp["token"])
-            events = [ev for ev in resp.get("events", []) if ev.get("ref") == ref]
-            if first and not events:
-                # The first call (empty token) returns the object if it exists.
-                with self._lock:
-                    self._vm_refs.pop(uuid, None)
-                raise NotFound(f"no VM with UUID {uuid} in the pool at {self.uri.host}")
-            for ev in events:
-                if ev.get("operation") == "del":
-                    raise NotFound(f"VM {uuid} was deleted while waiting for it")
-                last = self._info(ev["snapshot"])
-                if last.state in wanted:
-                    return last
-
-    def subscribe(self) -> EventSource:
+    def subscribe(self, *, deadline: Deadline) -> EventSource:
         from ._events import XenEvents
 
         with self._mapped("subscribe to events"):
-            return XenEvents(self)
+            return XenEvents(self, deadline)
 
     # used by _events
     def in_scope(self, rec: dict[str, Any]) -> bool:
         return self._in_scope(rec)
 
-    def vm_info(self, rec: dict[str, Any]) -> VMInfo:
-        return self._info(rec)
+    def host_name(self, ref: str) -> str | None:
+        return self._host_name(ref, Deadline.after(self._c.rpc_timeout))
 
     @property
     def connection(self) -> Connection:

@@ -27,6 +27,8 @@ from vmctl import (
     VmctlError,
 )
 
+from ._transport import was_sent
+
 #: XenAPI power states (ocaml/idl/datamodel_vm.ml: vm_power_state) -> vmctl. Xen has no
 #: crashed state: a crashed domain follows actions_after_crash (restart or destroy = halt).
 POWER_STATES = {
@@ -44,7 +46,6 @@ def power_state(text: str) -> PowerState:
 _NOT_FOUND = {"HANDLE_INVALID", "UUID_INVALID", "VM_NOT_FOUND", "SR_NOT_FOUND"}
 _AUTH = {
     "SESSION_AUTHENTICATION_FAILED",
-    "SESSION_INVALID",
     "RBAC_PERMISSION_DENIED",
     "PERMISSION_DENIED",
 }
@@ -134,6 +135,14 @@ def from_failure(what: str, desc: Sequence[str]) -> VmctlError:
             allowed=allowed,
             vendor_code=code,
         )
+    if code == "SESSION_INVALID":
+        # The host refused the call before acting on it: safe to repeat once the core has
+        # logged in again (Reconnectable.reconnect).
+        return ConnectionError(
+            f"{msg}: the XenAPI session has expired or was closed on the host",
+            sent=False,
+            vendor_code=code,
+        )
     if code == "HOST_IS_SLAVE":
         return ConnectionError(f"{msg}: connect to the pool master instead", vendor_code=code)
     if code in _INVALID_STATE:
@@ -162,20 +171,33 @@ def from_exception(what: str, exc: BaseException) -> VmctlError:
     desc = details(exc)
     if desc:
         return from_failure(what, desc)
+    sent = was_sent(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ConnectionError(
             f"{what}: the host's TLS certificate is not trusted ({exc.verify_message}); give "
             "cafile= (or VMCTL_CAFILE) or thumbprint= (VMCTL_THUMBPRINT, SHA-256), or "
-            "insecure=True to skip the check"
+            "insecure=True to skip the check",
+            sent=False,
         )
     if isinstance(exc, ssl.SSLError):
-        return ConnectionError(f"{what}: TLS failed: {exc}")
+        return ConnectionError(f"{what}: TLS failed: {exc}", sent=sent)
     if isinstance(exc, TimeoutError | socket.timeout):
-        return OperationTimeout(f"{what}: the host did not answer in time ({exc})")
+        if sent is False:
+            return ConnectionError(
+                f"{what}: the host did not accept a connection in time ({exc})", sent=False
+            )
+        return OperationTimeout(
+            f"{what}: the host did not answer in time ({exc}); the request was sent and may "
+            "still be carried out"
+        )
     if isinstance(exc, OSError | http.client.HTTPException):
-        return ConnectionError(f"{what}: cannot reach the host: {type(exc).__name__}: {exc}")
+        return ConnectionError(
+            f"{what}: cannot reach the host: {type(exc).__name__}: {exc}"
+            + ("" if sent is False else " (the request may have reached it)"),
+            sent=sent,
+        )
     if isinstance(exc, xmlrpc.client.ProtocolError):
-        return ConnectionError(f"{what}: HTTP {exc.errcode} {exc.errmsg}")
+        return ConnectionError(f"{what}: HTTP {exc.errcode} {exc.errmsg}", sent=None)
     if isinstance(exc, xmlrpc.client.Fault):
         return BackendError(f"{what}: XML-RPC fault {exc.faultCode}: {exc.faultString}")
     return BackendError(f"{what}: {type(exc).__name__}: {exc}")

@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from vmctl import Event, EventKind, VmctlError
+from vmctl.spi import Deadline
 
 from . import _errors
 from ._errors import power_state
@@ -62,7 +63,7 @@ class _Seen:
 class XenEvents:
     """An EventSource over event.from."""
 
-    def __init__(self, driver: XenDriver) -> None:
+    def __init__(self, driver: XenDriver, deadline: Deadline) -> None:
         self._d = driver
         self._c = driver.connection
         self._queue: queue.Queue[Event | BaseException] = queue.Queue()
@@ -70,12 +71,12 @@ class XenEvents:
         self._lock = threading.Lock()
         self._closed = False
         self._token = ""
-        self._sync()
+        self._sync(deadline)
         self._thread = threading.Thread(target=self._pump, name="vmctl-xen-events", daemon=True)
         self._thread.start()
 
-    def _sync(self) -> None:
-        resp = self._c.event_from(["VM"], "", 0.0)
+    def _sync(self, deadline: Deadline) -> None:
+        resp = self._c.event_from(["VM"], "", 0.0, deadline)
         self._seen = {}
         for ev in resp.get("events", []):
             rec = ev.get("snapshot")
@@ -150,7 +151,7 @@ class XenEvents:
                     now.uuid,
                     now.name,
                     state=state,
-                    detail=f"to {self._d._host_name(now.resident)}",
+                    detail=f"to {self._d.host_name(now.resident)}",
                 )
             )
         elif now.config != prev.config:
@@ -163,14 +164,16 @@ class XenEvents:
         latest state: one created and deleted between two calls would never be seen)."""
         while not self._closed:
             try:
-                resp = self._c.event_from(["VM"], self._token, POLL_S)
+                resp = self._c.event_from(
+                    ["VM"], self._token, POLL_S, Deadline.after(POLL_S + self._c.rpc_timeout)
+                )
             except Exception as exc:
                 if self._closed:
                     return
                 if _errors.details(exc)[:1] == ["EVENTS_LOST"]:
                     log.warning("XenAPI events were lost; resynchronising")
                     try:
-                        self._sync()
+                        self._sync(Deadline.after(self._c.rpc_timeout))
                     except Exception as exc2:
                         self._queue.put(exc2)
                         return

@@ -1,7 +1,14 @@
-"""One XenAPI session, shared by threads: each thread gets its own XenAPI.Session proxy
-and transport (XenAPI.Session, an xmlrpc ServerProxy, is not thread-safe), all carrying the
-same session reference. Login with an originator, logout on close, one re-login on
-SESSION_INVALID, Async tasks awaited with event.from (never by sleeping)."""
+"""One XenAPI session, shared by threads: each thread gets its own XML-RPC proxy and
+transport (XenAPI.Session, an xmlrpc ServerProxy, is not thread-safe), all carrying the same
+session reference.
+
+Every call is one round trip, bounded by the request's deadline: the socket timeout is
+``deadline.bound(rpc_timeout)`` (plus the wait of an ``event.from`` long poll). Calls go
+straight to the XML-RPC method (``proxy("VM.start")``), never through the SDK's
+``session.xenapi`` path, which re-logs in and repeats a call up to three times on
+SESSION_INVALID: here SESSION_INVALID surfaces (the driver maps it to a ConnectionError that
+was not sent) and the core reconnects (``login`` again) and repeats what is safe.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +16,20 @@ import contextlib
 import logging
 import ssl
 import threading
-import time
 import xmlrpc.client
 from typing import Any
 
 from vmctl import AuthenticationError, BackendError, OperationTimeout, Secret
+from vmctl.spi import Deadline
 
-from ._transport import Transport
+from ._transport import NOT_SENT, Once, Transport
 
 log = logging.getLogger("vmctl.xen")
 
 NULL = "OpaqueRef:NULL"
 ORIGINATOR = "vmctl"
 API_VERSION = "1.2"
-#: The longest single event.from wait; a longer wait is several calls (each a long poll).
+#: The longest single event.from wait (a longer wait is the core's next call).
 EVENT_SLICE_S = 30.0
 
 
@@ -45,12 +52,26 @@ def task_result(text: str) -> Any:
     """A task's result: the XML-RPC encoding of the value, as xapi stores it."""
     if not text:
         return None
+    if not text.lstrip().startswith("<"):
+        return text  # a bare ref (some xapi versions)
     doc = f"<methodResponse><params><param>{text}</param></params></methodResponse>"
     return xmlrpc.client.loads(doc)[0][0]
 
 
+def _login_body(username: str, password: Secret) -> Once:
+    # The only place the password is revealed: straight into the encoded request, which is
+    # handed over in a box the transport empties (no frame of the driver keeps it).
+    return Once(
+        xmlrpc.client.dumps(
+            (username, password.reveal(), API_VERSION, ORIGINATOR),
+            "session.login_with_password",
+            allow_none=True,
+        ).encode("utf-8")
+    )
+
+
 class Connection:
-    """A logged-in XenAPI session on ``url``."""
+    """A XenAPI session on ``url``."""
 
     def __init__(
         self,
@@ -80,7 +101,7 @@ class Connection:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _proxy(self) -> Any:
+    def _proxy(self) -> tuple[Any, Transport]:
         proxy = getattr(self._local, "proxy", None)
         if proxy is None:
             import XenAPI
@@ -91,165 +112,103 @@ class Connection:
             self._local.transport = transport
             with self._lock:
                 self._proxies.append(proxy)
-        return proxy
+        return proxy, self._local.transport
 
-    def raw(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """One XML-RPC round trip; the reply dict, not unwrapped."""
-        proxy = self._proxy()
-        transport: Transport = self._local.transport
-        if timeout is not None:
-            transport.set_timeout(timeout)
-        try:
-            with self._lock:
-                self.round_trips += 1
-            return getattr(proxy, method)(*args)
-        finally:
-            if timeout is not None:
-                transport.set_timeout(self.rpc_timeout)
+    def _count(self) -> None:
+        with self._lock:
+            self.round_trips += 1
+
+    def raw(self, method: str, *args: Any, timeout: float) -> Any:
+        """One XML-RPC round trip with a socket timeout of ``timeout`` s; the reply dict."""
+        proxy, transport = self._proxy()
+        transport.set_timeout(timeout)
+        self._count()
+        # xmlrpc.client.ServerProxy.__getattr__: the plain XML-RPC method, not the SDK's
+        # retrying session.xenapi dispatcher.
+        return xmlrpc.client.ServerProxy.__getattr__(proxy, method)(*args)
+
+    def call(self, method: str, *args: Any, deadline: Deadline, wait: float = 0.0) -> Any:
+        """``method(session, *args)``, one round trip within ``deadline`` (``wait``: how long
+        the host itself may block, for event.from). Raises XenAPI.Failure, OSError..."""
+        if self.closed:
+            raise BackendError(f"the connection to {self.url} is closed")
+        if deadline.expired():
+            late = OperationTimeout(
+                f"{method}: not sent, no time left (timeout {deadline.seconds:g} s)"
+            )
+            setattr(late, NOT_SENT, True)
+            raise late
+        return unwrap(
+            self.raw(method, self.ref, *args, timeout=deadline.bound(wait + self.rpc_timeout))
+        )
 
     # -- session --------------------------------------------------------------------------
 
-    def login(self) -> None:
+    def login(self, deadline: Deadline) -> None:
+        """session.login_with_password, the password revealed only into the request body."""
         if self._password is None:
             raise AuthenticationError(
                 f"no password for {self.username!r} on {self.url}: pass "
                 "password=... or set VMCTL_PASSWORD"
             )
-        ref = unwrap(
-            self.raw(
-                "session.login_with_password",
-                self.username,
-                self._password.reveal(),
-                API_VERSION,
-                ORIGINATOR,
-            )
-        )
-        self.ref = str(ref)
+        proxy, transport = self._proxy()
+        transport.set_timeout(deadline.bound(self.rpc_timeout))
+        self._count()
+        host, handler = proxy._ServerProxy__host, proxy._ServerProxy__handler
+        resp = transport.request(host, handler, _login_body(self.username, self._password))
+        self.ref = str(unwrap(resp[0] if isinstance(resp, tuple) else resp))
         log.debug("logged in to %s as %r", self.url, self.username)
-
-    def _relogin(self, stale: str | None) -> None:
-        with self._lock:
-            if self.closed:
-                raise AuthenticationError(f"the connection to {self.url} is closed")
-            if self.ref != stale:
-                return  # another thread has renewed it already
-        log.info("XenAPI session on %s expired; logging in again", self.url)
-        self.login()
-
-    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """``method(session, *args)``; re-logs in once on SESSION_INVALID."""
-        if self.closed:
-            raise BackendError(f"the connection to {self.url} is closed")
-        for attempt in (1, 2):
-            ref = self.ref
-            resp = self.raw(method, ref, *args, timeout=timeout)
-            failed = isinstance(resp, dict) and resp.get("Status") == "Failure"
-            desc = resp.get("ErrorDescription") if failed else None
-            if desc and desc[0] == "SESSION_INVALID":
-                if attempt == 1:
-                    self._relogin(ref)
-                    continue
-                raise AuthenticationError(
-                    f"{method}: the XenAPI session is invalid even after logging in again",
-                    vendor_code="SESSION_INVALID",
-                )
-            return unwrap(resp)
-        raise AssertionError("unreachable")
 
     def retarget(self, url: str) -> None:
         """Talk to ``url`` from now on (a pool member named its master): new transports."""
+        self._close_transports()
+        self._local = threading.local()
+        self.url = url
+        self.ref = None
+
+    def _close_transports(self) -> None:
         with self._lock:
             proxies, self._proxies = self._proxies, []
         for proxy in proxies:
             with contextlib.suppress(Exception):
                 proxy("close")()
-        self._local = threading.local()
-        self.url = url
-        self.ref = None
 
-    def logout(self) -> None:
+    def relogin(self, deadline: Deadline) -> None:
+        """A new session (after a lost connection or an expired session); the old one is
+        logged out, best effort, so that it does not linger on the host."""
+        old = self.ref
+        self.login(deadline)
+        if old is not None and old != self.ref and not deadline.expired():
+            try:
+                unwrap(self.raw("session.logout", old, timeout=deadline.bound(self.rpc_timeout)))
+            except Exception as exc:  # expired already, as a rule
+                log.debug("logout of the old session failed: %s", exc)
+
+    def logout(self, deadline: Deadline | None = None) -> None:
         """Log out and close every transport. Never raises."""
         if self.closed:
             return
         self.closed = True
         if self.ref is not None:
+            timeout = (deadline or Deadline.after(min(self.rpc_timeout, 10))).bound(
+                self.rpc_timeout
+            )
             try:
-                unwrap(self.raw("session.logout", self.ref, timeout=min(self.rpc_timeout, 10)))
+                unwrap(self.raw("session.logout", self.ref, timeout=timeout))
             except Exception as exc:  # best effort: the session expires on the host anyway
                 log.debug("logout from %s failed: %s", self.url, exc)
             self.ref = None
-        with self._lock:
-            proxies, self._proxies = self._proxies, []
-        for proxy in proxies:
-            with contextlib.suppress(Exception):
-                proxy("close")()
+        self._close_transports()
 
-    # -- events and tasks ----------------------------------------------------------------
+    # -- events ---------------------------------------------------------------------------
 
-    def event_from(self, classes: list[str], token: str, timeout: float) -> dict[str, Any]:
-        """event.from: the events since ``token`` (blocks up to ``timeout`` seconds)."""
-        result = self.call(
-            "event.from",
-            classes,
-            token,
-            float(max(0.0, timeout)),
-            timeout=timeout + self.rpc_timeout,
-        )
+    def event_from(
+        self, classes: list[str], token: str, wait: float, deadline: Deadline
+    ) -> dict[str, Any]:
+        """event.from: the events since ``token``; the host blocks up to ``wait`` seconds
+        (cut so that its answer comes before ``deadline``)."""
+        left = deadline.remaining()
+        wait = max(0.0, min(wait, left - min(0.25, left / 10)))
+        result = self.call("event.from", classes, token, float(wait), deadline=deadline, wait=wait)
         assert isinstance(result, dict)
         return result
-
-    def current_token(self) -> str:
-        """A token for "now", without fetching any object (no subscription matches)."""
-        return str(self.event_from([], "", 0.0)["token"])
-
-    def wait_task(self, task: str, what: str, timeout: float) -> Any:
-        """Wait for an Async task with event.from, destroy it, and return its result (or
-        raise XenAPI.Failure with its error_info). Cancels it after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        token = ""
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._cancel(task)
-                    raise OperationTimeout(
-                        f"{what}: the XenAPI task did not finish within {timeout:g} s (cancelled)"
-                    )
-                resp = self.event_from([f"task/{task}"], token, min(left, EVENT_SLICE_S))
-                token = str(resp["token"])
-                for ev in resp.get("events", []):
-                    if ev.get("ref") != task:
-                        continue
-                    if ev.get("operation") == "del":
-                        raise BackendError(f"{what}: the XenAPI task {task} vanished")
-                    rec = ev.get("snapshot") or {}
-                    status = rec.get("status")
-                    if status in ("pending", "cancelling", None):
-                        continue
-                    if status == "success":
-                        return task_result(str(rec.get("result", "")))
-                    raise _failure(
-                        [
-                            str(x)
-                            for x in rec.get("error_info") or ["TASK_" + str(status).upper(), task]
-                        ]
-                    )
-        finally:
-            self.destroy_task(task)
-
-    def _cancel(self, task: str) -> None:
-        try:
-            self.call("task.cancel", task)
-        except Exception as exc:
-            log.debug("cancelling task %s failed: %s", task, exc)
-
-    def destroy_task(self, task: str) -> None:
-        try:
-            self.call("task.destroy", task)
-        except Exception as exc:
-            log.debug("destroying task %s failed: %s", task, exc)
-
-    def run(self, method: str, *args: Any, what: str, timeout: float) -> Any:
-        """``Async.<method>(*args)``, awaited."""
-        task = str(self.call(f"Async.{method}", *args))
-        return self.wait_task(task, what, timeout)

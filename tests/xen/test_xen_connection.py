@@ -11,6 +11,7 @@ from xen_helpers import PASSWORD, connect
 
 import vmctl
 from vmctl import Capability
+from vmctl.spi import Deadline
 
 
 def test_https_with_cafile_and_host_info(sim: Any) -> None:
@@ -122,8 +123,28 @@ def test_expired_session_is_renewed_once(sim: Any) -> None:
         old = hv._driver.connection.ref
         with sim.db.lock:
             sim.db.sessions.pop(old)  # as xapi does when a session expires
-        assert hv.list_vms()
+        assert hv.list_vms()  # the core reconnects (Reconnectable.reconnect) and repeats
         assert hv._driver.connection.ref != old
+
+
+def test_session_invalid_is_a_connection_error_not_sent(sim: Any) -> None:
+    # The driver no longer logs in again by itself: SESSION_INVALID means the host refused
+    # the call before acting on it, so it is a ConnectionError with sent=False, which the
+    # core meets with reconnect() and a repeat.
+    with connect(sim) as hv:
+        drv = hv._driver
+        old = drv.connection.ref
+        with sim.db.lock:
+            sim.db.sessions.pop(old)
+        before = drv.round_trips
+        with pytest.raises(vmctl.ConnectionError) as err:
+            drv.list_vms(deadline=Deadline.after(10))
+        assert err.value.sent is False and err.value.vendor_code == "SESSION_INVALID"
+        assert drv.round_trips - before == 1  # no re-login, no second try
+        assert drv.connection.ref == old
+        drv.reconnect(deadline=Deadline.after(10))
+        assert drv.connection.ref != old
+        assert drv.list_vms(deadline=Deadline.after(10))
 
 
 def test_session_invalid_then_login_refused_is_authentication_error(sim: Any) -> None:
@@ -202,12 +223,13 @@ def test_plain_http_when_asked() -> None:
         assert plain.open_sessions() == 0
 
 
-def test_wait_for_a_deleted_vm_is_not_found(sim: Any) -> None:
+def test_wait_for_a_deleted_vm_says_none(sim: Any) -> None:
     with connect(sim) as hv:
         vm = hv.create_vm(vmctl.VMSpec(name=f"xt-gone-{time.monotonic_ns()}"))
-        hv._driver.get_vm(vm.uuid)  # caches its ref
+        info = hv._driver.get_vm(vm.uuid, deadline=Deadline.after(10))  # caches its ref
         vm.delete()
         t = time.monotonic()
-        with pytest.raises(vmctl.NotFound):
-            hv._driver.wait_for_state(vm.uuid, {vmctl.PowerState.RUNNING}, timeout=10)
+        assert hv._driver.wait_changes({vm.uuid: info}, deadline=Deadline.after(10)) == {
+            vm.uuid: None
+        }
         assert time.monotonic() - t < 5

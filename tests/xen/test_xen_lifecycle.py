@@ -11,6 +11,7 @@ from xen_helpers import GUEST, NETWORK, name
 
 import vmctl
 from vmctl import DiskSpec, NicSpec, PowerState, Resources, VMSpec
+from vmctl.spi import Deadline, Task, finish_task
 
 S = PowerState
 MiB = 1024 * 1024
@@ -86,7 +87,8 @@ def test_duplicate_name(hv: vmctl.Hypervisor) -> None:
     vm = hv.create_vm(spec("dup"))
     try:
         with pytest.raises(vmctl.AlreadyExists):
-            hv._driver.create_vm(VMSpec(name=vm.name))  # the driver checks the pool too
+            # the driver checks the pool too
+            hv._driver.create_vm(VMSpec(name=vm.name), deadline=Deadline.after(10))
     finally:
         vm.delete()
 
@@ -117,8 +119,11 @@ def test_power_cycle_exact_states(hv: vmctl.Hypervisor, raw: Any) -> None:
 def test_bad_power_state_maps_to_invalid_state(hv: vmctl.Hypervisor) -> None:
     vm = hv.create_vm(spec("badstate"))
     try:
-        with pytest.raises(vmctl.InvalidState) as err:
-            hv._driver.pause(vm.uuid)  # past the core's own check: xapi refuses
+        drv, deadline = hv._driver, Deadline.after(10)
+        with pytest.raises(vmctl.InvalidState) as err:  # past the core's own check: xapi refuses
+            task = drv.pause(vm.uuid, deadline=deadline)
+            if task is not None:
+                finish_task(drv, task, deadline=deadline, what="pause")
         e = err.value
         assert e.vendor_code == "VM_BAD_POWER_STATE"
         assert e.current is S.STOPPED and e.allowed == {S.RUNNING}
@@ -130,7 +135,7 @@ def test_bad_power_state_maps_to_invalid_state(hv: vmctl.Hypervisor) -> None:
 
 def test_unknown_uuid_not_found(hv: vmctl.Hypervisor) -> None:
     with pytest.raises(vmctl.NotFound) as err:
-        hv._driver.get_vm(str(uuidlib.uuid4()))
+        hv._driver.get_vm(str(uuidlib.uuid4()), deadline=Deadline.after(10))
     assert err.value.vendor_code == "UUID_INVALID"
 
 
@@ -160,17 +165,33 @@ def test_wait_false_and_wait_all(hv: vmctl.Hypervisor) -> None:
             vm.delete(force=True)
 
 
-def test_wait_for_state_long_polls(hv: vmctl.Hypervisor) -> None:
+def test_wait_changes_long_polls(hv: vmctl.Hypervisor) -> None:
     vm = hv.create_vm(spec("wait"))
     try:
         drv = hv._driver
+        info = vm.info()
         before, t = drv.round_trips, time.monotonic()
-        with pytest.raises(vmctl.OperationTimeout):
-            drv.wait_for_state(vm.uuid, {S.RUNNING}, timeout=2.0)
-        assert time.monotonic() - t >= 2.0
-        assert drv.round_trips - before <= 4  # event.from blocks; no polling loop
+        deadline = Deadline.after(2.0)
+        calls = 0
+        while not deadline.expired():  # as the core's await_states calls it
+            assert drv.wait_changes({vm.uuid: info}, deadline=deadline) == {}
+            calls += 1
+        assert 2.0 <= time.monotonic() - t < 3.0
+        assert drv.round_trips - before <= 6  # event.from blocks; no polling loop
     finally:
         vm.delete()
+
+
+def test_start_hands_the_xapi_task_to_the_core(hv: vmctl.Hypervisor) -> None:
+    vm = hv.create_vm(spec("waittask", boot=GUEST))
+    try:
+        drv = hv._driver
+        task = drv.start(vm.uuid, deadline=Deadline.after(10))
+        assert isinstance(task, Task) and task.id.startswith("OpaqueRef:")
+        outcome = finish_task(drv, task, deadline=Deadline.after(30), what="start")
+        assert outcome.ok and vm.info().state is S.RUNNING
+    finally:
+        vm.delete(force=True)
 
 
 def test_resources_map_to_vcpus_params_and_dynamic_min(hv: vmctl.Hypervisor, raw: Any) -> None:
