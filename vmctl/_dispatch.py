@@ -327,21 +327,32 @@ class Dispatcher:
                     self._queue.put(None)
                     break
                 batch.append(item)
-            known: dict[str, VMInfo] = {}
-            issued: dict[str, Issued] = {}
-            if len(batch) > 1:
-                deadline = min((b.deadline for b in batch), key=lambda d: d.at)
-                try:
-                    known = self.read_states(
-                        [b.uuid for b in batch], deadline, f"read the states of {len(batch)} VMs"
-                    )
-                    issued = self._start_many(batch, known, deadline)
-                except VmctlError as exc:  # each request reads its own state instead
-                    log.debug("batched state read failed: %s", exc)
-            assert self._executor is not None
-            for item in batch:
-                if item.future.set_running_or_notify_cancel():
-                    self._executor.submit(item.execute, known.get(item.uuid), issued.get(item.uuid))
+            try:
+                self._dispatch(batch)
+            except BaseException as exc:  # a bug here must not strand the callers
+                log.exception("dispatching %d requests failed", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    def _dispatch(self, batch: list[_Submitted]) -> None:
+        """Read the batch's states in one call, issue a bulk start where the driver has
+        one, and hand each request to a worker."""
+        known: dict[str, VMInfo] = {}
+        issued: dict[str, Issued] = {}
+        if len(batch) > 1:
+            deadline = min((b.deadline for b in batch), key=lambda d: d.at)
+            try:
+                known = self.read_states(
+                    [b.uuid for b in batch], deadline, f"read the states of {len(batch)} VMs"
+                )
+                issued = self._start_many(batch, known, deadline)
+            except VmctlError as exc:  # each request reads its own state instead
+                log.debug("batched state read failed: %s", exc)
+        assert self._executor is not None
+        for item in batch:
+            if item.future.set_running_or_notify_cancel():
+                self._executor.submit(item.execute, known.get(item.uuid), issued.get(item.uuid))
 
     def _start_many(
         self, batch: list[_Submitted], known: Mapping[str, VMInfo], deadline: Deadline
@@ -369,11 +380,14 @@ class Dispatcher:
         if self.closed:
             return
         self.closed = True
+        # Closed from one of our own threads (a finalizer run there): do not join ourselves.
+        own = threading.current_thread().name.startswith(("vmctl-op", "vmctl-dispatch"))
         if self._feeder is not None:
             self._queue.put(None)
-            self._feeder.join()
+            if not own:
+                self._feeder.join()
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=not own)
 
 
 class Issued:
