@@ -152,6 +152,7 @@ def test_strict_reader_rejects_what_xapi_never_writes() -> None:
     assert parse_strict(doc("<value><double>0.5</double></value>"))["Value"] == 0.5
     for bad in ("<value><string>a</string></value>", "<value> <i4>5</i4></value>",
                 "<value><array>\n<data></data></array></value>", "<value><i8>5</i8></value>",
+                "<value><int>5</int></value>", "<value><i4>05</i4></value>",
                 "<value><double>0.50</double></value>", "<value><boolean>true</boolean></value>",
                 "<value><dateTime.iso8601>2026-01-01T00:00:00Z</dateTime.iso8601></value>",
                 "<value>a>b</value>", "<value>&apos;</value>"):  # fmt: skip

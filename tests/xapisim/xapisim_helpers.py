@@ -223,7 +223,7 @@ class WireError(AssertionError):
 
 
 class I4(int):
-    """A value that came as <i4> (or <int>)."""
+    """A value that came as <i4>."""
 
 
 class Stamp(str):
@@ -298,12 +298,11 @@ class StrictReader:
             if t not in ("0", "1"):
                 raise WireError(f"boolean {t!r}")
             v: Any = t == "1"
-        elif self.peek("<i4>") or self.peek("<int>"):
-            tag = "i4" if self.peek("<i4>") else "int"
-            self.pos += len(tag) + 2
-            t = self.text_until(f"</{tag}>")
+        elif self.peek("<i4>"):  # Rpc.Int32; ocaml-rpc never writes <int> or <i8>
+            self.pos += len("<i4>")
+            t = self.text_until("</i4>")
             if not re.fullmatch(r"-?(0|[1-9]\d*)", t):
-                raise WireError(f"{tag} {t!r}")
+                raise WireError(f"i4 {t!r}")
             v = I4(int(t))
         elif self.peek("<double>"):
             self.pos += len("<double>")
