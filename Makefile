@@ -22,10 +22,7 @@ venv: $(VENV)/.stamp-core
 
 ## make demo: set up and run the narrated walkthrough on the embedded sim:// backend
 demo: venv
-	$(PY) -m vmctl.demo
-	@echo
-	@echo "vmctl is installed in $(VENV): run '. $(VENV)/bin/activate' to put it on your PATH"
-	@echo "(or call $(VENV)/bin/vmctl), then try 'vmctl --help' and 'vmctl conformance sim://'."
+	$(PY) -m vmctl.demo   # ends by saying how to reach vmctl (. .venv/bin/activate)
 
 ## the hosts' system packages (apt) and builds, each script installs only what is missing
 hosts-deps:

@@ -60,7 +60,8 @@ EXIT: list[tuple[type[vmctl.VmctlError], int, str]] = [
 _CLI_WORDS = [
     (re.compile(r"\bpass force=True\b"), "add --force"),
     (re.compile(r"\bforce=True\b"), "--force"),
-    (re.compile(r"\bforce_after(=\S+)?"), "--force-after"),
+    (re.compile(r"\bforce_after(=\S*)?"), "--force-after SECONDS"),
+    (re.compile(r"\bpower_off\(\)"), "`vmctl power-off VM`"),
     (re.compile(r"\btimeout=(\S+)"), r"--timeout \1"),
     (re.compile(r"\bmemory=True\b"), "--memory"),
     (re.compile(r"\blinked=True\b"), "--linked"),
@@ -300,15 +301,39 @@ def _wait(ctx: Ctx, op: Operation[Any], what: str, limit: float | None) -> Any:
 @click.option("--uri", "-c", envvar="VMCTL_URI", help="host URI (default $VMCTL_URI)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--ask-password", is_flag=True, help="prompt for the password (else $VMCTL_PASSWORD)")
+@click.option("--verbose", "-v", is_flag=True, help="log what vmctl does to stderr")
 @click.version_option(vmctl.__version__)
 @click.pass_context
-def cli(click_ctx: click.Context, uri: str | None, as_json: bool, ask_password: bool) -> None:
+def cli(
+    click_ctx: click.Context, uri: str | None, as_json: bool, ask_password: bool, verbose: bool
+) -> None:
     """Control virtual machines on KVM/QEMU, VMware ESX/vCenter, Xen or the sim.
 
     Every command takes --json. The host is -c URI or $VMCTL_URI; try
     VMCTL_URI='sim://lab?state=$HOME/.vmctl-sim.json' without any hypervisor.
     """
+    _logging(verbose)
     click_ctx.obj = Ctx(uri, as_json, ask_password)
+
+
+def _logging(verbose: bool) -> None:
+    """vmctl's log goes to stderr with --verbose; otherwise the CLI's own messages say what
+    happened (and Python's last-resort handler must not print the library's warnings)."""
+    import logging
+
+    logger = logging.getLogger("vmctl")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_vmctl_cli", False):
+            logger.removeHandler(handler)
+    handler: logging.Handler
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.setLevel(logging.INFO)
+    else:
+        handler = logging.NullHandler()
+    handler._vmctl_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
