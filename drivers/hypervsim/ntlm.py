@@ -275,3 +275,138 @@ class NtlmAcceptor:
                 raise NtlmError("MIC mismatch")
         self.user = user
         self.domain_sent = domain
+        self.exported_key = exported
+        self.flags = flags
+
+    def sign(self, message: bytes, seq: int, server: bool = True) -> bytes:
+        """An NTLM message signature with extended session security ([MS-NLMP] 3.4.4.2,
+        3.4.5.2 SIGNKEY, 3.4.5.3 SEALKEY); the checksum RC4-sealed under KEY_EXCH."""
+        side = "server-to-client" if server else "client-to-server"
+        sign_key = hashlib.md5(
+            self.exported_key + f"session key to {side} signing key magic constant\0".encode()
+        ).digest()
+        seal_key = hashlib.md5(
+            self.exported_key + f"session key to {side} sealing key magic constant\0".encode()
+        ).digest()
+        seq_b = struct.pack("<I", seq)
+        checksum = _hmac_md5(sign_key, seq_b + message)[:8]
+        if self.flags & NEGOTIATE_KEY_EXCH:
+            checksum = rc4(seal_key, checksum)
+        return struct.pack("<I", 1) + checksum + seq_b
+
+
+# --- SPNEGO (RFC 4178) around NTLM, as Windows' Negotiate package and pyspnego send it ------
+
+SPNEGO_OID = bytes.fromhex("06062b0601050502")
+NTLM_OID = bytes.fromhex("060a2b06010401823702020a")
+ACCEPT_COMPLETED, ACCEPT_INCOMPLETE, REJECT = 0, 1, 2
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    return bytes([tag]) + _der_len(len(value)) + value
+
+
+def _read_tlv(data: bytes, pos: int) -> tuple[int, bytes, int, int]:
+    """(tag, value, start of the element, end of the element)."""
+    start = pos
+    if pos + 2 > len(data):
+        raise NtlmError("truncated DER")
+    tag = data[pos]
+    length = data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        if n == 0 or n > 4 or pos + n > len(data):
+            raise NtlmError("bad DER length")
+        length = int.from_bytes(data[pos : pos + n], "big")
+        pos += n
+    if pos + length > len(data):
+        raise NtlmError("truncated DER")
+    return tag, data[pos : pos + length], start, pos + length
+
+
+def _fields(seq: bytes) -> dict[int, bytes]:
+    """The context-tagged fields [n] of a DER SEQUENCE body, each with its raw content."""
+    out: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(seq):
+        tag, value, _s, pos = _read_tlv(seq, pos)
+        out[tag & 0x1F] = value
+    return out
+
+
+def neg_token_resp(
+    state: int, token: bytes | None = None, mic: bytes | None = None, mech: bool = False
+) -> bytes:
+    body = _tlv(0xA0, _tlv(0x0A, bytes([state])))
+    if mech:
+        body += _tlv(0xA1, NTLM_OID)
+    if token is not None:
+        body += _tlv(0xA2, _tlv(0x04, token))
+    if mic is not None:
+        body += _tlv(0xA3, _tlv(0x04, mic))
+    return _tlv(0xA1, _tlv(0x30, body))
+
+
+class SpnegoAcceptor:
+    """The acceptor side of SPNEGO with NTLM as the only mechanism (no Kerberos here)."""
+
+    def __init__(self, ntlm: NtlmAcceptor) -> None:
+        self.ntlm = ntlm
+        self.mech_list: bytes | None = None
+        self.first = True
+
+    def step(self, token: bytes) -> tuple[bytes, bool]:
+        """(reply token, done). Raises :class:`NtlmError` on failure."""
+        if token[:1] == b"\x60":
+            tag, inner, _s, _e = _read_tlv(token, 0)
+            if not inner.startswith(SPNEGO_OID):
+                raise NtlmError("not SPNEGO")
+            tag, init, _s, _e = _read_tlv(inner, len(SPNEGO_OID))
+            if tag != 0xA0:
+                raise NtlmError("not a NegTokenInit")
+            _t, seq, _s, _e = _read_tlv(init, 0)
+            fields = _fields(seq)
+            if 0 not in fields:
+                raise NtlmError("NegTokenInit without mechTypes")
+            self.mech_list = fields[0]  # the MechTypeList SEQUENCE, as the MIC covers it
+            _t, raw_list, _s, _e = _read_tlv(self.mech_list, 0)
+            mechs = []
+            pos = 0
+            while pos < len(raw_list):
+                _tag, _v, start, pos = _read_tlv(raw_list, pos)
+                mechs.append(raw_list[start:pos])
+            if NTLM_OID not in mechs:
+                return neg_token_resp(REJECT), True
+            if mechs[0] != NTLM_OID or 2 not in fields:
+                # Our mechanism is not the initiator's first choice: ask for NTLM.
+                return neg_token_resp(ACCEPT_INCOMPLETE, mech=True), False
+            _t, mech_token, _s, _e = _read_tlv(fields[2], 0)
+            out = self.ntlm.step(mech_token)
+            return neg_token_resp(ACCEPT_INCOMPLETE, out, mech=True), False
+        if token[:1] != b"\xa1":
+            raise NtlmError("not a SPNEGO token")
+        _t, resp, _s, _e = _read_tlv(token, 0)
+        _t, seq, _s, _e = _read_tlv(resp, 0)
+        fields = _fields(seq)
+        if 2 not in fields:
+            raise NtlmError("NegTokenResp without a responseToken")
+        _t, mech_token, _s, _e = _read_tlv(fields[2], 0)
+        out = self.ntlm.step(mech_token)
+        if out is not None:
+            return neg_token_resp(ACCEPT_INCOMPLETE, out, mech=True), False
+        assert self.mech_list is not None
+        mic = None
+        if 3 in fields:
+            _t, client_mic, _s, _e = _read_tlv(fields[3], 0)
+            if not hmac.compare_digest(client_mic, self.ntlm.sign(self.mech_list, 0, False)):
+                raise NtlmError("mechListMIC mismatch")
+            mic = self.ntlm.sign(self.mech_list, 0, True)
+        return neg_token_resp(ACCEPT_COMPLETED, mic=mic), True

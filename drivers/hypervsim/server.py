@@ -19,7 +19,7 @@ from typing import Any
 
 from . import tables as T
 from .model import Config, World
-from .ntlm import NtlmAcceptor, NtlmError, channel_bindings_hash
+from .ntlm import NtlmAcceptor, NtlmError, SpnegoAcceptor, channel_bindings_hash
 from .wsman import WsmanService
 
 MAX_BODY = 16 * 1024 * 1024
@@ -78,6 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Per-connection state: WinRM authenticates the connection (NTLM is connection-bound).
     authenticated = False
     ntlm: NtlmAcceptor | None = None
+    spnego: SpnegoAcceptor | None = None
+    _final_token: bytes | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -155,14 +157,22 @@ class _Handler(BaseHTTPRequestHandler):
             return
         ctype = self.headers.get("Content-Type", "")
         if not body:
-            self._send(200 if self.authenticated else 400)
+            self._send(200 if self.authenticated else 400, b"", self._final_header())
             return
         if not ctype.lower().startswith("application/soap+xml"):
             # multipart/encrypted (WinRM message encryption over HTTP) is not implemented.
             self._send(415)
             return
         code, out = self.server.service.handle(self.server.host_name, body)
-        self._send(code, out)
+        self._send(code, out, self._final_header())
+
+    def _final_header(self) -> list[tuple[str, str]]:
+        """The SPNEGO accept-completed token (with its mechListMIC) rides on the answer."""
+        if self._final_token is None:
+            return []
+        final = base64.b64encode(self._final_token).decode()
+        self._final_token = None
+        return [("WWW-Authenticate", f"Negotiate {final}")]
 
     def _basic(self, value: str) -> bool:
         try:
@@ -174,21 +184,40 @@ class _Handler(BaseHTTPRequestHandler):
             hmac.compare_digest(pw.encode(), self.server.world.cfg.password.encode())
         )
 
-    def _ntlm_step(self, token: bytes, scheme: str) -> bool:
-        """Advance the connection's NTLM handshake; True when authenticated."""
+    def _acceptor(self) -> NtlmAcceptor:
         cfg = self.server.world.cfg
-        if token.startswith(b"NTLMSSP\x00") and token[8:12] == b"\x01\x00\x00\x00":
-            self.ntlm = NtlmAcceptor(
-                cfg.username, cfg.password, self.server.host_name, cfg.domain, self.server.cbt
-            )
-            self.authenticated = False
-        if self.ntlm is None:
-            self._challenge()
-            return False
+        return NtlmAcceptor(
+            cfg.username, cfg.password, self.server.host_name, cfg.domain, self.server.cbt
+        )
+
+    def _ntlm_step(self, token: bytes, scheme: str) -> bool:
+        """Advance the connection's NTLM (raw, or wrapped in SPNEGO) handshake; True once
+        authenticated. Raw NTLMSSP tokens are accepted under ``Negotiate`` as WinRM does."""
         try:
+            if token[:1] == b"\x60":  # SPNEGO NegTokenInit starts a new handshake
+                self.spnego = SpnegoAcceptor(self._acceptor())
+                self.ntlm = None
+                self.authenticated = False
+            if token[:1] in (b"\x60", b"\xa1"):
+                if self.spnego is None:
+                    raise NtlmError("no SPNEGO handshake in progress")
+                reply, done = self.spnego.step(token)
+                if not done:
+                    self._challenge(reply, scheme)
+                    return False
+                self.spnego = None
+                self.authenticated = True
+                self._final_token = reply
+                return True
+            if token.startswith(b"NTLMSSP\x00") and token[8:12] == b"\x01\x00\x00\x00":
+                self.ntlm = self._acceptor()
+                self.authenticated = False
+            if self.ntlm is None:
+                raise NtlmError("no NTLM handshake in progress")
             out = self.ntlm.step(token)
         except NtlmError:
             self.ntlm = None
+            self.spnego = None
             self.authenticated = False
             self._challenge()
             return False
