@@ -316,15 +316,17 @@ def cli(
     click_ctx.obj = Ctx(uri, as_json, ask_password)
 
 
+_log_handler: list[Any] = []  # the handler this CLI put on the "vmctl" logger
+
+
 def _logging(verbose: bool) -> None:
     """vmctl's log goes to stderr with --verbose; otherwise the CLI's own messages say what
     happened (and Python's last-resort handler must not print the library's warnings)."""
     import logging
 
     logger = logging.getLogger("vmctl")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_vmctl_cli", False):
-            logger.removeHandler(handler)
+    while _log_handler:
+        logger.removeHandler(_log_handler.pop())
     handler: logging.Handler
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
@@ -332,8 +334,8 @@ def _logging(verbose: bool) -> None:
         logger.setLevel(logging.INFO)
     else:
         handler = logging.NullHandler()
-    handler._vmctl_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
+    _log_handler.append(handler)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
