@@ -1,20 +1,42 @@
-"""The pyvmomi connection: stub, login, transparent re-login, round-trip count, PC helpers.
+"""The pyvmomi connection: stub, login, per-call socket timeouts, round-trip count, PC helpers.
+
+Every SOAP call is bounded by the deadline of the request that makes it: the driver sets the
+request's ``Deadline`` for the calling thread (``Connection.within``) and the stub gives the
+HTTP connection it takes from pyvmomi's pool that thread's socket timeout
+(``deadline.bound(RPC_TIMEOUT_S)``) before it sends, on new and on pooled connections alike.
+
+The stub does not retry. It classifies what failed: ``ConnectionError(sent=False)`` when the
+request never reached the host (no connection could be made, or the host rejected an
+expired session with NotAuthenticated), ``OutcomeUnknown`` when a request that changes
+something (a ``*_Task`` method, ShutdownGuest, RebootGuest) got no answer, and
+``OperationTimeout`` / ``ConnectionError(sent=None)`` for reads. The core reconnects
+(``Connection.login``) and repeats what is safe to repeat.
 
 Everything that reads goes through the PropertyCollector (``RetrievePropertiesEx``, continued
 with ``ContinueRetrievePropertiesEx`` while the server pages). Waiting goes through a private
-PropertyCollector with ``WaitForUpdatesEx`` (long poll, never sleep-and-poll).
+PropertyCollector with one ``WaitForUpdatesEx`` long poll per call, never a loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import logging
 import math
+import socket
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from vmctl import AuthenticationError, ConnectParams, DriverError, OperationTimeout
+from vmctl import (
+    AuthenticationError,
+    ConnectionError,
+    ConnectParams,
+    DriverError,
+    OperationTimeout,
+    OutcomeUnknown,
+)
+from vmctl.spi import Deadline
 
 from ._faults import is_fault, map_fault, reraise
 from ._tls import make_context
@@ -23,9 +45,15 @@ log = logging.getLogger("vmctl.esx")
 
 #: Longest single WaitForUpdatesEx long poll, seconds (each is one HTTP request).
 MAX_POLL_S = 10
+#: Longest single SOAP call (other than a long poll, which gets its wait plus this), seconds;
+#: always cut to what is left of the request's deadline.
+RPC_TIMEOUT_S = 60.0
+#: A long poll's socket timeout is its maxWaitSeconds plus this.
+POLL_GRACE_S = 10.0
 #: Page size asked of RetrievePropertiesEx.
 PAGE = 1000
-_NO_RETRY = frozenset({"Login", "Logout", "LoginByToken", "SessionIsActive"})
+#: Calls that change something on the host: no answer means the outcome is unknown.
+_CHANGES = frozenset({"ShutdownGuest", "RebootGuest", "StandbyGuest"})
 
 
 def sdk() -> tuple[Any, Any]:
@@ -37,7 +65,36 @@ def sdk() -> tuple[Any, Any]:
     return vim, vmodl
 
 
-def _make_stub(params: ConnectParams, host: str, port: int, timeout: float) -> Any:
+def changes_something(method: str) -> bool:
+    return method.endswith("_Task") or method in _CHANGES
+
+
+def scrub(exc: BaseException) -> None:
+    """Clear the locals of the finished frames of ``exc``'s traceback (and of its causes):
+    after a failed Login they hold the request arguments and the SOAP body, password included.
+    Frames still running (the caller's) cannot be cleared and are skipped."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        tb = e.__traceback__
+        while tb is not None:
+            with contextlib.suppress(RuntimeError):  # an executing frame
+                tb.tb_frame.clear()
+            tb = tb.tb_next
+        todo += [e.__cause__, e.__context__]
+
+
+class _Local(threading.local):
+    deadline: Deadline | None = None
+    timeout: float = RPC_TIMEOUT_S
+    connected: bool = False
+
+
+def _make_stub(params: ConnectParams, host: str, port: int) -> Any:
     from pyVmomi.SoapAdapter import SoapStubAdapter
 
     vim, _ = sdk()
@@ -47,7 +104,8 @@ def _make_stub(params: ConnectParams, host: str, port: int, timeout: float) -> A
     )
 
     class Stub(SoapStubAdapter):  # type: ignore[misc]
-        """Counts HTTP round trips; logs in again once on NotAuthenticated and retries."""
+        """Counts HTTP round trips; bounds each call by the calling thread's deadline;
+        classifies transport failures (see the module docstring)."""
 
         def __init__(self) -> None:
             super().__init__(  # type: ignore[no-untyped-call]
@@ -55,65 +113,141 @@ def _make_stub(params: ConnectParams, host: str, port: int, timeout: float) -> A
                 port=port,
                 sslContext=ctx,
                 thumbprint=None,
-                httpConnectionTimeout=timeout,
                 connectionPoolTimeout=60,
                 poolSize=8,
             )
             self.round_trips = 0
-            self.generation = 0
-            self.relogin: Callable[[int], None] | None = None
+            self.local = _Local()
             self._count_lock = threading.Lock()
+            self._https: Any = self.scheme
+            # pyvmomi makes new connections with ``self.scheme(host=, port=, **schemeArgs)``:
+            # give each the calling thread's socket timeout (it bounds connect + handshake).
+            self.scheme: Any = self._new_connection
 
-        def InvokeMethod(
-            self,
-            mo: Any,
-            info: Any,
-            args: Any,
-            outerStub: Any = None,
-        ) -> Any:
+        def _new_connection(self, **kw: Any) -> Any:
+            kw["timeout"] = self.local.timeout
+            return self._https(**kw)
+
+        def GetConnection(self) -> Any:
+            conn = super().GetConnection()  # type: ignore[no-untyped-call]
+            # A pooled connection keeps the timeout of the call that made it: set this one's.
+            conn.timeout = self.local.timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(self.local.timeout)
+            self.local.connected = True
+            return conn
+
+        def InvokeMethod(self, mo: Any, info: Any, args: Any, outerStub: Any = None) -> Any:
+            local = self.local
+            method = str(info.wsdlName)
+            deadline = local.deadline or Deadline.after(RPC_TIMEOUT_S)
+            if deadline.expired():
+                del args
+                raise OperationTimeout(
+                    f"{method} on {where}: not sent, no time left (timeout {deadline.seconds:g} s)"
+                )
+            rpc = RPC_TIMEOUT_S
+            if method == "WaitForUpdatesEx":
+                wait = getattr(args[-1], "maxWaitSeconds", None) if args else None
+                rpc = float(wait or 0) + POLL_GRACE_S
+            local.timeout = deadline.bound(rpc)
+            local.connected = False
             with self._count_lock:
                 self.round_trips += 1
-            generation = self.generation
             try:
                 return super().InvokeMethod(mo, info, args, outerStub)  # type: ignore[no-untyped-call]
-            except vim.fault.NotAuthenticated:
-                if self.relogin is None or info.wsdlName in _NO_RETRY:
-                    raise
-                log.info("vSphere session expired during %s; logging in again", info.wsdlName)
-                self.relogin(generation)
-                with self._count_lock:
-                    self.round_trips += 1
-                return super().InvokeMethod(mo, info, args, outerStub)  # type: ignore[no-untyped-call]
+            except vim.fault.NotAuthenticated as exc:
+                raise ConnectionError(
+                    f"{method} on {where}: the session has expired (NotAuthenticated); "
+                    "the request was not done",
+                    sent=False,
+                    vendor_code="NotAuthenticated",
+                ) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise _transport_error(exc, method, where, deadline, local) from exc
+            finally:
+                del args  # no request arguments (Login's password) stay in this frame
 
     return Stub()
+
+
+def _transport_error(
+    exc: BaseException, method: str, where: str, deadline: Deadline, local: _Local
+) -> Exception:
+    timed_out = isinstance(exc, (socket.timeout, TimeoutError))
+    if not local.connected:
+        if timed_out and deadline.expired():
+            return OperationTimeout(
+                f"{method} on {where}: could not connect before the deadline "
+                f"({deadline.seconds:g} s); the request was not sent"
+            )
+        err = map_fault(exc, f"{method} on {where} (not sent)")
+        return ConnectionError(str(err), sent=False, vendor_code=err.vendor_code)
+    why = (
+        f"no answer within {local.timeout:.3g} s"
+        if timed_out
+        else f"the connection failed ({type(exc).__name__}: {exc})"
+    )
+    if changes_something(method):
+        return OutcomeUnknown(
+            f"{method} on {where}: {why} after the request was sent; the host may or may "
+            "not have done it",
+            sent=None,
+            vendor_code="timeout" if timed_out else type(exc).__name__,
+        )
+    if timed_out and deadline.expired():
+        return OperationTimeout(
+            f"{method} on {where}: {why}, and the request's timeout "
+            f"({deadline.seconds:g} s) has passed"
+        )
+    return ConnectionError(
+        f"{method} on {where}: {why}",
+        sent=None,
+        vendor_code="timeout" if timed_out else type(exc).__name__,
+    )
 
 
 class Connection:
     """One logged-in session to an ESX host or a vCenter."""
 
-    def __init__(self, params: ConnectParams, host: str, port: int) -> None:
+    def __init__(self, params: ConnectParams, host: str, port: int, deadline: Deadline) -> None:
         self.vim, self.vmodl = sdk()
         self.where = f"{host}:{port}"
         self._username = params.username or ""
         self._password = params.password  # a Secret; revealed only to Login
-        connect_s = float(params.timeouts.connect_s or 300.0)
-        # Opening the connection is bounded by the connect timeout...
-        self.stub = _make_stub(params, host, port, connect_s)
+        self.stub = _make_stub(params, host, port)
+        self.generation = 0  # bumped by every new session
         self._login_lock = threading.Lock()
         self._closed = False
-        si = self.vim.ServiceInstance("ServiceInstance", self.stub)
+        self._garbage: list[Any] = []  # private collectors to destroy when there is time
+        self._garbage_lock = threading.Lock()
+        with self.within(deadline):
+            si = self.vim.ServiceInstance("ServiceInstance", self.stub)
+            try:
+                self.content = si.RetrieveContent()
+            except Exception as exc:
+                self.stub.DropConnections()
+                reraise(exc, f"connect to {self.where}")
+            self.pc = self.content.propertyCollector
+            self.about = self.content.about
+            self._login()
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def within(self, deadline: Deadline) -> Iterator[None]:
+        """Bound every SOAP call this thread makes inside the block by ``deadline``."""
+        local = self.stub.local
+        before = local.deadline
+        local.deadline = deadline
         try:
-            self.content = si.RetrieveContent()
-        except Exception as exc:
-            self.stub.DropConnections()
-            reraise(exc, f"connect to {self.where}")
-        self.pc = self.content.propertyCollector
-        self.about = self.content.about
-        self._login()
-        self.stub.relogin = self._relogin
-        # ...afterwards the socket timeout bounds every read, so it must outlast a long poll.
-        self.stub.schemeArgs["timeout"] = max(connect_s, MAX_POLL_S + 20.0)
-        self.stub.DropConnections()
+            yield
+        finally:
+            local.deadline = before
+
+    @property
+    def deadline(self) -> Deadline:
+        return self.stub.local.deadline or Deadline.after(RPC_TIMEOUT_S)
 
     # -- session --------------------------------------------------------------------------
 
@@ -130,6 +264,7 @@ class Connection:
                 userName=self._username, password=self._password.reveal()
             )
         except Exception as exc:
+            scrub(exc)  # pyvmomi's frames hold the password (arguments, SOAP body)
             if is_fault(exc, "InvalidLogin"):
                 self.stub.DropConnections()
                 raise AuthenticationError(
@@ -140,28 +275,34 @@ class Connection:
             reraise(exc, f"log in to {self.where}")
         log.debug("logged in to %s as %r", self.where, self._username)
 
-    def _relogin(self, generation: int) -> None:
-        with self._login_lock:
+    def login(self, deadline: Deadline, generation: int) -> None:
+        """A new session (the core's reconnect), unless another thread made one since
+        ``generation``."""
+        with self._login_lock, self.within(deadline):
             if self._closed:
                 raise AuthenticationError(f"the connection to {self.where} is closed")
-            if self.stub.generation != generation:
-                return  # another thread already logged in again
+            if self.generation != generation:
+                return
             self.stub.cookie = ""
+            self.stub.DropConnections()
             self._login()
-            self.stub.generation += 1
+            self.generation += 1
+            with self._garbage_lock:
+                self._garbage.clear()  # they died with the old session
 
     def close(self) -> None:
         with self._login_lock:
             if self._closed:
                 return
             self._closed = True
-        try:
-            self.content.sessionManager.Logout()
-            log.debug("logged out of %s", self.where)
-        except Exception as exc:  # never raise from close
-            log.debug("logout from %s failed: %s", self.where, exc)
-        finally:
-            self.stub.DropConnections()
+        with self.within(Deadline.after(10)):
+            try:
+                self.content.sessionManager.Logout()
+                log.debug("logged out of %s", self.where)
+            except Exception as exc:  # never raise from close
+                log.debug("logout from %s failed: %s", self.where, exc)
+            finally:
+                self.stub.DropConnections()
 
     @property
     def round_trips(self) -> int:
@@ -177,7 +318,7 @@ class Connection:
     def ref(self, vim_type: Any, moid: str) -> Any:
         return vim_type(moid, self.stub)
 
-    def _filter_spec(
+    def filter_spec(
         self,
         objects: Sequence[Any],
         vim_type: Any,
@@ -212,22 +353,18 @@ class Connection:
 
         The same request also reads ``SessionManager.currentSession``: a server may answer a
         read from an expired session with empty results (or NotAuthenticated per property)
-        instead of a fault; then the session is renewed and the read done again, once."""
+        instead of a fault; that is a ``ConnectionError(sent=False)`` too."""
         if not objects:
             return []
-        for attempt in range(2):
-            generation = self.stub.generation
-            rows, session_ok = self._retrieve(objects, vim_type, paths, through_view)
-            if session_ok or attempt or self.stub.relogin is None:
-                if not session_ok:
-                    raise AuthenticationError(
-                        f"read from {self.where}: the session was "
-                        "refused even after logging in again"
-                    )
-                return rows
-            log.info("vSphere session expired (seen in a property read); logging in again")
-            self.stub.relogin(generation)
-        raise AssertionError("unreachable")
+        rows, session_ok = self._retrieve(objects, vim_type, paths, through_view)
+        if not session_ok:
+            raise ConnectionError(
+                f"read from {self.where}: the session has expired (the host answered "
+                "without a current session)",
+                sent=False,
+                vendor_code="NotAuthenticated",
+            )
+        return rows
 
     def _retrieve(
         self, objects: Sequence[Any], vim_type: Any, paths: Sequence[str], through_view: bool
@@ -238,12 +375,12 @@ class Connection:
             objectSet=[pcq.ObjectSpec(obj=manager)],
             propSet=[pcq.PropertySpec(type=self.vim.SessionManager, pathSet=["currentSession"])],
         )
-        spec = self._filter_spec(objects, vim_type, paths, through_view=through_view)
+        spec = self.filter_spec(objects, vim_type, paths, through_view=through_view)
         options = pcq.RetrieveOptions(maxObjects=PAGE)
         out: list[tuple[Any, dict[str, Any]]] = []
         session_ok = False
         result = self.pc.RetrievePropertiesEx(specSet=[spec, probe], options=options)
-        while result is not None:
+        while result is not None:  # pages of one result, not a retry
             for oc in result.objects or ():
                 props = {p.name: p.val for p in oc.propSet or ()}
                 if any(is_fault(m.fault, "NotAuthenticated") for m in oc.missingSet or ()):
@@ -263,101 +400,75 @@ class Connection:
 
     # -- waiting --------------------------------------------------------------------------
 
-    def wait_for(
+    def wait_update(
         self,
         objects: Sequence[Any],
         vim_type: Any,
         paths: Sequence[str],
+        deadline: Deadline,
         done: Callable[[dict[str, dict[str, Any]]], bool],
-        timeout: float,
-        what: str,
-    ) -> dict[str, dict[str, Any]]:
-        """Long-poll ``paths`` of ``objects`` until ``done(state)`` holds; ``state`` maps each
-        object's moid to its current properties. One private PropertyCollector per wait, so
-        that several waits (threads) run at once. OperationTimeout after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self._wait_once(objects, vim_type, paths, done, deadline, what)
-            except Exception as exc:
-                # The session was renewed under us: the private collector died with the old
-                # session; start again with a new one.
-                if is_fault(exc, "ManagedObjectNotFound") and time.monotonic() < deadline:
-                    log.debug("%s: collector lost (%s); waiting again", what, exc)
-                    continue
-                raise
-
-    def _wait_once(
-        self,
-        objects: Sequence[Any],
-        vim_type: Any,
-        paths: Sequence[str],
-        done: Callable[[dict[str, dict[str, Any]]], bool],
-        deadline: float,
-        what: str,
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[str, dict[str, Any]] | None:
+        """One long poll: the current ``paths`` of ``objects`` (moid -> properties) once
+        ``done(state)`` holds for the state first read or after the first change, or None if
+        nothing changed before ``deadline`` (or the longest poll, MAX_POLL_S). A private
+        PropertyCollector per call, so that several waits (threads) run at once; it is
+        destroyed afterwards, or later when no time is left for that now."""
         pcq = self.vmodl.query.PropertyCollector
+        self._collect_garbage(deadline)
         collector = self.pc.CreatePropertyCollector()
         try:
-            collector.CreateFilter(
-                self._filter_spec(objects, vim_type, paths), partialUpdates=False
-            )
+            collector.CreateFilter(self.filter_spec(objects, vim_type, paths), partialUpdates=False)
             state: dict[str, dict[str, Any]] = {o._moId: {} for o in objects}
-            version = ""
-            while True:
-                left = deadline - time.monotonic()
-                if version and done(state):
-                    return state
-                if left <= 0:
-                    raise OperationTimeout(f"{what}: not done after the timeout")
-                wait = 0 if not version else max(1, min(MAX_POLL_S, math.ceil(left)))
+            first = collector.WaitForUpdatesEx(
+                version="", options=pcq.WaitOptions(maxWaitSeconds=0)
+            )
+            if first is None:
+                return None
+            _apply(state, first)
+            if done(state):
+                return state
+            wait = max(1, min(MAX_POLL_S, math.floor(deadline.remaining())))
+            try:
                 update = collector.WaitForUpdatesEx(
-                    version=version, options=pcq.WaitOptions(maxWaitSeconds=wait)
+                    version=first.version, options=pcq.WaitOptions(maxWaitSeconds=wait)
                 )
-                if update is None:
-                    if not version:
-                        version = "-"
-                    continue
-                version = update.version
-                _apply(state, update)
+            except OperationTimeout:
+                return None  # the deadline passed during the poll: nothing changed in time
+            if update is None:
+                return None
+            _apply(state, update)
+            return state
         finally:
+            self._destroy(collector, deadline)
+
+    def _destroy(self, collector: Any, deadline: Deadline) -> None:
+        if deadline.remaining() > 0.05:
+            try:
+                collector.DestroyPropertyCollector()
+                return
+            except (OperationTimeout, OutcomeUnknown, ConnectionError):
+                pass
+            except Exception as exc:
+                log.debug("destroying a property collector failed: %s", exc)
+                return
+        with self._garbage_lock:
+            self._garbage.append((self.generation, collector))
+
+    def _collect_garbage(self, deadline: Deadline) -> None:
+        with self._garbage_lock:
+            garbage, self._garbage = self._garbage, []
+        for generation, collector in garbage:
+            if generation != self.generation or deadline.remaining() < 1:
+                continue
             try:
                 collector.DestroyPropertyCollector()
             except Exception as exc:
-                log.debug("destroying a property collector failed: %s", exc)
+                log.debug("destroying a left-over property collector failed: %s", exc)
 
-    def wait_tasks(self, tasks: Sequence[Any], timeout: float, what: str) -> list[Any]:
-        """Wait for every task (one check, then a long poll on TaskInfo.state/error/result);
-        return their results; raise the mapped fault of the first that failed."""
-        if not tasks:
-            return []
-        paths = ("info.state", "info.error", "info.result")
-
-        def finished(state: dict[str, dict[str, Any]]) -> bool:
-            return all(str(p.get("info.state")) in ("success", "error") for p in state.values())
-
-        rows = self.retrieve(tasks, self.vim.Task, paths)
-        state = {obj._moId: props for obj, props in rows}
-        if not finished(state):
-            state = self.wait_for(tasks, self.vim.Task, paths, finished, timeout, what)
-        results = []
-        for task in tasks:
-            props = state[task._moId]
-            if str(props.get("info.state")) == "error":
-                fault = props.get("info.error")
-                if not isinstance(fault, BaseException):
-                    raise map_fault(RuntimeError(f"task failed: {fault!r}"), what)
-                raise map_fault(fault, what) from fault
-            results.append(props.get("info.result"))
-        return results
-
-    def run_task(self, start: Callable[[], Any], timeout: float, what: str) -> Any:
-        """Start a task (``start()`` returns it) and wait for its result, faults mapped."""
+    def start_task(self, start: Any, what: str) -> Any:
+        """Call ``start()`` (a ``*_Task`` method); the task moref, faults mapped."""
         try:
-            task = start()
-            return self.wait_tasks([task], timeout, what)[0]
-        except OperationTimeout:
-            raise
+            return start()
         except Exception as exc:
             reraise(exc, what)
 
@@ -366,6 +477,8 @@ def _apply(state: dict[str, dict[str, Any]], update: Any) -> None:
     for fs in update.filterSet or ():
         for ou in fs.objectSet or ():
             props = state.setdefault(ou.obj._moId, {})
+            if str(ou.kind) == "leave":
+                props["__gone__"] = True
             for change in ou.changeSet or ():
                 if str(change.op) in ("remove", "indirectRemove"):
                     props.pop(change.name, None)

@@ -19,16 +19,20 @@ awaited with WaitForUpdatesEx on a private PropertyCollector.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+import uuid as uuidlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from vmctl import (
     AgentState,
+    AuthenticationError,
     Capability,
+    ConnectionError,
     ConnectParams,
     DiskBus,
     DiskInfo,
@@ -43,18 +47,23 @@ from vmctl import (
     NicSpec,
     NotFound,
     OperationTimeout,
+    OutcomeUnknown,
     PowerState,
     Resources,
     SnapshotInfo,
     StateReason,
     ValidationError,
     VMConfig,
+    VmctlError,
     VMInfo,
     VMSpec,
     VMStats,
 )
 from vmctl.spi import (
+    URI,
+    ChangeWaiter,
     Cloning,
+    Deadline,
     Devices,
     Driver,
     Events,
@@ -62,16 +71,22 @@ from vmctl.spi import (
     GracefulPower,
     GuestAgent,
     Migration,
+    Pending,
     Reconfigurable,
+    Reconnectable,
     Resettable,
     ResourceControls,
     Snapshots,
     Statistics,
     Suspendable,
+    Task,
+    TaskOutcome,
+    TaskWaiter,
+    finish_task,
 )
 
 from ._conn import MAX_POLL_S, Connection, apply_update
-from ._faults import is_fault, reraise
+from ._faults import is_fault, map_fault, reraise
 
 log = logging.getLogger("vmctl.esx")
 
@@ -147,6 +162,32 @@ CAPABILITIES = frozenset(
 )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _bounded(fn: F) -> F:
+    """Run a driver method with every SOAP call it makes bounded by its ``deadline``."""
+
+    @functools.wraps(fn)
+    def run(self: EsxDriver, *args: Any, **kwargs: Any) -> Any:
+        with self.conn.within(kwargs["deadline"]):
+            return fn(self, *args, **kwargs)
+
+    return cast(F, run)
+
+
+def _left_behind(exc: VmctlError, what: str, left: tuple[tuple[str, str], ...]) -> VmctlError:
+    """``exc`` as an OutcomeUnknown (unless it says more already) naming what may remain."""
+    names = ", ".join(f"{kind} {ident}" for kind, ident in left)
+    message = (
+        f"{what}: {exc}; the outcome is unknown, so these may have been left behind on the "
+        f"host: {names} (delete the VM by its UUID to remove them)"
+    )
+    out = OutcomeUnknown(message, sent=getattr(exc, "sent", None), vendor_code=exc.vendor_code)
+    out.left_behind = left
+    return out
+
+
 def _state(props: dict[str, Any]) -> PowerState:
     if str(props.get("runtime.connectionState", "connected")) != "connected":
         return S.UNKNOWN
@@ -179,6 +220,9 @@ class _Scope:
 
 class EsxDriver(
     Driver,
+    TaskWaiter,
+    ChangeWaiter,
+    Reconnectable,
     GracefulPower,
     Resettable,
     Suspendable,
@@ -201,7 +245,6 @@ class EsxDriver(
         self.conn = conn
         self.scope = scope
         self.uri = params.uri
-        self.timeout = params.timeouts.operation_s or 3600.0
         self.default_datastore = params.options.get("datastore")
         self._refs: dict[str, Any] = {}  # uuid -> VirtualMachine moref
         self._seen: dict[str, str] = {}  # moid -> uuid of every VM seen (kept after delete)
@@ -214,7 +257,7 @@ class EsxDriver(
     # -- connection -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, params: ConnectParams) -> EsxDriver:
+    def open(cls, params: ConnectParams, *, deadline: Deadline) -> EsxDriver:
         uri = params.uri
         scheme = uri.scheme
         unknown = set(params.options) - KNOWN_OPTIONS
@@ -245,7 +288,7 @@ class EsxDriver(
                 "vcenter://host/DATACENTER/CLUSTER[/HOST]",
                 field="uri",
             )
-        conn = Connection(params, uri.host, uri.port or DEFAULT_PORT)
+        conn = Connection(params, uri.host, uri.port or DEFAULT_PORT, deadline)
         try:
             if scheme == "esx" and conn.is_vcenter:
                 raise ValidationError(
@@ -258,7 +301,8 @@ class EsxDriver(
                     f"{uri.host} is a standalone ESX host, not a vCenter; connect with esx://host",
                     field="uri",
                 )
-            scope = _resolve_scope(conn, parts)
+            with conn.within(deadline):
+                scope = _resolve_scope(conn, parts)
             driver = cls(conn, scope, params)
             if driver.default_datastore and driver.default_datastore not in scope.datastores:
                 raise NotFound(
@@ -271,7 +315,7 @@ class EsxDriver(
             raise
 
     @classmethod
-    def kit_options(cls, uri: str) -> dict[str, str]:
+    def kit_options(cls, uri: URI) -> Mapping[str, str]:
         """Defaults for the conformance kit: the port group every ESXi host starts with.
         (Migration needs ``--other-uri``: another host of the same vCenter.)"""
         return {"network": "VM Network"}
@@ -279,11 +323,18 @@ class EsxDriver(
     def close(self) -> None:
         self.conn.close()
 
-    def capabilities(self) -> frozenset[Capability]:
+    def narrow_capabilities(self, offered: frozenset[Capability]) -> frozenset[Capability]:
+        # Hot-plug, hot vCPU/memory and linked clones come with the interfaces but are not
+        # offered (see docs/esx.md).
         if self.conn.is_vcenter:
-            return CAPABILITIES
+            return offered & CAPABILITIES
         # A standalone ESX host cannot move VMs anywhere: that takes a vCenter.
-        return CAPABILITIES - {Capability.MIGRATE_LIVE, Capability.MIGRATE_COLD}
+        return offered & (CAPABILITIES - {Capability.MIGRATE_LIVE, Capability.MIGRATE_COLD})
+
+    @_bounded
+    def reconnect(self, *, deadline: Deadline) -> None:
+        """A new session on the same stub (the old one expired, or the host restarted)."""
+        self.conn.login(deadline, self.conn.generation)
 
     @property
     def round_trips(self) -> int:
@@ -301,8 +352,8 @@ class EsxDriver(
     def _vm_view(self) -> Any:
         """The session's ContainerView of every VM of the datacenter (made once)."""
         with self._view_lock:
-            if self._view is None or self._view_generation != self.conn.stub.generation:
-                generation = self.conn.stub.generation
+            if self._view is None or self._view_generation != self.conn.generation:
+                generation = self.conn.generation
                 self._view = self.conn.content.viewManager.CreateContainerView(
                     container=self.scope.view_root,
                     type=[self.conn.vim.VirtualMachine],
@@ -387,7 +438,8 @@ class EsxDriver(
 
     # -- mandatory --------------------------------------------------------------------------
 
-    def host_info(self) -> HostInfo:
+    @_bounded
+    def host_info(self, *, deadline: Deadline) -> HostInfo:
         sc = self.scope
         paths = (
             "name",
@@ -421,10 +473,11 @@ class EsxDriver(
             memory_mib=mem,
             free_memory_mib=max(mem - used, 0),
             uuid=str(uuid) if uuid else _moid(sc.entity),
-            vm_count=len(self.list_vms()),
+            vm_count=len(self.list_vms(deadline=deadline)),
         )
 
-    def list_vms(self) -> list[VMInfo]:
+    @_bounded
+    def list_vms(self, *, deadline: Deadline) -> list[VMInfo]:
         out = []
         for ref, props in self._list_rows(_LIST_PATHS):
             if props.get("config.template") or not self._in_scope(props):
@@ -436,11 +489,13 @@ class EsxDriver(
             out.append(self._info(props))
         return out
 
-    def get_vm(self, uuid: str) -> VMInfo:
+    @_bounded
+    def get_vm(self, uuid: str, *, deadline: Deadline) -> VMInfo:
         _, props = self._props(uuid, _LIST_PATHS)
         return self._info(props)
 
-    def get_config(self, uuid: str) -> VMConfig:
+    @_bounded
+    def get_config(self, uuid: str, *, deadline: Deadline) -> VMConfig:
         _, props = self._props(uuid, _CONFIG_PATHS)
         devices = list(props.get("config.hardware.device") or ())
         extra = {str(o.key): str(o.value) for o in props.get("config.extraConfig") or ()}
@@ -468,14 +523,19 @@ class EsxDriver(
             description=str(props.get("config.annotation") or ""),
         )
 
-    def create_vm(self, spec: VMSpec) -> VMInfo:
+    @_bounded
+    def create_vm(self, spec: VMSpec, *, deadline: Deadline) -> VMInfo:
         vim = self.conn.vim
+        # The instance UUID is chosen here, so that a VM the host may have made although it
+        # did not answer can be named (``left_behind``) and deleted.
+        new_uuid = str(uuidlib.uuid4())
         # The VM's home (config, logs) goes where its first disk goes.
         datastore = self._datastore(spec.disks[0].pool if spec.disks else None)
         devices: list[Any] = []
         extra: list[Any] = []
         controllers: dict[str, tuple[int, int]] = {}  # bus -> (key, busNumber)
         used: set[tuple[int, int]] = set()
+        disk_ids: list[str] = []
         for i, disk in enumerate(spec.disks):
             dev_spec, disk_id, ctl = self._new_disk(
                 disk, -200 - i, controllers, used, spec.guest_os, existing=[], vm_name=spec.name
@@ -483,6 +543,7 @@ class EsxDriver(
             if ctl is not None:
                 devices.append(ctl)
             devices.append(dev_spec)
+            disk_ids.append(disk_id)
             if disk.name:
                 extra.append(
                     vim.option.OptionValue(key=_DISK_NAME_KEY.format(disk_id), value=disk.name)
@@ -491,6 +552,7 @@ class EsxDriver(
             devices.append(self._new_nic(nic, -300 - i))
         config = vim.vm.ConfigSpec(
             name=spec.name,
+            instanceUuid=new_uuid,
             numCPUs=spec.vcpus,
             memoryMB=spec.memory_mib,
             guestId=_GUEST_IDS[spec.guest_os],
@@ -517,25 +579,70 @@ class EsxDriver(
             len(spec.disks),
             len(spec.nics),
         )
-        ref = self.conn.run_task(
-            lambda: self.conn.ref(vim.Folder, _moid(self.scope.vm_folder)).CreateVM_Task(
-                config=config, pool=self.scope.pool, host=host
-            ),
-            self.timeout,
+        left = (("vm", new_uuid), *(("disk", f"{new_uuid}/{d}") for d in disk_ids))
+        folder = self.conn.ref(vim.Folder, _moid(self.scope.vm_folder))
+        ref = self._make(
+            lambda: folder.CreateVM_Task(config=config, pool=self.scope.pool, host=host),
             what,
+            left,
+            deadline,
         )
         try:
             props = self.conn.retrieve_one(ref, vim.VirtualMachine, _LIST_PATHS)
             info = self._info(props)
             self._remember(info.uuid, ref)
             return info
-        except BaseException:
-            # Never leave a half-made VM behind.
-            try:
-                self.conn.run_task(ref.Destroy_Task, self.timeout, f"remove {spec.name!r}")
-            except Exception as cleanup:
-                log.warning("%s: removing the half-made VM failed: %s", what, cleanup)
-            raise
+        except VmctlError as exc:
+            raise self._undo(ref, exc, what, left, deadline) from exc
+        except Exception as exc:
+            raise self._undo(ref, map_fault(exc, what), what, left, deadline) from exc
+
+    def _make(
+        self,
+        start: Callable[[], Any],
+        what: str,
+        left: tuple[tuple[str, str], ...],
+        deadline: Deadline,
+    ) -> Any:
+        """Run a task that makes something (``start()`` returns it) to its end; its result.
+        When the host stops answering before the task is known to have ended, raise
+        OutcomeUnknown with ``left`` as ``left_behind``."""
+        try:
+            task = self.conn.start_task(start, what)
+        except OutcomeUnknown as exc:
+            raise _left_behind(exc, what, left) from exc
+        try:
+            outcome = finish_task(self, self._task(task, what), deadline=deadline, what=what)
+        except (OperationTimeout, ConnectionError) as exc:
+            raise _left_behind(exc, what, left) from exc
+        return outcome.result
+
+    def _undo(
+        self,
+        ref: Any,
+        exc: VmctlError,
+        what: str,
+        left: tuple[tuple[str, str], ...],
+        deadline: Deadline,
+    ) -> VmctlError:
+        """Remove a VM just made after a later step failed; the error to raise."""
+        try:
+            task = self.conn.start_task(ref.Destroy_Task, f"remove the half-made VM ({what})")
+            finish_task(self, self._task(task, "remove the half-made VM"), deadline=deadline,
+                        what=f"remove the half-made VM ({what})")  # fmt: skip
+        except VmctlError as cleanup:
+            log.warning("%s: removing the half-made VM failed: %s", what, cleanup)
+            return _left_behind(exc, what, left)
+        return exc
+
+    def _task(self, task: Any, description: str) -> Task:
+        return Task(id=_moid(task), description=description, handle=task)
+
+    def _request(self, uuid: str, method: str, verb: str) -> Task:
+        """Start a lifecycle task on a VM; the Task for the core to wait on."""
+        ref, props = self._props(uuid, ("name",))
+        what = f"{verb} VM {props['name']!r}"
+        return self._task(self.conn.start_task(getattr(ref, method), what), what)
 
     def _boot(self, config: Any, spec: VMSpec) -> None:
         vim = self.conn.vim
@@ -559,7 +666,8 @@ class EsxDriver(
         )
         config.deviceChange.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom))
 
-    def delete_vm(self, uuid: str) -> list[str]:
+    @_bounded
+    def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
         ref, props = self._props(
             uuid, ("name", "config.instanceUuid", "config.hardware.device", "runtime.powerState")
         )
@@ -570,22 +678,25 @@ class EsxDriver(
             if isinstance(d, self.conn.vim.vm.device.VirtualDisk)
             and getattr(d.backing, "fileName", None)
         ]
-        self.conn.run_task(ref.Destroy_Task, self.timeout, f"delete VM {name!r}")
+        what = f"delete VM {name!r}"
+        task = self.conn.start_task(ref.Destroy_Task, what)
+        finish_task(self, self._task(task, what), deadline=deadline, what=what)
         with self._refs_lock:
             self._refs.pop(uuid, None)
         return [f"vm {name} ({uuid})"] + [f"disk {f}" for f in files]
 
-    def start(self, uuid: str) -> None:
-        ref, props = self._props(uuid, ("name",))
-        self.conn.run_task(ref.PowerOnVM_Task, self.timeout, f"start VM {props['name']!r}")
+    @_bounded
+    def start(self, uuid: str, *, deadline: Deadline) -> Pending:
+        return self._request(uuid, "PowerOnVM_Task", "start")
 
-    def power_off(self, uuid: str) -> None:
-        ref, props = self._props(uuid, ("name",))
-        self.conn.run_task(ref.PowerOffVM_Task, self.timeout, f"power off VM {props['name']!r}")
+    @_bounded
+    def power_off(self, uuid: str, *, deadline: Deadline) -> Pending:
+        return self._request(uuid, "PowerOffVM_Task", "power off")
 
     # -- graceful, reset, suspend -----------------------------------------------------------
 
     def _ask_guest(self, uuid: str, verb: str, method: str) -> None:
+        """Ask the guest through VMware Tools (no task: the core waits for the state)."""
         ref, props = self._props(uuid, ("name", "runtime.powerState", "guest.toolsRunningStatus"))
         name = props["name"]
         tools = str(props.get("guest.toolsRunningStatus", "guestToolsNotRunning"))
@@ -601,41 +712,47 @@ class EsxDriver(
             )
         self._call(f"{verb} VM {name!r}", getattr(ref, method))
 
-    def shutdown(self, uuid: str) -> None:
+    @_bounded
+    def shutdown(self, uuid: str, *, deadline: Deadline) -> Pending:
         self._ask_guest(uuid, "shut down", "ShutdownGuest")
+        return None
 
-    def reboot(self, uuid: str) -> None:
+    @_bounded
+    def reboot(self, uuid: str, *, deadline: Deadline) -> Pending:
         self._ask_guest(uuid, "reboot", "RebootGuest")
+        return None
 
-    def reset(self, uuid: str) -> None:
-        ref, props = self._props(uuid, ("name",))
-        self.conn.run_task(ref.ResetVM_Task, self.timeout, f"reset VM {props['name']!r}")
+    @_bounded
+    def reset(self, uuid: str, *, deadline: Deadline) -> Pending:
+        return self._request(uuid, "ResetVM_Task", "reset")
 
-    def suspend(self, uuid: str) -> None:
-        ref, props = self._props(uuid, ("name",))
-        self.conn.run_task(ref.SuspendVM_Task, self.timeout, f"suspend VM {props['name']!r}")
+    @_bounded
+    def suspend(self, uuid: str, *, deadline: Deadline) -> Pending:
+        return self._request(uuid, "SuspendVM_Task", "suspend")
 
-    def resume_suspended(self, uuid: str) -> None:
-        ref, props = self._props(uuid, ("name",))
-        self.conn.run_task(ref.PowerOnVM_Task, self.timeout, f"resume VM {props['name']!r}")
+    @_bounded
+    def resume_suspended(self, uuid: str, *, deadline: Deadline) -> Pending:
+        return self._request(uuid, "PowerOnVM_Task", "resume")
 
     # -- reconfiguration --------------------------------------------------------------------
 
-    def _reconfigure(self, uuid: str, what: str, **fields: Any) -> None:
+    def _reconfigure(self, uuid: str, what: str, **fields: Any) -> Task:
         ref, props = self._props(uuid, ("name",))
         spec = self.conn.vim.vm.ConfigSpec(**fields)
-        self.conn.run_task(
-            lambda: ref.ReconfigVM_Task(spec=spec), self.timeout, f"{what} of VM {props['name']!r}"
-        )
+        what = f"{what} of VM {props['name']!r}"
+        return self._task(self.conn.start_task(lambda: ref.ReconfigVM_Task(spec=spec), what), what)
 
-    def _apply_config(self, ref: Any, config: Any, what: str) -> None:
-        self.conn.run_task(lambda: ref.ReconfigVM_Task(spec=config), self.timeout, what)
+    def _apply_config(self, ref: Any, config: Any, what: str, deadline: Deadline) -> None:
+        task = self.conn.start_task(lambda: ref.ReconfigVM_Task(spec=config), what)
+        finish_task(self, self._task(task, what), deadline=deadline, what=what)
 
-    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool) -> None:
-        self._reconfigure(uuid, f"set vCPUs to {vcpus}", numCPUs=vcpus)
+    @_bounded
+    def set_vcpus(self, uuid: str, vcpus: int, *, live: bool, deadline: Deadline) -> Pending:
+        return self._reconfigure(uuid, f"set vCPUs to {vcpus}", numCPUs=vcpus)
 
-    def set_memory(self, uuid: str, memory_mib: int, *, live: bool) -> None:
-        self._reconfigure(uuid, f"set memory to {memory_mib} MiB", memoryMB=memory_mib)
+    @_bounded
+    def set_memory(self, uuid: str, memory_mib: int, *, live: bool, deadline: Deadline) -> Pending:
+        return self._reconfigure(uuid, f"set memory to {memory_mib} MiB", memoryMB=memory_mib)
 
     def _cpu_mhz(self) -> int:
         mhz = [int(p.get("summary.hardware.cpuMhz") or 0) for p in self.scope.host_props.values()]
@@ -703,7 +820,8 @@ class EsxDriver(
             build(mem, res.memory_shares, res.memory_reservation_mib, res.memory_limit_mib),
         )
 
-    def set_resources(self, uuid: str, resources: Resources) -> None:
+    @_bounded
+    def set_resources(self, uuid: str, resources: Resources, *, deadline: Deadline) -> Pending:
         ref, props = self._props(uuid, ("name", "config.cpuAllocation", "config.memoryAllocation"))
         cpu, mem = self._allocations(
             resources, props.get("config.cpuAllocation"), props.get("config.memoryAllocation")
@@ -713,11 +831,8 @@ class EsxDriver(
             spec.cpuAllocation = cpu
         if mem is not None:
             spec.memoryAllocation = mem
-        self.conn.run_task(
-            lambda: ref.ReconfigVM_Task(spec=spec),
-            self.timeout,
-            f"set resources of VM {props['name']!r}",
-        )
+        what = f"set resources of VM {props['name']!r}"
+        return self._task(self.conn.start_task(lambda: ref.ReconfigVM_Task(spec=spec), what), what)
 
     # -- devices ----------------------------------------------------------------------------
 
@@ -898,7 +1013,8 @@ class EsxDriver(
             model=model,
         )
 
-    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool) -> DiskInfo:
+    @_bounded
+    def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool, deadline: Deadline) -> DiskInfo:
         ref, props = self._props(uuid, ("name", "config.hardware.device", "config.guestId"))
         devices = list(props.get("config.hardware.device") or ())
         dev = self.conn.vim.vm.device
@@ -936,14 +1052,21 @@ class EsxDriver(
                     key=_DISK_NAME_KEY.format(disk_id), value=disk.name
                 )
             ]
-        self._apply_config(ref, config, f"add a disk to VM {props['name']!r}")
-        config_after = self.get_config(uuid)
+        what = f"add a disk to VM {props['name']!r}"
+        self._make(
+            lambda: ref.ReconfigVM_Task(spec=config),
+            what,
+            (("disk", f"{uuid}/{disk_id}"),),
+            deadline,
+        )
+        config_after = self.get_config(uuid, deadline=deadline)
         for info in config_after.disks:
             if info.id == disk_id:
                 return info
         raise NotFound(f"the new disk {disk_id} of VM {props['name']!r} did not appear")
 
-    def remove_disk(self, uuid: str, disk_id: str, *, live: bool) -> None:
+    @_bounded
+    def remove_disk(self, uuid: str, disk_id: str, *, live: bool, deadline: Deadline) -> None:
         ref, props = self._props(uuid, ("name", "config.hardware.device"))
         devices = list(props.get("config.hardware.device") or ())
         dev = self.conn.vim.vm.device
@@ -958,11 +1081,14 @@ class EsxDriver(
                         )
                     ],
                 )
-                self._apply_config(ref, config, f"remove disk {disk_id} of VM {props['name']!r}")
+                self._apply_config(
+                    ref, config, f"remove disk {disk_id} of VM {props['name']!r}", deadline
+                )
                 return
         raise NotFound(f"VM {props['name']!r} has no disk {disk_id!r}")
 
-    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool) -> NicInfo:
+    @_bounded
+    def add_nic(self, uuid: str, nic: NicSpec, *, live: bool, deadline: Deadline) -> NicInfo:
         ref, props = self._props(uuid, ("name", "config.hardware.device"))
         dev = self.conn.vim.vm.device
         before = {
@@ -972,7 +1098,7 @@ class EsxDriver(
         }
         spec = self._new_nic(nic, -1)
         config = self.conn.vim.vm.ConfigSpec(deviceChange=[spec])
-        self._apply_config(ref, config, f"add a NIC to VM {props['name']!r}")
+        self._apply_config(ref, config, f"add a NIC to VM {props['name']!r}", deadline)
         _, after = self._props(uuid, ("config.hardware.device",))
         new = [
             d
@@ -983,14 +1109,17 @@ class EsxDriver(
             raise NotFound(f"the new NIC of VM {props['name']!r} did not appear")
         return self._nic_info(new[0])
 
-    def remove_nic(self, uuid: str, nic_id: str, *, live: bool) -> None:
+    @_bounded
+    def remove_nic(self, uuid: str, nic_id: str, *, live: bool, deadline: Deadline) -> None:
         ref, props = self._props(uuid, ("name", "config.hardware.device"))
         dev = self.conn.vim.vm.device
         for d in props.get("config.hardware.device") or ():
             if isinstance(d, dev.VirtualEthernetCard) and f"nic-{d.key}" == nic_id:
                 spec = dev.VirtualDeviceSpec(operation="remove", device=d)
                 config = self.conn.vim.vm.ConfigSpec(deviceChange=[spec])
-                self._apply_config(ref, config, f"remove NIC {nic_id} of VM {props['name']!r}")
+                self._apply_config(
+                    ref, config, f"remove NIC {nic_id} of VM {props['name']!r}", deadline
+                )
                 return
         raise NotFound(f"VM {props['name']!r} has no NIC {nic_id!r}")
 
@@ -1031,23 +1160,26 @@ class EsxDriver(
         walk(props.get("snapshot.rootSnapshotList") or (), None)
         return ref, str(props["name"]), out
 
+    @_bounded
     def create_snapshot(
-        self, uuid: str, name: str, *, memory: bool, description: str
+        self, uuid: str, name: str, *, memory: bool, description: str, deadline: Deadline
     ) -> SnapshotInfo:
         ref, props = self._props(uuid, ("name",))
-        snap = self.conn.run_task(
+        what = f"snapshot VM {props['name']!r}"
+        task = self.conn.start_task(
             lambda: ref.CreateSnapshot_Task(
                 name=name, description=description, memory=memory, quiesce=False
             ),
-            self.timeout,
-            f"snapshot VM {props['name']!r}",
+            what,
         )
+        snap = finish_task(self, self._task(task, what), deadline=deadline, what=what).result
         for obj, info in self._snapshots(uuid)[2]:
             if _moid(obj) == _moid(snap):
                 return info
         raise NotFound(f"the new snapshot {name!r} of VM {props['name']!r} did not appear")
 
-    def list_snapshots(self, uuid: str) -> list[SnapshotInfo]:
+    @_bounded
+    def list_snapshots(self, uuid: str, *, deadline: Deadline) -> list[SnapshotInfo]:
         return [info for _, info in self._snapshots(uuid)[2]]
 
     def _snapshot(self, uuid: str, snapshot_id: str) -> tuple[Any, str, SnapshotInfo]:
@@ -1057,25 +1189,24 @@ class EsxDriver(
                 return obj, vm_name, info
         raise NotFound(f"VM {vm_name!r} has no snapshot {snapshot_id!r}")
 
-    def revert_snapshot(self, uuid: str, snapshot_id: str) -> None:
+    @_bounded
+    def revert_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> Pending:
         obj, vm_name, info = self._snapshot(uuid, snapshot_id)
-        self.conn.run_task(
-            lambda: obj.RevertToSnapshot_Task(suppressPowerOn=False),
-            self.timeout,
-            f"revert VM {vm_name!r} to {info.name!r}",
-        )
+        what = f"revert VM {vm_name!r} to {info.name!r}"
+        task = self.conn.start_task(lambda: obj.RevertToSnapshot_Task(suppressPowerOn=False), what)
+        return self._task(task, what)
 
-    def delete_snapshot(self, uuid: str, snapshot_id: str) -> None:
+    @_bounded
+    def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> Pending:
         obj, vm_name, info = self._snapshot(uuid, snapshot_id)
-        self.conn.run_task(
-            lambda: obj.RemoveSnapshot_Task(removeChildren=False),
-            self.timeout,
-            f"delete snapshot {info.name!r} of VM {vm_name!r}",
-        )
+        what = f"delete snapshot {info.name!r} of VM {vm_name!r}"
+        task = self.conn.start_task(lambda: obj.RemoveSnapshot_Task(removeChildren=False), what)
+        return self._task(task, what)
 
     # -- clone and migrate ------------------------------------------------------------------
 
-    def clone_vm(self, uuid: str, name: str, *, linked: bool) -> VMInfo:
+    @_bounded
+    def clone_vm(self, uuid: str, name: str, *, linked: bool, deadline: Deadline) -> VMInfo:
         vim = self.conn.vim
         ref, props = self._props(uuid, ("name", "config.hardware.device"))
         if linked:
@@ -1093,23 +1224,34 @@ class EsxDriver(
         location = vim.vm.RelocateSpec(pool=self.scope.pool)
         if self.scope.kind == "host":
             location.host = next(iter(self.scope.host_refs.values()))
+        new_uuid = str(uuidlib.uuid4())
         spec = vim.vm.CloneSpec(
             location=location,
             powerOn=False,
             template=False,
-            config=vim.vm.ConfigSpec(deviceChange=changes),
+            config=vim.vm.ConfigSpec(deviceChange=changes, instanceUuid=new_uuid),
         )
         folder = self.conn.ref(vim.Folder, _moid(self.scope.vm_folder))
-        new = self.conn.run_task(
+        what = f"clone VM {props['name']!r} as {name!r}"
+        new = self._make(
             lambda: ref.CloneVM_Task(folder=folder, name=name, spec=spec),
-            self.timeout,
-            f"clone VM {props['name']!r} as {name!r}",
+            what,
+            (("vm", new_uuid),),
+            deadline,
         )
-        info = self._info(self.conn.retrieve_one(new, vim.VirtualMachine, _LIST_PATHS))
+        try:
+            info = self._info(self.conn.retrieve_one(new, vim.VirtualMachine, _LIST_PATHS))
+        except VmctlError as exc:
+            raise self._undo(new, exc, what, (("vm", new_uuid),), deadline) from exc
+        except Exception as exc:
+            raise self._undo(
+                new, map_fault(exc, what), what, (("vm", new_uuid),), deadline
+            ) from exc
         self._remember(info.uuid, new)
         return info
 
-    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, timeout: float) -> None:
+    @_bounded
+    def migrate_vm(self, uuid: str, target: Driver, *, live: bool, deadline: Deadline) -> Pending:
         if not isinstance(target, EsxDriver):
             raise ValidationError("the target must be an esx/vcenter connection", field="target")
         if (
@@ -1135,47 +1277,134 @@ class EsxDriver(
             spec.datastore = self.conn.ref(
                 vim.Datastore, _moid(dest.datastores[target._datastore(None)][0])
             )
-        self.conn.run_task(
-            lambda: ref.RelocateVM_Task(spec=spec, priority="defaultPriority"),
-            timeout,
-            f"migrate VM {props['name']!r} to {dest.name}",
+        what = f"migrate VM {props['name']!r} to {dest.name}"
+        task = self.conn.start_task(
+            lambda: ref.RelocateVM_Task(spec=spec, priority="defaultPriority"), what
         )
         target._remember(uuid, ref)
+        return self._task(task, what)
 
     # -- observation ------------------------------------------------------------------------
 
-    def wait_for_state(self, uuid: str, states: Iterable[PowerState], *, timeout: float) -> VMInfo:
-        wanted = frozenset(states)
-        info = self.get_vm(uuid)
-        if info.state in wanted:
-            return info
-        ref = self._ref(uuid)
-        paths = ("runtime.powerState", "runtime.connectionState")
+    @_bounded
+    def wait_tasks(self, tasks: Sequence[Task], *, deadline: Deadline) -> list[TaskOutcome]:
+        """One RetrievePropertiesEx of the tasks' ``info.state``; if none has ended, one
+        WaitForUpdatesEx long poll on a private PropertyCollector, bounded by ``deadline``."""
+        if not tasks:
+            return []
+        vim = self.conn.vim
+        paths = ("info.state", "info.error", "info.result")
+        refs = [t.handle for t in tasks]
+        by_moid = {_moid(t.handle): t for t in tasks}
 
-        def reached(state: dict[str, dict[str, Any]]) -> bool:
-            return _state(state[_moid(ref)]) in wanted
+        def ended(state: dict[str, dict[str, Any]]) -> list[TaskOutcome]:
+            out = []
+            for moid, props in state.items():
+                task = by_moid.get(moid)
+                if task is None:
+                    continue
+                if props.get("__gone__"):
+                    out.append(
+                        TaskOutcome(task, error=NotFound(f"{task.description}: the task is gone"))
+                    )
+                    continue
+                status = str(props.get("info.state"))
+                if status == "success":
+                    out.append(TaskOutcome(task, result=props.get("info.result")))
+                elif status == "error":
+                    fault = props.get("info.error")
+                    if isinstance(fault, BaseException):
+                        error = map_fault(fault, task.description)
+                        error.__cause__ = fault
+                    else:
+                        error = map_fault(RuntimeError(f"task failed: {fault!r}"), task.description)
+                    out.append(TaskOutcome(task, error=error))
+            return out
 
         try:
-            self.conn.wait_for(
-                [ref],
-                self.conn.vim.VirtualMachine,
-                paths,
-                reached,
-                timeout,
-                f"wait for VM {info.name!r}",
+            state = {_moid(obj): props for obj, props in self.conn.retrieve(refs, vim.Task, paths)}
+            done = ended(state)
+            if done or deadline.expired():
+                return done
+            changed = self.conn.wait_update(
+                refs, vim.Task, paths, deadline, lambda st: bool(ended(st))
             )
         except OperationTimeout:
-            now = self.get_vm(uuid)
-            want = "/".join(sorted(s.value for s in wanted))
-            raise OperationTimeout(
-                f"VM {now.name!r} is still {now.state.value} after "
-                f"{timeout:g} s (waiting for {want})"
-            ) from None
+            if deadline.expired():
+                return []
+            raise
         except Exception as exc:
-            reraise(exc, f"wait for VM {info.name!r}")
-        return self.get_vm(uuid)
+            reraise(exc, f"wait for {', '.join(t.description for t in tasks)}")
+        return ended(changed) if changed is not None else []
 
-    def subscribe(self) -> EventSource:
+    @_bounded
+    def wait_changes(
+        self, known: Mapping[str, VMInfo], *, deadline: Deadline
+    ) -> dict[str, VMInfo | None]:
+        """One read of the VMs' power states; if none differs from ``known``, one
+        WaitForUpdatesEx long poll on ``runtime.powerState`` (and ``connectionState``),
+        bounded by ``deadline``. Only the state is compared (vSphere reports no reason)."""
+        vim = self.conn.vim
+        refs: dict[str, Any] = {}
+        out: dict[str, VMInfo | None] = {}
+        for uuid in known:
+            try:
+                refs[uuid] = self._ref(uuid)
+            except NotFound:
+                out[uuid] = None
+        if out:
+            return out
+        moids = {_moid(r): u for u, r in refs.items()}
+
+        def differ(state: dict[str, dict[str, Any]]) -> list[str]:
+            return [
+                moids[m]
+                for m, p in state.items()
+                if m in moids and (p.get("__gone__") or _state(p) is not known[moids[m]].state)
+            ]
+
+        paths = ("runtime.powerState", "runtime.connectionState")
+        try:
+            state = {
+                _moid(o): p
+                for o, p in self.conn.retrieve(list(refs.values()), vim.VirtualMachine, paths)
+            }
+            for uuid, ref in refs.items():
+                if _moid(ref) not in state:
+                    out[uuid] = None  # gone
+            changed = differ(state)
+            if not changed and not out and not deadline.expired():
+                after = self.conn.wait_update(
+                    list(refs.values()),
+                    vim.VirtualMachine,
+                    paths,
+                    deadline,
+                    lambda st: bool(differ(st)),
+                )
+                changed = differ(after) if after is not None else []
+        except OperationTimeout:
+            if deadline.expired():
+                return out
+            raise
+        except Exception as exc:
+            if is_fault(exc, "ManagedObjectNotFound"):
+                return self._infos_or_none(list(known), deadline)
+            reraise(exc, "wait for VM state changes")
+        if changed:
+            out.update(self._infos_or_none(changed, deadline))
+        return out
+
+    def _infos_or_none(self, uuids: Sequence[str], deadline: Deadline) -> dict[str, VMInfo | None]:
+        out: dict[str, VMInfo | None] = {}
+        for uuid in uuids:
+            try:
+                out[uuid] = self.get_vm(uuid, deadline=deadline)
+            except NotFound:
+                out[uuid] = None
+        return out
+
+    @_bounded
+    def subscribe(self, *, deadline: Deadline) -> EventSource:
         try:
             return _EventSource(self)
         except Exception as exc:
@@ -1215,7 +1444,8 @@ class EsxDriver(
             self._perf = out
         return self._perf
 
-    def get_stats(self, uuids: Sequence[str]) -> dict[str, VMStats]:
+    @_bounded
+    def get_stats(self, uuids: Sequence[str], *, deadline: Deadline) -> dict[str, VMStats]:
         vim = self.conn.vim
         counters = self._perf_counters()
         wanted = {"mem.consumed.average": "memory_used_mib"}
@@ -1256,7 +1486,8 @@ class EsxDriver(
             )
         return out
 
-    def guest_info(self, uuid: str) -> GuestInfo:
+    @_bounded
+    def guest_info(self, uuid: str, *, deadline: Deadline) -> GuestInfo:
         _, props = self._props(
             uuid,
             (
@@ -1310,44 +1541,57 @@ _PAGE_SIZE = 1000
 class _EventSource:
     """VM events from the host's event log: an EventHistoryCollector whose ``latestPage`` is
     watched with WaitForUpdatesEx on a private PropertyCollector (no polling). Events are
-    taken in key order, each once; only those of this connection's hosts are kept."""
+    taken in key order, each once; only those of this connection's hosts are kept.
+
+    The collectors belong to the session. When the session expires or the host restarts,
+    the next ``next_event`` logs in again (unless the core already did) and makes them
+    again; events logged meanwhile are delivered from the new collector's first page (those
+    created after the last event seen). While the host does not answer, ``next_event``
+    returns None; only refused credentials end the subscription."""
 
     def __init__(self, driver: EsxDriver) -> None:
         self.d = driver
-        conn = driver.conn
+        self.queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.collector: Any = None
+        self.pc: Any = None
+        self.closed = False
+        self.broken = False
+        self.version = ""
+        self.last_key = -1
+        self.since: dt.datetime | None = None  # createdTime of the last event seen
+        self.generation = driver.conn.generation
+        self._open(resume=False)
+
+    def _open(self, *, resume: bool) -> None:
+        conn = self.d.conn
         vim = conn.vim
-        entity = driver.scope.datacenter if conn.is_vcenter else conn.content.rootFolder
+        self.generation = conn.generation
+        self.collector = self.pc = None
+        entity = self.d.scope.datacenter if conn.is_vcenter else conn.content.rootFolder
         spec = vim.event.EventFilterSpec(
             entity=vim.event.EventFilterSpec.ByEntity(entity=entity, recursion="all"),
             eventTypeId=list(_EVENT_KINDS),
             maxCount=_PAGE_SIZE,
         )
-        self.collector = conn.content.eventManager.CreateCollectorForEvents(filter=spec)
-        self.pc: Any = None
-        self.closed = False
         try:
+            self.collector = conn.content.eventManager.CreateCollectorForEvents(filter=spec)
             # latestPage holds 10 events by default; a burst between two polls must fit.
             self.collector.SetCollectorPageSize(maxCount=_PAGE_SIZE)
             self.pc = conn.pc.CreatePropertyCollector()
             self.pc.CreateFilter(
-                conn._filter_spec(
+                conn.filter_spec(
                     [self.collector], vim.event.EventHistoryCollector, ("latestPage",)
                 ),
                 partialUpdates=False,
             )
+            self.version = ""
+            self._poll(0, resume=resume)  # the baseline (or, resuming, what was missed)
         except BaseException:
-            self.close()
+            self._destroy()
             raise
-        self.queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self.version = ""
-        self.last_key = -1
-        try:
-            self._poll(0)  # the baseline: events already logged are not delivered
-        except BaseException:
-            self.close()
-            raise
+        self.broken = False
 
-    def _poll(self, wait: int) -> None:
+    def _poll(self, wait: int, *, resume: bool = False) -> None:
         pcq = self.d.conn.vmodl.query.PropertyCollector
         update = self.pc.WaitForUpdatesEx(
             version=self.version, options=pcq.WaitOptions(maxWaitSeconds=wait)
@@ -1356,18 +1600,34 @@ class _EventSource:
         if update is None:
             if baseline:
                 self.version = "-"
+                if self.since is None:
+                    self.since = dt.datetime.now(dt.UTC)
             return
         self.version = update.version
         events: list[Any] = []
         for _, _, changes in apply_update(update):
             events.extend(changes.get("latestPage") or ())
         # An update may carry the page several times (one per change): each key once.
-        unique = {int(e.key): e for e in events if int(e.key) > self.last_key}
-        fresh = [unique[k] for k in sorted(unique)]
-        if fresh:
-            self.last_key = int(fresh[-1].key)
-        if not baseline:
-            self._deliver(fresh)
+        unique = {int(e.key): e for e in events}
+        ordered = [unique[k] for k in sorted(unique)]
+        if baseline and resume:
+            # A new collector (new session, or a restarted host whose keys start again):
+            # what was logged after the last event seen.
+            since = self.since
+            fresh = [e for e in ordered if since is None or _created(e) > since]
+        else:
+            fresh = [e for e in ordered if int(e.key) > self.last_key]
+        if ordered:
+            self.last_key = int(ordered[-1].key)
+        for e in fresh or ordered[-1:]:
+            created = _created(e)
+            if self.since is None or created > self.since:
+                self.since = created
+        if baseline and not resume:
+            if self.since is None:
+                self.since = dt.datetime.now(dt.UTC)
+            return
+        self._deliver(fresh)
 
     def _deliver(self, events: list[Any]) -> None:
         scope = self.d.scope
@@ -1388,47 +1648,72 @@ class _EventSource:
             if uuid is None:
                 log.debug("event %s for unknown VM %s skipped", type(ev).__name__, moid)
                 continue
-            created = ev.createdTime
-            if created is not None and created.tzinfo is None:
-                created = created.replace(tzinfo=dt.UTC)
             event_kind, state, reason = kind
             self.queue.put(
                 Event(
                     kind=event_kind,
                     vm_uuid=uuid,
                     vm_name=ev.vm.name,
-                    timestamp=created or dt.datetime.now(dt.UTC),
+                    timestamp=_created(ev),
                     state=state,
                     reason=reason,
                     detail=str(ev.fullFormattedMessage or type(ev).__name__),
                 )
             )
 
+    def _repair(self) -> None:
+        """New collectors after the session or the host was lost (a new session first,
+        unless the core has made one since these collectors were)."""
+        conn = self.d.conn
+        self._destroy()
+        try:
+            self._open(resume=True)
+            return
+        except ConnectionError as exc:
+            if exc.sent is not False and exc.vendor_code != "NotAuthenticated":
+                raise
+        except NotFound:
+            pass  # a restarted host does not know the old session's objects
+        conn.login(conn.deadline, self.generation)
+        self._open(resume=True)
+
     def next_event(self, timeout: float) -> Event | None:
         deadline = time.monotonic() + max(timeout, 0.0)
-        while not self.closed:
-            try:
-                return self.queue.get_nowait()
-            except queue.Empty:
-                pass
-            left = deadline - time.monotonic()
-            try:
-                self._poll(0 if left <= 0 else max(1, min(MAX_POLL_S, int(left + 0.999))))
-            except Exception as exc:
-                reraise(exc, "read events")
-            if time.monotonic() >= deadline:
+        # Each SOAP call: the poll's own wait (whole seconds) plus a margin.
+        with self.d.conn.within(Deadline.after(max(timeout, 0.0) + 5.0)):
+            while not self.closed:  # reads the queue until the deadline (no retry)
                 try:
                     return self.queue.get_nowait()
                 except queue.Empty:
-                    return None
+                    pass
+                left = deadline - time.monotonic()
+                try:
+                    if self.broken:
+                        self._repair()
+                    else:
+                        self._poll(0 if left <= 0 else max(1, min(MAX_POLL_S, int(left + 0.999))))
+                except AuthenticationError:
+                    raise
+                except (VmctlError, Exception) as exc:
+                    # The session expired, the host restarted or does not answer: make the
+                    # collectors again on a later call.
+                    err = map_fault(exc, "read events")
+                    if not isinstance(err, (ConnectionError, NotFound, OperationTimeout)):
+                        raise err from exc
+                    log.info("events of %s: %s; subscribing again", self.d.scope.name, err)
+                    self.broken = True
+                    if time.monotonic() < deadline:
+                        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                if time.monotonic() >= deadline:
+                    try:
+                        return self.queue.get_nowait()
+                    except queue.Empty:
+                        return None
         return None
 
-    def close(self) -> None:
-        if getattr(self, "closed", False):
-            return
-        self.closed = True
+    def _destroy(self) -> None:
         for what, obj, method in (
-            ("property collector", getattr(self, "pc", None), "DestroyPropertyCollector"),
+            ("property collector", self.pc, "DestroyPropertyCollector"),
             ("event collector", self.collector, "DestroyCollector"),
         ):
             if obj is None:
@@ -1437,6 +1722,23 @@ class _EventSource:
                 getattr(obj, method)()
             except Exception as exc:
                 log.debug("destroying the %s failed: %s", what, exc)
+        self.pc = self.collector = None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with self.d.conn.within(Deadline.after(10)):
+            self._destroy()
+
+
+def _created(ev: Any) -> dt.datetime:
+    created = ev.createdTime
+    if created is None:
+        return dt.datetime.now(dt.UTC)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    return created  # type: ignore[no-any-return]
 
 
 # -- scope ----------------------------------------------------------------------------------
