@@ -118,13 +118,13 @@ def converter(ty: str) -> Conv:
         return lambda v: wire_datetime(float(v))
     if kind == "set":
         inner = converter(ty[4:])
-        return lambda v: list(map(inner, v))
+        return lambda v: list(map(inner, v)) if v else []
     if kind == "map":
         kty, vty = _split_map(ty)
         kc, vc = converter(kty), converter(vty)
         if kc is str:
-            return lambda v: dict(zip(map(str, v), map(vc, v.values()), strict=True))
-        return lambda v: dict(zip(map(str, map(kc, v)), map(vc, v.values()), strict=True))
+            return lambda v: {str(k): vc(x) for k, x in v.items()} if v else {}
+        return lambda v: {str(kc(k)): vc(x) for k, x in v.items()} if v else {}
     return str  # string, ref, enum (str() of a str is the str itself)
 
 
