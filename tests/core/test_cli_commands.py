@@ -265,3 +265,10 @@ def test_conformance_refusal_names_the_cli_option(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["conformance", uri, "--clause", "LIFE-START-1"])
     assert result.exit_code == 9
     assert "vmctl-kit-leftover" in result.output and "--prefix" in result.output
+
+
+def test_watch_on_a_shared_sim_site_says_what_it_cannot_see(tmp_path: Path) -> None:
+    uri = f"sim://w?state={tmp_path / 's.json'}"
+    result = CliRunner().invoke(cli, ["-c", uri, "watch", "--timeout", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert "other vmctl calls do not show here" in result.output
