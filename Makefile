@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 # vmctl and the conformance kit's pytest ([kit]): `vmctl conformance sim://` works after
 # `make demo`.
-$(VENV)/.stamp-core: setup.cfg pyproject.toml Makefile
+$(VENV)/.stamp-core: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -U pip setuptools wheel
 	$(PIP) install -e ".[kit]"

@@ -297,7 +297,12 @@ def _wait(ctx: Ctx, op: Operation[Any], what: str, limit: float | None) -> Any:
 # -- the commands -------------------------------------------------------------------------
 
 
-@click.group(cls=VmctlGroup)
+@click.group(
+    cls=VmctlGroup,
+    epilog="Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 invalid state, "
+    "5 not supported or driver missing, 6 authentication or connection, 7 timeout, "
+    "8 validation, 9 conformance failures.",
+)
 @click.option("--uri", "-c", envvar="VMCTL_URI", help="host URI (default $VMCTL_URI)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--ask-password", is_flag=True, help="prompt for the password (else $VMCTL_PASSWORD)")
