@@ -551,3 +551,14 @@ def test_event_next_snapshots_start_at_registration(server: xapisim.SimServer) -
         s.event.unregister(["vm"])
     finally:
         s.session.logout()
+
+
+def test_sdk_replies_are_read_strictly(server: xapisim.SimServer) -> None:
+    """The helpers' transport reads every reply of every SDK call in the suite strictly."""
+    from xapisim_helpers import _Strict
+
+    before = _Strict.replies
+    s = login(server, "strict")
+    s.xenapi.VM.get_all_records()
+    s.xenapi.session.logout()
+    assert _Strict.replies >= before + 3

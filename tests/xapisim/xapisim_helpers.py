@@ -19,11 +19,37 @@ NULL = "OpaqueRef:NULL"
 MiB = 1024**2
 
 
+class _Strict:
+    """Transport mix-in: every reply is first read with the strict reader (parse_strict),
+    so each call any test makes through the SDK also checks xapi's byte forms."""
+
+    replies = 0
+
+    def parse_response(self, response: Any) -> Any:
+        body = response.read()
+        value = parse_strict(body, bare=True)
+        if isinstance(value, dict) and "Status" in value:
+            parse_strict(body)  # the Status struct's shape too
+        _Strict.replies += 1
+        p, u = self.getparser()  # type: ignore[attr-defined]
+        p.feed(body)
+        p.close()
+        return u.close()
+
+
+class StrictTransport(_Strict, xmlrpc.client.Transport):
+    pass
+
+
+class StrictSafeTransport(_Strict, xmlrpc.client.SafeTransport):
+    pass
+
+
 def transport(server: SimServer) -> xmlrpc.client.Transport:
     if server.cafile:
         ctx = ssl.create_default_context(cafile=server.cafile)
-        return xmlrpc.client.SafeTransport(context=ctx)
-    return xmlrpc.client.Transport()
+        return StrictSafeTransport(context=ctx)
+    return StrictTransport()
 
 
 def login(server: SimServer, originator: str = "xapisim-tests") -> Any:
