@@ -100,6 +100,7 @@ class Job:
     done_at: float
     effect: Callable[[], tuple[int, str] | None]
     finished: float | None = None
+    hidden: bool = False  # internal timers (guest shutdown) that WMI shows no job for
 
 
 class World:
@@ -377,6 +378,7 @@ class World:
         name: str,
         effect: Callable[[], tuple[int, str] | None],
         delay: float | None = None,
+        hidden: bool = False,
     ) -> Instance:
         jid = _guid()
         now = time.monotonic()
@@ -407,7 +409,8 @@ class World:
                 "Owner": f"{self.cfg.domain}\\{self.cfg.username}",
             },
         )
-        job = Job(inst, host, now, now + (self.cfg.op_delay if delay is None else delay), effect)
+        done = now + (self.cfg.op_delay if delay is None else delay)
+        job = Job(inst, host, now, done, effect, hidden=hidden)
         self.jobs[jid] = job
         if job.done_at <= now:
             self._finish(job, now)
@@ -578,7 +581,7 @@ class World:
         if cls == "Msvm_VirtualEthernetSwitch":
             return [self.switches[host]]
         if cls == "Msvm_ConcreteJob":
-            return [self.job_view(j) for j in self.jobs.values() if j.host == host]
+            return [self.job_view(j) for j in self.jobs.values() if j.host == host and not j.hidden]
         if cls == "Msvm_ShutdownComponent":
             return [self.shutdown_component(vm) for vm in vms if self._live(vm)]
         if cls == "Msvm_KvpExchangeComponent":
@@ -821,18 +824,22 @@ class World:
             vm.busy = str(out[1]["Job"].selectors["InstanceID"])
         return out
 
-    # Msvm_ShutdownComponent.InitiateShutdown
+    # Msvm_ShutdownComponent.InitiateShutdown: no Job parameter; 0 means "initiated" and the
+    # guest then shuts down on its own (EnabledState 4 Shutting Down, then 3).
     def _m_InitiateShutdown(
         self, host: str, target: Instance, args: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         vm = self.vms.get(str(target["SystemName"]))
         if vm is None:
             return T.RC_NOT_AVAILABLE, {}
+        if vm.state == T.ES_SHUTTING_DOWN:
+            return T.RC_SHUTDOWN_IN_PROGRESS, {}
         if vm.busy is not None or vm.state != T.ES_ENABLED:
             return T.RC_INVALID_STATE, {}
+        if not vm.guest_os:
+            return T.RC_NOT_AVAILABLE, {}  # no guest shutdown service will ever answer
         if not self._guest_up(vm):
-            # No integration services answering (no OS, or not booted yet).
-            return T.RC_NOT_AVAILABLE, {}
+            return T.RC_NOT_READY, {}  # the guest has not booted far enough yet
         vm.requested = 3
         self._set_state(vm, T.ES_SHUTTING_DOWN)
 
@@ -841,11 +848,10 @@ class World:
             self._set_state(vm, T.ES_DISABLED)
             return None
 
-        out = self._job_out(host, "Initiating Shutdown", effect)
-        jid = str(out[1]["Job"].selectors["InstanceID"])
-        if self.jobs[jid].finished is None:
-            vm.busy = jid
-        return out
+        job = self._job(host, "Guest shutdown", effect, hidden=True)
+        if self.jobs[str(job["InstanceID"])].finished is None:
+            vm.busy = str(job["InstanceID"])
+        return T.RC_OK, {}
 
     # Msvm_VirtualSystemManagementService
     def _m_DefineSystem(
@@ -1065,19 +1071,24 @@ class World:
         for vm, snap in owners:
             vssd = vm.vssd if snap is None else snap.vssd
             cpu = next((r for r in vm.rasds if r.cls == "Msvm_ProcessorSettingData"), None)
+            live = snap is None and self._live(vm)
             full: dict[str, Any] = {
                 "InstanceID": vssd["InstanceID"],
-                "Name": vm.guid,
+                "Name": vm.guid if snap is None else str(vssd["ConfigurationID"]),
                 "ElementName": vssd["ElementName"],
+                "CreationTime": vssd["CreationTime"],
                 "Notes": (vssd["Notes"] or [""])[0],
                 "NumberOfProcessors": int(cpu["VirtualQuantity"]) if cpu else 0,
                 "HealthState": T.HEALTH_OK,
-                "EnabledState": vm.state,
-                "ProcessorLoad": 3 if vm.state == T.ES_ENABLED else 0,
-                "MemoryUsage": self._mem_mb(vm.rasds) if self._live(vm) else 0,
-                "UpTime": self._on_ms(vm),
+                "EnabledState": vm.state if snap is None else T.ES_DISABLED,
+                "ProcessorLoad": 3 if live and vm.state == T.ES_ENABLED else 0,
+                "MemoryUsage": self._mem_mb(vm.rasds) if live else 0,
+                "Heartbeat": (T.HEARTBEAT_OK if self._guest_up(vm) else T.HEARTBEAT_NO_CONTACT)
+                if live
+                else None,
+                "UpTime": self._on_ms(vm) if snap is None else 0,
                 "GuestOperatingSystem": "Ubuntu 22.04.4 LTS" if self._guest_up(vm) else None,
-                "Snapshots": [epr_of(s.vssd) for s in vm.snapshots],
+                "Snapshots": [s.vssd for s in vm.snapshots] if snap is None else [],
             }
             props = {"InstanceID": full["InstanceID"]}
             for code in wanted:

@@ -439,19 +439,27 @@ _add(
     ("InstanceID",),
     """
 string InstanceID
-string Name
+datetime CreationTime
 string ElementName
 uint16 EnabledState
-uint16 HealthState
-uint16 NumberOfProcessors
-uint16 ProcessorLoad
-uint64 MemoryUsage
-uint64 UpTime
-string[] Snapshots
+string OtherEnabledState
 string GuestOperatingSystem
+uint16 HealthState
+uint16 Heartbeat
+uint64 MemoryUsage
+string Name
 string Notes
+string Version
+uint16 NumberOfProcessors
+uint16[] OperationalStatus
+uint16 ProcessorLoad
+object[] Snapshots
+uint64 UpTime
+string VirtualSystemSubType
+string HostComputerSystemName
 """,
-    "HV2/msvm-summaryinformation (returned embedded by GetSummaryInformation)",
+    "HV2/msvm-summaryinformation (MOF order; returned embedded by GetSummaryInformation; "
+    "Snapshots are embedded CIM_VirtualSystemSettingData instances)",
 )
 
 #: Associations answered by ``ASSOCIATORS OF {...} WHERE AssocClass = X ResultClass = Y``
@@ -563,6 +571,14 @@ RETURN_CODES: dict[int, str] = {
 }
 RC_OK, RC_JOB, RC_FAILED, RC_NOT_SUPPORTED = 0, 4096, 32768, 32770
 RC_INVALID_PARAMETER, RC_IN_USE, RC_INVALID_STATE, RC_NOT_AVAILABLE = 32773, 32774, 32775, 32777
+#: Msvm_ShutdownComponent.InitiateShutdown adds (HV2/msvm-shutdowncomponent-initiateshutdown):
+SHUTDOWN_RETURN_CODES: dict[int, str] = {
+    32779: "File not found",
+    32780: "The system is not ready",
+    32781: "The machine is locked and cannot be shut down without the force option",
+    32782: "A system shutdown is in progress",
+}
+RC_NOT_READY, RC_SHUTDOWN_IN_PROGRESS = 32780, 32782
 
 # --- methods ------------------------------------------------------------------------------
 
@@ -601,8 +617,8 @@ METHODS: dict[tuple[str, str], MethodSpec] = {
         _m(
             "Msvm_ShutdownComponent",
             "InitiateShutdown",
-            "in boolean Force, in string Reason, out ref Job",
-            "HV2/msvm-shutdowncomponent-initiateshutdown",
+            "in boolean Force, in string Reason",
+            "HV2/msvm-shutdowncomponent-initiateshutdown (no Job: 0 = shutdown initiated)",
         ),
         _m(
             _VSMS,
@@ -645,7 +661,7 @@ METHODS: dict[tuple[str, str], MethodSpec] = {
         _m(
             _VSMS,
             "GetSummaryInformation",
-            "in uint32[] RequestedInformation, in ref[] SettingData, "
+            "in ref[] SettingData, in uint32[] RequestedInformation, "
             "out embedded[] SummaryInformation",
             "HV2/getsummaryinformation-msvm-virtualsystemmanagementservice",
         ),
@@ -679,23 +695,28 @@ METHODS: dict[tuple[str, str], MethodSpec] = {
     )
 }
 
-#: GetSummaryInformation RequestedInformation codes served (HV2/msvm-summaryinformation,
-#: and the RequestedInformation table of getsummaryinformation-...): 0 Name, 1 ElementName,
-#: 4 NumberOfProcessors, 101 EnabledState, 102 ProcessorLoad, 103 MemoryUsage, 105 UpTime,
-#: 106 GuestOperatingSystem, 107 Snapshots, 3 Notes, 100 HealthState.
+#: GetSummaryInformation RequestedInformation codes served, and the Msvm_SummaryInformation
+#: property each fills (HV2/getsummaryinformation-msvm-virtualsystemmanagementservice,
+#: RequestedInformation table). Other codes (thumbnails, replication, ...) leave the instance
+#: without that property.
 SUMMARY_FIELDS: dict[int, str] = {
     0: "Name",
     1: "ElementName",
+    2: "CreationTime",
     3: "Notes",
     4: "NumberOfProcessors",
-    100: "HealthState",
-    101: "EnabledState",
-    102: "ProcessorLoad",
+    100: "EnabledState",
+    101: "ProcessorLoad",
     103: "MemoryUsage",
+    104: "Heartbeat",
     105: "UpTime",
     106: "GuestOperatingSystem",
     107: "Snapshots",
+    109: "HealthState",
 }
+#: Msvm_SummaryInformation.Heartbeat (HV2/msvm-summaryinformation): 2 OK, 6 Error,
+#: 12 No Contact, 13 Lost Communication.
+HEARTBEAT_OK, HEARTBEAT_NO_CONTACT = 2, 12
 
 #: Msvm_VirtualSystemMigrationSettingData.MigrationType (HV2/msvm-virtualsystemmigration
 #: settingdata): 32768 VirtualSystem (live when running), 32769 Storage, 32770 Staged,
@@ -759,8 +780,9 @@ KVP_ITEMS = (
 )
 KVP_SOURCE_GUEST_INTRINSIC = 2
 
-#: Msvm_ShutdownComponent OperationalStatus[0]: 2 OK (the guest's shutdown service is
-#: reachable), 12 "No Contact" (HV2/msvm-shutdowncomponent, OperationalStatus).
+#: Msvm_ShutdownComponent / Msvm_KvpExchangeComponent OperationalStatus[0]: 2 OK ("operating
+#: normally"), 12 No Contact ("The guest service is not installed or has not yet been
+#: contacted") (HV2/msvm-shutdowncomponent, OperationalStatus).
 OPSTATUS_OK, OPSTATUS_NO_CONTACT = 2, 12
 
 # --- faults (DSP0226 14.6 fault table; wsmerror.h codes; MS-WSMV 3.1.4.1.x) --------------

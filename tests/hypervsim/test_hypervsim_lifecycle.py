@@ -292,10 +292,28 @@ def test_guest_with_os_reports_ips_and_shuts_down(w: WSMan) -> None:
         "fe80"
     )
     out = _shutdown(w, guid)
-    assert int(out["ReturnValue"]) == T.RC_JOB
+    assert int(out["ReturnValue"]) == T.RC_OK and "Job" not in out  # no Job parameter
     assert _state(w, guid) == T.ES_SHUTTING_DOWN
-    assert wait_job(w, out)["JobState"] == "7" and _state(w, guid) == T.ES_DISABLED
+    assert int(_shutdown(w, guid)["ReturnValue"]) == T.RC_SHUTDOWN_IN_PROGRESS
+    deadline = time.monotonic() + 5
+    while _state(w, guid) != T.ES_DISABLED:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     assert _kvp(w, guid) == {}  # the component goes with the running VM
+    rows = query(w, "SELECT * FROM Msvm_ConcreteJob WHERE ElementName = 'Guest shutdown'")
+    assert rows == []  # WMI shows no job for it
+
+
+def test_guest_not_booted_yet_is_not_ready(server: hypervsim.SimServer, w: WSMan) -> None:
+    guid = vms(w)["vm-03"]["Name"]  # its disk holds an OS
+    server.world.cfg.guest_delay = 30
+    try:
+        wait_job(w, _rsc(w, guid, 2))
+        assert int(_shutdown(w, guid)["ReturnValue"]) == T.RC_NOT_READY
+        assert _kvp(w, guid) == {}
+    finally:
+        server.world.cfg.guest_delay = 0.1
+    wait_job(w, _rsc(w, guid, 3))
 
 
 def test_guest_without_os_does_not_answer(w: WSMan) -> None:
@@ -389,14 +407,17 @@ def test_settings_define_modify_remove_destroy(w: WSMan) -> None:
         [
             ("RequestedInformation", 1),
             ("RequestedInformation", 4),
-            ("RequestedInformation", 101),
+            ("RequestedInformation", 100),
+            ("RequestedInformation", 104),
+            ("RequestedInformation", 107),
             ("SettingData", epr("Msvm_VirtualSystemSettingData", InstanceID=_vssd_id(guid))),
         ],
     )
     assert int(out["ReturnValue"]) == 0
     info = to_dict(out["SummaryInformation"][0])
     assert info["ElementName"] == "renamed" and info["NumberOfProcessors"] == "4"
-    assert info["EnabledState"] == "3"
+    assert info["EnabledState"] == "3" and info["Heartbeat"] is None  # off: no heartbeat
+    assert info["Snapshots"] is None and info["UpTime"] is None  # UpTime not requested: NULL
     out = invoke(
         w,
         VSMS,
