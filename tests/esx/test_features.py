@@ -15,6 +15,7 @@ from tests.hosts.esx import VcsimServer
 from vmctl import Capability as C
 from vmctl import EventKind
 from vmctl import PowerState as S
+from vmctl.spi import Deadline
 
 from .conftest import NETWORK, Admin, vc_uri
 
@@ -271,7 +272,7 @@ def test_migration_needs_the_same_vcenter(
             with pytest.raises(vmctl.NotSupported, match="migrate_cold"):
                 vm.migrate(esx)  # the core: a standalone host declares no migration
             with pytest.raises(vmctl.ValidationError, match="same vCenter"):
-                vc._driver.migrate_vm(vm.uuid, esx._driver, live=False, timeout=10)
+                vc._driver.migrate_vm(vm.uuid, esx._driver, live=False, deadline=Deadline.after(10))
             assert vm.info().host is not None
         finally:
             vm.delete()

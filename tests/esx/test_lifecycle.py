@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pyVmomi import vim
@@ -13,10 +14,15 @@ from pyVmomi import vim
 import vmctl
 from tests.hosts.esx import VcsimServer
 from vmctl import PowerState as S
+from vmctl.spi import Deadline
 
 from .conftest import DVPG, NETWORK, Admin, vc_uri
 
 Target = tuple[VcsimServer, Admin, str]
+
+
+def D() -> Deadline:
+    return Deadline.after(10)
 
 
 @pytest.fixture
@@ -64,7 +70,7 @@ def test_get_by_name_and_uuid(hv: vmctl.Hypervisor) -> None:
     with pytest.raises(vmctl.NotFound):
         hv.vm("00000000-0000-0000-0000-000000000000")
     with pytest.raises(vmctl.NotFound):
-        hv._driver.get_vm("00000000-0000-0000-0000-000000000000")
+        hv._driver.get_vm("00000000-0000-0000-0000-000000000000", deadline=D())
 
 
 # -- create and delete ----------------------------------------------------------------------
@@ -153,7 +159,12 @@ def test_power_cycle(hv: vmctl.Hypervisor) -> None:
 def test_invalid_power_state_fault_mapped(hv: vmctl.Hypervisor) -> None:
     vm = hv.create_vm(spec("ips"))
     with pytest.raises(vmctl.InvalidState) as err:
-        hv._driver.power_off(vm.uuid)  # past the core's state check
+        task = hv._driver.power_off(vm.uuid, deadline=D())  # past the core's state check
+        assert isinstance(task, vmctl.spi.Task)
+        driver: Any = hv._driver
+        (outcome,) = driver.wait_tasks([task], deadline=D())
+        assert outcome.error is not None
+        raise outcome.error
     assert err.value.vendor_code == "InvalidPowerState"
     assert isinstance(err.value.__cause__, vim.fault.InvalidPowerState)
     assert vm.info().state is S.STOPPED
@@ -162,12 +173,12 @@ def test_invalid_power_state_fault_mapped(hv: vmctl.Hypervisor) -> None:
 def test_deleted_vm_is_not_found(hv: vmctl.Hypervisor) -> None:
     vm = hv.create_vm(spec("gone"))
     uuid = vm.uuid
-    hv._driver.get_vm(uuid)  # cached moref
-    hv._driver.delete_vm(uuid)
+    hv._driver.get_vm(uuid, deadline=D())  # cached moref
+    hv._driver.delete_vm(uuid, deadline=D())
     with pytest.raises(vmctl.NotFound):
-        hv._driver.get_vm(uuid)
+        hv._driver.get_vm(uuid, deadline=D())
     with pytest.raises(vmctl.NotFound):
-        hv._driver.start(uuid)
+        hv._driver.start(uuid, deadline=D())
 
 
 def test_many_requests_at_once(hv: vmctl.Hypervisor) -> None:

@@ -1,5 +1,6 @@
-"""Waiting without polling: wait_for_state long-polls WaitForUpdatesEx on a private
-PropertyCollector, several at once; and the pinned TLS context checks every handshake."""
+"""Waiting without polling: the core's waits run on the driver's primitives, wait_tasks and
+wait_changes, each one WaitForUpdatesEx long poll on a private PropertyCollector (several at
+once), bounded by the request's deadline; and the pinned TLS context checks every handshake."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from pyVmomi import vim
@@ -15,6 +17,7 @@ from pyVmomi import vim
 import vmctl
 from tests.hosts.esx import VcsimServer
 from vmctl import PowerState as S
+from vmctl.spi import Deadline
 from vmctl_esx._tls import ThumbprintMismatch, make_context
 
 from .conftest import Admin
@@ -31,46 +34,59 @@ def _power_on_later(admin: Admin, uuids: list[str], delay: float) -> threading.T
     return thread
 
 
-def test_wait_for_state_long_polls(esx_sim: VcsimServer, esx_admin: Admin) -> None:
+def test_wait_changes_long_polls(esx_sim: VcsimServer, esx_admin: Admin) -> None:
     with vmctl.connect(esx_sim.uri, password=esx_sim.password, cafile=str(esx_sim.cafile)) as hv:
         vms = [hv.create_vm(vmctl.VMSpec(name=f"w-{i}-{time.monotonic_ns()}")) for i in range(3)]
         try:
-            driver = hv._driver
-            before = driver.round_trips  # type: ignore[attr-defined]
+            driver: Any = hv._driver
+            known = {vm.uuid: vm.info() for vm in vms}
+            before = driver.round_trips
             started = time.monotonic()
             thread = _power_on_later(esx_admin, [vm.uuid for vm in vms], 2.0)
             with ThreadPoolExecutor(3) as pool:
-                infos = list(
+                changed = list(
                     pool.map(
-                        lambda vm: driver.wait_for_state(  # type: ignore[attr-defined]
-                            vm.uuid, {S.RUNNING}, timeout=20
+                        lambda vm: driver.wait_changes(
+                            {vm.uuid: known[vm.uuid]}, deadline=Deadline.after(20)
                         ),
                         vms,
                     )
                 )
             elapsed = time.monotonic() - started
             thread.join()
-            assert [i.state for i in infos] == [S.RUNNING] * 3
-            assert 2.0 <= elapsed < 6.0
-            # Per waiter: get_vm, create collector + filter, 1-2 long polls, destroy, get_vm.
-            # A sleep-and-poll loop would have made dozens over those 2 s.
-            assert driver.round_trips - before <= 3 * 9  # type: ignore[attr-defined]
+            assert [c[vm.uuid].state for c, vm in zip(changed, vms, strict=True)] == [S.RUNNING] * 3
+            assert 1.5 <= elapsed < 8.0
+            # Per waiter: a read, create collector + filter, the initial update, one long
+            # poll, destroy, the changed VM's read. A sleep-and-poll loop would make dozens.
+            assert driver.round_trips - before <= 3 * 8
         finally:
             for vm in vms:
                 vm.delete(force=True)
 
 
-def test_wait_for_state_times_out(esx_sim: VcsimServer, esx_admin: Admin) -> None:
+def test_wait_changes_ends_at_the_deadline(esx_sim: VcsimServer, esx_admin: Admin) -> None:
     with vmctl.connect(esx_sim.uri, password=esx_sim.password, cafile=str(esx_sim.cafile)) as hv:
         vm = hv.create_vm(vmctl.VMSpec(name=f"w-timeout-{time.monotonic_ns()}"))
         try:
+            driver: Any = hv._driver
+            for seconds in (2.0, 0.5):
+                started = time.monotonic()
+                while time.monotonic() - started < seconds:  # may return early: call again
+                    left = seconds - (time.monotonic() - started)
+                    assert (
+                        driver.wait_changes({vm.uuid: vm.info()}, deadline=Deadline.after(left))
+                        == {}
+                    )
+                assert time.monotonic() - started < seconds + 1.0
+            # Through the core: the wait for RUNNING ends at the request's timeout.
             started = time.monotonic()
-            with pytest.raises(vmctl.OperationTimeout, match="still stopped"):
-                hv._driver.wait_for_state(vm.uuid, {S.RUNNING}, timeout=2)  # type: ignore[attr-defined]
-            assert 1.5 < time.monotonic() - started < 6
+            with pytest.raises(vmctl.OperationTimeout):
+                hv._conn.dispatcher.await_states(  # type: ignore[attr-defined]
+                    {vm.uuid: frozenset({S.RUNNING})}, Deadline.after(2), "wait"
+                )
+            assert 1.5 < time.monotonic() - started < 4
         finally:
             vm.delete()
-        # Its private collector was destroyed: only the session's own objects remain.
 
 
 def test_pin_checked_on_every_handshake(esx_sim: VcsimServer) -> None:
@@ -98,10 +114,10 @@ def test_task_fault_from_task_info(esx_sim: VcsimServer, esx_admin: Admin) -> No
     with vmctl.connect(esx_sim.uri, password=esx_sim.password, cafile=str(esx_sim.cafile)) as hv:
         vm = hv.create_vm(vmctl.VMSpec(name=f"w-taskfault-{time.monotonic_ns()}"))
         try:
-            conn = hv._driver.conn  # type: ignore[attr-defined]
-            ref = hv._driver._ref(vm.uuid)  # type: ignore[attr-defined]
-            with pytest.raises(vmctl.InvalidState) as err:
-                conn.run_task(ref.PowerOffVM_Task, 10, "power off")
-            assert isinstance(err.value.__cause__, vim.fault.InvalidPowerState)
+            driver: Any = hv._driver
+            task = driver.power_off(vm.uuid, deadline=Deadline.after(10))
+            (outcome,) = driver.wait_tasks([task], deadline=Deadline.after(10))
+            assert isinstance(outcome.error, vmctl.InvalidState)
+            assert isinstance(outcome.error.__cause__, vim.fault.InvalidPowerState)
         finally:
             vm.delete()
