@@ -6,6 +6,9 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import attrs
+
+import vmctl
 from tests.hosts import xen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,3 +37,14 @@ def test_no_page_copies_the_matrix_by_hand() -> None:
         text = (ROOT / "docs" / page).read_text()
         assert "support-matrix.md" in text, page
         assert "| LIFE-START-1" not in text and "| CONN-OPEN-1" not in text, page
+
+
+def test_the_guide_documents_every_spec_field_and_public_member() -> None:
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    for cls in (vmctl.VMSpec, vmctl.DiskSpec, vmctl.NicSpec, vmctl.BootSource, vmctl.Resources):
+        for f in attrs.fields(cls):
+            assert f"| `{f.name}` |" in guide, f"{cls.__name__}.{f.name} is not in the guide"
+    for cls in (vmctl.VM, vmctl.Hypervisor, vmctl.EventStream, vmctl.Operation):
+        for name in dir(cls):
+            if not name.startswith("_"):
+                assert re.search(rf"\b{re.escape(name)}\b", guide), f"{cls.__name__}.{name}"
