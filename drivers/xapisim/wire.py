@@ -30,9 +30,10 @@ import xmlrpc.client
 from collections.abc import Callable
 from typing import Any
 
-XML_DECL = '<?xml version="1.0"?>'
-_RESPONSE_HEAD = XML_DECL + "<methodResponse><params><param>"
-_RESPONSE_TAIL = "</param></params></methodResponse>"
+from .tables import JSONRPC_ERROR_CODE, XML_RESPONSE_HEAD, XML_RESPONSE_TAIL
+
+_RESPONSE_HEAD = XML_RESPONSE_HEAD
+_RESPONSE_TAIL = XML_RESPONSE_TAIL
 
 
 class I32(int):
@@ -174,7 +175,7 @@ def json_value(v: Any) -> str:
     return _JSON.encode(v)
 
 
-ERROR_CODE = 1  # api_server_common.ml: error_code_lit
+ERROR_CODE = JSONRPC_ERROR_CODE  # api_server_common.ml: error_code_lit
 
 
 def json_response(resp: Any, version: str, ident: Any, bare: bool = False) -> bytes:

@@ -562,3 +562,27 @@ def test_sdk_replies_are_read_strictly(server: xapisim.SimServer) -> None:
     s.xenapi.VM.get_all_records()
     s.xenapi.session.logout()
     assert _Strict.replies >= before + 3
+
+
+def test_encoder_writes_the_tables_forms() -> None:
+    """wire.py writes each Rpc.t form exactly as tables.WIRE_FORMS records it."""
+    from xapisim.tables import WIRE_FORMS, XML_RESPONSE_HEAD, XML_RESPONSE_TAIL
+    from xapisim.wire import I32, xml_response, xml_value
+
+    forms = WIRE_FORMS
+    assert xml_value("a<b") == forms["String"].replace("TEXT", "a&lt;b")
+    assert xml_value("") == forms["String (empty)"]
+    assert xml_value(-42) == forms["Int"].replace("DECIMAL", "-42")
+    assert xml_value(I32(7)) == forms["Int32"].replace("DECIMAL", "7")
+    assert xml_value(True) == forms["Bool"].replace("1|0", "1")
+    assert xml_value(False) == forms["Bool"].replace("1|0", "0")
+    assert xml_value(0.1) == forms["Float"].replace("%.16g", "0.1")
+    assert xml_value(1e16) == forms["Float"].replace("%.16g", "1e+16")
+    stamp = xmlrpc.client.DateTime("20260101T12:00:00Z")
+    assert xml_value(stamp) == forms["DateTime"]
+    assert xml_value(["x"]) == forms["Enum"].replace("VALUE...", "<value>x</value>")
+    assert xml_value({"k": ""}) == forms["Dict"].replace("NAME", "k").replace(
+        "VALUE</member>...", "<value></value></member>")  # fmt: skip
+    assert xml_value(None) == forms["Null"]
+    out = xml_response({"Status": "Success", "Value": ""}).decode()
+    assert out.startswith(XML_RESPONSE_HEAD) and out.endswith(XML_RESPONSE_TAIL)
