@@ -272,3 +272,39 @@ def test_watch_on_a_shared_sim_site_says_what_it_cannot_see(tmp_path: Path) -> N
     result = CliRunner().invoke(cli, ["-c", uri, "watch", "--timeout", "0.2"])
     assert result.exit_code == 0, result.output
     assert "other vmctl calls do not show here" in result.output
+
+
+def test_the_cli_covers_the_api() -> None:
+    import attrs
+    import click
+
+    def command(*path: str) -> click.Command:
+        cmd: Any = cli
+        for name in path:
+            cmd = cmd.commands[name]
+        return cmd  # type: ignore[no-any-return]
+
+    def flags(*path: str) -> set[str]:
+        return {o for p in command(*path).params for o in p.opts}
+
+    for path in (
+        ("reconfigure",),
+        ("resources",),
+        ("disk", "add"),
+        ("disk", "remove"),
+        ("nic", "add"),
+        ("nic", "remove"),
+        ("snapshot", "create"),
+        ("clone",),
+        ("migrate",),
+        ("watch",),
+    ):
+        assert "--json" in flags(*path), path
+    resource_flags = flags("resources")
+    for f in attrs.fields(vmctl.Resources):
+        wanted = "--" + f.name.removesuffix("_percent").removesuffix("_mib").replace("_", "-")
+        assert wanted in resource_flags, f.name
+    assert {"--boot-kernel", "--boot-initrd", "--boot-cmdline", "--boot-iso"} <= flags("create")
+    assert {"--vcpus", "--memory"} <= flags("reconfigure")
+    assert {"--size", "--name", "--bus", "--pool", "--source"} <= flags("disk", "add")
+    assert {"--network", "--mac", "--model"} <= flags("nic", "add")
