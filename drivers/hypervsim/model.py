@@ -13,6 +13,9 @@ from typing import Any
 from . import tables as T
 from .cim import Epr, Instance, Interval, Query, cimxml_instance, epr_of
 
+#: What the simulated guest OS calls itself (KVP OSName, GetSummaryInformation).
+GUEST_OS = "Ubuntu 22.04.4 LTS"
+
 
 @dataclasses.dataclass
 class Config:
@@ -514,11 +517,15 @@ class World:
             v4, v6 = self.guest_ips(vm)
             data = {
                 "FullyQualifiedDomainName": f"{vm.name}.{self.cfg.domain.lower()}.test",
-                "OSName": "Ubuntu 22.04.4 LTS",
-                "OSVersion": "5.15.0-105-generic",
                 "IntegrationServicesVersion": "3.1",
                 "NetworkAddressIPv4": ";".join(v4),
                 "NetworkAddressIPv6": ";".join(v6),
+                "OSBuildNumber": "5.15.0-105-generic",
+                "OSName": GUEST_OS,
+                "OSMajorVersion": "5",
+                "OSMinorVersion": "15",
+                "OSVersion": "22.04",
+                "ProcessorArchitecture": "x86_64",
             }
             for name in T.KVP_ITEMS:
                 items.append(
@@ -1087,7 +1094,7 @@ class World:
                 if live
                 else None,
                 "UpTime": self._on_ms(vm) if snap is None else 0,
-                "GuestOperatingSystem": "Ubuntu 22.04.4 LTS" if self._guest_up(vm) else None,
+                "GuestOperatingSystem": GUEST_OS if self._guest_up(vm) else None,
                 "Snapshots": [s.vssd for s in vm.snapshots] if snap is None else [],
             }
             props = {"InstanceID": full["InstanceID"]}
@@ -1220,8 +1227,8 @@ class World:
                     f"Service failed to establish a connection for a Virtual Machine "
                     f"migration with host '{dest_raw}'.",
                 )
-            if mtype == 32769:
-                return None  # storage-only: the VM stays on its host
+            if mtype in (32769, 32772):
+                return None  # storage only / a storage check: the VM stays on its host
             if self.free_mb(dest) < need:
                 return (
                     32778,

@@ -719,18 +719,23 @@ SUMMARY_FIELDS: dict[int, str] = {
 HEARTBEAT_OK, HEARTBEAT_NO_CONTACT = 2, 12
 
 #: Msvm_VirtualSystemMigrationSettingData.MigrationType (HV2/msvm-virtualsystemmigration
-#: settingdata): 32768 VirtualSystem (live when running), 32769 Storage, 32770 Staged,
-#: 32771 VirtualSystemAndStorage. The simulator moves the VM for 32768 and 32771.
+#: settingdata): 32768 VirtualSystem ("Migrates the virtual system to the destination host";
+#: live when it runs), 32769 Storage, 32770 Staged (a planned VM at the destination),
+#: 32771 VirtualSystemAndStorage, 32772 StorageDeepCheck. The simulator moves the VM for
+#: 32768 and 32771, completes 32769 and 32772 without moving it, and answers 32770 with
+#: 32770 Not Supported.
 MIGRATION_TYPES: dict[int, str] = {
     32768: "VirtualSystem",
     32769: "Storage",
     32770: "Staged",
     32771: "VirtualSystemAndStorage",
+    32772: "StorageDeepCheck",
 }
 
-#: CreateSnapshot SnapshotType (HV2/createsnapshot-...): 2 Full snapshot, 32768 Disk
-#: snapshot, 32769 ... (the simulator takes 2 and 32768 alike).
-SNAPSHOT_TYPES: dict[int, str] = {2: "Full snapshot", 32768: "Disk snapshot"}
+#: CreateSnapshot SnapshotType (HV2/createsnapshot-msvm-virtualsystemsnapshotservice):
+#: 2 Full Snapshot, 3 Disk Snapshot ("This must be one of the following values"); the
+#: SnapshotSettings parameter "is optional and may be an empty string".
+SNAPSHOT_TYPES: dict[int, str] = {2: "Full Snapshot", 3: "Disk Snapshot"}
 
 # --- resource types (HV2/msvm-resourceallocationsettingdata ResourceType / ResourceSubType)
 RT_PROCESSOR, RT_MEMORY, RT_ETHERNET_PORT, RT_DVD, RT_DISK, RT_SCSI = 3, 4, 10, 16, 17, 6
@@ -765,18 +770,24 @@ DEFAULT_MEMORY_MB = 512
 PROCESSOR_LIMIT_MAX = 100000  # HV2/msvm-processorsettingdata: Limit/Reservation in 1/1000 %
 PROCESSOR_WEIGHT_DEFAULT = 100
 
-#: KVP exchange items the guest's integration services report (HV2/msvm-kvpexchangedataitem;
-#: "Data Exchange: Using key-value pairs to share information between the host and guest on
-#: Hyper-V": FullyQualifiedDomainName, OSName, OSVersion, NetworkAddressIPv4,
-#: NetworkAddressIPv6 (";"-separated), IntegrationServicesVersion). Source 2 = guest
-#: intrinsic (Msvm_KvpExchangeDataItem.Source).
+#: KVP exchange items a Linux guest's integration services report (the key_index list of the
+#: Linux kernel's tools/hv/hv_kvp_daemon.c; described in "Data Exchange: Using key-value
+#: pairs to share information between the host and guest on Hyper-V" (learn.microsoft.com,
+#: virtualization docs): NetworkAddressIPv4 / NetworkAddressIPv6 are ";"-separated lists of
+#: the addresses assigned in the guest). Each is an embedded Msvm_KvpExchangeDataItem
+#: (HV2/msvm-kvpexchangedataitem: Name, Data, Source) in
+#: Msvm_KvpExchangeComponent.GuestIntrinsicExchangeItems; Source 2 = guest intrinsic.
 KVP_ITEMS = (
     "FullyQualifiedDomainName",
-    "OSName",
-    "OSVersion",
     "IntegrationServicesVersion",
     "NetworkAddressIPv4",
     "NetworkAddressIPv6",
+    "OSBuildNumber",
+    "OSName",
+    "OSMajorVersion",
+    "OSMinorVersion",
+    "OSVersion",
+    "ProcessorArchitecture",
 )
 KVP_SOURCE_GUEST_INTRINSIC = 2
 

@@ -468,6 +468,8 @@ class WsmanService:
                         T.CIM_ERR_INVALID_PARAMETER,
                         T.WBEM_E_INVALID_PARAMETER,
                     )
+            elif base == "embedded" and not len(child) and not (child.text or "").strip():
+                value = None  # an empty string: "optional and may be an empty string"
             elif base == "embedded":
                 try:
                     value = parse_embedded(child)
