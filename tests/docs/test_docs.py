@@ -15,7 +15,8 @@ placeholders of a Python block (top-level lines ``URI = ...``, ``NETWORK = ...``
 written. Backends: ``sim`` (always), ``xen`` (xapisim, in this process), ``esx`` (the vSphere
 simulator from tests/hosts/esx.py, vCenter mode), ``kvm-test`` (libvirt's test driver,
 ``test:///default``). Shell blocks run with bash (``set -eo pipefail``) in a scratch
-directory whose ``.venv`` is this interpreter's environment and whose ``$HOME`` is scratch.
+directory whose ``.venv/bin`` leads to this interpreter's environment and whose ``$HOME``
+is scratch.
 """
 
 from __future__ import annotations
@@ -245,10 +246,21 @@ def _env(tmp: Path, backend: Backend) -> dict[str, str]:
     return env
 
 
+def _venv(tmp: Path) -> None:
+    """A scratch ``.venv`` for the pages' `. .venv/bin/activate` and `.venv/bin/vmctl`: the
+    environment running these tests (whether or not it is a virtualenv)."""
+    bindir = Path(sys.executable).parent
+    venv_bin = tmp / ".venv" / "bin"
+    if venv_bin.exists():
+        return
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "activate").write_text(f'export PATH="{bindir}:$PATH"\n')
+    if (bindir / "vmctl").exists():
+        (venv_bin / "vmctl").symlink_to(bindir / "vmctl")
+
+
 def run_block(block: Block, backend: Backend, tmp: Path) -> subprocess.CompletedProcess[str]:
-    venv = tmp / ".venv"
-    if not venv.exists():
-        venv.symlink_to(sys.prefix)  # `. .venv/bin/activate` and `.venv/bin/vmctl` work
+    _venv(tmp)
     env = _env(tmp, backend)
     if block.lang in ("python", "py"):
         prelude = ""
