@@ -586,3 +586,16 @@ def test_encoder_writes_the_tables_forms() -> None:
     assert xml_value(None) == forms["Null"]
     out = xml_response({"Status": "Success", "Value": ""}).decode()
     assert out.startswith(XML_RESPONSE_HEAD) and out.endswith(XML_RESPONSE_TAIL)
+
+
+def test_jsonrpc_as_the_sdks_frame_requests(server: xapisim.SimServer) -> None:
+    """The C# SDK's default (JsonRpc.cs: JsonRequestV1, indented, no "jsonrpc", int id)
+    and the Go SDK's (jsonrpc_client.go: "jsonrpc": "2.0", "id": 0)."""
+    csharp = json.dumps({"id": 1, "method": "session.login_with_password",
+                         "params": ["root", PASSWORD, "2.21", "csharp"]}, indent=2)  # fmt: skip
+    r = jsonrpc(server, None, raw_body=csharp.encode())
+    assert list(r) == ["result", "error", "id"] and r["id"] == 1 and r["error"] is None
+    go = json.dumps({"jsonrpc": "2.0", "method": "session.logout", "params": [r["result"]],
+                     "id": 0})  # fmt: skip
+    assert jsonrpc(server, None, raw_body=go.encode()) == {"jsonrpc": "2.0", "result": "",
+                                                            "id": 0}  # fmt: skip
