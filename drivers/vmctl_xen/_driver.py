@@ -553,10 +553,14 @@ class XenDriver(
                     tokens = {str(resp["token"])}
                 resp = self._c.event_from(classes, tokens.pop(), EVENT_SLICE_S, deadline)
                 return self._ended(resp, handles, what, first=False, deadline=deadline)
-        except OperationTimeout:
+        except OperationTimeout as exc:
             if deadline.expired():
                 return []
-            raise
+            running = tuple(f"{t.description} (task {t.id})" for t in tasks)
+            raise OperationTimeout(
+                f"{exc.message}; still running on the host: {', '.join(running)}",
+                running=running,
+            ) from exc
 
     def _ended(
         self,
