@@ -18,13 +18,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 import click
 
 import vmctl
 from vmctl import VM, Hypervisor, Operation
+
+T = TypeVar("T")
 
 # -- errors and hints ---------------------------------------------------------------------
 
@@ -272,11 +274,16 @@ def _finish(op: Operation[Any]) -> Any:
 def _wait(ctx: Ctx, op: Operation[Any], what: str, limit: float | None) -> Any:
     """Wait for an operation; on a terminal (and without --json) show what is waited for,
     the time elapsed and the timeout."""
-    console = None if ctx.json else _progress_console()
-    if console is None:
+    if ctx.json or _progress_console() is None:
         while not op.done():
             time.sleep(0.05)
-        return _finish(op)
+    else:
+        _show_progress(what, limit, op.done)
+    return _finish(op)
+
+
+def _show_progress(what: str, limit: float | None, done: Callable[[], bool]) -> None:
+    """What is waited for, the time elapsed and the timeout, until ``done()``."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     shown = f"timeout {limit:g} s" if limit is not None else "no timeout"
@@ -285,13 +292,24 @@ def _wait(ctx: Ctx, op: Operation[Any], what: str, limit: float | None) -> Any:
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
         TextColumn(f"({shown})"),
-        console=console,
+        console=_progress_console(),
         transient=True,
     ) as progress:
         progress.add_task(what, total=None)
-        while not op.done():
+        while not done():
             time.sleep(0.1)
-    return _finish(op)
+
+
+def _busy(ctx: Ctx, what: str, limit: float | None, call: Callable[[], T]) -> T:
+    """Run a blocking call, with the same progress display as ``_wait`` on a terminal."""
+    if ctx.json or _progress_console() is None:
+        return call()
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmctl-cli") as pool:
+        future = pool.submit(call)
+        _show_progress(what, limit, future.done)
+        return future.result()
 
 
 # -- the commands -------------------------------------------------------------------------
@@ -533,7 +551,8 @@ def delete(ctx: Ctx, vm: str, force: bool, yes: bool) -> None:
         handle = hv.vm(vm)
         if not yes and not ctx.json and sys.stdin.isatty():
             click.confirm(f"Delete VM {handle.name!r} ({handle.uuid}) and its disks?", abort=True)
-        deleted = handle.delete(force=force)
+        limit = hv.timeouts.operation_s
+        deleted = _busy(ctx, f"delete {handle.name}", limit, lambda: handle.delete(force=force))
     out(ctx, {"deleted": deleted}, lambda: click.echo("deleted:\n  " + "\n  ".join(deleted)))
 
 
@@ -602,7 +621,9 @@ def create(
         description=description,
     )
     with ctx.connect() as hv:
-        info_ = hv.create_vm(spec, start=start).info()
+        limit = hv.timeouts.operation_s
+        made = _busy(ctx, f"create {name}", limit, lambda: hv.create_vm(spec, start=start))
+        info_ = made.info()
     out(
         ctx,
         to_dict(info_),
@@ -784,7 +805,13 @@ def snapshot() -> None:
 def snapshot_create(ctx: Ctx, vm: str, name: str, memory: bool, description: str) -> None:
     """Take a snapshot."""
     with ctx.connect() as hv:
-        snap = hv.vm(vm).snapshot(name, memory=memory, description=description)
+        handle = hv.vm(vm)
+        snap = _busy(
+            ctx,
+            f"snapshot {handle.name}",
+            hv.timeouts.operation_s,
+            lambda: handle.snapshot(name, memory=memory, description=description),
+        )
     out(ctx, to_dict(snap), lambda: click.echo(f"snapshot {snap.name} ({snap.id})"))
 
 
@@ -825,7 +852,13 @@ def snapshot_list(ctx: Ctx, vm: str) -> None:
 def snapshot_revert(ctx: Ctx, vm: str, snapshot_name: str) -> None:
     """Revert a VM to a snapshot."""
     with ctx.connect() as hv:
-        result = hv.vm(vm).revert(snapshot_name)
+        handle = hv.vm(vm)
+        result = _busy(
+            ctx,
+            f"revert {handle.name} to {snapshot_name}",
+            hv.timeouts.operation_s,
+            lambda: handle.revert(snapshot_name),
+        )
     out(ctx, to_dict(result), lambda: click.echo(f"{result.name}: {result.state.value}"))
 
 
@@ -848,7 +881,14 @@ def snapshot_delete(ctx: Ctx, vm: str, snapshot_name: str) -> None:
 def clone(ctx: Ctx, vm: str, name: str, linked: bool) -> None:
     """Clone a stopped VM."""
     with ctx.connect() as hv:
-        new = hv.vm(vm).clone(name, linked=linked).info()
+        handle = hv.vm(vm)
+        made = _busy(
+            ctx,
+            f"clone {handle.name} as {name}",
+            hv.timeouts.operation_s,
+            lambda: handle.clone(name, linked=linked),
+        )
+        new = made.info()
     out(ctx, to_dict(new), lambda: click.echo(f"cloned as {new.name} ({new.uuid})"))
 
 
@@ -861,7 +901,13 @@ def migrate(ctx: Ctx, vm: str, target_uri: str, timeout: float | None) -> None:
     """Move a VM to another host of the same backend (live if it runs)."""
     with ctx.connect() as hv, vmctl.connect(target_uri) as target:
         handle = hv.vm(vm)
-        moved: VM = handle.migrate(target, timeout=timeout)
+        limit = _limit(timeout, hv.timeouts.operation_s)
+        moved: VM = _busy(
+            ctx,
+            f"migrate {handle.name} to {target_uri}",
+            limit,
+            lambda: handle.migrate(target, timeout=limit),
+        )
         result = moved.info()
     out(
         ctx,

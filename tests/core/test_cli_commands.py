@@ -195,8 +195,14 @@ def test_progress_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert invoke("power-off", "v").exit_code == 0
     shown = buffer.getvalue()
     assert "power-off v" in shown and "timeout 300 s" in shown
+    buffer.seek(0)
+    buffer.truncate(0)
+    assert invoke("clone", "v", "v2").exit_code == 0  # calls without wait= show it too
+    assert "clone v as v2" in buffer.getvalue()
+    buffer.seek(0)
     buffer.truncate(0)
     assert invoke("start", "v", "--json", "--timeout", "20").exit_code == 0
+    assert invoke("create", "w", "--start", "--json").exit_code == 0
     assert buffer.getvalue() == ""  # --json: silent
 
 
