@@ -1035,9 +1035,16 @@ def conformance(
             if not (filtered and r.reason.startswith("not run"))
         ]
         _table(f"{uri} ({result.driver})", ["clause", "status", "note"], rows)
+        unselected = sum(
+            1
+            for r in result.results.values()
+            if r.status == "skip" and r.reason.startswith("not run")
+        )
         click.echo(
             f"{counts['pass']} pass, {counts['fail']} fail, {counts['not-supported']} "
-            f"not-supported, {counts['skip']} skip; leaked: {len(result.leaked)}"
+            f"not-supported, {counts['skip'] - unselected} skip"
+            + (f" ({unselected} clauses not selected)" if unselected else "")
+            + f"; leaked: {len(result.leaked)}"
         )
         if result.refused:
             click.echo(f"refused: {result.refused}", err=True)
