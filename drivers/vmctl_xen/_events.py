@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
-from vmctl import Event, EventKind, VmctlError
+from vmctl import ConnectionError, Event, EventKind, VmctlError
 from vmctl.spi import Deadline
 
 from . import _errors
@@ -82,6 +82,20 @@ class XenEvents:
             rec = ev.get("snapshot")
             if rec is not None:
                 self._seen[str(ev["ref"])] = _Seen(rec, self._d.in_scope(rec))
+        self._token = str(resp["token"])
+
+    def _resync(self, deadline: Deadline) -> None:
+        """Read every VM again (after EVENTS_LOST or a new session) and queue what changed
+        meanwhile, as the events it would have been: each record compared with the last one
+        seen, and a VM no longer there deleted."""
+        resp = self._c.event_from(["VM"], "", 0.0, deadline)
+        now = {str(ev["ref"]): ev for ev in resp.get("events", []) if ev.get("snapshot")}
+        for ref in [r for r in self._seen if r not in now]:
+            for item in self._translate({"ref": ref, "operation": "del"}):
+                self._queue.put(item)
+        for ev in now.values():
+            for item in self._translate({**ev, "operation": "mod"}):
+                self._queue.put(item)
         self._token = str(resp["token"])
 
     def _vm_uuid(self, ref: str) -> tuple[str, str, bool] | None:
@@ -163,6 +177,7 @@ class XenEvents:
         is coalesced away while the consumer is busy (event.from reports each object's
         latest state: one created and deleted between two calls would never be seen)."""
         while not self._closed:
+            session = self._c.ref
             try:
                 resp = self._c.event_from(
                     ["VM"], self._token, POLL_S, Deadline.after(POLL_S + self._c.rpc_timeout)
@@ -170,16 +185,24 @@ class XenEvents:
             except Exception as exc:
                 if self._closed:
                     return
-                if _errors.details(exc)[:1] == ["EVENTS_LOST"]:
-                    log.warning("XenAPI events were lost; resynchronising")
-                    try:
-                        self._sync(Deadline.after(self._c.rpc_timeout))
-                    except Exception as exc2:
-                        self._queue.put(exc2)
-                        return
-                    continue
-                self._queue.put(exc)
-                return
+                lost = _errors.details(exc)[:1] == ["EVENTS_LOST"]
+                err = exc if isinstance(exc, VmctlError) else _errors.from_exception("events", exc)
+                if not (lost or isinstance(err, ConnectionError)):
+                    self._queue.put(exc)
+                    return
+                # A subscription is a long-lived reader of its own, not a request the core
+                # can repeat: it renews the session itself (the driver's reconnect, once
+                # per failure) and reads every VM again, so that nothing is missed.
+                log.info("XenAPI events: %s; reading every VM again", err)
+                try:
+                    deadline = Deadline.after(self._c.rpc_timeout)
+                    if not lost:
+                        self._c.relogin(deadline, stale=session)
+                    self._resync(deadline)
+                except Exception as exc2:
+                    self._queue.put(exc2)
+                    return
+                continue
             self._token = str(resp["token"])
             for ev in resp.get("events", []):
                 for item in self._translate(ev):

@@ -91,6 +91,7 @@ class Connection:
         self._password = password
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._relogin_lock = threading.Lock()
         self._proxies: list[Any] = []
         self.ref: str | None = None
         self.round_trips = 0
@@ -173,9 +174,16 @@ class Connection:
             with contextlib.suppress(Exception):
                 proxy("close")()
 
-    def relogin(self, deadline: Deadline) -> None:
+    def relogin(self, deadline: Deadline, *, stale: str | None = None) -> None:
         """A new session (after a lost connection or an expired session); the old one is
-        logged out, best effort, so that it does not linger on the host."""
+        logged out, best effort, so that it does not linger on the host. With ``stale``:
+        only if the session is still that one (another thread may have renewed it)."""
+        with self._relogin_lock:
+            if stale is not None and self.ref != stale:
+                return
+            self._relogin(deadline)
+
+    def _relogin(self, deadline: Deadline) -> None:
         old = self.ref
         self.login(deadline)
         if old is not None and old != self.ref and not deadline.expired():

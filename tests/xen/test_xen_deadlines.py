@@ -8,6 +8,7 @@ timeout plus one RPC timeout, and nothing half-made may stay unnamed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -432,3 +433,24 @@ def test_create_vm_undoes_and_the_core_repeats_after_a_lost_connection(
         )
         vm.delete()
     assert leftovers(host, spec.name) == []
+
+
+def test_events_go_on_after_the_session_expires(
+    sim: Any, hv: vmctl.Hypervisor, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The subscription's reader renews the session itself and reads every VM again, so that
+    # what happened meanwhile is still told.
+    caplog.set_level(logging.INFO, logger="vmctl.xen")
+    with hv.watch(timeout=60) as events:
+        with sim.db.lock:
+            sim.db.sessions.pop(hv._driver.connection.ref)  # as xapi expires a session
+        wait_until(lambda: "reading every VM again" in caplog.text)
+        vm = hv.create_vm(VMSpec(name=name("evexp")))
+        vm.delete()
+        seen: list[vmctl.EventKind] = []
+        deadline = time.monotonic() + 30
+        while vmctl.EventKind.DELETED not in seen and time.monotonic() < deadline:
+            ev = events.next(1.0)
+            if ev is not None and ev.vm_uuid == vm.uuid:
+                seen.append(ev.kind)
+    assert seen[0] is vmctl.EventKind.CREATED and seen[-1] is vmctl.EventKind.DELETED, seen
