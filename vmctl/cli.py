@@ -53,6 +53,12 @@ EXIT: list[tuple[type[vmctl.VmctlError], int, str]] = [
     (vmctl.InvalidState, 4, "check the VM's state with `vmctl info VM`"),
     (vmctl.NotSupported, 5, "see `vmctl info` (capabilities) and the driver's page in docs/"),
     (vmctl.AuthenticationError, 6, "check the user name and VMCTL_PASSWORD (or --ask-password)"),
+    (
+        vmctl.OutcomeUnknown,
+        6,
+        "the host may or may not have made the change: look with `vmctl list` / "
+        "`vmctl info VM` before repeating it",
+    ),
     (vmctl.ConnectionError, 6, "check that the host is up and the URI (-c/--uri) is right"),
     (vmctl.OperationTimeout, 7, "try again with a longer --timeout"),
     (vmctl.DriverError, 5, "see `vmctl drivers`"),
@@ -205,6 +211,11 @@ class VmctlCommand(click.Command):
         except vmctl.VmctlError as exc:
             obj = ctx.find_object(Ctx)
             name = " ".join(ctx.command_path.split()[1:])
+            left = getattr(exc, "left_behind", None)
+            if left:
+                click.echo(
+                    "left behind on the host: " + ", ".join(f"{k} {i}" for k, i in left), err=True
+                )
             fail(str(exc), exit_code(exc), hint_for(exc, name, obj.uri if obj else None))
 
 

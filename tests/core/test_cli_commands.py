@@ -314,3 +314,11 @@ def test_the_cli_covers_the_api() -> None:
     assert {"--vcpus", "--memory"} <= flags("reconfigure")
     assert {"--size", "--name", "--bus", "--pool", "--source"} <= flags("disk", "add")
     assert {"--network", "--mac", "--model"} <= flags("nic", "add")
+
+
+def test_outcome_unknown_says_to_look_before_repeating() -> None:
+    from vmctl.cli import exit_code, hint_for
+
+    exc = vmctl.OutcomeUnknown("connection lost after the request was sent", sent=True)
+    assert exit_code(exc) == 6
+    assert "vmctl list" in hint_for(exc, "create", "sim://")
