@@ -320,6 +320,7 @@ string SystemCreationClassName
 string SystemName
 string CreationClassName
 string Name
+string StartMode
 boolean Started
 """,
     "HV2/msvm-virtualsystemsnapshotservice",
@@ -334,6 +335,7 @@ string SystemCreationClassName
 string SystemName
 string CreationClassName
 string Name
+string StartMode
 boolean Started
 string[] MigrationServiceListenerIPAddressList
 """,
