@@ -48,3 +48,11 @@ def test_the_guide_documents_every_spec_field_and_public_member() -> None:
         for name in dir(cls):
             if not name.startswith("_"):
                 assert re.search(rf"\b{re.escape(name)}\b", guide), f"{cls.__name__}.{name}"
+
+
+def test_the_guide_names_every_error() -> None:
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    for name in vmctl.__all__:
+        value = getattr(vmctl, name)
+        if isinstance(value, type) and issubclass(value, vmctl.VmctlError):
+            assert name in guide, name
