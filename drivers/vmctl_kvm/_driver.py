@@ -621,7 +621,7 @@ class KvmDriver(
                 pools.append((pool, fmt, target, src))
             return networks, pools
 
-        networks, pools = self._call(what, prepare, deadline)
+        networks, pools = self._prepared(what, prepare, deadline)
         used: list[str] = []
         owned: list[X.OwnedDisk] = []
         plans: list[X.DiskPlan] = []
@@ -660,6 +660,15 @@ class KvmDriver(
             memory_mib=spec.memory_mib,
             host=self._hostname,
         )
+
+    def _prepared(self, what: str, fn: Callable[[Any], Any], deadline: Deadline) -> Any:
+        """The reads before a create: a lost connection there changed nothing on the host, so
+        the request was not sent (the core may reconnect and repeat it)."""
+        try:
+            return self._call(what, fn, deadline)
+        except vmctl.ConnectionError as exc:
+            exc.sent = False
+            raise
 
     def _source_volume(self, c: Any, path: str) -> Any:
         try:
@@ -1033,7 +1042,7 @@ class KvmDriver(
             src = self._source_volume(c, disk.source) if disk.source else None
             return dom.name(), dev, bus, pool, fmt, target, src
 
-        vm_name, dev, bus, pool, fmt, target, src = self._call(what, plan, deadline)
+        vm_name, dev, bus, pool, fmt, target, src = self._prepared(what, plan, deadline)
         vol_name = f"{vm_name}-{dev}-{secrets.token_hex(3)}{'.qcow2' if fmt == 'qcow2' else '.img'}"
         owned = X.OwnedDisk(f"{target}/{vol_name}", pool.name(), vol_name, disk.name)
         vol_xml = X.volume_xml(vol_name, disk.size_mib, fmt)
@@ -1363,7 +1372,7 @@ class KvmDriver(
             X.set_metadata(root, meta._replace(disks=tuple(owned)))
             return root, owned, jobs, (int(vcpus), int(max_kib) // 1024)
 
-        root, owned, jobs, (vcpus, memory_mib) = self._call(what, prepare, deadline)
+        root, owned, jobs, (vcpus, memory_mib) = self._prepared(what, prepare, deadline)
         vm_uuid = self._make(what, root, owned, jobs, deadline)
         return VMInfo(
             uuid=vm_uuid,

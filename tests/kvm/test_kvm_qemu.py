@@ -29,6 +29,7 @@ from vmctl import (
     StateReason,
     VMSpec,
 )
+from vmctl.spi import Deadline
 
 S, R = PowerState, StateReason
 
@@ -190,7 +191,8 @@ def test_inventory_two_calls_on_qemu(hv: vmctl.Hypervisor, hosts: Any) -> None:
     vms = [hv.create_vm(_spec(hosts, f"inv{i}", disks=[])) for i in range(4)]
     try:
         with count_calls() as calls:
-            infos = hv._driver.list_vms()  # the driver's own calls, without the core's
+            # the driver's own calls, without the core's
+            infos = hv._driver.list_vms(deadline=Deadline.after(30))
         assert sum(calls.values()) <= 2, calls
         mine = {i.uuid: i for i in infos}
         assert all(mine[v.uuid].state is S.STOPPED and mine[v.uuid].memory_mib == 128 for v in vms)

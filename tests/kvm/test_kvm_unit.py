@@ -9,6 +9,7 @@ import pytest
 
 import vmctl
 from vmctl import URI, ConnectParams, PowerState, StateReason
+from vmctl.spi import Deadline
 from vmctl_kvm import KvmDriver, libvirt_uri
 from vmctl_kvm._state import to_power_state
 
@@ -74,22 +75,25 @@ def test_errors_mapped_by_code_with_cause() -> None:
     pytest.importorskip("libvirt")
     import libvirt
 
-    driver = KvmDriver.open(_params("test:///default"))
+    driver = KvmDriver.open(_params("test:///default"), deadline=Deadline.after(10))
     try:
         with pytest.raises(vmctl.NotFound) as err:
-            driver.get_vm(str(uuidlib.uuid4()))
+            driver.get_vm(str(uuidlib.uuid4()), deadline=Deadline.after(10))
         assert isinstance(err.value.__cause__, libvirt.libvirtError)
         assert err.value.vendor_code == str(libvirt.VIR_ERR_NO_DOMAIN)
-        info = driver.create_vm(vmctl.VMSpec(name="vmctl-kvmtest-err", memory_mib=64))
+        d10 = Deadline.after(10)
+        info = driver.create_vm(vmctl.VMSpec(name="vmctl-kvmtest-err", memory_mib=64), deadline=d10)
         try:
             with pytest.raises(vmctl.InvalidState) as err2:
-                driver.set_vcpus(info.uuid, 2, live=True)  # "domain is not running"
+                driver.set_vcpus(info.uuid, 2, live=True, deadline=d10)  # "domain is not running"
             assert err2.value.vendor_code == str(libvirt.VIR_ERR_OPERATION_INVALID)
             assert isinstance(err2.value.__cause__, libvirt.libvirtError)
             with pytest.raises(vmctl.AlreadyExists):
-                driver.create_vm(vmctl.VMSpec(name="vmctl-kvmtest-err", memory_mib=64))
+                driver.create_vm(
+                    vmctl.VMSpec(name="vmctl-kvmtest-err", memory_mib=64), deadline=d10
+                )
         finally:
-            driver.delete_vm(info.uuid)
+            driver.delete_vm(info.uuid, deadline=d10)
     finally:
         driver.close()
 

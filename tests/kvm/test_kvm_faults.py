@@ -1,0 +1,190 @@
+"""Fault injection on a real libvirtd (issue 8 item 6): libvirtd is stopped (SIGSTOP) or
+killed (SIGKILL) at a given step of ``create_vm`` and of ``start``.
+
+libvirt speaks its own RPC protocol over a unix socket, so there is no HTTP proxy to put in
+between: the step is the libvirt-python call the driver makes (``virConnect.defineXML``,
+``virStoragePool.createXML``...), wrapped so that libvirtd is stopped or killed just before
+the call goes out. Every call must end within its timeout plus one RPC timeout, with
+OperationTimeout / ConnectionError / OutcomeUnknown; afterwards (libvirtd continued or
+restarted) nothing half-made remains, or the error's ``left_behind`` named it and ``delete``
+removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import vmctl
+from tests.kvm.conftest import restart_libvirtd
+from tests.kvm.kvm_helpers import PREFIX, virsh, vmctl_uri
+from vmctl import DiskSpec, NicSpec, PowerState, VMSpec
+
+TIMEOUT = 4.0  # each request's timeout
+RPC = 4.0  # the connection's rpc_timeout (keepalive 1 s x 3)
+MARGIN = 3.0
+DONE = {"stop": "stopped", "kill": "killed"}
+
+
+def _libvirtd(hosts: Any) -> Any:
+    procs = [p for p in hosts.processes if p.role == "libvirtd" and p.alive()]
+    if not procs:
+        pytest.skip("libvirtd was not started by this test session: not ours to stop or kill")
+    return procs[0]
+
+
+@pytest.fixture
+def fhv(hosts: Any) -> Iterator[vmctl.Hypervisor]:
+    """A connection with a short RPC timeout. (A reconnect is bounded by the request's
+    deadline too; the first calls of a freshly restarted libvirtd can take seconds.)"""
+    with vmctl.connect(
+        vmctl_uri(hosts.uri, hosts, rpc_timeout=str(int(RPC))), timeouts=vmctl.Timeouts(30)
+    ) as h:
+        yield h
+
+
+@contextlib.contextmanager
+def fault_at(
+    cls_name: str, method: str, action: str, hosts: Any, kvm_harness: Any
+) -> Iterator[list[bool]]:
+    """Stop or kill host 1's libvirtd just before the next ``libvirt.<cls_name>.<method>``
+    call (the one the driver makes at that step); continue or restart it on the way out."""
+    import libvirt
+
+    proc = _libvirtd(hosts)
+    cls = getattr(libvirt, cls_name)
+    original = getattr(cls, method)
+    fired: list[bool] = []
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not fired:
+            fired.append(True)
+            os.kill(proc.pid, signal.SIGSTOP if action == "stop" else signal.SIGKILL)
+        return original(self, *args, **kwargs)
+
+    setattr(cls, method, wrapper)
+    try:
+        yield fired
+    finally:
+        setattr(cls, method, original)
+        if action == "stop":
+            os.kill(proc.pid, signal.SIGCONT)
+        elif fired:
+            restart_libvirtd(kvm_harness, hosts)
+        # the stalled or lost calls have settled: libvirtd answers a second client
+        virsh(hosts.uri, "list", "--all", "--name")
+        time.sleep(0.5)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[BaseException | None, float]:
+    t0 = time.monotonic()
+    try:
+        fn()
+    except vmctl.VmctlError as exc:
+        return exc, time.monotonic() - t0
+    return None, time.monotonic() - t0
+
+
+def _leftovers(hosts: Any, name: str) -> tuple[list[str], list[str]]:
+    domains = [d for d in virsh(hosts.uri, "list", "--all", "--name").split() if d == name]
+    virsh(hosts.uri, "pool-refresh", hosts.pool)
+    vols = [
+        line.split()[0]
+        for line in virsh(hosts.uri, "vol-list", hosts.pool).splitlines()[2:]
+        if line.strip() and line.split()[0].startswith(name + "-")
+    ]
+    return domains, vols
+
+
+CREATE_STEPS = [
+    ("virConnect", "networkLookupByName", "checks"),
+    ("virConnect", "defineXML", "define"),
+    ("virStoragePool", "createXML", "volume"),
+]
+
+
+@pytest.mark.parametrize("action", ["stop", "kill"])
+@pytest.mark.parametrize(("cls_name", "method", "step"), CREATE_STEPS)
+def test_create_vm_interrupted(
+    fhv: vmctl.Hypervisor,
+    hv: vmctl.Hypervisor,
+    hosts: Any,
+    kvm_harness: Any,
+    cls_name: str,
+    method: str,
+    step: str,
+    action: str,
+) -> None:
+    name = f"{PREFIX}fault-{step}-{action}"
+    spec = VMSpec(
+        name=name,
+        memory_mib=128,
+        disks=[DiskSpec(size_mib=16)],
+        nics=[NicSpec(network=hosts.network)],
+    )
+    with fault_at(cls_name, method, action, hosts, kvm_harness) as fired:
+        err, took = _timed(lambda: fhv.create_vm(spec, timeout=TIMEOUT))
+    assert fired, f"the driver made no {cls_name}.{method} call"
+    print(f"\ncreate_vm, libvirtd {DONE[action]} at {step}: {type(err).__name__} {took:.2f} s")
+    assert took <= TIMEOUT + RPC + MARGIN, (took, err)
+    assert err is not None, "create_vm returned although libvirtd was stopped/killed"
+    if action == "stop":
+        assert isinstance(err, vmctl.OperationTimeout | vmctl.OutcomeUnknown), err
+    else:
+        assert isinstance(err, vmctl.ConnectionError), err
+    left = err.left_behind
+    if step == "checks":
+        assert left == ()  # nothing was made yet
+    else:
+        assert isinstance(err, vmctl.OutcomeUnknown), err  # the VM may exist
+        kinds = [k for k, _ in left]
+        assert kinds[0] == "vm" and ("disk" in kinds) == (step == "volume"), left
+        for _, ident in left:
+            assert ident in str(err)
+    # afterwards: delete what left_behind names; then nothing of it remains
+    for kind, ident in left:
+        if kind == "vm":
+            with contextlib.suppress(vmctl.NotFound):
+                hv.vm(ident).delete(force=True, timeout=60)
+    assert _leftovers(hosts, name) == ([], [])
+
+
+@pytest.mark.parametrize("action", ["stop", "kill"])
+@pytest.mark.parametrize(
+    ("cls_name", "method", "step"),
+    [("virConnect", "lookupByUUIDString", "lookup"), ("virDomain", "create", "create")],
+)
+def test_start_interrupted(
+    fhv: vmctl.Hypervisor,
+    hv: vmctl.Hypervisor,
+    hosts: Any,
+    kvm_harness: Any,
+    cls_name: str,
+    method: str,
+    step: str,
+    action: str,
+) -> None:
+    vm = hv.create_vm(VMSpec(name=f"{PREFIX}fault-start-{step}-{action}", memory_mib=128))
+    try:
+        mine = fhv.vm(vm.uuid)
+        mine.info()
+        with fault_at(cls_name, method, action, hosts, kvm_harness) as fired:
+            err, took = _timed(lambda: mine.start(timeout=TIMEOUT))
+        assert fired
+        print(f"\nstart, libvirtd {DONE[action]} at {step}: {type(err).__name__} {took:.2f} s")
+        assert took <= TIMEOUT + RPC + MARGIN, (took, err)
+        if action == "stop":
+            assert isinstance(err, vmctl.OperationTimeout), err
+        else:
+            assert isinstance(err, vmctl.ConnectionError), err
+        # the same connections work again (the core reconnects) and the VM is whole
+        assert mine.info().state in (PowerState.STOPPED, PowerState.RUNNING)
+        assert vm.info().state in (PowerState.STOPPED, PowerState.RUNNING)
+    finally:
+        vm.delete(force=True, timeout=60)
