@@ -159,7 +159,7 @@ class Ctx:
             fail(
                 "no host URI given",
                 2,
-                "give -c URI (before the command), or export VMCTL_URI, e.g. "
+                "give -c URI, or export VMCTL_URI, e.g. "
                 "VMCTL_URI='sim://lab?state=$HOME/.vmctl-sim.json'",
             )
         password = click.prompt("Password", hide_input=True) if self.ask_password else None
@@ -197,13 +197,31 @@ def json_option() -> click.Option:
     )
 
 
+def _set_uri(click_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        obj = click_ctx.find_object(Ctx)
+        if obj is not None:
+            obj.uri = value
+
+
+def uri_option() -> click.Option:
+    return click.Option(
+        ["--uri", "-c"],
+        expose_value=False,
+        callback=_set_uri,
+        help="host URI (also accepted before the command; default $VMCTL_URI)",
+    )
+
+
 class VmctlCommand(click.Command):
-    """A command that takes ``--json`` and turns vmctl errors into a message, a hint naming
-    CLI flags, and an exit code."""
+    """A command that takes ``--json`` and ``-c URI`` (also after its name) and turns vmctl
+    errors into a message, a hint naming CLI flags, and an exit code."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.params.append(json_option())
+        if self.name != "conformance":  # which takes the URI as its argument
+            self.params.append(uri_option())
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

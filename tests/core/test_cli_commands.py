@@ -322,3 +322,12 @@ def test_outcome_unknown_says_to_look_before_repeating() -> None:
     exc = vmctl.OutcomeUnknown("connection lost after the request was sent", sent=True)
     assert exit_code(exc) == 6
     assert "vmctl list" in hint_for(exc, "create", "sim://")
+
+
+def test_uri_after_the_command() -> None:
+    runner = CliRunner()
+    assert runner.invoke(cli, ["create", "v", "-c", "sim://after"]).exit_code == 0
+    listed = runner.invoke(cli, ["list", "--json", "-c", "sim://after"])
+    assert [v["name"] for v in json.loads(listed.output)] == ["v"]
+    nothing = runner.invoke(cli, ["list"], env={"VMCTL_URI": ""})
+    assert nothing.exit_code == 2 and "-c URI" in nothing.output
