@@ -295,49 +295,80 @@ class WqlError(ValueError):
 @dataclasses.dataclass
 class Cond:
     prop: str
-    op: str  # "=", "<>", "is null", "is not null"
+    op: str  # "=", "<>", "<", ">", "<=", ">=", "is null", "is not null", "like"
     value: Any
+
+
+#: A WHERE clause: a Cond, or ("and" | "or", [nodes]), or ("not", node).
+Node = Any
 
 
 @dataclasses.dataclass
 class Query:
     cls: str
     props: tuple[str, ...] | None  # None = *
-    where: list[list[Cond]]  # OR of ANDs
+    where: Node = None
     # ASSOCIATORS OF
     assoc_of: tuple[str, dict[str, str]] | None = None
     assoc_class: str | None = None
     result_class: str | None = None
 
     def matches(self, inst: Instance) -> bool:
-        if not self.where:
-            return True
-        return any(all(_match(inst, c) for c in conj) for conj in self.where)
+        return self.where is None or _eval(inst, self.where)
+
+
+def _eval(inst: Instance, node: Node) -> bool:
+    if isinstance(node, Cond):
+        return _match(inst, node)
+    kind, arg = node
+    if kind == "not":
+        return not _eval(inst, arg)
+    if kind == "and":
+        return all(_eval(inst, n) for n in arg)
+    return any(_eval(inst, n) for n in arg)
+
+
+def _like(pattern: str) -> re.Pattern[str]:
+    out = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern)
+    return re.compile(f"^{out}$", re.IGNORECASE | re.DOTALL)
 
 
 def _match(inst: Instance, c: Cond) -> bool:
+    """WMI's comparison semantics: NULL matches nothing but IS NULL; strings compare
+    case-insensitively; numbers numerically."""
     have = inst.props.get(c.prop)
     if c.op == "is null":
         return have is None
     if c.op == "is not null":
         return have is not None
-    if isinstance(have, bool):
-        eq = isinstance(c.value, bool) and have == c.value
-    elif isinstance(have, int) and not isinstance(c.value, bool):
+    if have is None or isinstance(have, list):
+        return False
+    if c.op == "like":
+        return bool(_like(str(c.value)).match(str(have)))
+    a: Any
+    b: Any
+    if isinstance(have, bool) or isinstance(c.value, bool):
+        a, b = bool(have), bool(c.value)
+    elif isinstance(have, int):
         try:
-            eq = have == int(c.value)
+            a, b = have, int(c.value)
         except (TypeError, ValueError):
-            eq = False
-    elif have is None:
-        eq = False
+            return False
     else:
-        # WQL string comparison is case-insensitive (WMI).
-        eq = str(have).lower() == str(c.value).lower()
-    return eq if c.op == "=" else (not eq and have is not None)
+        a, b = str(have).lower(), str(c.value).lower()
+    ops: dict[str, bool] = {
+        "=": a == b,
+        "<>": a != b,
+        "<": a < b,
+        ">": a > b,
+        "<=": a <= b,
+        ">=": a >= b,
+    }
+    return ops[c.op]
 
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")|(?P<op><>|!=|=)|"
+    r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")|(?P<op><>|!=|<=|>=|=|<|>)|"
     r"(?P<num>-?\d+)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[(),*]))"
 )
 
@@ -354,10 +385,93 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         kind = m.lastgroup or ""
         val = m.group(kind)
         if kind == "str":
-            inner = val[1:-1]
-            val = re.sub(r"\\(.)", r"\1", inner)
+            val = re.sub(r"\\(.)", r"\1", val[1:-1])
+        elif kind == "op" and val == "!=":
+            val = "<>"
         out.append((kind, val))
     return out
+
+
+class _Parser:
+    """``SELECT * | Prop, ... FROM Class [WHERE expr]``; expr with AND, OR, NOT,
+    parentheses, = <> != < > <= >=, IS [NOT] NULL and LIKE (WQL, as WMI takes it)."""
+
+    def __init__(self, toks: list[tuple[str, str]]) -> None:
+        self.toks = toks
+        self.i = 0
+
+    def peek_word(self) -> str:
+        if self.i < len(self.toks) and self.toks[self.i][0] == "word":
+            return self.toks[self.i][1].upper()
+        return ""
+
+    def take(self) -> tuple[str, str]:
+        if self.i >= len(self.toks):
+            raise WqlError("unexpected end of query")
+        tok = self.toks[self.i]
+        self.i += 1
+        return tok
+
+    def expect_word(self, word: str) -> None:
+        kind, val = self.take()
+        if kind != "word" or val.upper() != word:
+            raise WqlError(f"expected {word}, got {val!r}")
+
+    def expr(self) -> Node:
+        terms = [self.term()]
+        while self.peek_word() == "OR":
+            self.i += 1
+            terms.append(self.term())
+        return terms[0] if len(terms) == 1 else ("or", terms)
+
+    def term(self) -> Node:
+        factors = [self.factor()]
+        while self.peek_word() == "AND":
+            self.i += 1
+            factors.append(self.factor())
+        return factors[0] if len(factors) == 1 else ("and", factors)
+
+    def factor(self) -> Node:
+        if self.peek_word() == "NOT":
+            self.i += 1
+            return ("not", self.factor())
+        kind, val = self.take()
+        if kind == "punct" and val == "(":
+            node = self.expr()
+            kind, val = self.take()
+            if (kind, val) != ("punct", ")"):
+                raise WqlError("expected )")
+            return node
+        if kind != "word":
+            raise WqlError(f"expected a property, got {val!r}")
+        prop = val
+        if self.peek_word() == "IS":
+            self.i += 1
+            neg = self.peek_word() == "NOT"
+            if neg:
+                self.i += 1
+            self.expect_word("NULL")
+            return Cond(prop, "is not null" if neg else "is null", None)
+        if self.peek_word() == "LIKE":
+            self.i += 1
+            kind, raw = self.take()
+            if kind != "str":
+                raise WqlError("LIKE takes a string")
+            return Cond(prop, "like", raw)
+        kind, op = self.take()
+        if kind != "op":
+            raise WqlError(f"expected an operator after {prop}")
+        kind, raw = self.take()
+        value: Any
+        if kind == "str":
+            value = raw
+        elif kind == "num":
+            value = int(raw)
+        elif kind == "word" and raw.upper() in ("TRUE", "FALSE"):
+            value = raw.upper() == "TRUE"
+        else:
+            raise WqlError(f"unsupported value {raw!r}")
+        return Cond(prop, op, value)
 
 
 def parse_wql(text: str) -> Query:
@@ -365,20 +479,12 @@ def parse_wql(text: str) -> Query:
     m = re.match(r"(?is)^ASSOCIATORS\s+OF\s*\{(?P<path>[^}]*)\}\s*(?:WHERE\s+(?P<w>.*))?$", text)
     if m:
         return _parse_associators(m.group("path"), m.group("w") or "")
-    toks = _tokens(text)
-    i = 0
-
-    def expect_word(word: str) -> None:
-        nonlocal i
-        if i >= len(toks) or toks[i][0] != "word" or toks[i][1].upper() != word:
-            raise WqlError(f"expected {word}")
-        i += 1
-
-    expect_word("SELECT")
+    p = _Parser(_tokens(text))
+    p.expect_word("SELECT")
     props: list[str] = []
     star = False
-    while i < len(toks):
-        kind, val = toks[i]
+    while True:
+        kind, val = p.take()
         if kind == "punct" and val == "*":
             star = True
         elif kind == "word" and val.upper() != "FROM":
@@ -387,57 +493,15 @@ def parse_wql(text: str) -> Query:
             break
         elif not (kind == "punct" and val == ","):
             raise WqlError(f"unexpected {val!r} in the select list")
-        i += 1
-    expect_word("FROM")
-    if i >= len(toks) or toks[i][0] != "word":
+    kind, cls = p.take()
+    if kind != "word":
         raise WqlError("expected a class name")
-    cls = toks[i][1]
-    i += 1
-    where: list[list[Cond]] = []
-    if i < len(toks):
-        expect_word("WHERE")
-        conj: list[Cond] = []
-        while True:
-            if i + 1 >= len(toks) or toks[i][0] != "word":
-                raise WqlError("expected a condition")
-            prop = toks[i][1]
-            if toks[i + 1][0] == "word" and toks[i + 1][1].upper() == "IS":
-                i += 2
-                neg = i < len(toks) and toks[i][1].upper() == "NOT"
-                if neg:
-                    i += 1
-                if i >= len(toks) or toks[i][1].upper() != "NULL":
-                    raise WqlError("expected NULL")
-                i += 1
-                conj.append(Cond(prop, "is not null" if neg else "is null", None))
-            else:
-                if toks[i + 1][0] != "op" or i + 2 >= len(toks):
-                    raise WqlError(f"expected an operator after {prop}")
-                op = "=" if toks[i + 1][1] == "=" else "<>"
-                kind, raw = toks[i + 2]
-                value: Any
-                if kind == "str":
-                    value = raw
-                elif kind == "num":
-                    value = int(raw)
-                elif kind == "word" and raw.upper() in ("TRUE", "FALSE"):
-                    value = raw.upper() == "TRUE"
-                else:
-                    raise WqlError(f"unsupported value {raw!r}")
-                conj.append(Cond(prop, op, value))
-                i += 3
-            if i >= len(toks):
-                break
-            word = toks[i][1].upper()
-            i += 1
-            if word == "AND":
-                continue
-            if word == "OR":
-                where.append(conj)
-                conj = []
-                continue
-            raise WqlError(f"unexpected {toks[i - 1][1]!r}")
-        where.append(conj)
+    where: Node = None
+    if p.i < len(p.toks):
+        p.expect_word("WHERE")
+        where = p.expr()
+        if p.i < len(p.toks):
+            raise WqlError(f"unexpected {p.toks[p.i][1]!r}")
     return Query(cls, None if star or not props else tuple(props), where)
 
 
@@ -457,4 +521,4 @@ def _parse_associators(path: str, where: str) -> Query:
             result = m.group(2)
     if not cls or not sels:
         raise WqlError("ASSOCIATORS OF needs {Class.Key='value'}")
-    return Query(result or "*", None, [], (cls.strip(), sels), assoc, result)
+    return Query(result or "*", None, None, (cls.strip(), sels), assoc, result)

@@ -59,6 +59,14 @@ FD_MIN_ENVELOPE_LIMIT = (
 )
 FD_FILTER_DIALECT = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/FilteringRequired"
 
+#: DSP0226 11 (Identify): an envelope whose Body holds wsmid:Identify and no addressing
+#: headers; the answer names the protocol and product. WinRM answers "Microsoft
+#: Corporation" and "OS: <version> SP: <sp> Stack: <winrm version>" (MS-WSMV 3.1.4.x); the
+#: version here is Windows Server 2022's (10.0.20348) with WinRM stack 3.0.
+NS_WSMID = "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"
+IDENTIFY_VENDOR = "Microsoft Corporation"
+IDENTIFY_VERSION = "OS: 10.0.20348 SP: 0.0 Stack: 3.0"
+
 # --- actions (DSP0226 7, 8; DSP0227 9.1 custom actions = resource URI + "/" + method) ------
 A_GET = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Get"
 A_ENUMERATE = "http://schemas.xmlsoap.org/ws/2004/09/enumeration/Enumerate"

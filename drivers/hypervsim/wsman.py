@@ -100,6 +100,8 @@ class WsmanService:
         req: Request | None = None
         try:
             req = self._parse(body)
+            if req.action == "identify":
+                return 200, self._identify()
             out_action, payload = self._dispatch(host, req)
             data = self._envelope(out_action, req.message_id, payload)
             if len(data) > req.max_envelope:
@@ -130,6 +132,8 @@ class WsmanService:
             raise Fault("SchemaValidationError", "The message is not a SOAP 1.2 envelope.")
         header = root.find(f"{{{S}}}Header")
         sbody = root.find(f"{{{S}}}Body")
+        if sbody is not None and sbody.find(f"{{{T.NS_WSMID}}}Identify") is not None:
+            return Request("identify", "", "", {}, T.DEFAULT_MAX_ENVELOPE, None, None)
         if header is None or sbody is None:
             raise Fault("SchemaValidationError", "The envelope has no Header or no Body.")
         action = (header.findtext(f"{{{A}}}Action") or "").strip()
@@ -315,7 +319,7 @@ class WsmanService:
                 for sel in sset.findall(f"{{{W}}}Selector"):
                     if sel.get("Name") and sel.get("Name") != "__cimnamespace":
                         conds.append(Cond(sel.get("Name", ""), "=", (sel.text or "").strip()))
-            return Query(cls, None, [conds] if conds else [])
+            return Query(cls, None, ("and", conds) if conds else None)
         if dialect == T.ASSOC_DIALECT:
             ai = flt.find(f"{{{T.NS_B}}}AssociatedInstances")
             obj = ai.find(f"{{{T.NS_B}}}Object") if ai is not None else None
@@ -324,7 +328,7 @@ class WsmanService:
                 raise Fault("CannotProcessFilter", "The association filter has no b:Object EPR.")
             assoc = (ai.findtext(f"{{{T.NS_B}}}AssociationClassName") or "").strip() or None
             result = (ai.findtext(f"{{{T.NS_B}}}ResultClassName") or "").strip() or None
-            return Query(result or "*", None, [], (epr.cls, epr.selectors), assoc, result)
+            return Query(result or "*", None, None, (epr.cls, epr.selectors), assoc, result)
         raise Fault(
             "CannotProcessFilter",
             f"Filter dialect {dialect} is not supported.",
@@ -499,6 +503,19 @@ class WsmanService:
             else:
                 args[param.name] = value
         return args
+
+    @staticmethod
+    def _identify() -> bytes:
+        return (
+            f'<s:Envelope xmlns:s="{S}" xmlns:wsmid="{T.NS_WSMID}"><s:Header/><s:Body>'
+            f"<wsmid:IdentifyResponse><wsmid:ProtocolVersion>{W}</wsmid:ProtocolVersion>"
+            f"<wsmid:ProductVendor>{T.IDENTIFY_VENDOR}</wsmid:ProductVendor>"
+            f"<wsmid:ProductVersion>{T.IDENTIFY_VERSION}</wsmid:ProductVersion>"
+            f"<wsmid:SecurityProfiles><wsmid:SecurityProfileName>"
+            f"http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/http/spnego-kerberos"
+            f"</wsmid:SecurityProfileName></wsmid:SecurityProfiles>"
+            f"</wsmid:IdentifyResponse></s:Body></s:Envelope>"
+        ).encode()
 
     # --- output ---------------------------------------------------------------------------
     @staticmethod

@@ -440,3 +440,47 @@ def exchange_w(
     )
     resp = conn.getresponse()
     return resp.status, resp.read(), None
+
+
+def test_wql_as_libvirt_sends_it(w: WSMan) -> None:
+    """libvirt's hyperv_wmi_classes.h fragments: double-quoted strings, lower-case keywords,
+    != and parentheses."""
+    base = 'SELECT * FROM Msvm_ComputerSystem where Description = "Microsoft Virtual Machine" '
+    active = "and (EnabledState != 0 and EnabledState != 3 and EnabledState != 32769) "
+    inactive = "and (EnabledState = 0 or EnabledState = 3 or EnabledState = 32769) "
+    assert query(w, base + active) == []
+    assert len(query(w, base + inactive)) == len(vms(w))  # every VM here is off
+    guid = vms(w)["vm-05"]["Name"]
+    one = query(w, base + f'and Name = "{guid}"')
+    assert [r["ElementName"] for r in one] == ["vm-05"]
+    host = query(
+        w,
+        'SELECT * FROM Msvm_ComputerSystem WHERE Description = "Microsoft Hosting Computer System"',
+    )
+    assert len(host) == 1 and host[0]["Caption"] == "Hosting Computer System"
+    like = query(
+        w,
+        "SELECT * FROM Msvm_ComputerSystem WHERE ElementName LIKE 'vm-0_' AND NOT "
+        "(ElementName = 'vm-01' OR ElementName = 'vm-03')",
+    )
+    assert sorted(r["ElementName"] for r in like) == ["vm-05", "vm-07", "vm-09"]
+    big = query(
+        w,
+        "SELECT * FROM Msvm_MemorySettingData WHERE VirtualQuantity >= 512 AND "
+        "VirtualQuantity < 513",
+    )
+    assert len(big) == len(vms(w))  # all have the default 512 MiB
+
+
+def test_identify(server: hypervsim.SimServer) -> None:
+    wsmid = "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"
+    data = (
+        f"<s:Envelope xmlns:s='{S}' xmlns:wsmid='{wsmid}'><s:Header/><s:Body>"
+        f"<wsmid:Identify/></s:Body></s:Envelope>"
+    ).encode()
+    status, raw, _ = exchange(server, data)
+    assert status == 200
+    resp = ET.fromstring(raw).find(f"{{{S}}}Body/{{{wsmid}}}IdentifyResponse")
+    assert resp is not None
+    assert resp.findtext(f"{{{wsmid}}}ProtocolVersion") == NS_W
+    assert resp.findtext(f"{{{wsmid}}}ProductVendor") == "Microsoft Corporation"
