@@ -139,8 +139,8 @@ class World:
         self.host_cs[host] = Instance(
             "Msvm_ComputerSystem",
             {
-                "Caption": "Hosting Computer System",
-                "Description": "Microsoft Hosting Computer System",
+                "Caption": T.HOST_CAPTION,
+                "Description": T.HOST_DESCRIPTION,
                 "ElementName": host,
                 "CreationClassName": "Msvm_ComputerSystem",
                 "Name": host,
@@ -176,13 +176,17 @@ class World:
             for cls, name, label in (
                 (
                     "Msvm_VirtualSystemManagementService",
-                    "vmms",
+                    T.SERVICE_NAMES["Msvm_VirtualSystemManagementService"],
                     "Virtual Machine Management Service",
                 ),
-                ("Msvm_VirtualSystemSnapshotService", "vssnapsvc", "Virtual System Snapshot"),
+                (
+                    "Msvm_VirtualSystemSnapshotService",
+                    T.SERVICE_NAMES["Msvm_VirtualSystemSnapshotService"],
+                    "Virtual System Snapshot",
+                ),
                 (
                     "Msvm_VirtualSystemMigrationService",
-                    "vsmigrationsvc",
+                    T.SERVICE_NAMES["Msvm_VirtualSystemMigrationService"],
                     "Virtual System Migration Service",
                 ),
             )
@@ -444,8 +448,8 @@ class World:
         return Instance(
             "Msvm_ComputerSystem",
             {
-                "Caption": "Virtual Machine",
-                "Description": "Microsoft Virtual Machine",
+                "Caption": T.VM_CAPTION,
+                "Description": T.VM_DESCRIPTION,
                 "ElementName": vm.name,
                 "InstallDate": vm.created,
                 "CreationClassName": "Msvm_ComputerSystem",
@@ -648,7 +652,7 @@ class World:
         if src is None:
             raise not_found(f"{src_cls} {sels}")
         out: list[tuple[str, Instance]] = []
-        if src_cls == "Msvm_ComputerSystem" and src["Caption"] == "Virtual Machine":
+        if src_cls == "Msvm_ComputerSystem" and src["Caption"] == T.VM_CAPTION:
             vm = self.vms[str(src["Name"])]
             out.append(("Msvm_SettingsDefineState", vm.vssd))
             out += [("Msvm_SnapshotOfVirtualSystem", s.vssd) for s in vm.snapshots]
@@ -765,7 +769,7 @@ class World:
     def _m_RequestStateChange(
         self, host: str, target: Instance, args: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
-        if target["Caption"] != "Virtual Machine":
+        if target["Caption"] != T.VM_CAPTION:
             return T.RC_NOT_SUPPORTED, {}
         vm = self.vms[str(target["Name"])]
         try:

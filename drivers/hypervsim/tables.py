@@ -472,6 +472,21 @@ string HostComputerSystemName
     "Snapshots are embedded CIM_VirtualSystemSettingData instances)",
 )
 
+#: Msvm_ComputerSystem Caption/Description (HV2/msvm-computersystem: Caption "Virtual
+#: Machine" / "Hosting Computer System"; Description "Microsoft Hosting Computer System" for
+#: the host. For a VM the page says "Microsoft Virtual Computer System" but libvirt's
+#: hyperv_wmi_classes.h MSVM_COMPUTERSYSTEM_WQL_VIRTUAL, used against real hosts, selects
+#: VMs by "Microsoft Virtual Machine": served as libvirt finds it).
+VM_CAPTION, VM_DESCRIPTION = "Virtual Machine", "Microsoft Virtual Machine"
+HOST_CAPTION, HOST_DESCRIPTION = "Hosting Computer System", "Microsoft Hosting Computer System"
+#: Service instance Names: "vmms" is the Virtual Machine Management Service's; the other two
+#: are the simulator's picks (clients find services by enumerating their class).
+SERVICE_NAMES = {
+    "Msvm_VirtualSystemManagementService": "vmms",
+    "Msvm_VirtualSystemSnapshotService": "vssnapsvc",
+    "Msvm_VirtualSystemMigrationService": "vsmigrationsvc",
+}
+
 #: Associations answered by ``ASSOCIATORS OF {...} WHERE AssocClass = X ResultClass = Y``
 #: (WQL, as libvirt:hyperv_wmi.c issues them) and by the DSP0227 8.2 association filter.
 ASSOCIATIONS: dict[str, str] = {
@@ -518,7 +533,9 @@ REQUESTED_STATES: dict[int, str] = {
 RS_NO_CHANGE = 5  # CIM_EnabledLogicalElement RequestedState "No Change"
 RS_NOT_APPLICABLE = 12  # CIM_EnabledLogicalElement RequestedState "Not Applicable"
 
-#: Which RequestedState is valid from which EnabledState, and the state it ends in. The
+#: Which RequestedState is valid from which EnabledState, and the state it ends in. (The
+#: RequestStateChange page describes Reboot (10) as "State transition from Off or Saved to
+#: Running"; read here as CIM's Reboot of a running VM, refused from Off/Saved.) The
 #: Hyper-V state diagram (HV2/msvm-computersystem, Remarks): Off (3) -> Running (2); Running
 #: -> Off (turn off), Saved (6, save), Paused (9, pause), Running (10 reboot / 11 reset);
 #: Paused -> Running (2, resume), Off (3), Saved (6); Saved -> Running (2, restore) and Off
