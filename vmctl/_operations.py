@@ -54,6 +54,8 @@ class Operation(Generic[T]):
         try:
             return self._future.result(timeout)
         except cf.TimeoutError:
+            if self._future.done():  # the request's own OperationTimeout (a TimeoutError)
+                raise
             raise OperationTimeout(
                 f"{self.description}: not finished after {timeout} s; it is still running"
             ) from None
@@ -66,6 +68,8 @@ class Operation(Generic[T]):
         try:
             return self._future.exception(timeout)
         except cf.TimeoutError:
+            if self._future.done():
+                raise
             raise OperationTimeout(f"{self.description}: not finished after {timeout} s") from None
 
     def __repr__(self) -> str:

@@ -121,6 +121,18 @@ def test_nan_waits_are_refused(hv: vmctl.Hypervisor) -> None:
     assert op.result(timeout=10).state is S.RUNNING
 
 
+def test_an_operation_reraises_the_requests_own_timeout(hv: vmctl.Hypervisor) -> None:
+    """op.result() said "not finished after None s; it is still running" for a request
+    that had itself timed out (OperationTimeout is a TimeoutError)."""
+    vm = hv.create_vm(VMSpec(name="v", boot=vmctl.BootSource(kernel="/k")))
+    vm.start()
+    op = vm.shutdown(wait=False, timeout=0.05)  # the guest takes 0.15 s
+    with pytest.raises(vmctl.OperationTimeout) as err:
+        op.result()
+    assert "None" not in str(err.value) and "still running" not in str(err.value)
+    assert op.done()
+
+
 def test_enum_values_are_validation_errors() -> None:
     with pytest.raises(vmctl.ValidationError, match="'virtio'"):
         vmctl.DiskSpec(size_mib=10, bus="bogus")
