@@ -30,9 +30,10 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import BinaryIO, Literal
 
 Action = Literal["hang", "drop", "hang_reply", "drop_reply", "call"]
+Hook = Callable[[str], object]
 
 _METHOD = re.compile(
     rb"<(?:\w+:)?Body>\s*<(?:\w+:)?(\w+)[\s>/]|<methodName>\s*([\w.]+)\s*</methodName>"
@@ -53,7 +54,7 @@ class Rule:
     action: Action
     skip: int = 0  # let this many matching requests through first
     times: int = 1  # then act on this many (0 = every one)
-    hook: Callable[[str], None] | None = None
+    hook: Hook | None = None
     hits: int = 0
     seen: int = 0
     fired: threading.Event = field(default_factory=threading.Event)
@@ -106,7 +107,7 @@ class FaultProxy:
         *,
         skip: int = 0,
         times: int = 1,
-        hook: Callable[[str], None] | None = None,
+        hook: Hook | None = None,
     ) -> Rule:
         rule = Rule(method, action, skip=skip, times=times, hook=hook)
         with self._lock:
@@ -214,12 +215,11 @@ class FaultProxy:
                         s.close()
 
 
-def _read_request(reader: object) -> bytes | None:
+def _read_request(reader: BinaryIO) -> bytes | None:
     """One HTTP request (headers and Content-Length body) as raw bytes; None at EOF."""
     head = b""
-    readline = reader.readline  # type: ignore[attr-defined]
     while True:
-        line = readline(65537)
+        line = reader.readline(65537)
         if not line:
             return None
         head += line
@@ -230,7 +230,7 @@ def _read_request(reader: object) -> bytes | None:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
-    body = reader.read(length) if length else b""  # type: ignore[attr-defined]
+    body = reader.read(length) if length else b""
     return head + body
 
 

@@ -279,6 +279,7 @@ START_STEPS = [
     ("PowerOnVM_Task", 0, "stop"),
     ("PowerOnVM_Task", 0, "kill"),
     ("RetrievePropertiesEx", 2, "stop"),  # the task wait
+    ("RetrievePropertiesEx", 3, "hang"),  # the state wait (wait_changes)
 ]
 
 
@@ -315,9 +316,30 @@ def test_start_host_stops_at_each_step(
             assert any(isinstance(e, vmctl.OutcomeUnknown) for e in chain), repr(chain)
         state = vm.info().state
         assert state in (S.RUNNING, S.STOPPED)
-        if action == "hang":
+        if action == "hang" and method == "PowerOnVM_Task":
             assert state is S.STOPPED  # never reached the host
         vm.delete(force=True)
+
+
+def test_clone_reply_lost_names_the_clone(sim: VcsimServer, admin: Admin) -> None:
+    with (
+        _proxy(sim) as proxy,
+        _connect(sim, proxy.port, timeouts=vmctl.Timeouts(operation=3)) as hv,
+    ):
+        vm = hv.create_vm(vmctl.VMSpec(name="clone-src"))
+        proxy.add("CloneVM_Task", "hang_reply")
+        try:
+            exc, elapsed = _timed(lambda: vm.clone("clone-lost"), 3 + MARGIN)
+        finally:
+            proxy.clear()
+            proxy.release()
+        _report("clone, CloneVM_Task done, reply held", exc, elapsed, 3)
+        assert isinstance(exc, vmctl.OutcomeUnknown), exc
+        (uuid,) = _vms_named(admin, "clone-lost")
+        assert exc.left_behind == (("vm", uuid),) and uuid in str(exc)
+        hv.vm(uuid).delete()
+        vm.delete()
+        assert _vms_named(admin, "clone-lost") == []
 
 
 def test_print_timings() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ssl
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -233,7 +233,11 @@ def test_shutdown_without_tools_refused_at_once(esx_sim: VcsimServer, esx_admin:
                 esx_admin.vm(vm.uuid), vim.VirtualMachine, ["guest.toolsRunningStatus"]
             )
             assert tools["guest.toolsRunningStatus"] == "guestToolsNotRunning"
-            for ask in (lambda: vm.shutdown(timeout=60), lambda: vm.reboot(timeout=60)):
+            asks: list[Callable[[], object]] = [
+                lambda: vm.shutdown(timeout=60),
+                lambda: vm.reboot(timeout=60),
+            ]
+            for ask in asks:
                 started = time.monotonic()
                 with pytest.raises(vmctl.InvalidState, match="VMware Tools are not running") as err:
                     ask()
