@@ -329,6 +329,7 @@ def test_kit_on_qemu_with_second_host(hosts: Any, kvm_harness: Any, tmp_path: Pa
 
 # Last in the file: restarts host 1's libvirtd under the session's own connection.
 def test_survives_libvirtd_restart(hv: vmctl.Hypervisor, hosts: Any, kvm_harness: Any) -> None:
+    driver: Any = hv._driver
     vm = hv.create_vm(_spec(hosts, "restart", disks=[]))
     short = vmctl.connect(vmctl_uri(hosts.uri, hosts), timeouts=vmctl.Timeouts(connect=2))
     try:
@@ -337,7 +338,7 @@ def test_survives_libvirtd_restart(hv: vmctl.Hypervisor, hosts: Any, kvm_harness
         restart_libvirtd(kvm_harness, hosts)
         # the same Hypervisor keeps working: the driver re-opened its connection
         assert {i.uuid: i.state for i in hv.list_vms()}[vm.uuid] is S.RUNNING
-        assert hv._driver._link.reconnects >= 1
+        assert driver._link.reconnects >= 1
         assert vm.pause().state is S.PAUSED
         ev = events.next(timeout=10)
         assert ev is not None and (ev.kind, ev.state) == (EventKind.STATE_CHANGED, S.PAUSED)
@@ -345,11 +346,17 @@ def test_survives_libvirtd_restart(hv: vmctl.Hypervisor, hosts: Any, kvm_harness
         # really gone: ConnectionError once re-opening fails (within the connect timeout)
         restart_libvirtd(kvm_harness, hosts, start=False)
         try:
+            t0 = time.monotonic()
             with pytest.raises(vmctl.ConnectionError):
                 short.list_vms()
+            assert time.monotonic() - t0 < 2 + 3  # one reconnect attempt, no retry loop
         finally:
             start_libvirtd(kvm_harness, hosts)
         assert short.vm(vm.uuid).info().state is S.PAUSED  # and back once it returns
     finally:
         short.close()
+        # Once flaky: delete(force=True) read RUNNING, then power_off's destroy met "domain is
+        # not running" (the old link had repeated a destroy sent just before the connection
+        # broke). The link repeats nothing now, and "not running" is InvalidState, which the
+        # core answers by re-reading the state (STOPPED: done).
         vm.delete(force=True)
