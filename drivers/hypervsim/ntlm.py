@@ -93,20 +93,32 @@ def md4(data: bytes) -> bytes:
     return struct.pack("<4I", a, b, c, d)
 
 
+class Rc4:
+    """An RC4 keystream; NTLM sealing keeps one per direction for the whole session."""
+
+    def __init__(self, key: bytes) -> None:
+        s = list(range(256))
+        j = 0
+        for i in range(256):
+            j = (j + s[i] + key[i % len(key)]) & 0xFF
+            s[i], s[j] = s[j], s[i]
+        self._s = s
+        self._i = self._j = 0
+
+    def update(self, data: bytes) -> bytes:
+        s, i, j = self._s, self._i, self._j
+        out = bytearray()
+        for byte in data:
+            i = (i + 1) & 0xFF
+            j = (j + s[i]) & 0xFF
+            s[i], s[j] = s[j], s[i]
+            out.append(byte ^ s[(s[i] + s[j]) & 0xFF])
+        self._i, self._j = i, j
+        return bytes(out)
+
+
 def rc4(key: bytes, data: bytes) -> bytes:
-    s = list(range(256))
-    j = 0
-    for i in range(256):
-        j = (j + s[i] + key[i % len(key)]) & 0xFF
-        s[i], s[j] = s[j], s[i]
-    out = bytearray()
-    i = j = 0
-    for byte in data:
-        i = (i + 1) & 0xFF
-        j = (j + s[i]) & 0xFF
-        s[i], s[j] = s[j], s[i]
-        out.append(byte ^ s[(s[i] + s[j]) & 0xFF])
-    return bytes(out)
+    return Rc4(key).update(data)
 
 
 def _hmac_md5(key: bytes, data: bytes) -> bytes:
@@ -279,20 +291,72 @@ class NtlmAcceptor:
         self.flags = flags
 
     def sign(self, message: bytes, seq: int, server: bool = True) -> bytes:
-        """An NTLM message signature with extended session security ([MS-NLMP] 3.4.4.2,
-        3.4.5.2 SIGNKEY, 3.4.5.3 SEALKEY); the checksum RC4-sealed under KEY_EXCH."""
-        side = "server-to-client" if server else "client-to-server"
-        sign_key = hashlib.md5(
-            self.exported_key + f"session key to {side} signing key magic constant\0".encode()
-        ).digest()
-        seal_key = hashlib.md5(
-            self.exported_key + f"session key to {side} sealing key magic constant\0".encode()
-        ).digest()
-        seq_b = struct.pack("<I", seq)
-        checksum = _hmac_md5(sign_key, seq_b + message)[:8]
-        if self.flags & NEGOTIATE_KEY_EXCH:
-            checksum = rc4(seal_key, checksum)
-        return struct.pack("<I", 1) + checksum + seq_b
+        """An NTLM message signature with extended session security ([MS-NLMP] 3.4.4.2)
+        on a fresh RC4 handle: what the SPNEGO mechListMIC uses, after which both sides
+        reset their NTLM crypto state (pyspnego ``_reset_ntlm_crypto_state``)."""
+        sign_key, seal_key = session_keys(self.exported_key, self.flags, server)
+        return _mac(Rc4(seal_key), sign_key, seq, message, self.flags)
+
+    def session(self, seq: int = 0) -> NtlmSession:
+        """The sealing/signing state for WinRM message encryption after this handshake;
+        ``seq`` 1 after a SPNEGO mechListMIC exchange (the RC4 handles are reset, the
+        sequence numbers are not: pyspnego ``_reset_ntlm_crypto_state``)."""
+        return NtlmSession(self.exported_key, self.flags, seq)
+
+
+def session_keys(exported: bytes, flags: int, server: bool) -> tuple[bytes, bytes]:
+    """SIGNKEY and SEALKEY for one direction ([MS-NLMP] 3.4.5.2, 3.4.5.3)."""
+    side = "server-to-client" if server else "client-to-server"
+    sign_key = hashlib.md5(
+        exported + f"session key to {side} signing key magic constant\0".encode()
+    ).digest()
+    base = (
+        exported
+        if flags & NEGOTIATE_128
+        else exported[:7]
+        if flags & NEGOTIATE_56
+        else exported[:5]
+    )
+    seal_key = hashlib.md5(
+        base + f"session key to {side} sealing key magic constant\0".encode()
+    ).digest()
+    return sign_key, seal_key
+
+
+def _mac(handle: Rc4, sign_key: bytes, seq: int, message: bytes, flags: int) -> bytes:
+    seq_b = struct.pack("<I", seq)
+    checksum = _hmac_md5(sign_key, seq_b + message)[:8]
+    if flags & NEGOTIATE_KEY_EXCH:
+        checksum = handle.update(checksum)
+    return struct.pack("<I", 1) + checksum + seq_b
+
+
+class NtlmSession:
+    """NTLM sealing for WinRM's HTTP message encryption ([MS-NLMP] 3.4.3 SEAL, 3.4.4 SIGN;
+    [MS-WSMV] 2.2.9.1 encrypted message): one RC4 stream and sequence number per
+    direction."""
+
+    def __init__(self, exported: bytes, flags: int, seq: int = 0) -> None:
+        self.flags = flags
+        self._in_sign, in_seal = session_keys(exported, flags, server=False)
+        self._out_sign, out_seal = session_keys(exported, flags, server=True)
+        self._in = Rc4(in_seal)
+        self._out = Rc4(out_seal)
+        self._seq_in = self._seq_out = seq
+
+    def unwrap(self, signature: bytes, sealed: bytes) -> bytes:
+        message = self._in.update(sealed)
+        want = _mac(self._in, self._in_sign, self._seq_in, message, self.flags)
+        if not hmac.compare_digest(want, signature):
+            raise NtlmError("bad signature on an encrypted message")
+        self._seq_in += 1
+        return message
+
+    def wrap(self, message: bytes) -> tuple[bytes, bytes]:
+        sealed = self._out.update(message)
+        signature = _mac(self._out, self._out_sign, self._seq_out, message, self.flags)
+        self._seq_out += 1
+        return signature, sealed
 
 
 # --- SPNEGO (RFC 4178) around NTLM, as Windows' Negotiate package and pyspnego send it ------
@@ -361,7 +425,7 @@ class SpnegoAcceptor:
     def __init__(self, ntlm: NtlmAcceptor) -> None:
         self.ntlm = ntlm
         self.mech_list: bytes | None = None
-        self.first = True
+        self.mic_exchanged = False
 
     def step(self, token: bytes) -> tuple[bytes, bool]:
         """(reply token, done). Raises :class:`NtlmError` on failure."""
@@ -409,4 +473,5 @@ class SpnegoAcceptor:
             if not hmac.compare_digest(client_mic, self.ntlm.sign(self.mech_list, 0, False)):
                 raise NtlmError("mechListMIC mismatch")
             mic = self.ntlm.sign(self.mech_list, 0, True)
+            self.mic_exchanged = True
         return neg_token_resp(ACCEPT_COMPLETED, mic=mic), True

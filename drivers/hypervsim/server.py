@@ -7,9 +7,11 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import threading
@@ -19,10 +21,44 @@ from typing import Any
 
 from . import tables as T
 from .model import Config, World
-from .ntlm import NtlmAcceptor, NtlmError, SpnegoAcceptor, channel_bindings_hash
+from .ntlm import NtlmAcceptor, NtlmError, NtlmSession, SpnegoAcceptor, channel_bindings_hash
 from .wsman import WsmanService
 
 MAX_BODY = 16 * 1024 * 1024
+
+#: WinRM's HTTP message encryption ([MS-WSMV] 2.2.9.1; the MIME layout pypsrp and pywinrm
+#: build): a multipart/encrypted body whose second part is the 4-byte signature length,
+#: the NTLM signature and the sealed SOAP envelope.
+ENC_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
+ENC_BOUNDARY = "Encrypted Boundary"
+ENC_CONTENT_TYPE = f'multipart/encrypted;protocol="{ENC_PROTOCOL}";boundary="{ENC_BOUNDARY}"'
+_OCTETS = b"\tContent-Type: application/octet-stream\r\n"
+
+
+def unwrap_body(session: NtlmSession, body: bytes) -> bytes:
+    """The SOAP envelope inside an encrypted request (raises ValueError/NtlmError)."""
+    length = re.search(rb"Length=(\d+)", body)
+    start = body.find(_OCTETS)
+    end = body.rfind(f"--{ENC_BOUNDARY}--".encode())
+    if length is None or start < 0 or end < start:
+        raise ValueError("not a WinRM encrypted message")
+    data = body[start + len(_OCTETS) : end]
+    sig_len = struct.unpack("<I", data[:4])[0]
+    message = session.unwrap(data[4 : 4 + sig_len], data[4 + sig_len :])
+    if len(message) != int(length.group(1)):
+        raise ValueError("the decrypted length is not the announced one")
+    return message
+
+
+def wrap_body(session: NtlmSession, message: bytes) -> bytes:
+    signature, sealed = session.wrap(message)
+    head = (
+        f"--{ENC_BOUNDARY}\r\n\tContent-Type: {ENC_PROTOCOL}\r\n"
+        f"\tOriginalContent: type={T.CONTENT_TYPE};Length={len(message)}\r\n"
+        f"--{ENC_BOUNDARY}\r\n"
+    ).encode()
+    tail = f"--{ENC_BOUNDARY}--\r\n".encode()
+    return head + _OCTETS + struct.pack("<I", len(signature)) + signature + sealed + tail
 
 
 def make_cert(directory: str) -> tuple[str, str]:
@@ -79,6 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
     authenticated = False
     ntlm: NtlmAcceptor | None = None
     spnego: SpnegoAcceptor | None = None
+    session: NtlmSession | None = None  # sealing state once NTLM/SPNEGO authenticated
     _final_token: bytes | None = None
 
     def setup(self) -> None:
@@ -159,12 +196,26 @@ class _Handler(BaseHTTPRequestHandler):
         if not body:
             self._send(200 if self.authenticated else 400, b"", self._final_header())
             return
-        if not ctype.lower().startswith("application/soap+xml"):
-            # multipart/encrypted (WinRM message encryption over HTTP) is not implemented.
+        encrypted = ctype.lower().startswith("multipart/encrypted")
+        if encrypted:
+            if self.session is None or ENC_PROTOCOL.lower() not in ctype.lower():
+                self._send(400)  # encryption needs an NTLM/SPNEGO-authenticated connection
+                return
+            try:
+                body = unwrap_body(self.session, body)
+            except (ValueError, struct.error, NtlmError):
+                self._send(400)
+                self.close_connection = True
+                return
+        elif not ctype.lower().startswith("application/soap+xml"):
             self._send(415)
             return
         code, out = self.server.service.handle(self.server.host_name, body)
-        self._send(code, out, self._final_header())
+        if encrypted:
+            assert self.session is not None
+            self._send(code, wrap_body(self.session, out), self._final_header(), ENC_CONTENT_TYPE)
+        else:
+            self._send(code, out, self._final_header())
 
     def _final_header(self) -> list[tuple[str, str]]:
         """The SPNEGO accept-completed token (with its mechListMIC) rides on the answer."""
@@ -205,6 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if not done:
                     self._challenge(reply, scheme)
                     return False
+                self.session = self.spnego.ntlm.session(1 if self.spnego.mic_exchanged else 0)
                 self.spnego = None
                 self.authenticated = True
                 self._final_token = reply
@@ -218,12 +270,14 @@ class _Handler(BaseHTTPRequestHandler):
         except NtlmError:
             self.ntlm = None
             self.spnego = None
+            self.session = None
             self.authenticated = False
             self._challenge()
             return False
         if out is not None:
             self._challenge(out, scheme)
             return False
+        self.session = self.ntlm.session()
         self.ntlm = None
         self.authenticated = True
         return True

@@ -270,3 +270,98 @@ def test_harness_child_process_and_env_lines() -> None:
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not harness._pid_is_ours(pid)
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[hypervsim.SimServer]:
+    with hypervsim.serve(hosts=1, vms=1, tls=False, password="Pw-http!2") as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("auth", ["ntlm", "negotiate"])
+def test_message_encryption_over_http(http_server: hypervsim.SimServer, auth: str) -> None:
+    """pypsrp's default over HTTP: NTLM/SPNEGO then multipart/encrypted (sealed) messages."""
+    w = WSMan(
+        "127.0.0.1",
+        port=http_server.ports[0],
+        username=http_server.username,
+        password=http_server.password,
+        ssl=False,
+        auth=auth,
+        path="wsman",
+    )
+    for _ in range(3):  # the RC4 streams and sequence numbers carry on across messages
+        assert _switch_names(w) == ["vSwitch"]
+    w.close()
+    w = client(http_server, auth=auth)  # encryption="never": plain SOAP on that connection
+    assert _switch_names(w) == ["vSwitch"]
+    w.close()
+
+
+def _wrapped(ctx: spnego.ContextProxy, body: bytes) -> bytes:
+    res = ctx.wrap_winrm(body)
+    return (
+        b"--Encrypted Boundary\r\n\tContent-Type: application/HTTP-SPNEGO-session-encrypted\r\n"
+        b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
+        + str(len(body)).encode()
+        + b"\r\n--Encrypted Boundary\r\n\tContent-Type: application/octet-stream\r\n"
+        + len(res.header).to_bytes(4, "little")
+        + res.header
+        + res.data
+        + b"--Encrypted Boundary--\r\n"
+    )
+
+
+def test_encrypted_message_bytes(http_server: hypervsim.SimServer) -> None:
+    ctype = (
+        'multipart/encrypted;protocol="application/HTTP-SPNEGO-session-encrypted";'
+        'boundary="Encrypted Boundary"'
+    )
+    ctx = spnego.client(
+        http_server.username,
+        http_server.password,
+        hostname="127.0.0.1",
+        service="HTTP",
+        protocol="ntlm",
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", http_server.ports[0], timeout=10)
+    token = ctx.step()
+    while token is not None:
+        conn.request(
+            "POST",
+            "/wsman",
+            body=b"",
+            headers={"Authorization": f"Negotiate {base64.b64encode(token).decode()}"},
+        )
+        resp = conn.getresponse()
+        resp.read()
+        www = resp.headers.get("WWW-Authenticate", "")
+        token = ctx.step(base64.b64decode(www.split(" ", 1)[1])) if resp.status == 401 else None
+    assert resp.status == 200 and ctx.complete
+    body = ET.tostring(_enum_envelope())
+    conn.request("POST", "/wsman", body=_wrapped(ctx, body), headers={"Content-Type": ctype})
+    resp = conn.getresponse()
+    raw = resp.read()
+    assert resp.status == 200 and resp.headers["Content-Type"] == ctype
+    assert b"Length=" in raw and b"EnumerateResponse" not in raw  # sealed
+    part = raw.split(b"\tContent-Type: application/octet-stream\r\n", 1)[1]
+    part = part.rsplit(b"--Encrypted Boundary--\r\n", 1)[0]
+    n = int.from_bytes(part[:4], "little")
+    plain = ctx.unwrap_winrm(part[4 : 4 + n], part[4 + n :])
+    assert b"EnumerateResponse" in plain
+    tampered = bytearray(_wrapped(ctx, body))
+    tampered[-40] ^= 0xFF
+    conn.request("POST", "/wsman", body=bytes(tampered), headers={"Content-Type": ctype})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 400
+    # an encrypted body on a Basic-authenticated request: there is no session key
+    basic = base64.b64encode(f"{http_server.username}:{http_server.password}".encode()).decode()
+    conn = http.client.HTTPConnection("127.0.0.1", http_server.ports[0], timeout=10)
+    conn.request(
+        "POST",
+        "/wsman",
+        body=b"x",
+        headers={"Content-Type": ctype, "Authorization": f"Basic {basic}"},
+    )
+    assert conn.getresponse().status == 400
