@@ -554,7 +554,6 @@ class World:
     def guest_ips(self, vm: VM) -> tuple[list[str], list[str]]:
         v4: list[str] = []
         v6: list[str] = []
-        hi = self.hosts.index(vm.host) if vm.host in self.hosts else 0
         n = 0
         for port in [r for r in vm.rasds if r.cls == "Msvm_SyntheticEthernetPortSettingData"]:
             path = port.path(vm.host)
@@ -569,7 +568,6 @@ class World:
             mac = str(port["Address"] or "00155D000000")
             v6.append(f"fe80::215:5dff:fe{mac[6:8].lower()}:{mac[8:12].lower()}")
             n += 1
-        del hi
         return v4, v6
 
     def instances(self, host: str, cls: str) -> list[Instance]:
@@ -1140,6 +1138,8 @@ class World:
         for r in vm.rasds:
             c = r.copy()
             c["InstanceID"] = str(r["InstanceID"]).replace(vm.guid, sguid, 1)
+            if c["Parent"]:  # a snapshot's drive hangs off the snapshot's own controller
+                c["Parent"] = str(c["Parent"]).replace(vm.guid, sguid)
             rasds.append(c)
         snap = Snapshot(vssd, rasds, saved=bool(vssd["IsSaved"]))
         vm.snapshots.append(snap)
@@ -1170,6 +1170,8 @@ class World:
         for r in snap.rasds:
             c = r.copy()
             c["InstanceID"] = str(r["InstanceID"]).replace(sguid, vm.guid, 1)
+            if c["Parent"]:
+                c["Parent"] = str(c["Parent"]).replace(sguid, vm.guid)
             rasds.append(c)
 
         def effect() -> tuple[int, str] | None:
@@ -1239,13 +1241,17 @@ class World:
                     f"Virtual machine migration operation for '{vm.name}' failed: "
                     f"not enough memory on '{dest}'.",
                 )
-            old_paths = {r.path(vm.host): r for r in vm.rasds}
+            src = vm.host
             vm.host = dest
-            for r in vm.rasds:
-                if r["Parent"] in old_paths:
-                    r["Parent"] = old_paths[r["Parent"]].path(dest)
+            # WMI paths name the host: the settings now live under the destination's.
+            for r in vm.rasds + [r for snap in vm.snapshots for r in snap.rasds]:
+                if r["Parent"]:
+                    r["Parent"] = str(r["Parent"]).replace(f"\\\\{src}\\", f"\\\\{dest}\\", 1)
                 if r.cls == "Msvm_EthernetPortAllocationSettingData" and r["HostResource"]:
                     r["HostResource"] = [self.switches[dest].path(dest)]
+            for v in [vm.vssd] + [snap.vssd for snap in vm.snapshots]:
+                if v["Parent"]:
+                    v["Parent"] = str(v["Parent"]).replace(f"\\\\{src}\\", f"\\\\{dest}\\", 1)
             return None
 
         out = self._job_out(host, "Migrating virtual machine", effect, delay=self.cfg.op_delay * 2)

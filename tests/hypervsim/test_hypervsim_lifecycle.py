@@ -505,6 +505,12 @@ def test_live_migration_between_hosts(w: WSMan, w2: WSMan, server: hypervsim.Sim
     conns = query(w2, "SELECT * FROM Msvm_EthernetPortAllocationSettingData")
     mine = [c for c in conns if guid in c["InstanceID"]]
     assert mine and server.hosts[1] in mine[0]["HostResource"]
+    disks = [
+        d
+        for d in query(w2, "SELECT * FROM Msvm_StorageAllocationSettingData")
+        if guid in d["InstanceID"]
+    ]
+    assert disks and disks[0]["Parent"].startswith(f"\\\\{server.hosts[1]}\\root")
     # unknown destination: the job fails; same host: 32773
     mig2 = service(w2, "Msvm_VirtualSystemMigrationService")
     ref = epr("Msvm_ComputerSystem", **vm_selectors(guid))
