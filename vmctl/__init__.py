@@ -66,6 +66,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Request": ("._state", "Request"),
     "StateReason": ("._state", "StateReason"),
     "URI": ("._uri", "URI"),
+    "BackupInfo": (".backup", "BackupInfo"),
+    "Repository": (".backup", "Repository"),
+    "RepositoryError": (".backup", "RepositoryError"),
+    "open_repo": (".backup", "open_repo"),
 }
 
 if TYPE_CHECKING:
@@ -139,6 +143,7 @@ if TYPE_CHECKING:
         URI,
     )
     from ._vm import VM
+    from .backup import BackupInfo, Repository, RepositoryError, open_repo
 
 __version__ = "0.1.0"
 
@@ -165,6 +170,7 @@ __all__ = [
     "AlreadyExists",
     "AuthenticationError",
     "BackendError",
+    "BackupInfo",
     "BootSource",
     "Capability",
     "Conflict",
@@ -191,6 +197,8 @@ __all__ = [
     "OperationTimeout",
     "OutcomeUnknown",
     "PowerState",
+    "Repository",
+    "RepositoryError",
     "Request",
     "Resources",
     "Secret",
@@ -207,6 +215,7 @@ __all__ = [
     "as_completed",
     "available_drivers",
     "connect",
+    "open_repo",
     "register",
     "unregister",
     "wait_all",

@@ -47,6 +47,10 @@ class Capability(enum.StrEnum):
     LINKED_CLONE = "linked_clone"
     MIGRATE_LIVE = "migrate_live"
     MIGRATE_COLD = "migrate_cold"
+    BACKUP = "backup"  # read the disks at one point in time (vm.backup)
+    BACKUP_INCREMENTAL = "backup_incremental"  # list the extents changed since a checkpoint
+    BACKUP_QUIESCE = "backup_quiesce"  # the guest's file systems frozen for the point in time
+    RESTORE = "restore"  # write extents into the disks of a new or stopped VM
     # observation
     EVENTS = "events"
     STATS = "stats"

@@ -67,6 +67,7 @@ from .spi import (
 
 if TYPE_CHECKING:
     from ._hypervisor import Hypervisor
+    from .backup import BackupInfo, BackupProgress, Repository
 
 log = logging.getLogger("vmctl")
 T = TypeVar("T")
@@ -854,6 +855,31 @@ class VM:
         return conn.dispatcher.call(
             self._what("guest info of"), driver.guest_info, self.uuid, deadline=conn.read_deadline()
         )
+
+    # -- backup ---------------------------------------------------------------------------
+
+    def backup(
+        self,
+        repo: Repository | str,
+        *,
+        full: bool = False,
+        quiesce: bool | None = None,
+        progress: Callable[[BackupProgress], None] | None = None,
+        timeout: float | None = None,
+    ) -> BackupInfo:
+        """Back up the VM's configuration and disks into ``repo`` (a ``vmctl.open_repo()``
+        repository or its URL), in any power state.
+
+        Incremental (only the extents changed since this VM's last backup in ``repo`` are
+        read) when the host tracks changed blocks and such a backup exists, else full;
+        ``full=True`` forces a full read. ``quiesce``: True asks the guest to freeze its file
+        systems (NotSupported without the capability), False never, None when the host can
+        and the VM runs. The result says which kind, why, and the consistency reached. An
+        interrupted backup is never listed. See docs/backup.md.
+        """
+        from .backup import backup_vm
+
+        return backup_vm(self, repo, full=full, quiesce=quiesce, progress=progress, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<VM {self.name!r} {self.uuid} on {self._conn.uri}>"

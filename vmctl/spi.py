@@ -51,6 +51,7 @@ from typing import ClassVar, Protocol
 from ._capabilities import REQUIRED_CAPABILITIES, Capability
 from ._config import ConnectParams, Secret, Timeouts
 from ._deadline import Deadline
+from ._diskaccess import Consistency, Extent, ExtentData, PointInTime, PointInTimeDisk
 from ._errors import (
     AlreadyExists,
     AuthenticationError,
@@ -102,20 +103,26 @@ __all__ = [
     "BulkPower",
     "Capability",
     "ChangeWaiter",
+    "ChangedBlocks",
     "Cloning",
     "Conflict",
     "ConnectParams",
     "ConnectionError",
+    "Consistency",
     "Deadline",
     "Devices",
+    "DiskAccess",
     "DiskBus",
     "DiskInfo",
     "DiskSpec",
+    "DiskWriter",
     "Driver",
     "Event",
     "EventKind",
     "EventSource",
     "Events",
+    "Extent",
+    "ExtentData",
     "GracefulPower",
     "GuestAgent",
     "GuestInfo",
@@ -131,6 +138,8 @@ __all__ = [
     "OperationTimeout",
     "OutcomeUnknown",
     "Pausable",
+    "PointInTime",
+    "PointInTimeDisk",
     "PowerState",
     "Reconfigurable",
     "Reconnectable",
@@ -467,6 +476,80 @@ class GuestAgent(abc.ABC):
     def guest_info(self, uuid: str, *, deadline: Deadline) -> GuestInfo: ...
 
 
+class DiskAccess(abc.ABC):
+    """Capabilities BACKUP and BACKUP_QUIESCE: read a VM's disks at one point in time.
+
+    The primitive under ``vm.backup()``: a libvirt backup job (pull mode, NBD), a vSphere
+    snapshot read through VADP/NFC, a XenServer snapshot VDI exported over NBD. Everything
+    else (chunking, hashing, repository, retries, progress) is the core's. Narrow away
+    BACKUP_QUIESCE where the host cannot ask a guest to freeze its file systems.
+    """
+
+    @abc.abstractmethod
+    def open_point_in_time(self, uuid: str, *, quiesce: bool, deadline: Deadline) -> PointInTime:
+        """Freeze the content of every disk of the VM at one moment, in any power state.
+
+        The VM may go on running and writing; reads through the returned handle see the
+        content as it was at this call (copy-on-write, a snapshot, a fleecing overlay). With
+        ``quiesce`` the guest is asked to freeze its file systems first (consistency
+        QUIESCED); raise InvalidState at once if it cannot be asked (no agent or tools
+        running). A stopped VM is STOPPED-consistent, a running one without quiesce CRASH.
+        Where the driver tracks changed blocks, each disk carries the ``checkpoint`` of this
+        moment. Release with ``close_point_in_time``, also after a failure.
+        """
+
+    @abc.abstractmethod
+    def allocated_extents(
+        self, pit: PointInTime, disk_id: str, *, deadline: Deadline
+    ) -> list[Extent]:
+        """The extents of the disk that may hold data, in order and not overlapping; holes
+        (never written, discarded) may be left out. A driver that cannot tell returns one
+        extent over the whole disk."""
+
+    @abc.abstractmethod
+    def read_extent(
+        self, pit: PointInTime, disk_id: str, offset: int, length: int, *, deadline: Deadline
+    ) -> bytes:
+        """``length`` bytes of the disk at ``offset`` as of the point in time (zeroes for
+        holes). The core reads in chunks of a few MiB, never past the disk's size."""
+
+    @abc.abstractmethod
+    def close_point_in_time(self, pit: PointInTime, *, deadline: Deadline) -> None:
+        """Release the point in time (end the job, delete the snapshot, merge the overlay).
+        Idempotent. The checkpoints it recorded stay valid for later ``changed_extents``."""
+
+
+class ChangedBlocks(abc.ABC):
+    """Capability BACKUP_INCREMENTAL: changed-block tracking (libvirt checkpoints and dirty
+    bitmaps, vSphere CBT's QueryChangedDiskAreas, XenServer CBT's list_changed_blocks)."""
+
+    @abc.abstractmethod
+    def changed_extents(
+        self, pit: PointInTime, disk_id: str, since: str, *, deadline: Deadline
+    ) -> list[Extent]:
+        """The extents of the disk written between the checkpoint ``since`` (the
+        ``PointInTimeDisk.checkpoint`` of an earlier point in time of this disk) and ``pit``.
+        May list more than was written, never less. Raise NotFound when the host no longer
+        knows ``since`` (tracking was reset, the disk was replaced): the core then reads the
+        whole disk."""
+
+
+class DiskWriter(abc.ABC):
+    """Capability RESTORE: write content into the disks of a STOPPED VM (a VM the core has
+    just created for a restore, or one whose content a restore replaces). The upload path
+    of the backend: libvirt's virStorageVolUpload, vSphere NFC/VDDK, a XenServer VDI
+    import."""
+
+    @abc.abstractmethod
+    def write_extents(
+        self, uuid: str, disk_id: str, extents: Sequence[ExtentData], *, deadline: Deadline
+    ) -> None:
+        """Write each extent at its offset (``data`` None: zeroes over ``length``). Pre: the
+        VM is STOPPED (else InvalidState) and every extent lies inside the disk (else
+        ValidationError). Raise InsufficientResources when the storage is full; what was
+        written before stays written (the core deletes a VM it made for a restore)."""
+
+
 #: The interface each optional capability needs; implementing it offers the capability.
 INTERFACES: dict[Capability, type] = {
     Capability.SHUTDOWN: GracefulPower,
@@ -499,6 +582,10 @@ INTERFACES: dict[Capability, type] = {
     Capability.EVENTS: Events,
     Capability.STATS: Statistics,
     Capability.GUEST_INFO: GuestAgent,
+    Capability.BACKUP: DiskAccess,
+    Capability.BACKUP_QUIESCE: DiskAccess,
+    Capability.BACKUP_INCREMENTAL: ChangedBlocks,
+    Capability.RESTORE: DiskWriter,
 }
 
 

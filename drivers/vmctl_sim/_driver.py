@@ -48,17 +48,25 @@ from vmctl import (
     VMStats,
 )
 from vmctl.spi import (
+    ChangedBlocks,
     ChangeWaiter,
     Cloning,
+    Consistency,
     Deadline,
     Devices,
+    DiskAccess,
+    DiskWriter,
     Driver,
     Events,
     EventSource,
+    Extent,
+    ExtentData,
     GracefulPower,
     GuestAgent,
     Migration,
     Pausable,
+    PointInTime,
+    PointInTimeDisk,
     Reconfigurable,
     Resettable,
     ResourceControls,
@@ -67,12 +75,14 @@ from vmctl.spi import (
     Suspendable,
 )
 
+from ._disks import BLOCK, DiskFull, Overlay, SimPointInTime, blocks_of, runs
 from ._site import (
     GUEST_DELAY,
     HOST_CPU_MHZ,
     HOST_CPUS,
     HOST_MEMORY_MIB,
     NETWORKS,
+    POOL_CAPACITY_MIB,
     POOLS,
     SimDisk,
     SimHost,
@@ -106,6 +116,9 @@ class SimDriver(
     Events,
     Statistics,
     GuestAgent,
+    DiskAccess,
+    ChangedBlocks,
+    DiskWriter,
 ):
     """The reference driver: every capability, enforced as real hypervisors enforce it."""
 
@@ -225,7 +238,19 @@ class SimDriver(
             name=spec.name,
             bus=spec.bus.value,
             path=f"/sim/{self.site.name}/{pool}/{name}.img",
+            pool=pool,
         )
+
+    def _check_room(self, host: SimHost, disks: Sequence[SimDisk], what: str) -> None:
+        """The pools of a host hold POOL_CAPACITY_MIB of provisioned disk each."""
+        for pool in {d.pool for d in disks}:
+            wanted = sum(d.size_mib for d in disks if d.pool == pool)
+            free = POOL_CAPACITY_MIB - host.used_pool_mib(pool)
+            if wanted > free:
+                raise InsufficientResources(
+                    f"{what} needs {wanted} MiB of disk in pool {pool!r} but sim host "
+                    f"{host.name!r} has {free} MiB free there"
+                )
 
     def _nic(self, vm: SimVM, spec: NicSpec) -> SimNic:
         if spec.network not in NETWORKS:
@@ -323,6 +348,7 @@ class SimDriver(
             # Build every device before the VM becomes visible: nothing half-made is left.
             vm.disks = [self._disk(vm, d) for d in spec.disks]
             vm.nics = [self._nic(vm, n) for n in spec.nics]
+            self._check_room(host, vm.disks, f"creating VM {spec.name!r}")
             host.vms[vm.uuid] = vm
             self.site.emit(self.host_name, EventKind.CREATED, vm)
             return self._info(vm)
@@ -332,6 +358,8 @@ class SimDriver(
             vm = self._vm(uuid)
             self._expect(vm, S.STOPPED, S.SUSPENDED, S.CRASHED, verb="delete")
             del self._host.vms[uuid]
+            for d in vm.disks:
+                self.site.disks.delete(d.store, d.size_bytes)
             self.site.emit(self.host_name, EventKind.DELETED, vm)
             return (
                 [f"vm {vm.name} ({vm.uuid})"]
@@ -433,6 +461,7 @@ class SimDriver(
         with self.site.transaction():
             vm = self._vm(uuid)
             new = self._disk(vm, disk)
+            self._check_room(self._host, [new], f"adding a disk to VM {vm.name!r}")
             vm.disks.append(new)
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"disk {new.id} added")
             return DiskInfo(
@@ -445,6 +474,9 @@ class SimDriver(
             kept = [d for d in vm.disks if d.id != disk_id]
             if len(kept) == len(vm.disks):
                 raise NotFound(f"VM {vm.name!r} has no disk {disk_id!r}")
+            for d in vm.disks:
+                if d.id == disk_id:
+                    self.site.disks.delete(d.store, d.size_bytes)
             vm.disks = kept
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"disk {disk_id} removed")
 
@@ -528,7 +560,11 @@ class SimDriver(
             if target in (S.RUNNING, S.PAUSED) and vm.state not in (S.RUNNING, S.PAUSED):
                 self._check_memory(self._host, cfg["memory_mib"], f"reverting {vm.name!r}")
             vm.vcpus, vm.memory_mib = cfg["vcpus"], cfg["memory_mib"]
+            current = {d.store: d for d in vm.disks}
             vm.disks = [SimDisk(**d) for d in cfg["disks"]]
+            for d in vm.disks:  # the content is not reverted, so neither is its tracking
+                if d.store in current:
+                    d.cbt_gen, d.cbt = current[d.store].cbt_gen, current[d.store].cbt
             vm.nics = [SimNic(**n) for n in cfg["nics"]]
             vm.resources = Resources(**cfg["resources"])
             vm.current_snapshot = snap.id
@@ -574,8 +610,12 @@ class SimDriver(
                         name=d.name,
                         bus=d.bus,
                         path=f"{base}/{name}-{d.id}{'.linked' if linked else ''}.img",
+                        pool=d.pool,
                     )
                 )
+            self._check_room(host, twin.disks, f"cloning VM {vm.name!r}")
+            for src, dst in zip(vm.disks, twin.disks, strict=True):
+                self.site.disks.copy(src.store, dst.store, src.size_bytes)
             for n in vm.nics:
                 twin.nics.append(self._nic(twin, NicSpec(network=n.network, model=n.model)))
             host.vms[twin.uuid] = twin
@@ -680,3 +720,192 @@ class SimDriver(
                 elif (vm.state, vm.reason) != (info.state, info.reason):
                     out[uuid] = self._info(vm)
             return out
+
+    # -- disk access: points in time, changed blocks, writes (backup and restore) ---------
+
+    @staticmethod
+    def _guest_up(vm: SimVM) -> bool:
+        return (
+            vm.has_os
+            and vm.state is S.RUNNING
+            and vm.booted_at is not None
+            and time.time() - vm.booted_at >= GUEST_DELAY
+        )
+
+    def open_point_in_time(self, uuid: str, *, quiesce: bool, deadline: Deadline) -> PointInTime:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            if quiesce:
+                if not self._guest_up(vm):
+                    raise InvalidState(
+                        f"cannot quiesce VM {vm.name!r}: no guest agent is answering (it is "
+                        f"{vm.state.value}{'' if vm.has_os else ', without a guest OS'})",
+                        current=vm.state,
+                    )
+                consistency = Consistency.QUIESCED
+            elif vm.state is S.STOPPED:
+                consistency = Consistency.STOPPED
+            else:
+                consistency = Consistency.CRASH
+            overlays: dict[str, Overlay] = {}
+            disks = []
+            for d in vm.disks:
+                # End the disk's current generation: writes from now on carry the next one.
+                overlays[d.id] = Overlay(d.store, d.cbt_gen, d.size_bytes)
+                disks.append(
+                    PointInTimeDisk(
+                        id=d.id,
+                        size_bytes=d.size_bytes,
+                        name=d.name,
+                        bus=d.bus,
+                        checkpoint=f"{d.store}:{d.cbt_gen}",
+                    )
+                )
+                d.cbt_gen += 1
+            pit = SimPointInTime(str(uuidlib.uuid4()), overlays)
+            with self.site.disks.lock:
+                self.site.disks.pits[pit.id] = pit
+            return PointInTime(
+                id=pit.id,
+                vm_uuid=uuid,
+                disks=tuple(disks),
+                consistency=consistency,
+                handle=pit,
+            )
+
+    def _overlay(self, pit: PointInTime, disk_id: str) -> Overlay:
+        open_pit = self.site.disks.pits.get(pit.id)
+        if open_pit is None:
+            raise NotFound(f"the point in time {pit.id} is closed")
+        overlay = open_pit.overlays.get(disk_id)
+        if overlay is None:
+            raise NotFound(f"the point in time {pit.id} has no disk {disk_id!r}")
+        return overlay
+
+    def allocated_extents(
+        self, pit: PointInTime, disk_id: str, *, deadline: Deadline
+    ) -> list[Extent]:
+        world = self.site.disks
+        with world.lock:
+            ov = self._overlay(pit, disk_id)
+            now_used = set(world.data(ov.store, ov.size).blocks())
+            holes_then = {i for i, (old, _) in ov.saved.items() if old is None}
+            data_then = {i for i, (old, _) in ov.saved.items() if old is not None}
+            used = (now_used - holes_then) | data_then
+        out = []
+        for first, count in runs(used):
+            start = first * BLOCK
+            end = min((first + count) * BLOCK, ov.size)
+            if end > start:
+                out.append(Extent(start, end - start))
+        return out
+
+    def read_extent(
+        self, pit: PointInTime, disk_id: str, offset: int, length: int, *, deadline: Deadline
+    ) -> bytes:
+        world = self.site.disks
+        with world.lock:
+            ov = self._overlay(pit, disk_id)
+            if offset < 0 or length <= 0 or offset + length > ov.size:
+                raise ValidationError(
+                    f"cannot read {length} bytes at {offset} of a disk of {ov.size} bytes",
+                    field="extent",
+                )
+            data = world.data(ov.store, ov.size)
+            parts = []
+            for index in blocks_of(offset, length):
+                block = ov.saved[index][0] if index in ov.saved else data.read_block(index)
+                parts.append(block or bytes(BLOCK))
+        first = blocks_of(offset, length).start * BLOCK
+        return b"".join(parts)[offset - first : offset - first + length]
+
+    def close_point_in_time(self, pit: PointInTime, *, deadline: Deadline) -> None:
+        with self.site.disks.lock:
+            open_pit = self.site.disks.pits.pop(pit.id, None)
+        if open_pit is not None:
+            open_pit.open = False
+
+    def changed_extents(
+        self, pit: PointInTime, disk_id: str, since: str, *, deadline: Deadline
+    ) -> list[Extent]:
+        store, _, gen_text = since.rpartition(":")
+        with self.site.transaction(), self.site.disks.lock:
+            ov = self._overlay(pit, disk_id)
+            if store != ov.store or not gen_text.isdigit() or int(gen_text) > ov.generation:
+                raise NotFound(
+                    f"disk {disk_id!r} has no checkpoint {since!r} (it was replaced, or its "
+                    "changed-block tracking was reset)"
+                )
+            vm = self._vm(pit.vm_uuid)
+            disk = next((d for d in vm.disks if d.store == ov.store), None)
+            if disk is None:
+                raise NotFound(f"VM {vm.name!r} no longer has disk {disk_id!r}")
+            old = int(gen_text)
+            marks = {int(i): m for i, m in disk.cbt.items()}
+            for index, (_, mark) in ov.saved.items():  # as they were at the point in time
+                if mark is None:
+                    marks.pop(index, None)
+                else:
+                    marks[index] = mark
+            changed = [i for i, m in marks.items() if old < m <= ov.generation]
+        out = []
+        for first, count in runs(changed):
+            start = first * BLOCK
+            end = min((first + count) * BLOCK, ov.size)
+            out.append(Extent(start, end - start))
+        return out
+
+    def write_extents(
+        self, uuid: str, disk_id: str, extents: Sequence[ExtentData], *, deadline: Deadline
+    ) -> None:
+        with self.site.transaction():
+            vm = self._vm(uuid)
+            self._expect(vm, S.STOPPED, verb="write to the disks of")
+            self._write(vm, disk_id, extents)
+
+    def guest_write(self, uuid: str, disk_id: str, offset: int, data: bytes) -> None:
+        """Sim only, for tests: the guest of a VM in any state writes ``data`` at
+        ``offset`` of one of its disks (as an application inside a running VM would)."""
+        with self.site.transaction():
+            self._write(self._vm(uuid), disk_id, [ExtentData(offset, len(data), data)])
+
+    def _write(self, vm: SimVM, disk_id: str, extents: Sequence[ExtentData]) -> None:
+        disk = next((d for d in vm.disks if d.id == disk_id), None)
+        if disk is None:
+            raise NotFound(f"VM {vm.name!r} has no disk {disk_id!r}")
+        size = disk.size_bytes
+        for e in extents:
+            if e.offset + e.length > size:
+                raise ValidationError(
+                    f"an extent of {e.length} bytes at {e.offset} ends past the end of disk "
+                    f"{disk_id!r} ({size} bytes)",
+                    field="extents",
+                )
+        world = self.site.disks
+        with world.lock:
+            data = world.data(disk.store, size)
+            try:
+                for e in extents:
+                    for index in blocks_of(e.offset, e.length):
+                        start = index * BLOCK
+                        lo, hi = max(e.offset, start), min(e.end, start + BLOCK)
+                        old = data.read_block(index)
+                        piece = None if e.data is None else e.data[lo - e.offset : hi - e.offset]
+                        if lo == start and hi - lo == BLOCK:
+                            new = piece
+                        else:
+                            buf = bytearray(old or bytes(BLOCK))
+                            buf[lo - start : hi - start] = piece or bytes(hi - lo)
+                            new = bytes(buf)
+                        if new is not None and not any(new):
+                            new = None
+                        if old is None and new is None:
+                            continue  # zeroes over a hole: nothing changes
+                        for overlay in world.overlays_of(disk.store):  # copy-on-write
+                            overlay.saved.setdefault(index, (old, disk.cbt.get(str(index))))
+                        data.write_block(index, new)
+                        disk.cbt[str(index)] = disk.cbt_gen
+            except DiskFull as exc:
+                raise InsufficientResources(
+                    f"the storage of disk {disk_id!r} of VM {vm.name!r} is full: {exc}"
+                ) from exc

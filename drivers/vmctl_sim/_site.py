@@ -23,11 +23,15 @@ from attrs import define, field
 
 from vmctl import Event, EventKind, PowerState, Resources, StateReason
 
+from ._disks import DiskWorld
+
 HOST_CPUS = 16
 HOST_CPU_MHZ = 2600
 HOST_MEMORY_MIB = 64 * 1024
 NETWORKS = ("default", "isolated")
 POOLS = ("default",)
+#: What each pool of a host can hold, in MiB of provisioned disk (4 TiB).
+POOL_CAPACITY_MIB = 4 * 1024 * 1024
 #: Seconds a guest with an OS takes to act on ACPI shutdown/reboot, and to get an IP.
 GUEST_DELAY = 0.15
 
@@ -43,6 +47,16 @@ class SimDisk:
     name: str | None
     bus: str
     path: str
+    pool: str = "default"
+    #: Where the content is (see ``_disks.DiskWorld``); a new disk is all holes.
+    store: str = field(factory=lambda: uuidlib.uuid4().hex)
+    #: Changed-block tracking: the current generation, and each written block's mark.
+    cbt_gen: int = 0
+    cbt: dict[str, int] = field(factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.size_mib * 1024 * 1024
 
 
 @define
@@ -97,6 +111,9 @@ class SimHost:
     uuid: str
     vms: dict[str, SimVM] = field(factory=dict)
 
+    def used_pool_mib(self, pool: str) -> int:
+        return sum(d.size_mib for vm in self.vms.values() for d in vm.disks if d.pool == pool)
+
     def used_memory_mib(self) -> int:
         return sum(
             vm.memory_mib
@@ -136,6 +153,8 @@ class Site:
         self.changed = threading.Condition(self.lock)
         self.hosts: dict[str, SimHost] = {}
         self.subscribers: list[Subscriber] = []
+        #: Disk content and open points in time (sparse files beside the state file).
+        self.disks = DiskWorld(path)
         self._loaded_mtime: float | None = None
 
     def host(self, name: str) -> SimHost:

@@ -1,0 +1,84 @@
+"""Reading and writing a VM's disk content directly, through the same primitives backup and
+restore use: for tests, the conformance kit, and seeding a new VM's disk (an upload)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from .._capabilities import Capability
+from .._deadline import Deadline
+from .._diskaccess import ExtentData
+from .._errors import InvalidState, ValidationError, VmctlError
+from .._state import PowerState
+from ..spi import DiskAccess, DiskWriter
+
+if TYPE_CHECKING:
+    from .._vm import VM
+
+
+def _check(vm: VM, disk_id: object, offset: object) -> None:
+    from .._vm import VM
+
+    if not isinstance(vm, VM):
+        raise ValidationError(f"expected a VM, got {type(vm).__name__}", field="vm")
+    if not isinstance(disk_id, str) or not disk_id:
+        raise ValidationError("give a disk id (see vm.config().disks)", field="disk_id")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValidationError(f"must be a byte offset >= 0, got {offset!r}", field="offset")
+
+
+def read_disk(vm: VM, disk_id: str, offset: int, length: int) -> bytes:
+    """``length`` bytes of a disk of ``vm`` at ``offset``, read through a point in time
+    (capability backup; the VM may be running)."""
+    _check(vm, disk_id, offset)
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise ValidationError(f"must be a number of bytes > 0, got {length!r}", field="length")
+    conn = vm._conn
+    conn.require(Capability.BACKUP, f"read the disks of VM {vm.name!r}")
+    driver = conn.driver
+    assert isinstance(driver, DiskAccess)
+    call = conn.dispatcher.call
+    what = f"read disk {disk_id} of VM {vm.name!r}"
+    pit = call(what, driver.open_point_in_time, vm.uuid, quiesce=False, deadline=_dl(vm))
+    try:
+        if not any(d.id == disk_id for d in pit.disks):
+            raise ValidationError(f"VM {vm.name!r} has no disk {disk_id!r}", field="disk_id")
+        data: bytes = call(what, driver.read_extent, pit, disk_id, offset, length, deadline=_dl(vm))
+        return data
+    finally:
+        with contextlib.suppress(VmctlError):
+            call(what, driver.close_point_in_time, pit, deadline=_dl(vm))
+
+
+def write_disk(vm: VM, disk_id: str, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of a disk of a STOPPED ``vm`` (capability restore): the
+    backend's upload path."""
+    _check(vm, disk_id, offset)
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise ValidationError("give the bytes to write", field="data")
+    conn = vm._conn
+    conn.require(Capability.RESTORE, f"write to the disks of VM {vm.name!r}")
+    state = vm.info().state
+    if state is not PowerState.STOPPED:
+        raise InvalidState(
+            f"cannot write to the disks of VM {vm.name!r}: it is {state.value}; stop it first",
+            current=state,
+            allowed={PowerState.STOPPED},
+        )
+    driver = conn.driver
+    assert isinstance(driver, DiskWriter)
+    extent = ExtentData(offset, len(data), bytes(data))
+    conn.dispatcher.call(
+        f"write disk {disk_id} of VM {vm.name!r}",
+        driver.write_extents,
+        vm.uuid,
+        disk_id,
+        [extent],
+        deadline=_dl(vm),
+        idempotent=True,
+    )
+
+
+def _dl(vm: VM) -> Deadline:
+    return Deadline.after(vm._conn.timeouts.operation_s)
