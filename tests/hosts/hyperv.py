@@ -113,8 +113,9 @@ def _env(password: str) -> dict[str, str]:
     return env
 
 
-def ensure_cert(directory: Path = TLS_DIR) -> tuple[Path, Path]:
+def ensure_cert(directory: Path | None = None) -> tuple[Path, Path]:
     """A self-signed 2048-bit certificate for 127.0.0.1, generated once and kept."""
+    directory = TLS_DIR if directory is None else directory
     cert, key = directory / "cert.pem", directory / "key.pem"
     if cert.is_file() and key.is_file():
         check = subprocess.run(

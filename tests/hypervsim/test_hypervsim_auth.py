@@ -365,3 +365,29 @@ def test_encrypted_message_bytes(http_server: hypervsim.SimServer) -> None:
         headers={"Content-Type": ctype, "Authorization": f"Basic {basic}"},
     )
     assert conn.getresponse().status == 400
+
+
+def test_harness_start_status_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PIDS_FILE", "ENV_FILE", "STATE_FILE", "LOG_FILE"):
+        monkeypatch.setattr(harness, name, tmp_path / getattr(harness, name).name)
+    monkeypatch.setattr(harness, "HOSTS_DIR", tmp_path)
+    monkeypatch.setattr(harness, "TLS_DIR", tmp_path / "tls")
+    assert harness.main(["status"]) == 3
+    assert harness.main(["start", "--vms", "1", "--password", "start-pw"]) == 0
+    try:
+        env = harness.ENV_FILE.read_text()
+        assert "export VMCTL_HYPERV_PASSWORD=start-pw" in env
+        assert (harness.ENV_FILE.stat().st_mode & 0o777) == 0o600
+        pid = int(harness.PIDS_FILE.read_text())
+        assert harness._pid_is_ours(pid)
+        assert harness.main(["status"]) == 0
+        assert harness.main(["start"]) == 0  # already running: nothing new
+        assert int(harness.PIDS_FILE.read_text()) == pid
+    finally:
+        assert harness.main(["stop"]) == 0
+    assert not harness.PIDS_FILE.exists() and not harness.ENV_FILE.exists()
+    deadline = time.monotonic() + 5
+    while harness._pid_is_ours(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not harness._pid_is_ours(pid)
+    assert harness.main(["status"]) == 3
