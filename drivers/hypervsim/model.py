@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import threading
 import time
 import uuid
@@ -12,6 +13,8 @@ from typing import Any
 
 from . import tables as T
 from .cim import Epr, Instance, Interval, Query, cimxml_instance, epr_of
+
+_PARENT_ID = re.compile(r'InstanceID="((?:[^"\\]|\\.)*)"')
 
 #: What the simulated guest OS calls itself (KVP OSName, GetSummaryInformation).
 GUEST_OS = "Ubuntu 22.04.4 LTS"
@@ -871,8 +874,21 @@ class World:
             return T.RC_INVALID_PARAMETER, {}
         name = str(settings.get("ElementName") or "New Virtual Machine")
         rasds = args.get("ResourceSettings") or []
+        ref = args.get("ReferenceConfiguration")
+        reference: list[Instance] | None = None
+        if ref is not None:
+            owner = (
+                self._vssd_owner(host, ref.selectors.get("InstanceID", ""))
+                if isinstance(ref, Epr)
+                else None
+            )
+            if owner is None:
+                return T.RC_INVALID_PARAMETER, {}
+            reference = owner[0].rasds if owner[1] is None else owner[1].rasds
         vm = self._new_vm(host, name, settings)
         vm.vssd["ElementName"] = name
+        if reference is not None:
+            self._copy_config(vm, reference)
         for r in rasds:
             rc = self._add_rasd(vm, r)
             if rc != T.RC_OK:
@@ -927,6 +943,15 @@ class World:
                 vssd[k] = settings[k]
         return self._job_out(host, "Modifying system settings", lambda: None)
 
+    def _parent_of(self, vm: VM, parent: str) -> Instance | None:
+        """The VM's resource settings a Parent path names (by its InstanceID key, however
+        the rest of the path is spelled)."""
+        m = _PARENT_ID.search(parent)
+        if m is None:
+            return None
+        iid = re.sub(r"\\(.)", r"\1", m.group(1)).lower()
+        return next((r for r in vm.rasds if str(r["InstanceID"]).lower() == iid), None)
+
     def _add_rasd(self, vm: VM, r: Any) -> int:
         if not isinstance(r, Instance):
             return T.RC_INVALID_PARAMETER
@@ -939,6 +964,14 @@ class World:
             return self._modify_rasd(vm, cur, r)
         props = {k: v for k, v in r.props.items() if v is not None and k != "InstanceID"}
         new = self._rasd(vm, sub, **props)
+        parent_types = T.PARENT_TYPES.get(sub)
+        if parent_types is not None:
+            # A drive hangs off a controller, a disk image off a drive, a connection off a
+            # port: Parent must name one of the VM's settings of that kind.
+            parent = self._parent_of(vm, str(new["Parent"] or ""))
+            if parent is None or parent["ResourceType"] not in parent_types:
+                return T.RC_INVALID_PARAMETER
+            new["Parent"] = parent.path(vm.host)
         if r.cls == "Msvm_StorageAllocationSettingData" and not new["HostResource"]:
             return T.RC_INVALID_PARAMETER
         if r.cls == "Msvm_SyntheticEthernetPortSettingData" and not new["Address"]:
@@ -946,6 +979,27 @@ class World:
             new["StaticMacAddress"] = False
         vm.rasds.append(new)
         return T.RC_OK
+
+    def _copy_config(self, vm: VM, rasds: list[Instance]) -> None:
+        """DefineSystem's ReferenceConfiguration: the reference's resources, re-keyed."""
+        paths: dict[str, str] = {}
+        out: list[Instance] = []
+        for r in rasds:
+            c = r.copy()
+            if c.cls == "Msvm_ProcessorSettingData":
+                c["InstanceID"] = f"Microsoft:{vm.guid}\\{T.PROCESSOR_ID_SUFFIX}"
+            elif c.cls == "Msvm_MemorySettingData":
+                c["InstanceID"] = f"Microsoft:{vm.guid}\\{T.MEMORY_ID_SUFFIX}"
+            else:
+                c["InstanceID"] = f"Microsoft:{vm.guid}\\{_guid()}"
+            if c.cls == "Msvm_SyntheticEthernetPortSettingData" and not c["StaticMacAddress"]:
+                c["Address"] = self._mac(vm, len(out))
+            paths[r.path(vm.host)] = c.path(vm.host)
+            out.append(c)
+        for c in out:
+            if c["Parent"] in paths:
+                c["Parent"] = paths[c["Parent"]]
+        vm.rasds = out
 
     def _m_AddResourceSettings(
         self, host: str, target: Instance, args: dict[str, Any]

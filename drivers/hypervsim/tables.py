@@ -784,6 +784,18 @@ SUBTYPES: dict[str, tuple[int, str]] = {
         "Msvm_EthernetPortAllocationSettingData",
     ),
 }
+#: Which ResourceType a setting's Parent must name (HV2/msvm-resourceallocationsettingdata,
+#: Parent: "the parent of the resource"; the HV2 samples attach a drive to a controller, a
+#: virtual hard disk to a drive, an ethernet connection to a port): drives on an IDE (5) or
+#: SCSI (6) controller, disk/CD images on a disk (17) or DVD (16) drive, connections on a
+#: port (10).
+PARENT_TYPES: dict[str, tuple[int, ...]] = {
+    "Microsoft:Hyper-V:Synthetic Disk Drive": (5, RT_SCSI),
+    "Microsoft:Hyper-V:Synthetic DVD Drive": (5, RT_SCSI),
+    "Microsoft:Hyper-V:Virtual Hard Disk": (RT_DISK, RT_DVD),
+    "Microsoft:Hyper-V:Virtual CD/DVD Disk": (RT_DISK, RT_DVD),
+    "Microsoft:Hyper-V:Ethernet Connection": (RT_ETHERNET_PORT,),
+}
 #: The fixed InstanceID suffixes Hyper-V gives a VM's processor and memory settings
 #: (``Microsoft:<VM GUID>\\<id>``; observed on hosts and used in the HV2 samples).
 PROCESSOR_ID_SUFFIX = "b637f346-6a0e-4dec-af52-bd70cb80a21d\\0"

@@ -531,3 +531,66 @@ def test_live_migration_between_hosts(w: WSMan, w2: WSMan, server: hypervsim.Sim
         [("ComputerSystem", ref), ("DestinationHost", server.hosts[1])],
     )
     assert int(out["ReturnValue"]) == T.RC_INVALID_PARAMETER
+
+
+def test_parent_rules_and_reference_configuration(w: WSMan) -> None:
+    guid = _define(w, "orphans")
+    vssd = epr("Msvm_VirtualSystemSettingData", InstanceID=_vssd_id(guid))
+    orphan = cimxml(
+        "Msvm_StorageAllocationSettingData",
+        HostResource=["C:\\x.vhdx"],
+        ResourceSubType="Microsoft:Hyper-V:Virtual Hard Disk",
+        Parent="\\\\H\\root\\virtualization\\v2:Msvm_ResourceAllocationSettingData."
+        'InstanceID="Microsoft:nope"',
+    )
+    out = invoke(
+        w,
+        VSMS,
+        "AddResourceSettings",
+        service(w, VSMS),
+        [("AffectedConfiguration", vssd), ("ResourceSettings", orphan)],
+    )
+    assert int(out["ReturnValue"]) == T.RC_INVALID_PARAMETER
+    conn = cimxml(
+        "Msvm_EthernetPortAllocationSettingData",
+        ResourceSubType="Microsoft:Hyper-V:Ethernet Connection",
+    )  # no Parent
+    out = invoke(
+        w,
+        VSMS,
+        "AddResourceSettings",
+        service(w, VSMS),
+        [("AffectedConfiguration", vssd), ("ResourceSettings", conn)],
+    )
+    assert int(out["ReturnValue"]) == T.RC_INVALID_PARAMETER
+    # a new VM from vm-03's configuration: its disk, a NIC of its own, re-keyed parents
+    ref_guid = vms(w)["vm-03"]["Name"]
+    clone = _define_from(w, "from-ref", ref_guid)
+    assoc = (
+        "ASSOCIATORS OF {{Msvm_VirtualSystemSettingData.InstanceID='Microsoft:{}'}} "
+        "WHERE AssocClass = Msvm_VirtualSystemSettingDataComponent ResultClass = {}"
+    )
+    disks = query(w, assoc.format(clone, "Msvm_StorageAllocationSettingData"))
+    ref_disks = query(w, assoc.format(ref_guid, "Msvm_StorageAllocationSettingData"))
+    assert disks[0]["HostResource"] == ref_disks[0]["HostResource"]
+    assert clone in disks[0]["Parent"] and ref_guid not in disks[0]["Parent"]
+    nics = query(w, assoc.format(clone, "Msvm_SyntheticEthernetPortSettingData"))
+    ref_nics = query(w, assoc.format(ref_guid, "Msvm_SyntheticEthernetPortSettingData"))
+    assert nics[0]["Address"] != ref_nics[0]["Address"]
+    conns = query(w, assoc.format(clone, "Msvm_EthernetPortAllocationSettingData"))
+    assert conns[0]["Parent"].endswith(
+        f'InstanceID="{nics[0]["InstanceID"]}"'.replace("\\", "\\\\")
+    )
+
+
+def _define_from(w: WSMan, name: str, ref_guid: str) -> str:
+    params: list[tuple[str, Any]] = [
+        ("SystemSettings", cimxml("Msvm_VirtualSystemSettingData", ElementName=name)),
+        (
+            "ReferenceConfiguration",
+            epr("Msvm_VirtualSystemSettingData", InstanceID=_vssd_id(ref_guid)),
+        ),
+    ]
+    out = invoke(w, VSMS, "DefineSystem", service(w, VSMS), params)
+    assert wait_job(w, out)["JobState"] == "7"
+    return epr_selector(out["ResultingSystem"], "Name")
