@@ -111,6 +111,7 @@ def thumbprint(certfile: str) -> str:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
+    timeout = 300  # an idle keep-alive connection is dropped after this many seconds
     # Per-connection state: WinRM authenticates the connection (NTLM is connection-bound).
     authenticated = False
     ntlm: NtlmAcceptor | None = None
@@ -157,16 +158,40 @@ class _Handler(BaseHTTPRequestHandler):
             hdrs = [("WWW-Authenticate", s) for s in T.AUTH_SCHEMES]
         self._send(401, b"", hdrs)
 
-    def do_POST(self) -> None:
+    def _read_body(self) -> bytes | None:
+        """The request body (Content-Length or chunked), always consumed so the connection
+        stays in step; None when it cannot be read."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            out = b""
+            while True:
+                line = self.rfile.readline(1024)
+                try:
+                    size = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    return None
+                if size == 0:
+                    while self.rfile.readline(1024).strip():
+                        pass  # trailers
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline(8)
+                if len(out) > MAX_BODY:
+                    return None
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
-            length = -1
+            return None
         if length < 0 or length > MAX_BODY:
+            return None
+        return self.rfile.read(length)
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        if raw is None:
             self._send(400)
             self.close_connection = True
             return
-        body = self.rfile.read(length)  # always consumed: the connection stays in step
+        body = raw
         if self.path.split("?")[0].rstrip("/").lower() != T.WSMAN_PATH:
             self._send(404)
             return

@@ -484,3 +484,26 @@ def test_identify(server: hypervsim.SimServer) -> None:
     assert resp is not None
     assert resp.findtext(f"{{{wsmid}}}ProtocolVersion") == NS_W
     assert resp.findtext(f"{{{wsmid}}}ProductVendor") == "Microsoft Corporation"
+
+
+def test_chunked_request_body(server: hypervsim.SimServer) -> None:
+    data = envelope(
+        T.A_ENUMERATE,
+        V2 + "Msvm_VirtualEthernetSwitch",
+        ET.tostring(enum_body(), encoding="unicode"),
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=10)
+    token = base64.b64encode(f"{server.username}:{PASSWORD}".encode()).decode()
+    conn.request(
+        "POST",
+        "/wsman",
+        body=iter([data[:100], data[100:]]),
+        encode_chunked=True,
+        headers={
+            "Content-Type": "application/soap+xml;charset=UTF-8",
+            "Authorization": f"Basic {token}",
+            "Transfer-Encoding": "chunked",
+        },
+    )
+    resp = conn.getresponse()
+    assert resp.status == 200 and b"EnumerateResponse" in resp.read()
