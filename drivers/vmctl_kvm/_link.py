@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -153,14 +154,16 @@ class EventHub:
         """One wait until the generation moves past ``seen`` (an event came, or the connection
         changed), or ``timeout``. Whether it moved."""
         with self.changed:
-            return self.changed.wait_for(lambda: self.generation != seen, timeout=timeout)
+            return self.changed.wait_for(lambda: self.generation != seen, timeout=waitable(timeout))
 
     def wait_removed(self, uuid: str, alias: str, timeout: float, gone: Callable[[], bool]) -> bool:
         """One wait for libvirt's DEVICE_REMOVED event of ``alias`` on domain ``uuid`` (or for
         ``gone()``, checked when the connection changed), up to ``timeout``."""
         key = (uuid, alias)
         with self.changed:
-            return self.changed.wait_for(lambda: key in self.removed or gone(), timeout=timeout)
+            return self.changed.wait_for(
+                lambda: key in self.removed or gone(), timeout=waitable(timeout)
+            )
 
     def device_removed(self, _conn: Any, dom: Any, dev: str, _opaque: Any) -> None:
         try:
@@ -203,6 +206,11 @@ class EventHub:
             self.bump()
 
 
+def waitable(seconds: float) -> float | None:
+    """A timeout for threading waits: None for a deadline that never passes (``inf``)."""
+    return None if math.isinf(seconds) else seconds
+
+
 def _on_worker(name: str, fn: Callable[[], Any], timeout: float) -> tuple[bool, Any, Any]:
     """Run ``fn()`` on a daemon thread and wait up to ``timeout``: (done, result, error)."""
     box: dict[str, Any] = {}
@@ -215,7 +223,7 @@ def _on_worker(name: str, fn: Callable[[], Any], timeout: float) -> tuple[bool, 
 
     t = threading.Thread(target=work, name=name, daemon=True)
     t.start()
-    t.join(timeout)
+    t.join(waitable(timeout))
     if t.is_alive():
         return False, None, None
     return True, box.get("result"), box.get("error")

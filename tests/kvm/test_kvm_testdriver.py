@@ -118,3 +118,28 @@ def test_kit_on_test_driver(tmp_path: Path) -> None:
     statuses = {cid: r.status for cid, r in report.results.items()}
     assert statuses["LIFE-SUSPEND-1"] == "pass"
     assert statuses["LIFE-SHUTDOWN-1"] == "not-supported"
+
+
+def test_refused_create_removes_what_it_made(test_hv: vmctl.Hypervisor) -> None:
+    """The domain is defined first and the volumes made after it: when libvirt refuses the
+    second volume (no space in the pool), the first volume and the domain are removed, and
+    nothing is left behind."""
+    import libvirt
+
+    name = PREFIX + "refused"
+    with pytest.raises(vmctl.VmctlError, match="free space") as err:
+        test_hv.create_vm(
+            VMSpec(
+                name=name,
+                memory_mib=64,
+                disks=[DiskSpec(size_mib=8), DiskSpec(size_mib=60_000_000)],
+            )
+        )
+    assert err.value.left_behind == ()
+    assert name not in {i.name for i in test_hv.list_vms()}
+    conn = libvirt.open("test:///default")  # the same in-process host, a second client
+    try:
+        vols = conn.storagePoolLookupByName("default-pool").listVolumes()
+    finally:
+        conn.close()
+    assert not [v for v in vols if v.startswith(name)]

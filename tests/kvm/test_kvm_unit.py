@@ -138,3 +138,25 @@ def test_no_password_in_errors() -> None:
         )
     text = f"{err.value} {err.value!r} {err.value.__cause__}"
     assert "s3cret-pw" not in text
+
+
+def test_deadline_that_never_passes() -> None:
+    """Deadline.never() (timeout=None) waits without a bound; threading's waits take None,
+    not inf."""
+    pytest.importorskip("libvirt")
+    driver = KvmDriver.open(_params("test:///default"), deadline=Deadline.never())
+    try:
+        info = driver.create_vm(
+            vmctl.VMSpec(name="vmctl-kvmtest-never", memory_mib=64), deadline=Deadline.never()
+        )
+        try:
+            assert driver.get_vm(info.uuid, deadline=Deadline.never()).name == info.name
+            driver.start(info.uuid, deadline=Deadline.never())
+            changed = driver.wait_changes({info.uuid: info}, deadline=Deadline.never())
+            assert changed[info.uuid] is not None
+            assert changed[info.uuid].state is PowerState.RUNNING  # type: ignore[union-attr]
+            driver.power_off(info.uuid, deadline=Deadline.never())
+        finally:
+            driver.delete_vm(info.uuid, deadline=Deadline.never())
+    finally:
+        driver.close()
