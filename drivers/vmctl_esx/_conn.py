@@ -290,12 +290,14 @@ class Connection:
             with self._garbage_lock:
                 self._garbage.clear()  # they died with the old session
 
-    def close(self) -> None:
+    def close(self, deadline: Deadline | None = None) -> None:
+        """Log out (within ``deadline``, at most 10 s) and drop the connections; never
+        raises. A Logout that cannot be sent in time leaves the session to expire."""
         with self._login_lock:
             if self._closed:
                 return
             self._closed = True
-        with self.within(Deadline.after(10)):
+        with self.within((deadline or Deadline.never()).sooner(10)):
             try:
                 self.content.sessionManager.Logout()
                 log.debug("logged out of %s", self.where)

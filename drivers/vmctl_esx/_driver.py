@@ -311,7 +311,7 @@ class EsxDriver(
                 )
             return driver
         except BaseException:
-            conn.close()
+            conn.close(deadline)
             raise
 
     @classmethod
@@ -1679,9 +1679,9 @@ class _EventSource:
 
     def next_event(self, timeout: float) -> Event | None:
         deadline = time.monotonic() + max(timeout, 0.0)
-        # Each SOAP call: the poll's own wait (whole seconds) plus a margin.
-        with self.d.conn.within(Deadline.after(max(timeout, 0.0) + 5.0)):
-            while not self.closed:  # reads the queue until the deadline (no retry)
+        # Each SOAP call: the poll's own wait (whole seconds, rounded up) plus a margin.
+        with self.d.conn.within(Deadline.after(max(timeout, 0.0) + 1.5)):
+            while not self.closed:  # reads the queue until the deadline (one try to repair)
                 try:
                     return self.queue.get_nowait()
                 except queue.Empty:
@@ -1702,8 +1702,8 @@ class _EventSource:
                         raise err from exc
                     log.info("events of %s: %s; subscribing again", self.d.scope.name, err)
                     self.broken = True
-                    if time.monotonic() < deadline:
-                        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                    # Nothing can come before the timeout: the next call tries again.
+                    time.sleep(max(0.0, deadline - time.monotonic()))
                 if time.monotonic() >= deadline:
                     try:
                         return self.queue.get_nowait()
