@@ -429,7 +429,7 @@ class Connection:
             _apply(state, first)
             if done(state):
                 return state
-            wait = max(1, min(MAX_POLL_S, math.floor(deadline.remaining())))
+            wait = max(1, math.floor(min(MAX_POLL_S, deadline.remaining())))  # inf: never
             try:
                 update = collector.WaitForUpdatesEx(
                     version=first.version, options=pcq.WaitOptions(maxWaitSeconds=wait)

@@ -121,3 +121,21 @@ def test_task_fault_from_task_info(esx_sim: VcsimServer, esx_admin: Admin) -> No
             assert isinstance(outcome.error.__cause__, vim.fault.InvalidPowerState)
         finally:
             vm.delete()
+
+
+def test_waits_without_a_deadline(esx_sim: VcsimServer, esx_admin: Admin) -> None:
+    """A request with no timeout (Deadline.never(), remaining() is inf) waits in bounded
+    long polls."""
+    with vmctl.connect(esx_sim.uri, password=esx_sim.password, cafile=str(esx_sim.cafile)) as hv:
+        vm = hv.create_vm(vmctl.VMSpec(name=f"w-never-{time.monotonic_ns()}"))
+        try:
+            driver: Any = hv._driver
+            thread = _power_on_later(esx_admin, [vm.uuid], 1.0)
+            changed: dict[str, Any] = {}
+            while not changed:  # a long poll may end with nothing: call again
+                changed = driver.wait_changes({vm.uuid: vm.info()}, deadline=Deadline.never())
+            thread.join()
+            assert changed[vm.uuid].state is S.RUNNING
+            assert vm.power_off(timeout=None).state is S.STOPPED
+        finally:
+            vm.delete(force=True)
