@@ -188,3 +188,29 @@ def test_start_interrupted(
         assert vm.info().state in (PowerState.STOPPED, PowerState.RUNNING)
     finally:
         vm.delete(force=True, timeout=60)
+
+
+def test_create_cleanup_bounded_by_one_rpc_timeout(
+    hv: vmctl.Hypervisor, hosts: Any, kvm_harness: Any
+) -> None:
+    """A short timeout and a longer rpc_timeout: the volume step times out first, then the
+    clean-up waits at most one RPC timeout (until the keepalive gives the silent libvirtd
+    up) and names what it could not remove."""
+    timeout, rpc = 2.0, 6.0
+    name = f"{PREFIX}fault-cleanup"
+    spec = VMSpec(name=name, memory_mib=128, disks=[DiskSpec(size_mib=16)])
+    with vmctl.connect(
+        vmctl_uri(hosts.uri, hosts, rpc_timeout=str(int(rpc))), timeouts=vmctl.Timeouts(30)
+    ) as slow:
+        with fault_at("virStoragePool", "createXML", "stop", hosts, kvm_harness) as fired:
+            err, took = _timed(lambda: slow.create_vm(spec, timeout=timeout))
+        assert fired
+    print(
+        f"\ncreate_vm(timeout=2) rpc_timeout=6 stopped at volume: {type(err).__name__} {took:.2f} s"
+    )
+    assert isinstance(err, vmctl.OutcomeUnknown), err
+    assert timeout <= took <= timeout + rpc + MARGIN, took
+    assert [k for k, _ in err.left_behind] == ["vm", "disk"]
+    with contextlib.suppress(vmctl.NotFound):
+        hv.vm(err.left_behind[0][1]).delete(force=True, timeout=60)
+    assert _leftovers(hosts, name) == ([], [])
