@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         help="HTTPS with a generated self-signed certificate (the default)",
     )
     tls.add_argument("--no-tls", dest="tls", action="store_false", help="plain HTTP")
+    p.add_argument(
+        "--http-too",
+        action="store_true",
+        help="with --tls, also a plain-HTTP endpoint per host (as WinRM's 5985 beside 5986)",
+    )
+    p.add_argument("--http-port", type=int, default=0, help="first host's HTTP port for --http-too")
     p.add_argument("--cert", help="PEM certificate (default: generate one)")
     p.add_argument("--key", help="PEM private key for --cert")
     p.add_argument(
@@ -80,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         guest_delay=a.guest_delay,
         host_memory_gib=a.host_memory,
     )
-    srv = SimServer(cfg, port=a.port, tls=a.tls, certfile=a.cert, keyfile=a.key, verbose=a.verbose)
+    srv = SimServer(
+        cfg,
+        port=a.port,
+        tls=a.tls,
+        certfile=a.cert,
+        keyfile=a.key,
+        verbose=a.verbose,
+        http_too=a.http_too,
+        http_port=a.http_port,
+    )
     cafile = os.path.abspath(a.cert) if a.cert and srv.cafile else srv.cafile
     done = threading.Event()
 
@@ -90,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     srv.start()
-    ready = {
+    ready: dict[str, object] = {
         "url": srv.url,
         "urls": srv.urls,
         "ports": srv.ports,
@@ -100,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         "username": a.username,
         "pid": os.getpid(),
     }
+    if srv.http_urls:
+        ready["http_urls"] = srv.http_urls
+        ready["http_ports"] = srv.http_ports
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     done.wait()

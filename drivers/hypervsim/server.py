@@ -353,6 +353,8 @@ class SimServer:
         certfile: str | None = None,
         keyfile: str | None = None,
         verbose: bool = False,
+        http_too: bool = False,
+        http_port: int = 0,
     ) -> None:
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError("hypervsim listens on 127.0.0.1 only")
@@ -386,6 +388,26 @@ class SimServer:
         self.port = self.ports[0]
         self.url = self.urls[0]
         self.tls = tls
+        # A WinRM host usually has both listeners (5985 HTTP, 5986 HTTPS): with TLS,
+        # http_too adds a plain-HTTP endpoint per host onto the same world.
+        self.http_ports: list[int] = []
+        self.http_urls: list[str] = []
+        if tls and http_too:
+            plain = [
+                _HTTPServer(
+                    ("127.0.0.1", http_port + i if http_port else 0),
+                    name,
+                    self.world,
+                    self.service,
+                    None,
+                    None,
+                    verbose,
+                )
+                for i, name in enumerate(self.world.hosts)
+            ]
+            self.httpds += plain
+            self.http_ports = [int(h.server_address[1]) for h in plain]
+            self.http_urls = [f"http://127.0.0.1:{p}{T.WSMAN_PATH}" for p in self.http_ports]
         self._threads = [
             threading.Thread(target=h.serve_forever, name=f"hypervsim-{h.host_name}", daemon=True)
             for h in self.httpds
@@ -444,6 +466,7 @@ def serve(
     guest_delay: float = 0.3,
     host_memory_gib: int = 64,
     verbose: bool = False,
+    http_too: bool = False,
 ) -> Iterator[SimServer]:
     """Run a simulated Hyper-V cluster on 127.0.0.1 for the duration of a ``with`` block."""
     cfg = Config(
@@ -456,7 +479,7 @@ def serve(
         guest_delay=guest_delay,
         host_memory_gib=host_memory_gib,
     )
-    srv = SimServer(cfg, port=port, tls=tls, verbose=verbose).start()
+    srv = SimServer(cfg, port=port, tls=tls, verbose=verbose, http_too=http_too).start()
     try:
         yield srv
     finally:

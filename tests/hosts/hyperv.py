@@ -15,6 +15,8 @@ env file)::
     VMCTL_HYPERV_HOSTS=HVHOST1,HVHOST2   # the names MigrateVirtualSystemToHost takes
     VMCTL_HYPERV_USER=Administrator  VMCTL_HYPERV_PASSWORD=...
     VMCTL_HYPERV_CAFILE=.hosts/hyperv-tls/cert.pem  VMCTL_HYPERV_THUMBPRINT=AA:BB:...
+    VMCTL_HYPERV_HTTP_URL=http://127.0.0.1:PORT3/wsman  VMCTL_HYPERV_OTHER_HTTP_URL=...
+                                     # the same hosts' plain-HTTP listeners (TLS runs only)
 
 With ``--no-tls`` the URIs end in ``?transport=http`` and the URLs are ``http://``.
 
@@ -72,6 +74,7 @@ class HypervSim:
     username: str
     password: str
     tls: bool
+    http_urls: list[str] = dataclasses.field(default_factory=list)
     process: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False)
 
     def _uri(self, i: int) -> str:
@@ -99,6 +102,7 @@ class HypervSim:
             "username": self.username,
             "uri": self.uri,
             "other_uri": self.other_uri,
+            "http_urls": self.http_urls,
         }
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -158,7 +162,8 @@ def start_simulator(
         args += ["--op-delay", str(op_delay)]
     if tls:
         cert, key = ensure_cert()
-        args += ["--tls", "--cert", str(cert), "--key", str(key)]
+        # Both listeners, as a WinRM host has (5986 HTTPS and 5985 HTTP).
+        args += ["--tls", "--http-too", "--cert", str(cert), "--key", str(key)]
     else:
         args += ["--no-tls"]
     out_path = log_file or (HOSTS_DIR / f"hyperv-{os.getpid()}-{time.monotonic_ns()}.out")
@@ -189,7 +194,8 @@ def start_simulator(
     return HypervSim(
         pid=proc.pid, urls=list(ready["urls"]), ports=[int(p) for p in ready["ports"]],
         hosts=list(ready["hosts"]), cafile=ready["cafile"], thumbprint=ready["thumbprint"],
-        username=username, password=password, tls=tls, process=proc,
+        username=username, password=password, tls=tls,
+        http_urls=list(ready.get("http_urls", [])), process=proc,
     )  # fmt: skip
 
 
@@ -247,6 +253,9 @@ def env_lines(sim: HypervSim) -> list[str]:
         "VMCTL_HYPERV_CAFILE": sim.cafile or "",
         "VMCTL_HYPERV_THUMBPRINT": sim.thumbprint or "",
     }
+    if sim.http_urls:  # the same hosts' plain-HTTP listeners
+        values["VMCTL_HYPERV_HTTP_URL"] = sim.http_urls[0]
+        values["VMCTL_HYPERV_OTHER_HTTP_URL"] = sim.http_urls[min(1, len(sim.http_urls) - 1)]
     return shell_exports(values)
 
 

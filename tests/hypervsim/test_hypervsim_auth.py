@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 import spnego
-from hypervsim_helpers import V2, client, enum_body, enumerate_all, to_dict
+from hypervsim_helpers import V2, client, enum_body, enumerate_all, selectors, to_dict
 from pypsrp.exceptions import AuthenticationError
 from pypsrp.wsman import WSMan
 
@@ -391,3 +391,39 @@ def test_harness_start_status_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         time.sleep(0.05)
     assert not harness._pid_is_ours(pid)
     assert harness.main(["status"]) == 3
+
+
+def test_both_listeners_share_the_world() -> None:
+    with hypervsim.serve(hosts=1, vms=1, tls=True, http_too=True, password="both-pw") as srv:
+        assert srv.http_urls and srv.http_urls[0].startswith("http://")
+        tls_client = client(srv, auth="ntlm")
+        plain = WSMan(
+            "127.0.0.1",
+            port=srv.http_ports[0],
+            username=srv.username,
+            password=srv.password,
+            ssl=False,
+            auth="basic",
+            encryption="never",
+            path="wsman",
+        )
+        guid = vms_of(tls_client)["vm-01"]
+        body = (
+            f"<p:RequestStateChange_INPUT xmlns:p='{V2}Msvm_ComputerSystem'>"
+            f"<p:RequestedState>2</p:RequestedState></p:RequestStateChange_INPUT>"
+        )
+        uri = V2 + "Msvm_ComputerSystem"
+        sels = selectors(CreationClassName="Msvm_ComputerSystem", Name=guid)
+        plain.invoke(uri + "/RequestStateChange", uri, ET.fromstring(body), selector_set=sels)
+        states = [
+            to_dict(e)["EnabledState"] for e in enumerate_all(tls_client, "Msvm_ComputerSystem")
+        ]
+        assert states[1] in ("10", "2")  # the HTTPS endpoint sees the start the HTTP one asked
+
+
+def vms_of(w: WSMan) -> dict[str, str]:
+    return {
+        d["ElementName"]: d["Name"]
+        for d in (to_dict(e) for e in enumerate_all(w, "Msvm_ComputerSystem"))
+        if d["Caption"] == "Virtual Machine"
+    }
