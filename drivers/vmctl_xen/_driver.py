@@ -392,6 +392,25 @@ class XenDriver(
         except Exception as exc:
             raise _errors.from_exception(what, exc) from exc
 
+    @contextlib.contextmanager
+    def _unchanged(self) -> Iterator[None]:
+        """The reads a request makes before it changes anything: a connection lost there
+        left nothing done, so the request is safe to repeat (``sent=False`` for it, though
+        the read itself may have reached the host)."""
+        try:
+            yield
+        except OutcomeUnknown:
+            raise
+        except ConnectionError as exc:
+            if exc.sent is False:
+                raise
+            err = ConnectionError(
+                f"{exc.message} (before anything was changed)",
+                sent=False,
+                vendor_code=exc.vendor_code,
+            )
+            raise err from exc
+
     def _call(self, what: str, method: str, *args: Any, deadline: Deadline) -> Any:
         with self._mapped(what):
             return self._c.call(method, *args, deadline=deadline)
@@ -849,10 +868,12 @@ class XenDriver(
                 field="disks",
             )
         # Resolve everything that can be missing before anything is created.
-        nets = [self._network(n.network, deadline) for n in spec.nics]
-        srs = [self._sr(d.pool, deadline) for d in spec.disks]
-        iso = self._iso(spec.boot.iso, deadline) if spec.boot and spec.boot.iso else None
-        if self._name_taken(spec.name, deadline):
+        with self._unchanged():
+            nets = [self._network(n.network, deadline) for n in spec.nics]
+            srs = [self._sr(d.pool, deadline) for d in spec.disks]
+            iso = self._iso(spec.boot.iso, deadline) if spec.boot and spec.boot.iso else None
+            taken = self._name_taken(spec.name, deadline)
+        if taken:
             raise AlreadyExists(
                 f"a VM named {spec.name!r} already exists in the pool at {self.uri.host}"
             )
@@ -1188,7 +1209,8 @@ class XenDriver(
         return gone
 
     def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         what = f"delete VM {rec['name_label']!r}"
         if rec.get("power_state") == "Suspended":
             # Discard the saved state first, so its suspend image goes too.
@@ -1204,14 +1226,16 @@ class XenDriver(
         return gone
 
     def start(self, uuid: str, *, deadline: Deadline) -> Task:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         what = f"start VM {rec['name_label']!r}"
         if self.scope is not None:
             return self._task(what, "VM.start_on", ref, self.scope, False, False, deadline=deadline)
         return self._task(what, "VM.start", ref, False, False, deadline=deadline)
 
     def power_off(self, uuid: str, *, deadline: Deadline) -> Task:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         return self._task(
             f"power off VM {rec['name_label']!r}", "VM.hard_shutdown", ref, deadline=deadline
         )
@@ -1256,34 +1280,40 @@ class XenDriver(
         # xapi says it is valid after all (allowed_operations was stale): go on.
 
     def shutdown(self, uuid: str, *, deadline: Deadline) -> Task:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
+            self._assert_guest_can(ref, rec, "clean_shutdown", "shut down", deadline)
         what = f"shut down VM {rec['name_label']!r}"
-        self._assert_guest_can(ref, rec, "clean_shutdown", "shut down", deadline)
         return self._task(what, "VM.clean_shutdown", ref, deadline=deadline)
 
     def reboot(self, uuid: str, *, deadline: Deadline) -> Task:
-        ref, rec = self._vm(uuid, deadline)
-        self._assert_guest_can(ref, rec, "clean_reboot", "reboot", deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
+            self._assert_guest_can(ref, rec, "clean_reboot", "reboot", deadline)
         return self._task(
             f"reboot VM {rec['name_label']!r}", "VM.clean_reboot", ref, deadline=deadline
         )
 
     def reset(self, uuid: str, *, deadline: Deadline) -> Task:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         return self._task(
             f"reset VM {rec['name_label']!r}", "VM.hard_reboot", ref, deadline=deadline
         )
 
     def pause(self, uuid: str, *, deadline: Deadline) -> Task:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         return self._task(f"pause VM {rec['name_label']!r}", "VM.pause", ref, deadline=deadline)
 
     def unpause(self, uuid: str, *, deadline: Deadline) -> Task:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         return self._task(f"unpause VM {rec['name_label']!r}", "VM.unpause", ref, deadline=deadline)
 
     def suspend(self, uuid: str, *, deadline: Deadline) -> Task:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         what = f"suspend VM {rec['name_label']!r}"
         if self.scope is not None and rec.get("affinity") != self.scope:
             # A suspended VM is resident nowhere: its affinity keeps it in this host's
@@ -1292,7 +1322,8 @@ class XenDriver(
         return self._task(what, "VM.suspend", ref, deadline=deadline)
 
     def resume_suspended(self, uuid: str, *, deadline: Deadline) -> Task:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         return self._resume(
             ref, f"resume VM {rec['name_label']!r}", paused=False, deadline=deadline
         )
@@ -1307,7 +1338,8 @@ class XenDriver(
     # -- reconfiguration ------------------------------------------------------------------
 
     def set_vcpus(self, uuid: str, vcpus: int, *, live: bool, deadline: Deadline) -> None:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         what = f"set vCPUs of VM {rec['name_label']!r}"
         if live:
             raise InvalidState(
@@ -1323,7 +1355,8 @@ class XenDriver(
             self._call(what, method, ref, str(vcpus), deadline=deadline)
 
     def set_memory(self, uuid: str, memory_mib: int, *, live: bool, deadline: Deadline) -> None:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         what = f"set memory of VM {rec['name_label']!r}"
         if live:
             raise InvalidState(
@@ -1348,7 +1381,8 @@ class XenDriver(
         )
 
     def set_resources(self, uuid: str, resources: Resources, *, deadline: Deadline) -> None:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         what = f"set resources of VM {rec['name_label']!r}"
         if resources.cpu_shares is not None:
             self._check_weight(resources.cpu_shares)
@@ -1401,12 +1435,14 @@ class XenDriver(
     # -- devices --------------------------------------------------------------------------
 
     def add_disk(self, uuid: str, disk: DiskSpec, *, live: bool, deadline: Deadline) -> DiskInfo:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         what = f"add a disk to VM {rec['name_label']!r}"
         if disk.source:
             raise ValidationError("the xen driver creates blank disks only", field="source")
-        sr = self._sr(disk.pool, deadline)
-        free = self._call(what, "VM.get_allowed_VBD_devices", ref, deadline=deadline)
+        with self._unchanged():
+            sr = self._sr(disk.pool, deadline)
+            free = self._call(what, "VM.get_allowed_VBD_devices", ref, deadline=deadline)
         if not free:
             raise InvalidState(f"{what}: no free disk slot")
         userdevice = sorted(free, key=lambda d: int(d) if d.isdigit() else 99)[0]
@@ -1467,9 +1503,10 @@ class XenDriver(
         raise NotFound(f"no disk in slot {userdevice}")
 
     def remove_disk(self, uuid: str, disk_id: str, *, live: bool, deadline: Deadline) -> None:
-        _ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            _ref, rec = self._vm(uuid, deadline)
+            disks, _nics = self._devices(rec, deadline)
         what = f"remove disk {disk_id} from VM {rec['name_label']!r}"
-        disks, _nics = self._devices(rec, deadline)
         hit = [d for d in disks if _disk_id(str(d[1].get("userdevice"))) == disk_id]
         if not hit:
             raise NotFound(f"VM {rec['name_label']!r} has no disk {disk_id!r}")
@@ -1481,10 +1518,11 @@ class XenDriver(
             self._call(what, "VDI.destroy", b["VDI"], deadline=deadline)
 
     def add_nic(self, uuid: str, nic: NicSpec, *, live: bool, deadline: Deadline) -> NicInfo:
-        ref, rec = self._vm(uuid, deadline)
-        what = f"add a NIC to VM {rec['name_label']!r}"
-        net, netrec = self._network(nic.network, deadline)
-        free = self._call(what, "VM.get_allowed_VIF_devices", ref, deadline=deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
+            what = f"add a NIC to VM {rec['name_label']!r}"
+            net, netrec = self._network(nic.network, deadline)
+            free = self._call(what, "VM.get_allowed_VIF_devices", ref, deadline=deadline)
         if not free:
             raise InvalidState(f"{what}: no free NIC slot")
         device = sorted(free, key=lambda d: int(d) if d.isdigit() else 99)[0]
@@ -1510,9 +1548,10 @@ class XenDriver(
         return self._nic_info(self._call(what, "VIF.get_record", vif, deadline=deadline), deadline)
 
     def remove_nic(self, uuid: str, nic_id: str, *, live: bool, deadline: Deadline) -> None:
-        _ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            _ref, rec = self._vm(uuid, deadline)
+            _disks, nics = self._devices(rec, deadline)
         what = f"remove NIC {nic_id} from VM {rec['name_label']!r}"
-        _disks, nics = self._devices(rec, deadline)
         hits = [n for n in nics if _nic_id(str(n[1].get("device"))) == nic_id]
         if not hits:
             raise NotFound(f"VM {rec['name_label']!r} has no NIC {nic_id!r}")
@@ -1568,7 +1607,8 @@ class XenDriver(
     def create_snapshot(
         self, uuid: str, name: str, *, memory: bool, description: str, deadline: Deadline
     ) -> SnapshotInfo:
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         what = f"snapshot VM {rec['name_label']!r}"
         if memory and rec.get("power_state") != "Running":
             # xapi_vm_clone.ml: a checkpoint keeps memory only of a Running (or Suspended) VM;
@@ -1605,8 +1645,9 @@ class XenDriver(
         raise NotFound(f"VM {rec['name_label']!r} has no snapshot {snapshot_id!r}")
 
     def revert_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> Task | None:
-        ref, rec = self._vm(uuid, deadline)
-        sref, snap = self._snapshot_ref(rec, snapshot_id, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
+            sref, snap = self._snapshot_ref(rec, snapshot_id, deadline)
         what = f"revert VM {rec['name_label']!r} to {snap['name_label']!r}"
         self._run(what, "VM.revert", sref, deadline=deadline)
         # A checkpoint reverts to Suspended (xapi_vm_snapshot.ml); resume it to the state
@@ -1618,16 +1659,19 @@ class XenDriver(
         return None
 
     def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> None:
-        _ref, rec = self._vm(uuid, deadline)
-        sref, snap = self._snapshot_ref(rec, snapshot_id, deadline)
+        with self._unchanged():
+            _ref, rec = self._vm(uuid, deadline)
+            sref, snap = self._snapshot_ref(rec, snapshot_id, deadline)
         what = f"delete snapshot {snap['name_label']!r} of VM {rec['name_label']!r}"
         self._destroy_vm(sref, snap, what, deadline)
 
     # -- clone and migrate ----------------------------------------------------------------
 
     def clone_vm(self, uuid: str, name: str, *, linked: bool, deadline: Deadline) -> VMInfo:
-        ref, rec = self._vm(uuid, deadline)
-        if self._name_taken(name, deadline):
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
+            taken = self._name_taken(name, deadline)
+        if taken:
             raise AlreadyExists(
                 f"a VM named {name!r} already exists in the pool at {self.uri.host}"
             )
@@ -1683,7 +1727,8 @@ class XenDriver(
                 "the target names no host: connect to it with xen://master?host=NAME",
                 field="target",
             )
-        ref, rec = self._vm(uuid, deadline)
+        with self._unchanged():
+            ref, rec = self._vm(uuid, deadline)
         what = f"migrate VM {rec['name_label']!r} to {target.scope_name}"
         if live:
             self._run(

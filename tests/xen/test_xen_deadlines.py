@@ -474,3 +474,23 @@ def test_events_go_on_after_the_session_expires(
             if ev is not None and ev.vm_uuid == vm.uuid:
                 seen.append(ev.kind)
     assert seen[0] is vmctl.EventKind.CREATED and seen[-1] is vmctl.EventKind.DELETED, seen
+
+
+def test_a_read_lost_before_any_change_is_repeated(host: Host, proxy: Any) -> None:
+    # A request's first reads change nothing: a connection lost there is sent=False for the
+    # request, so the core reconnects and repeats it (a lost Async.VM.start would not be).
+    with through(proxy) as hv:
+        vm = hv.create_vm(VMSpec(name=name("reread")))
+        proxy.add("VM.get_record", "drop")
+        assert vm.start(timeout=30).state is S.RUNNING
+        assert proxy.methods.count("session.login_with_password") == 2  # one reconnect
+        proxy.add("VM.get_by_name_label", "drop")
+        again = hv.create_vm(VMSpec(name=name("reread")), timeout=30)
+        assert proxy.methods.count("session.login_with_password") == 3
+        # A lost Async call is OutcomeUnknown for the core, which looks at the VM and, as
+        # it is still running, sends the power-off again.
+        proxy.add("Async.VM.hard_shutdown", "drop")
+        assert vm.power_off(timeout=30).state is S.STOPPED
+        assert proxy.methods.count("Async.VM.hard_shutdown") == 2
+        vm.delete()
+        again.delete()
