@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .._capabilities import RESOURCE_CAPABILITIES, Capability
 from .._deadline import Deadline
 from .._diskaccess import ExtentData
-from .._errors import InvalidState, NotFound, ValidationError, VmctlError
+from .._errors import AlreadyExists, InvalidState, NotFound, ValidationError, VmctlError
 from .._model import DiskBus, DiskSpec, GuestOS, NicSpec, Resources, VMSpec
 from .._state import PowerState
 from .._validate import check_name
@@ -254,7 +254,13 @@ def restore(
         return vm
     conn.require(Capability.CREATE, "restore a backup into a new VM")
     spec = spec_from(m, name or m.vm_name, pool, hv.capabilities)
-    vm = hv.create_vm(spec, timeout=max(deadline.remaining(), 0.001) if timeout else None)
+    try:
+        vm = hv.create_vm(spec, timeout=max(deadline.remaining(), 0.001) if timeout else None)
+    except AlreadyExists as exc:
+        raise AlreadyExists(
+            f"{exc}: give the restored VM another name (name=...), or write the backup back "
+            "into the original VM's disks with replace=True"
+        ) from exc
     try:
         targets = _disk_ids(vm, m, by_id=False)
         RestoreJob(repo, m, vm, zeroes=False, progress=progress, deadline=deadline).run(targets)

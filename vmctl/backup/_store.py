@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 #: Attempts of one storage call that failed for a reason that may pass (a dropped
 #: connection, a throttled request), and the first pause between them (doubling).
-ATTEMPTS, FIRST_PAUSE = 3, 0.2
+ATTEMPTS, FIRST_PAUSE = 2, 0.2
 TMP_MARK = ".tmp-"
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
