@@ -43,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._files import read_pids, shell_exports, write_private
+from ._files import read_pids, shell_exports, shown, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVERS = REPO_ROOT / "drivers"
@@ -261,13 +261,7 @@ def env_lines(sim: HypervSim) -> list[str]:
 
 def masked(env_text: str) -> str:
     """The env file's text for a terminal: the password masked (it stays in the file)."""
-    out = []
-    for line in env_text.splitlines():
-        name = line.removeprefix("export ").split("=", 1)[0]
-        if name.endswith("PASSWORD"):
-            line = line.split("=", 1)[0] + "=*** (in the env file)"
-        out.append(line)
-    return "\n".join(out) + ("\n" if env_text.endswith("\n") else "")
+    return shown(env_text)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
