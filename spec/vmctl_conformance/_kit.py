@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import vmctl
 from vmctl import (
@@ -20,6 +22,12 @@ from vmctl import (
     VMSpec,
 )
 
+if TYPE_CHECKING:
+    from vmctl.backup import Repository
+
+#: Chunk size of the repositories the kit makes (small: the kit's disks are small).
+KIT_CHUNK_SIZE = 1024 * 1024
+
 
 class Kit:
     """What a kit test works with: the connections, the options, a VM factory."""
@@ -33,6 +41,7 @@ class Kit:
         self.options = dict(options)
         self.created: list[VM] = []
         self.timeout = float(self.options.get("op_timeout", "180"))
+        self._repos: list[str] = []
 
     # -- options --------------------------------------------------------------------------
 
@@ -118,6 +127,23 @@ class Kit:
         self.created.append(vm)
         return vm
 
+    def repo_url(self) -> str:
+        """A new, empty place for a backup repository: under the ``backup_repo`` option (an
+        fsspec URL) when given, else a temporary directory; removed at cleanup."""
+        base = self.options.get("backup_repo")
+        url = (
+            f"{base.rstrip('/')}/{self.name('repo')}"
+            if base
+            else tempfile.mkdtemp(prefix=self.prefix + "repo-")
+        )
+        self._repos.append(url)
+        return url
+
+    def repo(self) -> Repository:
+        from vmctl.backup import open_repo
+
+        return open_repo(self.repo_url(), chunk_size=KIT_CHUNK_SIZE)
+
     def wait_until(
         self, check: Callable[[], bool], what: str, timeout: float | None = None
     ) -> None:
@@ -146,6 +172,19 @@ class Kit:
                 except vmctl.VmctlError as exc:
                     problems.append(f"{vm.name}: {exc}")
         self.created.clear()
+        for url in self._repos:
+            try:
+                if "://" in url:
+                    import fsspec
+
+                    fs, path = fsspec.core.url_to_fs(url)
+                    if fs.exists(path):
+                        fs.rm(path, recursive=True)
+                else:
+                    shutil.rmtree(url, ignore_errors=True)
+            except Exception as exc:  # the repository is the kit's own scratch space
+                problems.append(f"repository {url}: {exc}")
+        self._repos.clear()
         return problems
 
 
@@ -170,6 +209,21 @@ def _running(kit: Kit) -> VM:
 
 def _stopped(kit: Kit) -> VM:
     return kit.vm("probe")
+
+
+def _no_incremental(kit: Kit) -> None:
+    """Without changed-block tracking no request fails: the core backs up in full and says
+    why. Check that, then report the capability missing as the kit expects."""
+    from vmctl.backup import BackupKind
+
+    vm, repo = _stopped(kit), kit.repo()
+    vm.backup(repo)
+    second = vm.backup(repo)
+    if second.kind is not BackupKind.FULL or "backup_incremental" not in second.reason:
+        raise AssertionError(f"without backup_incremental the backup was {second.reason!r}")
+    raise vmctl.NotSupported(
+        "full backups only, as reported", capability=Capability.BACKUP_INCREMENTAL
+    )
 
 
 PROBES: dict[Capability, Probe] = {
@@ -207,4 +261,8 @@ PROBES: dict[Capability, Probe] = {
     Capability.EVENTS: lambda k: k.hv.watch(timeout=1),
     Capability.STATS: lambda k: k.hv.stats(),
     Capability.GUEST_INFO: lambda k: _stopped(k).guest_info(),
+    Capability.BACKUP: lambda k: _stopped(k).backup(k.repo_url()),
+    Capability.BACKUP_INCREMENTAL: _no_incremental,
+    Capability.BACKUP_QUIESCE: lambda k: _running(k).backup(k.repo_url(), quiesce=True),
+    Capability.RESTORE: lambda k: k.repo().restore("none", k.hv),
 }

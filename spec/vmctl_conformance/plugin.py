@@ -3,7 +3,7 @@
 Options: ``--vmctl-uri`` (default $VMCTL_URI), ``--vmctl-other-uri`` (a second host of the
 same backend, for migration; default $VMCTL_OTHER_URI), ``--vmctl-prefix``, ``--vmctl-opt
 KEY=VALUE`` (backend options: network, pool, boot_kernel, boot_initrd, boot_cmdline, boot_iso,
-memory_mib, disk_mib, op_timeout), ``--vmctl-report FILE.json|FILE.md``.
+memory_mib, disk_mib, op_timeout, backup_repo), ``--vmctl-report FILE.json|FILE.md``.
 Credentials come from the environment that ``vmctl.connect()`` reads (VMCTL_PASSWORD, ...).
 """
 
@@ -43,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="backend option (network, pool, boot_kernel, boot_initrd, "
-        "boot_cmdline, boot_iso, memory_mib, disk_mib, op_timeout)",
+        "boot_cmdline, boot_iso, memory_mib, disk_mib, op_timeout, backup_repo)",
     )
     group.addoption("--vmctl-report", default=None, help="write the report (.json or .md)")
     group.addoption(
