@@ -14,6 +14,10 @@ from typing import Any
 from . import tables as T
 from .cim import Epr, Instance, Interval, Query, cimxml_instance, epr_of
 
+#: "File not found" (32779, HV2/createvirtualharddisk-... return values): how the simulator
+#: reports a disk or CD image path that names no file, as the failing job's ErrorCode.
+RC_FILE_NOT_FOUND = 32779
+
 _PARENT_ID = re.compile(r'InstanceID="((?:[^"\\]|\\.)*)"')
 
 #: What the simulated guest OS calls itself (KVP OSName, GetSummaryInformation).
@@ -126,12 +130,16 @@ class World:
             "c:\\hyper-v\\images\\guest-os.vhdx",
             "c:\\hyper-v\\images\\guest-os.iso",
         }
+        # The virtual hard disk files (shared storage: every host sees them), lower-case
+        # path -> size in bytes.
+        self.disks: dict[str, int] = {p: 16 << 30 for p in self.os_images}
         for host in self.hosts:
             self._make_host(host)
         for n in range(cfg.vms):
             vm = self._new_vm(self.hosts[n % len(self.hosts)], f"vm-{n + 1:02d}")
             disk = f"C:\\ProgramData\\Microsoft\\Windows\\Virtual Hard Disks\\{vm.name}.vhdx"
             self.os_images.add(disk.lower())
+            self.disks[disk.lower()] = 16 << 30
             self._add_devices(vm, disk)
             if n < cfg.running:
                 self._power_on(vm)
@@ -177,6 +185,11 @@ class World:
                 ),
             )
             for cls, name, label in (
+                (
+                    "Msvm_ImageManagementService",
+                    T.SERVICE_NAMES["Msvm_ImageManagementService"],
+                    "Image Management Service",
+                ),
                 (
                     "Msvm_VirtualSystemManagementService",
                     T.SERVICE_NAMES["Msvm_VirtualSystemManagementService"],
@@ -585,6 +598,7 @@ class World:
                 out += [s.vssd for s in vm.snapshots]
             return out
         if cls in (
+            "Msvm_ImageManagementService",
             "Msvm_VirtualSystemManagementService",
             "Msvm_VirtualSystemSnapshotService",
             "Msvm_VirtualSystemMigrationService",
@@ -891,6 +905,9 @@ class World:
             self._copy_config(vm, reference)
         for r in rasds:
             rc = self._add_rasd(vm, r)
+            if rc == RC_FILE_NOT_FOUND:
+                del self.vms[vm.guid]
+                return self._missing_file_job(host, "Defining virtual machine", r)
             if rc != T.RC_OK:
                 del self.vms[vm.guid]
                 return rc, {}
@@ -972,13 +989,26 @@ class World:
             if parent is None or parent["ResourceType"] not in parent_types:
                 return T.RC_INVALID_PARAMETER
             new["Parent"] = parent.path(vm.host)
-        if r.cls == "Msvm_StorageAllocationSettingData" and not new["HostResource"]:
-            return T.RC_INVALID_PARAMETER
+        if r.cls == "Msvm_StorageAllocationSettingData":
+            if not new["HostResource"]:
+                return T.RC_INVALID_PARAMETER
+            if any(str(p).lower() not in self.disks for p in new["HostResource"]):
+                return RC_FILE_NOT_FOUND
         if r.cls == "Msvm_SyntheticEthernetPortSettingData" and not new["Address"]:
             new["Address"] = self._mac(vm, sum(1 for x in vm.rasds if x.cls == r.cls))
             new["StaticMacAddress"] = False
         vm.rasds.append(new)
         return T.RC_OK
+
+    def _missing_file_job(self, host: str, name: str, r: Instance) -> tuple[int, dict[str, Any]]:
+        """The job of a method that attaches an image that does not exist: it fails, as
+        Hyper-V's does, with the Win32 "file not found" in its description."""
+        path = (r["HostResource"] or [""])[0]
+        msg = (
+            f"Failed to add device 'Virtual Hard Disk'. '{path}': The system cannot find the "
+            f"file specified. (0x{T.ERROR_FILE_NOT_FOUND:08X})"
+        )
+        return self._job_out(host, name, lambda: (RC_FILE_NOT_FOUND, msg))
 
     def _copy_config(self, vm: VM, rasds: list[Instance]) -> None:
         """DefineSystem's ReferenceConfiguration: the reference's resources, re-keyed."""
@@ -1023,6 +1053,9 @@ class World:
                 del vm.rasds[before:]
                 return T.RC_INVALID_PARAMETER, {}
             rc = self._add_rasd(vm, r)
+            if rc == RC_FILE_NOT_FOUND:
+                del vm.rasds[before:]
+                return self._missing_file_job(host, "Adding resources", r)
             if rc != T.RC_OK:
                 del vm.rasds[before:]
                 return rc, {}
@@ -1160,6 +1193,50 @@ class World:
                     props[field] = full[field]
             infos.append(Instance("Msvm_SummaryInformation", props))
         return T.RC_OK, {"SummaryInformation": infos}
+
+    # Msvm_ImageManagementService.CreateVirtualHardDisk: the file appears when the job ends.
+    def _m_CreateVirtualHardDisk(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        sd = args.get("VirtualDiskSettingData")
+        if not isinstance(sd, Instance) or sd.cls != "Msvm_VirtualHardDiskSettingData":
+            return T.RC_INVALID_PARAMETER, {}
+        path = str(sd.get("Path") or "")
+        fmt, typ = sd.get("Format"), sd.get("Type")
+        parent = str(sd.get("ParentPath") or "")
+        size = int(sd.get("MaxInternalSize") or 0)
+        if not path or fmt not in T.VHD_FORMATS or typ not in T.VHD_TYPES:
+            return T.RC_INVALID_PARAMETER, {}
+        if not path.lower().endswith(T.VHD_FORMATS[fmt]):
+            return T.RC_INVALID_PARAMETER, {}
+        if (typ == 4 and not parent) or (typ != 4 and size <= 0):
+            return T.RC_INVALID_PARAMETER, {}
+
+        def effect() -> tuple[int, str] | None:
+            key = path.lower()
+            if key in self.disks:
+                return (
+                    T.RC_FAILED,
+                    f"Failed to create the virtual hard disk. The system "
+                    f"failed to create '{path}': The file exists. "
+                    f"(0x{T.ERROR_FILE_EXISTS:08X})",
+                )
+            nonlocal size
+            if typ == 4:
+                if parent.lower() not in self.disks:
+                    return (
+                        RC_FILE_NOT_FOUND,
+                        f"Failed to create the virtual hard disk. "
+                        f"'{parent}': The system cannot find the file specified. "
+                        f"(0x{T.ERROR_FILE_NOT_FOUND:08X})",
+                    )
+                size = self.disks[parent.lower()]
+                if parent.lower() in self.os_images:
+                    self.os_images.add(key)  # a differencing child sees its parent's OS
+            self.disks[key] = size
+            return None
+
+        return self._job_out(host, "Creating virtual hard disk", effect)
 
     # Msvm_VirtualSystemSnapshotService
     def _m_CreateSnapshot(

@@ -350,6 +350,38 @@ string[] MigrationServiceListenerIPAddressList
     "HV2/msvm-virtualsystemmigrationservice",
 )
 _add(
+    "Msvm_ImageManagementService",
+    _SERVICE_KEYS,
+    _MANAGED
+    + _ENABLED
+    + """
+string SystemCreationClassName
+string SystemName
+string CreationClassName
+string Name
+string StartMode
+boolean Started
+""",
+    "HV2/msvm-imagemanagementservice",
+)
+_add(
+    "Msvm_VirtualHardDiskSettingData",
+    ("InstanceID",),
+    _MANAGED
+    + """
+uint16 Type
+uint16 Format
+string Path
+string ParentPath
+uint64 MaxInternalSize
+uint32 BlockSize
+uint32 LogicalSectorSize
+uint32 PhysicalSectorSize
+string VirtualDiskId
+""",
+    "HV2/msvm-virtualharddisksettingdata (CreateVirtualHardDisk input; only ever embedded)",
+)
+_add(
     "Msvm_ShutdownComponent",
     _DEVICE_KEYS,
     _MANAGED
@@ -479,9 +511,10 @@ string HostComputerSystemName
 #: VMs by "Microsoft Virtual Machine": served as libvirt finds it).
 VM_CAPTION, VM_DESCRIPTION = "Virtual Machine", "Microsoft Virtual Machine"
 HOST_CAPTION, HOST_DESCRIPTION = "Hosting Computer System", "Microsoft Hosting Computer System"
-#: Service instance Names: "vmms" is the Virtual Machine Management Service's; the other two
+#: Service instance Names: "vmms" is the Virtual Machine Management Service's; the others
 #: are the simulator's picks (clients find services by enumerating their class).
 SERVICE_NAMES = {
+    "Msvm_ImageManagementService": "vhdsvc",
     "Msvm_VirtualSystemManagementService": "vmms",
     "Msvm_VirtualSystemSnapshotService": "vssnapsvc",
     "Msvm_VirtualSystemMigrationService": "vsmigrationsvc",
@@ -693,6 +726,12 @@ METHODS: dict[tuple[str, str], MethodSpec] = {
             "HV2/getsummaryinformation-msvm-virtualsystemmanagementservice",
         ),
         _m(
+            "Msvm_ImageManagementService",
+            "CreateVirtualHardDisk",
+            "in embedded VirtualDiskSettingData, out ref Job",
+            "HV2/createvirtualharddisk-msvm-imagemanagementservice",
+        ),
+        _m(
             "Msvm_VirtualSystemSnapshotService",
             "CreateSnapshot",
             "in ref AffectedSystem, in embedded SnapshotSettings, in uint16 SnapshotType, "
@@ -796,6 +835,14 @@ PARENT_TYPES: dict[str, tuple[int, ...]] = {
     "Microsoft:Hyper-V:Virtual CD/DVD Disk": (RT_DISK, RT_DVD),
     "Microsoft:Hyper-V:Ethernet Connection": (RT_ETHERNET_PORT,),
 }
+#: Msvm_VirtualHardDiskSettingData (HV2/msvm-virtualharddisksettingdata): Type 2 Fixed,
+#: 3 Dynamic, 4 Differencing; Format 2 VHD, 3 VHDX, 4 VHDSet (the simulator takes 2 and 3,
+#: with the file extension .vhd / .vhdx matching).
+VHD_TYPES = {2: "Fixed", 3: "Dynamic", 4: "Differencing"}
+VHD_FORMATS = {2: ".vhd", 3: ".vhdx"}
+#: Win32 errors Hyper-V puts in job error descriptions (winerror.h).
+ERROR_FILE_NOT_FOUND, ERROR_FILE_EXISTS = 0x80070002, 0x80070050
+
 #: The fixed InstanceID suffixes Hyper-V gives a VM's processor and memory settings
 #: (``Microsoft:<VM GUID>\\<id>``; observed on hosts and used in the HV2 samples).
 PROCESSOR_ID_SUFFIX = "b637f346-6a0e-4dec-af52-bd70cb80a21d\\0"

@@ -594,3 +594,93 @@ def _define_from(w: WSMan, name: str, ref_guid: str) -> str:
     out = invoke(w, VSMS, "DefineSystem", service(w, VSMS), params)
     assert wait_job(w, out)["JobState"] == "7"
     return epr_selector(out["ResultingSystem"], "Name")
+
+
+def test_create_virtual_hard_disk_and_attach(w: WSMan) -> None:
+    ims = service(w, "Msvm_ImageManagementService")
+
+    def create(**props: Any) -> dict[str, Any]:
+        sd = cimxml("Msvm_VirtualHardDiskSettingData", **props)
+        return invoke(
+            w,
+            "Msvm_ImageManagementService",
+            "CreateVirtualHardDisk",
+            ims,
+            [("VirtualDiskSettingData", sd)],
+        )
+
+    path = "C:\\Hyper-V\\new-disk.vhdx"
+    assert (
+        wait_job(w, create(Path=path, Format=3, Type=3, MaxInternalSize=1 << 30))["JobState"] == "7"
+    )
+    again = wait_job(w, create(Path=path, Format=3, Type=3, MaxInternalSize=1 << 30))
+    assert again["JobState"] == "10" and "0x80070050" in again["ErrorDescription"]
+    assert int(create(Path="C:\\x.vhd", Format=3, Type=3, MaxInternalSize=1)["ReturnValue"]) == (
+        T.RC_INVALID_PARAMETER
+    )  # the extension says VHD, Format says VHDX
+    diff = "C:\\Hyper-V\\child.vhdx"
+    assert (
+        wait_job(
+            w, create(Path=diff, Format=3, Type=4, ParentPath="C:\\Hyper-V\\Images\\guest-os.vhdx")
+        )["JobState"]
+        == "7"
+    )
+    # attaching: an existing file works, a missing one fails the job and adds nothing
+    guid = _define(w, "disks")
+    vssd = epr("Msvm_VirtualSystemSettingData", InstanceID=_vssd_id(guid))
+    host = service(w, VSMS)["SystemName"]
+    scsi = cimxml(
+        "Msvm_ResourceAllocationSettingData",
+        ResourceSubType="Microsoft:Hyper-V:Synthetic SCSI Controller",
+    )
+    out = invoke(
+        w,
+        VSMS,
+        "AddResourceSettings",
+        service(w, VSMS),
+        [("AffectedConfiguration", vssd), ("ResourceSettings", scsi)],
+    )
+    scsi_id = epr_selector(out["ResultingResourceSettings"], "InstanceID")
+    ctrl_path = (
+        f"\\\\{host}\\root\\virtualization\\v2:Msvm_ResourceAllocationSettingData."
+        f'InstanceID="{scsi_id.replace(chr(92), chr(92) * 2)}"'
+    )
+    drive = cimxml(
+        "Msvm_ResourceAllocationSettingData",
+        Parent=ctrl_path,
+        ResourceSubType="Microsoft:Hyper-V:Synthetic Disk Drive",
+    )
+    out = invoke(
+        w,
+        VSMS,
+        "AddResourceSettings",
+        service(w, VSMS),
+        [("AffectedConfiguration", vssd), ("ResourceSettings", drive)],
+    )
+    drive_id = epr_selector(out["ResultingResourceSettings"], "InstanceID")
+    drive_path = ctrl_path.replace(scsi_id.replace("\\", "\\\\"), drive_id.replace("\\", "\\\\"))
+    for disk, state in ((path, "7"), ("C:\\Hyper-V\\missing.vhdx", "10")):
+        vhd = cimxml(
+            "Msvm_StorageAllocationSettingData",
+            Parent=drive_path,
+            HostResource=[disk],
+            ResourceSubType="Microsoft:Hyper-V:Virtual Hard Disk",
+        )
+        job = wait_job(
+            w,
+            invoke(
+                w,
+                VSMS,
+                "AddResourceSettings",
+                service(w, VSMS),
+                [("AffectedConfiguration", vssd), ("ResourceSettings", vhd)],
+            ),
+        )
+        assert job["JobState"] == state
+    assert "0x80070002" in job["ErrorDescription"] and job["ErrorCode"] == "32779"
+    disks = query(
+        w,
+        f"SELECT * FROM Msvm_StorageAllocationSettingData WHERE "
+        f"InstanceID LIKE 'Microsoft:{guid}%'",
+    )
+    assert [d["HostResource"] for d in disks] == [path]

@@ -68,12 +68,11 @@ def test_served_instances_keep_to_their_class() -> None:
                 extra = set(inst.props) - set(T.CLASSES[cls].props)
                 assert not extra, (cls, extra)
                 assert all(inst.props.get(k) not in (None, "") for k in T.CLASSES[cls].keys)
-    rc, out = world.invoke(
-        world.hosts[0],
-        world.services[world.hosts[0]][0],
-        "GetSummaryInformation",
-        {"RequestedInformation": list(T.SUMMARY_FIELDS)},
+    vsms = next(
+        x for x in world.services[world.hosts[0]] if x.cls == "Msvm_VirtualSystemManagementService"
     )
+    args = {"RequestedInformation": list(T.SUMMARY_FIELDS)}
+    rc, out = world.invoke(world.hosts[0], vsms, "GetSummaryInformation", args)
     assert rc == 0
     for info in out["SummaryInformation"]:
         assert set(info.props) <= set(T.CLASSES["Msvm_SummaryInformation"].props)
