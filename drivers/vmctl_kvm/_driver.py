@@ -87,7 +87,14 @@ from vmctl.spi import (
 
 from . import _errors as E
 from . import _xml as X
-from ._link import RPC_TIMEOUT_S, EventHub, Link, ensure_event_loop, require_libvirt
+from ._link import (
+    RPC_TIMEOUT_S,
+    EventHub,
+    Link,
+    ensure_event_loop,
+    pending_of,
+    require_libvirt,
+)
 from ._state import CRASHED, PMSUSPENDED, SHUTOFF, to_power_state
 
 S = PowerState
@@ -771,11 +778,21 @@ class KvmDriver(
         """Remove what a failed ``what`` made (newest first), within one RPC timeout after
         its deadline. The error to raise: ``exc`` itself when all is removed (or nothing
         remains but disks after a refusal), else with ``left_behind`` set and said; an
-        OutcomeUnknown when the VM may remain or the connection failed."""
+        OutcomeUnknown when the VM may remain or the connection failed.
+
+        A step that timed out may still be running in libvirtd: its call is waited for first
+        (within the same budget). If it still runs, what it works on (the newest object) and
+        the VM are left in place and named, so that the VM's deletion later removes what
+        the late call makes; removing them now could race with it.
+        """
         budget = Deadline.after(self._link.rpc_timeout)
         pools = {o.path: o.pool for o in owned}
         lv = require_libvirt()
         left: list[tuple[str, str]] = []
+        keep: set[tuple[str, str]] = set()
+        pending = pending_of(exc)
+        if pending is not None and not pending.wait(budget.remaining()):
+            keep = {made[-1], *(m for m in made if m[0] == "vm")} if made else set()
 
         def undefine(c: Any, uuid: str) -> None:
             try:
@@ -795,6 +812,9 @@ class KvmDriver(
             return lambda c: self._delete_volume(c, ident, pools.get(ident))
 
         for kind, ident in reversed(made):
+            if (kind, ident) in keep:
+                left.append((kind, ident))
+                continue
             step = remover(kind, ident)
             try:
                 self._call(f"{what}: remove {kind} {ident}", step, budget, change=True)

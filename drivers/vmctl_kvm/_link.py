@@ -211,8 +211,33 @@ def waitable(seconds: float) -> float | None:
     return None if math.isinf(seconds) else seconds
 
 
+class PendingCall:
+    """A libvirt call the caller stopped waiting for (its deadline passed); it still runs."""
+
+    def __init__(self, thread: threading.Thread, box: dict[str, Any]) -> None:
+        self._thread = thread
+        self._box = box
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the call to end; whether it has."""
+        self._thread.join(waitable(timeout))
+        return not self._thread.is_alive()
+
+    @property
+    def failed(self) -> bool:
+        """It ended with an error (so it made nothing, for a create call)."""
+        return not self._thread.is_alive() and "error" in self._box
+
+
+def pending_of(exc: BaseException) -> PendingCall | None:
+    """The call still running behind an OperationTimeout raised by ``Link.run``."""
+    pending = getattr(exc, "kvm_pending", None)
+    return pending if isinstance(pending, PendingCall) else None
+
+
 def _on_worker(name: str, fn: Callable[[], Any], timeout: float) -> tuple[bool, Any, Any]:
-    """Run ``fn()`` on a daemon thread and wait up to ``timeout``: (done, result, error)."""
+    """Run ``fn()`` on a daemon thread and wait up to ``timeout``: (done, result, error);
+    when not done, ``result`` is the PendingCall."""
     box: dict[str, Any] = {}
 
     def work() -> None:
@@ -225,7 +250,7 @@ def _on_worker(name: str, fn: Callable[[], Any], timeout: float) -> tuple[bool, 
     t.start()
     t.join(waitable(timeout))
     if t.is_alive():
-        return False, None, None
+        return False, PendingCall(t, box), None
     return True, box.get("result"), box.get("error")
 
 
@@ -409,10 +434,12 @@ class Link:
         )
         if not done:
             pending = "; the request was sent and libvirtd may still carry it out" if change else ""
-            raise vmctl.OperationTimeout(
+            timeout = vmctl.OperationTimeout(
                 f"{what}: libvirtd at {self.uri} did not answer within {deadline.seconds:g} s"
                 f"{pending}"
             )
+            timeout.kvm_pending = result  # type: ignore[attr-defined]
+            raise timeout
         if error is None:
             return result
         if libvirt is not None and isinstance(error, libvirt.libvirtError):

@@ -4,6 +4,7 @@ written by libvirt, so these run without libvirtd."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,43 @@ def test_refused_create_removes_what_it_made(test_hv: vmctl.Hypervisor) -> None:
     finally:
         conn.close()
     assert not [v for v in vols if v.startswith(name)]
+
+
+def test_late_definition_is_waited_for_before_clean_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The definition outlives the deadline (a slow libvirtd): the clean-up first waits for
+    that call (within one RPC timeout), then removes the domain it made; removing it before
+    the late call landed would leave an orphan. The create raised OperationTimeout with
+    nothing left behind."""
+    import time
+
+    import libvirt
+
+    from vmctl import URI, ConnectParams
+    from vmctl.spi import Deadline
+    from vmctl_kvm import KvmDriver
+
+    original = libvirt.virConnect.defineXML
+
+    def slow_define(self: Any, xml: str) -> Any:
+        time.sleep(1.5)
+        return original(self, xml)
+
+    driver = KvmDriver.open(
+        ConnectParams(uri=URI.parse("test:///default")), deadline=Deadline.after(10)
+    )
+    name = PREFIX + "late"
+    try:
+        monkeypatch.setattr(libvirt.virConnect, "defineXML", slow_define)
+        t0 = time.monotonic()
+        with pytest.raises(vmctl.OperationTimeout) as err:
+            driver.create_vm(
+                VMSpec(name=name, memory_mib=64, disks=[DiskSpec(size_mib=8)]),
+                deadline=Deadline.after(0.5),
+            )
+        took = time.monotonic() - t0
+        monkeypatch.undo()
+        assert err.value.left_behind == ()
+        assert 1.4 <= took <= 3.0, took
+        assert name not in {i.name for i in driver.list_vms(deadline=Deadline.after(10))}
+    finally:
+        driver.close()
