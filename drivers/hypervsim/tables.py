@@ -80,22 +80,16 @@ RESPONSE_SUFFIX = "Response"  # DSP0226 7.1/8.2: <action>Response; DSP0227 9.1 f
 ENUM_MODE_EPR = "EnumerateEPR"
 ENUM_MODE_OBJECT_AND_EPR = "EnumerateObjectAndEPR"
 
-#: WinRM defaults (MS-WSMV 3.1.1.2 / 3.1.4.1.x; ``winrm get winrm/config``): the
-#: MaxEnvelopeSizekb service default 500 KiB; MaxElements default when absent is 1
-#: (DSP0226 8.2.1: "If not specified ... the service returns one item").
+#: WinRM's service default MaxEnvelopeSizekb is 500 (``winrm get winrm/config``;
+#: WSMAN_DEFAULT_MAX_ENVELOPE_SIZE_KB_V3 = 500 in the PowerShell remoting sources) - the limit
+#: when a request names none. MaxElements when absent is 1 (DSP0226 8.4: a Pull without
+#: MaxElements returns one item).
 DEFAULT_MAX_ENVELOPE = 512000
-MIN_MAX_ENVELOPE = 8192  # DSP0226 6.2: services must accept 8192 at least
+MIN_MAX_ENVELOPE = 8192  # DSP0226 6.2: a service must accept MaxEnvelopeSize 8192 and up
 DEFAULT_MAX_ELEMENTS = 1
-#: WinRM's MaxTimeoutms default (60000); OperationTimeout values past it are clipped.
-MAX_TIMEOUT_MS = 60000
-#: WS-Enumeration contexts expire after this many seconds without a Pull (DSP0226 8.5
-#: "Expires"; WinRM keeps an idle enumeration for the operation timeout window).
+#: An enumeration context not pulled for this many seconds is dropped (a simulator choice;
+#: DSP0226 8.2 leaves expiry to the service when the client sends no n:Expires).
 ENUM_CONTEXT_TTL = 600.0
-
-
-class Prop(NamedTuple):
-    type: str  # CIM type: string, boolean, uint8/16/32/64, sint*, datetime, ref, and "[]"
-    source: str
 
 
 class ClassSpec(NamedTuple):
