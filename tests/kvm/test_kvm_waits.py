@@ -129,3 +129,28 @@ def test_domain_not_running_is_invalid_state(hv: vmctl.Hypervisor) -> None:
             assert err.value.vendor_code == str(libvirt.VIR_ERR_OPERATION_INVALID)
     finally:
         vm.delete(force=True, timeout=60)
+
+
+def test_force_delete_when_the_vm_stops_meanwhile(
+    hv: vmctl.Hypervisor, hosts: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old flake, made to happen: delete(force=True) reads RUNNING, then another client
+    destroys the domain just before the driver's destroy, which meets "domain is not
+    running". That is InvalidState, and the core, finding the VM STOPPED, goes on."""
+    import libvirt
+
+    vm = hv.create_vm(VMSpec(name=PREFIX + "stopsmeanwhile", memory_mib=128))
+    vm.start(timeout=60)
+    original = libvirt.virDomain.destroy
+    raced: list[bool] = []
+
+    def destroy_after_another(self: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            virsh(hosts.uri, "destroy", vm.uuid)
+        return original(self)
+
+    monkeypatch.setattr(libvirt.virDomain, "destroy", destroy_after_another)
+    deleted = vm.delete(force=True, timeout=60)
+    assert raced and deleted[0].startswith("vm ")
+    assert vm.uuid not in virsh(hosts.uri, "list", "--all", "--uuid")
