@@ -186,10 +186,12 @@ def test_start_times_out_on_a_slow_host_task(slow: Any) -> None:
             with pytest.raises(vmctl.OperationTimeout):
                 op.result()
             assert time.monotonic() - t < 1 + MARGIN
-        finally:
-            for vm in vms:  # the host goes on with the starts; then they can go
+        finally:  # the host goes on with the starts; then they can go (in parallel)
+            for vm in vms:
                 wait_until(lambda vm=vm: vm.info().state is S.RUNNING)
-                vm.delete(force=True, timeout=60)
+            vmctl.wait_all([vm.power_off(wait=False, timeout=60) for vm in vms], timeout=60)
+            for vm in vms:
+                vm.delete()
 
 
 def test_a_stopped_host_costs_one_rpc_timeout(host: Host) -> None:
