@@ -107,13 +107,13 @@ class Repository:
                     field="chunk_size",
                 )
             return cls(store, config)
-        if not create:
-            raise NotFound(f"no vmctl backup repository at {store.url} ({CONFIG} is missing)")
         if store.list(""):
             raise RepositoryError(
                 f"{store.url} is not a vmctl backup repository ({CONFIG} is missing) and is "
                 "not empty: give an empty or new location"
             )
+        if not create:
+            raise NotFound(f"no vmctl backup repository at {store.url} ({CONFIG} is missing)")
         store.ensure_root()
         config = {
             "format": FORMAT,
