@@ -1083,6 +1083,9 @@ def conformance(
         sys.exit(9)
 
 
+from . import cli_backup as _cli_backup  # noqa: E402, F401  (registers backup, restore, ...)
+
+
 def main() -> None:
     """Entry point: run the CLI, turning vmctl errors into messages and exit codes."""
     try:
