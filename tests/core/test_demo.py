@@ -12,6 +12,8 @@ def test_demo_runs_to_the_end() -> None:
         "Migrate live",
         "Graceful shutdown",
         "Events that happened",
+        "Back up and restore",
+        "generation 2 not in it: True",
         "VMs left: []",
         "vmctl conformance sim://",
     ):
