@@ -70,6 +70,26 @@ def _login_body(username: str, password: Secret) -> Once:
     )
 
 
+def _scrub(exc: BaseException) -> None:
+    """Clear the locals of the finished frames in ``exc``'s traceback (and its causes'):
+    the standard library's frames below a failed login (xmlrpc.client's
+    ``single_request(request_body)``, http.client's ``send(data)``...) hold the encoded
+    request, password included, for as long as the traceback lives."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        todo += [e.__cause__, e.__context__]
+        tb = e.__traceback__
+        while tb is not None:
+            with contextlib.suppress(RuntimeError):  # a frame still running (ours)
+                tb.tb_frame.clear()
+            tb = tb.tb_next
+
+
 class Connection:
     """A XenAPI session on ``url``."""
 
@@ -156,7 +176,11 @@ class Connection:
         transport.set_timeout(deadline.bound(self.rpc_timeout))
         self._count()
         host, handler = proxy._ServerProxy__host, proxy._ServerProxy__handler
-        resp = transport.request(host, handler, _login_body(self.username, self._password))
+        try:
+            resp = transport.request(host, handler, _login_body(self.username, self._password))
+        except BaseException as exc:
+            _scrub(exc)
+            raise
         self.ref = str(unwrap(resp[0] if isinstance(resp, tuple) else resp))
         log.debug("logged in to %s as %r", self.url, self.username)
 
