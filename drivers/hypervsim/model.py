@@ -39,14 +39,19 @@ class Config:
 
 
 class WmiFault(Exception):
-    """A fault the WMI provider raises (carried as MSFT_WmiError in the SOAP fault)."""
+    """A fault from the WMI provider: carried as MSFT_WmiError in the SOAP fault, or - with
+    ``relpath``, an instance the provider did not find - as a WSManFault holding the WMI
+    plug-in's ProviderFault and __ExtendedStatus."""
 
-    def __init__(self, kind: str, message: str, cim_status: int, hresult: int) -> None:
+    def __init__(
+        self, kind: str, message: str, cim_status: int, hresult: int, relpath: str | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.cim_status = cim_status
         self.hresult = hresult
+        self.relpath = relpath
 
 
 def not_found(what: str) -> WmiFault:

@@ -235,7 +235,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif not ctype.lower().startswith("application/soap+xml"):
             self._send(415)
             return
-        code, out = self.server.service.handle(self.server.host_name, body)
+        machine = (self.headers.get("Host") or "").rsplit(":", 1)[0] or None
+        code, out = self.server.service.handle(self.server.host_name, body, machine)
         if encrypted:
             assert self.session is not None
             self._send(code, wrap_body(self.session, out), self._final_header(), ENC_CONTENT_TYPE)

@@ -53,6 +53,9 @@ FD_INSUFFICIENT_SELECTORS = (
 FD_UNEXPECTED_SELECTORS = (
     "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/UnexpectedSelectors"
 )
+FD_INVALID_RESOURCE_URI = (
+    "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/InvalidResourceURI"
+)
 FD_MAX_ENVELOPE_SIZE = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/MaxEnvelopeSize"
 FD_MIN_ENVELOPE_LIMIT = (
     "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/MinimumEnvelopeLimit"
@@ -893,7 +896,7 @@ FAULTS: dict[str, FaultSpec] = {
         "s:Sender",
         "a:DestinationUnreachable",
         "The WS-Management service cannot process the request. The service cannot find "
-        "the resource identified by the resource URI and selectors.",
+        "the resource identified by the resource URI and selectors. ",
         0x80338000,  # ERROR_WSMAN_RESOURCE_NOT_FOUND
         500,
         "DSP0226 14.6.x wsa:DestinationUnreachable; wsmerror.h ERROR_WSMAN_RESOURCE_NOT_FOUND",
@@ -1003,6 +1006,18 @@ WBEM_E_INVALID_PARAMETER = 0x80041008
 WBEM_E_INVALID_METHOD = 0x8004102E
 WBEM_E_INVALID_QUERY = 0x80041017
 WBEM_E_INVALID_CLASS = 0x80041010
+
+#: An instance the WMI provider does not find (Get, or the target of an Invoke): WinRM answers
+#: a:DestinationUnreachable with w:FaultDetail .../InvalidResourceURI and a WSManFault (Code
+#: ERROR_WSMAN_RESOURCE_NOT_FOUND) whose Message holds the WMI plug-in's ProviderFault (an
+#: inner WSManFault from the host and an __ExtendedStatus naming the operation, the object
+#: path and the provider) - as in a Windows Server 2012 R2 answer captured in Microsoft OMI's
+#: WS-Man client tests (TestInnerMessageFaultResponse). The reason text ends in a space there.
+WMI_PLUGIN = ("WMI Provider", "C:\\Windows\\system32\\WsmWmiPl.dll")
+NS_EXTENDED_STATUS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/__ExtendedStatus"
+#: The Hyper-V classes' WMI provider (HV2/msvm-computersystem MOF:
+#: Provider("VmmsWmiInstanceAndMethodProvider")).
+HYPERV_PROVIDER = "VmmsWmiInstanceAndMethodProvider"
 
 # --- HTTP (MS-WSMV 2.1: HTTP(S) POST to /wsman, "application/soap+xml;charset=UTF-8") ----
 WSMAN_PATH = "/wsman"

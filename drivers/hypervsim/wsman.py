@@ -95,7 +95,10 @@ class WsmanService:
         self._lock = threading.Lock()
 
     # --- entry point -------------------------------------------------------------------
-    def handle(self, host: str, body: bytes) -> tuple[int, bytes]:
+    def handle(self, host: str, body: bytes, machine: str | None = None) -> tuple[int, bytes]:
+        """Answer one envelope for ``host``'s endpoint; ``machine`` is the name the client
+        addressed (the Host header), which WinRM puts in WSManFault's Machine."""
+        machine = machine or host
         self.world.tick()
         req: Request | None = None
         try:
@@ -108,15 +111,17 @@ class WsmanService:
                 raise Fault("EncodingLimit", detail_uri=T.FD_MAX_ENVELOPE_SIZE)
             return 200, data
         except Fault as fault:
-            return fault.spec.http_status, self._fault(host, fault, req.message_id if req else None)
+            return fault.spec.http_status, self._fault(
+                host, fault, req.message_id if req else None, machine
+            )
         except WmiFault as wf:
             wfault = Fault(wf.kind if wf.kind in T.FAULTS else "InternalError", wf.message, wmi=wf)
             rel = req.message_id if req else None
-            return wfault.spec.http_status, self._fault(host, wfault, rel)
+            return wfault.spec.http_status, self._fault(host, wfault, rel, machine)
         except Exception as exc:  # a simulator bug answers w:InternalError, not a dead link
             ifault = Fault("InternalError", f"Internal simulator error: {exc!r}")
             rel = req.message_id if req else None
-            return ifault.spec.http_status, self._fault(host, ifault, rel)
+            return ifault.spec.http_status, self._fault(host, ifault, rel, machine)
 
     # --- parsing -------------------------------------------------------------------------
     def _parse(self, body: bytes) -> Request:
@@ -217,11 +222,16 @@ class WsmanService:
         with self.world.lock:
             inst = self.world.find(host, cls, sels)
         if inst is None:
+            keys_text = ",".join(
+                f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                for k, v in sorted(sels.items())
+            )
             raise WmiFault(
                 "DestinationUnreachable",
                 T.FAULTS["DestinationUnreachable"].reason,
                 T.CIM_ERR_NOT_FOUND,
                 T.WBEM_E_NOT_FOUND,
+                relpath=f"{cls}.{keys_text}",
             )
         return inst
 
@@ -531,12 +541,39 @@ class WsmanService:
         )
         return text.encode("utf-8")
 
-    def _fault(self, host: str, f: Fault, relates_to: str | None) -> bytes:
+    def _fault(self, host: str, f: Fault, relates_to: str | None, machine: str) -> bytes:
         spec = f.spec
         detail = ""
         if f.detail_uri:
             detail += f"<w:FaultDetail>{f.detail_uri}</w:FaultDetail>"
-        if f.wmi is not None:
+        if f.wmi is not None and f.wmi.relpath is not None:
+            if spec.subcode == "a:DestinationUnreachable":
+                detail = f"<w:FaultDetail>{T.FD_INVALID_RESOURCE_URI}</w:FaultDetail>"
+            provider, path = T.WMI_PLUGIN
+            inner = (
+                f'<f:WSManFault xmlns:f="{T.NS_F}" Code="{spec.wsman_code}" '
+                f'Machine="{escape(host)}"><f:Message>{escape(f.message)}</f:Message>'
+                f"</f:WSManFault>"
+            )
+            status = (
+                f'<p:__ExtendedStatus xmlns:xsi="{T.NS_XSI}" xmlns:p="{T.NS_EXTENDED_STATUS}" '
+                f'xmlns:cim="{T.NS_CIM}" xsi:type="p:__ExtendedStatus_Type">'
+                f'<p:Description xsi:nil="true" xsi:type="cim:cimString"/>'
+                f'<p:Operation xsi:type="cim:cimString">GetObject</p:Operation>'
+                f'<p:ParameterInfo xsi:type="cim:cimString">{escape(f.wmi.relpath)}'
+                f"</p:ParameterInfo>"
+                f'<p:ProviderName xsi:type="cim:cimString">{T.HYPERV_PROVIDER}</p:ProviderName>'
+                f'<p:StatusCode xsi:nil="true" xsi:type="cim:cimUnsignedInt"/>'
+                f"</p:__ExtendedStatus>"
+            )
+            detail += (
+                f'<f:WSManFault xmlns:f="{T.NS_F}" Code="{spec.wsman_code}" '
+                f'Machine="{escape(machine)}"><f:Message>'
+                f'<f:ProviderFault provider="{provider}" path="{escape(path)}">{inner}'
+                f"<f:ExtendedError>{status}</f:ExtendedError></f:ProviderFault>"
+                f"</f:Message></f:WSManFault>"
+            )
+        elif f.wmi is not None:
             w = f.wmi
             detail += (
                 f'<p:MSFT_WmiError b:IsCIM_Error="true" xmlns:xsi="{T.NS_XSI}" '

@@ -169,18 +169,38 @@ def test_get_envelope_bytes(server: hypervsim.SimServer, w: WSMan) -> None:
 
 
 def test_faults_as_winrm_sends_them(server: hypervsim.SimServer, w: WSMan) -> None:
-    # instance not found: wsa:DestinationUnreachable with MSFT_WmiError (CIM 6, WBEM_E_NOT_FOUND)
+    # instance not found: a:DestinationUnreachable, FaultDetail InvalidResourceURI, and a
+    # WSManFault whose Message holds the WMI plug-in's ProviderFault with __ExtendedStatus
     status, raw, _ = exchange(
         server, envelope(T.A_GET, V2 + "Msvm_ComputerSystem", sels=vm_selectors("NOPE"))
     )
     code, sub, detail = fault_parts(raw)
     assert (status, code, sub) == (500, "s:Sender", "a:DestinationUnreachable")
-    err = detail.find(f"{{{T.NS_WMIERR}}}MSFT_WmiError")
-    assert err is not None
-    assert err.findtext(f"{{{T.NS_WMIERR}}}CIMStatusCode") == "6"
-    assert err.findtext(f"{{{T.NS_WMIERR}}}error_Code") == str(T.WBEM_E_NOT_FOUND)
+    assert detail.findtext(f"{{{NS_W}}}FaultDetail") == T.FD_INVALID_RESOURCE_URI
+    outer = detail.find(f"{{{T.NS_F}}}WSManFault")
+    assert outer is not None and outer.get("Code") == "2150858752"
+    assert outer.get("Machine") == "127.0.0.1"
+    pf = outer.find(f"{{{T.NS_F}}}Message/{{{T.NS_F}}}ProviderFault")
+    assert pf is not None and pf.get("provider") == "WMI Provider"
+    inner = pf.find(f"{{{T.NS_F}}}WSManFault")
+    assert inner is not None and inner.get("Machine") == server.hosts[0]
+    es = pf.find(f"{{{T.NS_F}}}ExtendedError/{{{T.NS_EXTENDED_STATUS}}}__ExtendedStatus")
+    assert es is not None
+    assert es.findtext(f"{{{T.NS_EXTENDED_STATUS}}}ParameterInfo") == (
+        'Msvm_ComputerSystem.CreationClassName="Msvm_ComputerSystem",Name="NOPE"'
+    )
+    assert es.findtext(f"{{{T.NS_EXTENDED_STATUS}}}ProviderName") == T.HYPERV_PROVIDER
     head = ET.fromstring(raw).find(f"{{{S}}}Header")
     assert head is not None and head.findtext(f"{{{NS_A}}}Action") == T.A_ADDR_FAULT
+    with pytest.raises(WSManFaultError) as exc:  # pypsrp reads it as WinRM's
+        get(w, "Msvm_ComputerSystem", **vm_selectors("NOPE"))
+    assert exc.value.code == 0x80338000 and exc.value.provider == "WMI Provider"
+    # an unknown class: the WMI error (MSFT_WmiError, WBEM_E_INVALID_CLASS)
+    _, raw, _ = exchange(server, envelope(T.A_GET, V2 + "Msvm_Nope", sels={"InstanceID": "1"}))
+    code, sub, detail = fault_parts(raw)
+    err = detail.find(f"{{{T.NS_WMIERR}}}MSFT_WmiError")
+    assert sub == "a:DestinationUnreachable" and err is not None
+    assert err.findtext(f"{{{T.NS_WMIERR}}}error_Code") == str(T.WBEM_E_INVALID_CLASS)
     # missing key selector: w:InvalidSelectors, FaultDetail InsufficientSelectors, WSManFault
     status, raw, _ = exchange(
         server, envelope(T.A_GET, V2 + "Msvm_ComputerSystem", sels={"Name": "x"})
@@ -202,8 +222,6 @@ def test_faults_as_winrm_sends_them(server: hypervsim.SimServer, w: WSMan) -> No
     assert fault_parts(raw)[1] == "a:ActionNotSupported"
     _, raw, _ = exchange(server, envelope(T.A_GET, V2 + "Msvm_ComputerSystem", message_id=None))
     assert fault_parts(raw)[1] == "a:MessageInformationHeaderRequired"
-    _, raw, _ = exchange(server, envelope(T.A_GET, V2 + "Msvm_Nope", sels={"InstanceID": "1"}))
-    assert fault_parts(raw)[1] == "a:DestinationUnreachable"
     _, raw, _ = exchange(server, envelope(T.A_GET, "http://example.invalid/x"))
     assert fault_parts(raw)[1] == "w:InvalidResourceURI"
     _, raw, _ = exchange(server, b"<not xml")
