@@ -13,6 +13,7 @@ was not sent) and the core reconnects (``login`` again) and repeats what is safe
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import ssl
 import threading
@@ -85,8 +86,10 @@ def _scrub(exc: BaseException) -> None:
         todo += [e.__cause__, e.__context__]
         tb = e.__traceback__
         while tb is not None:
-            with contextlib.suppress(RuntimeError):  # a frame still running (ours)
-                tb.tb_frame.clear()
+            # not a generator's frame (clear() would finalize the generator)
+            if not tb.tb_frame.f_code.co_flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE):
+                with contextlib.suppress(RuntimeError):  # a frame still running (ours)
+                    tb.tb_frame.clear()
             tb = tb.tb_next
 
 
