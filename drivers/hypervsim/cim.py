@@ -117,7 +117,7 @@ def instance_xml(inst: Instance, prefix: str = "p", only: set[str] | None = None
     return (
         f'<{prefix}:{inst.cls} xmlns:{prefix}="{resource_uri(inst.cls)}" '
         f'xmlns:cim="{T.NS_CIM}" xmlns:xsi="{T.NS_XSI}" '
-        f'xsi:type="{prefix}:{inst.cls}_Type" xml:lang="en-US">{body}</{prefix}:{inst.cls}>'
+        f'xsi:type="{prefix}:{inst.cls}_Type">{body}</{prefix}:{inst.cls}>'
     )
 
 
