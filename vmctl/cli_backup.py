@@ -144,7 +144,7 @@ def backups(ctx: Ctx, repo_url: str, vm: str | None) -> None:
         [
             i.id,
             i.vm_name,
-            i.created.isoformat(timespec="seconds"),
+            i.created.strftime("%Y-%m-%d %H:%M:%S"),
             i.kind.value,
             i.consistency.value,
             _size(i.size_bytes),
@@ -156,12 +156,21 @@ def backups(ctx: Ctx, repo_url: str, vm: str | None) -> None:
     out(
         ctx,
         [to_dict(i) for i in found],
-        lambda: _table(
-            repo.url,
-            ["id", "VM", "created", "kind", "consistency", "size", "read", "stored"],
-            rows,
-        ),
+        lambda: _backups_table(repo.url, rows),
     )
+
+
+def _backups_table(title: str, rows: list[list[str]]) -> None:
+    """The listing, with the ids (what users copy) never cut."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("id", no_wrap=True, min_width=len("20261202T084321Z-1a2b3c"))
+    for name in ("VM", "created", "kind", "consistency", "size", "read", "stored"):
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*row)
+    _cli._console().print(table)
 
 
 @cli.command()
