@@ -497,3 +497,32 @@ def test_a_read_lost_before_any_change_is_repeated(host: Host, proxy: Any) -> No
         assert proxy.methods.count("Async.VM.hard_shutdown") == 2
         vm.delete()
         again.delete()
+
+
+def test_guest_feature_flags_decide_graceful_shutdown(
+    sim: Any, hv: vmctl.Hypervisor, raw: Any
+) -> None:
+    # An HVM guest with an OS (a copy of vm-01) whose PV drivers are gone: xapi allows
+    # clean_shutdown only while the guest announces feature-shutdown or feature-poweroff
+    # in its guest metrics (xapi_vm_lifecycle.ml check_op_for_feature, strict).
+    vm = hv.vm("vm-01").clone(name("hvm"))
+    try:
+        vm.start()
+        ref = raw.VM.get_by_uuid(vm.uuid)
+        wait_until(lambda: raw.VM.get_guest_metrics(ref) != "OpaqueRef:NULL")
+        with sim.db.lock:
+            gm = sim.db.objs["VM"][ref]["guest_metrics"]
+            sim.db.objs["VM_guest_metrics"][gm]["PV_drivers_version"] = {}
+        for flag in ("feature-poweroff", "feature-reboot", "feature-shutdown"):
+            sim.db.guest_xenstore_write(ref, f"control/{flag}", None)
+        assert "clean_shutdown" not in raw.VM.get_allowed_operations(ref)
+        t = time.monotonic()
+        with pytest.raises(vmctl.InvalidState) as err:
+            vm.shutdown(timeout=30)
+        assert time.monotonic() - t < 1.0
+        assert err.value.vendor_code == "VM_LACKS_FEATURE"
+        assert "feature-shutdown" in str(err.value) and "force_after" in str(err.value)
+        sim.db.guest_xenstore_write(ref, "control/feature-poweroff", "1")
+        assert vm.shutdown(timeout=30).state is S.STOPPED  # asked, and it acted
+    finally:
+        vm.delete(force=True)
