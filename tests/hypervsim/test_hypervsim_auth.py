@@ -427,3 +427,41 @@ def vms_of(w: WSMan) -> dict[str, str]:
         for d in (to_dict(e) for e in enumerate_all(w, "Msvm_ComputerSystem"))
         if d["Caption"] == "Virtual Machine"
     }
+
+
+def test_enumerate_pull_get_invoke_over_https_ntlm(server: hypervsim.SimServer) -> None:
+    """The whole client path once more on HTTPS with NTLM and a verified certificate."""
+    w = client(server, auth="ntlm")
+    guid = vms_of(w)["vm-01"]  # Enumerate + Pull
+    cs = to_dict(
+        w.get(
+            V2 + "Msvm_ComputerSystem",
+            selector_set=selectors(CreationClassName="Msvm_ComputerSystem", Name=guid),
+        )[0]
+    )
+    assert cs["EnabledState"] == "3"
+    uri = V2 + "Msvm_ComputerSystem"
+    body = ET.fromstring(
+        f"<p:RequestStateChange_INPUT xmlns:p='{uri}'><p:RequestedState>2</p:RequestedState>"
+        f"</p:RequestStateChange_INPUT>"
+    )
+    resp = w.invoke(
+        uri + "/RequestStateChange",
+        uri,
+        body,
+        selector_set=selectors(CreationClassName="Msvm_ComputerSystem", Name=guid),
+    )
+    out = resp.find(f".//{{{uri}}}RequestStateChange_OUTPUT")
+    assert out is not None and out.findtext(f"{{{uri}}}ReturnValue") == "4096"
+    deadline = time.monotonic() + 10
+    while True:
+        cs = to_dict(
+            w.get(uri, selector_set=selectors(CreationClassName="Msvm_ComputerSystem", Name=guid))[
+                0
+            ]
+        )
+        if cs["EnabledState"] == "2":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    w.close()
