@@ -399,3 +399,20 @@ def test_state_file_disks_are_sparse_files(tmp_path: Path) -> None:
         assert second.kind is BackupKind.INCREMENTAL and second.read_bytes == 0
         vm.delete()
     assert list((tmp_path / "site.json.disks").iterdir()) == []
+
+
+def test_spec_from_a_foreign_manifest(hv: vmctl.Hypervisor, repo: Repository) -> None:
+    """A backup made on another backend restores with what this host can take: odd disk
+    names and buses left to the host, resource controls it lacks dropped."""
+    import attrs
+
+    from vmctl.backup._restore import spec_from
+
+    vm = make(hv, sizes=(1,))
+    m = repo.manifest(vm.backup(repo).id)
+    disk = attrs.evolve(m.disks[0], name="[datastore1] web/web.vmdk", bus="nvme", size_bytes=5)
+    foreign = attrs.evolve(m, disks=(disk,), config={**m.config, "guest_os": "solaris"})
+    spec = spec_from(foreign, "copy", "default", frozenset())
+    (d,) = spec.disks
+    assert (d.name, d.bus.value, d.size_mib, d.pool) == (None, "default", 1, "default")
+    assert spec.resources == Resources() and spec.guest_os.value == "other"

@@ -242,12 +242,9 @@ class BackupJob:
         reporter.add(0, None, final=True)
         incremental = [p for p in plans if p.incremental]
         if parent is not None and not incremental:
-            kind, reason = (
-                BackupKind.FULL,
-                "full: " + "; ".join(f"disk {p.disk.id}: {p.note}" for p in plans)
-                if plans
-                else "full: the VM has no disks",
-            )
+            kind = BackupKind.FULL
+            notes = "; ".join(f"disk {p.disk.id}: {p.note}" for p in plans)
+            reason = f"full: {notes}" if plans else "full: the VM has no disks"
         elif parent is not None:
             kind = BackupKind.INCREMENTAL
         else:

@@ -36,6 +36,7 @@ MIB = 1024 * 1024
 #: Chunks fetched from the repository ahead of the writes, and per write call.
 FETCH_WORKERS = 4
 WRITE_RUN = 4
+AHEAD = 2  # runs fetched ahead of the one being written (memory: AHEAD * WRITE_RUN chunks)
 
 
 def spec_from(m: Manifest, name: str, pool: str | None, caps: frozenset[Capability]) -> VMSpec:
@@ -57,9 +58,14 @@ def spec_from(m: Manifest, name: str, pool: str | None, caps: frozenset[Capabili
             bus = DiskBus(d.bus or "default")
         except ValueError:
             bus = DiskBus.DEFAULT
-        disks.append(
-            DiskSpec(size_mib=max(1, -(-d.size_bytes // MIB)), name=d.name, bus=bus, pool=pool)
-        )
+        disk_name: str | None = d.name
+        if disk_name is not None:
+            try:
+                check_name(disk_name, "disk name")
+            except ValidationError:
+                disk_name = None  # a vendor's name vmctl cannot give: the host names the disk
+        size_mib = max(1, -(-d.size_bytes // MIB))
+        disks.append(DiskSpec(size_mib=size_mib, name=disk_name, bus=bus, pool=pool))
     nics = [
         NicSpec(network=n["network"], model=n.get("model"))
         for n in cfg.get("nics") or []
@@ -147,12 +153,12 @@ class RestoreJob:
         runs = list(self._runs(disk))
         fetches = {
             i: pool.submit(self._fetch, disk, i)
-            for has_data, f, n in runs[: FETCH_WORKERS * 2]
+            for has_data, f, n in runs[: AHEAD + 1]
             if has_data
             for i in range(f, f + n)
         }
         for k, (has_data, first, count) in enumerate(runs):
-            for has, f, n in runs[k + 1 : k + 1 + FETCH_WORKERS * 2]:  # keep fetching ahead
+            for has, f, n in runs[k + 1 : k + 1 + AHEAD]:  # keep fetching ahead
                 if has:
                     for i in range(f, f + n):
                         if i not in fetches:
