@@ -126,7 +126,7 @@ def test_request_state_change_matrix(w: WSMan) -> None:
 
 def test_job_progress_and_transitional_state(server: hypervsim.SimServer, w: WSMan) -> None:
     guid = _define(w, "slow")
-    server.world.cfg.op_delay = 0.6
+    server.world.cfg.op_delay = 2.0  # long enough to be seen running on a busy machine
     try:
         out = _rsc(w, guid, 2)
         jid = epr_selector(out["Job"], "InstanceID")
@@ -195,7 +195,7 @@ def _shutdown(w: WSMan, guid: str) -> dict[str, Any]:
     )
 
 
-def test_guest_with_os_reports_ips_and_shuts_down(w: WSMan) -> None:
+def test_guest_with_os_reports_ips_and_shuts_down(server: hypervsim.SimServer, w: WSMan) -> None:
     disk = "C:\\Hyper-V\\Images\\guest-os.vhdx"
     guid = _define(w, "with-os")
     vssd = epr("Msvm_VirtualSystemSettingData", InstanceID=_vssd_id(guid))
@@ -291,10 +291,14 @@ def test_guest_with_os_reports_ips_and_shuts_down(w: WSMan) -> None:
     assert kvp["NetworkAddressIPv4"].count(".") == 3 and kvp["NetworkAddressIPv6"].startswith(
         "fe80"
     )
-    out = _shutdown(w, guid)
-    assert int(out["ReturnValue"]) == T.RC_OK and "Job" not in out  # no Job parameter
-    assert _state(w, guid) == T.ES_SHUTTING_DOWN
-    assert int(_shutdown(w, guid)["ReturnValue"]) == T.RC_SHUTDOWN_IN_PROGRESS
+    server.world.cfg.op_delay = 2.0  # the guest takes its time to shut down
+    try:
+        out = _shutdown(w, guid)
+        assert int(out["ReturnValue"]) == T.RC_OK and "Job" not in out  # no Job parameter
+        assert _state(w, guid) == T.ES_SHUTTING_DOWN
+        assert int(_shutdown(w, guid)["ReturnValue"]) == T.RC_SHUTDOWN_IN_PROGRESS
+    finally:
+        server.world.cfg.op_delay = 0.05
     deadline = time.monotonic() + 5
     while _state(w, guid) != T.ES_DISABLED:
         assert time.monotonic() < deadline
