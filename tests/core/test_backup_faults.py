@@ -328,3 +328,45 @@ def test_bad_restore_input(hv: vmctl.Hypervisor, repo: Repository) -> None:
         repo.restore(info.id, other, replace=True)
     assert names(hv) == ["src"]
     assert os.path.isdir(repo.url)
+
+
+# -- the same on a real local filesystem (a tiny tmpfs; needs root, as CI has) --------------
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs mounted for the test, or a skip where mounting is not allowed."""
+    import shutil
+
+    where = tmp_path / "tiny"
+    where.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_full_local_directory(hv: vmctl.Hypervisor, tiny_fs: Path) -> None:
+    repo = open_repo(str(tiny_fs / "repo"), chunk_size=CS)
+    vm = vm_with_data(hv)  # 2 MiB of random data: does not fit
+    with pytest.raises(vmctl.InsufficientResources, match="is full"):
+        vm.backup(repo)
+    assert repo.backups() == []
+    assert not [p for p in tiny_fs.rglob("*") if ".tmp-" in p.name]  # no half-written chunk
+    assert not list((tiny_fs / "repo" / "locks").iterdir())
+
+
+def test_read_only_local_directory(hv: vmctl.Hypervisor, tiny_fs: Path) -> None:
+    repo = open_repo(str(tiny_fs / "repo"), chunk_size=CS)
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    vm = hv.create_vm(VMSpec(name="small", disks=[DiskSpec(size_mib=1)]))
+    with pytest.raises(RepositoryError, match="read-only"):
+        vm.backup(repo)
+    assert repo.backups() == [] and repo.verify().ok  # reading still works
