@@ -148,7 +148,10 @@ def test_running_vm_is_crash_consistent_or_quiesced(hv: vmctl.Hypervisor, repo: 
     )
     import time
 
-    time.sleep(0.2)  # the sim's guest agent answers after GUEST_DELAY
+    deadline = time.monotonic() + 10  # the sim's guest agent answers after GUEST_DELAY
+    while booted.guest_info().agent is not vmctl.AgentState.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     assert booted.backup(repo).consistency is Consistency.QUIESCED
     assert booted.backup(repo, quiesce=False).consistency is Consistency.CRASH
 
