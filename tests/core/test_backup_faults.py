@@ -372,3 +372,29 @@ def test_read_only_local_directory(hv: vmctl.Hypervisor, tiny_fs: Path) -> None:
     with pytest.raises(RepositoryError, match="read-only"):
         vm.backup(repo)
     assert repo.backups() == [] and repo.verify().ok  # reading still works
+
+
+class FlakyFS(_Mem):
+    """Every first write of an object fails as a dropped connection does."""
+
+    protocol = "flakytest"
+    failed: set[str] = set()
+
+    def pipe_file(self, path: str, value: Any, **kw: Any) -> None:
+        if path not in self.failed:
+            self.failed.add(path)
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        super().pipe_file(path, value, **kw)
+
+
+def test_dropped_connections_to_the_repository_are_retried(
+    hv: vmctl.Hypervisor, memfs: None
+) -> None:
+    fsspec.register_implementation("flakytest", FlakyFS, clobber=True)
+    FlakyFS.failed.clear()
+    repo = open_repo("flakytest://flaky", chunk_size=CS)
+    vm = vm_with_data(hv)
+    info = vm.backup(repo)
+    assert info.disks[0].new_chunks == 8
+    assert repo.verify().ok
+    assert len(FlakyFS.failed) >= 10  # config, lock, 8 chunks, manifest: each failed once
