@@ -419,3 +419,59 @@ def test_spec_from_a_foreign_manifest(hv: vmctl.Hypervisor, repo: Repository) ->
     (d,) = spec.disks
     assert (d.name, d.bus.value, d.size_mib, d.pool) == (None, "default", 1, "default")
     assert spec.resources == Resources() and spec.guest_os.value == "other"
+
+
+class Spy(SimDriver):
+    """The sim without the disk capabilities (or with backup only), logging every call."""
+
+    name = "bkspy"
+    drop: frozenset[vmctl.Capability] = frozenset()
+    calls: list[str] = []
+
+    def narrow_capabilities(
+        self, offered: frozenset[vmctl.Capability]
+    ) -> frozenset[vmctl.Capability]:
+        return offered - self.drop
+
+    def __getattribute__(self, attr: str) -> object:
+        value = super().__getattribute__(attr)
+        if callable(value) and not attr.startswith("_") and attr != "narrow_capabilities":
+            Spy.calls.append(attr)
+        return value
+
+
+@pytest.mark.parametrize(
+    ("drop", "request_", "cap"),
+    [
+        ("all", lambda vm, repo: vm.backup(repo), "backup"),
+        ("all", lambda vm, repo: vm.backup(repo.url), "backup"),
+        ("all", lambda vm, repo: read_disk(vm, "disk1", 0, 1), "backup"),
+        ("all", lambda vm, repo: write_disk(vm, "disk1", 0, b"x"), "restore"),
+        ("all", lambda vm, repo: repo.restore("x", vm.hypervisor), "restore"),
+        ("quiesce", lambda vm, repo: vm.backup(repo, quiesce=True), "backup_quiesce"),
+    ],
+)
+def test_no_driver_call_before_the_capability_check(
+    repo: Repository, drop: str, request_: object, cap: str
+) -> None:
+    C = vmctl.Capability
+    Spy.drop = (
+        frozenset({C.BACKUP, C.BACKUP_INCREMENTAL, C.BACKUP_QUIESCE, C.RESTORE})
+        if drop == "all"
+        else frozenset({C.BACKUP_QUIESCE})
+    )
+    vmctl.register("bkspy", Spy, clobber=True)
+    try:
+        with vmctl.connect("bkspy://h") as hv:
+            vm = make(hv)
+            Spy.calls = []
+            with pytest.raises(vmctl.NotSupported) as err:
+                request_(vm, repo)  # type: ignore[operator]
+            assert err.value.capability is C(cap)
+            assert Spy.calls == []
+            assert repo.backups() == []
+            if drop == "quiesce":  # the spy does see the calls of a backup that may run
+                vm.backup(repo)
+                assert "open_point_in_time" in Spy.calls and "read_extent" in Spy.calls
+    finally:
+        vmctl.unregister("bkspy")
