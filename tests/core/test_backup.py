@@ -472,6 +472,6 @@ def test_no_driver_call_before_the_capability_check(
             assert repo.backups() == []
             if drop == "quiesce":  # the spy does see the calls of a backup that may run
                 vm.backup(repo)
-                assert "open_point_in_time" in Spy.calls and "read_extent" in Spy.calls
+                assert "open_point_in_time" in Spy.calls and "close_point_in_time" in Spy.calls
     finally:
         vmctl.unregister("bkspy")
