@@ -51,6 +51,18 @@ def _describe(tasks: Iterable[Task]) -> str:
     return ", ".join(f"{t.description} (task {t.id})" for t in tasks)
 
 
+def _unknown(what: str, exc: ConnectionError, more: str) -> OutcomeUnknown:
+    """The OutcomeUnknown for a request whose connection failed after it was sent."""
+    unknown = OutcomeUnknown(
+        f"{what}: the connection failed after the request was sent ({exc}){more}; it may "
+        "or may not have been done: look before repeating it",
+        sent=exc.sent,
+        vendor_code=exc.vendor_code,
+    )
+    unknown.left_behind = exc.left_behind
+    return unknown
+
+
 def _direct(what: str, fn: Callable[..., T], *args: Any, deadline: Deadline, **kw: Any) -> T:
     return fn(*args, deadline=deadline, **kw)
 
@@ -141,13 +153,16 @@ class Dispatcher:
                 safe = exc.sent is False or idempotent
                 reconnects += 1
                 log.info("%s: %s; reconnecting to %s", what, exc, self.uri)
-                self._reconnect(generation, what, deadline)
+                try:
+                    self._reconnect(generation, what, deadline)
+                except VmctlError as again:
+                    # The host is still gone: the caller hears about its request, not only
+                    # about the reconnect.
+                    if safe:
+                        raise exc from again
+                    raise _unknown(what, exc, f"; reconnecting failed too: {again}") from exc
                 if not safe:
-                    raise OutcomeUnknown(
-                        f"{what}: the connection failed after the request was sent ({exc}); "
-                        "it may or may not have been done: look before repeating it",
-                        sent=exc.sent,
-                    ) from exc
+                    raise _unknown(what, exc, "") from exc
 
     def _invoke(
         self,
@@ -370,10 +385,29 @@ class Dispatcher:
         ]
         if len(uuids) < 2:
             return {}
-        results = self.call(
-            f"start {len(uuids)} VMs", driver.start_many, uuids, deadline=deadline, idempotent=False
-        )
-        return {uuid: Issued(results[uuid]) for uuid in uuids if uuid in results}
+        what = f"start {len(uuids)} VMs"
+        results = self.call(what, driver.start_many, uuids, deadline=deadline, idempotent=False)
+        covered = {u: results[u] for u in uuids if u in results}
+        started = [u for u, r in covered.items() if not isinstance(r, VmctlError)]
+        tasks = list({id(r): r for r in covered.values() if isinstance(r, Task)}.values())
+        assert self._executor is not None
+
+        def wait_together() -> BulkResult:
+            """One wait for the bulk's tasks and then for all its VMs' states, so that 200
+            starts do not make 200 waits."""
+            outcomes = self.await_tasks(tasks, deadline, what) if tasks else []
+            failed = {id(o.task): o.error for o in outcomes if o.error is not None}
+            wanted = {
+                u: frozenset({PowerState.RUNNING}) for u in started if id(covered[u]) not in failed
+            }
+            before = {u: known[u] for u in wanted} if isinstance(driver, ChangeWaiter) else None
+            infos = self.await_states(wanted, deadline, what, known=before) if wanted else {}
+            return BulkResult(infos, failed)
+
+        waiter = self._executor.submit(wait_together) if started else None
+        return {
+            u: Issued(r, None if isinstance(r, VmctlError) else waiter) for u, r in covered.items()
+        }
 
     def close(self) -> None:
         """Stop taking requests; wait for the running ones to end."""
@@ -390,13 +424,39 @@ class Dispatcher:
             self._executor.shutdown(wait=not own)
 
 
+class BulkResult:
+    """What the one wait of a bulk call found: the VMs' infos, and the failed tasks' errors
+    (by the task's id())."""
+
+    __slots__ = ("failed", "infos")
+
+    def __init__(self, infos: dict[str, VMInfo], failed: dict[int, VmctlError]) -> None:
+        self.infos = infos
+        self.failed = failed
+
+
 class Issued:
-    """What a bulk call did for one VM: a task, None (taken) or the error for that VM."""
+    """What a bulk call did for one VM: a task, None (taken) or the error for that VM, and
+    the shared wait that ends when all the bulk's VMs are there."""
 
-    __slots__ = ("outcome",)
+    __slots__ = ("outcome", "waiter")
 
-    def __init__(self, outcome: Task | VmctlError | None) -> None:
+    def __init__(
+        self, outcome: Task | VmctlError | None, waiter: Future[BulkResult] | None = None
+    ) -> None:
         self.outcome = outcome
+        self.waiter = waiter
+
+    def result(self, uuid: str) -> VMInfo:
+        """This VM's info once the bulk's shared wait is done; its error if it failed."""
+        if isinstance(self.outcome, VmctlError):
+            raise self.outcome
+        assert self.waiter is not None
+        done = self.waiter.result()
+        error = done.failed.get(id(self.outcome))
+        if error is not None:
+            raise error
+        return done.infos[uuid]
 
 
 class _Submitted:

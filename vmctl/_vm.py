@@ -25,7 +25,6 @@ from ._errors import (
     OperationTimeout,
     OutcomeUnknown,
     ValidationError,
-    VmctlError,
 )
 from ._model import (
     DiskInfo,
@@ -169,7 +168,10 @@ class VM:
                     what, call, self.uuid, deadline=deadline, idempotent=False
                 )
             except OutcomeUnknown:
-                # The connection was lost after sending, and is back: look where the VM is.
+                # The connection was lost after sending, and is back: look where the VM is
+                # (no time left to look: the caller gets the unknown outcome as it is).
+                if deadline.expired():
+                    raise
                 fresh = self._read(deadline)
                 if fresh.state is target and request not in (Request.REBOOT, Request.RESET):
                     return fresh, None
@@ -225,12 +227,10 @@ class VM:
         info = known if known is not None else self._read(deadline)
         self._check_state(request, info)
         log.info("%s on %s", what, self._conn.uri)
-        if issued is not None:  # sent already, by a bulk call for several VMs
-            if isinstance(issued.outcome, VmctlError):
-                raise issued.outcome
-            reached, task = None, issued.outcome
-        else:
-            reached, task = self._issue(request, info, deadline, what)
+        if issued is not None:  # sent and waited for by a bulk call for several VMs
+            self._info = issued.result(self.uuid)
+            return self._info
+        reached, task = self._issue(request, info, deadline, what)
         if reached is not None:
             self._info = reached
             return reached

@@ -138,6 +138,7 @@ __all__ = [
     "OperationTimeout",
     "OutcomeUnknown",
     "Pausable",
+    "Pending",
     "PointInTime",
     "PointInTimeDisk",
     "PowerState",

@@ -203,8 +203,12 @@ class Flaky(SimDriver, Reconnectable):
     calls: list[str] = []
     reconnects = 0
 
+    host_down = False
+
     def reconnect(self, *, deadline: Deadline) -> None:
         Flaky.reconnects += 1
+        if Flaky.host_down:
+            raise vmctl.ConnectionError("connection refused", sent=False)
 
     def _maybe(self, method: str, phase: str) -> None:
         if Flaky.fail.get(method) == phase:
@@ -234,7 +238,7 @@ class Flaky(SimDriver, Reconnectable):
 
 @pytest.fixture
 def flaky(registered: Any) -> Iterator[vmctl.Hypervisor]:
-    Flaky.fail, Flaky.calls, Flaky.reconnects = {}, [], 0
+    Flaky.fail, Flaky.calls, Flaky.reconnects, Flaky.host_down = {}, [], 0, False
     with vmctl.connect(registered("flaky", Flaky)) as hv:
         yield hv
 
@@ -252,6 +256,17 @@ def test_a_create_that_may_have_happened_is_not_repeated(flaky: vmctl.Hypervisor
         flaky.create_vm(VMSpec(name="v"))
     assert Flaky.calls.count("create_vm") == 1 and Flaky.reconnects == 1
     assert [i.name for i in flaky.list_vms()] == ["v"]  # it did happen: look before repeating
+
+
+def test_a_failed_reconnect_still_says_the_outcome_is_unknown(flaky: vmctl.Hypervisor) -> None:
+    Flaky.fail, Flaky.host_down = {"create_vm": "after"}, True
+    with pytest.raises(vmctl.OutcomeUnknown, match="reconnecting failed too") as err:
+        flaky.create_vm(VMSpec(name="v"))
+    assert "create VM 'v'" in str(err.value)
+    Flaky.fail = {"get_vm": "before"}
+    vm = flaky.vm("v")
+    with pytest.raises(vmctl.ConnectionError, match="lost during get_vm"):
+        vm.info()
 
 
 def test_a_create_that_never_reached_the_host_is_repeated(flaky: vmctl.Hypervisor) -> None:
