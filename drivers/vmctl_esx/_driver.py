@@ -46,7 +46,6 @@ from vmctl import (
     NicInfo,
     NicSpec,
     NotFound,
-    NotSupported,
     OperationTimeout,
     OutcomeUnknown,
     PowerState,
@@ -62,6 +61,7 @@ from vmctl import (
 )
 from vmctl.spi import (
     URI,
+    BulkPower,
     ChangeWaiter,
     Cloning,
     Deadline,
@@ -221,6 +221,7 @@ class _Scope:
 
 class EsxDriver(
     Driver,
+    BulkPower,
     TaskWaiter,
     ChangeWaiter,
     Reconnectable,
@@ -691,19 +692,20 @@ class EsxDriver(
         return self._request(uuid, "PowerOnVM_Task", "start")
 
     @_bounded
-    def start_many(self, uuids: Sequence[str], *, deadline: Deadline) -> Task:
+    def start_many(
+        self, uuids: Sequence[str], *, deadline: Deadline
+    ) -> Mapping[str, Task | VmctlError | None]:
         """Power on several VMs with one vCenter task (``Datacenter.PowerOnMultiVM_Task``):
-        one request instead of one per VM; DRS may place them. Not in the SPI (yet): a bulk
-        hook the core can call, then wait for the task and for RUNNING as for ``start``.
-        NotSupported on a standalone ESX host (vCenter only)."""
+        one request instead of one per VM; the core waits once for the task and the VMs'
+        states (``BulkPower``). A standalone ESX host has no such call: {} sends each VM the
+        ordinary way."""
         if not self.conn.is_vcenter:
-            raise NotSupported(
-                "powering on several VMs in one task (PowerOnMultiVM_Task) needs a vCenter"
-            )
+            return {}
         refs = [self._ref(uuid) for uuid in uuids]
         dc = self.conn.ref(self.conn.vim.Datacenter, _moid(self.scope.datacenter))
         what = f"start {len(refs)} VMs on {self.scope.name}"
-        return self._task(self.conn.start_task(lambda: dc.PowerOnMultiVM_Task(vm=refs), what), what)
+        task = self._task(self.conn.start_task(lambda: dc.PowerOnMultiVM_Task(vm=refs), what), what)
+        return dict.fromkeys(uuids, task)
 
     @_bounded
     def power_off(self, uuid: str, *, deadline: Deadline) -> Pending:
