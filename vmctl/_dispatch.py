@@ -30,7 +30,7 @@ from ._errors import (
     VmctlError,
 )
 from ._model import VMInfo
-from ._state import PowerState, Request, allowed_from
+from ._state import PowerState, Request, allowed_from, target_of
 from ._tasks import Task, TaskOutcome
 from .spi import BulkPower, ChangeWaiter, Driver, Reconnectable, TaskWaiter
 
@@ -280,21 +280,21 @@ class Dispatcher:
         deadline: Deadline,
         what: str,
         *,
-        start: bool = False,
+        bulk: Request | None = None,
     ) -> Future[T]:
         """Run ``run(known_info, issued)`` in the background; never blocks the caller on
         the host.
 
         Requests submitted together have their VMs' states read in one batched call (handed
-        to ``run`` as ``known_info``); at most ``max_concurrency`` run at once. Starts
-        (``start=True``) submitted together go to the driver's ``BulkPower.start_many`` in
-        one call where it has one; ``issued`` is then that call's result for the VM.
+        to ``run`` as ``known_info``); at most ``max_concurrency`` run at once. Starts and
+        power-offs (``bulk=``) submitted together go to the driver's ``BulkPower`` in one
+        call where it has one; ``issued`` is then that call's result for the VM.
         """
         if self.closed:
             raise VmctlError(f"{what}: the connection to {self.uri} is closed")
         future: Future[T] = Future()
         self._ensure_started()
-        self._queue.put(_Submitted(uuid, run, deadline, what, future, start))
+        self._queue.put(_Submitted(uuid, run, deadline, what, future, bulk))
         return future
 
     def run_in_background(self, fn: Callable[[], T]) -> Future[T]:
@@ -361,7 +361,8 @@ class Dispatcher:
                 known = self.read_states(
                     [b.uuid for b in batch], deadline, f"read the states of {len(batch)} VMs"
                 )
-                issued = self._start_many(batch, known, deadline)
+                for request in (Request.START, Request.POWER_OFF):
+                    issued.update(self._bulk(request, batch, known, deadline))
             except VmctlError as exc:  # each request reads its own state instead
                 log.debug("batched state read failed: %s", exc)
         assert self._executor is not None
@@ -369,42 +370,47 @@ class Dispatcher:
             if item.future.set_running_or_notify_cancel():
                 self._executor.submit(item.execute, known.get(item.uuid), issued.get(item.uuid))
 
-    def _start_many(
-        self, batch: list[_Submitted], known: Mapping[str, VMInfo], deadline: Deadline
+    def _bulk(
+        self,
+        request: Request,
+        batch: list[_Submitted],
+        known: Mapping[str, VMInfo],
+        deadline: Deadline,
     ) -> dict[str, Issued]:
-        """One bulk call for the batch's starts that their states allow, where the driver
-        has one. The VMs it covers get its result; the others go the ordinary way."""
+        """One bulk call for the batch's requests of this kind that their states allow,
+        where the driver has one. The VMs it covers get its result and one shared wait; the
+        others go the ordinary way."""
         driver = self.driver
         if not isinstance(driver, BulkPower):
             return {}
-        startable = allowed_from(Request.START)
+        allowed = allowed_from(request)
         uuids = [
             b.uuid
             for b in batch
-            if b.start and b.uuid in known and known[b.uuid].state in startable
+            if b.bulk is request and b.uuid in known and known[b.uuid].state in allowed
         ]
         if len(uuids) < 2:
             return {}
-        what = f"start {len(uuids)} VMs"
-        results = self.call(what, driver.start_many, uuids, deadline=deadline, idempotent=False)
+        what = f"{request.value} {len(uuids)} VMs"
+        many = driver.start_many if request is Request.START else driver.power_off_many
+        results = self.call(what, many, uuids, deadline=deadline, idempotent=False)
         covered = {u: results[u] for u in uuids if u in results}
-        started = [u for u, r in covered.items() if not isinstance(r, VmctlError)]
+        sent = [u for u, r in covered.items() if not isinstance(r, VmctlError)]
         tasks = list({id(r): r for r in covered.values() if isinstance(r, Task)}.values())
+        target = frozenset({target_of(request)})
         assert self._executor is not None
 
         def wait_together() -> BulkResult:
             """One wait for the bulk's tasks and then for all its VMs' states, so that 200
-            starts do not make 200 waits."""
+            requests do not make 200 waits."""
             outcomes = self.await_tasks(tasks, deadline, what) if tasks else []
             failed = {id(o.task): o.error for o in outcomes if o.error is not None}
-            wanted = {
-                u: frozenset({PowerState.RUNNING}) for u in started if id(covered[u]) not in failed
-            }
+            wanted = {u: target for u in sent if id(covered[u]) not in failed}
             before = {u: known[u] for u in wanted} if isinstance(driver, ChangeWaiter) else None
             infos = self.await_states(wanted, deadline, what, known=before) if wanted else {}
             return BulkResult(infos, failed)
 
-        waiter = self._executor.submit(wait_together) if started else None
+        waiter = self._executor.submit(wait_together) if sent else None
         return {
             u: Issued(r, None if isinstance(r, VmctlError) else waiter) for u, r in covered.items()
         }
@@ -460,7 +466,7 @@ class Issued:
 
 
 class _Submitted:
-    __slots__ = ("deadline", "future", "run", "start", "uuid", "what")
+    __slots__ = ("bulk", "deadline", "future", "run", "uuid", "what")
 
     def __init__(
         self,
@@ -469,14 +475,14 @@ class _Submitted:
         deadline: Deadline,
         what: str,
         future: Future[Any],
-        start: bool,
+        bulk: Request | None,
     ) -> None:
         self.uuid = uuid
         self.run = run
         self.deadline = deadline
         self.what = what
         self.future = future
-        self.start = start
+        self.bulk = bulk
 
     def execute(self, known: VMInfo | None, issued: Issued | None) -> None:
         try:

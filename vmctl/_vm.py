@@ -296,12 +296,12 @@ class VM:
         deadline: Deadline,
         wait: bool,
         *,
-        start: bool = False,
+        bulk: Request | None = None,
     ) -> VMInfo | Operation[VMInfo]:
         if wait:
             return run(None, None)
         what = f"{verb} {self.name}"
-        future = self._conn.dispatcher.submit(self.uuid, run, deadline, what, start=start)
+        future = self._conn.dispatcher.submit(self.uuid, run, deadline, what, bulk=bulk)
         return Operation(what, future)
 
     def _request(
@@ -319,7 +319,7 @@ class VM:
             lambda known, issued: self._run(request, deadline, known, issued),
             deadline,
             wait,
-            start=request is Request.START,
+            bulk=request if request in (Request.START, Request.POWER_OFF) else None,
         )
 
     # -- the public requests: wait=True returns the VMInfo once the state is reached,

@@ -297,17 +297,25 @@ class Reconnectable(abc.ABC):
 
 
 class BulkPower(abc.ABC):
-    """Optional: the vendor powers on many VMs in one call (vCenter's
-    ``Datacenter.PowerOnMultiVM_Task``). The core uses it for starts submitted together
-    (``wait=False``); one start still goes through ``start``."""
+    """Optional: the vendor powers many VMs on or off with one call (vCenter's
+    ``Datacenter.PowerOnMultiVM_Task``) or waits for many at once (one xapi ``event.from``
+    on all their tasks). The core uses it for starts and power-offs submitted together
+    (``wait=False``) and then waits once for all of them; one request still goes through
+    ``start`` / ``power_off``."""
 
     @abc.abstractmethod
     def start_many(
         self, uuids: Sequence[str], *, deadline: Deadline
     ) -> Mapping[str, Task | VmctlError | None]:
-        """Start these STOPPED VMs in one call. For each VM: the task the core waits on (one
-        task may stand for several VMs), None when taken, or the (mapped) error for that VM.
-        A VM missing from the result is started the ordinary way."""
+        """Start these STOPPED VMs. For each VM: the task the core waits on (one task may
+        stand for several VMs), None when taken, or the (mapped) error for that VM. A VM
+        missing from the result ({} for all) is started the ordinary way."""
+
+    @abc.abstractmethod
+    def power_off_many(
+        self, uuids: Sequence[str], *, deadline: Deadline
+    ) -> Mapping[str, Task | VmctlError | None]:
+        """Power off these VMs; as ``start_many``."""
 
 
 # -- optional interfaces: inherit the ones the backend has --------------------------------

@@ -707,6 +707,12 @@ class EsxDriver(
         task = self._task(self.conn.start_task(lambda: dc.PowerOnMultiVM_Task(vm=refs), what), what)
         return dict.fromkeys(uuids, task)
 
+    def power_off_many(
+        self, uuids: Sequence[str], *, deadline: Deadline
+    ) -> Mapping[str, Task | VmctlError | None]:
+        """vSphere has no bulk power-off: each VM goes the ordinary way."""
+        return {}
+
     @_bounded
     def power_off(self, uuid: str, *, deadline: Deadline) -> Pending:
         return self._request(uuid, "PowerOffVM_Task", "power off")
