@@ -298,3 +298,32 @@ def test_no_os_cannot_be_asked(hv: vmctl.Hypervisor, raw: Any) -> None:
         assert time.monotonic() - t < 5
     finally:
         vm.delete(force=True)
+
+
+def test_many_starts_and_power_offs_go_in_bulk(hv: vmctl.Hypervisor) -> None:
+    """Requests submitted together: one thread sends the Async calls, one event.from loop
+    waits for all their tasks (BulkPower), and every VM gets there."""
+    driver: Any = hv._driver
+    calls: list[tuple[str, int]] = []
+    for verb in ("start_many", "power_off_many"):
+        real = getattr(driver, verb)
+
+        def spy(uuids: Any, *, deadline: Deadline, _real: Any = real, _verb: str = verb) -> Any:
+            calls.append((_verb, len(uuids)))
+            return _real(uuids, deadline=deadline)
+
+        setattr(driver, verb, spy)
+    vms = [hv.create_vm(VMSpec(name=name(f"bulk{i}"), memory_mib=64)) for i in range(6)]
+    try:
+        ops = [vm.start(wait=False, timeout=60) for vm in vms]
+        vmctl.wait_all(ops, timeout=90)
+        assert [op.result().state for op in ops] == [S.RUNNING] * 6
+        ops = [vm.power_off(wait=False, timeout=60) for vm in vms]
+        vmctl.wait_all(ops, timeout=90)
+        assert [op.result().state for op in ops] == [S.STOPPED] * 6
+        assert {verb for verb, n in calls if n >= 2} == {"start_many", "power_off_many"}
+    finally:
+        for verb in ("start_many", "power_off_many"):
+            delattr(driver, verb)
+        for vm in vms:
+            vm.delete(force=True)
