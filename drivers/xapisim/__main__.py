@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--password-env",
         default="XAPISIM_PASSWORD",
-        help="environment variable holding the password (default xenroot)",
+        help="environment variable holding the password (default %(default)s; unset, a "
+        "built-in test password is used, which the ready line never shows)",
     )
     tls = p.add_mutually_exclusive_group()
     tls.add_argument("--tls", dest="tls", action="store_true", default=True)
