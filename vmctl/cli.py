@@ -953,13 +953,6 @@ def watch(ctx: Ctx, vm: str | None, timeout: float | None) -> None:
     """Print events as they happen."""
     with ctx.connect() as hv:
         target = hv.vm(vm) if vm else None
-        if hv.uri.scheme == "sim" and "state" in hv.uri.params and not ctx.json:
-            click.echo(
-                "note: a sim:// site shared through ?state=FILE delivers events only to the "
-                "process that made the change; changes made by other vmctl calls do not "
-                "show here (docs/guide.md, Events)",
-                err=True,
-            )
         with hv.watch(vm=target, timeout=timeout) as events:
             for event in events:
                 if ctx.json:

@@ -122,19 +122,82 @@ class SimHost:
         )
 
 
+#: How often a subscription to a site kept in a state file looks at the file.
+FILE_POLL_S = 0.25
+
+_Seen = dict[str, tuple[str, PowerState, StateReason]]
+
+
 class Subscriber:
-    """One event subscription: a queue the site pushes to."""
+    """One event subscription: a queue the site pushes to.
+
+    A site kept in a state file is also changed by other processes, which cannot push to
+    this one: there the subscription reads the file when no event came for a quarter second
+    and turns what changed into events (created, deleted, state changed). A change this
+    process makes itself may then be reported twice.
+    """
 
     def __init__(self, site: Site, host: str) -> None:
         self.site = site
         self.host = host
         self.queue: queue.Queue[Event] = queue.Queue()
+        self.seen: _Seen = self._snapshot() if site.path else {}
+
+    def _snapshot(self) -> _Seen:
+        with self.site.transaction():
+            host = self.site.hosts.get(self.host)
+            vms = host.vms.values() if host is not None else ()
+            return {vm.uuid: (vm.name, vm.state, vm.reason) for vm in vms}
+
+    def _note(self, event: Event) -> None:
+        if event.kind is EventKind.DELETED or (
+            event.kind is EventKind.MIGRATED and event.detail.startswith("to ")
+        ):
+            self.seen.pop(event.vm_uuid, None)
+        elif event.state is not None and event.reason is not None:
+            self.seen[event.vm_uuid] = (event.vm_name or "", event.state, event.reason)
+
+    def _from_file(self) -> None:
+        """Queue events for what other processes changed since we last looked."""
+        now = self._snapshot()
+        for uuid, (name, state, reason) in now.items():
+            before = self.seen.get(uuid)
+            if before is None:
+                kind = EventKind.CREATED
+            elif before[1:] != (state, reason):
+                kind = EventKind.STATE_CHANGED
+            else:
+                continue
+            self.queue.put(Event(kind=kind, vm_uuid=uuid, vm_name=name, state=state, reason=reason))
+        for uuid, (name, state, _) in self.seen.items():
+            if uuid not in now:
+                self.queue.put(
+                    Event(kind=EventKind.DELETED, vm_uuid=uuid, vm_name=name, state=state)
+                )
+        self.seen = now
 
     def next_event(self, timeout: float) -> Event | None:
-        try:
-            return self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
-        except queue.Empty:
-            return None
+        if self.site.path is None:
+            try:
+                return self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                return None
+        ends = time.monotonic() + max(timeout, 0.0)
+        while True:  # reads the queue until the caller's timeout; looks at the file between
+            left = ends - time.monotonic()
+            try:
+                event = (
+                    self.queue.get(timeout=min(left, FILE_POLL_S))
+                    if left > 0
+                    else self.queue.get_nowait()
+                )
+            except queue.Empty:
+                self._from_file()
+                if self.queue.empty() and left <= 0:
+                    return None
+                continue
+            self._note(event)
+            return event
 
     def close(self) -> None:
         with self.site.lock:

@@ -62,6 +62,22 @@ def test_state_file_is_shared_between_processes(tmp_path: Path) -> None:
         assert hv.vm("shared").state is PowerState.STOPPED
 
 
+def test_watch_sees_other_processes_changes(tmp_path: Path) -> None:
+    """`vmctl watch` on a shared ?state=FILE site printed nothing while another process
+    changed VMs (issue 9)."""
+    uri = f"sim://w?state={tmp_path / 'site.json'}"
+    make = "import vmctl, sys; vmctl.connect(sys.argv[1]).create_vm(vmctl.VMSpec(name='x'))"
+    drop = "import vmctl, sys; vmctl.connect(sys.argv[1]).vm('x').delete()"
+    seen: list[tuple[vmctl.EventKind, str | None]] = []
+    with vmctl.connect(uri) as hv, hv.watch(timeout=30) as events:
+        for code in (make, drop):
+            subprocess.run([sys.executable, "-c", code, uri], check=True, timeout=60)
+            event = events.next(timeout=10)
+            assert event is not None
+            seen.append((event.kind, event.vm_name))
+    assert seen == [(vmctl.EventKind.CREATED, "x"), (vmctl.EventKind.DELETED, "x")]
+
+
 def test_events_are_per_host(hv: vmctl.Hypervisor, other: vmctl.Hypervisor) -> None:
     with hv.watch() as here, other.watch() as there:
         vm = hv.create_vm(VMSpec(name="e"))
