@@ -273,11 +273,26 @@ def test_conformance_refusal_names_the_cli_option(tmp_path: Path) -> None:
     assert "vmctl-kit-leftover" in result.output and "--prefix" in result.output
 
 
-def test_watch_on_a_shared_sim_site_says_what_it_cannot_see(tmp_path: Path) -> None:
+def test_watch_on_a_shared_sim_site_shows_other_calls(tmp_path: Path) -> None:
+    """vmctl watch on a ?state=FILE site printed nothing while other calls changed VMs."""
     uri = f"sim://w?state={tmp_path / 's.json'}"
-    result = CliRunner().invoke(cli, ["-c", uri, "watch", "--timeout", "0.2"])
-    assert result.exit_code == 0, result.output
-    assert "other vmctl calls do not show here" in result.output
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "vmctl.cli", "-c", uri, "watch", "--timeout", "15", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for i in range(8):  # one a second: whenever the watcher has subscribed, it sees some
+            time.sleep(1)
+            made = CliRunner().invoke(cli, ["-c", uri, "create", f"seen-elsewhere-{i}"])
+            assert made.exit_code == 0, made.output
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert "seen-elsewhere" in out, err
+    assert "do not show here" not in err
 
 
 def test_the_cli_covers_the_api() -> None:
