@@ -156,10 +156,10 @@ class Dispatcher:
                 try:
                     self._reconnect(generation, what, deadline)
                 except VmctlError as again:
-                    # The host is still gone: the caller hears about its request, not only
-                    # about the reconnect.
+                    # Nothing happened twice: what is wrong now (refused credentials, a host
+                    # still gone) is the answer. A change that may have happened must say so.
                     if safe:
-                        raise exc from again
+                        raise again from exc
                     raise _unknown(what, exc, f"; reconnecting failed too: {again}") from exc
                 if not safe:
                     raise _unknown(what, exc, "") from exc
