@@ -56,12 +56,14 @@ def _virsh(uri: str, *args: str) -> str:
 def _cleanup(conn: Any, name: str) -> None:
     try:
         dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
-        return
-    if dom.isActive():
-        dom.destroy()
-    if dom.isPersistent():
-        dom.undefine()
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+    except libvirt.libvirtError as exc:
+        # A transient domain may vanish between any two of these calls (its QEMU just ended).
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
 
 
 def test_hosts_answer(hosts: kvm.KvmHosts) -> None:
