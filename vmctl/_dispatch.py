@@ -103,6 +103,21 @@ def wait_tasks(
     return outcomes
 
 
+def wait_task(
+    driver: Driver,
+    task: Task,
+    deadline: Deadline,
+    what: str,
+    *,
+    call: Callable[..., Any] = _direct,
+) -> TaskOutcome:
+    """Wait for one task with the loop above; raise its error if it failed."""
+    (outcome,) = wait_tasks(driver, [task], deadline, what, call=call)
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome
+
+
 class Dispatcher:
     """Calls one driver under deadlines; owns waiting, retries and background requests."""
 
@@ -204,10 +219,7 @@ class Dispatcher:
 
     def await_task(self, task: Task, deadline: Deadline, what: str) -> TaskOutcome:
         """Wait for one task; raise its error if it failed."""
-        (outcome,) = self.await_tasks([task], deadline, what)
-        if outcome.error is not None:
-            raise outcome.error
-        return outcome
+        return wait_task(self.driver, task, deadline, what, call=self.call)
 
     def read_states(self, uuids: Sequence[str], deadline: Deadline, what: str) -> dict[str, VMInfo]:
         """The current info of these VMs: one get_vm for one VM, one list_vms for several."""

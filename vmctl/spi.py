@@ -612,9 +612,6 @@ def finish_task(driver: Driver, task: Task, *, deadline: Deadline, what: str) ->
     (``create_vm``, ``clone_vm``, ``create_snapshot``, ``add_disk``...), with the core's one
     wait loop over ``TaskWaiter.wait_tasks``. Raises the task's error if it failed, and
     OperationTimeout (naming the task) when ``deadline`` passes first."""
-    from ._dispatch import wait_tasks
+    from ._dispatch import wait_task
 
-    (outcome,) = wait_tasks(driver, [task], deadline, what)
-    if outcome.error is not None:
-        raise outcome.error
-    return outcome
+    return wait_task(driver, task, deadline, what)
