@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TEST_EXTRAS ?= dev,kit,kvm,esx,xen
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen host-hyperv \
+.PHONY: demo test check venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen host-hyperv \
         hosts-stop conformance-sim bench matrix clean
 
 # vmctl and the conformance kit's pytest ([kit]): `vmctl conformance sim://` works after
@@ -48,6 +48,13 @@ typecheck: test-venv
 ## make test: install what the tests need, start the hosts, run ruff, mypy and every test
 test: test-venv lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make check: the inner loop (lint, types and the sim:// tests, about a minute; no hosts started)
+check: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -m sim -q $(PYTEST_ARGS)
 
 conformance-sim: venv
 	$(VENV)/bin/vmctl conformance sim:// --report reports/sim.md
