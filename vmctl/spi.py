@@ -88,6 +88,7 @@ from ._model import (
     VMStats,
 )
 from ._state import PowerState, StateReason
+from ._storage import Volume
 from ._tasks import Task, TaskOutcome
 from ._uri import URI
 
@@ -152,6 +153,7 @@ __all__ = [
     "Snapshots",
     "StateReason",
     "Statistics",
+    "StorageListing",
     "Suspendable",
     "Task",
     "TaskOutcome",
@@ -163,6 +165,7 @@ __all__ = [
     "VMStats",
     "ValidationError",
     "VmctlError",
+    "Volume",
     "capabilities_of",
     "finish_task",
 ]
@@ -557,6 +560,19 @@ class DiskWriter(abc.ABC):
         VM is STOPPED (else InvalidState) and every extent lies inside the disk (else
         ValidationError). Raise InsufficientResources when the storage is full; what was
         written before stays written (the core deletes a VM it made for a restore)."""
+
+
+class StorageListing(abc.ABC):
+    """Optional, and no capability: the storage objects the driver's disks live in, so that
+    the conformance kit can check that a deleted disk is gone from the backend (not only
+    from the VM) and report disks and snapshots it left behind. Not used by the core."""
+
+    @abc.abstractmethod
+    def list_volumes(self, *, deadline: Deadline) -> list[Volume]:
+        """Every object holding VM disk content in the storage this connection uses (the
+        pools, datastores or SRs its disks are created in): volumes, disk files, VDIs,
+        snapshot data (kind "snapshot"). Each ``Volume.path`` is what ``DiskInfo.path``
+        says for a disk kept there. A bounded number of round trips, as ``list_vms``."""
 
 
 #: The interface each optional capability needs; implementing it offers the capability.
