@@ -72,7 +72,9 @@ from vmctl.spi import (
     ResourceControls,
     Snapshots,
     Statistics,
+    StorageListing,
     Suspendable,
+    Volume,
 )
 
 from ._disks import BLOCK, DiskFull, Overlay, SimPointInTime, blocks_of, runs
@@ -89,6 +91,7 @@ from ._site import (
     SimNic,
     SimSnapshot,
     SimVM,
+    SimVolume,
     Site,
     Subscriber,
     get_site,
@@ -119,6 +122,7 @@ class SimDriver(
     DiskAccess,
     ChangedBlocks,
     DiskWriter,
+    StorageListing,
 ):
     """The reference driver: every capability, enforced as real hypervisors enforce it."""
 
@@ -261,6 +265,23 @@ class SimDriver(
         mac = spec.mac or "52:54:00:" + ":".join(f"{b:02x}" for b in random.randbytes(3))
         return SimNic(id=vm.device_id("nic"), network=spec.network, mac=mac, model=spec.model)
 
+    def _keep_volumes(self, disks: Sequence[SimDisk]) -> None:
+        """The disks' images now exist in their pools (``list_volumes``)."""
+        for d in disks:
+            self.site.volumes[d.path] = SimVolume(
+                path=d.path, pool=d.pool, size_mib=d.size_mib, store=d.store
+            )
+
+    def _drop_volume(self, disk: SimDisk) -> None:
+        """Delete a disk's image and its content."""
+        self.site.volumes.pop(disk.path, None)
+        self.site.disks.delete(disk.store, disk.size_bytes)
+
+    @staticmethod
+    def _held(vm: SimVM, path: str) -> bool:
+        """Whether a snapshot of the VM still names the disk (its image must stay)."""
+        return any(d["path"] == path for s in vm.snapshots.values() for d in s.config["disks"])
+
     def _name_free(self, host: SimHost, name: str) -> None:
         if any(v.name == name for v in host.vms.values()):
             raise AlreadyExists(f"a VM named {name!r} already exists on sim host {host.name!r}")
@@ -350,6 +371,7 @@ class SimDriver(
             vm.nics = [self._nic(vm, n) for n in spec.nics]
             self._check_room(host, vm.disks, f"creating VM {spec.name!r}")
             host.vms[vm.uuid] = vm
+            self._keep_volumes(vm.disks)
             self.site.emit(self.host_name, EventKind.CREATED, vm)
             return self._info(vm)
 
@@ -358,12 +380,16 @@ class SimDriver(
             vm = self._vm(uuid)
             self._expect(vm, S.STOPPED, S.SUSPENDED, S.CRASHED, verb="delete")
             del self._host.vms[uuid]
-            for d in vm.disks:
-                self.site.disks.delete(d.store, d.size_bytes)
+            gone = {d.path: d for d in vm.disks}
+            for snap in vm.snapshots.values():  # disks only snapshots still held
+                for raw in snap.config["disks"]:
+                    gone.setdefault(raw["path"], SimDisk(**raw))
+            for d in gone.values():
+                self._drop_volume(d)
             self.site.emit(self.host_name, EventKind.DELETED, vm)
             return (
                 [f"vm {vm.name} ({vm.uuid})"]
-                + [f"disk {d.path}" for d in vm.disks]
+                + [f"disk {path}" for path in gone]
                 + [f"snapshot {s.name}" for s in vm.snapshots.values()]
             )
 
@@ -463,6 +489,7 @@ class SimDriver(
             new = self._disk(vm, disk)
             self._check_room(self._host, [new], f"adding a disk to VM {vm.name!r}")
             vm.disks.append(new)
+            self._keep_volumes([new])
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"disk {new.id} added")
             return DiskInfo(
                 id=new.id, size_mib=new.size_mib, name=new.name, path=new.path, bus=new.bus
@@ -475,8 +502,8 @@ class SimDriver(
             if len(kept) == len(vm.disks):
                 raise NotFound(f"VM {vm.name!r} has no disk {disk_id!r}")
             for d in vm.disks:
-                if d.id == disk_id:
-                    self.site.disks.delete(d.store, d.size_bytes)
+                if d.id == disk_id and not self._held(vm, d.path):
+                    self._drop_volume(d)
             vm.disks = kept
             self.site.emit(self.host_name, EventKind.RECONFIGURED, vm, f"disk {disk_id} removed")
 
@@ -565,6 +592,9 @@ class SimDriver(
             for d in vm.disks:  # the content is not reverted, so neither is its tracking
                 if d.store in current:
                     d.cbt_gen, d.cbt = current[d.store].cbt_gen, current[d.store].cbt
+            for d in current.values():  # a disk added since: gone, unless a snapshot has it
+                if d.path not in {n.path for n in vm.disks} and not self._held(vm, d.path):
+                    self._drop_volume(d)
             vm.nics = [SimNic(**n) for n in cfg["nics"]]
             vm.resources = Resources(**cfg["resources"])
             vm.current_snapshot = snap.id
@@ -581,6 +611,10 @@ class SimDriver(
             if vm.current_snapshot == snap.id:
                 vm.current_snapshot = snap.parent
             del vm.snapshots[snap.id]
+            attached = {d.path for d in vm.disks}
+            for raw in snap.config["disks"]:  # disks only this snapshot still held
+                if raw["path"] not in attached and not self._held(vm, raw["path"]):
+                    self._drop_volume(SimDisk(**raw))
             self.site.emit(self.host_name, EventKind.SNAPSHOT, vm, f"deleted {snap.name}")
 
     # -- clone and migrate ----------------------------------------------------------------
@@ -616,6 +650,7 @@ class SimDriver(
             self._check_room(host, twin.disks, f"cloning VM {vm.name!r}")
             for src, dst in zip(vm.disks, twin.disks, strict=True):
                 self.site.disks.copy(src.store, dst.store, src.size_bytes)
+            self._keep_volumes(twin.disks)
             for n in vm.nics:
                 twin.nics.append(self._nic(twin, NicSpec(network=n.network, model=n.model)))
             host.vms[twin.uuid] = twin
@@ -646,6 +681,18 @@ class SimDriver(
             self.site.emit(dest.name, EventKind.MIGRATED, vm, f"from {self.host_name}")
 
     # -- observation ----------------------------------------------------------------------
+
+    def list_volumes(self, *, deadline: Deadline) -> list[Volume]:
+        with self.site.transaction():
+            return [
+                Volume(
+                    path=v.path,
+                    name=v.path.rsplit("/", 1)[-1],
+                    pool=v.pool,
+                    size_mib=v.size_mib,
+                )
+                for v in self.site.volumes.values()
+            ]
 
     def subscribe(self, *, deadline: Deadline) -> EventSource:
         sub = Subscriber(self.site, self.host_name)

@@ -60,6 +60,17 @@ class SimDisk:
 
 
 @define
+class SimVolume:
+    """An image in a pool of the site (shared storage: every host of the site sees it).
+    Made with its disk, deleted with it; ``path`` is the disk's ``SimDisk.path``."""
+
+    path: str
+    pool: str
+    size_mib: int
+    store: str
+
+
+@define
 class SimNic:
     id: str
     network: str
@@ -216,6 +227,8 @@ class Site:
         self.changed = threading.Condition(self.lock)
         self.hosts: dict[str, SimHost] = {}
         self.subscribers: list[Subscriber] = []
+        #: The images in the site's pools, by path (see ``SimVolume``).
+        self.volumes: dict[str, SimVolume] = {}
         #: Disk content and open points in time (sparse files beside the state file).
         self.disks = DiskWorld(path)
         self._loaded_mtime: float | None = None
@@ -275,11 +288,16 @@ class Site:
         with open(self.path) as f:
             data = json.load(f)
         self.hosts = {h["name"]: _host_from(h) for h in data.get("hosts", [])}
+        self.volumes = {v["path"]: SimVolume(**v) for v in data.get("volumes", [])}
         self._loaded_mtime = mtime
 
     def _save(self) -> None:
         assert self.path
-        data = {"version": 1, "hosts": [_host_to(h) for h in self.hosts.values()]}
+        data = {
+            "version": 1,
+            "hosts": [_host_to(h) for h in self.hosts.values()],
+            "volumes": [attrs.asdict(v) for v in self.volumes.values()],
+        }
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1, default=str)
