@@ -231,6 +231,8 @@ func main() {
 	// registry.
 	fidelity := newSnapshotFidelity(o.username)
 	simulator.Map.AddHandler(fidelity)
+	simulator.Map.AddHandler(diskExtents{}) // disks.go: flat extents as large as the disk
+	sizeAllDisks()
 
 	model.Service.Listen = &url.URL{Host: o.listen, User: url.UserPassword(o.username, password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}

@@ -1,0 +1,623 @@
+"""Backup and restore for the esx driver: a snapshot, then the disks' files over the
+datastore's HTTP access; restore by upload (``DiskAccess``, ``DiskWriter``).
+
+How it works, on vSphere's own documented interfaces:
+
+* **Point in time**: ``CreateSnapshot_Task(memory=False, quiesce=...)``. While the snapshot
+  exists the VM writes into new delta disks, so the files its disks had at that moment stay
+  as they were; ``quiesce=True`` asks VMware Tools in the guest to freeze its file systems
+  (refused here at once, ``InvalidState``, when the tools are not running). The snapshot's
+  disk files come from ``VirtualMachine.layoutEx.snapshot[].disk[].chain`` and
+  ``layoutEx.file`` (the file of type ``diskExtent``: ``NAME-flat.vmdk`` of a flat disk).
+  ``close_point_in_time`` removes the snapshot (``RemoveSnapshot_Task``), which merges the
+  deltas back.
+* **Reading**: the extent file through the host's (or vCenter's) datastore HTTP access,
+  ``GET https://HOST/folder/PATH?dcPath=DATACENTER&dsName=DATASTORE`` with the session's
+  ``vmware_soap_session`` cookie and a ``Range: bytes=FIRST-LAST`` header (answered with 206;
+  a server that ignores ranges answers 200 with the whole file, of which the part asked for
+  is kept). A flat extent holds the disk's whole capacity, its bytes at their offsets.
+* **Allocated extents**: the datastore HTTP access cannot tell holes from data (that takes
+  ``QueryChangedDiskAreas`` with changeId ``*``, i.e. changed-block tracking, which the esx
+  driver does not use yet), so the whole disk is one extent: every backup is full, and
+  reads the whole disk; zero chunks are still not stored.
+* **Writing** (a stopped VM): ``PUT`` to the same URL replaces the whole file, so
+  ``write_extents`` downloads the extent into a temporary file, applies the extents and
+  uploads it again (only the upload when the extents cover the whole disk). That is one
+  download and one upload of the disk per call: fine for the few calls of a restore of a
+  small disk, slow for a large one (see docs/esx.md).
+
+Limits (refused with ``InvalidState``, never guessed): a disk whose chain at the point in
+time has more than one file (a VM that already had snapshots: its data is in delta files of
+the sparse formats, which this driver does not decode), a disk that is not flat (vSAN,
+vVols, RDM), an independent disk (snapshots do not cover it), and writing into a VM that has
+snapshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import socket
+import ssl
+import tempfile
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any, cast
+from urllib.parse import quote, urlencode
+
+from vmctl import (
+    BackendError,
+    ConnectionError,
+    InsufficientResources,
+    InvalidState,
+    NotFound,
+    OperationTimeout,
+    PowerState,
+    ValidationError,
+    VmctlError,
+)
+from vmctl.spi import (
+    Consistency,
+    Deadline,
+    DiskAccess,
+    DiskWriter,
+    Driver,
+    Extent,
+    ExtentData,
+    PointInTime,
+    PointInTimeDisk,
+    Task,
+    finish_task,
+)
+
+from ._conn import RPC_TIMEOUT_S, Connection
+from ._tls import describe_tls_error
+
+if TYPE_CHECKING:
+    from vmctl.spi import URI
+
+log = logging.getLogger("vmctl.esx")
+
+#: Bytes moved per socket read/write of a download or upload.
+BLOCK = 1024 * 1024
+#: The cookie that carries the vSphere session (the SOAP API's and the /folder handler's).
+SESSION_COOKIE = "vmware_soap_session"
+_TOOLS_RUNNING = ("guestToolsRunning", "guestToolsExecutingScripts")
+
+
+class _DiskFile:
+    """Where one disk's data is: the flat extent ``path`` on datastore ``datastore``."""
+
+    __slots__ = ("datastore", "path", "size")
+
+    def __init__(self, datastore: str, path: str, size: int) -> None:
+        self.datastore = datastore
+        self.path = path
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"[{self.datastore}] {self.path} ({self.size} bytes)"
+
+
+class _Snapshot:
+    """The driver's handle of a point in time: the snapshot and each disk's file."""
+
+    def __init__(self, vm_ref: Any, snapshot: Any, vm_name: str, files: dict[str, _DiskFile]):
+        self.vm_ref = vm_ref
+        self.snapshot = snapshot
+        self.vm_name = vm_name
+        self.files = files
+        self.closed = False
+
+
+def split_datastore_path(name: str) -> tuple[str, str]:
+    """``"[ds] dir/file.vmdk"`` -> ``("ds", "dir/file.vmdk")``."""
+    text = name.strip()
+    if not text.startswith("[") or "]" not in text:
+        raise ValidationError(f"not a datastore path: {name!r}", field="path")
+    datastore, _, rest = text[1:].partition("]")
+    return datastore, rest.strip()
+
+
+class DatastoreFiles:
+    """Files of a datastore over HTTPS (``/folder/PATH?dcPath=&dsName=``), authenticated
+    with the SOAP session's cookie, trusted as the SOAP connection is (its SSL context).
+
+    Every request is bounded by the caller's deadline: each socket operation by what is
+    left of it (at most RPC_TIMEOUT_S), and a transfer checks the deadline between blocks.
+    The cookie is a credential: it is never logged nor put in an error.
+    """
+
+    def __init__(self, conn: Connection, datacenter_path: str) -> None:
+        self.conn = conn
+        self.datacenter_path = datacenter_path
+        host, _, port = conn.where.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.context: ssl.SSLContext | None = conn.stub.schemeArgs.get("context")
+
+    def url(self, datastore: str, path: str) -> str:
+        query = urlencode({"dcPath": self.datacenter_path, "dsName": datastore})
+        return f"/folder/{quote(path)}?{query}"
+
+    def _cookie(self) -> str:
+        # pyvmomi keeps the Set-Cookie value; the request needs only "name=value".
+        raw = str(getattr(self.conn.stub, "cookie", "") or "")
+        first = raw.split(";", 1)[0].strip()
+        return first if first.startswith(SESSION_COOKIE + "=") else ""
+
+    def _open(self, method: str, url: str, headers: dict[str, str], deadline: Deadline) -> Any:
+        """A new HTTPS connection with the request's headers sent (not the body)."""
+        conn = http.client.HTTPSConnection(
+            self.host, self.port, timeout=deadline.bound(RPC_TIMEOUT_S), context=self.context
+        )
+        cookie = self._cookie()
+        try:
+            conn.putrequest(method, url, skip_accept_encoding=True)
+            if cookie:
+                conn.putheader("Cookie", cookie)
+            for key, value in headers.items():
+                conn.putheader(key, value)
+            conn.endheaders()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _failed(
+        self, exc: BaseException, what: str, deadline: Deadline, *, sent: bool | None
+    ) -> VmctlError:
+        if isinstance(exc, VmctlError):
+            return exc
+        tls = describe_tls_error(exc)
+        if tls is not None:
+            return ConnectionError(f"{what}: {tls}", sent=False, vendor_code="SSLError")
+        if isinstance(exc, (socket.timeout, TimeoutError)) and deadline.expired():
+            return OperationTimeout(
+                f"{what}: no answer before the deadline ({deadline.seconds:g} s)"
+            )
+        return ConnectionError(
+            f"{what}: {type(exc).__name__}: {exc}", sent=sent, vendor_code=type(exc).__name__
+        )
+
+    def _status(self, response: Any, what: str, ok: Sequence[int]) -> None:
+        status = int(response.status)
+        if status in ok:
+            return
+        body = response.read(2048)
+        text = body.decode("utf-8", "replace").strip().splitlines()
+        detail = f"HTTP {status} {response.reason}" + (f": {text[0][:200]}" if text else "")
+        code = f"HTTP {status}"
+        if status in (401, 403):
+            # The session expired (or never was): nothing was done; the core logs in again.
+            raise ConnectionError(
+                f"{what}: {detail} (the session is not valid)", sent=False, vendor_code=code
+            )
+        if status == 404:
+            raise NotFound(f"{what}: {detail}")
+        if status in (413, 507):
+            raise InsufficientResources(f"{what}: {detail}")
+        raise BackendError(f"{what}: {detail}", vendor_code=code)
+
+    def read(
+        self, datastore: str, path: str, offset: int, length: int, deadline: Deadline
+    ) -> bytes:
+        """``length`` bytes of the file at ``offset`` (a ranged GET)."""
+        what = f"read [{datastore}] {path} at {offset}"
+        deadline.check(what)
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        try:
+            conn = self._open("GET", self.url(datastore, path), headers, deadline)
+        except Exception as exc:
+            raise self._failed(exc, what, deadline, sent=False) from exc
+        try:
+            response = conn.getresponse()
+            self._status(response, what, (200, 206))
+            skip = offset if response.status == 200 else 0  # the server ignored the range
+            while skip:
+                deadline.check(what)
+                dropped = response.read(min(skip, BLOCK))
+                if not dropped:
+                    break
+                skip -= len(dropped)
+            out = bytearray()
+            while len(out) < length:
+                deadline.check(what)
+                piece = response.read(min(BLOCK, length - len(out)))
+                if not piece:
+                    break
+                out += piece
+        except Exception as exc:
+            raise self._failed(exc, what, deadline, sent=None) from exc
+        finally:
+            conn.close()
+        if len(out) != length:
+            raise BackendError(
+                f"{what}: the host sent {len(out)} of {length} bytes (the file is shorter "
+                "than the disk)",
+                vendor_code="ShortRead",
+            )
+        return bytes(out)
+
+    def download(self, datastore: str, path: str, sink: IO[bytes], deadline: Deadline) -> int:
+        """The whole file into ``sink``; its size."""
+        what = f"download [{datastore}] {path}"
+        deadline.check(what)
+        try:
+            conn = self._open("GET", self.url(datastore, path), {}, deadline)
+        except Exception as exc:
+            raise self._failed(exc, what, deadline, sent=False) from exc
+        size = 0
+        try:
+            response = conn.getresponse()
+            self._status(response, what, (200,))
+            while True:
+                deadline.check(what)
+                piece = response.read(BLOCK)
+                if not piece:
+                    break
+                sink.write(piece)
+                size += len(piece)
+        except Exception as exc:
+            raise self._failed(exc, what, deadline, sent=None) from exc
+        finally:
+            conn.close()
+        return size
+
+    def upload(
+        self, datastore: str, path: str, source: IO[bytes], size: int, deadline: Deadline
+    ) -> None:
+        """Replace the file with ``size`` bytes of ``source`` (a PUT)."""
+        what = f"upload [{datastore}] {path}"
+        deadline.check(what)
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        try:
+            conn = self._open("PUT", self.url(datastore, path), headers, deadline)
+        except Exception as exc:
+            raise self._failed(exc, what, deadline, sent=False) from exc
+        try:
+            left = size
+            while left:
+                deadline.check(what)
+                piece = source.read(min(BLOCK, left))
+                if not piece:
+                    raise BackendError(f"{what}: the local copy ended early", vendor_code="EOF")
+                conn.send(piece)
+                left -= len(piece)
+            response = conn.getresponse()
+            self._status(response, what, (200, 201, 204))
+            response.read()
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 28:  # ENOSPC in the temporary file
+                raise InsufficientResources(f"{what}: {exc}") from exc
+            raise self._failed(exc, what, deadline, sent=None) from exc
+        except Exception as exc:
+            raise self._failed(exc, what, deadline, sent=None) from exc
+        finally:
+            conn.close()
+
+
+class EsxBackup(DiskAccess, DiskWriter):
+    """``DiskAccess`` and ``DiskWriter`` for ``EsxDriver`` (a mixin; see the module)."""
+
+    if TYPE_CHECKING:
+        conn: Connection
+        scope: Any
+        uri: URI
+
+        def _props(self, uuid: str, paths: Sequence[str]) -> tuple[Any, dict[str, Any]]: ...
+        def _disk_id(self, disk: Any, devices: Sequence[Any]) -> tuple[str, str]: ...
+        def _task(self, task: Any, description: str) -> Task: ...
+        def _make(
+            self,
+            start: Callable[[], Any],
+            what: str,
+            left: tuple[tuple[str, str], ...],
+            deadline: Deadline,
+        ) -> Any: ...
+
+    _datastore_files: DatastoreFiles | None = None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _files(self) -> DatastoreFiles:
+        files = self._datastore_files
+        if files is None:
+            files = self._datastore_files = DatastoreFiles(self.conn, self._datacenter_path())
+        return files
+
+    def _datacenter_path(self) -> str:
+        """The datacenter's inventory path (dcPath): the URI's for a vCenter, else the name
+        of the host's only datacenter (``ha-datacenter``)."""
+        parts = [p for p in self.uri.path.split("/") if p]
+        if self.conn.is_vcenter and parts:
+            return parts[0]
+        props = self.conn.retrieve_one(self.scope.datacenter, self.conn.vim.Datacenter, ["name"])
+        return str(props.get("name") or "ha-datacenter")
+
+    @staticmethod
+    def _size(disk: Any) -> int:
+        return int(disk.capacityInBytes or 0) or int(disk.capacityInKB or 0) * 1024
+
+    def _extent_file(
+        self, vm_name: str, disk_id: str, device: Any, chain: Sequence[Any], files: dict[int, Any]
+    ) -> _DiskFile:
+        """The flat extent of ``device`` given its layoutEx chain; InvalidState if the disk
+        is not one flat file."""
+        mode = str(getattr(device.backing, "diskMode", "") or "")
+        if mode.startswith("independent"):
+            raise InvalidState(
+                f"disk {disk_id} of VM {vm_name!r} is {mode}: snapshots do not cover it, so "
+                "it has no point in time to read (make it dependent to back it up)"
+            )
+        if len(chain) != 1:
+            raise InvalidState(
+                f"disk {disk_id} of VM {vm_name!r} is a chain of {len(chain)} files (the VM "
+                "has snapshots): the esx driver reads flat base disks only; delete or "
+                "consolidate the VM's snapshots first"
+            )
+        extents = [
+            files[k] for k in chain[0].fileKey or () if k in files and files[k].type == "diskExtent"
+        ]
+        if len(extents) != 1:
+            raise InvalidState(
+                f"disk {disk_id} of VM {vm_name!r} is not a flat disk with one extent file "
+                f"({type(device.backing).__name__}); the esx driver reads flat VMFS/NFS disks "
+                "only"
+            )
+        datastore, path = split_datastore_path(str(extents[0].name))
+        return _DiskFile(datastore, path, self._size(device))
+
+    def _remove_snapshot(self, snap: _Snapshot, deadline: Deadline) -> None:
+        what = f"remove the backup snapshot of VM {snap.vm_name!r}"
+        try:
+            task = self.conn.start_task(
+                lambda: snap.snapshot.RemoveSnapshot_Task(removeChildren=False), what
+            )
+        except NotFound:
+            return  # already gone
+        except VmctlError as exc:
+            if exc.vendor_code == "ManagedObjectNotFound":
+                return
+            raise
+        finish_task(cast(Driver, self), self._task(task, what), deadline=deadline, what=what)
+
+    # -- DiskAccess -------------------------------------------------------------------------
+
+    def open_point_in_time(self, uuid: str, *, quiesce: bool, deadline: Deadline) -> PointInTime:
+        with self.conn.within(deadline):
+            return self._open_point_in_time(uuid, quiesce, deadline)
+
+    def _open_point_in_time(self, uuid: str, quiesce: bool, deadline: Deadline) -> PointInTime:
+        paths = ("name", "runtime.powerState", "guest.toolsRunningStatus", "config.extraConfig")
+        ref, props = self._props(uuid, paths)
+        name = str(props["name"])
+        power = str(props.get("runtime.powerState"))
+        if quiesce:
+            tools = str(props.get("guest.toolsRunningStatus") or "guestToolsNotRunning")
+            if tools not in _TOOLS_RUNNING:
+                raise InvalidState(
+                    f"cannot quiesce VM {name!r}: VMware Tools are not running in it ({tools}"
+                    f", {power})",
+                    current=PowerState.STOPPED if power == "poweredOff" else PowerState.RUNNING,
+                    vendor_code="ToolsUnavailable",
+                )
+        label = f"vmctl-backup-{uuidlib.uuid4().hex[:12]}"
+        what = f"snapshot VM {name!r} for a backup"
+        snapshot = self._make(
+            lambda: ref.CreateSnapshot_Task(
+                name=label,
+                description="vmctl backup: a point in time, removed when the backup ends",
+                memory=False,
+                quiesce=quiesce,
+            ),
+            what,
+            (("snapshot", f"{uuid}/{label}"),),
+            deadline,
+        )
+        snap = _Snapshot(ref, snapshot, name, {})
+        try:
+            return self._point_in_time(uuid, snap, props, power, quiesce, deadline)
+        except BaseException:
+            with contextlib.suppress(VmctlError):
+                self._remove_snapshot(snap, deadline.sooner(RPC_TIMEOUT_S))
+            raise
+
+    def _point_in_time(
+        self,
+        uuid: str,
+        snap: _Snapshot,
+        props: dict[str, Any],
+        power_before: str,
+        quiesce: bool,
+        deadline: Deadline,
+    ) -> PointInTime:
+        vim = self.conn.vim
+        after = self.conn.retrieve_one(
+            snap.vm_ref, vim.VirtualMachine, ["runtime.powerState", "layoutEx"]
+        )
+        config = self.conn.retrieve_one(snap.snapshot, vim.vm.Snapshot, ["config"]).get("config")
+        if config is None:
+            raise NotFound(f"the backup snapshot of VM {snap.vm_name!r} has no configuration")
+        devices = list(config.hardware.device or ())
+        layout = after.get("layoutEx")
+        files = {int(f.key): f for f in (getattr(layout, "file", None) or ())}
+        moid = str(snap.snapshot._moId)
+        snap_layout = next(
+            (s for s in getattr(layout, "snapshot", None) or () if str(s.key._moId) == moid),
+            None,
+        )
+        if snap_layout is None:
+            raise BackendError(
+                f"the host lists no files for the backup snapshot of VM {snap.vm_name!r}",
+                vendor_code="NoSnapshotLayout",
+            )
+        chains = {int(d.key): list(d.chain or ()) for d in snap_layout.disk or ()}
+        extra = {str(o.key): str(o.value) for o in props.get("config.extraConfig") or ()}
+        disks = []
+        for device in devices:
+            if not isinstance(device, vim.vm.device.VirtualDisk):
+                continue
+            disk_id, kind = self._disk_id(device, devices)
+            snap.files[disk_id] = self._extent_file(
+                snap.vm_name, disk_id, device, chains.get(int(device.key), []), files
+            )
+            disks.append(
+                PointInTimeDisk(
+                    id=disk_id,
+                    size_bytes=self._size(device),
+                    name=extra.get(f"vmctl.disk.{disk_id}.name") or None,
+                    bus=kind,
+                )
+            )
+        if quiesce:
+            consistency = Consistency.QUIESCED
+        elif power_before == "poweredOff" and str(after.get("runtime.powerState")) == "poweredOff":
+            consistency = Consistency.STOPPED
+        else:
+            consistency = Consistency.CRASH
+        log.debug("point in time of VM %r: snapshot %s, %s", snap.vm_name, moid, snap.files)
+        return PointInTime(
+            id=moid,
+            vm_uuid=uuid,
+            disks=tuple(disks),
+            consistency=consistency,
+            handle=snap,
+        )
+
+    @staticmethod
+    def _handle(pit: PointInTime, disk_id: str) -> _DiskFile:
+        snap = pit.handle
+        if not isinstance(snap, _Snapshot) or snap.closed:
+            raise NotFound(f"the point in time {pit.id} is closed")
+        file = snap.files.get(disk_id)
+        if file is None:
+            raise NotFound(f"the point in time {pit.id} has no disk {disk_id!r}")
+        return file
+
+    def allocated_extents(
+        self, pit: PointInTime, disk_id: str, *, deadline: Deadline
+    ) -> list[Extent]:
+        # The datastore's HTTP access does not tell holes from data: the whole disk.
+        file = self._handle(pit, disk_id)
+        return [Extent(0, file.size)] if file.size else []
+
+    def read_extent(
+        self, pit: PointInTime, disk_id: str, offset: int, length: int, *, deadline: Deadline
+    ) -> bytes:
+        file = self._handle(pit, disk_id)
+        if offset < 0 or length <= 0 or offset + length > file.size:
+            raise ValidationError(
+                f"cannot read {length} bytes at {offset} of a disk of {file.size} bytes",
+                field="extent",
+            )
+        return self._files().read(file.datastore, file.path, offset, length, deadline)
+
+    def close_point_in_time(self, pit: PointInTime, *, deadline: Deadline) -> None:
+        snap = pit.handle
+        if not isinstance(snap, _Snapshot) or snap.closed:
+            return
+        with self.conn.within(deadline):
+            self._remove_snapshot(snap, deadline)
+        snap.closed = True
+
+    # -- DiskWriter -------------------------------------------------------------------------
+
+    def write_extents(
+        self, uuid: str, disk_id: str, extents: Sequence[ExtentData], *, deadline: Deadline
+    ) -> None:
+        with self.conn.within(deadline):
+            file, name = self._writable_file(uuid, disk_id)
+        for e in extents:
+            if e.end > file.size:
+                raise ValidationError(
+                    f"cannot write {e.length} bytes at {e.offset} of disk {disk_id} of VM "
+                    f"{name!r} ({file.size} bytes)",
+                    field="extents",
+                )
+        if not extents:
+            return
+        files = self._files()
+        whole = _covers(extents, file.size)
+        with tempfile.TemporaryFile(prefix="vmctl-esx-disk-") as local:
+            try:
+                if not whole:
+                    got = files.download(file.datastore, file.path, local, deadline)
+                    if got != file.size:
+                        raise BackendError(
+                            f"write disk {disk_id} of VM {name!r}: its file [{file.datastore}] "
+                            f"{file.path} has {got} bytes, the disk {file.size}",
+                            vendor_code="ShortFile",
+                        )
+                else:
+                    local.truncate(file.size)
+                for e in extents:
+                    local.seek(e.offset)
+                    if e.data is not None:
+                        local.write(e.data)
+                    else:
+                        _write_zeroes(local, e.length)
+                local.flush()
+            except OSError as exc:
+                if exc.errno == 28:
+                    raise InsufficientResources(
+                        f"write disk {disk_id} of VM {name!r}: no room for the local copy "
+                        f"of the disk ({file.size} bytes) in {tempfile.gettempdir()}: {exc}"
+                    ) from exc
+                raise
+            local.seek(0)
+            files.upload(file.datastore, file.path, local, file.size, deadline)
+
+    def _writable_file(self, uuid: str, disk_id: str) -> tuple[_DiskFile, str]:
+        _, props = self._props(
+            uuid, ("name", "runtime.powerState", "config.hardware.device", "layoutEx", "snapshot")
+        )
+        name = str(props["name"])
+        power = str(props.get("runtime.powerState"))
+        if power != "poweredOff":
+            raise InvalidState(
+                f"cannot write to the disks of VM {name!r}: it is {power}; stop it first",
+                current=PowerState.SUSPENDED if power == "suspended" else PowerState.RUNNING,
+                allowed={PowerState.STOPPED},
+            )
+        devices = list(props.get("config.hardware.device") or ())
+        layout = props.get("layoutEx")
+        files = {int(f.key): f for f in (getattr(layout, "file", None) or ())}
+        chains = {int(d.key): list(d.chain or ()) for d in getattr(layout, "disk", None) or ()}
+        for device in devices:
+            if not isinstance(device, self.conn.vim.vm.device.VirtualDisk):
+                continue
+            if self._disk_id(device, devices)[0] != disk_id:
+                continue
+            if props.get("snapshot") is not None:
+                raise InvalidState(
+                    f"cannot write to disk {disk_id} of VM {name!r}: the VM has snapshots, "
+                    "which its base disk must match; delete them first"
+                )
+            return (
+                self._extent_file(name, disk_id, device, chains.get(int(device.key), []), files),
+                name,
+            )
+        raise NotFound(f"VM {name!r} has no disk {disk_id!r}")
+
+
+def _covers(extents: Sequence[ExtentData], size: int) -> bool:
+    """Whether the extents together cover every byte of a disk of ``size`` bytes."""
+    end = 0
+    for e in sorted(extents, key=lambda e: e.offset):
+        if e.offset > end:
+            return False
+        end = max(end, e.end)
+    return end >= size
+
+
+def _write_zeroes(sink: IO[bytes], length: int) -> None:
+    zero = bytes(min(BLOCK, length))
+    while length:
+        n = min(len(zero), length)
+        sink.write(zero[:n])
+        length -= n
+
+
+__all__ = ["DatastoreFiles", "EsxBackup", "split_datastore_path"]
