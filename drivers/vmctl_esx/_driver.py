@@ -86,8 +86,8 @@ from vmctl.spi import (
     finish_task,
 )
 
-from ._backup import EsxBackup
 from ._conn import MAX_POLL_S, Connection, apply_update
+from ._fastlist import FastLister
 from ._faults import is_fault, map_fault, reraise
 
 log = logging.getLogger("vmctl.esx")
@@ -160,9 +160,6 @@ CAPABILITIES = frozenset(
         Capability.EVENTS,
         Capability.STATS,
         Capability.GUEST_INFO,
-        Capability.BACKUP,  # _backup.py: a snapshot read over the datastore's HTTP access
-        Capability.BACKUP_QUIESCE,  # through VMware Tools (InvalidState where they do not run)
-        Capability.RESTORE,  # an upload to the datastore's HTTP access
     }
 )
 
@@ -224,7 +221,6 @@ class _Scope:
 
 
 class EsxDriver(
-    EsxBackup,
     Driver,
     BulkPower,
     TaskWaiter,
@@ -260,6 +256,7 @@ class EsxDriver(
         self._view_lock = threading.Lock()
         self._view_generation = -1
         self._perf: dict[str, int] | None = None
+        self._fast = FastLister(conn)  # listings read with lxml (pyvmomi on any surprise)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -369,19 +366,22 @@ class EsxDriver(
                 self._view_generation = generation
             return self._view
 
+    def _view_rows(self, paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
+        view, vm = [self._vm_view()], self.conn.vim.VirtualMachine
+        rows = self._fast.retrieve(view, vm, paths, through_view=True)
+        if rows is None:
+            rows = self.conn.retrieve(view, vm, paths, through_view=True)
+        return rows
+
     def _list_rows(self, paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
         try:
             try:
-                return self.conn.retrieve(
-                    [self._vm_view()], self.conn.vim.VirtualMachine, paths, through_view=True
-                )
+                return self._view_rows(paths)
             except Exception as exc:
                 if not is_fault(exc, "ManagedObjectNotFound"):
                     raise
                 self._view = None  # the session was renewed: the view went with it
-                return self.conn.retrieve(
-                    [self._vm_view()], self.conn.vim.VirtualMachine, paths, through_view=True
-                )
+                return self._view_rows(paths)
         except Exception as exc:
             reraise(exc, f"list VMs on {self.scope.name}")
 
