@@ -86,6 +86,7 @@ from vmctl.spi import (
     finish_task,
 )
 
+from ._backup import EsxBackup
 from ._conn import MAX_POLL_S, Connection, apply_update
 from ._fastlist import FastLister
 from ._faults import is_fault, map_fault, reraise
@@ -160,6 +161,9 @@ CAPABILITIES = frozenset(
         Capability.EVENTS,
         Capability.STATS,
         Capability.GUEST_INFO,
+        Capability.BACKUP,  # _backup.py: a snapshot read over the datastore's HTTP access
+        Capability.BACKUP_QUIESCE,  # through VMware Tools (InvalidState where they do not run)
+        Capability.RESTORE,  # an upload to the datastore's HTTP access
     }
 )
 
@@ -221,6 +225,7 @@ class _Scope:
 
 
 class EsxDriver(
+    EsxBackup,
     Driver,
     BulkPower,
     TaskWaiter,
