@@ -22,7 +22,11 @@ from .model import (
     xmlrpc_value_string,
 )
 from .tables import (
+    CBT_ERROR,
+    CBT_SAME,
+    CBT_UNRELATED,
     CLASSES,
+    DATA_DESTROY_WAIT,
     MESSAGES,
     MIGRATE_FORCE_KEY,
     MIGRATE_FORCE_TRUE,
@@ -1125,6 +1129,129 @@ class Api:
         self._work(ctx, 0.5)
         with db.lock:
             db._destroy_vdi(vdi)
+        return ""
+
+    # -- VDI snapshots and changed-block tracking (ocaml/xapi/xapi_vdi.ml) ---------------
+    def _vdi_check(self, vdi: str, op: str) -> Rec:
+        """xapi_vdi.ml: check_operation_error, in its order, for the VDI operations
+        simulated here (snapshot and the CBT ones)."""
+        db = self.db
+        rec = db.get("VDI", vdi)
+        if op == "list_changed_blocks":
+            # Blocked while attached to a VM that is not a snapshot.
+            for vbd in rec["VBDs"]:
+                b = db.objs["VBD"].get(vbd)
+                if b is not None and b["currently_attached"]:
+                    vm = db.objs["VM"].get(b["VM"])
+                    if vm is None or not vm["is_a_snapshot"]:
+                        raise Fault("VDI_IN_USE", vdi, op)
+        if rec["type"] == "cbt_metadata" and op in ("snapshot", "enable_cbt", "disable_cbt"):
+            raise Fault("VDI_INCOMPATIBLE_TYPE", vdi, "cbt_metadata")
+        if op == "data_destroy":
+            if not rec["is_a_snapshot"]:
+                raise Fault("OPERATION_NOT_ALLOWED", f"VDI is not a snapshot: {vdi}")
+            if not rec["cbt_enabled"]:
+                raise Fault("VDI_NO_CBT_METADATA", vdi)
+        elif op in ("enable_cbt", "disable_cbt"):
+            if rec["is_a_snapshot"]:
+                raise Fault("OPERATION_NOT_ALLOWED", f"VDI is a snapshot: {vdi}")
+            if rec["type"] not in ("user", "system"):
+                raise Fault("VDI_INCOMPATIBLE_TYPE", vdi, rec["type"])
+            if rec["on_boot"] == "reset":
+                raise Fault("VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION")
+        elif op == "snapshot" and rec["sharable"]:
+            raise Fault("VDI_IS_SHARABLE", vdi)
+        return rec
+
+    def m_VDI_snapshot(
+        self, ctx: Ctx, vdi: str, driver_params: dict[str, str] | None = None
+    ) -> str:
+        db = self.db
+        with db.lock:
+            self._vdi_check(vdi, "snapshot")
+        self._work(ctx, 0.5)
+        with db.lock:
+            d = self._vdi_check(vdi, "snapshot")
+            snap = db._new_vdi(
+                d["name_label"],
+                d["SR"],
+                d["virtual_size"],
+                name_description=d["name_description"],
+                type=d["type"],
+                is_a_snapshot=True,
+                snapshot_of=vdi,
+                snapshot_time=time.time(),
+            )
+            db.vdata.copy(vdi, snap)
+            db.snapshot_vdi_cbt(vdi, snap)
+            db.link("VDI", vdi, "snapshots", snap)
+            if vdi in db.os_vdis:
+                db.os_vdis.add(snap)
+            return snap
+
+    def _cbt(self, ctx: Ctx, vdi: str, enable: bool) -> str:
+        db = self.db
+        op = "enable_cbt" if enable else "disable_cbt"
+        with db.lock:
+            self._vdi_check(vdi, op)
+        self._work(ctx, 0.2)
+        with db.lock:
+            rec = self._vdi_check(vdi, op)
+            # xapi_vdi.ml: change_cbt_status -- a no-op when already in that state.
+            if rec["cbt_enabled"] != enable:
+                if enable:
+                    db.vdata.enable_cbt(vdi)
+                else:
+                    db.vdata.disable_cbt(vdi)
+                db.set("VDI", vdi, cbt_enabled=enable)
+        return ""
+
+    def m_VDI_enable_cbt(self, ctx: Ctx, vdi: str) -> str:
+        return self._cbt(ctx, vdi, True)
+
+    def m_VDI_disable_cbt(self, ctx: Ctx, vdi: str) -> str:
+        return self._cbt(ctx, vdi, False)
+
+    def m_VDI_list_changed_blocks(self, ctx: Ctx, vdi_from: str, vdi_to: str) -> str:
+        from .vdidata import bitmap_b64
+
+        db = self.db
+        with db.lock:
+            db.get("VDI", vdi_from)
+            to = self._vdi_check(vdi_to, "list_changed_blocks")
+            # sm drivers/VDI.py: list_changed_blocks, XE_SR_ERRORCODES CBTChangedBlocksError
+            if vdi_from == vdi_to:
+                raise Fault("SR_BACKEND_FAILURE_460", "", f"{CBT_ERROR}{CBT_SAME}]", "")
+            blocks = db.vdata.changed(vdi_from, vdi_to)
+            if blocks is None:
+                raise Fault("SR_BACKEND_FAILURE_460", "", f"{CBT_ERROR}{CBT_UNRELATED}]", "")
+            return bitmap_b64(blocks, int(to["virtual_size"]))
+
+    def m_VDI_data_destroy(self, ctx: Ctx, vdi: str) -> str:
+        db = self.db
+        with db.lock:
+            rec = self._vdi_check(vdi, "data_destroy")
+            if rec["type"] == "cbt_metadata":
+                return ""  # idempotent (datamodel.ml: VDI.data_destroy)
+            # xapi_vdi.ml: _data_destroy marks the VDI cbt_metadata at once, then waits up
+            # to 4 s for its VBDs to disappear (wait_for_vbds_to_be_unplugged_and_destroyed).
+            db.set("VDI", vdi, type="cbt_metadata")
+            end = time.monotonic() + DATA_DESTROY_WAIT
+            while any(db.valid("VBD", b) for b in db.objs["VDI"][vdi]["VBDs"]):
+                left = end - time.monotonic()
+                if left <= 0 or db.stopped:
+                    db.set("VDI", vdi, type=rec["type"])
+                    raise Fault("VDI_IN_USE", vdi, "data_destroy")
+                db.cond.wait(min(left, 0.1))
+        self._work(ctx, 0.2)
+        with db.lock:
+            if db.valid("VDI", vdi):
+                db.vdata.drop_data(vdi)
+                sr = db.objs["SR"].get(db.objs["VDI"][vdi]["SR"])
+                if sr is not None:
+                    used = db.objs["VDI"][vdi]["physical_utilisation"]
+                    sr["physical_utilisation"] = max(0, sr["physical_utilisation"] - used)
+                db.set("VDI", vdi, physical_utilisation=0)
         return ""
 
     def m_VIF_create(self, ctx: Ctx, args: Rec) -> str:

@@ -34,6 +34,7 @@ from .tables import (
     SUSPEND_FEATURE_OPS,
     TEMPLATE_ALLOWED_OPS,
 )
+from .vdidata import Store
 from .wire import I32, Encoded, escape, xml_value
 
 NULL = "OpaqueRef:NULL"
@@ -356,6 +357,8 @@ class Database:
         # compared with a fresh encoding, and a stale entry fails the call.
         self.wire_cache: dict[str, dict[str, Encoded]] = {c: {} for c in self.objs}
         self.check_cache = os.environ.get("XAPISIM_CHECK_CACHE", "") not in ("", "0")
+        # The bytes of every VDI and their changed-block tracking (vdidata.py).
+        self.vdata = Store()
         self._populate()
 
     # ------------------------------------------------------------------ objects
@@ -1276,6 +1279,7 @@ class Database:
             )
             self.link("SR", sr, "VDIs", vdi, add=False)
         self.os_vdis.discard(vdi)
+        self.vdata.drop(vdi)
         self.delete("VDI", vdi)
 
     def _destroy_vbd(self, vbd: str) -> None:
@@ -1373,7 +1377,9 @@ class Database:
                     type=d["type"],
                     **extra,
                 )
+                self.vdata.copy(vdi, new_vdi)
                 if snapshot:
+                    self.snapshot_vdi_cbt(vdi, new_vdi)
                     self.link("VDI", vdi, "snapshots", new_vdi)
                 if vdi in self.os_vdis:
                     self.os_vdis.add(new_vdi)
@@ -1388,6 +1394,14 @@ class Database:
         if snapshot:
             self.set_parent(src, vm)
         return vm
+
+    def snapshot_vdi_cbt(self, vdi: str, snap: str) -> None:
+        """A snapshot of a VDI with CBT enabled takes its CBT log over and is itself
+        cbt_enabled (sm drivers/VDI.py: _cbt_snapshot; the snapshot's record comes from the
+        SM's vdi_info, cbt_enabled included)."""
+        if self.objs["VDI"][vdi]["cbt_enabled"]:
+            self.vdata.snapshot_cbt(vdi, snap)
+            self.set("VDI", snap, cbt_enabled=True)
 
     def set_parent(self, vm: str, parent: str) -> None:
         """VM.parent := parent, keeping the reverse field VM.children in step (the

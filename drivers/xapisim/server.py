@@ -18,8 +18,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .api import Api
+from .datapath import DataPath
 from .model import Config, Database
-from .tables import HTTP_500_BODY, HTTP_500_HEAD, JSONRPC_PATH, RPC_REPLY_HEADERS
+from .tables import (
+    EXPORT_RAW_VDI,
+    HTTP_500_BODY,
+    HTTP_500_HEAD,
+    IMPORT_RAW_VDI,
+    JSONRPC_PATH,
+    RPC_REPLY_HEADERS,
+)
 from .wire import (
     MalformedRequest,
     json_response,
@@ -73,6 +81,9 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] == EXPORT_RAW_VDI:
+            DataPath(self).export_raw_vdi()
+            return
         body = b"xapisim: XenAPI simulator; POST XML-RPC here, JSON-RPC to /jsonrpc\n"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -134,6 +145,13 @@ class _Handler(BaseHTTPRequestHandler):
             ],
             b"",
         )
+
+    def do_PUT(self) -> None:
+        if self.path.split("?", 1)[0] == IMPORT_RAW_VDI:
+            DataPath(self).import_raw_vdi()
+            return
+        self.close_connection = True
+        self._send("404 Not Found", [("connection", "close")], b"")
 
     def do_POST(self) -> None:
         try:

@@ -22,6 +22,7 @@ DM_POOL = "ocaml/idl/datamodel_pool.ml"
 DM_ERR = "ocaml/idl/datamodel_errors.ml"
 LIFECYCLE = "ocaml/xapi/xapi_vm_lifecycle.ml"
 EVENT = "ocaml/xapi/xapi_event.ml"
+XAPI_VDI = "ocaml/xapi/xapi_vdi.ml"
 WIRE = "doc/content/xen-api/wire-protocol.md"
 
 
@@ -844,6 +845,18 @@ MESSAGES: dict[str, MessageSpec] = {
                               f"{DM}: VBD insert"),
     "VDI.create": MessageSpec([("VDI record", "args")], "ref VDI", None, f"{DM}: module VDI"),
     "VDI.destroy": MessageSpec([("ref VDI", "self")], "void", None, f"{DM}: module VDI"),
+    "VDI.snapshot": MessageSpec(
+        [("ref VDI", "vdi"), ("map string string", "driver_params")], "ref VDI", None,
+        f"{DM}: VDI snapshot (driver_params defaults to {{}})", optional=1),
+    "VDI.enable_cbt": MessageSpec([("ref VDI", "self")], "void", None,
+                                  f"{DM}: VDI enable_cbt; {XAPI_VDI}: change_cbt_status"),
+    "VDI.disable_cbt": MessageSpec([("ref VDI", "self")], "void", None,
+                                   f"{DM}: VDI disable_cbt (idempotent)"),
+    "VDI.data_destroy": MessageSpec([("ref VDI", "self")], "void", None,
+                                    f"{DM}: VDI data_destroy; {XAPI_VDI}: _data_destroy"),
+    "VDI.list_changed_blocks": MessageSpec(
+        [("ref VDI", "vdi_from"), ("ref VDI", "vdi_to")], "string", None,
+        f"{DM}: VDI list_changed_blocks (a base64 bitmap of 64k blocks)"),
     "VIF.create": MessageSpec([("VIF record", "args")], "ref VIF", None, f"{DM}: module VIF"),
     "VIF.destroy": MessageSpec([("ref VIF", "self")], "void", None, f"{DM}: module VIF"),
     "VIF.plug": MessageSpec([("ref VIF", "self")], "void", None, f"{DM}: VIF plug"),
@@ -963,11 +976,80 @@ ERRORS: dict[str, ErrorSpec] = {
         ["vm", "reason"], f"{DM_ERR}: vm_non_suspendable; ocaml/xapi-consts/api_errors.ml:"
         f' vm_non_suspendable = "VM_NON_SUSPENDABLE"; {LIFECYCLE}: check_op_for_feature'
         " raises [ref; reason] (reason = guest metrics other:data-cant-suspend-reason)"),
+    "VDI_INCOMPATIBLE_TYPE": ErrorSpec(["vdi", "type"], f"{DM_ERR}: vdi_incompatible_type;"
+                                       f" {XAPI_VDI}: check_operation_error (cbt_metadata)"),
+    "VDI_NO_CBT_METADATA": ErrorSpec(["vdi"], f"{DM_ERR}: vdi_no_cbt_metadata;"
+                                     f" {XAPI_VDI}: check_operation_error (data_destroy)"),
+    "VDI_CBT_ENABLED": ErrorSpec(["vdi"], f"{DM_ERR}: vdi_cbt_enabled (mirror, set_on_boot:"
+                                 " not simulated)"),
+    "VDI_IS_SHARABLE": ErrorSpec(["vdi"], f"{DM_ERR}: vdi_is_sharable;"
+                                 f" {XAPI_VDI}: check_operation_error (snapshot)"),
+    "VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION": ErrorSpec(
+        [], f"{DM_ERR}: vdi_on_boot_mode_incompatible_with_operation"),
+    "VDI_IO_ERROR": ErrorSpec(["reason"], f"{DM_ERR}: vdi_io_error;"
+                              " ocaml/xapi/vhd_tool_wrapper.ml: run_vhd_tool"),
+    "VDI_TOO_LARGE": ErrorSpec(["vdi", "maximum size"], f"{DM_ERR}: vdi_too_large;"
+                               " ocaml/xapi/export_raw_vdi.ml (vhd past max_vhd_size)"),
+    "VDI_MISSING": ErrorSpec(["sr", "vdi"], f"{DM_ERR}: vdi_missing;"
+                             " ocaml/xapi/import_raw_vdi.ml: import (neither vdi nor sr)"),
+    "SR_BACKEND_FAILURE_460": ErrorSpec(
+        ["status", "stdout", "stderr"],
+        f"{DM_ERR}: sr_backend_failure; xapi-project/sm drivers/VDI.py:"
+        " list_changed_blocks raises XenError('CBTChangedBlocksError', opterr) (errno 460),"
+        " which xapi reports as SR_BACKEND_FAILURE_<errno> [\"\"; message; \"\"]"),
     "VM_MISSING_PV_DRIVERS": ErrorSpec(
         ["vm"], f"{DM_ERR}: vm_missing_pv_drivers; ocaml/xapi-consts/api_errors.ml:"
         ' vm_missing_pv_drivers = "VM_MISSING_PV_DRIVERS";'
         " ocaml/xapi/xapi_pv_driver_version.ml: make_error_opt raises [vm]"),
 }  # fmt: skip
+
+#: sm drivers/XE_SR_ERRORCODES.xml CBTChangedBlocksError's description, then SM's
+#: "[opterr=...]" (xs_errors.XenError); the simulator appends the opterr and "]".
+CBT_ERROR = "Failed to calculate changed blocks for given VDIs. [opterr="
+CBT_SAME = "Source and target VDI are same"  # sm drivers/VDI.py: list_changed_blocks
+CBT_UNRELATED = "Source and target VDI are unrelated"  # ditto, no chain from -> to
+#: ocaml/xapi/xapi_vdi.ml: data_destroy = _data_destroy ~timeout:4 (seconds to wait for the
+#: VDI's VBDs to be destroyed before VDI_IN_USE).
+DATA_DESTROY_WAIT = 4.0
+
+# --------------------------------------------------------------------------------------
+# The HTTP data path (ocaml/xapi/export_raw_vdi.ml, import_raw_vdi.ml, importexport.ml,
+# xapi_http.ml, ocaml/libs/http-lib/http.ml, http_svr.ml)
+# --------------------------------------------------------------------------------------
+
+EXPORT_RAW_VDI = "/export_raw_vdi"  # ocaml/xapi-consts/constants.ml: export_raw_vdi_uri (GET)
+IMPORT_RAW_VDI = "/import_raw_vdi"  # constants.ml: import_raw_vdi_uri (PUT)
+#: importexport.ml: Format.of_string (case-insensitive; "raw" when absent) and
+#: Format.content_type; tar and qcow2 are not simulated.
+DISK_FORMATS: dict[str, str] = {"raw": "application/octet-stream", "vhd": "application/vhd"}
+#: export_raw_vdi.ml: localhost_handler -- http_200_ok ~keep_alive:false, then these
+#: three lines exactly as written ("task-id:" and "content-type:" without a space).
+EXPORT_HEADERS = [
+    "HTTP/1.1 200 OK",
+    "Connection: close",
+    "Cache-Control: no-cache, no-store",
+    "task-id:{task}",
+    "content-type:{content_type}",
+    'content-disposition: attachment; filename="{filename}"',
+]
+#: import_raw_vdi.ml: localhost_handler -- http_200_ok ~keep_alive:false, task-id, and
+#: importexport.ml: content_type ("content-type: application/octet-stream"), sent before
+#: the body is read.
+IMPORT_HEADERS = [
+    "HTTP/1.1 200 OK",
+    "Connection: close",
+    "Cache-Control: no-cache, no-store",
+    "task-id:{task}",
+    "content-type: application/octet-stream",
+]
+#: http.ml: http_404_missing / http_400_badrequest (version "1.0" where the handler asks).
+HTTP_404 = ["HTTP/1.0 404 Not Found", "Connection: close", "Cache-Control: no-cache, no-store"]
+HTTP_400 = ["HTTP/1.1 400 Bad Request", "Connection: close", "Cache-Control: no-cache, no-store"]
+#: http_svr.ml: response_unauthorised (realm: the handler's, e.g. "VDI.export_raw").
+HTTP_401_BODY = (
+    "<html><body><h1>HTTP 401 unauthorised</h1>Please check your credentials and retry."
+    "</body></html>"
+)
 
 API_VERSION = (2, 21)  # host.API_version_major/minor reported (a recent xapi)
 
