@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-TEST_EXTRAS ?= dev,kit,kvm,esx,xen
+TEST_EXTRAS ?= dev,kit,kvm,esx,xen,docs
 PYTEST_ARGS ?=
 
-.PHONY: demo test check venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen host-hyperv \
+.PHONY: demo test check docs venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen host-hyperv \
         hosts-stop conformance-sim bench matrix clean
 
 # vmctl and the conformance kit's pytest ([kit]): `vmctl conformance sim://` works after
@@ -55,6 +55,11 @@ check: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -m sim -q $(PYTEST_ARGS)
+
+## make docs: the documentation site (docs/*.md, README, the spec, the API reference from the
+## docstrings) in build/site, warnings as errors; `make test` builds it too (tests/docs/test_site.py)
+docs: $(VENV)/.stamp-test
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 conformance-sim: venv
 	$(VENV)/bin/vmctl conformance sim:// --report reports/sim.md

@@ -1,0 +1,81 @@
+"""The documentation site builds with no warning (``mkdocs build --strict``, as ``make docs``):
+every page of docs/, README.md and the spec, the API reference generated from the docstrings,
+and no broken link or anchor between them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "docs" / "_site"))
+
+import doctest_blocks  # noqa: E402
+import hooks  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.fail("mkdocs is not installed: pip install -e '.[docs]' (make test-venv does)")
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, f"mkdocs build --strict failed:\n{run.stderr[-6000:]}"
+    assert "WARNING" not in run.stderr, run.stderr[-6000:]
+    return out
+
+
+def test_every_page_is_built(site: Path) -> None:
+    pages = [p.stem for p in (ROOT / "docs").glob("*.md")]
+    assert "support-matrix" in pages
+    for page in pages:
+        assert (site / page / "index.html").is_file(), f"docs/{page}.md has no page"
+    home = (site / "index.html").read_text()
+    assert "One vendor-neutral Python API" in home  # README.md
+    assert "LIFE-START-1" in (site / "spec" / "index.html").read_text()
+
+
+def test_reference_comes_from_the_docstrings(site: Path) -> None:
+    spi = (site / "reference" / "spi" / "index.html").read_text()
+    for name in ("vmctl.spi.Driver", "vmctl.spi.Snapshots", "vmctl.spi.DiskAccess"):
+        assert f'id="{name}"' in spi, name
+    # a sentence that is only in Driver.create_vm's docstring
+    assert "nothing of it is left behind" in spi
+    api = (site / "reference" / "vmctl" / "index.html").read_text()
+    for name in ("vmctl.connect", "vmctl.VM", "vmctl.VMSpec", "vmctl.PowerState"):
+        assert f'id="{name}"' in api, name
+    assert "&gt;&gt;&gt; " not in api.replace('<span class="gp">&gt;&gt;&gt; </span>', "")
+
+
+def test_links_written_for_github_point_at_site_pages() -> None:
+    class Page:
+        def __init__(self, src_uri: str) -> None:
+            self.file = type("F", (), {"src_uri": src_uri})()
+
+    assert hooks._rewrite("docs/guide.md#events", Page("index.md")) == "guide.md#events"
+    assert hooks._rewrite("spec/SPEC.md", Page("index.md")) == "spec.md"
+    assert hooks._rewrite("../spec/SPEC.md", Page("conformance.md")) == "spec.md"
+    assert hooks._rewrite("../vmctl/spi.py", Page("driver-authoring.md")) == "reference/spi.md"
+    assert hooks._rewrite("../guide.md", Page("reference/vmctl.md")) == "../guide.md"
+    assert hooks._rewrite("../drivers/vmctl_sim", Page("driver-authoring.md")) is None
+    assert (
+        hooks._rewrite("https://example.com/x.md", Page("guide.md")) == "https://example.com/x.md"
+    )
+
+
+def test_doctest_lines_become_code_blocks() -> None:
+    text = "Connect.\n\n>>> import vmctl\n>>> vmctl.URI.parse('sim://')\nURI(...)\n\nAfter."
+    assert doctest_blocks.fence_doctests(text) == (
+        "Connect.\n\n```pycon\n>>> import vmctl\n>>> vmctl.URI.parse('sim://')\nURI(...)\n```"
+        "\n\nAfter."
+    )
+    assert doctest_blocks.fence_doctests("Python::\n\n    run()") == "Python:\n\n    run()"
