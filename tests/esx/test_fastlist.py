@@ -16,7 +16,7 @@ from tests.hosts.esx import VcsimServer
 from .conftest import Admin, vc_uri
 
 pytest.importorskip("lxml")
-from lxml import etree  # noqa: E402
+from lxml import etree
 
 NS = "urn:vim25"
 
