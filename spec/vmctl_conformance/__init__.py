@@ -20,7 +20,17 @@ even when it fails, and reports anything left behind.
 """
 
 from ._clauses import clause, load_clauses, requires
+from ._expect import Mismatch, expect
 from .report import ClauseResult, Report
 from .runner import run
 
-__all__ = ["ClauseResult", "Report", "clause", "load_clauses", "requires", "run"]
+__all__ = [
+    "ClauseResult",
+    "Mismatch",
+    "Report",
+    "clause",
+    "expect",
+    "load_clauses",
+    "requires",
+    "run",
+]

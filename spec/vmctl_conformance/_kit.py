@@ -6,7 +6,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import vmctl
@@ -22,11 +22,16 @@ from vmctl import (
     VMSpec,
 )
 
+from ._expect import expect
+
 if TYPE_CHECKING:
     from vmctl.backup import Repository
 
 #: Chunk size of the repositories the kit makes (small: the kit's disks are small).
 KIT_CHUNK_SIZE = 1024 * 1024
+#: Default of the settle_s option: seconds after a request returned before the kit reads
+#: the state again.
+DEFAULT_SETTLE_S = "0.5"
 
 
 class Kit:
@@ -41,6 +46,8 @@ class Kit:
         self.options = dict(options)
         self.created: list[VM] = []
         self.timeout = float(self.options.get("op_timeout", "180"))
+        #: How long after a request returned the kit looks at the state again (settle_s).
+        self.settle = float(self.options.get("settle_s", DEFAULT_SETTLE_S))
         self._repos: list[str] = []
 
     # -- options --------------------------------------------------------------------------
@@ -143,6 +150,18 @@ class Kit:
         from vmctl.backup import open_repo
 
         return open_repo(self.repo_url(), chunk_size=KIT_CHUNK_SIZE)
+
+    def settled(self, vms: VM | Sequence[VM], state: PowerState, request: str) -> None:
+        """Each VM is still in ``state`` the settle time (option ``settle_s``) after
+        ``request`` returned it there: a request must not return before the host is done
+        (e.g. a reboot that returns RUNNING and halts the guest a moment later)."""
+        time.sleep(self.settle)
+        for vm in [vms] if isinstance(vms, VM) else vms:
+            expect(
+                vm.info().state,
+                state,
+                f"state of {vm.name} read again {self.settle:g} s after {request} returned",
+            )
 
     def wait_until(
         self, check: Callable[[], bool], what: str, timeout: float | None = None

@@ -44,7 +44,7 @@ class Column:
     name: str
     cells: dict[str, str] = field(factory=dict)
     counts: list[str] = field(factory=list)  # pass, fail, not-supported, skip, leaked
-    notes: list[str] = field(factory=list)  # "CLAUSE: reason"
+    notes: list[str] = field(factory=list)  # "CLAUSE: reason", "CLAUSE: FAIL: how"
 
     @classmethod
     def from_report(cls, report: Report) -> Column:
@@ -54,9 +54,9 @@ class Column:
             cells={cid: MARK.get(r.status, r.status) for cid, r in report.results.items()},
             counts=[*(str(c[s]) for s in STATUSES), str(len(report.leaked))],
             notes=[
-                f"{cid}: {r.reason}"
+                f"{cid}: {r.reason}" if r.status == "skip" else f"{cid}: FAIL: {r.reason}"
                 for cid, r in sorted(report.results.items())
-                if r.status == "skip"
+                if r.status in ("skip", "fail")
             ],
         )
 
@@ -122,7 +122,12 @@ def render(columns: list[Column]) -> str:
         lines.append(f"| {c.name} | " + " | ".join(c.counts) + " |")
     notes = [f"- {c.name}, {note}" for c in columns for note in c.notes]
     if notes:
-        lines += ["", "Skipped clauses could not be checked on that host, and say why:", *notes]
+        lines += [
+            "",
+            "Skipped clauses could not be checked on that host, and say why; failed ones say "
+            "how (the statement, the expected and the actual value):",
+            *notes,
+        ]
     return "\n".join(lines) + "\n"
 
 

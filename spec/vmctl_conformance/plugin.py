@@ -20,6 +20,7 @@ import vmctl
 from vmctl import Capability, Hypervisor, _registry
 
 from ._clauses import load_clauses
+from ._expect import compare_note, failure_note
 from ._kit import PROBES, Kit, leftovers
 from .report import ClauseResult, Report
 
@@ -176,6 +177,13 @@ def kit(
         raise AssertionError(f"cleanup failed: {'; '.join(problems)}")
 
 
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """A failed comparison in a clause says ``expected X, got Y`` (clauses write
+    ``assert actual OP expected``); the report's note adds the statement."""
+    note = compare_note(op, left, right)
+    return [note] if note else None
+
+
 def _marker_args(item: pytest.Item, name: str) -> list[Any]:
     return [a for m in item.iter_markers(name) for a in m.args]
 
@@ -221,11 +229,7 @@ def pytest_runtest_makereport(
         ns = dict(item.user_properties).get("not_supported")
         if rep.failed:
             status = "fail"
-            reason = (
-                f"{item.name}: {rep.longreprtext.strip().splitlines()[-1][:300]}"
-                if rep.longreprtext
-                else item.name
-            )
+            reason = failure_note(item, call.excinfo, rep.longreprtext)
         elif rep.skipped:
             status = "skip"
             lr = rep.longrepr

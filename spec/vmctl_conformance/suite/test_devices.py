@@ -67,6 +67,7 @@ def test_hotplug_disk(kit: Kit) -> None:
     vm.remove_disk(disk_id)
     assert disk_id not in {d.id for d in vm.config().disks}
     assert vm.info().state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "remove_disk")
 
 
 @clause("DEV-HOTPLUG-NIC-1")
@@ -77,3 +78,4 @@ def test_hotplug_nic(kit: Kit) -> None:
     vm.remove_nic(nic_id)
     assert nic_id not in {n.id for n in vm.config().nics}
     assert vm.info().state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "remove_nic")

@@ -68,6 +68,7 @@ def test_start_returns_running(kit: Kit) -> None:
     info = vm.start(timeout=kit.timeout)
     assert info.state is S.RUNNING
     assert vm.info().state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "start")
 
 
 @clause("LIFE-START-2")
@@ -87,6 +88,7 @@ def test_power_off_returns_stopped(kit: Kit) -> None:
     info = vm.power_off(timeout=kit.timeout)
     assert info.state is S.STOPPED
     assert info.reason in (StateReason.POWERED_OFF, StateReason.UNKNOWN)
+    kit.settled(vm, S.STOPPED, "power_off")
     assert vm.info().reason is not StateReason.BOOTED
 
 
@@ -95,6 +97,7 @@ def test_power_off_returns_stopped(kit: Kit) -> None:
 def test_power_off_from_paused(kit: Kit) -> None:
     vm = kit.vm("off-paused", state=S.PAUSED)
     assert vm.power_off(timeout=kit.timeout).state is S.STOPPED
+    kit.settled(vm, S.STOPPED, "power_off")
 
 
 @clause("LIFE-OFF-1")
@@ -102,6 +105,7 @@ def test_power_off_from_paused(kit: Kit) -> None:
 def test_power_off_from_suspended(kit: Kit) -> None:
     vm = kit.vm("off-susp", state=S.SUSPENDED, os=kit.guest)
     assert vm.power_off(timeout=kit.timeout).state is S.STOPPED
+    kit.settled(vm, S.STOPPED, "power_off")
 
 
 @clause("LIFE-SHUTDOWN-1")
@@ -115,6 +119,7 @@ def test_graceful_shutdown_of_guest(kit: Kit) -> None:
     info = vm.shutdown(timeout=kit.timeout)
     assert info.state is S.STOPPED
     assert info.reason in (StateReason.SHUTDOWN, StateReason.UNKNOWN)
+    kit.settled(vm, S.STOPPED, "shutdown")
 
 
 @clause("LIFE-SHUTDOWN-2")
@@ -126,6 +131,7 @@ def test_unanswered_shutdown_times_out_then_forces(kit: Kit) -> None:
     assert vm.info().state is S.RUNNING
     info = vm.shutdown(timeout=kit.timeout, force_after=2)
     assert info.state is S.STOPPED
+    kit.settled(vm, S.STOPPED, "shutdown(force_after=2)")
 
 
 @clause("LIFE-REBOOT-1")
@@ -136,6 +142,7 @@ def test_reboot(kit: Kit) -> None:
         if kit.has(Capability.GUEST_INFO):
             kit.wait_until(lambda: bool(vm.guest_info().ip_addresses), "the guest to boot")
         assert vm.reboot(timeout=kit.timeout).state is S.RUNNING
+        kit.settled(vm, S.RUNNING, "reboot")
         return
     # No guest OS to ask: the request is refused as one the guest cannot take, or the VM
     # simply keeps running (ACPI ignored); either way it stays RUNNING.
@@ -143,6 +150,7 @@ def test_reboot(kit: Kit) -> None:
     with contextlib.suppress(vmctl.InvalidState):
         assert vm.reboot(timeout=kit.timeout).state is S.RUNNING
     assert vm.info().state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "reboot")
 
 
 @clause("LIFE-RESET-1")
@@ -151,6 +159,7 @@ def test_reset(kit: Kit) -> None:
     vm = kit.vm("reset", state=S.RUNNING)
     assert vm.reset(timeout=kit.timeout).state is S.RUNNING
     assert vm.info().state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "reset")
 
 
 @clause("LIFE-PAUSE-1")
@@ -160,7 +169,9 @@ def test_pause_and_resume(kit: Kit) -> None:
     assert vm.pause(timeout=kit.timeout).state is S.PAUSED
     assert vm.info().state is S.PAUSED
     assert {i.uuid: i.state for i in kit.hv.list_vms()}[vm.uuid] is S.PAUSED
+    kit.settled(vm, S.PAUSED, "pause")
     assert vm.resume(timeout=kit.timeout).state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "resume")
 
 
 @clause("LIFE-SUSPEND-1")
@@ -170,7 +181,9 @@ def test_suspend_and_resume(kit: Kit) -> None:
     assert vm.suspend(timeout=kit.timeout).state is S.SUSPENDED
     assert vm.info().state is S.SUSPENDED
     assert {i.uuid: i.state for i in kit.hv.list_vms()}[vm.uuid] is S.SUSPENDED
+    kit.settled(vm, S.SUSPENDED, "suspend")
     assert vm.resume(timeout=kit.timeout).state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "resume")
 
 
 @clause("LIFE-DELETE-1")
@@ -205,3 +218,4 @@ def test_wait_false_and_wait_all(kit: Kit) -> None:
         assert op.result().state is S.RUNNING
     states = {i.uuid: i.state for i in kit.hv.list_vms()}
     assert all(states[vm.uuid] is S.RUNNING for vm in vms)
+    kit.settled(vms, S.RUNNING, "start(wait=False)")

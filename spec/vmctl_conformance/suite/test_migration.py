@@ -24,6 +24,7 @@ def test_live_migration(kit: Kit) -> None:
     moved = vm.migrate(other, timeout=kit.timeout)
     assert moved.uuid == vm.uuid
     assert moved.info().state is S.RUNNING
+    kit.settled(moved, S.RUNNING, "migrate")
     assert vm.uuid in {i.uuid for i in other.list_vms()}
     assert vm.uuid not in {i.uuid for i in kit.hv.list_vms()}
 
@@ -36,4 +37,5 @@ def test_cold_migration(kit: Kit) -> None:
     moved = vm.migrate(other, timeout=kit.timeout)
     assert moved.uuid == vm.uuid
     assert moved.info().state is S.STOPPED
+    kit.settled(moved, S.STOPPED, "migrate")
     assert vm.uuid not in {i.uuid for i in kit.hv.list_vms()}

@@ -35,6 +35,7 @@ def test_hot_vcpus(kit: Kit) -> None:
     info = vm.info()
     assert info.vcpus == 2
     assert info.state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "reconfigure(vcpus=2)")
 
 
 @clause("RECONF-HOT-MEMORY-1")
@@ -46,6 +47,7 @@ def test_hot_memory(kit: Kit) -> None:
     info = vm.info()
     assert info.memory_mib == target
     assert info.state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "reconfigure(memory_mib=...)")
 
 
 def _roughly(actual: int | None, wanted: int, slack: float = 0.05) -> bool:

@@ -32,6 +32,7 @@ def test_revert_restores_config(kit: Kit) -> None:
     assert vm.info().vcpus == 2
     info = vm.revert("one-vcpu", timeout=kit.timeout)
     assert info.state is S.STOPPED
+    kit.settled(vm, S.STOPPED, "revert")
     assert vm.info().vcpus == 1
 
 
@@ -66,3 +67,4 @@ def test_memory_snapshot_reverts_running(kit: Kit) -> None:
     vm.power_off(timeout=kit.timeout)
     info = vm.revert(snap, timeout=kit.timeout)
     assert info.state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "revert")
