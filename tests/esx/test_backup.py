@@ -1,0 +1,208 @@
+"""Backup and restore on the vSphere simulator: the snapshot, the disk files read and written
+through the datastore's HTTP access (/folder), checked with an independent HTTP client; the
+snapshot removed in every case; the refusals (quiesce without VMware Tools, writes into a
+running VM or one with snapshots)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import secrets
+import ssl
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pytest
+from pyVmomi import vim
+
+import vmctl
+from tests.hosts.esx import VcsimServer
+from vmctl import Capability as C
+from vmctl import PowerState as S
+from vmctl.backup import BackupKind, Consistency, read_disk, write_disk
+from vmctl.spi import Deadline, ExtentData
+
+from .conftest import Admin
+
+MIB = 1024 * 1024
+Target = tuple[VcsimServer, Admin, str]
+
+
+@pytest.fixture
+def hv(target: Target) -> Iterator[vmctl.Hypervisor]:
+    srv, _, uri = target
+    with vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile)) as conn:
+        before = {i.uuid for i in conn.list_vms()}
+        yield conn
+        for info in conn.list_vms():
+            if info.uuid not in before:
+                conn.vm(info.uuid).delete(force=True)
+
+
+@pytest.fixture
+def esx(esx_sim: VcsimServer) -> Iterator[vmctl.Hypervisor]:
+    with vmctl.connect(esx_sim.uri, password=esx_sim.password, cafile=str(esx_sim.cafile)) as c:
+        before = {i.uuid for i in c.list_vms()}
+        yield c
+        for info in c.list_vms():
+            if info.uuid not in before:
+                c.vm(info.uuid).delete(force=True)
+
+
+def make(hv: vmctl.Hypervisor, name: str = "", sizes: tuple[int, ...] = (8,)) -> vmctl.VM:
+    spec = vmctl.VMSpec(
+        name=name or f"bk-{secrets.token_hex(3)}",
+        disks=[vmctl.DiskSpec(size_mib=s) for s in sizes],
+    )
+    return hv.create_vm(spec)
+
+
+def flat_file(srv: VcsimServer, admin: Admin, dc_path: str, descriptor: str) -> bytes:
+    """The whole extent of a flat disk, read with a plain HTTP client (not the driver's):
+    ``[ds] dir/NAME.vmdk`` keeps its data in ``dir/NAME-flat.vmdk``."""
+    datastore, _, path = descriptor[1:].partition("] ")
+    flat = path[: -len(".vmdk")] + "-flat.vmdk"
+    url = f"/folder/{quote(flat)}?" + urlencode({"dcPath": dc_path, "dsName": datastore})
+    conn = http.client.HTTPSConnection(
+        srv.host, srv.port, context=ssl.create_default_context(cafile=str(srv.cafile))
+    )
+    try:
+        cookie = str(admin.si._stub.cookie).split(";")[0]
+        conn.request("GET", url, headers={"Cookie": cookie})
+        response = conn.getresponse()
+        assert response.status == 200, (response.status, url)
+        return response.read()
+    finally:
+        conn.close()
+
+
+def snapshots(admin: Admin, uuid: str) -> list[str]:
+    props = admin.props(admin.vm(uuid), vim.VirtualMachine, ["snapshot"])
+    info = props.get("snapshot")
+    out: list[str] = []
+
+    def walk(trees: Any) -> None:
+        for t in trees or ():
+            out.append(str(t.name))
+            walk(t.childSnapshotList)
+
+    walk(info.rootSnapshotList if info is not None else ())
+    return out
+
+
+def test_capabilities(hv: vmctl.Hypervisor) -> None:
+    caps = hv.capabilities
+    assert {C.BACKUP, C.BACKUP_QUIESCE, C.RESTORE} <= caps
+    assert C.BACKUP_INCREMENTAL not in caps  # no changed-block tracking (docs/esx.md)
+
+
+def test_written_bytes_are_in_the_flat_extent(hv: vmctl.Hypervisor, target: Target) -> None:
+    """write_disk uploads into NAME-flat.vmdk at the right offsets (an independent GET sees
+    them); a VM name with a space exercises the URL's quoting; read_disk reads them back."""
+    srv, admin, _ = target
+    vm = make(hv, f"bk with space {secrets.token_hex(2)}", sizes=(4, 2))
+    second = vm.config().disks[1]
+    write_disk(vm, second.id, 1000, b"abc" * 700)
+    write_disk(vm, second.id, 2 * MIB - 5, b"12345")
+    dc = "ha-datacenter" if srv.mode == "esx" else "DC0"
+    raw = flat_file(srv, admin, dc, str(second.path))
+    want = bytearray(2 * MIB)
+    want[1000:3100] = b"abc" * 700
+    want[-5:] = b"12345"
+    assert raw == bytes(want)
+    assert read_disk(vm, second.id, 999, 2102) == b"\0" + b"abc" * 700 + b"\0"
+    first = vm.config().disks[0]
+    assert flat_file(srv, admin, dc, str(first.path)) == bytes(4 * MIB)  # untouched
+    assert snapshots(admin, vm.uuid) == []  # read_disk's snapshot is gone
+
+
+def test_backup_restore_and_snapshot_removed(hv: vmctl.Hypervisor, target: Target) -> None:
+    srv, admin, _ = target
+    vm = make(hv, sizes=(8, 3))
+    data = hashlib.sha256(b"esx").digest() * 4096  # 128 KiB
+    for d in vm.config().disks:
+        write_disk(vm, d.id, MIB + 17, data)
+    repo = vmctl.open_repo(f"memory://esx-{secrets.token_hex(4)}", chunk_size=MIB)
+    info = vm.backup(repo)
+    assert info.kind is BackupKind.FULL and "does not track changed blocks" in info.reason
+    assert info.consistency is Consistency.STOPPED
+    assert info.read_bytes == 11 * MIB  # the whole disks: allocation is not known
+    assert snapshots(admin, vm.uuid) == []
+    restored = repo.restore(info.id, hv, name=f"{vm.name}-r")
+    assert restored.info().state is S.STOPPED
+    dc = "ha-datacenter" if srv.mode == "esx" else "DC0"
+    for src, dst in zip(vm.config().disks, restored.config().disks, strict=True):
+        assert dst.size_mib == src.size_mib
+        assert flat_file(srv, admin, dc, str(dst.path)) == flat_file(srv, admin, dc, str(src.path))
+    assert snapshots(admin, restored.uuid) == []
+    assert repo.verify(info.id).ok
+
+
+def test_running_vm_is_crash_consistent_and_quiesce_needs_tools(
+    esx: vmctl.Hypervisor, esx_admin: Admin
+) -> None:
+    vm = make(esx)
+    write_disk(vm, "scsi0:0", 0, b"boot")
+    vm.start()
+    repo = vmctl.open_repo(f"memory://esx-{secrets.token_hex(4)}", chunk_size=MIB)
+    assert vm.backup(repo).consistency is Consistency.CRASH
+    with pytest.raises(vmctl.InvalidState, match="VMware Tools are not running"):
+        vm.backup(repo, quiesce=True)
+    assert snapshots(esx_admin, vm.uuid) == []  # refused before any snapshot
+    esx_admin.set_props(vm.uuid, guest__toolsRunningStatus="guestToolsRunning")
+    quiet = vm.backup(repo, quiesce=True)
+    assert quiet.consistency is Consistency.QUIESCED
+    auto = vm.backup(repo)  # quiesce=None: quiesced when the host can
+    assert auto.consistency is Consistency.QUIESCED
+    assert snapshots(esx_admin, vm.uuid) == []
+    with pytest.raises(vmctl.InvalidState):
+        write_disk(vm, "scsi0:0", 0, b"x")
+    vm.power_off()
+
+
+def test_failed_backup_removes_its_snapshot(esx: vmctl.Hypervisor, esx_admin: Admin) -> None:
+    vm = make(esx)
+    repo = vmctl.open_repo(f"memory://esx-{secrets.token_hex(4)}", chunk_size=MIB)
+
+    class Stop(Exception):
+        pass
+
+    def stop(progress: object) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        vm.backup(repo, progress=stop)
+    assert snapshots(esx_admin, vm.uuid) == []
+    assert repo.backups(vm) == []
+
+
+def test_driver_refusals(esx: vmctl.Hypervisor, esx_admin: Admin) -> None:
+    """Straight to the driver (the core checks these too): a running VM, a VM with
+    snapshots, an extent past the end of the disk; a closed point in time."""
+    vm = make(esx)
+    driver: Any = esx._conn.driver
+    deadline = Deadline.after(30)
+    with pytest.raises(vmctl.ValidationError):
+        driver.write_extents(vm.uuid, "scsi0:0", [ExtentData(8 * MIB - 1, 2)], deadline=deadline)
+    with pytest.raises(vmctl.NotFound):
+        driver.write_extents(vm.uuid, "scsi0:9", [ExtentData(0, 1)], deadline=deadline)
+    snap = vm.snapshot("keep")
+    with pytest.raises(vmctl.InvalidState, match="snapshots"):
+        driver.write_extents(vm.uuid, "scsi0:0", [ExtentData(0, 1)], deadline=deadline)
+    vm.delete_snapshot(snap)
+    vm.start()
+    with pytest.raises(vmctl.InvalidState, match="poweredOn"):
+        driver.write_extents(vm.uuid, "scsi0:0", [ExtentData(0, 1)], deadline=deadline)
+    pit = driver.open_point_in_time(vm.uuid, quiesce=False, deadline=deadline)
+    assert [d.id for d in pit.disks] == ["scsi0:0"] and pit.consistency is Consistency.CRASH
+    assert snapshots(esx_admin, vm.uuid) == [snapshots(esx_admin, vm.uuid)[0]]
+    assert snapshots(esx_admin, vm.uuid)[0].startswith("vmctl-backup-")
+    with pytest.raises(vmctl.ValidationError):
+        driver.read_extent(pit, "scsi0:0", 8 * MIB - 1, 2, deadline=deadline)
+    driver.close_point_in_time(pit, deadline=deadline)
+    driver.close_point_in_time(pit, deadline=deadline)  # idempotent
+    assert snapshots(esx_admin, vm.uuid) == []
+    with pytest.raises(vmctl.NotFound):
+        driver.read_extent(pit, "scsi0:0", 0, 1, deadline=deadline)
+    vm.power_off()
