@@ -23,6 +23,7 @@ from typing import Any
 from vmctl import AuthenticationError, BackendError, OperationTimeout, Secret
 from vmctl.spi import Deadline
 
+from ._jsonrpc import JsonRpc, NotOffered
 from ._transport import NOT_SENT, Once, Transport
 
 log = logging.getLogger("vmctl.xen")
@@ -119,6 +120,7 @@ class Connection:
         self.ref: str | None = None
         self.round_trips = 0
         self.closed = False
+        self.jsonrpc = JsonRpc(url)  # bulk reads over /jsonrpc where the host offers it
 
     def __repr__(self) -> str:
         return f"<xen Connection {self.url} user={self.username!r}>"
@@ -147,6 +149,12 @@ class Connection:
         proxy, transport = self._proxy()
         transport.set_timeout(timeout)
         self._count()
+        if self.jsonrpc.wanted(method):
+            try:
+                host = proxy._ServerProxy__host
+                return self.jsonrpc.call(transport, host, method, list(args))
+            except NotOffered:
+                self._count()  # probed once: this call goes over XML-RPC
         # xmlrpc.client.ServerProxy.__getattr__: the plain XML-RPC method, not the SDK's
         # retrying session.xenapi dispatcher.
         return xmlrpc.client.ServerProxy.__getattr__(proxy, method)(*args)
@@ -193,6 +201,7 @@ class Connection:
         self._local = threading.local()
         self.url = url
         self.ref = None
+        self.jsonrpc = JsonRpc(url)
 
     def _close_transports(self) -> None:
         with self._lock:

@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data = self.rfile.read(length)
         api = self.server.api
-        if self.path.split("?", 1)[0] == JSONRPC_PATH:
+        if self.server.jsonrpc and self.path.split("?", 1)[0] == JSONRPC_PATH:
             try:
                 version, method, ident, params = parse_json_call(data)
             except MalformedRequest as e:
@@ -201,6 +201,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.api = api
         self.ssl_ctx = ctx
         self.verbose = verbose
+        self.jsonrpc = True  # False: a host older than XenServer 7 (XML-RPC on every path)
         super().__init__(addr, _Handler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -274,6 +275,12 @@ class SimServer:
 
     def set_session_timeout(self, seconds: float) -> None:
         self.cfg.session_timeout = seconds
+
+    def set_jsonrpc(self, offered: bool) -> None:
+        """Whether ``/jsonrpc`` speaks JSON-RPC (xapi since XenServer 7); when not, the
+        path is XML-RPC like any other, as on older hosts: a JSON body is an XML parse
+        error (HTTP 500)."""
+        self.httpd.jsonrpc = offered
 
     def host_names(self) -> list[str]:
         with self.db.lock:
