@@ -198,8 +198,18 @@ class Driver(abc.ABC):
 
     @classmethod
     def kit_options(cls, uri: URI) -> Mapping[str, str]:
-        """Options the conformance kit should use on this host when the operator gives none
-        (a network and a storage pool that exist, a bootable guest). Optional."""
+        """Options the conformance kit should use for ``uri`` when the operator gives none,
+        known without connecting (e.g. ``other_uri``, a second host). Optional; see
+        ``kit_defaults`` for what must be looked up on the host."""
+        return {}
+
+    def kit_defaults(self, *, deadline: Deadline) -> Mapping[str, str]:
+        """Conformance-kit options found on this (connected) host: ``network`` and ``pool``
+        (a network and a storage pool/SR/datastore that exist and that a new VM can use),
+        and a bootable guest (``boot_kernel``/``boot_initrd``/``boot_cmdline`` or
+        ``boot_iso``) where the host has one. Only what was found: a key left out makes the
+        kit ask the operator for it. The operator's options ($VMCTL_KIT_OPTIONS, --opt)
+        override these, and these override ``kit_options``. Reads only; optional."""
         return {}
 
     @abc.abstractmethod
