@@ -87,6 +87,7 @@ from vmctl.spi import (
 
 from . import _errors as E
 from . import _xml as X
+from ._backup import KvmDiskAccess
 from ._link import (
     RPC_TIMEOUT_S,
     EventHub,
@@ -219,6 +220,7 @@ class KvmDriver(
     Events,
     Statistics,
     GuestAgent,
+    KvmDiskAccess,
 ):
     """libvirt (QEMU/KVM, or libvirt's test driver) through libvirt-python."""
 
@@ -333,6 +335,11 @@ class KvmDriver(
                 C.GUEST_INFO,
                 C.MIGRATE_LIVE,
                 C.MIGRATE_COLD,
+                # backup and restore: see _backup.py and docs/kvm.md#backup
+                C.BACKUP,
+                C.BACKUP_QUIESCE,
+                C.BACKUP_INCREMENTAL,
+                C.RESTORE,
             }
             mem_limit = self._memory_limit_opt
             if mem_limit is None:

@@ -248,6 +248,8 @@ def volume_xml(name: str, size_mib: int, fmt: str | None) -> str:
     if fmt:
         tgt = sub(vol, "target")
         sub(tgt, "format", type=fmt)
+        if fmt == "qcow2":
+            sub(tgt, "compat", "1.1")  # v3: persistent dirty bitmaps (backup checkpoints)
     return to_string(vol)
 
 
