@@ -287,14 +287,22 @@ class VMConfig:
 
 @frozen
 class SnapshotInfo:
-    """One snapshot of a VM. ``parent`` is the id of the snapshot it was taken on top of."""
+    """One snapshot of a VM. ``parent`` is the id of the snapshot it was taken on top of
+    (the VM's current snapshot at the time), None when none was current.
+
+    ``state`` is the state a revert returns the VM to: the VM's state when the snapshot was
+    taken (RUNNING or PAUSED) for one ``with_memory``, STOPPED for a disk-only one, whatever
+    state the VM was in. ``current`` marks the one snapshot the VM's present state descends
+    from: the last one taken or reverted to (disk-only ones too); when that one is deleted,
+    its parent (none is current when it had no parent, or the VM has no snapshot).
+    """
 
     id: str
     name: str
     created: dt.datetime
     parent: str | None = None
     with_memory: bool = False
-    state: PowerState = PowerState.STOPPED  # the VM's state when the snapshot was taken
+    state: PowerState = PowerState.STOPPED
     description: str = ""
     current: bool = False
 
