@@ -1,0 +1,107 @@
+"""Backup and restore of one VM on the vSphere API simulator: vmctl vs a plain download of
+the disk's flat extent over the same datastore HTTP access.
+
+    python bench/esx_backup.py [--mib 256] [--data-mib 96] [--repeat 3] [--json FILE]
+
+Starts the simulator in ESX mode (tests/hosts/esx.py), makes a VM with one thin disk of
+``--mib`` MiB, writes ``--data-mib`` MiB of incompressible data at its start (one upload),
+then times, interleaved ``--repeat`` times (median):
+
+* ``download``: one GET of NAME-flat.vmdk with http.client (the floor: every byte once);
+* ``backup``: ``vm.backup(repo, full=True)`` into a new directory repository (snapshot,
+  ranged GETs of every chunk, hashing, zstd, chunk files, manifest; snapshot removed);
+* ``restore``: ``repo.restore(...)`` into a new VM (the driver downloads and uploads the
+  whole extent for every run of chunks it writes: see docs/esx.md).
+
+Prints MiB/s of the disk's size and the ratio of backup to download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import secrets
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import vmctl  # noqa: E402
+from tests.hosts.esx import VcsimServer, running_simulator  # noqa: E402
+from vmctl.backup import write_disk  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def download(srv: VcsimServer, descriptor: str) -> float:
+    datastore, _, path = descriptor[1:].partition("] ")
+    flat = path[: -len(".vmdk")] + "-flat.vmdk"
+    url = f"/folder/{quote(flat)}?" + urlencode({"dcPath": "ha-datacenter", "dsName": datastore})
+    ctx = ssl.create_default_context(cafile=str(srv.cafile))
+    start = time.perf_counter()
+    conn = http.client.HTTPSConnection(srv.host, srv.port, context=ctx)
+    conn.request("GET", url)
+    response = conn.getresponse()
+    while response.read(MIB):
+        pass
+    conn.close()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--data-mib", type=int, default=96)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    times: dict[str, list[float]] = {"download": [], "backup": [], "restore": []}
+    with running_simulator("esx", vms=1) as srv:
+        hv = vmctl.connect(srv.uri, password=srv.password, cafile=str(srv.cafile))
+        try:
+            spec = vmctl.VMSpec(
+                name=f"bench-{secrets.token_hex(3)}", disks=[vmctl.DiskSpec(size_mib=args.mib)]
+            )
+            vm = hv.create_vm(spec)
+            disk = vm.config().disks[0]
+            write_disk(vm, disk.id, 0, os.urandom(args.data_mib * MIB))
+            for _ in range(args.repeat):
+                times["download"].append(download(srv, str(disk.path)))
+                with tempfile.TemporaryDirectory() as tmp:
+                    repo = vmctl.open_repo(f"{tmp}/repo")
+                    start = time.perf_counter()
+                    info = vm.backup(repo, full=True)
+                    times["backup"].append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    copy = repo.restore(info.id, hv, name=f"{vm.name}-r")
+                    times["restore"].append(time.perf_counter() - start)
+                    copy.delete()
+            vm.delete()
+        finally:
+            hv.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "disk_mib": args.mib,
+        "data_mib": args.data_mib,
+        "seconds": med,
+        "mib_per_s": {k: args.mib / v for k, v in med.items()},
+        "backup_vs_download": med["backup"] / med["download"],
+    }
+    for k, v in med.items():
+        print(f"{k:9} {v:7.2f} s  {args.mib / v:8.1f} MiB/s")
+    print(f"backup / download: {result['backup_vs_download']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
