@@ -138,6 +138,8 @@ class World:
         # The virtual hard disk files (shared storage: every host sees them), lower-case
         # path -> size in bytes.
         self.disks: dict[str, int] = {p: 16 << 30 for p in self.os_images}
+        #: VHD type (2 fixed, 3 dynamic, 4 differencing) and parent of made images.
+        self.disk_kinds: dict[str, tuple[int, str | None]] = {}
         for host in self.hosts:
             self._make_host(host)
         for n in range(cfg.vms):
@@ -1239,9 +1241,39 @@ class World:
                 if parent.lower() in self.os_images:
                     self.os_images.add(key)  # a differencing child sees its parent's OS
             self.disks[key] = size
+            self.disk_kinds[key] = (int(typ), parent or None)
             return None
 
         return self._job_out(host, "Creating virtual hard disk", effect)
+
+    # Msvm_ImageManagementService.GetVirtualHardDiskSettingData: answered at once (0), as
+    # the method's documented return codes allow; the settings of an existing image file.
+    def _m_GetVirtualHardDiskSettingData(
+        self, host: str, target: Instance, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        path = str(args.get("Path") or "")
+        if not path:
+            return T.RC_INVALID_PARAMETER, {}
+        key = path.lower()
+        if key not in self.disks:
+            return RC_FILE_NOT_FOUND, {}
+        typ, parent = self.disk_kinds.get(key, (3, None))
+        fmt = 2 if key.endswith(".vhd") else 3
+        sd = Instance(
+            "Msvm_VirtualHardDiskSettingData",
+            {
+                "InstanceID": f"Microsoft:{_guid()}",
+                "Type": typ,
+                "Format": fmt,
+                "Path": path,
+                "ParentPath": parent,
+                "MaxInternalSize": self.disks[key],
+                "BlockSize": 33554432 if fmt == 3 else 2097152,
+                "LogicalSectorSize": 512,
+                "PhysicalSectorSize": 4096 if fmt == 3 else 512,
+            },
+        )
+        return T.RC_OK, {"SettingData": sd}
 
     # Msvm_VirtualSystemSnapshotService
     def _m_CreateSnapshot(

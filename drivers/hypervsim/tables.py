@@ -376,7 +376,8 @@ uint32 LogicalSectorSize
 uint32 PhysicalSectorSize
 string VirtualDiskId
 """,
-    "HV2/msvm-virtualharddisksettingdata (CreateVirtualHardDisk input; only ever embedded)",
+    "HV2/msvm-virtualharddisksettingdata (CreateVirtualHardDisk input, "
+    "GetVirtualHardDiskSettingData output; only ever embedded)",
 )
 _add(
     "Msvm_ShutdownComponent",
@@ -727,6 +728,14 @@ METHODS: dict[tuple[str, str], MethodSpec] = {
             "CreateVirtualHardDisk",
             "in embedded VirtualDiskSettingData, out ref Job",
             "HV2/createvirtualharddisk-msvm-imagemanagementservice",
+        ),
+        _m(
+            "Msvm_ImageManagementService",
+            "GetVirtualHardDiskSettingData",
+            "in string Path, out embedded SettingData, out ref Job",
+            "HV2/getvirtualharddisksettingdata-msvm-imagemanagementservice (SettingData is "
+            "an EmbeddedInstance Msvm_VirtualHardDiskSettingData; 0 or 4096; 32779 File "
+            "not found)",
         ),
         _m(
             "Msvm_VirtualSystemSnapshotService",

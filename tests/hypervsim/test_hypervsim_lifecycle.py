@@ -688,3 +688,36 @@ def test_create_virtual_hard_disk_and_attach(w: WSMan) -> None:
         f"InstanceID LIKE 'Microsoft:{guid}%'",
     )
     assert [d["HostResource"] for d in disks] == [path]
+
+
+def test_get_virtual_hard_disk_setting_data(w: WSMan) -> None:
+    """HV2/getvirtualharddisksettingdata-msvm-imagemanagementservice: the image's settings
+    as an embedded Msvm_VirtualHardDiskSettingData; 32779 for a file that does not exist."""
+    ims = service(w, "Msvm_ImageManagementService")
+    path = "C:\\Hyper-V\\sized.vhdx"
+    sd = cimxml(
+        "Msvm_VirtualHardDiskSettingData", Path=path, Format=3, Type=3, MaxInternalSize=3 << 30
+    )
+    out = invoke(
+        w,
+        "Msvm_ImageManagementService",
+        "CreateVirtualHardDisk",
+        ims,
+        [("VirtualDiskSettingData", sd)],
+    )
+    assert wait_job(w, out)["JobState"] == "7"
+    out = invoke(
+        w, "Msvm_ImageManagementService", "GetVirtualHardDiskSettingData", ims, [("Path", path)]
+    )
+    assert int(out["ReturnValue"]) == T.RC_OK
+    got = to_dict(out["SettingData"][0])
+    assert got["Path"] == path and got["MaxInternalSize"] == str(3 << 30)
+    assert got["Format"] == "3" and got["Type"] == "3" and got["ParentPath"] is None
+    missing = invoke(
+        w,
+        "Msvm_ImageManagementService",
+        "GetVirtualHardDiskSettingData",
+        ims,
+        [("Path", "C:\\Hyper-V\\nope.vhdx")],
+    )
+    assert int(missing["ReturnValue"]) == 32779
