@@ -4,11 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-TEST_EXTRAS ?= dev,kit,kvm,esx,xen,docs
+TEST_EXTRAS ?= dev,kit,kvm,esx,xen,hyperv,docs
 PYTEST_ARGS ?=
 
 .PHONY: demo test check docs venv test-venv lint typecheck unit hosts-deps host-kvm host-esx host-xen host-hyperv \
-        hosts-stop conformance-sim bench matrix clean
+        hosts-stop conformance-sim mutants bench matrix clean
 
 # vmctl and the conformance kit's pytest ([kit]): `vmctl conformance sim://` works after
 # `make demo`.
@@ -63,6 +63,10 @@ docs: $(VENV)/.stamp-test
 
 conformance-sim: venv
 	$(VENV)/bin/vmctl conformance sim:// --report reports/sim.md
+
+## the kit against a catalogue of driver bugs put one at a time into sim:// (tests/mutants)
+mutants: $(VENV)/.stamp-test
+	$(PY) tests/mutants/harness.py
 
 ## side-by-side benchmarks (each starts what it needs); they print ratios, they do not fail
 bench: test-venv
