@@ -553,6 +553,26 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                     image.remove_bitmap(name)
             cp.delete(lv.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
 
+    def _forget_checkpoints(self, c: Any, dom: Any) -> None:
+        """Delete every vmctl checkpoint of the domain with its bitmaps: libvirt 9.0 refuses
+        internal snapshot operations while a checkpoint exists ("cannot perform block
+        operations while checkpoint exists"). The next backup then reads whole disks and
+        says so in its note."""
+        lv = require_libvirt()
+        cps = self._vmctl_checkpoints(dom)
+        if not cps:
+            return
+        if dom.isActive():
+            for _, _, cp in reversed(cps):
+                cp.delete(0)
+            return
+        images = [self._image(c, d) for d in _disks(self._xml(dom, inactive=True))]
+        for _, name, cp in reversed(cps):
+            for image in images:
+                if isinstance(image, Image):
+                    image.remove_bitmap(name)
+            cp.delete(lv.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+
     # -- writes -------------------------------------------------------------------------
 
     def write_extents(

@@ -1275,6 +1275,7 @@ class KvmDriver(
                     raise
             else:
                 raise AlreadyExists(f"VM {dom.name()!r} already has a snapshot named {name!r}")
+            self._forget_checkpoints(dom.connect(), dom)  # libvirt: no snapshot with checkpoints
             snap = dom.snapshotCreateXML(X.snapshot_xml(name, description), 0)
             return self._snap_info(snap)
 
@@ -1307,6 +1308,7 @@ class KvmDriver(
 
         def revert(dom: Any) -> None:
             snap = self._snapshot(dom, snapshot_id)
+            self._forget_checkpoints(dom.connect(), dom)  # the content jumps back: bitmaps lie
             try:
                 dom.revertToSnapshot(snap, 0)
             except Exception as exc:

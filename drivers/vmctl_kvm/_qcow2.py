@@ -434,11 +434,18 @@ class Image:
             raise ValueError(f"{length} bytes at {offset} end past the disk ({self.size} bytes)")
         per = self.cs // 8
         pos, end = offset, offset + length
+        changed: list[tuple[int, int]] = []
         while pos < end:
             cluster, within = divmod(pos, self.cs)
             n = min(self.cs - within, end - pos)
             piece = None if data is None else data[pos - offset : pos - offset + n]
             l1i, l2i = divmod(cluster, per)
+            l1 = self._l1[l1i] if l1i < len(self._l1) else 0
+            if l1 & OFFSET_MASK and not l1 & COPIED:
+                raise Unsupported(
+                    "an L2 table is shared with an internal snapshot (delete the VM's snapshots "
+                    "to write through the upload path)"
+                )
             entry = self._entry(cluster)
             if entry & COMPRESSED:
                 raise Unsupported("a qcow2 image with compressed clusters")
@@ -449,8 +456,9 @@ class Image:
                     "to write through the upload path)"
                 )
             if piece is None and not host and (entry & ZERO or self.backing is None):
-                pos += n  # zeroes over zeroes
+                pos += n  # zeroes over zeroes: nothing changes, no bit is set
                 continue
+            changed.append((pos, n))
             if host and not entry & ZERO:
                 self.io.pwrite(host + within, piece if piece is not None else bytes(n))
             else:
@@ -464,7 +472,8 @@ class Image:
                 self.io.pwrite(host, bytes(old))
                 self._set_l2(l1i, l2i, host | COPIED)
             pos += n
-        self._mark(offset, length)
+        for start, n in _merge_runs(changed):
+            self._mark(start, n)
 
     def _set_l2(self, l1i: int, l2i: int, value: int) -> None:
         if l1i >= len(self._l1):
@@ -506,6 +515,16 @@ class RawImage:
 
     def write(self, offset: int, data: bytes | None, length: int) -> None:
         self.io.pwrite(offset, data if data is not None else bytes(length))
+
+
+def _merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for o, n in runs:
+        if out and out[-1][0] + out[-1][1] == o:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((o, n))
+    return out
 
 
 def _runs(flags: list[bool], unit: int, limit: int) -> list[tuple[int, int]]:
