@@ -79,6 +79,7 @@ from vmctl.spi import (
 )
 
 from . import _errors
+from ._backup import XenBackup
 from ._errors import power_state
 from ._session import EVENT_SLICE_S, NULL, Connection, task_result
 from ._transport import NOT_SENT, parse_thumbprint, tls_context
@@ -112,6 +113,8 @@ ABSENT = {
     "so a limit at or above the memory has no Xen equivalent",
     Capability.STATS: "XenAPI's counters are served as RRDs over HTTP (/rrd_updates), not "
     "over XML-RPC; not implemented",
+    Capability.BACKUP_QUIESCE: "xapi removed VM.snapshot_with_quiesce (VSS) in release "
+    "quebec; no other quiesced snapshot exists",
 }
 
 #: How a task that ended is told apart (xapi task_status_type).
@@ -213,6 +216,7 @@ class XenDriver(
     Migration,
     Events,
     GuestAgent,
+    XenBackup,
 ):
     """vmctl over XenAPI. See the module docstring and docs/xen.md."""
 
@@ -1197,6 +1201,8 @@ class XenDriver(
     ) -> list[str]:
         """VM.destroy (which keeps VDIs), then the VDIs it owned."""
         vdis = self._owned_vdis(rec, deadline)
+        # The backup checkpoints (CBT metadata) of its disks go with them (_backup.py).
+        vdis += self.backup_leftovers([v for v, _r in vdis], deadline)
         self._call(what, "VM.destroy", ref, deadline=deadline)
         gone = [
             f"{'snapshot' if rec.get('is_a_snapshot') else 'vm'} {rec['name_label']} "

@@ -1300,6 +1300,21 @@ class Api:
         return self._plug(ctx, "VIF", vif, False)
 
     # ------------------------------------------------------------------ tasks / events
+    def m_task_create(self, ctx: Ctx, label: str, description: str) -> str:
+        db = self.db
+        with db.lock:
+            return db.new(
+                "task",
+                name_label=label,
+                name_description=description,
+                status="pending",
+                created=time.time(),
+                finished=0.0,
+                progress=0.0,
+                resident_on=db.master(),
+                allowed_operations=["cancel"],
+            )
+
     def m_task_cancel(self, ctx: Ctx, task: str) -> str:
         db = self.db
         with db.lock:

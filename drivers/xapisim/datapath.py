@@ -62,6 +62,7 @@ class DataPath:
         # importexport.ml: query @ cookie (the query wins)
         self.args = {**cookies, **self.query}
         self.task: str | None = None
+        self.own_task = False  # made here: destroyed when the request ends
 
     # -- plumbing ------------------------------------------------------------------------
     def _write_lines(self, lines: list[str], body: bytes = b"") -> None:
@@ -142,6 +143,7 @@ class DataPath:
             if given and db.valid("task", given):
                 self.task = given
             else:
+                self.own_task = True
                 self.task = db.new(
                     "task",
                     name_label=label,
@@ -164,6 +166,10 @@ class DataPath:
         db = self.db
         with db.lock:
             if not self.task or not db.valid("task", self.task):
+                return
+            if self.own_task:
+                # Server_helpers.exec_with_new_task: the handler's own task goes with it.
+                db.delete("task", self.task)
                 return
             if fault is None:
                 db.set(

@@ -861,6 +861,9 @@ MESSAGES: dict[str, MessageSpec] = {
     "VIF.destroy": MessageSpec([("ref VIF", "self")], "void", None, f"{DM}: module VIF"),
     "VIF.plug": MessageSpec([("ref VIF", "self")], "void", None, f"{DM}: VIF plug"),
     "VIF.unplug": MessageSpec([("ref VIF", "self")], "void", None, f"{DM}: VIF unplug"),
+    "task.create": MessageSpec([("string", "label"), ("string", "description")], "ref task",
+                               None, f"{DM}: Task create (a task for a client's own work,"
+                               " e.g. an HTTP transfer's task_id)"),
     "task.cancel": MessageSpec([("ref task", "task")], "void", None, f"{DM}: Task cancel"),
     "task.destroy": MessageSpec([("ref task", "self")], "void", None, f"{DM}: Task destroy"),
     "event.from": MessageSpec(
