@@ -9,14 +9,26 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "docs" / "_site"))
 
-import doctest_blocks  # noqa: E402
-import hooks  # noqa: E402
+
+def _load(name: str) -> ModuleType:
+    """A module of docs/_site (the site's MkDocs hooks and Griffe extension)."""
+    spec = importlib.util.spec_from_file_location(
+        f"_site_{name}", ROOT / "docs/_site" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+hooks = _load("hooks")
+doctest_blocks = _load("doctest_blocks")
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +91,23 @@ def test_doctest_lines_become_code_blocks() -> None:
         "\n\nAfter."
     )
     assert doctest_blocks.fence_doctests("Python::\n\n    run()") == "Python:\n\n    run()"
+
+
+def test_nav_picks_up_pages_added_later(tmp_path: Path) -> None:
+    from mkdocs.structure.files import File, Files
+
+    names = ["index.md", "guide.md", "hyperv.md", "zeta.md", "alpha.md", "reference/vmctl.md",
+             "reference/extra.md"]  # fmt: skip
+    files = []
+    for name in names:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# {'A page' if name == 'zeta.md' else name}\n")
+        files.append(File(name, str(tmp_path), str(tmp_path / "site"), True))
+    nav = hooks._nav(Files(files))
+    assert nav == [
+        {"vmctl": ["index.md", "guide.md"]},
+        {"Backends": ["hyperv.md"]},
+        {"API reference": ["reference/vmctl.md", "reference/extra.md"]},
+        {"More": ["zeta.md", "alpha.md"]},  # by title: "A page", "alpha.md"
+    ]
