@@ -977,8 +977,9 @@ _CLAUSE_ID = re.compile(r"^[A-Z]+(?:-[A-Z0-9]+)*-?$")
     "opts",
     multiple=True,
     metavar="KEY=VALUE",
-    help="backend option: network, pool, boot_kernel, boot_initrd, boot_cmdline, "
-    "boot_iso, memory_mib, disk_mib, op_timeout",
+    help="kit option: network, pool, boot_kernel, boot_initrd, boot_cmdline, boot_iso, "
+    "memory_mib, disk_mib, op_timeout, settle_s, backup_repo (over $VMCTL_KIT_OPTIONS and "
+    "what the driver finds on the host)",
 )
 @click.option("--prefix", default=None, help="prefix of the kit's objects (default vmctl-kit-)")
 @click.option(
@@ -1048,11 +1049,13 @@ def conformance(
         )
     if ctx.json:
         click.echo(result.to_json())
+    elif result.refused:
+        click.echo(f"the kit did not run on {uri}: {result.refused}", err=True)
     else:
         counts = result.counts()
         filtered = bool(selected or pytest_args)
         rows = [
-            [cid, r.status, r.reason[:90]]
+            [cid, r.status, r.reason[: 400 if r.status == "fail" else 90]]
             for cid, r in sorted(result.results.items())
             if not (filtered and r.reason.startswith("not run"))
         ]
@@ -1068,8 +1071,6 @@ def conformance(
             + (f" ({unselected} clauses not selected)" if unselected else "")
             + f"; leaked: {len(result.leaked)}"
         )
-        if result.refused:
-            click.echo(f"refused: {result.refused}", err=True)
         for leak in result.leaked:
             click.echo(f"leaked: {leak}", err=True)
     if not result.ok:

@@ -141,6 +141,10 @@ class SimDriver(
         peer = attrs.evolve(parsed, host=f"{parsed.host or 'default'}-peer")
         return {"other_uri": str(peer), "boot_kernel": "/sim/boot/vmlinuz"}
 
+    def kit_defaults(self, *, deadline: Deadline) -> dict[str, str]:
+        """The site's first network and pool (every sim host has them)."""
+        return {"network": NETWORKS[0], "pool": POOLS[0]}
+
     @classmethod
     def open(cls, params: ConnectParams, *, deadline: Deadline) -> SimDriver:
         unknown = set(params.options) - KNOWN_OPTIONS

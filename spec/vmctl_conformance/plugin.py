@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 import vmctl
-from vmctl import Capability, Hypervisor, _registry
+from vmctl import Capability, Hypervisor
 
+from . import _defaults
 from ._clauses import load_clauses
 from ._expect import compare_note, failure_note
 from ._kit import PROBES, Kit, leftovers
@@ -106,21 +107,49 @@ def vmctl_uri(pytestconfig: pytest.Config) -> str:
 
 
 def _driver_defaults(uri: str | None) -> dict[str, str]:
-    """Kit defaults a driver offers for testing (``Driver.kit_options``): options and, under
+    """Kit defaults a driver knows from the URI (``Driver.kit_options``): options and, under
     "other_uri", a second host (the sim offers both)."""
-    if not uri:
-        return {}
-    parsed = vmctl.URI.parse(uri)
-    driver = _registry.load(parsed.scheme)
-    return {str(k): str(v) for k, v in driver.kit_options(parsed).items()}
+    return _defaults.from_uri(uri) if uri else {}
 
 
 @pytest.fixture(scope="session")
-def vmctl_options(pytestconfig: pytest.Config, vmctl_uri: str) -> dict[str, str]:
-    """Backend options: the driver's defaults, overridden by --vmctl-opt."""
-    options = _driver_defaults(vmctl_uri)
-    options.pop("other_uri", None)
-    return {**options, **_kit_options(pytestconfig)}
+def vmctl_options(
+    pytestconfig: pytest.Config,
+    vmctl_uri: str,
+    _connections: tuple[Hypervisor, Hypervisor | None],
+) -> dict[str, str]:
+    """Backend options: the driver's defaults for the URI, what it finds on the host
+    (``Driver.kit_defaults``), $VMCTL_KIT_OPTIONS, then --vmctl-opt, each overriding the
+    one before. Checked once, before any clause: when the kit cannot make its VMs with
+    them, the run stops with a message naming the option to give."""
+    hv, other = _connections
+    static = _driver_defaults(vmctl_uri)
+    static.pop("other_uri", None)
+    found, discovery_error = _defaults.from_host(hv)
+    try:
+        env = _defaults.env_options()
+    except _defaults.OptionsError as exc:
+        _STATE["refused"] = str(exc)
+        pytest.exit(str(exc), returncode=3)
+    options, sources = _defaults.merge(
+        {
+            "driver": static,
+            "host": found,
+            _defaults.ENV_VAR: env,
+            "command line": _kit_options(pytestconfig),
+        }
+    )
+    _STATE["options"] = {k: _defaults.redacted(v) for k, v in options.items()}
+    _STATE["option_sources"] = dict(sources)
+    problem = _defaults.preflight(
+        Kit(hv, other, pytestconfig.getoption("--vmctl-prefix"), options),
+        sources,
+        discovery_error,
+    )
+    if problem:
+        _STATE["refused"] = problem
+        pytest.exit(problem, returncode=3)
+    return options
 
 
 @pytest.fixture(scope="session")
@@ -264,6 +293,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         leaked=_STATE.get("leaked", []),
         refused=_STATE.get("refused", ""),
         duration_s=time.monotonic() - _STATE["started"],
+        options=_STATE.get("options", {}),
+        option_sources=_STATE.get("option_sources", {}),
     )
     known = load_clauses()
     for cid in known:

@@ -29,6 +29,8 @@ class Report:
     leaked: list[str] = field(factory=list)
     refused: str = ""  # why the kit refused to run (e.g. leftovers found), if it did
     duration_s: float = 0.0
+    options: dict[str, str] = field(factory=dict)  # the kit options the run used
+    option_sources: dict[str, str] = field(factory=dict)  # where each came from
     output: str = field(default="", repr=False)  # what the kit's pytest run printed
 
     @property
@@ -64,6 +66,8 @@ class Report:
             leaked=data.get("leaked", []),
             refused=data.get("refused", ""),
             duration_s=data.get("duration_s", 0.0),
+            options=data.get("options", {}),
+            option_sources=data.get("option_sources", {}),
         )
 
     def to_markdown(self) -> str:
@@ -79,6 +83,12 @@ class Report:
             f"{self.duration_s:.1f} s.",
             "",
         ]
+        if self.options:
+            used = ", ".join(
+                f"`{k}={v}` ({self.option_sources.get(k, '?')})"
+                for k, v in sorted(self.options.items())
+            )
+            lines += [f"Options: {used}.", ""]
         if self.refused:
             lines += [f"**Refused to run:** {self.refused}", ""]
         lines += ["| clause | capability | status | note |", "|---|---|---|---|"]
