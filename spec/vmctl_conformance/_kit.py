@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import vmctl
 from vmctl import (
@@ -21,6 +22,7 @@ from vmctl import (
     Resources,
     VMSpec,
 )
+from vmctl.spi import Deadline, StorageListing
 
 from ._expect import expect
 
@@ -36,6 +38,9 @@ DEFAULT_SETTLE_S = "0.5"
 
 class Kit:
     """What a kit test works with: the connections, the options, a VM factory."""
+
+    #: Paths of every disk the kit's VMs had (for the leak report: disks left behind).
+    disk_paths: ClassVar[set[str]] = set()
 
     def __init__(
         self, hv: Hypervisor, other: Hypervisor | None, prefix: str, options: Mapping[str, str]
@@ -80,8 +85,25 @@ class Kit:
         need the guest's cooperation for them (XenAPI: VM_LACKS_FEATURE without PV drivers)."""
         return self.boot is not None
 
+    @property
+    def inventory_vms(self) -> int:
+        """How many VMs the inventory clause makes, to cross a driver's page size
+        (``inventory_vms``, default 12)."""
+        return int(self.options.get("inventory_vms", "12"))
+
     def has(self, cap: Capability) -> bool:
         return cap in self.hv.capabilities
+
+    # -- storage --------------------------------------------------------------------------
+
+    def storage(self, hv: Hypervisor | None = None) -> StorageListing | None:
+        """The driver's storage listing (``vmctl.spi.StorageListing``), if it has one."""
+        return storage_of(hv or self.hv)
+
+    def volume_paths(self, hv: Hypervisor | None = None) -> set[str]:
+        listing = self.storage(hv)
+        assert listing is not None
+        return {v.path for v in listing.list_volumes(deadline=Deadline.after(self.timeout))}
 
     # -- making things --------------------------------------------------------------------
 
@@ -96,12 +118,13 @@ class Kit:
         disks: int = 1,
         nics: int = 1,
         memory_mib: int | None = None,
+        vcpus: int = 1,
         **kw: Any,
     ) -> VMSpec:
         boot = self.boot if os else None
         return VMSpec(
             name=self.name(hint),
-            vcpus=1,
+            vcpus=vcpus,
             memory_mib=memory_mib or int(self.options.get("memory_mib", "128")),
             disks=[
                 DiskSpec(size_mib=int(self.options.get("disk_mib", "64")), pool=self.pool)
@@ -133,6 +156,11 @@ class Kit:
     def track(self, vm: VM) -> VM:
         self.created.append(vm)
         return vm
+
+    def note_disks(self, vm: VM) -> None:
+        """Remember the VM's disks, to report any the backend still has at the end."""
+        with contextlib.suppress(vmctl.VmctlError):
+            Kit.disk_paths.update(d.path for d in vm.config().disks if d.path)
 
     def repo_url(self) -> str:
         """A new, empty place for a backup repository: under the ``backup_repo`` option (an
@@ -187,6 +215,7 @@ class Kit:
                 except vmctl.NotFound:
                     continue
                 try:
+                    self.note_disks(handle)
                     handle.delete(force=True, timeout=self.timeout)
                 except vmctl.VmctlError as exc:
                     problems.append(f"{vm.name}: {exc}")
@@ -207,13 +236,31 @@ class Kit:
         return problems
 
 
+def storage_of(hv: Hypervisor) -> StorageListing | None:
+    """The driver's storage listing, if it implements ``vmctl.spi.StorageListing``."""
+    driver = hv._driver
+    return driver if isinstance(driver, StorageListing) else None
+
+
 def leftovers(hvs: list[Hypervisor], prefix: str) -> list[str]:
-    """VMs with the kit's prefix on the given hosts."""
+    """VMs with the kit's prefix on the given hosts and, where the driver lists its storage,
+    disks and snapshot data left behind: objects named with the prefix, and disks the
+    kit's VMs had (``Kit.disk_paths``)."""
     out = []
+    seen: set[str] = set()
     for hv in hvs:
         out += [
             f"{hv.uri}: VM {i.name} ({i.uuid})" for i in hv.list_vms() if i.name.startswith(prefix)
         ]
+        listing = storage_of(hv)
+        if listing is None:
+            continue
+        for v in listing.list_volumes(deadline=Deadline.after(120.0)):
+            named = prefix in v.path or prefix in (v.name or "")
+            if (named or v.path in Kit.disk_paths) and v.path not in seen:
+                seen.add(v.path)
+                size = f", {v.size_mib} MiB" if v.size_mib is not None else ""
+                out.append(f"{hv.uri}: {v.kind} {v.path}{size}")
     return out
 
 
