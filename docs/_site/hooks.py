@@ -38,7 +38,7 @@ PAGE_OF = {
 #: The nav's sections and the known pages in each, in order. Pages not named here go to
 #: "More" (docs/*.md) or "API reference" (docs/reference/*.md), by title.
 ORDER: list[tuple[str, list[str]]] = [
-    ("vmctl", ["index.md", "guide.md", "backup.md"]),
+    ("Using vmctl", ["index.md", "guide.md", "backup.md"]),
     (
         "Drivers and conformance",
         ["driver-authoring.md", "spec.md", "conformance.md", "support-matrix.md"],

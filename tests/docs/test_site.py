@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,8 +107,23 @@ def test_nav_picks_up_pages_added_later(tmp_path: Path) -> None:
         files.append(File(name, str(tmp_path), str(tmp_path / "site"), True))
     nav = hooks._nav(Files(files))
     assert nav == [
-        {"vmctl": ["index.md", "guide.md"]},
+        {"Using vmctl": ["index.md", "guide.md"]},
         {"Backends": ["hyperv.md"]},
         {"API reference": ["reference/vmctl.md", "reference/extra.md"]},
         {"More": ["zeta.md", "alpha.md"]},  # by title: "A page", "alpha.md"
     ]
+
+
+def test_every_export_is_in_the_reference(site: Path) -> None:
+    import vmctl
+    import vmctl.backup
+    import vmctl.spi
+
+    ids: set[str] = set()
+    for page in (site / "reference").glob("*/index.html"):
+        ids.update(re.findall(r'<h\d id="([\w.]+)"', page.read_text()))
+    documented = {i.rsplit(".", 1)[-1] for i in ids if i.count(".") == 1 or "spi." in i
+                  or "backup." in i}  # fmt: skip
+    for module in (vmctl, vmctl.spi, vmctl.backup):
+        missing = sorted(set(module.__all__) - documented)
+        assert not missing, f"{module.__name__} exports {missing}: add them to docs/reference/"
