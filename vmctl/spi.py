@@ -476,7 +476,10 @@ class EventSource(Protocol):
 
 
 class Events(abc.ABC):
-    """Capability EVENTS: the backend pushes events (no polling by the driver)."""
+    """Capability EVENTS: the host's events, from its own mechanism (a push callback, a long
+    poll such as vSphere's WaitForUpdatesEx or XenAPI's event.from), not a sleep loop.
+    Required kinds: created, deleted, state_changed. A host with no such mechanism either
+    does not offer EVENTS or folds listings into events (docs/driver-authoring.md, Events)."""
 
     @abc.abstractmethod
     def subscribe(self, *, deadline: Deadline) -> EventSource:
