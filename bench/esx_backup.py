@@ -7,7 +7,8 @@ Starts the simulator in ESX mode (tests/hosts/esx.py), makes a VM with one thin 
 ``--mib`` MiB, writes ``--data-mib`` MiB of incompressible data at its start (one upload),
 then times, interleaved ``--repeat`` times (median):
 
-* ``download``: one GET of NAME-flat.vmdk with http.client (the floor: every byte once);
+* ``download``: one GET of NAME-flat.vmdk with http.client and the driver's session cookie
+  (the floor: every byte once);
 * ``backup``: ``vm.backup(repo, full=True)`` into a new directory repository (snapshot,
   ranged GETs of every chunk, hashing, zstd, chunk files, manifest; snapshot removed);
 * ``restore``: ``repo.restore(...)`` into a new VM (the driver downloads and uploads the
@@ -42,14 +43,14 @@ from vmctl.backup import write_disk  # noqa: E402
 MIB = 1024 * 1024
 
 
-def download(srv: VcsimServer, descriptor: str) -> float:
+def download(srv: VcsimServer, descriptor: str, cookie: str) -> float:
     datastore, _, path = descriptor[1:].partition("] ")
     flat = path[: -len(".vmdk")] + "-flat.vmdk"
     url = f"/folder/{quote(flat)}?" + urlencode({"dcPath": "ha-datacenter", "dsName": datastore})
     ctx = ssl.create_default_context(cafile=str(srv.cafile))
     start = time.perf_counter()
     conn = http.client.HTTPSConnection(srv.host, srv.port, context=ctx)
-    conn.request("GET", url)
+    conn.request("GET", url, headers={"Cookie": cookie})
     response = conn.getresponse()
     while response.read(MIB):
         pass
@@ -74,8 +75,9 @@ def main() -> None:
             vm = hv.create_vm(spec)
             disk = vm.config().disks[0]
             write_disk(vm, disk.id, 0, os.urandom(args.data_mib * MIB))
+            cookie = str(hv._conn.driver.conn.stub.cookie).split(";")[0]  # type: ignore[attr-defined]
             for _ in range(args.repeat):
-                times["download"].append(download(srv, str(disk.path)))
+                times["download"].append(download(srv, str(disk.path), cookie))
                 with tempfile.TemporaryDirectory() as tmp:
                     repo = vmctl.open_repo(f"{tmp}/repo")
                     start = time.perf_counter()

@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import secrets
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -17,7 +18,7 @@ import pytest
 from pyVmomi import vim
 
 import vmctl
-from tests.hosts.esx import VcsimServer
+from tests.hosts.esx import VcsimServer, running_simulator
 from vmctl import Capability as C
 from vmctl import PowerState as S
 from vmctl.backup import BackupKind, Consistency, read_disk, write_disk
@@ -206,3 +207,29 @@ def test_driver_refusals(esx: vmctl.Hypervisor, esx_admin: Admin) -> None:
     with pytest.raises(vmctl.NotFound):
         driver.read_extent(pit, "scsi0:0", 0, 1, deadline=deadline)
     vm.power_off()
+
+
+def test_expired_session_on_the_datastore_access() -> None:
+    """/folder with an expired session: 401 (the launcher checks the cookie as a host does),
+    a ConnectionError(sent=False) from the driver; through the core, a new session and the
+    read repeated."""
+    with (
+        running_simulator("esx", vms=0, idle_timeout=1.0) as srv,
+        vmctl.connect(srv.uri, password=srv.password, cafile=str(srv.cafile)) as hv,
+    ):
+        vm = make(hv)
+        write_disk(vm, "scsi0:0", 3 * MIB, b"still here")
+        conn: Any = hv._conn
+        driver = conn.driver
+        pit = driver.open_point_in_time(vm.uuid, quiesce=False, deadline=Deadline.after(30))
+        time.sleep(2.5)  # expiry is checked once a second: dead after 1-2 s idle
+        with pytest.raises(vmctl.ConnectionError) as err:
+            driver.read_extent(pit, "scsi0:0", 3 * MIB, 10, deadline=Deadline.after(30))
+        assert err.value.sent is False and err.value.vendor_code == "HTTP 401"
+        data = conn.dispatcher.call(
+            "read", driver.read_extent, pit, "scsi0:0", 3 * MIB, 10, deadline=Deadline.after(30)
+        )
+        assert data == b"still here"
+        conn.dispatcher.call("close", driver.close_point_in_time, pit, deadline=Deadline.after(30))
+        assert vm.snapshots() == []
+        vm.delete()

@@ -14,10 +14,20 @@
 // ever grown, never cut: content written through /folder stays. What the simulator still does
 // not do: delta disks for snapshots (a snapshot's disks are the VM's base disks), changed-block
 // tracking, and guest writes (no guest runs).
+//
+// The simulator's /folder handler serves anyone; a real host serves only a client with a valid
+// session (the vmware_soap_session cookie the SOAP API's Login set) and answers 401 otherwise.
+// folderGuard puts that check in front: it asks the simulator itself, in-process, whether the
+// request's cookie names a live session (RetrievePropertiesEx of SessionManager.currentSession
+// with that cookie), so expiry and Logout count exactly as they do for SOAP calls.
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"log"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path"
 	"strings"
@@ -114,4 +124,35 @@ func extentFile(descriptor string) string {
 		return path.Join(ds.Info.GetDatastoreInfo().Url, flat)
 	}
 	return ""
+}
+
+// folderGuard answers 401 to /folder requests without a live session.
+func folderGuard(next http.Handler, sdkPath string, pc, sm types.ManagedObjectReference) http.Handler {
+	probe := fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>
+<RetrievePropertiesEx xmlns="urn:vim25"><_this type="%s">%s</_this><specSet>
+<propSet><type>SessionManager</type><pathSet>currentSession</pathSet></propSet>
+<objectSet><obj type="%s">%s</obj></objectSet></specSet><options></options></RetrievePropertiesEx>
+</soapenv:Body></soapenv:Envelope>`, pc.Type, pc.Value, sm.Type, sm.Value)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/folder/") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		check, _ := http.NewRequest(http.MethodPost, sdkPath, strings.NewReader(probe))
+		check.Header.Set("Content-Type", "text/xml; charset=utf-8")
+		check.Header.Set("SOAPAction", "urn:vim25/6.7")
+		for _, c := range r.Cookies() {
+			check.AddCookie(c)
+		}
+		check.RemoteAddr = r.RemoteAddr
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, check)
+		if rec.Code != http.StatusOK || !bytes.Contains(rec.Body.Bytes(), []byte("<name>currentSession</name>")) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="VMware HTTP server"`)
+			http.Error(w, "401 Unauthorized: no valid session", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

@@ -241,6 +241,8 @@ func main() {
 	// NewServer has started serving already, but nobody knows the port before the ready
 	// line, so no request can be in flight while the handler is replaced.
 	server.Config.Handler = fidelity.wrap(server.Config.Handler)
+	server.Config.Handler = folderGuard(server.Config.Handler, server.URL.Path,
+		model.ServiceContent.PropertyCollector, *model.ServiceContent.SessionManager)
 	elapsed := time.Since(started)
 
 	port, _ := strconv.Atoi(server.URL.Port())
