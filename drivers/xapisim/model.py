@@ -1278,6 +1278,10 @@ class Database:
                 0, srr["physical_utilisation"] - rec["physical_utilisation"]
             )
             self.link("SR", sr, "VDIs", vdi, add=False)
+        # VDI.snapshots is the reverse of snapshot_of (datamodel.ml relation
+        # (_vdi, "snapshot_of"), (_vdi, "snapshots")): a destroyed snapshot leaves it.
+        if rec["snapshot_of"] != NULL and self.valid("VDI", rec["snapshot_of"]):
+            self.link("VDI", rec["snapshot_of"], "snapshots", vdi, add=False)
         self.os_vdis.discard(vdi)
         self.vdata.drop(vdi)
         self.delete("VDI", vdi)
