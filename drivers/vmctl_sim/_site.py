@@ -133,8 +133,9 @@ class SimHost:
         )
 
 
-#: How often a subscription to a site kept in a state file looks at the file.
-FILE_POLL_S = 0.25
+#: How often a subscription to a site kept in a state file looks at the file (a stat; the
+#: file is read only when its inode, mtime or size changed).
+FILE_POLL_S = 0.02
 
 _Seen = dict[str, tuple[str, PowerState, StateReason]]
 
@@ -143,21 +144,31 @@ class Subscriber:
     """One event subscription: a queue the site pushes to.
 
     A site kept in a state file is also changed by other processes, which cannot push to
-    this one: there the subscription reads the file when no event came for a quarter second
-    and turns what changed into events (created, deleted, state changed). A change this
-    process makes itself may then be reported twice.
+    this one: there the subscription looks at the file (``os.stat``) when no event came for
+    FILE_POLL_S, reads it when it changed and turns what changed into events (created,
+    deleted, state changed). A change this process makes itself may then be reported twice.
     """
 
     def __init__(self, site: Site, host: str) -> None:
         self.site = site
         self.host = host
         self.queue: queue.Queue[Event] = queue.Queue()
+        self._stamp: tuple[int, int, int] | None = None
         self.seen: _Seen = self._snapshot() if site.path else {}
 
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.site.path or "")
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def _snapshot(self) -> _Seen:
-        with self.site.transaction():
+        with self.site.transaction(save=False):
             host = self.site.hosts.get(self.host)
             vms = host.vms.values() if host is not None else ()
+            # Under the file lock: no other process writes between this read and the stat.
+            self._stamp = self._file_stamp()
             return {vm.uuid: (vm.name, vm.state, vm.reason) for vm in vms}
 
     def _note(self, event: Event) -> None:
@@ -203,7 +214,8 @@ class Subscriber:
                     else self.queue.get_nowait()
                 )
             except queue.Empty:
-                self._from_file()
+                if self._file_stamp() != self._stamp:
+                    self._from_file()
                 if self.queue.empty() and left <= 0:
                     return None
                 continue
@@ -260,9 +272,10 @@ class Site:
     # -- persistence ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, save: bool = True) -> Iterator[None]:
         """Hold the lock; with persistence, also the file lock, reloading before and saving
-        after, so that several processes (CLI invocations) share the site."""
+        after (unless ``save=False``: a read), so that several processes (CLI invocations)
+        share the site."""
         with self.lock:
             if self.path is None:
                 yield
@@ -273,7 +286,8 @@ class Site:
                 try:
                     self._reload()
                     yield
-                    self._save()
+                    if save:
+                        self._save()
                 finally:
                     fcntl.flock(lockfile, fcntl.LOCK_UN)
 
