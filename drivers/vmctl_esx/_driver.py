@@ -18,6 +18,7 @@ awaited with WaitForUpdatesEx on a private PropertyCollector.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -328,6 +329,20 @@ class EsxDriver(
         """Defaults for the conformance kit: the port group every ESXi host starts with.
         (Migration needs ``--other-uri``: another host of the same vCenter.)"""
         return {"network": "VM Network"}
+
+    def kit_defaults(self, *, deadline: Deadline) -> Mapping[str, str]:
+        """What this connection's hosts have for the conformance kit: "VM Network" where
+        it exists, else their first network by name (standard, then distributed port
+        groups); the datastore new disks go to (``?datastore=``, else the accessible one
+        with the most free space). Read at connect; no round trip."""
+        sc = self.scope
+        out: dict[str, str] = {}
+        names = [*sorted(sc.networks), *sorted(sc.dvpg)]
+        if names:
+            out["network"] = "VM Network" if "VM Network" in names else names[0]
+        with contextlib.suppress(NotFound):
+            out["pool"] = self._datastore(None)
+        return out
 
     def close(self) -> None:
         self.conn.close()
@@ -883,7 +898,7 @@ class EsxDriver(
         usable = [(free, n) for n, (_, free, ok) in sc.datastores.items() if ok]
         if not usable:
             raise NotFound(f"no accessible datastore on {sc.name}")
-        return max(usable)[1]
+        return str(max(usable)[1])
 
     def _controller_kind(self, bus: DiskBus, guest_os: GuestOS) -> str:
         if bus is DiskBus.VIRTIO:

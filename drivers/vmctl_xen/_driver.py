@@ -315,6 +315,12 @@ class XenDriver(
         # xenbr0 is the bridge of a XenServer/XCP-ng host's first NIC (and xapisim's).
         return {"network": "xenbr0"}
 
+    def kit_defaults(self, *, deadline: Deadline) -> Mapping[str, str]:
+        """A network (its bridge) and an SR the kit's VMs can use (see _kitdefaults)."""
+        from ._kitdefaults import kit_defaults
+
+        return kit_defaults(self, deadline)
+
     @staticmethod
     def _login(conn: Connection, url: str, deadline: Deadline) -> None:
         try:

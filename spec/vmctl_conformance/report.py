@@ -95,7 +95,8 @@ class Report:
         for cid in sorted(set(clauses) | set(self.results)):
             r = self.results.get(cid, ClauseResult("skip", reason="not run"))
             cap = (clauses.get(cid) or {}).get("capability") or "-"
-            note = r.reason.replace("|", "\\|").replace("\n", " ")[:160]
+            note = r.reason.replace("|", "\\|").replace("\n", " ")
+            note = note if r.status == "fail" else note[:160]  # a failure says how, whole
             lines.append(f"| {cid} | {cap} | {r.status} | {note} |")
         if self.leaked:
             lines += ["", "Leaked objects:", *[f"- {x}" for x in self.leaked]]
