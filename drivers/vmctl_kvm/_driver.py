@@ -287,6 +287,12 @@ class KvmDriver(
         with contextlib.suppress(Exception):
             self._link.close()
 
+    def kit_defaults(self, *, deadline: Deadline) -> Mapping[str, str]:
+        """An active network and storage pool for the kit's VMs (see _kitdefaults)."""
+        from ._kitdefaults import kit_defaults
+
+        return kit_defaults(self, deadline)
+
     @property
     def libvirt_uri(self) -> str:
         return self._link.uri
