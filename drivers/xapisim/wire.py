@@ -18,8 +18,8 @@ Python value              XML-RPC (``Xmlrpc.to_string``)    JSON (``Jsonrpc.to_s
 ``Encoded``               its cached XML                    its value
 ========================  ================================  =========================
 
-No whitespace is written between elements. ``Encoded`` wraps a value whose XML is computed
-once and kept (the simulator caches each object's encoded record in one).
+No whitespace is written between elements. ``Encoded`` wraps a value whose XML (and JSON)
+is computed once and kept (the simulator caches each object's encoded record in one).
 """
 
 from __future__ import annotations
@@ -43,14 +43,22 @@ class I32(int):
 
 
 class Encoded:
-    """A value whose XML-RPC form is computed on first use and then reused."""
+    """A value whose XML-RPC and JSON forms are computed on first use and then reused."""
 
-    __slots__ = ("_xml", "_xml_of", "value")
+    __slots__ = ("_json", "_xml", "_xml_of", "value")
 
     def __init__(self, value: Any, xml_of: Callable[[Any], str] | None = None) -> None:
         self.value = value
         self._xml: str | None = None
+        self._json: str | None = None
         self._xml_of = xml_of  # a faster writer of the same XML, if the caller has one
+
+    @property
+    def json(self) -> str:
+        j = self._json
+        if j is None:
+            j = self._json = _JSON.encode(self.value)
+        return j
 
     @property
     def xml(self) -> str:
@@ -172,7 +180,20 @@ _JSON = json.JSONEncoder(
 
 
 def json_value(v: Any) -> str:
+    """``v`` as ``Jsonrpc.to_string`` writes it; an ``Encoded`` value (a cached record) as
+    its cached JSON, so that a reply of thousands of records is mostly joined, not encoded."""
+    t = type(v)
+    if t is Encoded:
+        return str(v.json)
+    if t is dict and any(type(x) in _CONTAINERS for x in v.values()):
+        enc = _JSON.encode
+        return "{" + ",".join(enc(k) + ":" + json_value(x) for k, x in v.items()) + "}"
+    if (t is list or t is tuple) and any(type(x) in _CONTAINERS for x in v):
+        return "[" + ",".join(json_value(x) for x in v) + "]"
     return _JSON.encode(v)
+
+
+_CONTAINERS = frozenset({Encoded, dict, list, tuple})
 
 
 ERROR_CODE = JSONRPC_ERROR_CODE  # api_server_common.ml: error_code_lit
@@ -192,19 +213,20 @@ def json_response(resp: Any, version: str, ident: Any, bare: bool = False) -> by
     else:
         ok = resp["Status"] == "Success"
         contents = resp["Value"] if ok else resp["ErrorDescription"]
+    if ok:  # the result written by json_value (cached records), the frame around it
+        if version == "2.0":
+            text = '{"jsonrpc":"2.0","result":' + json_value(contents) + ',"id":'
+        else:
+            text = '{"result":' + json_value(contents) + ',"error":null,"id":'
+        return (text + _JSON.encode(ident) + "}").encode("utf-8")
     body: dict[str, Any]
     if version == "2.0":
-        if ok:
-            body = {"jsonrpc": "2.0", "result": contents, "id": ident}
+        if contents and isinstance(contents[0], str):
+            message, data = contents[0], list(contents[1:])
         else:
-            if contents and isinstance(contents[0], str):
-                message, data = contents[0], list(contents[1:])
-            else:
-                message, data = "", contents
-            err = {"code": ERROR_CODE, "message": message, "data": data}
-            body = {"jsonrpc": "2.0", "error": err, "id": ident}
-    elif ok:
-        body = {"result": contents, "error": None, "id": ident}
+            message, data = "", contents
+        err = {"code": ERROR_CODE, "message": message, "data": data}
+        body = {"jsonrpc": "2.0", "error": err, "id": ident}
     else:
         body = {"result": None, "error": contents, "id": ident}
     return _JSON.encode(body).encode("utf-8")
