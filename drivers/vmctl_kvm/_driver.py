@@ -97,6 +97,7 @@ from ._link import (
     require_libvirt,
 )
 from ._state import CRASHED, PMSUSPENDED, SHUTOFF, to_power_state
+from ._storage import KvmStorage
 
 S = PowerState
 C = Capability
@@ -221,6 +222,7 @@ class KvmDriver(
     Statistics,
     GuestAgent,
     KvmDiskAccess,
+    KvmStorage,
 ):
     """libvirt (QEMU/KVM, or libvirt's test driver) through libvirt-python."""
 
