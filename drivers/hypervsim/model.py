@@ -1246,6 +1246,28 @@ class World:
 
         return self._job_out(host, "Creating virtual hard disk", effect)
 
+    def delete_file(self, path: str) -> int | None:
+        """root/cimv2 CIM_DataFile.Delete of an image file: None when there is no such
+        file; 15 (sharing violation) while a live (running, paused or saved) VM holds it."""
+        key = path.lower()
+        if not key:
+            return T.DATAFILE_INVALID_PARAMETER
+        with self.lock:
+            if key not in self.disks:
+                return None
+            for vm in self.vms.values():
+                if vm.state == T.ES_DISABLED:
+                    continue
+                for r in vm.rasds:
+                    if r.cls == "Msvm_StorageAllocationSettingData" and key in (
+                        str(p).lower() for p in (r["HostResource"] or [])
+                    ):
+                        return T.DATAFILE_SHARING_VIOLATION
+            del self.disks[key]
+            self.disk_kinds.pop(key, None)
+            self.os_images.discard(key)
+            return T.DATAFILE_OK
+
     # Msvm_ImageManagementService.GetVirtualHardDiskSettingData: answered at once (0), as
     # the method's documented return codes allow; the settings of an existing image file.
     def _m_GetVirtualHardDiskSettingData(

@@ -40,6 +40,14 @@ ANONYMOUS = "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous"
 #: ROOT_VIRTUALIZATION_V2).
 CIM_NAMESPACE = "root/virtualization/v2"
 RESOURCE_PREFIX = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualization/v2/"
+#: The one class served outside root/virtualization/v2: root/cimv2's CIM_DataFile, for its
+#: Delete method (Win32 docs, "Delete method of the CIM_DataFile class": no parameters; key
+#: Name = the full path; 0 Success, 2 Access denied, 15 Sharing violation, 21 Invalid
+#: parameter). WMI v2 has no method that deletes an image file; WinRM clients delete a
+#: VHDX this way (the WMI plug-in serves every namespace under .../wmi/<namespace>/<Class>).
+DATAFILE_URI = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/CIM_DataFile"
+DATAFILE_SOURCE = "Win32/delete-method-in-class-cim-datafile"
+DATAFILE_OK, DATAFILE_SHARING_VIOLATION, DATAFILE_INVALID_PARAMETER = 0, 15, 21
 #: "All classes" resource URI used with a WQL filter (libvirt:hyperv_wmi.c hypervEnumAndPull
 #: enumerates ``rootUri`` = ``.../v2/*``; MS-WSMV 3.1.4.8 enumeration with filters).
 RESOURCE_ALL = RESOURCE_PREFIX + "*"

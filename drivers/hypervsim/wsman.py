@@ -187,6 +187,8 @@ class WsmanService:
             return T.A_PULL + T.RESPONSE_SUFFIX, self._pull(host, req)
         if req.action == T.A_RELEASE:
             return T.A_RELEASE + T.RESPONSE_SUFFIX, self._release(req)
+        if req.resource_uri == T.DATAFILE_URI and req.action == T.DATAFILE_URI + "/Delete":
+            return req.action + T.RESPONSE_SUFFIX, self._delete_file(req)
         cls = self._class(req.resource_uri)
         prefix = resource_uri(cls) + "/"
         if req.action.startswith(prefix):
@@ -424,6 +426,21 @@ class WsmanService:
             if self.enums.pop(ctx_id, None) is None:
                 raise Fault("InvalidEnumerationContext")
         return ""
+
+    # root/cimv2 CIM_DataFile.Delete (tables.DATAFILE_URI): an image file of the cluster
+    # storage; a missing file is the WMI provider's "not found", as for any instance.
+    def _delete_file(self, req: Request) -> str:
+        body = req.body
+        if body is None or local(body.tag) != "Delete_INPUT" or len(body):
+            raise Fault("SchemaValidationError", "The Body must hold an empty Delete_INPUT.")
+        name = next((v for k, v in req.selectors.items() if k.lower() == "name"), "")
+        rc = self.world.delete_file(name)
+        if rc is None:
+            raise Fault("DestinationUnreachable", f"No CIM_DataFile {name!r}")
+        return (
+            f'<p:Delete_OUTPUT xmlns:p="{T.DATAFILE_URI}">'
+            f"<p:ReturnValue>{rc}</p:ReturnValue></p:Delete_OUTPUT>"
+        )
 
     # Invoke (DSP0227 9: <Method>_INPUT / <Method>_OUTPUT)
     def _invoke(self, host: str, req: Request, cls: str, method: str) -> str:

@@ -17,12 +17,14 @@ from hypervsim_helpers import (
     get,
     invoke,
     query,
+    selectors,
     service,
     to_dict,
     vm_selectors,
     vms,
     wait_job,
 )
+from pypsrp.exceptions import WSManFaultError
 from pypsrp.wsman import WSMan
 
 import hypervsim
@@ -721,3 +723,40 @@ def test_get_virtual_hard_disk_setting_data(w: WSMan) -> None:
         [("Path", "C:\\Hyper-V\\nope.vhdx")],
     )
     assert int(missing["ReturnValue"]) == 32779
+
+
+def test_cim_datafile_delete(w: WSMan) -> None:
+    """root/cimv2 CIM_DataFile.Delete (Win32/delete-method-in-class-cim-datafile): an image
+    file goes; a missing one is the provider's not-found fault."""
+    ims = service(w, "Msvm_ImageManagementService")
+    path = "C:\\Hyper-V\\doomed.vhdx"
+    sd = cimxml(
+        "Msvm_VirtualHardDiskSettingData", Path=path, Format=3, Type=3, MaxInternalSize=1 << 20
+    )
+    out = invoke(
+        w,
+        "Msvm_ImageManagementService",
+        "CreateVirtualHardDisk",
+        ims,
+        [("VirtualDiskSettingData", sd)],
+    )
+    assert wait_job(w, out)["JobState"] == "7"
+    uri = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/CIM_DataFile"
+    resp = w.invoke(
+        f"{uri}/Delete",
+        uri,
+        ET.Element(f"{{{uri}}}Delete_INPUT"),
+        selector_set=selectors(Name=path),
+    )
+    assert resp.findtext(f".//{{{uri}}}ReturnValue") == "0"
+    gone = invoke(
+        w, "Msvm_ImageManagementService", "GetVirtualHardDiskSettingData", ims, [("Path", path)]
+    )
+    assert int(gone["ReturnValue"]) == 32779
+    with pytest.raises(WSManFaultError):
+        w.invoke(
+            f"{uri}/Delete",
+            uri,
+            ET.Element(f"{{{uri}}}Delete_INPUT"),
+            selector_set=selectors(Name=path),
+        )
