@@ -208,7 +208,10 @@ class VM:
                     raise
                 return fresh
         known = None
-        if before is not None and isinstance(self._conn.driver, ChangeWaiter):
+        # A reboot or reset ends in the state it started from: the info from before the
+        # request would satisfy the wait at once and hand back stale values, so read anew.
+        same_state = request in (Request.REBOOT, Request.RESET)
+        if before is not None and not same_state and isinstance(self._conn.driver, ChangeWaiter):
             known = {self.uuid: before}
         states = dispatcher.await_states(
             {self.uuid: frozenset({target})}, deadline, what, known=known

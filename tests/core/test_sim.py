@@ -85,3 +85,15 @@ def test_events_are_per_host(hv: vmctl.Hypervisor, other: vmctl.Hypervisor) -> N
         assert there.drain() == []
         vm.migrate(other)
         assert [e.kind for e in there.drain()] == [vmctl.EventKind.MIGRATED]
+
+
+def test_reset_returns_the_state_after_the_request(hv: vmctl.Hypervisor) -> None:
+    """A reset ends in the state it began in: what it returns is read afterwards, not the
+    info from before the request (which would say why the VM last started)."""
+    vm = hv.create_vm(VMSpec(name="rr"))
+    vm.start()
+    vm.pause()
+    assert vm.resume().reason is vmctl.StateReason.RESUMED
+    after_reset = vm.reset()
+    assert after_reset.reason is not vmctl.StateReason.RESUMED
+    assert after_reset == vm.info()
