@@ -64,13 +64,17 @@ class NbdClient:
     # -- wire ---------------------------------------------------------------------------
 
     def _recv(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            part = self._sock.recv(min(n - len(buf), 1 << 20))
-            if not part:
-                raise NbdError("the NBD server closed the connection")
-            buf += part
+        buf = bytearray(n)
+        self._recv_into(memoryview(buf))
         return bytes(buf)
+
+    def _recv_into(self, view: memoryview) -> None:
+        got = 0
+        while got < len(view):
+            n = self._sock.recv_into(view[got:])
+            if not n:
+                raise NbdError("the NBD server closed the connection")
+            got += n
 
     def _option(self, opt: int, data: bytes) -> None:
         self._sock.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
@@ -125,8 +129,11 @@ class NbdClient:
         )
         return self._handle
 
-    def _chunks(self, handle: int, on_chunk: object) -> None:
-        """Read replies to ``handle`` until done, calling ``on_chunk(type, payload)``."""
+    def _chunks(
+        self, handle: int, on_chunk: object, into: memoryview | None = None, base: int = 0
+    ) -> None:
+        """Read replies to ``handle`` until done, calling ``on_chunk(type, payload)``; with
+        ``into``, the data of OFFSET_DATA chunks goes straight into it (at offset - base)."""
         while True:
             (magic,) = struct.unpack(">I", self._recv(4))
             if magic == SIMPLE_MAGIC:
@@ -140,9 +147,18 @@ class NbdClient:
             if magic != STRUCTURED_MAGIC:
                 raise NbdError(f"bad reply magic {magic:#x}")
             flags, rtype, h, length = struct.unpack(">HHQI", self._recv(16))
-            payload = self._recv(length)
             if h != handle:
                 raise NbdError("reply to an unknown request")
+            if into is not None and rtype == R_OFFSET_DATA and length >= 8:
+                (off,) = struct.unpack(">Q", self._recv(8))
+                start = off - base
+                if start < 0 or start + length - 8 > len(into):
+                    raise NbdError(f"data chunk at {off} outside the request")
+                self._recv_into(into[start : start + length - 8])
+                if flags & REPLY_FLAG_DONE:
+                    return
+                continue
+            payload = self._recv(length)
             if rtype & 0x8000:
                 err = struct.unpack(">I", payload[:4])[0]
                 (mlen,) = struct.unpack(">H", payload[4:6])
@@ -154,18 +170,12 @@ class NbdClient:
     # -- commands -------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
-        buf = bytearray(length)
-
-        def chunk(rtype: int, payload: bytes) -> None:
-            if rtype == R_OFFSET_DATA:
-                (off,) = struct.unpack(">Q", payload[:8])
-                buf[off - offset : off - offset + len(payload) - 8] = payload[8:]
-            # R_OFFSET_HOLE: zeroes, already there
+        buf = bytearray(length)  # OFFSET_HOLE chunks: zeroes, already there
 
         with self._lock:
             handle = self._request(CMD_READ, offset, length)
             # structured replies were negotiated: READ answers in chunks (data or holes)
-            self._chunks(handle, chunk)
+            self._chunks(handle, lambda _t, _p: None, memoryview(buf), offset)
         return bytes(buf)
 
     def extents(self, context: str, offset: int, length: int) -> list[tuple[int, int, int]]:
