@@ -72,6 +72,7 @@ mutants: $(VENV)/.stamp-test
 bench: test-venv
 	$(PY) bench/import_time.py
 	$(PY) bench/kvm_list.py $$([ -S /var/run/libvirt/libvirt-sock ] && echo --daemon)
+	$(PY) bench/backup.py
 	$(PY) bench/esx_list.py
 	$(PY) bench/xen_list.py
 
