@@ -613,6 +613,13 @@ class World:
             return [s for s in self.services[host] if s.cls == cls]
         if cls == "Msvm_VirtualEthernetSwitch":
             return [self.switches[host]]
+        if cls == "Msvm_Processor":
+            return [
+                self._host_device(host, cls, f"Microsoft:LP_{n}")
+                for n in range(T.HOST_LOGICAL_PROCESSORS)
+            ]
+        if cls == "Msvm_Memory":
+            return [self._host_device(host, cls, "Microsoft:Host_Memory")]
         if cls == "Msvm_ConcreteJob":
             return [self.job_view(j) for j in self.jobs.values() if j.host == host and not j.hidden]
         if cls == "Msvm_ShutdownComponent":
@@ -627,6 +634,36 @@ class World:
                     out += [r for r in s.rasds if r.cls == cls]
             return out
         return []
+
+    def _host_device(self, host: str, cls: str, device_id: str) -> Instance:
+        props: dict[str, Any] = {
+            "CreationClassName": cls,
+            "DeviceID": device_id,
+            "SystemCreationClassName": "Msvm_ComputerSystem",
+            "SystemName": host,
+            "ElementName": device_id.partition(":")[2],
+            "EnabledState": T.ES_ENABLED,
+            "HealthState": T.HEALTH_OK,
+            "OperationalStatus": [2],
+        }
+        if cls == "Msvm_Processor":
+            props.update(
+                Role="Central Processor",
+                MaxClockSpeed=T.HOST_CPU_MHZ,
+                CurrentClockSpeed=T.HOST_CPU_MHZ,
+                DataWidth=64,
+                AddressWidth=64,
+                LoadPercentage=3,
+                CPUStatus=1,
+            )
+        else:
+            props.update(
+                BlockSize=1 << 20,
+                NumberOfBlocks=self.cfg.host_memory_gib * 1024,
+                ConsumableBlocks=max(0, self.free_mb(host)),
+                Volatile=True,
+            )
+        return Instance(cls, props)
 
     @staticmethod
     def _live(vm: VM) -> bool:

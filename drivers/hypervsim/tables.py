@@ -388,6 +388,49 @@ string VirtualDiskId
     "GetVirtualHardDiskSettingData output; only ever embedded)",
 )
 _add(
+    "Msvm_Processor",
+    _DEVICE_KEYS,
+    _MANAGED
+    + _ENABLED
+    + """
+string SystemCreationClassName
+string SystemName
+string CreationClassName
+string DeviceID
+string Role
+uint16 Family
+uint32 MaxClockSpeed
+uint32 CurrentClockSpeed
+uint16 DataWidth
+uint16 AddressWidth
+uint16 LoadPercentage
+uint16 CPUStatus
+""",
+    "HV2/msvm-processor (a host's logical processors: SystemName = the host; a choice here: "
+    "only the host's are served, not the VMs' virtual processors; DeviceID 'Microsoft:LP_n')",
+)
+_add(
+    "Msvm_Memory",
+    _DEVICE_KEYS,
+    _MANAGED
+    + _ENABLED
+    + """
+string SystemCreationClassName
+string SystemName
+string CreationClassName
+string DeviceID
+uint64 BlockSize
+uint64 NumberOfBlocks
+uint64 ConsumableBlocks
+boolean Volatile
+""",
+    "HV2/msvm-memory (the host's memory: BlockSize x NumberOfBlocks bytes; ConsumableBlocks "
+    "the blocks VMs can still take; only the host's instance is served)",
+)
+#: The host's logical processors and their clock (a choice: a 16-thread 2.4 GHz host).
+HOST_LOGICAL_PROCESSORS = 16
+HOST_CPU_MHZ = 2400
+_add(
     "Msvm_ShutdownComponent",
     _DEVICE_KEYS,
     _MANAGED

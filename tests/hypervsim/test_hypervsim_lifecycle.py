@@ -760,3 +760,17 @@ def test_cim_datafile_delete(w: WSMan) -> None:
             ET.Element(f"{{{uri}}}Delete_INPUT"),
             selector_set=selectors(Name=path),
         )
+
+
+def test_host_processors_and_memory(w: WSMan, server: hypervsim.SimServer) -> None:
+    """HV2/msvm-processor and msvm-memory: the host's logical processors and its memory."""
+    host = server.hosts[0]
+    cpus = query(
+        w, f"SELECT DeviceID, MaxClockSpeed FROM Msvm_Processor WHERE SystemName = '{host}'"
+    )
+    assert len(cpus) == T.HOST_LOGICAL_PROCESSORS and cpus[0]["MaxClockSpeed"] == str(
+        T.HOST_CPU_MHZ
+    )
+    (mem,) = query(w, f"SELECT * FROM Msvm_Memory WHERE SystemName = '{host}'")
+    assert int(mem["BlockSize"]) * int(mem["NumberOfBlocks"]) == 8 << 30  # host_memory_gib=8
+    assert 0 < int(mem["ConsumableBlocks"]) <= int(mem["NumberOfBlocks"])
