@@ -13,6 +13,11 @@ def shell_exports(values: Mapping[str, str]) -> list[str]:
     return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
 
 
+def kit_words(options: Mapping[str, str]) -> str:
+    """The value of ``VMCTL_KIT_OPTIONS``: ``KEY=VALUE`` words, quoted for a shell."""
+    return " ".join(shlex.quote(f"{key}={value}") for key, value in options.items())
+
+
 def read_pids(path: Path) -> list[int]:
     """The PIDs listed in ``path`` (whitespace-separated), or none if it is missing."""
     if not path.is_file():

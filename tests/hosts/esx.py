@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from ._files import read_pids, shell_exports, shown, write_private
+from ._files import kit_words, read_pids, shell_exports, shown, write_private
 
 Mode = Literal["esx", "vcenter"]
 
@@ -657,6 +657,35 @@ def running_simulator(
 # --------------------------------------------------------------------------- CLI
 
 
+#: The conformance kit's options for the simulators: none, the driver finds a network and a
+#: datastore itself (``EsxDriver.kit_defaults``) and the simulator has no guest OS to boot.
+#: ``VMCTL_KIT_OPTIONS`` is still set (empty), so that a value from another env file
+#: sourced before does not carry over.
+KIT_OPTIONS: dict[str, str] = {}
+
+
+def env_values(vcenter: VcsimServer, esx: VcsimServer) -> dict[str, str]:
+    """The variables of ``.hosts/esx.env`` (see :func:`env_lines`)."""
+    hosts = vcenter.host_uris
+    if len(hosts) < 2:
+        raise HarnessError(f"the vCenter model has fewer than two hosts: {hosts}")
+    return {
+        "VMCTL_URI": hosts[0],
+        "VMCTL_OTHER_URI": hosts[1],
+        "VMCTL_ESX_URI": esx.uri,
+        "VMCTL_PASSWORD": vcenter.password,
+        "VMCTL_CAFILE": str(vcenter.cafile),
+        "VMCTL_THUMBPRINT": vcenter.thumbprint,
+        "VMCTL_KIT_OPTIONS": kit_words(KIT_OPTIONS),
+        "VMCTL_VCENTER_URI": hosts[0],
+        "VMCTL_VCENTER_OTHER_URI": hosts[1],
+        "VMCTL_ESX_PASSWORD": vcenter.password,
+        "VMCTL_ESX_CAFILE": str(vcenter.cafile),
+        "VMCTL_ESX_THUMBPRINT": vcenter.thumbprint,
+        "VMCTL_ESX_KIT_OPTIONS": kit_words(KIT_OPTIONS),
+    }
+
+
 def env_lines(vcenter: VcsimServer, esx: VcsimServer) -> list[str]:
     """The lines of ``.hosts/esx.env`` (POSIX shell, sourceable).
 
@@ -666,26 +695,14 @@ def env_lines(vcenter: VcsimServer, esx: VcsimServer) -> list[str]:
 
     The same values also come under names of their own (``VMCTL_VCENTER_URI``,
     ``VMCTL_VCENTER_OTHER_URI``, ``VMCTL_ESX_PASSWORD``, ``VMCTL_ESX_CAFILE``,
-    ``VMCTL_ESX_THUMBPRINT``), which sourcing ``.hosts/xen.env`` after this file does not
-    overwrite.
+    ``VMCTL_ESX_THUMBPRINT``, ``VMCTL_ESX_KIT_OPTIONS``), which sourcing ``.hosts/xen.env``
+    after this file does not overwrite.
+
+    ``VMCTL_KIT_OPTIONS`` is what the conformance kit reads besides what the driver finds
+    on the host (:data:`KIT_OPTIONS`): ``vmctl conformance "$VMCTL_URI" --other-uri
+    "$VMCTL_OTHER_URI"`` runs as it is.
     """
-    hosts = vcenter.host_uris
-    if len(hosts) < 2:
-        raise HarnessError(f"the vCenter model has fewer than two hosts: {hosts}")
-    values = {
-        "VMCTL_URI": hosts[0],
-        "VMCTL_OTHER_URI": hosts[1],
-        "VMCTL_ESX_URI": esx.uri,
-        "VMCTL_PASSWORD": vcenter.password,
-        "VMCTL_CAFILE": str(vcenter.cafile),
-        "VMCTL_THUMBPRINT": vcenter.thumbprint,
-        "VMCTL_VCENTER_URI": hosts[0],
-        "VMCTL_VCENTER_OTHER_URI": hosts[1],
-        "VMCTL_ESX_PASSWORD": vcenter.password,
-        "VMCTL_ESX_CAFILE": str(vcenter.cafile),
-        "VMCTL_ESX_THUMBPRINT": vcenter.thumbprint,
-    }
-    return shell_exports(values)
+    return shell_exports(env_values(vcenter, esx))
 
 
 def cmd_start(args: argparse.Namespace) -> int:

@@ -14,12 +14,14 @@ Command line (from the repository root)::
     VMCTL_POOL_URI=xen://root@127.0.0.1:PORT             # the whole pool, via its master
 
     VMCTL_PASSWORD=...  VMCTL_CAFILE=...  VMCTL_THUMBPRINT=AA:BB:...  (SHA-256 of the cert)
+    VMCTL_KIT_OPTIONS='boot_kernel=/boot/guest/vmlinuz boot_cmdline=console=hvc0'
+                                    # what the conformance kit cannot find on the host
 
 Host-scoped URIs are what migration needs: a pool-wide connection still lists a VM that
 moved to another host of the pool. The same values also come as ``VMCTL_XEN_URI``,
-``VMCTL_XEN_OTHER_URI``, ``VMCTL_XEN_POOL_URI``, ``VMCTL_XEN_PASSWORD``, ``VMCTL_XEN_CAFILE``
-and ``VMCTL_XEN_THUMBPRINT``, which sourcing ``.hosts/esx.env`` after this file does not
-overwrite.
+``VMCTL_XEN_OTHER_URI``, ``VMCTL_XEN_POOL_URI``, ``VMCTL_XEN_PASSWORD``, ``VMCTL_XEN_CAFILE``,
+``VMCTL_XEN_THUMBPRINT`` and ``VMCTL_XEN_KIT_OPTIONS``, which sourcing ``.hosts/esx.env``
+after this file does not overwrite.
 
 Python API::
 
@@ -46,7 +48,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._files import read_pids, shell_exports, shown, write_private
+from ._files import kit_words, read_pids, shell_exports, shown, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVERS = REPO_ROOT / "drivers"
@@ -229,23 +231,37 @@ def running_simulator(**kwargs: Any) -> Iterator[XenSim]:
         sim.stop()
 
 
-def env_lines(sim: XenSim) -> list[str]:
-    """The lines of ``.hosts/xen.env`` (POSIX shell, sourceable)."""
-    values = {
+#: What the conformance kit needs on xapisim besides what the driver finds there (a
+#: network and an SR, ``XenDriver.kit_defaults``): a guest that boots. A PV kernel lives in
+#: the control domain's file system, which XenAPI does not list; xapisim boots any path.
+KIT_OPTIONS = {"boot_kernel": "/boot/guest/vmlinuz", "boot_cmdline": "console=hvc0"}
+
+
+def env_values(sim: XenSim) -> dict[str, str]:
+    """The variables of ``.hosts/xen.env``: ``vmctl conformance "$VMCTL_URI" --other-uri
+    "$VMCTL_OTHER_URI"`` runs the kit as it is (``VMCTL_KIT_OPTIONS``: :data:`KIT_OPTIONS`)."""
+    kit = kit_words(KIT_OPTIONS)
+    return {
         "VMCTL_URI": sim.host_uri,
         "VMCTL_OTHER_URI": sim.other_uri,
         "VMCTL_POOL_URI": sim.uri,
         "VMCTL_PASSWORD": sim.password,
         "VMCTL_CAFILE": sim.cafile or "",
         "VMCTL_THUMBPRINT": sim.thumbprint or "",
+        "VMCTL_KIT_OPTIONS": kit,
         "VMCTL_XEN_URI": sim.host_uri,
         "VMCTL_XEN_OTHER_URI": sim.other_uri,
         "VMCTL_XEN_POOL_URI": sim.uri,
         "VMCTL_XEN_PASSWORD": sim.password,
         "VMCTL_XEN_CAFILE": sim.cafile or "",
         "VMCTL_XEN_THUMBPRINT": sim.thumbprint or "",
+        "VMCTL_XEN_KIT_OPTIONS": kit,
     }
-    return shell_exports(values)
+
+
+def env_lines(sim: XenSim) -> list[str]:
+    """The lines of ``.hosts/xen.env`` (POSIX shell, sourceable)."""
+    return shell_exports(env_values(sim))
 
 
 def cmd_start(args: argparse.Namespace) -> int:

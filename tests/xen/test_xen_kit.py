@@ -1,4 +1,8 @@
-"""The conformance kit against the simulator's pool: xenhost1, with xenhost2 for migration."""
+"""The conformance kit against the simulator's pool (xenhost1, with xenhost2 for migration),
+run as an operator runs it after `make host-xen` and sourcing .hosts/xen.env:
+``vmctl conformance "$VMCTL_URI" --other-uri "$VMCTL_OTHER_URI"`` with the env file's
+variables (tests/hosts/xen.py: env_values), no option given by hand. The network and SR
+come from the driver (XenDriver.kit_defaults), the guest kernel from VMCTL_KIT_OPTIONS."""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from typing import Any
 import pytest
 from xen_helpers import PASSWORD
 
+from tests.hosts import xen as harness
+from tests.hosts.kitrun import run_kit
+
 vmctl_conformance = pytest.importorskip("vmctl_conformance")
 
 
@@ -15,22 +22,30 @@ vmctl_conformance = pytest.importorskip("vmctl_conformance")
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
 
-def test_kit_against_the_simulator(sim: Any, tmp_path: Path) -> None:
-    base = f"xen://root@127.0.0.1:{sim.port}"
-    report = vmctl_conformance.run(
-        f"{base}?host=xenhost1",
-        other_uri=f"{base}?host=xenhost2",
-        env={"VMCTL_PASSWORD": PASSWORD, "VMCTL_CAFILE": sim.cafile},
-        options={
-            "network": "xenbr0",  # as docs/xen.md documents the kit command
-            "boot_kernel": "/boot/guest/vmlinuz",
-            "boot_cmdline": "console=hvc0",
-        },
-        report=tmp_path / "xen-kit.md",
+def _env(sim: Any) -> dict[str, str]:
+    """The variables .hosts/xen.env would have for this simulator."""
+    hosts = harness.XenSim(
+        pid=0,
+        url=sim.url,
+        port=sim.port,
+        cafile=sim.cafile,
+        thumbprint=sim.thumbprint,
+        username="root",
+        password=PASSWORD,
+        hosts=["xenhost1", "xenhost2"],
     )
+    return harness.env_values(hosts)
+
+
+def test_kit_against_the_simulator(sim: Any, tmp_path: Path) -> None:
+    report = run_kit(_env(sim), tmp_path / "xen-kit.json")
+    report.write(tmp_path / "xen-kit.md")
     print((tmp_path / "xen-kit.md").read_text())
     REPORTS.mkdir(exist_ok=True)
     report.write(REPORTS / "xen.json")
+    assert not report.refused, report.refused
+    assert report.option_sources["network"] == report.option_sources["pool"] == "host"
+    assert report.option_sources["boot_kernel"] == "VMCTL_KIT_OPTIONS"
     assert not report.leaked, report.leaked
     assert not report.failed, f"{report.failed}\n{report.output[-5000:]}"
     results = report.results
