@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import queue
 import re
 import secrets
 import threading
@@ -100,9 +101,14 @@ DEFAULT_DISK_DIR = "C:\\ProgramData\\Microsoft\\Windows\\Virtual Hard Disks"
 PROC_SUFFIX = "b637f346-6a0e-4dec-af52-bd70cb80a21d\\0"
 MEM_SUFFIX = "4764334d-e001-4176-82ee-5594ec9b530e"
 VM_FILTER = "Description = 'Microsoft Virtual Machine'"  # as libvirt selects VMs
+#: ElementName of the virtual hard disk settings of disks vmctl made: the VM owns them
+#: (delete_vm and remove_disk delete their files; other disks are only detached).
+OWNED = "Hard Disk Image (vmctl)"
 SUB = "Microsoft:Hyper-V:"
 #: The longest pause of one wait_tasks call (WS-Man cannot block on a job).
 POLL_MAX_S = 1.0
+#: Msvm_ProcessorSettingData.Limit/Reservation scale: 100000 = all of the VM's processors.
+LIMIT_MAX = 100000
 POLL_FIRST_S = 0.05
 
 #: Msvm_ComputerSystem.EnabledState (HV2/msvm-computersystem) -> vmctl state.
@@ -199,69 +205,75 @@ class _Job:
 
 
 class _PollEvents:
-    """Events by a bounded poll of the host's VMs (one WQL query each ``interval``): WinRM's
-    WMI event subscriptions (WS-Eventing on __InstanceModificationEvent) are not served by
-    hypervsim, so they cannot be proven here. Changes between two polls that cancel out
-    (off and on again) are not seen."""
+    """Events by a bounded poll of the host's VMs: one WQL query of Msvm_ComputerSystem
+    every ``interval`` seconds on a thread of its own, from ``subscribe`` on. WinRM's WMI
+    event subscriptions (WS-Eventing on __InstanceModificationEvent) are not served by
+    hypervsim, so they cannot be proven here. Changes that cancel out between two polls
+    (a VM made and deleted within one interval, off and on again) are not seen."""
 
     def __init__(self, driver: HyperVDriver, interval: float, deadline: Deadline) -> None:
         self._d = driver
         self._interval = interval
-        self._known = {i.uuid: i for i in driver.list_vms(deadline=deadline)}
-        self._queue: list[Event] = []
-        self._next = time.monotonic() + interval
-        self._closed = False
+        self._known = self._read(deadline)
+        self._queue: queue.Queue[Event] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vmctl-hyperv-events", daemon=True)
+        self._thread.start()
+
+    def _read(self, deadline: Deadline) -> dict[str, tuple[str, PowerState]]:
+        rows = self._d._query(
+            "poll VMs",
+            f"SELECT Name, ElementName, EnabledState, HealthState FROM Msvm_ComputerSystem "
+            f"WHERE {VM_FILTER}",
+            deadline,
+        )
+        out = {}
+        for r in rows:
+            info = self._d._info(r, 0, 0)
+            out[info.uuid] = (info.name, info.state)
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                now = self._read(Deadline.after(self._d.client.rpc_timeout))
+            except VmctlError as exc:
+                log.warning("hyperv events: poll failed: %s", exc)
+                continue
+            for uuid, (name, state) in now.items():
+                old = self._known.get(uuid)
+                if old is None:
+                    self._queue.put(Event(EventKind.CREATED, uuid, name, state=state))
+                elif old[1] is not state:
+                    self._queue.put(
+                        Event(
+                            EventKind.STATE_CHANGED,
+                            uuid,
+                            name,
+                            state=state,
+                            reason=REASONS.get(state, StateReason.UNKNOWN),
+                        )
+                    )
+                elif old[0] != name:
+                    self._queue.put(Event(EventKind.RECONFIGURED, uuid, name, detail="renamed"))
+            for uuid, (name, _state) in self._known.items():
+                if uuid not in now:
+                    self._queue.put(Event(EventKind.DELETED, uuid, name))
+            self._known = now
 
     def next_event(self, timeout: float) -> Event | None:
-        end = time.monotonic() + max(0.0, timeout)
-        while not self._queue and not self._closed:
-            now = time.monotonic()
-            if now >= self._next:
-                self._poll()
-                self._next = time.monotonic() + self._interval
-                continue
-            if now >= end:
-                return None
-            time.sleep(min(self._next, end) - now)
-        return self._queue.pop(0) if self._queue else None
-
-    def _poll(self) -> None:
         try:
-            now = {
-                i.uuid: i
-                for i in self._d.list_vms(deadline=Deadline.after(self._d.client.rpc_timeout))
-            }
-        except VmctlError as exc:
-            log.warning("hyperv events: poll failed: %s", exc)
-            return
-        for uuid, info in now.items():
-            old = self._known.get(uuid)
-            if old is None:
-                self._queue.append(
-                    Event(EventKind.CREATED, uuid, info.name, state=info.state, reason=info.reason)
-                )
-            elif old.state is not info.state:
-                self._queue.append(
-                    Event(
-                        EventKind.STATE_CHANGED,
-                        uuid,
-                        info.name,
-                        state=info.state,
-                        reason=info.reason,
-                    )
-                )
-            elif old.name != info.name or (old.vcpus, old.memory_mib) != (
-                info.vcpus,
-                info.memory_mib,
-            ):
-                self._queue.append(Event(EventKind.RECONFIGURED, uuid, info.name))
-        for uuid, old in self._known.items():
-            if uuid not in now:
-                self._queue.append(Event(EventKind.DELETED, uuid, old.name))
-        self._known = now
+            return (
+                self._queue.get(timeout=max(0.0, timeout))
+                if timeout > 0
+                else self._queue.get_nowait()
+            )
+        except queue.Empty:
+            return None
 
     def close(self) -> None:
-        self._closed = True
+        self._stop.set()
+        self._thread.join(timeout=self._d.client.rpc_timeout)
 
 
 class HyperVDriver(
@@ -337,7 +349,7 @@ class HyperVDriver(
                 field="auth",
             )
         rpc_timeout = _positive(opts.get("rpc_timeout", DEFAULT_RPC_TIMEOUT), "rpc_timeout")
-        poll_s = _positive(opts.get("poll_s", 2.0), "poll_s")
+        poll_s = _positive(opts.get("poll_s", 0.25), "poll_s")
         pin = parse_thumbprint(params.thumbprint) if params.thumbprint else None
         if params.cafile and secure:
             import os
@@ -536,26 +548,32 @@ class HyperVDriver(
     # -- inventory ------------------------------------------------------------------------
 
     def host_info(self, *, deadline: Deadline) -> HostInfo:
-        rows = self._query(
-            "read the host",
-            "SELECT Name, ElementName FROM Msvm_ComputerSystem "
-            "WHERE Caption = 'Hosting Computer System'",
+        host = wql_string(self.host_name)
+        cpus = self._query(
+            "read the host's processors",
+            f"SELECT DeviceID, MaxClockSpeed FROM Msvm_Processor WHERE SystemName = {host}",
+            deadline,
+        )
+        mems = self._query(
+            "read the host's memory",
+            "SELECT BlockSize, NumberOfBlocks, ConsumableBlocks FROM Msvm_Memory "
+            f"WHERE SystemName = {host}",
             deadline,
         )
         vms = self._query(
             "count VMs", f"SELECT Name FROM Msvm_ComputerSystem WHERE {VM_FILTER}", deadline
         )
-        name = str(rows[0]["Name"]) if rows else self.host_name
-        # CPU and memory of the host are Msvm_Processor / Msvm_Memory (or Win32_* in
-        # root/cimv2); hypervsim serves neither, so they are reported as 0 (unknown).
+        mib = 1024 * 1024
+        total = sum(_int(m.get("BlockSize")) * _int(m.get("NumberOfBlocks")) for m in mems)
+        free = sum(_int(m.get("BlockSize")) * _int(m.get("ConsumableBlocks")) for m in mems)
         return HostInfo(
-            name=name,
+            name=self.host_name,
             hypervisor="Hyper-V",
             version="WMI v2 (root/virtualization/v2)",
-            cpus=0,
-            cpu_mhz=0,
-            memory_mib=0,
-            uuid=None,
+            cpus=len(cpus),
+            cpu_mhz=max((_int(c.get("MaxClockSpeed")) for c in cpus), default=0),
+            memory_mib=total // mib,
+            free_memory_mib=free // mib if mems else None,
             vm_count=len(vms),
         )
 
@@ -632,7 +650,8 @@ class HyperVDriver(
         res = Resources(
             cpu_shares=_int(cpu.get("Weight")) or None,
             cpu_reservation_percent=round(_int(cpu.get("Reservation")) * n / 1000),
-            cpu_limit_percent=max(1, round(limit * n / 1000)) if limit else None,
+            # 100000 (100 % of the VM's processors) is Hyper-V's "no limit"
+            cpu_limit_percent=max(1, round(limit * n / 1000)) if 0 < limit < LIMIT_MAX else None,
         )
         notes = as_list(vssd.get("Notes"))
         return VMConfig(
@@ -666,6 +685,7 @@ class HyperVDriver(
             size = self._vhd_size(path, deadline)
             ctrl = _path_id(drive.get("Parent")).upper()
             idx = ctrls.index(ctrl) if ctrl in ctrls else 0
+            drive = dict(drive, __owned__=sasd.get("ElementName") == OWNED)
             out.append(
                 (
                     DiskInfo(
@@ -834,8 +854,8 @@ class HyperVDriver(
             except VmctlError as undo:
                 log.warning("could not remove the half-made VM %s: %s", guid, undo)
                 left.append(("vm", guid))
-        # WMI v2 has no method that deletes a file (docs/hyperv.md): the VHDX stay.
-        left += [("disk", p) for p in disks]
+        later = Deadline.after(min(60.0, max(5.0, deadline.remaining())))
+        left += [("disk", p) for p in disks if not self._delete_file(p, later)]
         if left and isinstance(exc, VmctlError):
             exc.left_behind = tuple(left)
             exc.message += " (left behind: " + ", ".join(f"{k} {v}" for k, v in left) + ")"
@@ -920,6 +940,7 @@ class HyperVDriver(
                     "Msvm_StorageAllocationSettingData",
                     {
                         "ResourceSubType": SUB + "Virtual Hard Disk",
+                        "ElementName": OWNED,
                         "Parent": self._path("Msvm_ResourceAllocationSettingData", drive),
                         "HostResource": [path],
                     },
@@ -995,9 +1016,38 @@ class HyperVDriver(
     def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
         cs = self._cs(uuid, deadline)
         g = str(cs["Name"])
+        owned = [d.path for d, drive in self._disks(g, deadline) if drive["__owned__"] and d.path]
         self._destroy(g, deadline)
-        # DestroySystem keeps the VHDX files, and no WMI v2 method deletes a file.
-        return [f"vm {cs.get('ElementName')}"]
+        # DestroySystem keeps the image files: the VM's own are deleted one by one.
+        done = [f"vm {cs.get('ElementName')} ({g})"]
+        left = []
+        for path in owned:
+            if self._delete_file(path, deadline):
+                done.append(f"disk {path}")
+            else:
+                left.append(path)
+        if left:
+            err = BackendError(
+                f"VM {uuid} was deleted but not its disk(s) {', '.join(left)}",
+                vendor_code="CIM_DataFile.Delete",
+            )
+            err.left_behind = tuple(("disk", p) for p in left)
+            raise err
+        return done
+
+    def _delete_file(self, path: str, deadline: Deadline) -> bool:
+        """Delete an image file (root/cimv2 CIM_DataFile.Delete); whether it is gone."""
+        try:
+            with self._mapped(f"delete {path}", deadline):
+                rc = self.client.delete_file(path, deadline=deadline)
+        except NotFound:
+            return True
+        except VmctlError as exc:
+            log.warning("could not delete %s: %s", path, exc)
+            return False
+        if rc != 0:
+            log.warning("could not delete %s: CIM_DataFile.Delete returned %s", path, rc)
+        return rc == 0
 
     # -- power ----------------------------------------------------------------------------
 
@@ -1134,12 +1184,20 @@ class HyperVDriver(
     def set_vcpus(self, uuid: str, vcpus: int, *, live: bool, deadline: Deadline) -> Task | None:
         guid = _guid(uuid)
         cpu = self._cpu(guid, deadline)
+        # Reservation and Limit are shares of the VM's own processors: rescale them so that
+        # the reservation and limit in cores (vmctl's unit) stay what they were.
+        old = max(1, _int(cpu.get("VirtualQuantity")))
+        changes: dict[str, Any] = {"VirtualQuantity": vcpus}
+        for key in ("Reservation", "Limit"):
+            value = _int(cpu.get(key))
+            if 0 < value < LIMIT_MAX or (key == "Reservation" and value):
+                changes[key] = min(LIMIT_MAX, round(value * old / vcpus))
         return self._modify(
             f"set {vcpus} vCPUs on VM {uuid}",
             "Msvm_ProcessorSettingData",
             cpu,
             deadline,
-            VirtualQuantity=vcpus,
+            **changes,
         )
 
     def set_memory(
@@ -1231,8 +1289,11 @@ class HyperVDriver(
             slot = next(i for i in range(64) if i not in used)
             drive = self._attach_vhd(guid, ctrl, slot, path, deadline)
         except VmctlError as exc:
-            exc.left_behind = (("disk", path),)
-            exc.message += f" (left behind: disk {path})"
+            if not self._delete_file(
+                path, Deadline.after(min(60.0, max(5.0, deadline.remaining())))
+            ):
+                exc.left_behind = (("disk", path),)
+                exc.message += f" (left behind: disk {path})"
             raise
         for info, d in self._disks(guid, deadline):
             if str(d["InstanceID"]).upper() == drive.upper():
@@ -1259,6 +1320,13 @@ class HyperVDriver(
                     ],
                     deadline,
                 )
+                if drive["__owned__"] and info.path and not self._delete_file(info.path, deadline):
+                    err = BackendError(
+                        f"disk {disk_id} was detached from VM {uuid} but {info.path} "
+                        "could not be deleted"
+                    )
+                    err.left_behind = (("disk", info.path),)
+                    raise err
                 return
         raise NotFound(f"VM {uuid} has no disk {disk_id!r}")
 
