@@ -92,9 +92,12 @@ class Page:
         self.token: str | None = None
 
 
-def parse_reply(data: bytes, method: str) -> Page | None:
+def parse_reply(
+    data: bytes, method: str, moref: Callable[[str | None, str | None], Any] = lambda t, v: (t, v)
+) -> Page | None:
     """The reply of ``method``, None for an empty result (no ``returnval``); Unexpected for
-    anything this parser does not know, Fault for a SOAP fault."""
+    anything this parser does not know, Fault for a SOAP fault. ``moref(type, value)``
+    makes the value of a ManagedObjectReference property."""
     from lxml import etree
 
     try:
@@ -117,9 +120,18 @@ def parse_reply(data: bytes, method: str) -> Page | None:
     if len(response) != 1 or response[0].tag != f"{{{ns}}}returnval":
         raise Unexpected("not one returnval")
     page = Page()
+    try:
+        _objects(response[0], page, ns, moref)
+    except (ValueError, TypeError) as exc:  # a propSet not of two, a number that is not
+        raise Unexpected(f"malformed objects: {exc}") from exc
+    return page
+
+
+def _objects(returnval: Any, page: Page, ns: str, moref: Callable[..., Any]) -> None:
     t_token, t_objects = f"{{{ns}}}token", f"{{{ns}}}objects"
     t_obj, t_prop, t_missing = f"{{{ns}}}obj", f"{{{ns}}}propSet", f"{{{ns}}}missingSet"
-    for part in response[0]:
+    kinds, xsi_type, rows = _KINDS, _XSI_TYPE, page.rows
+    for part in returnval:
         tag = part.tag
         if tag == t_token:
             page.token = part.text or ""
@@ -129,26 +141,50 @@ def parse_reply(data: bytes, method: str) -> Page | None:
             for child in part:
                 ctag = child.tag
                 if ctag == t_prop:
-                    if len(child) != 2:
-                        raise Unexpected("a propSet without one name and one val")
-                    name = child[0].text or ""
-                    # The session probe: only its presence matters (a UserSession).
-                    props[name] = True if name == "currentSession" else _value(child[1])
+                    name_el, val = child  # exactly two children, else ValueError
+                    name = name_el.text or ""
+                    if name == "currentSession":  # the session probe: only its presence
+                        props[name] = True
+                        continue
+                    kind = kinds.get(val.get(xsi_type))
+                    if kind is None or len(val):
+                        props[name] = _value(val, moref)  # other spellings, or Unexpected
+                    elif kind == 0:
+                        props[name] = val.text or ""
+                    elif kind == 1:
+                        props[name] = int(val.text)
+                    elif kind == 2:
+                        props[name] = _bool(val.text)
+                    else:
+                        props[name] = moref(val.get("type"), val.text)
                 elif ctag == t_obj:
                     obj_type, moid = child.get("type"), child.text
                 elif ctag == t_missing:
                     fault = child.find(f"{{{ns}}}fault/{{{ns}}}fault")
-                    kind = "" if fault is None else (fault.get(_XSI_TYPE) or "")
-                    if kind.rpartition(":")[2] == "NotAuthenticated":
+                    fkind = "" if fault is None else (fault.get(xsi_type) or "")
+                    if fkind.rpartition(":")[2] == "NotAuthenticated":
                         page.expired = True
                 elif isinstance(ctag, str):
                     raise Unexpected(f"element {ctag} in objects")
             if not obj_type or not moid:
                 raise Unexpected("an object without its moref")
-            page.rows.append((obj_type, moid, props))
+            rows.append((obj_type, moid, props))
         elif isinstance(tag, str):
             raise Unexpected(f"element {tag} in returnval")
-    return page
+
+
+#: The xsi:type spellings vCenter and the simulator write, to a kind: 0 text, 1 integer,
+#: 2 boolean, 3 moref (anything else goes through _value).
+_KINDS: dict[str | None, int] = {
+    "xsd:string": 0,
+    "VirtualMachinePowerState": 0,
+    "VirtualMachineConnectionState": 0,
+    "xsd:int": 1,
+    "xsd:long": 1,
+    "xsd:short": 1,
+    "xsd:boolean": 2,
+    "ManagedObjectReference": 3,
+}
 
 
 _PARSER: Any = None
@@ -166,13 +202,15 @@ def _parser() -> Any:
     return _PARSER
 
 
-def _value(val: Any) -> Any:
+def _value(val: Any, moref: Callable[..., Any]) -> Any:
     kind = val.get(_XSI_TYPE)
     if kind is None:
         raise Unexpected("a val without xsi:type")
     local = kind.rpartition(":")[2]
     if local == "ManagedObjectReference":
-        return ("moref", val.get("type"), val.text)
+        if len(val):
+            raise Unexpected("a moref with child elements")
+        return moref(val.get("type"), val.text)
     scalar = _SCALARS.get(local)
     if scalar is not None:
         if len(val):
@@ -258,7 +296,7 @@ class FastLister:
             status, data = self.send(method, body)
             if status not in (200, 500):
                 raise Unexpected(f"HTTP status {status}")
-            page = parse_reply(data, method)
+            page = parse_reply(data, method, self._ref)
             if status == 500:
                 raise Unexpected("HTTP 500 without a SOAP fault")
             if page is None:
@@ -272,9 +310,6 @@ class FastLister:
                         continue
                 elif obj_type != want:
                     raise Unexpected(f"an object of type {obj_type}")
-                for key, value in props.items():
-                    if type(value) is tuple:
-                        props[key] = self._ref(value[1], value[2])
                 out.append((self._ref(obj_type, moid), props))
             if not page.token:
                 break
