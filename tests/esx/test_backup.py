@@ -233,3 +233,25 @@ def test_expired_session_on_the_datastore_access() -> None:
         conn.dispatcher.call("close", driver.close_point_in_time, pit, deadline=Deadline.after(30))
         assert vm.snapshots() == []
         vm.delete()
+
+
+def test_independent_disk_is_refused(esx: vmctl.Hypervisor, esx_admin: Admin) -> None:
+    """Snapshots do not cover an independent disk: no point in time, nothing left behind."""
+    vm = make(esx, sizes=(4, 4))
+    ref = esx_admin.vm(vm.uuid)
+    devices = esx_admin.props(ref, vim.VirtualMachine, ["config.hardware.device"])
+    disks = [
+        d for d in devices["config.hardware.device"] if isinstance(d, vim.vm.device.VirtualDisk)
+    ]
+    disk = disks[1]
+    disk.backing.diskMode = "independent_persistent"
+    spec = vim.vm.ConfigSpec(
+        deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)]
+    )
+    task = ref.ReconfigVM_Task(spec=spec)
+    assert str(esx_admin.props(task, vim.Task, ["info.state"])["info.state"]) == "success"
+    repo = vmctl.open_repo(f"memory://esx-{secrets.token_hex(4)}", chunk_size=MIB)
+    with pytest.raises(vmctl.InvalidState, match="independent_persistent"):
+        vm.backup(repo)
+    assert snapshots(esx_admin, vm.uuid) == []
+    assert repo.backups(vm) == []
