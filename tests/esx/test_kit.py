@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.hosts import esx as harness
 from tests.hosts.esx import VcsimServer
+from tests.hosts.kitrun import run_kit
 
-from .conftest import NETWORK, Admin, vc_uri
+from .conftest import Admin
 
 vmctl_conformance = pytest.importorskip("vmctl_conformance")
 
@@ -22,9 +24,11 @@ KNOWN: dict[str, str] = {
     # configuration and power state on revert (tests/hosts/vcsim/snapshots.go); LIFE-REBOOT-1
     # since the kit lets a guest that cannot be asked refuse with InvalidState.
 }
-#: disk_mib: the BACKUP clauses write and read whole disks; on vSphere's datastore HTTP access
-#: every write moves the whole disk twice (docs/esx.md), so the kit's disks are kept small.
-OPTIONS = {"network": NETWORK, "op_timeout": "20", "disk_mib": "16"}
+#: The kit runs as an operator runs it after `make host-esx` and sourcing .hosts/esx.env:
+#: ``vmctl conformance "$VMCTL_URI" --other-uri "$VMCTL_OTHER_URI"`` (vCenter) or
+#: ``vmctl conformance "$VMCTL_ESX_URI"`` (ESX), with the env file's variables
+#: (tests/hosts/esx.py: env_values; VMCTL_KIT_OPTIONS there), no option given by hand: the
+#: network and datastore come from the driver (EsxDriver.kit_defaults).
 #: Where the reports are kept for the support matrix (python -m vmctl_conformance.matrix).
 REPORTS = Path(os.environ.get("VMCTL_REPORTS_DIR", Path(__file__).parents[2] / "reports"))
 
@@ -43,14 +47,26 @@ def _check(report: object, label: str) -> None:
         warnings.warn(f"{label}: now passes {sorted(fixed)}: drop them from KNOWN", stacklevel=1)
 
 
-def test_kit_esx_mode(esx_sim: VcsimServer, esx_admin: Admin, tmp_path: Path) -> None:
-    report = vmctl_conformance.run(
-        esx_sim.uri,
-        env={"VMCTL_PASSWORD": esx_sim.password, "VMCTL_CAFILE": str(esx_sim.cafile)},
-        options=OPTIONS,
-        report=tmp_path / "esx-kit.md",
+def _found_on_the_host(report: object) -> None:
+    sources = report.option_sources  # type: ignore[attr-defined]
+    assert not report.refused, report.refused  # type: ignore[attr-defined]
+    assert sources["network"] == sources["pool"] == "host", sources
+
+
+def test_kit_esx_mode(
+    esx_sim: VcsimServer, vc_sim: VcsimServer, esx_admin: Admin, tmp_path: Path
+) -> None:
+    env = harness.env_values(vc_sim, esx_sim)
+    # the test session's two simulators have passwords and certificates of their own
+    env.update(
+        VMCTL_PASSWORD=esx_sim.password,
+        VMCTL_CAFILE=str(esx_sim.cafile),
+        VMCTL_THUMBPRINT=esx_sim.thumbprint,
     )
+    report = run_kit(env, tmp_path / "esx-kit.json", uri_var="VMCTL_ESX_URI", other_var=None)
+    report.write(tmp_path / "esx-kit.md")
     print((tmp_path / "esx-kit.md").read_text())
+    _found_on_the_host(report)
     _keep(report, "esx.json")
     _check(report, "esx")
     results = report.results
@@ -79,15 +95,13 @@ def test_kit_esx_mode(esx_sim: VcsimServer, esx_admin: Admin, tmp_path: Path) ->
     assert not esx_admin.other_sessions()
 
 
-def test_kit_vcenter_mode(vc_sim: VcsimServer, vc_admin: Admin, tmp_path: Path) -> None:
-    report = vmctl_conformance.run(
-        vc_uri(vc_sim, "DC0/DC0_C0/DC0_C0_H0"),
-        other_uri=vc_uri(vc_sim, "DC0/DC0_C0/DC0_C0_H1"),
-        env={"VMCTL_PASSWORD": vc_sim.password, "VMCTL_THUMBPRINT": vc_sim.thumbprint},
-        options=OPTIONS,
-        report=tmp_path / "vcenter-kit.md",
-    )
+def test_kit_vcenter_mode(
+    vc_sim: VcsimServer, esx_sim: VcsimServer, vc_admin: Admin, tmp_path: Path
+) -> None:
+    report = run_kit(harness.env_values(vc_sim, esx_sim), tmp_path / "vcenter-kit.json")
+    report.write(tmp_path / "vcenter-kit.md")
     print((tmp_path / "vcenter-kit.md").read_text())
+    _found_on_the_host(report)
     _keep(report, "vcenter.json")
     _check(report, "vcenter")
     for clause in ("MIG-LIVE-1", "MIG-COLD-1", "EVT-LIFE-1", "LIFE-CREATE-1", "BACKUP-ROUNDTRIP-1"):

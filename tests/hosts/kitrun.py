@@ -28,11 +28,14 @@ def run_kit(
     timeout: float = 3600,
 ) -> Report:
     """``vmctl conformance "$<uri_var>" [--other-uri "$<other_var>"] --report <report>``
+    (without ``other_var``: ``VMCTL_OTHER_URI= vmctl conformance "$<uri_var>" ...``)
     in bash, with ``env`` (an env file's variables) over this environment without its own
     VMCTL_* variables. Returns the report (its ``output`` is what the CLI printed)."""
     command = f'"$VMCTL_CLI" conformance "${uri_var}"'
     if other_var:
         command += f' --other-uri "${other_var}"'
+    else:  # no second host, whatever the env file says (its other URI is another host's)
+        command = "VMCTL_OTHER_URI= " + command
     command += ' --report "$VMCTL_KIT_REPORT"'
     base = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
     t0 = time.monotonic()
