@@ -82,6 +82,7 @@ from . import _errors
 from ._backup import XenBackup
 from ._errors import power_state
 from ._session import EVENT_SLICE_S, NULL, Connection, task_result
+from ._storage import XenStorage
 from ._transport import NOT_SENT, parse_thumbprint, tls_context
 
 log = logging.getLogger("vmctl.xen")
@@ -217,6 +218,7 @@ class XenDriver(
     Events,
     GuestAgent,
     XenBackup,
+    XenStorage,
 ):
     """vmctl over XenAPI. See the module docstring and docs/xen.md."""
 
@@ -1690,7 +1692,14 @@ class XenDriver(
             ref, rec = self._vm(uuid, deadline)
             sref, snap = self._snapshot_ref(rec, snapshot_id, deadline)
         what = f"revert VM {rec['name_label']!r} to {snap['name_label']!r}"
+        added = self._disks_added_since(rec, snap, what, deadline)
         self._run(what, "VM.revert", sref, deadline=deadline)
+        # xapi leaves the VM's disks the snapshot has no copy of unattached
+        # (xapi_vm_snapshot.ml: update_vifs_vbds_and_vgpus): disks added since the
+        # snapshot. The VM owned them; remove those nothing else uses, so none is left behind.
+        for vdi in added:
+            if not self._call(what, "VDI.get_VBDs", vdi, deadline=deadline):
+                self._call(what, "VDI.destroy", vdi, deadline=deadline)
         # A checkpoint reverts to Suspended (xapi_vm_snapshot.ml); resume it to the state
         # it was in when taken: that is the task the core waits on.
         state = self._call(what, "VM.get_power_state", ref, deadline=deadline)
@@ -1698,6 +1707,25 @@ class XenDriver(
             at = str(snap.get("snapshot_info", {}).get("power-state-at-snapshot", "Running"))
             return self._resume(ref, what, paused=at == "Paused", deadline=deadline)
         return None
+
+    def _disks_added_since(
+        self, rec: dict[str, Any], snap: dict[str, Any], what: str, deadline: Deadline
+    ) -> list[str]:
+        """The VDIs of the VM's disks that the snapshot has no copy of (VDI.snapshot_of)."""
+
+        def disks(vbds: Sequence[str]) -> list[str]:
+            out = []
+            for vbd in vbds:
+                b = self._call(what, "VBD.get_record", vbd, deadline=deadline)
+                if b.get("type") == "Disk" and b.get("VDI") not in ("", NULL):
+                    out.append(str(b["VDI"]))
+            return out
+
+        copied = {
+            str(self._call(what, "VDI.get_snapshot_of", v, deadline=deadline))
+            for v in disks(snap.get("VBDs", []))
+        }
+        return [v for v in disks(rec.get("VBDs", [])) if v not in copied]
 
     def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> None:
         with self._unchanged():

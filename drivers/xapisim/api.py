@@ -766,6 +766,7 @@ class Api:
                     type="suspend",
                 )
                 rec.update(power_state="Suspended", suspend_VDI=sv)
+            db.revert_devices(vm, snap)
             # ocaml/xapi/xapi_vm_snapshot.ml: revert -> update_parent: the VM's parent
             # becomes the snapshot it was reverted to.
             db.set_parent(vm, snap)

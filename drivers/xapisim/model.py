@@ -1388,16 +1388,96 @@ class Database:
                 if vdi in self.os_vdis:
                     self.os_vdis.add(new_vdi)
                 vdi = new_vdi
+            # Xapi_vbd_helpers.copy / Xapi_vif_helpers.copy copy the records, other_config
+            # included (where clients keep what a device is for, e.g. the owner key).
             self._new_vbd(
-                vm, vdi, b["userdevice"], bootable=b["bootable"], kind=b["type"], mode=b["mode"]
+                vm,
+                vdi,
+                b["userdevice"],
+                bootable=b["bootable"],
+                kind=b["type"],
+                mode=b["mode"],
+                other_config=dict(b.get("other_config") or {}),
             )
         for vif in s["VIFs"]:
             v = self.objs["VIF"][vif]
             mac = v["MAC"] if snapshot else ""
-            self._new_vif(vm, v["network"], v["device"], mac=mac, mtu=v["MTU"])
+            self._new_vif(
+                vm,
+                v["network"],
+                v["device"],
+                mac=mac,
+                mtu=v["MTU"],
+                other_config=dict(v.get("other_config") or {}),
+            )
         if snapshot:
             self.set_parent(src, vm)
         return vm
+
+    def revert_devices(self, vm: str, snap: str) -> None:
+        """VM.revert's devices (ocaml/xapi/xapi_vm_snapshot.ml, update_vifs_vbds_and_vgpus):
+        the VM's VBDs are destroyed, with those of its disks the snapshot has a copy of; the
+        snapshot's disks are cloned (new VDIs, VDI.snapshot_of of the disk's snapshots moved
+        to the clone) and attached by copies of the snapshot's VBDs; the VM's VIFs are
+        replaced by copies of the snapshot's, MACs kept. A disk of the VM the snapshot has
+        no copy of (added since) is left unattached, as xapi leaves it."""
+        rec, s = self.objs["VM"][vm], self.objs["VM"][snap]
+        vbds, vdis = self.objs["VBD"], self.objs["VDI"]
+        snap_disks = [b for b in s["VBDs"] if vbds[b]["type"] == "Disk" and vbds[b]["VDI"] != NULL]
+        copied = {vdis[vbds[b]["VDI"]]["snapshot_of"] for b in snap_disks}
+        vm_disks = [
+            vbds[b]["VDI"]
+            for b in rec["VBDs"]
+            if vbds[b]["type"] == "Disk" and vbds[b]["VDI"] != NULL
+        ]
+        for vbd in list(rec["VBDs"]):
+            self._destroy_vbd(vbd)
+        for vdi in vm_disks:
+            if vdi in copied:
+                self._destroy_vdi(vdi)
+        for vbd in s["VBDs"]:
+            b = vbds[vbd]
+            vdi = b["VDI"]
+            if vdi != NULL and b["type"] == "Disk":
+                d = vdis[vdi]
+                clone = self._new_vdi(
+                    d["name_label"],
+                    d["SR"],
+                    d["virtual_size"],
+                    name_description=d["name_description"],
+                    type=d["type"],
+                )
+                self.vdata.copy(vdi, clone)
+                if vdi in self.os_vdis:
+                    self.os_vdis.add(clone)
+                of = d["snapshot_of"]
+                for other, o in list(vdis.items()):
+                    if o["snapshot_of"] == of and of != NULL:
+                        o["snapshot_of"] = clone
+                        self.link("VDI", clone, "snapshots", other)
+                        self.touch("VDI", other)
+                vdi = clone
+            self._new_vbd(
+                vm,
+                vdi,
+                b["userdevice"],
+                bootable=b["bootable"],
+                kind=b["type"],
+                mode=b["mode"],
+                other_config=dict(b.get("other_config") or {}),
+            )
+        for vif in list(rec["VIFs"]):
+            self._destroy_vif(vif)
+        for vif in s["VIFs"]:
+            v = self.objs["VIF"][vif]
+            self._new_vif(
+                vm,
+                v["network"],
+                v["device"],
+                mac=v["MAC"],
+                mtu=v["MTU"],
+                other_config=dict(v.get("other_config") or {}),
+            )
 
     def snapshot_vdi_cbt(self, vdi: str, snap: str) -> None:
         """A snapshot of a VDI with CBT enabled takes its CBT log over and is itself
