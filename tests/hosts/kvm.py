@@ -32,6 +32,8 @@ Command line (run from the repository root)::
     python -m tests.hosts.kvm status                     # and a sourceable .hosts/kvm.env:
     python -m tests.hosts.kvm stop                       #   VMCTL_URI=qemu:///system
     python -m tests.hosts.kvm guest                      #   VMCTL_OTHER_URI=qemu+tcp://...
+                                                         #   VMCTL_KIT_OPTIONS='network=...
+                                                         #     pool=... boot_kernel=...'
 
 The tiny guest (``tiny_guest()``) is built from Debian packages only (``apt-get download`` of
 the kernel, busybox-static and qemu-guest-agent) into an initramfs whose busybox ``/init``
@@ -66,6 +68,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import libvirt
+
+from ._files import kit_words, shell_exports, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO_ROOT / ".hosts"
@@ -570,10 +574,30 @@ class KvmHosts:
             libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: addr,
         }
 
-    def env(self) -> dict[str, str]:
+    def kit_options(self, guest: TinyGuest | None = None) -> dict[str, str]:
+        """What the conformance kit is told on these hosts (``VMCTL_KIT_OPTIONS``): the
+        network and pool both hosts have (migration needs them on both, and the driver
+        finds one per host: on a machine whose ``default`` network is active it would pick
+        that one, which host 2 lacks), and the tiny guest to boot, which libvirt cannot
+        find."""
+        options = {"network": self.network, "pool": self.pool}
+        if guest is not None:
+            options.update(
+                boot_kernel=str(guest.kernel),
+                boot_initrd=str(guest.initrd),
+                boot_cmdline=guest.cmdline,
+            )
+        return options
+
+    def env(self, guest: TinyGuest | None = None) -> dict[str, str]:
+        """The variables of ``.hosts/kvm.env``: ``vmctl conformance "$VMCTL_URI"
+        --other-uri "$VMCTL_OTHER_URI"`` runs the kit as it is."""
+        kit = kit_words(self.kit_options(guest))
         env = {"VMCTL_URI": self.uri}
         if self.other_uri:
             env["VMCTL_OTHER_URI"] = self.other_uri
+        env["VMCTL_KIT_OPTIONS"] = kit
+        env["VMCTL_KVM_KIT_OPTIONS"] = kit
         return env
 
 
@@ -1107,7 +1131,12 @@ def _write_state(hosts: KvmHosts) -> None:
         )
         + "\n"
     )
-    ENV_FILE.write_text("".join(f"{k}={v}\nexport {k}\n" for k, v in hosts.env().items()))
+    try:
+        guest: TinyGuest | None = tiny_guest()  # built once, cached under .cache/guest
+    except GuestBuildError as exc:
+        print(f"kvm hosts: no tiny guest ({exc}); the kit will run without one", file=sys.stderr)
+        guest = None
+    write_private(ENV_FILE, "\n".join(shell_exports(hosts.env(guest))) + "\n")
 
 
 def _read_state() -> tuple[list[Proc], bool]:

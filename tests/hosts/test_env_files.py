@@ -8,8 +8,10 @@ import shlex
 import subprocess
 from types import SimpleNamespace
 
+import pytest
+
 from tests.hosts import esx, xen
-from tests.hosts._files import shown
+from tests.hosts._files import shell_exports, shown
 
 GENERIC = {
     "VMCTL_URI",
@@ -87,3 +89,39 @@ def test_kit_options_do_not_carry_over_from_another_env_file() -> None:
     assert shlex.split(kit[1:-1]) == [f"{k}={v}" for k, v in esx.KIT_OPTIONS.items()]
     assert "boot_kernel" not in kit
     assert shlex.split(xen_kit) == [f"{k}={v}" for k, v in xen.KIT_OPTIONS.items()]
+
+
+def test_kvm_env_carries_the_shared_network_pool_and_tiny_guest() -> None:
+    from pathlib import Path
+
+    from vmctl_conformance._defaults import parse_words
+
+    kvm = pytest.importorskip("tests.hosts.kvm")  # needs libvirt-python, not a libvirtd
+    hosts = kvm.KvmHosts(
+        uri=kvm.URI,
+        other_uri=kvm.OTHER_URI,
+        network=kvm.NETWORK_NAME,
+        pool=kvm.POOL_NAME,
+        image_dir=kvm.IMAGE_DIR,
+        kvm_available=False,
+        kvm_is_pvm=False,
+        migrate_uri="",
+        other_migrate_uri=None,
+    )
+    guest = kvm.TinyGuest(
+        kernel=Path("/g/vmlinuz"),
+        initrd=Path("/g/initrd.gz"),
+        cmdline=kvm.GUEST_CMDLINE,
+        versions={},
+        has_agent=True,
+    )
+    script = "\n".join(shell_exports(hosts.env(guest))) + '\necho "$VMCTL_KIT_OPTIONS"'
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert parse_words(out.stdout.strip()) == {
+        "network": kvm.NETWORK_NAME,
+        "pool": kvm.POOL_NAME,
+        "boot_kernel": "/g/vmlinuz",
+        "boot_initrd": "/g/initrd.gz",
+        "boot_cmdline": kvm.GUEST_CMDLINE,
+    }
+    assert "boot_kernel" not in hosts.env()["VMCTL_KIT_OPTIONS"]  # no guest built
