@@ -197,9 +197,13 @@ class _VhdReader:
     allocation table first, then the blocks in the order the stream holds them. A read
     behind the stream's position opens a new stream."""
 
-    def __init__(self, opener: Callable[[], Any], size: int) -> None:
+    def __init__(
+        self, opener: Callable[[Deadline], Any], size: int, deadline: Deadline, timeout: float
+    ) -> None:
         self._opener = opener
         self.size = size
+        self.deadline = deadline  # of the current read (set by the caller for each)
+        self.timeout = timeout  # the longest socket wait
         self._resp: Any = None
         self._pos = 0
         self.where: dict[int, int] = {}  # 2 MiB block index -> byte offset in the stream
@@ -221,9 +225,17 @@ class _VhdReader:
         self._pos += n
         return bytes(out)
 
+    def renew(self, deadline: Deadline) -> None:
+        """Bound the next reads (and a new stream) by ``deadline``."""
+        self.deadline = deadline
+        sock = getattr(getattr(getattr(self._resp, "fp", None), "raw", None), "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(deadline.bound(self.timeout))
+
     def _open(self) -> None:
         self.close()
-        self._resp = self._opener()
+        self._resp = self._opener(self.deadline)
         self._pos = 0
         footer = self._take(512)
         if footer[:8] != b"conectix":
@@ -465,16 +477,23 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
         state, sref, size = self._state(pit, disk_id)
         reader = state.readers.get(disk_id)
         if reader is None:
-            what = f"read disk {disk_id} at point in time {pit.id}"
-
-            def opener() -> Any:
-                _conn, resp = self._transfer(
-                    what, "GET", "/export_raw_vdi", {"vdi": sref, "format": "vhd"}, deadline
-                )
-                return resp
-
-            reader = state.readers[disk_id] = _VhdReader(opener, size)
+            reader = state.readers[disk_id] = self._export_reader(
+                sref, size, f"read disk {disk_id} at point in time {pit.id}", deadline
+            )
+        else:
+            reader.renew(deadline)
         return reader
+
+    def _export_reader(self, vdi: str, size: int, what: str, deadline: Deadline) -> _VhdReader:
+        """A reader of ``GET /export_raw_vdi?vdi=&format=vhd``."""
+
+        def opener(dl: Deadline) -> Any:
+            _conn, resp = self._transfer(
+                what, "GET", "/export_raw_vdi", {"vdi": vdi, "format": "vhd"}, dl
+            )
+            return resp
+
+        return _VhdReader(opener, size, deadline, self._c.rpc_timeout)
 
     def allocated_extents(
         self, pit: PointInTime, disk_id: str, *, deadline: Deadline
@@ -657,14 +676,7 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
                 edges.add(e.end // SECTOR)
         existing: dict[int, bytes] = {}
         if edges:
-
-            def opener() -> Any:
-                _c, resp = self._transfer(
-                    what, "GET", "/export_raw_vdi", {"vdi": vdi, "format": "vhd"}, deadline
-                )
-                return resp
-
-            reader = _VhdReader(opener, size)
+            reader = self._export_reader(vdi, size, what, deadline)
             try:
                 for s in sorted(edges):
                     existing[s] = reader.read(s * SECTOR, min(SECTOR, size - s * SECTOR))
