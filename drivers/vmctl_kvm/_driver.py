@@ -862,6 +862,9 @@ class KvmDriver(
             name = dom.name()
             meta = X.parse_metadata(self._xml(dom, inactive=True))
             snaps = [s.getName() for s in dom.listAllSnapshots(0)]
+            owned = {d.path: d for d in meta.disks}
+            for d in self._snapshot_disks(dom):  # removed or reverted away since a snapshot
+                owned.setdefault(d.path, d)
             done = [f"vm {name} ({uuid})"]
             if dom.hasManagedSaveImage(0):
                 done.append("managed save image")
@@ -870,7 +873,7 @@ class KvmDriver(
             if not self.is_test:
                 flags |= lv.VIR_DOMAIN_UNDEFINE_NVRAM | lv.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
             dom.undefineFlags(flags)
-            for d in meta.disks:
+            for d in owned.values():
                 if self._delete_volume(c, d.path, d.pool):
                     done.append(f"disk {d.path}")
             return done
@@ -1317,16 +1320,35 @@ class KvmDriver(
         def revert(dom: Any) -> None:
             snap = self._snapshot(dom, snapshot_id)
             self._forget_checkpoints(dom.connect(), dom)  # the content jumps back: bitmaps lie
+            owned = X.parse_metadata(self._xml(dom, inactive=True)).disks
             try:
                 dom.revertToSnapshot(snap, 0)
             except Exception as exc:
                 if E.code_of(exc) != E.SNAPSHOT_REVERT_RISKY:
                     raise
                 dom.revertToSnapshot(snap, lv.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
+            # The definition (vmctl's metadata included) is the snapshot's again: a volume
+            # vmctl made for a disk added since is named by nothing any more. Delete it,
+            # unless another snapshot's definition still has it.
+            kept = {d.path for d in X.parse_metadata(self._xml(dom, inactive=True)).disks}
+            kept |= {d.path for d in self._snapshot_disks(dom)}
+            for d in owned:
+                if d.path not in kept:
+                    self._delete_volume(dom.connect(), d.path, d.pool)
 
         self._on_dom(
             uuid, f"revert VM {uuid} to snapshot {snapshot_id!r}", revert, deadline, change=True
         )
+
+    @staticmethod
+    def _snapshot_disks(dom: Any) -> list[X.OwnedDisk]:
+        """The volumes vmctl made that the snapshots' domain definitions name."""
+        out: list[X.OwnedDisk] = []
+        for snap in dom.listAllSnapshots(0):
+            domain = X.parse(snap.getXMLDesc(0)).find("domain")
+            if domain is not None:
+                out += X.parse_metadata(domain).disks
+        return out
 
     def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> None:
         self._on_dom(
