@@ -31,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import os
+import socket
 import struct
 import time
 import urllib.parse
@@ -73,6 +75,9 @@ log = logging.getLogger("vmctl.xen")
 
 #: VDI other_config key marking the snapshot VDIs (then CBT metadata) a backup made.
 CHECKPOINT_KEY = "vmctl-backup-checkpoint"
+#: Snapshot VM other_config key: "HOSTNAME PID" of the process whose point in time it is,
+#: so that a later backup on the same machine can remove one a killed process left.
+OWNER_KEY = "vmctl-backup-owner"
 #: How many checkpoints (CBT-metadata-only snapshot VDIs) to keep per disk.
 KEEP_CHECKPOINTS = 3
 CBT_BLOCK = 64 * 1024  # datamodel.ml VDI.list_changed_blocks: "64k block increments"
@@ -110,6 +115,25 @@ def bitmap_extents(b64: str, size: int) -> list[Extent]:
 
 
 # -- VHD (Microsoft's VHD specification: dynamic disks) -------------------------------------
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _abandoned(owner: str) -> bool:
+    """Whether a point in time's owner ("HOSTNAME PID") is a process of this machine that
+    no longer runs (another machine's cannot be told, and is left alone)."""
+    host, _, pid = owner.rpartition(" ")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _order(mark: str) -> int:
@@ -413,6 +437,8 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
                 f"cannot quiesce VM {name!r}: xapi removed VM.snapshot_with_quiesce (VSS)",
                 current=power_state(str(rec.get("power_state"))),
             )
+        if rec.get("snapshots"):
+            self._remove_abandoned(ref, what, deadline)
         disks, _ = self._devices(rec, deadline)
         live: dict[str, tuple[str, dict[str, Any]]] = {}
         for _vbd, b, vdi in disks:
@@ -429,6 +455,7 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
         )
         pit = _PitState(snap)
         try:
+            self._call(what, "VM.add_to_other_config", snap, OWNER_KEY, _owner(), deadline=deadline)
             vbds = self._call(
                 what, "VBD.get_all_records_where", f'field "VM" = "{snap}"', deadline=deadline
             )
@@ -463,6 +490,29 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
         return PointInTime(
             id=pit_id, vm_uuid=uuid, disks=tuple(out), consistency=consistency, handle=pit
         )
+
+    def _remove_abandoned(self, ref: str, what: str, deadline: Deadline) -> None:
+        """Destroy the snapshot VMs (and their VDIs) of points in time whose process is
+        gone: killed backups on this machine (their owner's PID no longer runs)."""
+        snaps = self._call(
+            what, "VM.get_all_records_where", f'field "snapshot_of" = "{ref}"', deadline=deadline
+        )
+        for sref, srec in snaps.items():
+            owner = str(srec.get("other_config", {}).get(OWNER_KEY, ""))
+            if not owner or not _abandoned(owner):
+                continue
+            log.info("removing %s, left by a backup that did not finish", srec.get("name_label"))
+            vdis = set()
+            for vbd in srec.get("VBDs", []):
+                with contextlib.suppress(NotFound):
+                    vdi = self._call(what, "VBD.get_VDI", vbd, deadline=deadline)
+                    if vdi not in ("", NULL):
+                        vdis.add(str(vdi))
+            with contextlib.suppress(NotFound):
+                self._call(what, "VM.destroy", sref, deadline=deadline)
+            for vdi in sorted(vdis):
+                with contextlib.suppress(NotFound):
+                    self._call(what, "VDI.destroy", vdi, deadline=deadline)
 
     def _state(self, pit: PointInTime, disk_id: str) -> tuple[_PitState, str, int]:
         state = pit.handle

@@ -7,6 +7,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +132,30 @@ def test_expired_session_is_renewed_for_a_transfer(sim: Any, raw: Any, vm: vmctl
         finally:
             conn.close()
         assert driver._c.ref != old
+
+
+def test_a_killed_backup_is_cleared_by_the_next(
+    hv: vmctl.Hypervisor, raw: Any, vm: vmctl.VM, tmp_path: Path
+) -> None:
+    driver = hv._conn.driver
+    driver.open_point_in_time(vm.uuid, quiesce=False, deadline=Deadline.after(30))
+    (left,) = vm.snapshots()  # a point in time never closed
+    snap = raw.VM.get_by_uuid(left.id)
+    owner = raw.VM.get_other_config(snap)["vmctl-backup-owner"]
+    assert owner == f"{socket.gethostname()} {os.getpid()}"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    raw.VM.remove_from_other_config(snap, "vmctl-backup-owner")
+    raw.VM.add_to_other_config(snap, "vmctl-backup-owner", f"{socket.gethostname()} {gone}")
+    vm.backup(vmctl.open_repo(str(tmp_path / "repo")))
+    assert vm.snapshots() == []
+    vdi = raw.VDI.get_by_uuid(vm.config().disks[0].path.removeprefix("vdi:"))
+    left_vdis = [r for r in raw.VDI.get_all_records().values() if r["snapshot_of"] == vdi]
+    assert [r["type"] for r in left_vdis] == ["cbt_metadata"]  # this backup's checkpoint
 
 
 def test_write_past_the_end_is_refused(hv: vmctl.Hypervisor, vm: vmctl.VM) -> None:
