@@ -18,6 +18,7 @@ from .spi import INTERFACES, Driver, Events, Statistics, capabilities_of
 
 if TYPE_CHECKING:
     from ._config import Timeouts
+    from ._hosts import Host
     from ._uri import URI
 
 log = logging.getLogger("vmctl")
@@ -170,6 +171,19 @@ class Hypervisor:
         if start:
             vm.start(timeout=max(deadline.remaining(), 0.001))
         return vm
+
+    def hosts(self) -> list[Host]:
+        """The hosts this connection manages (one for a standalone host), with capacity,
+        load and state; sorted by name. See docs/hosts.md."""
+        from ._hosts import list_hosts
+
+        return list_hosts(self, self._conn, self._conn.read_deadline())
+
+    def host(self, name_or_id: str) -> Host:
+        """One of ``hosts()``, by name or id. NotFound if none."""
+        from ._hosts import find_host
+
+        return find_host(self.hosts(), name_or_id)
 
     # -- observation ----------------------------------------------------------------------
 

@@ -67,6 +67,15 @@ from ._errors import (
     ValidationError,
     VmctlError,
 )
+from ._hostspi import (
+    HostInventory,
+    HostMaintenance,
+    HostMigration,
+    HostRecord,
+    HostState,
+    MoveMode,
+    Placement,
+)
 from ._model import (
     AgentState,
     BootSource,
@@ -129,9 +138,15 @@ __all__ = [
     "GuestInfo",
     "GuestOS",
     "HostInfo",
+    "HostInventory",
+    "HostMaintenance",
+    "HostMigration",
+    "HostRecord",
+    "HostState",
     "InsufficientResources",
     "InvalidState",
     "Migration",
+    "MoveMode",
     "NicInfo",
     "NicSpec",
     "NotFound",
@@ -140,6 +155,7 @@ __all__ = [
     "OutcomeUnknown",
     "Pausable",
     "Pending",
+    "Placement",
     "PointInTime",
     "PointInTimeDisk",
     "PowerState",
@@ -572,7 +588,18 @@ class DiskWriter(abc.ABC):
         """Write each extent at its offset (``data`` None: zeroes over ``length``). Pre: the
         VM is STOPPED (else InvalidState) and every extent lies inside the disk (else
         ValidationError). Raise InsufficientResources when the storage is full; what was
-        written before stays written (the core deletes a VM it made for a restore)."""
+        written before stays written (the core deletes a VM it made for a restore). A
+        driver whose backend only replaces whole files may keep the extents locally and
+        write them in ``flush_writes``."""
+
+    def flush_writes(
+        self, uuid: str, disk_id: str, *, discard: bool = False, deadline: Deadline
+    ) -> None:
+        """Optional: the core calls this once after the last ``write_extents`` of a disk
+        (a restore, ``write_disk``), with ``discard=True`` instead when it gives up on the
+        writes (the restore failed). A driver that kept extents locally writes them now
+        (or, discarding, drops them); the default does nothing, every call having written
+        already. Idempotent; the same errors as ``write_extents``."""
 
 
 class StorageListing(abc.ABC):

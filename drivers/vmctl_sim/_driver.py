@@ -78,6 +78,7 @@ from vmctl.spi import (
 )
 
 from ._disks import BLOCK, DiskFull, Overlay, SimPointInTime, blocks_of, runs
+from ._hosts import SimHosts
 from ._site import (
     GUEST_DELAY,
     HOST_CPU_MHZ,
@@ -123,6 +124,7 @@ class SimDriver(
     ChangedBlocks,
     DiskWriter,
     StorageListing,
+    SimHosts,
 ):
     """The reference driver: every capability, enforced as real hypervisors enforce it."""
 
@@ -673,6 +675,8 @@ class SimDriver(
             vm = self._vm(uuid)
             self._expect(vm, S.RUNNING if live else S.STOPPED, verb="migrate")
             dest = target._host
+            if dest.maintenance:
+                raise InvalidState(f"sim host {dest.name!r} is in maintenance: it takes no VM")
             if uuid in dest.vms:
                 raise AlreadyExists(f"sim host {dest.name!r} already has VM {uuid}")
             target._name_free(dest, vm.name)

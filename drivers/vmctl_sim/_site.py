@@ -121,6 +121,8 @@ class SimHost:
     name: str
     uuid: str
     vms: dict[str, SimVM] = field(factory=dict)
+    #: The host's maintenance mode (``_hosts.SimHosts``): it takes no VM moved to it.
+    maintenance: bool = False
 
     def used_pool_mib(self, pool: str) -> int:
         return sum(d.size_mib for vm in self.vms.values() for d in vm.disks if d.pool == pool)
@@ -355,7 +357,9 @@ def _host_to(host: SimHost) -> dict[str, Any]:
 
 
 def _host_from(data: dict[str, Any]) -> SimHost:
-    host = SimHost(name=data["name"], uuid=data["uuid"])
+    host = SimHost(
+        name=data["name"], uuid=data["uuid"], maintenance=data.get("maintenance", False)
+    )
     for uuid, raw in data["vms"].items():
         vm = SimVM(
             **{

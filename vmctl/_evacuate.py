@@ -1,0 +1,695 @@
+"""Evacuation: a plan a person reads before anything moves, and carrying it out.
+
+``plan_evacuation(host)`` is a dry run: for each VM on the host a target host and a mode
+(live, cold, restart) or a blocker with its reason. ``execute(plan)`` moves the VMs with at
+most ``max_parallel`` moves at once, each through the connection's dispatcher under its own
+deadline (``Dispatcher.call``, ``await_task``), with bounded retries and progress. It is
+resumable by construction: a plan lists the VMs on the host when it is made, so re-planning
+after an interruption moves only what is left, and ``execute`` checks where each VM is
+before moving it.
+
+Planning: first-fit decreasing by memory, each VM to the target with the most memory left
+after the moves planned so far; a stopped VM needs no memory. A host in maintenance (the
+backend's mode or vmctl's flag) or unreachable is never a target.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import functools
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import TYPE_CHECKING, Any
+
+from attrs import field, frozen
+
+from . import _maintenance
+from ._capabilities import Capability
+from ._errors import (
+    InsufficientResources,
+    InvalidState,
+    NotFound,
+    NotSupported,
+    ValidationError,
+    VmctlError,
+)
+from ._hosts import Host, find_host, list_hosts, read_placements
+from ._hostspi import HostInventory, HostMigration, MoveMode, Placement
+from ._state import PowerState
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._hypervisor import Hypervisor
+
+log = logging.getLogger("vmctl")
+
+ON_FAIL = ("stop", "cold", "skip")
+#: Moves attempted at most this many extra times after a failure that may be passing
+#: (a timeout, a lost connection, a backend error), by default.
+DEFAULT_RETRIES = 1
+
+
+class BlockKind(enum.StrEnum):
+    """Why a VM cannot be moved off its host."""
+
+    PINNED = "pinned"  # tied to the host (a passthrough device...)
+    LOCAL_STORAGE = "local-storage"  # a disk on storage no target reaches
+    MEMORY = "memory"  # no target has the memory
+    CAPABILITY = "capability"  # the connection or the VM cannot move this way
+    STATE = "state"  # its power state cannot be moved (paused, suspended, crashed)
+    NO_TARGET = "no-target"  # no host to move to
+
+
+@frozen
+class Move:
+    """One VM to move: where to and how."""
+
+    vm_uuid: str
+    vm_name: str
+    state: PowerState
+    memory_mib: int
+    target_id: str
+    target_name: str
+    mode: MoveMode
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm_name,
+            "uuid": self.vm_uuid,
+            "state": self.state.value,
+            "memory_mib": self.memory_mib,
+            "target": self.target_name,
+            "target_id": self.target_id,
+            "mode": self.mode.value,
+        }
+
+
+@frozen
+class Blocker:
+    """A VM that cannot be moved, and why."""
+
+    vm_uuid: str
+    vm_name: str
+    state: PowerState
+    memory_mib: int
+    kind: BlockKind
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm_name,
+            "uuid": self.vm_uuid,
+            "state": self.state.value,
+            "memory_mib": self.memory_mib,
+            "blocker": self.kind.value,
+            "reason": self.reason,
+        }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+@frozen(repr=False)
+class Plan:
+    """What an evacuation of ``source`` would do, read at ``created``: ``moves`` and
+    ``blockers``. Nothing has moved. ``str(plan)`` is a table; ``to_json()`` a dict."""
+
+    source: Host
+    targets: tuple[Host, ...]
+    moves: tuple[Move, ...]
+    blockers: tuple[Blocker, ...]
+    created: dt.datetime
+    allow_restart: bool = False
+    hypervisor: Hypervisor | None = field(default=None, eq=False, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Plan evacuate {self.source.name}: {len(self.moves)} moves, "
+            f"{len(self.blockers)} blocked, targets {[t.name for t in self.targets]}>"
+        )
+
+    @property
+    def ok(self) -> bool:
+        """Every VM of the host has a move."""
+        return not self.blockers
+
+    def execute(
+        self,
+        *,
+        max_parallel: int = 4,
+        on_fail: str = "stop",
+        retries: int = DEFAULT_RETRIES,
+        progress: Callable[[Progress], None] | None = None,
+        timeout: float | None = None,
+    ) -> EvacuationReport:
+        """``vmctl.execute(self, ...)``."""
+        return execute(
+            self,
+            max_parallel=max_parallel,
+            on_fail=on_fail,
+            retries=retries,
+            progress=progress,
+            timeout=timeout,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source.to_json(),
+            "targets": [t.to_json() for t in self.targets],
+            "moves": [m.to_json() for m in self.moves],
+            "blockers": [b.to_json() for b in self.blockers],
+            "created": self.created.isoformat(timespec="seconds"),
+            "allow_restart": self.allow_restart,
+        }
+
+    def __str__(self) -> str:
+        out = [
+            f"Evacuation plan for host {self.source.name} ({self.source.state.value}), "
+            f"{len(self.moves)} move(s), {len(self.blockers)} blocked; targets: "
+            + (", ".join(t.name for t in self.targets) or "none")
+        ]
+        if self.moves:
+            out.append(
+                _table(
+                    ["VM", "STATE", "MEMORY", "MODE", "TARGET"],
+                    [
+                        [
+                            m.vm_name,
+                            m.state.value,
+                            f"{m.memory_mib} MiB",
+                            m.mode.value,
+                            m.target_name,
+                        ]
+                        for m in self.moves
+                    ],
+                )
+            )
+        if self.blockers:
+            out.append("Blocked:")
+            out.append(
+                _table(
+                    ["VM", "STATE", "BLOCKER", "REASON"],
+                    [[b.vm_name, b.state.value, b.kind.value, b.reason] for b in self.blockers],
+                )
+            )
+        return "\n".join(out)
+
+
+# -- planning -----------------------------------------------------------------------------
+
+
+def _connection(host: Host) -> tuple[Hypervisor, Connection]:
+    from ._hypervisor import Hypervisor
+
+    hv = host.hypervisor
+    if not isinstance(hv, Hypervisor):
+        raise ValidationError("the host was not read through a connection", field="host")
+    return hv, hv._conn
+
+
+def _memory_left(host: Host, incoming: int) -> int | None:
+    free = host.memory_free_mib
+    return None if free is None else free - incoming
+
+
+def plan_evacuation(
+    host: Host, targets: Sequence[Host] | None = None, *, allow_restart: bool = False
+) -> Plan:
+    """A dry run of moving every VM off ``host`` (a ``Host`` from ``hv.hosts()``).
+
+    ``targets``: the hosts it may use (default: every other host of the connection that
+    takes VMs). A named target in maintenance or unreachable is refused (ValidationError).
+    A running VM moves live; a stopped one cold; a running VM that cannot move live (no
+    MIGRATE_LIVE, or the backend refuses it now) is restarted elsewhere (shut down, moved
+    cold, started) only with ``allow_restart``, else it is blocked. Hosts, VM placements
+    and vmctl's maintenance flags are read once, now.
+    """
+    if not isinstance(host, Host):
+        raise ValidationError("expected a Host from hv.hosts()", field="host")
+    if not isinstance(allow_restart, bool):
+        raise ValidationError("must be True or False", field="allow_restart")
+    if targets is not None and (
+        isinstance(targets, (str, bytes)) or not all(isinstance(t, Host) for t in targets)
+    ):
+        raise ValidationError("expected a list of Host from hv.hosts()", field="targets")
+    hv, conn = _connection(host)
+    deadline = conn.read_deadline()
+    hosts = list_hosts(hv, conn, deadline)
+    source = find_host(hosts, host.id)
+    by_id = {h.id: h for h in hosts}
+    if targets is None:
+        chosen = [h for h in hosts if h.id != source.id and h.takes_vms]
+    else:
+        chosen = []
+        for t in targets:
+            now = by_id.get(t.id)
+            if now is None:
+                raise ValidationError(f"target {t.name!r} is not a host here", field="targets")
+            if now.id == source.id:
+                raise ValidationError(f"target {t.name!r} is the host evacuated", field="targets")
+            if not now.takes_vms:
+                raise ValidationError(
+                    f"target {t.name!r} is {now.state.value}"
+                    + (" (vmctl's flag)" if now.vmctl_maintenance else "")
+                    + ": it takes no VMs",
+                    field="targets",
+                )
+            if now not in chosen:
+                chosen.append(now)
+    placements = [p for p in read_placements(conn, deadline) if p.host_id == source.id]
+    live_ok = Capability.MIGRATE_LIVE in conn.capabilities
+    cold_ok = Capability.MIGRATE_COLD in conn.capabilities
+    movable = isinstance(conn.driver, HostMigration) and isinstance(conn.driver, HostInventory)
+    incoming: dict[str, int] = {t.id: 0 for t in chosen}
+    names: dict[str, set[str]] = {t.id: set() for t in chosen}
+    moves: list[Move] = []
+    blockers: list[Blocker] = []
+
+    def block(p: Placement, kind: BlockKind, reason: str) -> None:
+        vm = p.vm
+        blockers.append(Blocker(vm.uuid, vm.name, vm.state, p.memory_mib, kind, reason))
+
+    # Same-named VMs already on a target cannot go there (most backends refuse it).
+    for other in read_placements(conn, deadline) if chosen else []:
+        if other.host_id in names:
+            names[other.host_id].add(other.vm.name)
+    for p in sorted(placements, key=lambda p: (-p.memory_mib, p.vm.name)):
+        vm = p.vm
+        if p.pinned:
+            block(p, BlockKind.PINNED, p.pinned)
+            continue
+        if not movable:
+            block(
+                p,
+                BlockKind.NO_TARGET if len(hosts) < 2 else BlockKind.CAPABILITY,
+                f"the {conn.driver_name} connection manages one host: vmctl has no other "
+                "host to move it to"
+                if len(hosts) < 2
+                else f"the {conn.driver_name} driver cannot move VMs between its hosts",
+            )
+            continue
+        if p.local_disks:
+            block(
+                p,
+                BlockKind.LOCAL_STORAGE,
+                f"disk(s) {', '.join(p.local_disks)} on storage local to {source.name} "
+                "(no shared storage: no other host reaches them)",
+            )
+            continue
+        if vm.state is PowerState.RUNNING:
+            why_not_live = None
+            if not live_ok:
+                why_not_live = f"the {conn.driver_name} connection has no live migration"
+            elif p.live_blocker:
+                why_not_live = p.live_blocker
+            if why_not_live is None:
+                mode = MoveMode.LIVE
+            elif allow_restart and cold_ok:
+                mode = MoveMode.RESTART
+            else:
+                block(
+                    p,
+                    BlockKind.CAPABILITY,
+                    f"cannot move live: {why_not_live}"
+                    + ("; allow_restart=True would restart it elsewhere" if cold_ok else ""),
+                )
+                continue
+        elif vm.state is PowerState.STOPPED:
+            if not cold_ok:
+                block(
+                    p,
+                    BlockKind.CAPABILITY,
+                    f"the {conn.driver_name} connection has no cold migration",
+                )
+                continue
+            mode = MoveMode.COLD
+        else:
+            block(
+                p,
+                BlockKind.STATE,
+                f"a {vm.state.value} VM is not moved: resume or stop it first",
+            )
+            continue
+        needs = 0 if mode is MoveMode.COLD else p.memory_mib
+        fits = []
+        for t in chosen:
+            if vm.name in names[t.id]:
+                continue
+            left = _memory_left(t, incoming[t.id])
+            if left is None or left >= needs:
+                fits.append((-(left if left is not None else math.inf), t.name, t))
+        if not chosen:
+            block(p, BlockKind.NO_TARGET, "no other host takes VMs (all in maintenance or down)")
+            continue
+        if not fits:
+            free = ", ".join(f"{t.name} {_memory_left(t, incoming[t.id])} MiB" for t in chosen)
+            block(
+                p,
+                BlockKind.MEMORY,
+                f"not enough memory on any target: it needs {needs} MiB; free after the "
+                f"moves planned before it: {free}",
+            )
+            continue
+        target = min(fits, key=lambda f: (f[0], f[1]))[2]
+        incoming[target.id] += needs
+        names[target.id].add(vm.name)
+        moves.append(Move(vm.uuid, vm.name, vm.state, p.memory_mib, target.id, target.name, mode))
+    return Plan(
+        source=source,
+        targets=tuple(chosen),
+        moves=tuple(moves),
+        blockers=tuple(blockers),
+        created=dt.datetime.now(dt.UTC),
+        allow_restart=allow_restart,
+        hypervisor=hv,
+    )
+
+
+# -- executing ----------------------------------------------------------------------------
+
+
+class Outcome(enum.StrEnum):
+    MOVED = "moved"  # this run moved it
+    ALREADY = "already-there"  # it was on the target already (an earlier, interrupted run)
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not attempted: stopped after a failure, target now in maintenance,
+    #                      or it is no longer on the source
+
+
+@frozen
+class MoveResult:
+    move: Move
+    outcome: Outcome
+    mode: MoveMode | None = None  # the mode that moved it (RESTART after on_fail="cold")
+    attempts: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.move.to_json(),
+            "outcome": self.outcome.value,
+            "moved_mode": self.mode.value if self.mode else None,
+            "attempts": self.attempts,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+
+
+@frozen
+class Progress:
+    """Handed to ``execute``'s ``progress`` callback as each move starts and ends."""
+
+    done: int
+    total: int
+    move: Move
+    status: str  # "started", "retrying", or an Outcome's value
+    message: str = ""
+
+
+@frozen(repr=False)
+class EvacuationReport:
+    plan: Plan
+    results: tuple[MoveResult, ...]
+    stopped: bool
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """Every planned move ended with the VM on its target."""
+        return not self.stopped and all(
+            r.outcome in (Outcome.MOVED, Outcome.ALREADY) for r in self.results
+        )
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{self.count(o)} {o.value}" for o in Outcome if self.count(o))
+        return f"<EvacuationReport {self.plan.source.name}: {counts or 'nothing to do'}>"
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.results if r.outcome is outcome)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.plan.source.name,
+            "ok": self.ok,
+            "stopped": self.stopped,
+            "seconds": round(self.seconds, 3),
+            "results": [r.to_json() for r in self.results],
+            "blockers": [b.to_json() for b in self.plan.blockers],
+        }
+
+    def __str__(self) -> str:
+        head = (
+            f"Evacuation of host {self.plan.source.name}: "
+            + ", ".join(f"{self.count(o)} {o.value}" for o in Outcome if self.count(o))
+            + (f", {len(self.plan.blockers)} blocked" if self.plan.blockers else "")
+            + (" (stopped after a failure)" if self.stopped else "")
+            + f" in {self.seconds:.1f} s"
+        )
+        if not self.results:
+            return head
+        rows = [
+            [
+                r.move.vm_name,
+                (r.mode or r.move.mode).value,
+                r.move.target_name,
+                r.outcome.value,
+                str(r.attempts),
+                r.error or "",
+            ]
+            for r in self.results
+        ]
+        return head + "\n" + _table(["VM", "MODE", "TARGET", "OUTCOME", "TRIES", "ERROR"], rows)
+
+
+#: Failures a retry may cure. Anything else (no room, refused state, bad target) is final.
+_FINAL = (InsufficientResources, InvalidState, NotFound, NotSupported, ValidationError)
+
+
+class _Executor:
+    def __init__(
+        self,
+        plan: Plan,
+        conn: Connection,
+        *,
+        retries: int,
+        on_fail: str,
+        progress: Callable[[Progress], None] | None,
+        timeout: float | None,
+    ) -> None:
+        self.plan = plan
+        self.conn = conn
+        self.retries = retries
+        self.on_fail = on_fail
+        self.progress = progress
+        self.timeout = timeout
+        self.done = 0
+        self._lock = threading.Lock()
+        driver = conn.driver
+        assert isinstance(driver, HostMigration) and isinstance(driver, HostInventory)
+        self.mover: HostMigration = driver
+        self.inventory: HostInventory = driver
+
+    def _tell(self, move: Move, status: str, message: str = "") -> None:
+        if self.progress is None:
+            return
+        try:
+            self.progress(Progress(self.done, len(self.plan.moves), move, status, message))
+        except Exception:  # a caller's callback must not break the evacuation
+            log.warning("evacuation progress callback failed", exc_info=True)
+
+    def _where(self, move: Move) -> tuple[str | None, PowerState]:
+        deadline = self.conn.read_deadline()
+        host_id, info = self.conn.dispatcher.call(
+            f"locate VM {move.vm_name!r}", self.inventory.locate_vm, move.vm_uuid, deadline=deadline
+        )
+        return host_id, info.state
+
+    def _attempt(self, move: Move, mode: MoveMode) -> None:
+        conn = self.conn
+        deadline = conn.deadline(self.timeout, conn.timeouts.operation_s)
+        what = f"move VM {move.vm_name!r} to host {move.target_name!r} ({mode.value})"
+        log.info("%s", what)
+        task = conn.dispatcher.call(
+            what,
+            self.mover.move_to_host,
+            move.vm_uuid,
+            move.target_id,
+            mode=mode,
+            deadline=deadline,
+            idempotent=False,
+        )
+        if task is not None:
+            conn.dispatcher.await_task(task, deadline, what)
+        host_id, state = self._where(move)
+        want = PowerState.STOPPED if mode is MoveMode.COLD else PowerState.RUNNING
+        if host_id != move.target_id or state is not want:
+            raise VmctlError(
+                f"{what}: the host reported it done, but the VM is on "
+                f"{host_id or 'no host'} and {state.value}"
+            )
+
+    def run_one(self, move: Move) -> MoveResult:
+        """Locate, move, check; again while a retry may help (bounded)."""
+        started = time.monotonic()
+        self._tell(move, "started")
+        mode = move.mode
+        attempts = 0
+        fell_back = False
+        while True:
+            final = False
+            try:
+                host_id, _state = self._where(move)
+            except NotFound as exc:
+                return self._end(move, Outcome.SKIPPED, None, attempts, started, str(exc))
+            except VmctlError as exc:  # cannot tell where it is: counts as a try
+                attempts += 1
+                error = str(exc)
+            else:
+                if host_id == move.target_id:
+                    outcome = Outcome.MOVED if attempts else Outcome.ALREADY
+                    return self._end(move, outcome, mode, attempts, started, None)
+                if host_id != self.plan.source.id:
+                    why = f"no longer on {self.plan.source.name} (moved elsewhere meanwhile)"
+                    return self._end(move, Outcome.SKIPPED, None, attempts, started, why)
+                if _maintenance.is_flagged(move.target_id):
+                    why = f"target {move.target_name} entered maintenance (vmctl's flag); re-plan"
+                    return self._end(move, Outcome.SKIPPED, None, attempts, started, why)
+                attempts += 1
+                try:
+                    self._attempt(move, mode)
+                except _FINAL as exc:
+                    error, final = str(exc), True
+                    no_room = isinstance(exc, InsufficientResources)
+                except VmctlError as exc:
+                    error, no_room = str(exc), False
+                else:
+                    return self._end(move, Outcome.MOVED, mode, attempts, started, None)
+            if final or attempts > self.retries:
+                if (
+                    self.on_fail == "cold"
+                    and mode is MoveMode.LIVE
+                    and not fell_back
+                    and not (final and no_room)
+                ):
+                    mode, fell_back, attempts = MoveMode.RESTART, True, 0
+                    self._tell(move, "retrying", f"{error}; restarting it there instead")
+                    continue
+                return self._end(move, Outcome.FAILED, None, attempts, started, error)
+            self._tell(move, "retrying", error)
+
+    def _end(
+        self,
+        move: Move,
+        outcome: Outcome,
+        mode: MoveMode | None,
+        attempts: int,
+        started: float,
+        error: str | None,
+    ) -> MoveResult:
+        with self._lock:
+            self.done += 1
+        self._tell(move, outcome.value, error or "")
+        return MoveResult(move, outcome, mode, attempts, time.monotonic() - started, error)
+
+
+def execute(
+    plan: Plan,
+    *,
+    max_parallel: int = 4,
+    on_fail: str = "stop",
+    retries: int = DEFAULT_RETRIES,
+    progress: Callable[[Progress], None] | None = None,
+    timeout: float | None = None,
+) -> EvacuationReport:
+    """Carry out ``plan``'s moves, at most ``max_parallel`` at once.
+
+    Before each move the VM is located: one already on its target counts as done (a plan
+    made before an interruption), one gone elsewhere is skipped, and a target that got
+    vmctl's maintenance flag since the plan is skipped. Hosts are read again first: a
+    move to a host now in maintenance or down is skipped (re-plan). A move that fails in a
+    way that may pass (timeout, lost connection, backend error) is tried again up to
+    ``retries`` times, after checking where the VM is. ``on_fail``: "stop" starts no new
+    move after a failure (running ones finish), "skip" goes on with the others, "cold"
+    restarts a VM whose live move failed (clean shutdown, cold move, start there) and goes
+    on. ``timeout`` bounds each move (default: the connection's operation timeout).
+    ``progress`` is called as each move starts, retries and ends.
+    """
+    if not isinstance(plan, Plan):
+        raise ValidationError("expected a Plan from plan_evacuation()", field="plan")
+    if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+        raise ValidationError("must be an integer >= 1", field="max_parallel")
+    if on_fail not in ON_FAIL:
+        raise ValidationError(f"must be one of {', '.join(ON_FAIL)}", field="on_fail")
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+        raise ValidationError("must be an integer from 0 to 10", field="retries")
+    if progress is not None and not callable(progress):
+        raise ValidationError("must be callable", field="progress")
+    hv, conn = _connection(plan.source)
+    conn.deadline(timeout, None)  # checks it
+    started = time.monotonic()
+    if not plan.moves:
+        return EvacuationReport(plan, (), False, 0.0)
+    if not isinstance(conn.driver, HostMigration) or not isinstance(conn.driver, HostInventory):
+        raise NotSupported(f"the {conn.driver_name} driver cannot move VMs between its hosts")
+    modes = {m.mode for m in plan.moves}
+    if MoveMode.LIVE in modes:
+        conn.require(Capability.MIGRATE_LIVE, "a live move")
+    if modes - {MoveMode.LIVE} or on_fail == "cold":
+        conn.require(Capability.MIGRATE_COLD, "a cold move")
+    # Targets as they are now: none that entered maintenance or went down since the plan.
+    now = {h.id: h for h in list_hosts(hv, conn, conn.read_deadline())}
+    runner = _Executor(
+        plan, conn, retries=retries, on_fail=on_fail, progress=progress, timeout=timeout
+    )
+    results: dict[int, MoveResult] = {}
+    queue = list(enumerate(plan.moves))
+    running: dict[Future[MoveResult], int] = {}
+    stopped = False
+    while queue or running:
+        while queue and not stopped and len(running) < max_parallel:
+            index, move = queue.pop(0)
+            target = now.get(move.target_id)
+            if target is None or not target.takes_vms:
+                state = "gone" if target is None else target.state.value
+                results[index] = runner._end(
+                    move,
+                    Outcome.SKIPPED,
+                    None,
+                    0,
+                    time.monotonic(),
+                    f"target {move.target_name} is {state} now; re-plan",
+                )
+                continue
+            future = conn.dispatcher.run_in_background(functools.partial(runner.run_one, move))
+            running[future] = index
+        if not running:
+            break
+        finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        for future in finished:
+            index = running.pop(future)
+            result = future.result()
+            results[index] = result
+            if result.outcome is Outcome.FAILED and on_fail == "stop":
+                stopped = True
+    for index, move in queue:
+        results[index] = MoveResult(
+            move, Outcome.SKIPPED, error="not started: stopped after a failure"
+        )
+    ordered = tuple(results[i] for i in sorted(results))
+    return EvacuationReport(plan, ordered, stopped, time.monotonic() - started)
+
+
+def dumps(obj: Plan | EvacuationReport) -> str:
+    """The ``--json`` form."""
+    return json.dumps(obj.to_json(), indent=2)
