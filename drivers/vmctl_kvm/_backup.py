@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import secrets
+import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,6 +60,18 @@ BITMAP_CONTEXT = "qemu:dirty-bitmap:"
 SOCKET_DIR = "/var/lib/libvirt/qemu"
 VOL_GET_PHYSICAL = 1
 STREAM_PIECE = 4 << 20
+JOB_END_WAIT_S = 5.0
+
+_guard = threading.Lock()
+_vm_locks: dict[str, threading.Lock] = {}
+
+
+def _vm_lock(uuid: str) -> threading.Lock:
+    """Serialises this process's changes to one stopped VM's images (bitmap directories,
+    refcounts): two writers through the streams would race. Other processes are not held
+    back (docs/kvm.md#backup)."""
+    with _guard:
+        return _vm_locks.setdefault(uuid, threading.Lock())
 
 
 class VolIo:
@@ -118,6 +133,7 @@ class _Disk:
         self.bus = bus
         self.path = path
         self.fmt = fmt
+        self.name: str | None = None
         self.size = 0
         self.checkpoint: str | None = None
         self.export = dev
@@ -135,16 +151,20 @@ class _Pit:
         self.base: str | None = None  # the checkpoint a running job is incremental from
         self.job = False
         self.closed = False
+        self.files: list[str] = []  # the NBD socket and scratch files (local hosts)
 
 
 def _disks(root: ET.Element) -> list[_Disk]:
+    names = {o.path: o.name for o in X.parse_metadata(root).disks}
     out = []
     for d in X.disks_of(root):
         if not d.path:
             continue
         drv = d.element.find("driver")
         fmt = (drv.get("type") if drv is not None else None) or "raw"
-        out.append(_Disk(d.dev, d.bus, d.path, fmt))
+        disk = _Disk(d.dev, d.bus, d.path, fmt)
+        disk.name = names.get(d.path)
+        out.append(disk)
     return out
 
 
@@ -249,7 +269,7 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
             vm_uuid=uuid,
             disks=tuple(
                 PointInTimeDisk(
-                    id=d.dev, size_bytes=d.size, name=None, bus=d.bus, checkpoint=d.checkpoint
+                    id=d.dev, size_bytes=d.size, name=d.name, bus=d.bus, checkpoint=d.checkpoint
                 )
                 for d in pit.disks.values()
             ),
@@ -265,6 +285,8 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
         token = secrets.token_hex(4)
         local = self._local
         sock = f"{SOCKET_DIR}/vmctl-bk-{token}.sock"
+        if local:
+            pit.files.append(sock)
         host = self._params.uri.host
         port = 10809 + secrets.randbelow(20000)
         cp = _checkpoint_name()
@@ -293,6 +315,8 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                     e = ET.SubElement(ds, "disk", attrs)
                     scratch = f"{d.path.rsplit('/', 1)[0]}/.vmctl-scratch-{token}-{d.dev}.qcow2"
                     ET.SubElement(e, "scratch", file=scratch)
+                    if local and scratch not in pit.files:
+                        pit.files.append(scratch)
                 if not with_cp or not qcow:
                     return X.to_string(b), None
                 k = ET.Element("domaincheckpoint")
@@ -399,7 +423,11 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                 raise
             pit.checkpoint = cp
 
-        self._call(f"open a point in time of stopped VM {uuid}", open_, deadline, change=True)
+        def locked(c: Any) -> None:
+            with _vm_lock(uuid):
+                open_(c)
+
+        self._call(f"open a point in time of stopped VM {uuid}", locked, deadline, change=True)
         return pit
 
     def _pit(self, pit: PointInTime, disk_id: str) -> tuple[_Pit, _Disk]:
@@ -516,9 +544,25 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                     if E.code_of(exc) not in (E.OPERATION_INVALID,):
                         raise
                 p.job = False
+                # libvirt finishes the job (NBD server stopped, scratch files deleted) after
+                # abortJob returns: wait for it, briefly, so nothing is left when the VM is
+                # destroyed right after (seen: a socket left behind)
+                until = time.monotonic() + min(JOB_END_WAIT_S, deadline.remaining())
+                while time.monotonic() < until:
+                    try:
+                        if not dom.isActive() or dom.jobInfo()[0] == 0:  # VIR_DOMAIN_JOB_NONE
+                            break
+                    except Exception:
+                        break
+                    time.sleep(0.05)
             self._drop_older(c, dom, p, live=True)
 
-        self._call(f"end the backup job of VM {p.uuid}", end, deadline, change=True)
+        try:
+            self._call(f"end the backup job of VM {p.uuid}", end, deadline, change=True)
+        finally:
+            for path in p.files:  # ours by name; libvirt normally removed them already
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     def _prune_checkpoints(self, p: _Pit, deadline: Deadline) -> None:
         self._call(
@@ -530,7 +574,6 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
 
     def _drop_older(self, c: Any, dom: Any, p: _Pit, *, live: bool) -> None:
         """Delete the domain's vmctl checkpoints older than this point in time's."""
-        lv = require_libvirt()
         if not p.checkpoint:
             return
         olds = [t for t in self._vmctl_checkpoints(dom) if t[1] != p.checkpoint]
@@ -543,6 +586,11 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
             return
         if dom.isActive():
             return  # started meanwhile: left for the next point in time
+        with _vm_lock(p.uuid):
+            self._drop_offline(c, dom, olds)
+
+    def _drop_offline(self, c: Any, dom: Any, olds: list[tuple[int, str, Any]]) -> None:
+        lv = require_libvirt()
         images = {}
         for d in _disks(self._xml(dom, inactive=True)):
             with contextlib.suppress(Exception):
@@ -566,12 +614,13 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
             for _, _, cp in reversed(cps):
                 cp.delete(0)
             return
-        images = [self._image(c, d) for d in _disks(self._xml(dom, inactive=True))]
-        for _, name, cp in reversed(cps):
-            for image in images:
-                if isinstance(image, Image):
-                    image.remove_bitmap(name)
-            cp.delete(lv.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+        with _vm_lock(dom.UUIDString()):
+            images = [self._image(c, d) for d in _disks(self._xml(dom, inactive=True))]
+            for _, name, cp in reversed(cps):
+                for image in images:
+                    if isinstance(image, Image):
+                        image.remove_bitmap(name)
+                cp.delete(lv.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -604,7 +653,11 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
             except Unsupported as exc:
                 raise NotSupported(f"writing disk {disk_id} of VM {dom.name()!r}: {exc}") from exc
 
-        self._call(f"write disk {disk_id} of VM {uuid}", write, deadline, change=True)
+        def locked(c: Any) -> None:
+            with _vm_lock(uuid):
+                write(c)
+
+        self._call(f"write disk {disk_id} of VM {uuid}", locked, deadline, change=True)
 
 
 def _merge(runs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -267,3 +267,23 @@ def test_write_past_the_end_and_snapshots(hv: vmctl.Hypervisor, hosts: Any, tmp_
         vm.delete_snapshot(snap)
     finally:
         vm.delete(force=True)
+
+
+def test_backup_on_a_remote_host_over_tcp(
+    other: vmctl.Hypervisor, hosts: Any, tmp_path: Path
+) -> None:
+    """qemu+tcp:// (the second libvirtd, in its own network namespace): the stopped VM's
+    volumes stream over libvirt's RPC, the running VM's export is an NBD server on TCP at
+    the host's address."""
+    vm = _vm(other, hosts, "bk-remote")
+    try:
+        write_disk(vm, "vda", MIB, b"r" * 5000)
+        repo = vmctl.open_repo(str(tmp_path / "repo"), chunk_size=MIB)
+        assert vm.backup(repo).read_bytes == MIB
+        vm.start(timeout=60)
+        inc = vm.backup(repo)
+        assert inc.kind is BackupKind.INCREMENTAL and inc.read_bytes == 0
+        assert read_disk(vm, "vda", MIB, 5000) == b"r" * 5000
+        vm.power_off(timeout=60)
+    finally:
+        vm.delete(force=True)
