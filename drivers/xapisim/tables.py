@@ -998,16 +998,18 @@ ERRORS: dict[str, ErrorSpec] = {
     "SR_BACKEND_FAILURE_460": ErrorSpec(
         ["status", "stdout", "stderr"],
         f"{DM_ERR}: sr_backend_failure; xapi-project/sm drivers/VDI.py:"
-        " list_changed_blocks raises XenError('CBTChangedBlocksError', opterr) (errno 460),"
-        " which xapi reports as SR_BACKEND_FAILURE_<errno> [\"\"; message; \"\"]"),
+        " list_changed_blocks raises XenError('CBTChangedBlocksError', opterr) (errno 460);"
+        " ocaml/xapi/sm_exec.ml: an SM XMLRPC.Fault (code, reason) becomes"
+        " SR_BACKEND_FAILURE_<code> [\"\"; reason; stderr] (stderr empty here)"),
     "VM_MISSING_PV_DRIVERS": ErrorSpec(
         ["vm"], f"{DM_ERR}: vm_missing_pv_drivers; ocaml/xapi-consts/api_errors.ml:"
         ' vm_missing_pv_drivers = "VM_MISSING_PV_DRIVERS";'
         " ocaml/xapi/xapi_pv_driver_version.ml: make_error_opt raises [vm]"),
 }  # fmt: skip
 
-#: sm drivers/XE_SR_ERRORCODES.xml CBTChangedBlocksError's description, then SM's
-#: "[opterr=...]" (xs_errors.XenError); the simulator appends the opterr and "]".
+#: xapi-project/sm drivers/XE_SR_ERRORCODES.xml: CBTChangedBlocksError's description
+#: (value 460), then " [opterr=%s]" (drivers/xs_errors.py: XenError); the opterr and "]"
+#: are appended where raised.
 CBT_ERROR = "Failed to calculate changed blocks for given VDIs. [opterr="
 CBT_SAME = "Source and target VDI are same"  # sm drivers/VDI.py: list_changed_blocks
 CBT_UNRELATED = "Source and target VDI are unrelated"  # ditto, no chain from -> to
