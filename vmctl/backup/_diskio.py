@@ -69,15 +69,19 @@ def write_disk(vm: VM, disk_id: str, offset: int, data: bytes) -> None:
     driver = conn.driver
     assert isinstance(driver, DiskWriter)
     extent = ExtentData(offset, len(data), bytes(data))
-    conn.dispatcher.call(
-        f"write disk {disk_id} of VM {vm.name!r}",
-        driver.write_extents,
-        vm.uuid,
-        disk_id,
-        [extent],
-        deadline=_dl(vm),
-        idempotent=True,
-    )
+    what = f"write disk {disk_id} of VM {vm.name!r}"
+    try:
+        conn.dispatcher.call(
+            what, driver.write_extents, vm.uuid, disk_id, [extent], deadline=_dl(vm)
+        )
+        # A driver that kept the extent locally writes it now (DiskWriter.flush_writes).
+        conn.dispatcher.call(what, driver.flush_writes, vm.uuid, disk_id, deadline=_dl(vm))
+    except BaseException:
+        with contextlib.suppress(VmctlError):
+            conn.dispatcher.call(
+                what, driver.flush_writes, vm.uuid, disk_id, discard=True, deadline=_dl(vm)
+            )
+        raise
 
 
 def _dl(vm: VM) -> Deadline:

@@ -8,6 +8,7 @@ the VM made for the restore is deleted, so nothing half-made stays on the host. 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +150,6 @@ class RestoreJob:
         yield from sorted(runs, key=lambda r: r[1])
 
     def _disk(self, disk: DiskIndex, target: str, pool: ThreadPoolExecutor) -> None:
-        cs = self.m.chunk_size
         runs = list(self._runs(disk))
         fetches = {
             i: pool.submit(self._fetch, disk, i)
@@ -157,6 +157,37 @@ class RestoreJob:
             if has_data
             for i in range(f, f + n)
         }
+        try:
+            self._write_runs(disk, target, pool, runs, fetches)
+            # A driver that kept the extents locally writes them now (DiskWriter.flush_writes).
+            self.conn.dispatcher.call(
+                f"write disk {target} of VM {self.vm.name!r}",
+                self.driver.flush_writes,
+                self.vm.uuid,
+                target,
+                deadline=self.deadline.sooner(self.conn.timeouts.operation_s),
+            )
+        except BaseException:
+            with contextlib.suppress(VmctlError):
+                self.conn.dispatcher.call(
+                    f"discard the writes to disk {target} of VM {self.vm.name!r}",
+                    self.driver.flush_writes,
+                    self.vm.uuid,
+                    target,
+                    discard=True,
+                    deadline=Deadline.after(10),
+                )
+            raise
+
+    def _write_runs(
+        self,
+        disk: DiskIndex,
+        target: str,
+        pool: ThreadPoolExecutor,
+        runs: list[tuple[bool, int, int]],
+        fetches: dict[int, Any],
+    ) -> None:
+        cs = self.m.chunk_size
         for k, (has_data, first, count) in enumerate(runs):
             for has, f, n in runs[k + 1 : k + 1 + AHEAD]:  # keep fetching ahead
                 if has:
