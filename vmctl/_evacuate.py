@@ -149,7 +149,7 @@ class Plan:
         max_parallel: int = 4,
         on_fail: str = "stop",
         retries: int = DEFAULT_RETRIES,
-        progress: Callable[[Progress], None] | None = None,
+        progress: Callable[[EvacuationProgress], None] | None = None,
         timeout: float | None = None,
     ) -> EvacuationReport:
         """``vmctl.execute(self, ...)``."""
@@ -378,7 +378,7 @@ def plan_evacuation(
 # -- executing ----------------------------------------------------------------------------
 
 
-class Outcome(enum.StrEnum):
+class MoveOutcome(enum.StrEnum):
     MOVED = "moved"  # this run moved it
     ALREADY = "already-there"  # it was on the target already (an earlier, interrupted run)
     FAILED = "failed"
@@ -389,7 +389,7 @@ class Outcome(enum.StrEnum):
 @frozen
 class MoveResult:
     move: Move
-    outcome: Outcome
+    outcome: MoveOutcome
     mode: MoveMode | None = None  # the mode that moved it (RESTART after on_fail="cold")
     attempts: int = 0
     seconds: float = 0.0
@@ -407,13 +407,13 @@ class MoveResult:
 
 
 @frozen
-class Progress:
+class EvacuationProgress:
     """Handed to ``execute``'s ``progress`` callback as each move starts and ends."""
 
     done: int
     total: int
     move: Move
-    status: str  # "started", "retrying", or an Outcome's value
+    status: str  # "started", "retrying", or an MoveOutcome's value
     message: str = ""
 
 
@@ -428,14 +428,14 @@ class EvacuationReport:
     def ok(self) -> bool:
         """Every planned move ended with the VM on its target."""
         return not self.stopped and all(
-            r.outcome in (Outcome.MOVED, Outcome.ALREADY) for r in self.results
+            r.outcome in (MoveOutcome.MOVED, MoveOutcome.ALREADY) for r in self.results
         )
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{self.count(o)} {o.value}" for o in Outcome if self.count(o))
+        counts = ", ".join(f"{self.count(o)} {o.value}" for o in MoveOutcome if self.count(o))
         return f"<EvacuationReport {self.plan.source.name}: {counts or 'nothing to do'}>"
 
-    def count(self, outcome: Outcome) -> int:
+    def count(self, outcome: MoveOutcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)
 
     def to_json(self) -> dict[str, Any]:
@@ -451,7 +451,7 @@ class EvacuationReport:
     def __str__(self) -> str:
         head = (
             f"Evacuation of host {self.plan.source.name}: "
-            + ", ".join(f"{self.count(o)} {o.value}" for o in Outcome if self.count(o))
+            + ", ".join(f"{self.count(o)} {o.value}" for o in MoveOutcome if self.count(o))
             + (f", {len(self.plan.blockers)} blocked" if self.plan.blockers else "")
             + (" (stopped after a failure)" if self.stopped else "")
             + f" in {self.seconds:.1f} s"
@@ -484,7 +484,7 @@ class _Executor:
         *,
         retries: int,
         on_fail: str,
-        progress: Callable[[Progress], None] | None,
+        progress: Callable[[EvacuationProgress], None] | None,
         timeout: float | None,
     ) -> None:
         self.plan = plan
@@ -504,7 +504,9 @@ class _Executor:
         if self.progress is None:
             return
         try:
-            self.progress(Progress(self.done, len(self.plan.moves), move, status, message))
+            self.progress(
+                EvacuationProgress(self.done, len(self.plan.moves), move, status, message)
+            )
         except Exception:  # a caller's callback must not break the evacuation
             log.warning("evacuation progress callback failed", exc_info=True)
 
@@ -551,20 +553,20 @@ class _Executor:
             try:
                 host_id, _state = self._where(move)
             except NotFound as exc:
-                return self._end(move, Outcome.SKIPPED, None, attempts, started, str(exc))
+                return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, str(exc))
             except VmctlError as exc:  # cannot tell where it is: counts as a try
                 attempts += 1
                 error = str(exc)
             else:
                 if host_id == move.target_id:
-                    outcome = Outcome.MOVED if attempts else Outcome.ALREADY
+                    outcome = MoveOutcome.MOVED if attempts else MoveOutcome.ALREADY
                     return self._end(move, outcome, mode, attempts, started, None)
                 if host_id != self.plan.source.id:
                     why = f"no longer on {self.plan.source.name} (moved elsewhere meanwhile)"
-                    return self._end(move, Outcome.SKIPPED, None, attempts, started, why)
+                    return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, why)
                 if _maintenance.is_flagged(move.target_id):
                     why = f"target {move.target_name} entered maintenance (vmctl's flag); re-plan"
-                    return self._end(move, Outcome.SKIPPED, None, attempts, started, why)
+                    return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, why)
                 attempts += 1
                 try:
                     self._attempt(move, mode)
@@ -574,7 +576,7 @@ class _Executor:
                 except VmctlError as exc:
                     error, no_room = str(exc), False
                 else:
-                    return self._end(move, Outcome.MOVED, mode, attempts, started, None)
+                    return self._end(move, MoveOutcome.MOVED, mode, attempts, started, None)
             if final or attempts > self.retries:
                 if (
                     self.on_fail == "cold"
@@ -585,13 +587,13 @@ class _Executor:
                     mode, fell_back, attempts = MoveMode.RESTART, True, 0
                     self._tell(move, "retrying", f"{error}; restarting it there instead")
                     continue
-                return self._end(move, Outcome.FAILED, None, attempts, started, error)
+                return self._end(move, MoveOutcome.FAILED, None, attempts, started, error)
             self._tell(move, "retrying", error)
 
     def _end(
         self,
         move: Move,
-        outcome: Outcome,
+        outcome: MoveOutcome,
         mode: MoveMode | None,
         attempts: int,
         started: float,
@@ -609,7 +611,7 @@ def execute(
     max_parallel: int = 4,
     on_fail: str = "stop",
     retries: int = DEFAULT_RETRIES,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[EvacuationProgress], None] | None = None,
     timeout: float | None = None,
 ) -> EvacuationReport:
     """Carry out ``plan``'s moves, at most ``max_parallel`` at once.
@@ -664,7 +666,7 @@ def execute(
                 state = "gone" if target is None else target.state.value
                 results[index] = runner._end(
                     move,
-                    Outcome.SKIPPED,
+                    MoveOutcome.SKIPPED,
                     None,
                     0,
                     time.monotonic(),
@@ -680,11 +682,11 @@ def execute(
             index = running.pop(future)
             result = future.result()
             results[index] = result
-            if result.outcome is Outcome.FAILED and on_fail == "stop":
+            if result.outcome is MoveOutcome.FAILED and on_fail == "stop":
                 stopped = True
     for index, move in queue:
         results[index] = MoveResult(
-            move, Outcome.SKIPPED, error="not started: stopped after a failure"
+            move, MoveOutcome.SKIPPED, error="not started: stopped after a failure"
         )
     ordered = tuple(results[i] for i in sorted(results))
     return EvacuationReport(plan, ordered, stopped, time.monotonic() - started)
