@@ -20,11 +20,12 @@ How it works, on vSphere's own documented interfaces:
   ``QueryChangedDiskAreas`` with changeId ``*``, i.e. changed-block tracking, which the esx
   driver does not use yet), so the whole disk is one extent: every backup is full, and
   reads the whole disk; zero chunks are still not stored.
-* **Writing** (a stopped VM): ``PUT`` to the same URL replaces the whole file, so
-  ``write_extents`` downloads the extent into a temporary file, applies the extents and
-  uploads it again (only the upload when the extents cover the whole disk). That is one
-  download and one upload of the disk per call: fine for the few calls of a restore of a
-  small disk, slow for a large one (see docs/esx.md).
+* **Writing** (a stopped VM): ``PUT`` to the same URL replaces the whole file, so the
+  first ``write_extents`` of a disk downloads its extent into a local temporary file
+  (sparse: blocks of zeroes are not written; no download when the extents cover the whole
+  disk), every call applies its extents there, and ``flush_writes`` (the core calls it
+  after a disk's last write) uploads the file once. A restore moves each disk at most
+  twice, whatever the number of calls; ``flush_writes(discard=True)`` drops the copy.
 
 Limits (refused with ``InvalidState``, never guessed): a disk whose chain at the point in
 time has more than one file (a VM that already had snapshots: its data is in delta files of
@@ -41,6 +42,7 @@ import logging
 import socket
 import ssl
 import tempfile
+import threading
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -49,6 +51,7 @@ from urllib.parse import quote, urlencode
 from vmctl import (
     BackendError,
     ConnectionError,
+    DriverError,
     InsufficientResources,
     InvalidState,
     NotFound,
@@ -100,6 +103,17 @@ class _DiskFile:
         return f"[{self.datastore}] {self.path} ({self.size} bytes)"
 
 
+class _Staged:
+    """Extents written to one disk and not yet uploaded: a local copy of its whole file."""
+
+    def __init__(self, file: _DiskFile, local: IO[bytes]) -> None:
+        self.file = file
+        self.local = local
+
+
+_STAGING_LOCK = threading.Lock()
+
+
 class _Snapshot:
     """The driver's handle of a point in time: the snapshot and each disk's file."""
 
@@ -136,6 +150,8 @@ class DatastoreFiles:
         self.host = host.strip("[]")
         self.port = int(port)
         self.context: ssl.SSLContext | None = conn.stub.schemeArgs.get("context")
+        self.downloads = 0  # whole files read (for tests and benchmarks)
+        self.uploads = 0  # whole files written
 
     def url(self, datastore: str, path: str) -> str:
         query = urlencode({"dcPath": self.datacenter_path, "dsName": datastore})
@@ -241,7 +257,8 @@ class DatastoreFiles:
         return bytes(out)
 
     def download(self, datastore: str, path: str, sink: IO[bytes], deadline: Deadline) -> int:
-        """The whole file into ``sink``; its size."""
+        """The whole file into ``sink`` (a seekable file: blocks of zeroes become holes);
+        its size."""
         what = f"download [{datastore}] {path}"
         deadline.check(what)
         try:
@@ -252,13 +269,19 @@ class DatastoreFiles:
         try:
             response = conn.getresponse()
             self._status(response, what, (200,))
+            zero = bytes(BLOCK)
             while True:
                 deadline.check(what)
                 piece = response.read(BLOCK)
                 if not piece:
                     break
-                sink.write(piece)
+                if piece == zero[: len(piece)]:
+                    sink.seek(len(piece), 1)  # keep the local copy sparse
+                else:
+                    sink.write(piece)
                 size += len(piece)
+            sink.truncate(size)
+            self.downloads += 1
         except Exception as exc:
             raise self._failed(exc, what, deadline, sent=None) from exc
         finally:
@@ -288,6 +311,7 @@ class DatastoreFiles:
             response = conn.getresponse()
             self._status(response, what, (200, 201, 204))
             response.read()
+            self.uploads += 1
         except OSError as exc:
             if getattr(exc, "errno", None) == 28:  # ENOSPC in the temporary file
                 raise InsufficientResources(f"{what}: {exc}") from exc
@@ -318,6 +342,7 @@ class EsxBackup(DiskAccess, DiskWriter):
         ) -> Any: ...
 
     _datastore_files: DatastoreFiles | None = None
+    _staging: dict[tuple[str, str], _Staged] | None = None  # (uuid, disk id) -> local copy
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -524,9 +549,17 @@ class EsxBackup(DiskAccess, DiskWriter):
 
     # -- DiskWriter -------------------------------------------------------------------------
 
+    def _stage_lock(self) -> threading.Lock:
+        with _STAGING_LOCK:
+            if self._staging is None:
+                self._staging = {}
+        return _STAGING_LOCK
+
     def write_extents(
         self, uuid: str, disk_id: str, extents: Sequence[ExtentData], *, deadline: Deadline
     ) -> None:
+        """Applied to a local copy of the disk's extent (made by one download on the first
+        call; none when the first call covers the whole disk); ``flush_writes`` uploads it."""
         with self.conn.within(deadline):
             file, name = self._writable_file(uuid, disk_id)
         for e in extents:
@@ -538,36 +571,87 @@ class EsxBackup(DiskAccess, DiskWriter):
                 )
         if not extents:
             return
-        files = self._files()
-        whole = _covers(extents, file.size)
-        with tempfile.TemporaryFile(prefix="vmctl-esx-disk-") as local:
+        key = (uuid, disk_id)
+        with self._stage_lock():
+            assert self._staging is not None
+            staged = self._staging.get(key)
+        if staged is not None and (staged.file.datastore, staged.file.path) != (
+            file.datastore,
+            file.path,
+        ):
+            staged.local.close()  # the disk was replaced since: start over
+            staged = None
+        what = f"write disk {disk_id} of VM {name!r}"
+        if staged is None:
+            # Kept open until flush_writes: it outlives this call.
+            local = tempfile.TemporaryFile(prefix="vmctl-esx-disk-")  # noqa: SIM115
             try:
-                if not whole:
-                    got = files.download(file.datastore, file.path, local, deadline)
+                if _covers(extents, file.size):
+                    local.truncate(file.size)
+                else:
+                    got = self._files().download(file.datastore, file.path, local, deadline)
                     if got != file.size:
                         raise BackendError(
-                            f"write disk {disk_id} of VM {name!r}: its file [{file.datastore}] "
-                            f"{file.path} has {got} bytes, the disk {file.size}",
+                            f"{what}: its file [{file.datastore}] {file.path} has {got} bytes, "
+                            f"the disk {file.size}",
                             vendor_code="ShortFile",
                         )
-                else:
-                    local.truncate(file.size)
-                for e in extents:
-                    local.seek(e.offset)
-                    if e.data is not None:
-                        local.write(e.data)
-                    else:
-                        _write_zeroes(local, e.length)
-                local.flush()
             except OSError as exc:
-                if exc.errno == 28:
-                    raise InsufficientResources(
-                        f"write disk {disk_id} of VM {name!r}: no room for the local copy "
-                        f"of the disk ({file.size} bytes) in {tempfile.gettempdir()}: {exc}"
-                    ) from exc
+                local.close()
+                raise _no_room(exc, what, file.size) from exc
+            except BaseException:
+                local.close()
                 raise
-            local.seek(0)
-            files.upload(file.datastore, file.path, local, file.size, deadline)
+            staged = _Staged(file, local)
+        try:
+            for e in extents:
+                staged.local.seek(e.offset)
+                if e.data is not None:
+                    staged.local.write(e.data)
+                else:
+                    _write_zeroes(staged.local, e.length)
+            staged.local.flush()
+        except OSError as exc:
+            staged.local.close()
+            with self._stage_lock():
+                assert self._staging is not None
+                self._staging.pop(key, None)
+            raise _no_room(exc, what, file.size) from exc
+        with self._stage_lock():
+            assert self._staging is not None
+            self._staging[key] = staged
+
+    def flush_writes(
+        self, uuid: str, disk_id: str, *, discard: bool = False, deadline: Deadline
+    ) -> None:
+        """Upload the local copy ``write_extents`` made: one PUT of the whole extent."""
+        key = (uuid, disk_id)
+        with self._stage_lock():
+            assert self._staging is not None
+            staged = self._staging.pop(key, None) if discard else self._staging.get(key)
+        if staged is None:
+            return
+        if discard:
+            staged.local.close()
+            return
+        with self.conn.within(deadline):
+            file, _ = self._writable_file(uuid, disk_id)  # still stopped, the same file
+        if (file.datastore, file.path, file.size) != (
+            staged.file.datastore,
+            staged.file.path,
+            staged.file.size,
+        ):
+            raise InvalidState(
+                f"disk {disk_id} of VM {uuid} changed while it was being written (now "
+                f"{file}, was {staged.file}); write it again"
+            )
+        staged.local.seek(0)
+        self._files().upload(file.datastore, file.path, staged.local, file.size, deadline)
+        with self._stage_lock():
+            assert self._staging is not None
+            if self._staging.get(key) is staged:
+                del self._staging[key]
+        staged.local.close()
 
     def _writable_file(self, uuid: str, disk_id: str) -> tuple[_DiskFile, str]:
         _, props = self._props(
@@ -610,6 +694,16 @@ def _covers(extents: Sequence[ExtentData], size: int) -> bool:
             return False
         end = max(end, e.end)
     return end >= size
+
+
+def _no_room(exc: OSError, what: str, size: int) -> VmctlError:
+    """An error of the local copy: ENOSPC as InsufficientResources, else DriverError."""
+    if exc.errno == 28:
+        return InsufficientResources(
+            f"{what}: no room for the local copy of the disk ({size} bytes) in "
+            f"{tempfile.gettempdir()}: {exc}"
+        )
+    return DriverError(f"{what}: the local copy of the disk failed: {exc}")
 
 
 def _write_zeroes(sink: IO[bytes], length: int) -> None:

@@ -255,3 +255,52 @@ def test_independent_disk_is_refused(esx: vmctl.Hypervisor, esx_admin: Admin) ->
         vm.backup(repo)
     assert snapshots(esx_admin, vm.uuid) == []
     assert repo.backups(vm) == []
+
+
+def test_restore_moves_each_disk_once(esx: vmctl.Hypervisor, esx_sim: VcsimServer) -> None:
+    """However many write calls a restore makes (here 6 runs of chunks per disk), each disk
+    is downloaded once (the driver cannot know it is blank) and uploaded once; so is it by
+    write_disk; a failed restore uploads nothing and keeps no local copy."""
+    vm = make(esx, sizes=(12, 12))
+    files = esx._conn.driver._files()  # type: ignore[attr-defined]
+    for d in vm.config().disks:
+        for i in range(0, 12, 2):  # every other MiB: runs of one chunk
+            write_disk(vm, d.id, i * MIB + 5, b"run %d" % i)
+    repo = vmctl.open_repo(f"memory://esx-{secrets.token_hex(4)}", chunk_size=MIB)
+    info = vm.backup(repo)
+    before = (files.downloads, files.uploads)
+    copy = repo.restore(info.id, esx, name=f"{vm.name}-r")
+    assert (files.downloads, files.uploads) == (before[0] + 2, before[1] + 2)
+    for d in copy.config().disks:
+        assert read_disk(copy, d.id, 10 * MIB + 5, 6) == b"run 10"
+    before = (files.downloads, files.uploads)
+    write_disk(copy, "scsi0:0", 0, b"one")
+    assert (files.downloads, files.uploads) == (before[0] + 1, before[1] + 1)
+
+    class Stop(Exception):
+        pass
+
+    def stop(p: Any) -> None:
+        if p.done_bytes:
+            raise Stop
+
+    before = (files.downloads, files.uploads)
+    with pytest.raises(Stop):
+        repo.restore(info.id, esx, name=f"{vm.name}-f", progress=stop)
+    assert files.uploads == before[1]
+    assert not esx._conn.driver._staging  # type: ignore[attr-defined]
+    assert f"{vm.name}-f" not in {i.name for i in esx.list_vms()}
+
+
+def test_discarded_writes_leave_the_disk_alone(
+    esx: vmctl.Hypervisor, esx_sim: VcsimServer, esx_admin: Admin
+) -> None:
+    vm = make(esx, sizes=(2,))
+    write_disk(vm, "scsi0:0", 100, b"kept")
+    driver: Any = esx._conn.driver
+    deadline = Deadline.after(30)
+    driver.write_extents(vm.uuid, "scsi0:0", [ExtentData(100, 4, b"lost")], deadline=deadline)
+    driver.flush_writes(vm.uuid, "scsi0:0", discard=True, deadline=deadline)
+    driver.flush_writes(vm.uuid, "scsi0:0", deadline=deadline)  # nothing left to write
+    raw = flat_file(esx_sim, esx_admin, "ha-datacenter", str(vm.config().disks[0].path))
+    assert raw[100:104] == b"kept" and len(raw) == 2 * MIB
