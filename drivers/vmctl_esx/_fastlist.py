@@ -26,7 +26,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from vmctl import OperationTimeout
@@ -39,8 +39,10 @@ log = logging.getLogger("vmctl.esx")
 _XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 _SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 
-#: A sender: (method name, request body) -> (HTTP status, reply body).
-Sender = Callable[[str, bytes], tuple[int, bytes]]
+#: A sender: (method name, request body) -> (HTTP status, the reply body's chunks).
+Sender = Callable[[str, bytes], tuple[int, Iterable[bytes]]]
+#: Bytes read from the socket at a time (and fed to the parser).
+_CHUNK = 256 * 1024
 Row = tuple[Any, dict[str, Any]]
 
 
@@ -93,17 +95,43 @@ class Page:
 
 
 def parse_reply(
-    data: bytes, method: str, moref: Callable[[str | None, str | None], Any] = lambda t, v: (t, v)
+    chunks: Iterable[bytes],
+    method: str,
+    moref: Callable[[str | None, str | None], Any] = lambda t, v: (t, v),
 ) -> Page | None:
-    """The reply of ``method``, None for an empty result (no ``returnval``); Unexpected for
-    anything this parser does not know, Fault for a SOAP fault. ``moref(type, value)``
-    makes the value of a ManagedObjectReference property."""
+    """The reply of ``method``, read as its bytes arrive (each ``objects`` element is taken
+    as soon as it is complete, while the host is still writing the next ones); None for an
+    empty result (no ``returnval``); Unexpected for anything this parser does not know,
+    Fault for a SOAP fault. ``moref(type, value)`` makes a ManagedObjectReference value."""
     from lxml import etree
 
+    ns = "urn:vim25"
+    t_returnval, t_response = f"{{{ns}}}returnval", f"{{{ns}}}{method}Response"
+    # No entities, no network, no DTDs: a reply is data, never instructions to fetch.
+    parser = etree.XMLPullParser(
+        events=("end",),
+        tag=f"{{{ns}}}objects",
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=True,
+    )
+    page = Page()
     try:
-        root = etree.fromstring(data, parser=_parser())
+        for chunk in chunks:
+            parser.feed(chunk)
+            for _, part in parser.read_events():
+                parent = part.getparent()
+                above = None if parent is None else parent.getparent()
+                if parent.tag != t_returnval or above is None or above.tag != t_response:
+                    raise Unexpected("objects outside the returnval of the reply")
+                _object(part, page, ns, moref)
+                part.clear()  # taken: keep the tree small
+        root = parser.close()
     except etree.XMLSyntaxError as exc:
         raise Unexpected(f"not XML: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # a propSet not of two, a number that is not
+        raise Unexpected(f"malformed objects: {exc}") from exc
     if root.tag != f"{{{_SOAP_NS}}}Envelope":
         raise Unexpected(f"root element {root.tag}")
     body = root.find(f"{{{_SOAP_NS}}}Body")
@@ -112,65 +140,58 @@ def parse_reply(
     response = body[0]
     if response.tag == f"{{{_SOAP_NS}}}Fault":
         raise Fault(response.findtext("faultstring") or "SOAP fault")
-    ns = "urn:vim25"
-    if response.tag != f"{{{ns}}}{method}Response":
+    if response.tag != t_response:
         raise Unexpected(f"reply element {response.tag}")
     if len(response) == 0:
         return None
-    if len(response) != 1 or response[0].tag != f"{{{ns}}}returnval":
+    if len(response) != 1 or response[0].tag != t_returnval:
         raise Unexpected("not one returnval")
-    page = Page()
-    try:
-        _objects(response[0], page, ns, moref)
-    except (ValueError, TypeError) as exc:  # a propSet not of two, a number that is not
-        raise Unexpected(f"malformed objects: {exc}") from exc
+    t_objects, t_token = f"{{{ns}}}objects", f"{{{ns}}}token"
+    for part in response[0]:
+        if part.tag == t_token:
+            page.token = part.text or ""
+        elif part.tag != t_objects and isinstance(part.tag, str):
+            raise Unexpected(f"element {part.tag} in returnval")
     return page
 
 
-def _objects(returnval: Any, page: Page, ns: str, moref: Callable[..., Any]) -> None:
-    t_token, t_objects = f"{{{ns}}}token", f"{{{ns}}}objects"
+def _object(part: Any, page: Page, ns: str, moref: Callable[..., Any]) -> None:
+    """One ``objects`` element (ObjectContent): its moref and propSet values."""
     t_obj, t_prop, t_missing = f"{{{ns}}}obj", f"{{{ns}}}propSet", f"{{{ns}}}missingSet"
-    kinds, xsi_type, rows = _KINDS, _XSI_TYPE, page.rows
-    for part in returnval:
-        tag = part.tag
-        if tag == t_token:
-            page.token = part.text or ""
-        elif tag == t_objects:
-            obj_type = moid = None
-            props: dict[str, Any] = {}
-            for child in part:
-                ctag = child.tag
-                if ctag == t_prop:
-                    name_el, val = child  # exactly two children, else ValueError
-                    name = name_el.text or ""
-                    if name == "currentSession":  # the session probe: only its presence
-                        props[name] = True
-                        continue
-                    kind = kinds.get(val.get(xsi_type))
-                    if kind is None or len(val):
-                        props[name] = _value(val, moref)  # other spellings, or Unexpected
-                    elif kind == 0:
-                        props[name] = val.text or ""
-                    elif kind == 1:
-                        props[name] = int(val.text)
-                    elif kind == 2:
-                        props[name] = _bool(val.text)
-                    else:
-                        props[name] = moref(val.get("type"), val.text)
-                elif ctag == t_obj:
-                    obj_type, moid = child.get("type"), child.text
-                elif ctag == t_missing:
-                    fault = child.find(f"{{{ns}}}fault/{{{ns}}}fault")
-                    fkind = "" if fault is None else (fault.get(xsi_type) or "")
-                    if fkind.rpartition(":")[2] == "NotAuthenticated":
-                        page.expired = True
-                elif isinstance(ctag, str):
-                    raise Unexpected(f"element {ctag} in objects")
-            if not obj_type or not moid:
-                raise Unexpected("an object without its moref")
-            rows.append((obj_type, moid, props))
-        elif isinstance(tag, str):
-            raise Unexpected(f"element {tag} in returnval")
+    kinds, xsi_type = _KINDS, _XSI_TYPE
+    obj_type = moid = None
+    props: dict[str, Any] = {}
+    for child in part:
+        ctag = child.tag
+        if ctag == t_prop:
+            name_el, val = child  # exactly two children, else ValueError
+            name = name_el.text or ""
+            if name == "currentSession":  # the session probe: only its presence matters
+                props[name] = True
+                continue
+            kind = kinds.get(val.get(xsi_type))
+            if kind is None or len(val):
+                props[name] = _value(val, moref)  # other spellings, or Unexpected
+            elif kind == 0:
+                props[name] = val.text or ""
+            elif kind == 1:
+                props[name] = int(val.text)
+            elif kind == 2:
+                props[name] = _bool(val.text)
+            else:
+                props[name] = moref(val.get("type"), val.text)
+        elif ctag == t_obj:
+            obj_type, moid = child.get("type"), child.text
+        elif ctag == t_missing:
+            fault = child.find(f"{{{ns}}}fault/{{{ns}}}fault")
+            fkind = "" if fault is None else (fault.get(xsi_type) or "")
+            if fkind.rpartition(":")[2] == "NotAuthenticated":
+                page.expired = True
+        elif isinstance(ctag, str):
+            raise Unexpected(f"element {ctag} in objects")
+    if not obj_type or not moid:
+        raise Unexpected("an object without its moref")
+    page.rows.append((obj_type, moid, props))
 
 
 #: The xsi:type spellings vCenter and the simulator write, to a kind: 0 text, 1 integer,
@@ -185,21 +206,6 @@ _KINDS: dict[str | None, int] = {
     "xsd:boolean": 2,
     "ManagedObjectReference": 3,
 }
-
-
-_PARSER: Any = None
-
-
-def _parser() -> Any:
-    global _PARSER
-    if _PARSER is None:
-        from lxml import etree
-
-        # No entities, no network, no DTDs: a reply is data, never instructions to fetch.
-        _PARSER = etree.XMLParser(
-            resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True
-        )
-    return _PARSER
 
 
 def _value(val: Any, moref: Callable[..., Any]) -> Any:
@@ -237,7 +243,7 @@ class FastLister:
                 log.info("lxml is not installed: VM listings go through pyvmomi's deserializer")
                 self.enabled = False
         self._logged: set[str] = set()
-        self._refs: dict[tuple[str, str], Any] = {}
+        self._refs: dict[tuple[str | None, str | None], Any] = {}
         self.send: Sender = self._post
 
     def _log_once(self, kind: str, level: int, message: str, *args: Any) -> None:
@@ -293,10 +299,16 @@ class FastLister:
         session_ok = False
         method = "RetrievePropertiesEx"
         while True:  # pages of one result, not a retry
-            status, data = self.send(method, body)
-            if status not in (200, 500):
-                raise Unexpected(f"HTTP status {status}")
-            page = parse_reply(data, method, self._ref)
+            status, chunks = self.send(method, body)
+            stream = iter(chunks)
+            try:
+                if status not in (200, 500):
+                    raise Unexpected(f"HTTP status {status}")
+                page = parse_reply(stream, method, self._ref)
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()  # a reply not read to the end: its connection is closed
             if status == 500:
                 raise Unexpected("HTTP 500 without a SOAP fault")
             if page is None:
@@ -330,9 +342,10 @@ class FastLister:
         )
 
     def _ref(self, wsdl_type: str | None, moid: str | None) -> Any:
-        key = (wsdl_type or "", moid or "")
-        ref = self._refs.get(key)
-        if ref is None or ref._stub is not self.conn.stub:
+        """The pyvmomi moref (cached: the stub, and so every moref, lives as long as the
+        connection)."""
+        ref = self._refs.get((wsdl_type, moid))
+        if ref is None:
             if not wsdl_type or not moid:
                 raise Unexpected("a moref without type or value")
             try:
@@ -342,12 +355,14 @@ class FastLister:
             ref = cls(moid, self.conn.stub)
             if len(self._refs) > 100_000:
                 self._refs.clear()
-            self._refs[key] = ref
+            self._refs[(wsdl_type, moid)] = ref
         return ref
 
-    def _post(self, method: str, body: bytes) -> tuple[int, bytes]:
+    def _post(self, method: str, body: bytes) -> tuple[int, Iterator[bytes]]:
         """One SOAP request on the stub's connection pool, as the stub sends SDK calls:
-        the session cookie, the thread's deadline, counted as a round trip."""
+        the session cookie, the thread's deadline, counted as a round trip. The reply body
+        comes as chunks while it is read; the connection goes back to the pool once it is
+        read to the end (closed if the reader stops before)."""
         stub = self.conn.stub
         local = stub.local
         where = self.conn.where
@@ -370,7 +385,6 @@ class FastLister:
         try:
             http_conn.request("POST", stub.path, body, headers)
             resp = http_conn.getresponse()
-            data = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             http_conn.close()
             stub.DropConnections()
@@ -378,5 +392,24 @@ class FastLister:
         if resp.getheader("Content-Encoding", "identity").lower() != "identity":
             http_conn.close()
             raise Unexpected("a compressed reply")
-        stub.ReturnConnection(http_conn)
-        return resp.status, data
+
+        def chunks() -> Iterator[bytes]:
+            done = False
+            try:
+                while True:
+                    try:
+                        chunk = resp.read(_CHUNK)
+                    except (OSError, http.client.HTTPException) as exc:
+                        stub.DropConnections()
+                        raise _transport_error(exc, method, where, deadline, local) from exc
+                    if not chunk:
+                        done = True
+                        return
+                    yield chunk
+            finally:
+                if done:
+                    stub.ReturnConnection(http_conn)
+                else:
+                    http_conn.close()
+
+        return resp.status, chunks()

@@ -30,10 +30,11 @@ def spy(driver: Any) -> list[tuple[str, bytes, bytes]]:
     calls: list[tuple[str, bytes, bytes]] = []
     real = driver._fast._post
 
-    def send(method: str, body: bytes) -> tuple[int, bytes]:
-        status, data = real(method, body)
+    def send(method: str, body: bytes) -> tuple[int, list[bytes]]:
+        status, chunks = real(method, body)
+        data = b"".join(chunks)
         calls.append((method, body, data))
-        return status, data
+        return status, [data[i : i + 4096] for i in range(0, len(data), 4096)]
 
     driver._fast.send = send
     return calls
@@ -121,9 +122,9 @@ def test_pages_are_followed(vc_sim: VcsimServer, vc_admin: Admin) -> None:
         assert len(pages) >= 3
         sent: list[tuple[str, bytes]] = []
 
-        def paged(method: str, body: bytes) -> tuple[int, bytes]:
+        def paged(method: str, body: bytes) -> tuple[int, list[bytes]]:
             sent.append((method, body))
-            return 200, pages[len(sent) - 1]
+            return 200, [pages[len(sent) - 1]]
 
         driver._fast.send = paged
         before = driver.round_trips
@@ -175,9 +176,9 @@ def test_unexpected_shape_falls_back_for_good(
         assert odd != real
         sent: list[str] = []
 
-        def strange(method: str, body: bytes) -> tuple[int, bytes]:
+        def strange(method: str, body: bytes) -> tuple[int, list[bytes]]:
             sent.append(method)
-            return 200, odd
+            return 200, [odd]
 
         driver._fast.send = strange
         with caplog.at_level(logging.INFO, logger="vmctl.esx"):
