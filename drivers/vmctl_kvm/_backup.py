@@ -35,7 +35,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vmctl import InvalidState, NotFound, NotSupported, ValidationError, VmctlError
+from vmctl import (
+    InsufficientResources,
+    InvalidState,
+    NotFound,
+    NotSupported,
+    ValidationError,
+    VmctlError,
+)
 from vmctl.spi import (
     ChangedBlocks,
     Consistency,
@@ -52,7 +59,7 @@ from . import _errors as E
 from . import _xml as X
 from ._link import Link, require_libvirt
 from ._nbd import NbdClient, NbdError
-from ._qcow2 import Image, RawImage, Unsupported
+from ._qcow2 import Image, NoSpace, RawImage, Unsupported
 
 PREFIX = "vmctl-"
 ALLOCATION = "base:allocation"
@@ -399,6 +406,10 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                         d.image.add_bitmap(cp)
                     except Unsupported:
                         continue
+                    except NoSpace as exc:
+                        raise InsufficientResources(
+                            f"no room for a checkpoint bitmap in disk {d.dev} ({d.path}): {exc}"
+                        ) from exc
                     d.checkpoint = cp
                     marked.append(d)
             if not marked:
@@ -652,6 +663,10 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                     image.write(e.offset, e.data, e.length)
             except Unsupported as exc:
                 raise NotSupported(f"writing disk {disk_id} of VM {dom.name()!r}: {exc}") from exc
+            except NoSpace as exc:
+                raise InsufficientResources(
+                    f"writing disk {disk_id} of VM {dom.name()!r}: {exc} ({disk.path})"
+                ) from exc
 
         def locked(c: Any) -> None:
             with _vm_lock(uuid):

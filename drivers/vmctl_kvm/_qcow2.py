@@ -40,6 +40,11 @@ class Unsupported(Exception):
     """The image uses something this module does not handle (the message says what)."""
 
 
+class NoSpace(Exception):
+    """The volume's storage is full: the file did not grow by what was written to it
+    (libvirt's upload stream does not always report ENOSPC: seen with small uploads)."""
+
+
 class Io(Protocol):
     def pread(self, offset: int, length: int) -> bytes: ...
 
@@ -279,8 +284,7 @@ class Image:
                 if host:
                     self.io.pwrite(host, bytes(data))
                 else:
-                    host = self._alloc(1)
-                    self.io.pwrite(host, bytes(data))
+                    host = self._alloc(bytes(data))
                     self.io.pwrite(tpos, struct.pack(">Q", host))
 
     def add_bitmap(self, name: str, gran_bits: int = 16) -> None:
@@ -290,8 +294,7 @@ class Image:
             raise Unsupported(f"a bitmap named {name!r} exists")
         nbits = -(-self.size // (1 << gran_bits))
         tsize = -(-nbits // (self.cs * 8))
-        toff = self._alloc(-(-tsize * 8 // self.cs))
-        self.io.pwrite(toff, bytes(-(-tsize * 8 // self.cs) * self.cs))
+        toff = self._alloc(bytes(-(-tsize * 8 // self.cs) * self.cs))
         raw_name = name.encode()
         entry = struct.pack(
             ">QIIBBHI", toff, tsize, BME_AUTO, BITMAP_TYPE_DIRTY, gran_bits, len(raw_name), 0
@@ -325,8 +328,7 @@ class Image:
         old = next((d for t, d, _ in self._extensions() if t == EXT_BITMAPS), None)
         doff = 0
         if raw:
-            doff = self._alloc(-(-len(raw) // self.cs))
-            self.io.pwrite(doff, raw)
+            doff = self._alloc(raw)
         exts = [(t, d) for t, d, _ in self._extensions() if t != EXT_BITMAPS]
         if bitmaps:
             exts.append((EXT_BITMAPS, struct.pack(">IIQQ", len(bitmaps), 0, len(raw), doff)))
@@ -390,9 +392,17 @@ class Image:
         block[2 * bi : 2 * bi + 2] = struct.pack(">H", value)
         self.io.pwrite(boff + 2 * bi, struct.pack(">H", value))
 
-    def _alloc(self, n: int) -> int:
-        """``n`` new contiguous clusters at the end of the file, refcount 1 each (and a
-        refcount block for them if their part of the file has none yet)."""
+    def _grown(self, end: int) -> None:
+        if self.io.size() < end:
+            raise NoSpace("the storage is full: the volume file did not grow by what was written")
+
+    def _alloc(self, content: bytes) -> int:
+        """New contiguous clusters at the end of the file holding ``content`` (padded to
+        whole clusters), refcount 1 each, and a refcount block for them if their part of
+        the file has none yet. Content first, checked to have landed, then the refcounts:
+        no metadata ever points past the end of the file."""
+        n = max(1, -(-len(content) // self.cs))
+        content = content.ljust(n * self.cs, b"\0")
         per = self.cs // 2
         table = self._table()
         while True:
@@ -415,11 +425,14 @@ class Image:
                 bi = boff // self.cs % per
                 block[2 * bi : 2 * bi + 2] = struct.pack(">H", 1)
             self.io.pwrite(boff, bytes(block))
+            self._grown(boff + self.cs)
             self._rb[boff] = block
             table[ti] = boff
             self.io.pwrite(self.rt_offset + 8 * ti, struct.pack(">Q", boff))
             if boff // self.cs // per != ti:
                 self._set_refcount(boff, 1)
+        self.io.pwrite(start, content)
+        self._grown(start + n * self.cs)
         self._end += n * self.cs
         for i in range(n):
             self._set_refcount(start + i * self.cs, 1)
@@ -467,9 +480,10 @@ class Image:
                 else:
                     old = bytearray(self.backing.read_clipped(cluster * self.cs, self.cs))
                 old[within : within + n] = piece if piece is not None else bytes(n)
-                if not host:
-                    host = self._alloc(1)
-                self.io.pwrite(host, bytes(old))
+                if host:
+                    self.io.pwrite(host, bytes(old))
+                else:
+                    host = self._alloc(bytes(old))
                 self._set_l2(l1i, l2i, host | COPIED)
             pos += n
         for start, n in _merge_runs(changed):
@@ -483,8 +497,7 @@ class Image:
             raise Unsupported("an L2 table is shared with an internal snapshot")
         table = self._l2_table(l1i)
         if table is None:
-            off = self._alloc(1)
-            self.io.pwrite(off, bytes(self.cs))
+            off = self._alloc(bytes(self.cs))
             table = [0] * (self.cs // 8)
             self._l2[l1i] = table
             self._l1[l1i] = off | COPIED

@@ -4,6 +4,7 @@ VMs, volume streams for stopped ones, checkpoints, quiesce refusal, snapshots)."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -287,3 +288,51 @@ def test_backup_on_a_remote_host_over_tcp(
         vm.power_off(timeout=60)
     finally:
         vm.delete(force=True)
+
+
+def test_full_storage_is_insufficient_resources(hv: vmctl.Hypervisor, hosts: Any) -> None:
+    """A pool on a 4 MiB tmpfs: writing 8 MiB raises InsufficientResources and the image
+    stays consistent (libvirt's upload streams did not report ENOSPC for small uploads, so
+    the codec checks that the file grew before pointing metadata at new clusters)."""
+    _qemu_img()
+    import libvirt
+
+    where = Path(hosts.image_dir).parent / "tiny-pool"
+    where.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "vmctl-tiny", str(where)], check=True)
+    conn = libvirt.open(hosts.uri)
+    pool = None
+    try:
+        pool = conn.storagePoolDefineXML(
+            f"<pool type='dir'><name>vmctl-kvmtest-tiny</name><target><path>{where}</path>"
+            "</target></pool>",
+            0,
+        )
+        pool.create(0)
+        vm = hv.create_vm(
+            VMSpec(
+                name=PREFIX + "bk-full",
+                vcpus=1,
+                memory_mib=64,
+                disks=[DiskSpec(size_mib=64, pool="vmctl-kvmtest-tiny")],
+            )
+        )
+        try:
+            with pytest.raises(vmctl.InsufficientResources, match="full"):
+                write_disk(vm, "vda", 0, os.urandom(8 * MIB))
+            path = vm.config().disks[0].path
+            assert path
+            res = subprocess.run(["qemu-img", "check", path], capture_output=True, text=True)
+            assert "ERROR" not in res.stdout + res.stderr and res.returncode in (0, 3), res.stdout
+        finally:
+            vm.delete(force=True)
+    finally:
+        if pool is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.undefine()
+        conn.close()
+        subprocess.run(["umount", str(where)], check=False)
+        with contextlib.suppress(OSError):
+            where.rmdir()
