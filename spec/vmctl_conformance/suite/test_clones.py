@@ -18,6 +18,7 @@ def test_full_clone(kit: Kit) -> None:
     a, b = source.config(), clone.config()
     assert clone.uuid != source.uuid
     assert clone.info().state is S.STOPPED
+    kit.settled([clone, source], S.STOPPED, "clone")
     assert (b.vcpus, b.memory_mib, len(b.disks)) == (a.vcpus, a.memory_mib, len(a.disks))
     assert not {n.mac for n in a.nics} & {n.mac for n in b.nics}
     clone.delete()
@@ -38,6 +39,7 @@ def test_linked_clone(kit: Kit) -> None:
     source = kit.vm("src-linked")
     clone = kit.track(source.clone(kit.name("linked"), linked=True))
     assert clone.info().state is S.STOPPED
+    kit.settled([clone, source], S.STOPPED, "clone(linked=True)")
     clone.delete()
     assert source.info().state is S.STOPPED
     assert len(source.config().disks) == 1

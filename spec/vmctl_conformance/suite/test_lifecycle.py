@@ -31,6 +31,7 @@ def test_create_matches_spec(kit: Kit) -> None:
     vm = kit.track(kit.hv.create_vm(spec))
     info = vm.info()
     assert info.state is S.STOPPED
+    kit.settled(vm, S.STOPPED, "create_vm")
     assert (info.name, info.vcpus, info.memory_mib) == (spec.name, 2, spec.memory_mib)
     config = vm.config()
     assert len(config.disks) >= 2
@@ -80,6 +81,7 @@ def test_illegal_request_raises_invalid_state(kit: Kit) -> None:
     assert S.STOPPED in err.value.allowed
     assert "running" in str(err.value)
     assert vm.info().state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "a refused start")
 
 
 @clause("LIFE-OFF-1", "STATE-REASON-1")
@@ -202,6 +204,7 @@ def test_delete_running_needs_force(kit: Kit) -> None:
     with pytest.raises(vmctl.InvalidState):
         vm.delete()
     assert vm.info().state is S.RUNNING
+    kit.settled(vm, S.RUNNING, "a refused delete")
     vm.delete(force=True, timeout=kit.timeout)
     with pytest.raises(vmctl.NotFound):
         vm.info()
