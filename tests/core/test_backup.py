@@ -475,3 +475,22 @@ def test_no_driver_call_before_the_capability_check(
                 assert "open_point_in_time" in Spy.calls and "close_point_in_time" in Spy.calls
     finally:
         vmctl.unregister("bkspy")
+
+
+def test_disk_digests_read_all_disks_at_one_point_in_time(hv: vmctl.Hypervisor) -> None:
+    import hashlib
+
+    from vmctl.backup import disk_digests
+
+    vm = make(hv, "dg", sizes=(4, 2))
+    first, second = disk_ids(vm)
+    write_disk(vm, first, MIB - 3, pattern(7, 5 * MIB // 2))
+    write_disk(vm, second, 2 * MIB - 10, pattern(8, 10))
+    want = [hashlib.sha256(c).hexdigest() for c in content(vm)]
+    assert disk_digests(vm) == want
+    prefixes = [hashlib.sha256(c[: 3 * MIB]).hexdigest() for c in content(vm)]
+    assert disk_digests(vm, lengths=[3 * MIB, 3 * MIB]) == prefixes  # 3 MiB > disk 2's size
+    with pytest.raises(vmctl.ValidationError, match="one length"):
+        disk_digests(vm, lengths=[MIB])
+    with pytest.raises(vmctl.ValidationError, match="one length"):
+        disk_digests(vm, lengths=[MIB, -1])

@@ -21,7 +21,7 @@ from __future__ import annotations
 from .._diskaccess import Consistency
 from ._backup import backup_vm
 from ._chunks import CorruptChunk
-from ._diskio import read_disk, write_disk
+from ._diskio import disk_digests, read_disk, write_disk
 from ._errors import RepositoryError
 from ._model import (
     BackupDisk,
@@ -48,6 +48,7 @@ __all__ = [
     "VerifyProblem",
     "VerifyReport",
     "backup_vm",
+    "disk_digests",
     "open_repo",
     "read_disk",
     "write_disk",

@@ -4,6 +4,8 @@ restore use: for tests, the conformance kit, and seeding a new VM's disk (an upl
 from __future__ import annotations
 
 import contextlib
+import hashlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .._capabilities import Capability
@@ -15,6 +17,8 @@ from ..spi import DiskAccess, DiskWriter
 
 if TYPE_CHECKING:
     from .._vm import VM
+
+_PIECE = 4 * 1024 * 1024  # bytes asked of the driver per read (the SPI's "a few MiB")
 
 
 def _check(vm: VM, disk_id: object, offset: object) -> None:
@@ -46,6 +50,48 @@ def read_disk(vm: VM, disk_id: str, offset: int, length: int) -> bytes:
             raise ValidationError(f"VM {vm.name!r} has no disk {disk_id!r}", field="disk_id")
         data: bytes = call(what, driver.read_extent, pit, disk_id, offset, length, deadline=_dl(vm))
         return data
+    finally:
+        with contextlib.suppress(VmctlError):
+            call(what, driver.close_point_in_time, pit, deadline=_dl(vm))
+
+
+def disk_digests(vm: VM, *, lengths: Sequence[int] | None = None) -> list[str]:
+    """The SHA-256 (hex) of each disk of ``vm``, in ``vm.config().disks`` order, all read at
+    one point in time (capability backup; the VM may be running). With ``lengths``, only the
+    first ``lengths[i]`` bytes of disk i (a restore target may be rounded up)."""
+    from .._vm import VM
+
+    if not isinstance(vm, VM):
+        raise ValidationError(f"expected a VM, got {type(vm).__name__}", field="vm")
+    conn = vm._conn
+    conn.require(Capability.BACKUP, f"read the disks of VM {vm.name!r}")
+    driver = conn.driver
+    assert isinstance(driver, DiskAccess)
+    disks = vm.config().disks
+    if lengths is not None:
+        lengths = list(lengths)
+        if len(lengths) != len(disks) or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in lengths
+        ):
+            raise ValidationError(
+                f"give one length >= 0 per disk ({len(disks)} disks)", field="lengths"
+            )
+    call = conn.dispatcher.call
+    what = f"read the disks of VM {vm.name!r}"
+    pit = call(what, driver.open_point_in_time, vm.uuid, quiesce=False, deadline=_dl(vm))
+    try:
+        sizes = {d.id: d.size_bytes for d in pit.disks}
+        out = []
+        for i, disk in enumerate(disks):
+            if disk.id not in sizes:
+                raise ValidationError(f"VM {vm.name!r} has no disk {disk.id!r}", field="disk_id")
+            size = sizes[disk.id] if lengths is None else min(lengths[i], sizes[disk.id])
+            h = hashlib.sha256()
+            for start in range(0, size, _PIECE):
+                n = min(_PIECE, size - start)
+                h.update(call(what, driver.read_extent, pit, disk.id, start, n, deadline=_dl(vm)))
+            out.append(h.hexdigest())
+        return out
     finally:
         with contextlib.suppress(VmctlError):
             call(what, driver.close_point_in_time, pit, deadline=_dl(vm))

@@ -11,6 +11,7 @@ import pytest
 import vmctl
 from vmctl import VM, Capability, PowerState
 from vmctl.backup import BackupKind, Consistency, Repository, read_disk, write_disk
+from vmctl.backup import disk_digests as backup_disk_digests
 from vmctl_conformance import clause, requires
 from vmctl_conformance._kit import KIT_CHUNK_SIZE, Kit
 
@@ -55,14 +56,8 @@ def expected_digest(size: int, writes: Sequence[Write]) -> str:
 
 
 def disk_digests(vm: VM) -> list[str]:
-    out = []
-    for d in vm.config().disks:
-        h = hashlib.sha256()
-        size = d.size_mib * MIB
-        for start in range(0, size, READ):
-            h.update(read_disk(vm, d.id, start, min(READ, size - start)))
-        out.append(h.hexdigest())
-    return out
+    """Each disk's digest over its configured size, all read at one point in time."""
+    return backup_disk_digests(vm, lengths=[d.size_mib * MIB for d in vm.config().disks])
 
 
 def written_vm(kit: Kit, hint: str, disks: int = 2) -> tuple[VM, list[list[Write]]]:
@@ -117,13 +112,7 @@ def test_two_generations_restore_byte_for_byte(kit: Kit) -> None:
 def _prefix_digests(vm: VM, sizes: list[int]) -> list[str]:
     """Digests of the first ``sizes[i]`` bytes of each disk (a host may round a restored
     disk up)."""
-    out = []
-    for d, size in zip(vm.config().disks, sizes, strict=True):
-        h = hashlib.sha256()
-        for start in range(0, size, READ):
-            h.update(read_disk(vm, d.id, start, min(READ, size - start)))
-        out.append(h.hexdigest())
-    return out
+    return backup_disk_digests(vm, lengths=sizes)
 
 
 @clause("BACKUP-INCR-1")
