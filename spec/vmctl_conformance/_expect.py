@@ -88,8 +88,13 @@ def _detail(exc: BaseException) -> str:
         if not lines:
             return "assertion failed"
         first = lines[0].removeprefix("assert ").strip()
-        # pytest's "+ where" lines say what a bare value (False, None...) was made of
-        extra = [line for line in lines[1:3] if line.startswith(("+", "where"))]
+        # pytest's "+ where" lines say what a bare value (False, None...) was made of; after
+        # a clause's own message comes the comparison ("assert expected X, got Y")
+        extra = [
+            line.removeprefix("assert ").strip()
+            for line in lines[1:3]
+            if line.startswith(("+", "where", "assert "))
+        ]
         return "; ".join([first, *extra])
     if type(exc).__name__ == "Failed" and text.startswith("DID NOT RAISE"):
         return f"expected {text.removeprefix('DID NOT RAISE').strip()} to be raised, nothing was"

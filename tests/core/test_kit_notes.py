@@ -40,6 +40,9 @@ class BrokenSim(SimDriver):
     def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> None:
         raise vmctl.BackendError("snapshot store unavailable")
 
+    def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
+        return super().delete_vm(uuid, deadline=deadline)[:1]  # the disks go unreported
+
 
 @pytest.fixture
 def broken() -> Iterator[str]:
@@ -54,10 +57,17 @@ def test_failure_notes_name_the_statement_and_the_values(broken: str, tmp_path: 
     report = run(
         broken,
         report=tmp_path / "r.json",
-        clauses=["RECONF-VCPUS-1", "LIFE-RESET-1", "SNAP-DELETE-1", "LIFE-START-1"],
+        clauses=[
+            "RECONF-VCPUS-1",
+            "LIFE-RESET-1",
+            "SNAP-DELETE-1",
+            "LIFE-START-1",
+            "LIFE-DELETE-1",
+        ],
         options={"settle_s": "0.5"},
     )
-    assert report.failed == ["LIFE-RESET-1", "RECONF-VCPUS-1", "SNAP-DELETE-1"], report.output
+    failed = ["LIFE-DELETE-1", "LIFE-RESET-1", "RECONF-VCPUS-1", "SNAP-DELETE-1"]
+    assert report.failed == failed, report.output
     assert report.results["LIFE-START-1"].status == "pass"
     notes = {cid: report.results[cid].reason for cid in report.failed}
     # a plain comparison: the statement, then expected and actual
@@ -72,6 +82,10 @@ def test_failure_notes_name_the_statement_and_the_values(broken: str, tmp_path: 
     snap = notes["SNAP-DELETE-1"]
     assert '`vm.delete_snapshot("b")`' in snap, snap
     assert "raised BackendError" in snap and "snapshot store unavailable" in snap, snap
+    # a clause's own message, then the comparison
+    deleted = notes["LIFE-DELETE-1"]
+    assert "the VM's disk is not among what was deleted" in deleted, deleted
+    assert deleted.endswith("expected a value >= 2, got 1"), deleted
     for note in notes.values():
         assert "AssertionError" not in note and ".py:" not in note, note
     # the markdown report and the matrix carry the same notes
