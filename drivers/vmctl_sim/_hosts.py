@@ -19,7 +19,6 @@ from vmctl import (
     NotFound,
     PowerState,
     StateReason,
-    ValidationError,
     VMInfo,
 )
 from vmctl.spi import (
@@ -134,13 +133,13 @@ class SimHosts(HostInventory, HostMigration, HostMaintenance):
         with self.site.transaction():
             source, vm = self._find(uuid)
             dest = self._site_host(host_id)
-            if dest is source:
-                raise ValidationError(f"VM {vm.name!r} is already on {dest.name!r}", field="host")
+            want = S.STOPPED if mode is MoveMode.COLD else S.RUNNING
+            if dest is source and vm.state is want:
+                return  # already there
             if dest.maintenance:
                 raise InvalidState(
                     f"cannot move VM {vm.name!r} to sim host {dest.name!r}: it is in maintenance"
                 )
-            want = S.STOPPED if mode is MoveMode.COLD else S.RUNNING
             if vm.state is not want:
                 raise InvalidState(
                     f"cannot move VM {vm.name!r} {mode.value}: it is {vm.state.value}",

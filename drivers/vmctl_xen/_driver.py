@@ -81,6 +81,7 @@ from vmctl.spi import (
 from . import _errors
 from ._backup import XenBackup
 from ._errors import power_state
+from ._hosts import XenHosts
 from ._session import EVENT_SLICE_S, NULL, Connection, task_result
 from ._storage import XenStorage
 from ._transport import NOT_SENT, parse_thumbprint, tls_context
@@ -219,6 +220,7 @@ class XenDriver(
     GuestAgent,
     XenBackup,
     XenStorage,
+    XenHosts,
 ):
     """vmctl over XenAPI. See the module docstring and docs/xen.md."""
 

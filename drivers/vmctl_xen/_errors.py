@@ -74,6 +74,7 @@ _INVALID_STATE = {
     "DEVICE_DETACH_REJECTED",
     "VBD_NOT_UNPLUGGABLE",
     "VIF_NOT_UNPLUGGABLE",
+    "HOST_DISABLED",  # the target host is disabled (in maintenance): xapi_vm_helpers.ml
 }
 _RESOURCES = {
     "HOST_NOT_ENOUGH_FREE_MEMORY",

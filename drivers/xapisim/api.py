@@ -557,6 +557,20 @@ class Api:
         self.db.get("host", host)
         return xmlrpc.client.DateTime(time.strftime("%Y%m%dT%H:%M:%S", time.localtime()))
 
+    def m_host_disable(self, ctx: Ctx, host: str) -> str:
+        """xapi_host.ml: the host starts and receives no VM (HOST_DISABLED); running VMs
+        stay."""
+        with self.db.lock:
+            self._host(host)
+            self.db.set("host", host, enabled=False)
+        return ""
+
+    def m_host_enable(self, ctx: Ctx, host: str) -> str:
+        with self.db.lock:
+            self._host(host)
+            self.db.set("host", host, enabled=True)
+        return ""
+
     def m_pool_get_master(self, ctx: Ctx, p: str) -> str:
         return str(self.db.get("pool", p)["master"])
 
@@ -569,9 +583,11 @@ class Api:
         def body() -> str:
             rec = db.objs["VM"][vm]
             if op in ("start", "start_on", "resume", "resume_on"):
-                target = host or (
-                    rec["affinity"] if db.valid("host", rec["affinity"]) else db._free_host()
-                )
+                home = rec["affinity"]
+                usable = db.valid("host", home) and db.objs["host"][home]["enabled"]
+                target = host or (home if usable else db._free_host())
+                # xapi_vm_helpers.ml assert_can_boot_here: assert_host_is_enabled.
+                db.assert_enabled(target)
                 if op.startswith("resume"):
                     sv = rec["suspend_VDI"]
                     rec["suspend_VDI"] = NULL
@@ -673,6 +689,7 @@ class Api:
             rec = db.objs["VM"][vm]
             old = rec["resident_on"]
             if host != old:
+                db.assert_enabled(host)  # xapi_vm_migrate.ml pool_migrate: destination enabled
                 db.assert_fits(vm, host)
             db.link("host", old, "resident_VMs", vm, add=False)
             rec["resident_on"] = host

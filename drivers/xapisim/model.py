@@ -1087,11 +1087,17 @@ class Database:
         if needed > free:
             raise Fault("HOST_NOT_ENOUGH_FREE_MEMORY", needed, free)
 
+    def assert_enabled(self, host: str) -> None:
+        """xapi_vm_helpers.ml assert_host_is_enabled: HOST_DISABLED [host]."""
+        if not self.objs["host"][host]["enabled"]:
+            raise Fault("HOST_DISABLED", host)
+
     def _free_host(self) -> str:
         def load(h: str) -> tuple[int, int]:
             return (-self.host_free(h), len(self.objs["host"][h]["resident_VMs"]))
 
-        return min(self.hosts, key=load)
+        enabled = [h for h in self.hosts if self.objs["host"][h]["enabled"]]
+        return min(enabled or self.hosts, key=load)
 
     def _start(self, vm: str, host: str, paused: bool) -> None:
         rec = self.objs["VM"][vm]

@@ -303,7 +303,7 @@ _add(
     "name_label name_description user_version is_a_template affinity VCPUs_params"
     " actions_after_shutdown actions_after_reboot PV_bootloader PV_kernel PV_ramdisk PV_args"
     " PV_bootloader_args PV_legacy_args HVM_boot_params platform PCI_bus other_config"
-    " recommendations xenstore_data tags suspend_SR hardware_platform_version",
+    " recommendations xenstore_data tags suspend_SR hardware_platform_version blocked_operations",
     f"{DM_VM}: let t (VM contents, namespaces name/memory/VCPUs/actions/PV/HVM)",
 )
 
@@ -882,6 +882,10 @@ MESSAGES: dict[str, MessageSpec] = {
         [("ref host", "host")], "datetime", None, f"{DM_HOST}: get_servertime"),
     "host.get_server_localtime": MessageSpec(
         [("ref host", "host")], "datetime", None, f"{DM_HOST}: get_server_localtime"),
+    "host.disable": MessageSpec(
+        [("ref host", "host")], "void", None, f"{DM_HOST}: disable (xapi_host.ml disable)"),
+    "host.enable": MessageSpec(
+        [("ref host", "host")], "void", None, f"{DM_HOST}: enable (xapi_host.ml enable)"),
     "pool.get_master": MessageSpec([("ref pool", "self")], "ref host", None,
                                    f"{DM_POOL}: field master"),
 }  # fmt: skip
@@ -954,6 +958,7 @@ ERRORS: dict[str, ErrorSpec] = {
     "VM_MIGRATE_FAILED": ErrorSpec(["vm", "source", "destination", "msg"],
                                    f"{DM_ERR}: vm_migrate_failed"),
     "HOST_OFFLINE": ErrorSpec(["host"], f"{DM_ERR}: host_offline"),
+    "HOST_DISABLED": ErrorSpec(["host"], f"{DM_ERR}: host_disabled"),
     "TASK_CANCELLED": ErrorSpec(["task"], f"{DM_ERR}: task_cancelled"),
     "EVENTS_LOST": ErrorSpec([], f"{DM_ERR}: events_lost"),
     "EVENT_SUBSCRIPTION_PARSE_FAILURE": ErrorSpec(
