@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from .._capabilities import Capability
@@ -126,6 +126,38 @@ def write_disk(vm: VM, disk_id: str, offset: int, data: bytes) -> None:
         with contextlib.suppress(VmctlError):
             conn.dispatcher.call(
                 what, driver.flush_writes, vm.uuid, disk_id, discard=True, deadline=_dl(vm)
+            )
+        raise
+
+
+@contextlib.contextmanager
+def flushed(vm: VM, disk_id: str, deadline: Deadline) -> Iterator[None]:
+    """Around the ``write_extents`` calls of one disk of ``vm``: ``flush_writes`` once after
+    the last one (within the operation timeout from then, and ``deadline``, the job's), or
+    ``flush_writes(discard=True)`` (its errors suppressed) when the block raises (restore,
+    ``vmctl.move``)."""
+    conn = vm._conn
+    driver = conn.driver
+    assert isinstance(driver, DiskWriter)
+    try:
+        yield
+        # A driver that kept the extents locally writes them now (DiskWriter.flush_writes).
+        conn.dispatcher.call(
+            f"write disk {disk_id} of VM {vm.name!r}",
+            driver.flush_writes,
+            vm.uuid,
+            disk_id,
+            deadline=deadline.sooner(conn.timeouts.operation_s),
+        )
+    except BaseException:
+        with contextlib.suppress(VmctlError):
+            conn.dispatcher.call(
+                f"discard the writes to disk {disk_id} of VM {vm.name!r}",
+                driver.flush_writes,
+                vm.uuid,
+                disk_id,
+                discard=True,
+                deadline=Deadline.after(10),
             )
         raise
 

@@ -8,15 +8,14 @@ the VM made for the restore is deleted, so nothing half-made stays on the host. 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .._capabilities import RESOURCE_CAPABILITIES, Capability
 from .._deadline import Deadline
-from .._diskaccess import ExtentData
+from .._diskaccess import ExtentData, PointInTimeDisk
 from .._errors import AlreadyExists, InvalidState, NotFound, ValidationError, VmctlError
 from .._model import DiskBus, DiskSpec, GuestOS, NicSpec, Resources, VMSpec
 from .._state import PowerState
@@ -25,6 +24,7 @@ from ..spi import DiskWriter
 from ._backup import Reporter, check_progress
 from ._chunking import chunk_span, coalesce
 from ._chunks import CorruptChunk
+from ._diskio import flushed
 from ._manifest import DiskIndex, Manifest
 from ._repo import Progress, Repository
 
@@ -44,7 +44,19 @@ def spec_from(m: Manifest, name: str, pool: str | None, caps: frozenset[Capabili
     """The VMSpec that recreates a backup's VM: its vCPUs, memory, guest OS, description,
     NICs (on the same networks, new MACs), disks (at least as large), and the resource
     controls this host has (the others are dropped, with a warning)."""
-    cfg = m.config
+    return spec_from_config(m.config, m.disks, name, pool, caps, f"restore of {m.id}")
+
+
+def spec_from_config(
+    cfg: Mapping[str, Any],
+    disks_in: Sequence[DiskIndex | PointInTimeDisk],
+    name: str,
+    pool: str | None,
+    caps: frozenset[Capability],
+    what: str,
+) -> VMSpec:
+    """``spec_from`` for any neutral configuration (``to_dict(VMConfig)``) and the disks of
+    a manifest or a point in time (``vmctl.move`` uses it too)."""
     kept: dict[str, Any] = {}
     for key, value in dict(cfg.get("resources") or {}).items():
         if value is None or key not in RESOURCE_CAPABILITIES:
@@ -52,9 +64,9 @@ def spec_from(m: Manifest, name: str, pool: str | None, caps: frozenset[Capabili
         if RESOURCE_CAPABILITIES[key] in caps:
             kept[key] = value
         else:
-            log.warning("restore of %s: this host cannot set %s; dropped", m.id, key)
+            log.warning("%s: this host cannot set %s; dropped", what, key)
     disks = []
-    for d in m.disks:
+    for d in disks_in:
         try:
             bus = DiskBus(d.bus or "default")
         except ValueError:
@@ -157,27 +169,8 @@ class RestoreJob:
             if has_data
             for i in range(f, f + n)
         }
-        try:
+        with flushed(self.vm, target, self.deadline):
             self._write_runs(disk, target, pool, runs, fetches)
-            # A driver that kept the extents locally writes them now (DiskWriter.flush_writes).
-            self.conn.dispatcher.call(
-                f"write disk {target} of VM {self.vm.name!r}",
-                self.driver.flush_writes,
-                self.vm.uuid,
-                target,
-                deadline=self.deadline.sooner(self.conn.timeouts.operation_s),
-            )
-        except BaseException:
-            with contextlib.suppress(VmctlError):
-                self.conn.dispatcher.call(
-                    f"discard the writes to disk {target} of VM {self.vm.name!r}",
-                    self.driver.flush_writes,
-                    self.vm.uuid,
-                    target,
-                    discard=True,
-                    deadline=Deadline.after(10),
-                )
-            raise
 
     def _write_runs(
         self,
