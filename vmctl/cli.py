@@ -1078,6 +1078,7 @@ def conformance(
 
 
 from . import cli_backup as _cli_backup  # noqa: E402, F401  (registers backup, restore, ...)
+from . import cli_hosts as _cli_hosts  # noqa: E402, F401  (registers hosts, evacuate, ...)
 
 
 def main() -> None:

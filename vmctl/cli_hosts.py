@@ -1,0 +1,135 @@
+"""The host commands of the ``vmctl`` CLI: hosts, maintenance, evacuate.
+
+Registered onto the ``vmctl`` click group when ``vmctl.cli`` is imported. See docs/hosts.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+import vmctl
+
+from .cli import Ctx, _table, cli, fail, out, pass_ctx
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:.1f} GiB"
+
+
+def _hosts_table(hosts: list[vmctl.Host]) -> None:
+    rows = []
+    for h in hosts:
+        marks = [
+            m
+            for m, on in (("backend", h.backend_maintenance), ("vmctl", h.vmctl_maintenance))
+            if on
+        ]
+        state = h.state.value + (f" ({', '.join(marks)})" if marks else "")
+        rows.append(
+            [
+                h.name,
+                state,
+                f"{h.cpus} x {h.cpu_mhz} MHz",
+                "-" if h.cpu_percent is None else f"{h.cpu_percent:.1f} %",
+                f"{_mib(h.memory_used_mib)} / {_mib(h.memory_mib)}",
+                str(h.vm_count),
+            ]
+        )
+    _table(None, ["host", "state", "CPUs", "CPU load", "memory used", "VMs"], rows)
+
+
+@cli.command()
+@pass_ctx
+def hosts(ctx: Ctx) -> None:
+    """List the hosts this connection manages: capacity, load, state."""
+    with ctx.connect() as hv:
+        found = hv.hosts()
+    out(ctx, [h.to_json() for h in found], lambda: _hosts_table(found))
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("mode", type=click.Choice(["on", "off"]))
+@click.option("--evacuate", is_flag=True, help="move its VMs off first (with 'on')")
+@click.option("--max-parallel", type=int, default=4, show_default=True)
+@pass_ctx
+def maintenance(ctx: Ctx, host: str, mode: str, evacuate: bool, max_parallel: int) -> None:
+    """Put HOST (name or id) in maintenance (vmctl's flag, and the backend's mode where it
+    has one), or take it out."""
+    if evacuate and mode == "off":
+        fail("--evacuate goes with 'on'", 2)
+    with ctx.connect() as hv:
+        h = hv.host(host)
+        if mode == "on":
+            h = h.enter_maintenance(evacuate=evacuate, max_parallel=max_parallel)
+        else:
+            h = h.exit_maintenance()
+    out(ctx, h.to_json(), lambda: _hosts_table([h]))
+
+
+@cli.command()
+@click.argument("host")
+@click.option("--dry-run", is_flag=True, help="print the plan only; move nothing")
+@click.option("--target", "targets", multiple=True, help="a host it may use (repeat; default all)")
+@click.option("--max-parallel", type=int, default=4, show_default=True, help="moves at once")
+@click.option(
+    "--on-fail",
+    type=click.Choice(["stop", "skip", "cold"]),
+    default="stop",
+    show_default=True,
+    help="after a failed move: start no more / go on / restart a VM whose live move failed",
+)
+@click.option(
+    "--retries", type=int, default=1, show_default=True, help="per move, when it may pass"
+)
+@click.option("--allow-restart", is_flag=True, help="plan restarts for VMs that cannot move live")
+@click.option("--yes", is_flag=True, help="do not ask before moving")
+@pass_ctx
+def evacuate(
+    ctx: Ctx,
+    host: str,
+    dry_run: bool,
+    targets: tuple[str, ...],
+    max_parallel: int,
+    on_fail: str,
+    retries: int,
+    allow_restart: bool,
+    yes: bool,
+) -> None:
+    """Move every VM off HOST: the plan first (VM, mode, target, or why it cannot move),
+    then, unless --dry-run, the moves. Running it again after an interruption moves only
+    what is left."""
+    with ctx.connect() as hv:
+        source = hv.host(host)
+        chosen = [hv.host(t) for t in targets] if targets else None
+        plan = vmctl.plan_evacuation(source, chosen, allow_restart=allow_restart)
+        if dry_run:
+            out(ctx, plan.to_json(), lambda: click.echo(str(plan)))
+            return
+        if not ctx.json:
+            click.echo(str(plan))
+        if not plan.moves:
+            out(
+                ctx, {"plan": plan.to_json(), "report": None}, lambda: click.echo("nothing to move")
+            )
+            sys.exit(0 if plan.ok else 1)
+        if not yes and not ctx.json and sys.stdin.isatty():
+            click.confirm(f"Move {len(plan.moves)} VM(s) off {plan.source.name}?", abort=True)
+
+        def progress(p: vmctl.EvacuationProgress) -> None:
+            if p.status not in ("started",) and not ctx.json:
+                note = f": {p.message}" if p.message else ""
+                click.echo(
+                    f"[{p.done}/{p.total}] {p.move.vm_name} -> {p.move.target_name} "
+                    f"{p.status}{note}",
+                    err=True,
+                )
+
+        report = vmctl.execute(
+            plan, max_parallel=max_parallel, on_fail=on_fail, retries=retries, progress=progress
+        )
+    out(ctx, {"plan": plan.to_json(), "report": report.to_json()}, lambda: click.echo(str(report)))
+    if not report.ok:
+        sys.exit(1)
