@@ -1,0 +1,539 @@
+"""The move job: a VM's disks read at one point in time on the source, written into a new
+VM on the target, read back through the target and compared.
+
+1. validate the arguments; take this machine's lock on the source VM (Conflict when it is
+   being moved already);
+2. read the source's configuration, plan the target's spec (``_mapping``), check the
+   target's capabilities, the name, and its hosts' CPUs and memory: a refusal here has
+   touched nothing; ``dry_run`` stops here with the mapping report;
+3. create the VM on the target (stopped); open a point in time of the source;
+4. per disk, the allocated extents in pieces of PIECE bytes: read from the source (one
+   thread, in order, a few pieces ahead), hashed, written through the target's
+   ``DiskWriter`` (all-zero pieces skipped: a new disk reads as zeroes), then
+   ``flush_writes``;
+5. release the point in time; read the target's disks back (``disk_digests``, one point in
+   time) and compare;
+6. power the target on if asked; delete the source if ``keep_source=False``.
+
+Any failure in 3-6 deletes the target VM (``left_behind`` names it if that fails) and
+leaves the source as it was. Every driver call goes through the connection's dispatcher
+with the job's deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .._capabilities import Capability
+from .._deadline import Deadline
+from .._diskaccess import ExtentData, PointInTime, PointInTimeDisk
+from .._errors import (
+    AlreadyExists,
+    Conflict,
+    InsufficientResources,
+    InvalidState,
+    NotFound,
+    ValidationError,
+    VmctlError,
+)
+from .._maintenance import state_dir
+from .._model import VMConfig, VMSpec
+from .._state import PowerState
+from .._validate import check_name
+from ..backup._backup import Reporter, check_progress
+from ..backup._diskio import disk_digests, flushed
+from ..backup._model import BackupProgress
+from ..spi import DiskAccess, DiskWriter
+from ._mapping import check_network_map, mapping, target_spec
+from ._model import MovedDisk, MoveReport
+
+if TYPE_CHECKING:
+    from .._connection import Connection
+    from .._hypervisor import Hypervisor
+    from .._vm import VM
+
+log = logging.getLogger("vmctl.move")
+MIB = 1024 * 1024
+#: Bytes read from the source per call, pieces read ahead of the writes, pieces per write.
+PIECE = 4 * MIB
+AHEAD = 4
+WRITE_RUN = 4
+_ZEROES = bytes(PIECE)
+
+Progress = Callable[[BackupProgress], None]
+
+
+# -- the lock: one move of a VM at a time on this machine ------------------------------------
+
+
+@contextlib.contextmanager
+def _moving(conn: Connection, vm: VM) -> Iterator[None]:
+    """An flock on a file named by the source URI and the VM's UUID under vmctl's state
+    directory (``$VMCTL_STATE_DIR``): a second move of the VM, from this process or another
+    one, is refused with Conflict. The kernel drops the lock if the process dies."""
+    key = hashlib.sha256(f"{conn.uri}\0{vm.uuid}".encode()).hexdigest()[:32]
+    folder = os.path.join(state_dir(), "moves")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, f"{key}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise VmctlError(f"cannot take the move lock in {folder}: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise Conflict(
+                f"VM {vm.name!r} ({vm.uuid}) is being moved already (by this or another "
+                "process on this machine); wait for that move to end"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# -- validation and the plan ----------------------------------------------------------------
+
+
+def _check_args(
+    vm: object,
+    target: object,
+    name: object,
+    storage: object,
+    power_on: object,
+    keep_source: object,
+    dry_run: object,
+    progress: object,
+) -> None:
+    from .._hypervisor import Hypervisor
+    from .._vm import VM
+
+    if not isinstance(vm, VM):
+        raise ValidationError(f"expected a VM, got {type(vm).__name__}", field="vm")
+    if not isinstance(target, Hypervisor):
+        raise ValidationError(
+            f"expected a Hypervisor (vmctl.connect(...)), got {type(target).__name__}",
+            field="target",
+        )
+    if target.closed:
+        raise ValidationError(f"the connection to {target.uri} is closed", field="target")
+    if name is not None:
+        check_name(name)
+    if storage is not None:
+        check_name(storage, "storage")
+    if power_on is not None and not isinstance(power_on, bool):
+        raise ValidationError("must be True, False or None (as the source)", field="power_on")
+    for flag, value in (("keep_source", keep_source), ("dry_run", dry_run)):
+        if not isinstance(value, bool):
+            raise ValidationError("must be True or False", field=flag)
+    check_progress(progress)
+
+
+def _check_target(target: Hypervisor, spec: VMSpec, *, start: bool) -> None:
+    """Capabilities, the name, and whether a host of the target has the CPUs and memory."""
+    conn = target._conn
+    conn.require(Capability.CREATE, "move a VM here")
+    conn.require(Capability.RESTORE, "write a moved VM's disks")
+    conn.require(Capability.BACKUP, "read a moved VM's disks back for verification")
+    conn.require(Capability.DELETE, "delete a half-moved VM after a failure")
+    if start:
+        conn.require(Capability.START, "power on the moved VM")
+    taken = [i for i in target.list_vms() if i.name == spec.name]
+    if taken:
+        raise AlreadyExists(
+            f"the target {target.uri} has a VM named {spec.name!r} ({taken[0].uuid}) already: "
+            "give the moved VM another name (name=..., --name)"
+        )
+    hosts = [h for h in target.hosts() if h.takes_vms]
+    if not hosts:
+        raise InsufficientResources(f"no host of {target.uri} takes VMs (maintenance?)")
+    if max(h.cpus for h in hosts) < spec.vcpus:
+        raise InsufficientResources(
+            f"the VM has {spec.vcpus} vCPUs; the largest host of {target.uri} has "
+            f"{max(h.cpus for h in hosts)} CPUs"
+        )
+    if max(h.memory_mib for h in hosts) < spec.memory_mib:
+        raise InsufficientResources(
+            f"the VM has {spec.memory_mib} MiB of memory; the largest host of {target.uri} has "
+            f"{max(h.memory_mib for h in hosts)} MiB"
+        )
+    if start:
+        free = [h.memory_free_mib for h in hosts if h.memory_free_mib is not None]
+        if free and len(free) == len(hosts) and max(free) < spec.memory_mib:
+            raise InsufficientResources(
+                f"the VM needs {spec.memory_mib} MiB to run; the hosts of {target.uri} have at "
+                f"most {max(free)} MiB free: move it without power_on, or free memory"
+            )
+
+
+def _config_disks(config: VMConfig) -> list[PointInTimeDisk]:
+    """The disks as the plan sees them before a point in time gives exact sizes."""
+    return [
+        PointInTimeDisk(id=d.id, size_bytes=d.size_mib * MIB, name=d.name, bus=d.bus)
+        for d in config.disks
+    ]
+
+
+# -- the copy ---------------------------------------------------------------------------------
+
+
+class _Copy:
+    """Copies the disks of one point in time into the target VM's disks."""
+
+    def __init__(
+        self, src: VM, dst: VM, pit: PointInTime, deadline: Deadline, reporter: Reporter
+    ) -> None:
+        self.src, self.dst, self.pit = src, dst, pit
+        self.sconn, self.dconn = src._conn, dst._conn
+        reader = self.sconn.driver
+        writer = self.dconn.driver
+        assert isinstance(reader, DiskAccess) and isinstance(writer, DiskWriter)
+        self.reader: DiskAccess = reader
+        self.writer: DiskWriter = writer
+        self.deadline = deadline
+        self.reporter = reporter
+
+    def _step(self, conn: Connection) -> Deadline:
+        return self.deadline.sooner(conn.timeouts.operation_s)
+
+    def pieces(self, disk: PointInTimeDisk) -> list[tuple[int, int]]:
+        """(offset, length) pieces covering the allocated extents, cut at PIECE boundaries."""
+        extents = self.sconn.dispatcher.call(
+            f"list allocated extents of disk {disk.id} of VM {self.src.name!r}",
+            self.reader.allocated_extents,
+            self.pit,
+            disk.id,
+            deadline=self._step(self.sconn),
+        )
+        out: list[tuple[int, int]] = []
+        for e in extents:
+            start, end = e.offset, min(e.end, disk.size_bytes)
+            while start < end:
+                stop = min(end, (start // PIECE + 1) * PIECE)
+                if out and out[-1][0] + out[-1][1] == start and start % PIECE:
+                    prev = out.pop()  # an extent ending inside this piece: join
+                    out.append((prev[0], stop - prev[0]))
+                else:
+                    out.append((start, stop - start))
+                start = stop
+        return out
+
+    def _read(self, disk: PointInTimeDisk, offset: int, length: int) -> bytes:
+        data: bytes = self.sconn.dispatcher.call(
+            f"read disk {disk.id} of VM {self.src.name!r} at {offset}",
+            self.reader.read_extent,
+            self.pit,
+            disk.id,
+            offset,
+            length,
+            deadline=self._step(self.sconn),
+        )
+        if len(data) != length:
+            raise VmctlError(
+                f"the {self.sconn.driver_name} driver returned {len(data)} bytes of disk "
+                f"{disk.id} at {offset}, not {length}"
+            )
+        return data
+
+    def disk(
+        self,
+        disk: PointInTimeDisk,
+        target_id: str,
+        pieces: list[tuple[int, int]],
+        pool: ThreadPoolExecutor,
+    ) -> MovedDisk:
+        state = _DiskState(self, disk, target_id)
+        pending: deque[tuple[int, int, Future[bytes]]] = deque()
+        with flushed(self.dst, target_id, self.deadline):
+            try:
+                for offset, length in pieces:
+                    pending.append((offset, length, pool.submit(self._read, disk, offset, length)))
+                    if len(pending) >= AHEAD:
+                        offset0, _, future = pending.popleft()
+                        state.take(offset0, future.result())
+                while pending:
+                    offset0, _, future = pending.popleft()
+                    state.take(offset0, future.result())
+                state.write()
+            finally:
+                for _, _, future in pending:
+                    future.cancel()
+        state.hash_to(disk.size_bytes)
+        return MovedDisk(
+            source_id=disk.id,
+            size_bytes=disk.size_bytes,
+            target_id=target_id,
+            copied_bytes=state.copied,
+            source_sha256=state.h.hexdigest(),
+        )
+
+    def write(self, target_id: str, batch: list[ExtentData]) -> None:
+        self.dconn.dispatcher.call(
+            f"write disk {target_id} of VM {self.dst.name!r} at {batch[0].offset}",
+            self.writer.write_extents,
+            self.dst.uuid,
+            target_id,
+            batch,
+            deadline=self._step(self.dconn),
+        )
+
+
+class _DiskState:
+    """One disk's copy: the running hash (holes as zeroes), the batch of extents to write."""
+
+    def __init__(self, copy: _Copy, disk: PointInTimeDisk, target_id: str) -> None:
+        self.copy = copy
+        self.disk = disk
+        self.target_id = target_id
+        self.h = hashlib.sha256()
+        self.hashed = 0
+        self.copied = 0
+        self.batch: list[ExtentData] = []
+
+    def hash_to(self, offset: int) -> None:
+        while self.hashed < offset:
+            n = min(PIECE, offset - self.hashed)
+            self.h.update(_ZEROES[:n])
+            self.hashed += n
+
+    def take(self, offset: int, data: bytes) -> None:
+        """A piece read (pieces come in order): hashed, queued for writing unless it is all
+        zeroes (a new disk reads as zeroes)."""
+        self.hash_to(offset)
+        self.h.update(data)
+        self.hashed = offset + len(data)
+        if data.count(0) != len(data):
+            if self.batch and self.batch[-1].end != offset:
+                self.write()
+            self.batch.append(ExtentData(offset, len(data), data))
+            self.copied += len(data)
+            if len(self.batch) >= WRITE_RUN:
+                self.write()
+        self.copy.reporter.add(len(data), self.disk.id)
+
+    def write(self) -> None:
+        if self.batch:
+            batch, self.batch = self.batch, []
+            self.copy.write(self.target_id, batch)
+
+
+# -- the job ----------------------------------------------------------------------------------
+
+
+def move(
+    vm: VM,
+    target: Hypervisor,
+    *,
+    name: str | None = None,
+    network_map: Mapping[str, str] | None = None,
+    storage: str | None = None,
+    power_on: bool | None = None,
+    keep_source: bool = True,
+    progress: Progress | None = None,
+    dry_run: bool = False,
+    timeout: float | None = None,
+) -> MoveReport:
+    """Move ``vm`` to the hypervisor ``target`` (any vendor): a new VM there with the
+    source's configuration (mapped) and its disks' content, verified by reading it back.
+
+    ``name`` (default: the source's), ``network_map`` {source network: target network}
+    (networks not in it keep their name), ``storage`` the target's pool/SR/datastore for the
+    disks (default: the target's), ``power_on`` (None: if the source was running),
+    ``keep_source=False`` deletes the source after verification (it must be stopped: a
+    running source's later writes would be lost). ``progress`` is called with
+    ``BackupProgress(phase="move", ...)``. ``dry_run`` returns the mapping report having
+    touched nothing. Refusals (bad input, a missing capability, a name taken, a target too
+    small, the VM being moved already) come before anything is made; a failure later
+    deletes what was made on the target and leaves the source as it was.
+    """
+    _check_args(vm, target, name, storage, power_on, keep_source, dry_run, progress)
+    sconn, tconn = vm._conn, target._conn
+    deadline = sconn.deadline(timeout, None)
+    sconn.require(Capability.BACKUP, f"read the disks of VM {vm.name!r} to move it")
+    if not keep_source:
+        sconn.require(Capability.DELETE, f"delete VM {vm.name!r} after moving it")
+    started = time.monotonic()
+    with _moving(sconn, vm):
+        state = vm.info().state
+        if state is PowerState.UNKNOWN:
+            raise InvalidState(f"cannot move VM {vm.name!r}: its state is unknown")
+        if not keep_source and state is not PowerState.STOPPED:
+            raise InvalidState(
+                f"cannot move VM {vm.name!r} with keep_source=False while it is "
+                f"{state.value}: what it writes after the point in time would be lost; "
+                "stop it first",
+                current=state,
+                allowed={PowerState.STOPPED},
+            )
+        start = state is PowerState.RUNNING if power_on is None else power_on
+        config = vm.config()
+        networks = check_network_map(config, network_map)
+        cross = sconn.driver_name != tconn.driver_name
+        new_name = name or vm.name
+        spec = target_spec(
+            config,
+            _config_disks(config),
+            name=new_name,
+            pool=storage,
+            target_caps=target.capabilities,
+            networks=networks,
+            cross_vendor=cross,
+        )
+        _check_target(target, spec, start=start)
+        snapshots = len(vm.snapshots()) if Capability.SNAPSHOT in sconn.capabilities else None
+
+        def report(made: VMConfig | None, **kw: Any) -> MoveReport:
+            notes, needs = mapping(
+                config,
+                spec,
+                made,
+                snapshots=snapshots,
+                source_driver=sconn.driver_name,
+                target_driver=tconn.driver_name,
+            )
+            return MoveReport(
+                source_uri=str(sconn.uri),
+                target_uri=str(tconn.uri),
+                source_vm=vm.name,
+                source_uuid=vm.uuid,
+                target_name=new_name,
+                dry_run=dry_run,
+                mapping=notes,
+                guest_needs=needs,
+                duration_s=time.monotonic() - started,
+                **kw,
+            )
+
+        if dry_run:
+            disks = tuple(
+                MovedDisk(source_id=d.id, size_bytes=d.size_mib * MIB) for d in config.disks
+            )
+            return report(None, disks=disks)
+        made = _create(target, spec, _left(deadline, timeout))
+        try:
+            moved, consistency = _copy_all(vm, made, deadline, progress)
+            moved = _verify(made, moved)
+            if start:
+                made.start(timeout=_left(deadline, timeout))
+        except BaseException as exc:
+            _discard(made, exc)
+            raise
+        made_config = made.config()
+        deleted = False
+        if not keep_source:
+            vm.delete(force=False, timeout=_left(deadline, timeout))
+            deleted = True
+        log.info("moved VM %r from %s to %s as %r", vm.name, sconn.uri, tconn.uri, made.name)
+        return report(
+            made_config,
+            disks=moved,
+            target_uuid=made.uuid,
+            consistency=consistency,
+            powered_on=start,
+            source_deleted=deleted,
+            copied_bytes=sum(d.copied_bytes for d in moved),
+        )
+
+
+def _left(deadline: Deadline, timeout: float | None) -> float | None:
+    """What is left of the job's ``timeout`` for a request (None: the request's default)."""
+    return None if timeout is None else max(deadline.remaining(), 0.001)
+
+
+def _create(target: Hypervisor, spec: VMSpec, timeout: float | None) -> VM:
+    try:
+        return target.create_vm(spec, timeout=timeout)
+    except NotFound as exc:
+        raise NotFound(
+            f"the target {target.uri} refused the moved VM: {exc}; map the VM's networks to "
+            "the target's (network_map={source: target}, --network SRC=DST) and pick its "
+            "storage (storage=..., --storage)"
+        ) from exc
+
+
+def _copy_all(
+    vm: VM, made: VM, deadline: Deadline, progress: Progress | None
+) -> tuple[tuple[MovedDisk, ...], Any]:
+    sconn = vm._conn
+    reader = sconn.driver
+    assert isinstance(reader, DiskAccess)
+    targets = made.config().disks
+    pit: PointInTime = sconn.dispatcher.call(
+        f"open a point in time of VM {vm.name!r}",
+        reader.open_point_in_time,
+        vm.uuid,
+        quiesce=False,
+        deadline=deadline.sooner(sconn.timeouts.operation_s),
+    )
+    try:
+        if len(targets) != len(pit.disks):
+            raise VmctlError(
+                f"the target made {len(targets)} disks for the {len(pit.disks)} of VM {vm.name!r}"
+            )
+        for d, t in zip(pit.disks, targets, strict=True):
+            if t.size_mib * MIB < d.size_bytes:
+                raise InsufficientResources(
+                    f"disk {t.id} of the target ({t.size_mib} MiB) is smaller than disk {d.id} "
+                    f"({d.size_bytes} bytes)"
+                )
+        reporter = Reporter(progress, "move", 0)
+        copy = _Copy(vm, made, pit, deadline, reporter)
+        with ThreadPoolExecutor(1, thread_name_prefix="vmctl-move") as pool:
+            plans = [(d, t.id, copy.pieces(d)) for d, t in zip(pit.disks, targets, strict=True)]
+            reporter.total = sum(n for _, _, pieces in plans for _, n in pieces)
+            moved = tuple(copy.disk(d, t, pieces, pool) for d, t, pieces in plans)
+        reporter.add(0, None, final=True)
+        return moved, pit.consistency
+    finally:
+        with contextlib.suppress(VmctlError):
+            sconn.dispatcher.call(
+                "release the point in time",
+                reader.close_point_in_time,
+                pit,
+                deadline=Deadline.after(sconn.timeouts.operation_s),
+            )
+
+
+def _verify(made: VM, moved: tuple[MovedDisk, ...]) -> tuple[MovedDisk, ...]:
+    import attrs
+
+    digests = disk_digests(made, lengths=[d.size_bytes for d in moved])
+    out = tuple(
+        attrs.evolve(d, target_sha256=digest, verified=digest == d.source_sha256)
+        for d, digest in zip(moved, digests, strict=True)
+    )
+    bad = [d for d in out if not d.verified]
+    if bad:
+        raise VmctlError(
+            "the moved disks read back from the target differ from the source: "
+            + "; ".join(
+                f"disk {d.source_id}: source sha256 {d.source_sha256}, target {d.target_sha256}"
+                for d in bad
+            )
+        )
+    return out
+
+
+def _discard(made: VM, exc: BaseException) -> None:
+    """Delete the VM made on the target after a failure; say so if that fails too."""
+    try:
+        made.delete(force=True)
+    except VmctlError as cleanup:
+        log.warning("move: deleting the half-made VM %r failed: %s", made.name, cleanup)
+        if isinstance(exc, VmctlError):
+            exc.left_behind = (*exc.left_behind, ("vm", made.uuid))
+            exc.message += (
+                f" (the half-made VM {made.name!r} ({made.uuid}) on {made._conn.uri} could not "
+                "be deleted)"
+            )
