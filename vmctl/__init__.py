@@ -83,6 +83,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Repository": (".backup", "Repository"),
     "RepositoryError": (".backup", "RepositoryError"),
     "open_repo": (".backup", "open_repo"),
+    "move": ("._move", "move"),
+    "MoveReport": ("._move", "MoveReport"),
+    "MovedDisk": ("._move", "MovedDisk"),
+    "MappingNote": ("._move", "MappingNote"),
+    "MappingKind": ("._move", "MappingKind"),
 }
 
 if TYPE_CHECKING:
@@ -149,6 +154,7 @@ if TYPE_CHECKING:
         VMSpec,
         VMStats,
     )
+    from ._move import MappingKind, MappingNote, MovedDisk, MoveReport, move
     from ._operations import (
         Operation,
         as_completed,
@@ -222,10 +228,14 @@ __all__ = [
     "Hypervisor",
     "InsufficientResources",
     "InvalidState",
+    "MappingKind",
+    "MappingNote",
     "Move",
     "MoveMode",
     "MoveOutcome",
+    "MoveReport",
     "MoveResult",
+    "MovedDisk",
     "NicInfo",
     "NicSpec",
     "NotFound",
@@ -254,6 +264,7 @@ __all__ = [
     "available_drivers",
     "connect",
     "execute",
+    "move",
     "open_repo",
     "plan_evacuation",
     "register",
