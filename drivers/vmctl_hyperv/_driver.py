@@ -665,7 +665,9 @@ class HyperVDriver(
             description=str(notes[0]) if notes else "",
         )
 
-    def _disks(self, guid: str, deadline: Deadline) -> list[tuple[DiskInfo, dict[str, Any]]]:
+    def _disks(
+        self, guid: str, deadline: Deadline, *, sizes: bool = True
+    ) -> list[tuple[DiskInfo, dict[str, Any]]]:
         """The VM's virtual hard disks: (DiskInfo, the drive's settings)."""
         drives = {
             str(r["InstanceID"]).upper(): r
@@ -682,7 +684,7 @@ class HyperVDriver(
             if drive is None:
                 continue
             path = str((as_list(sasd.get("HostResource")) or [""])[0])
-            size = self._vhd_size(path, deadline)
+            size = self._vhd_size(path, deadline) if sizes else 0
             ctrl = _path_id(drive.get("Parent")).upper()
             idx = ctrls.index(ctrl) if ctrl in ctrls else 0
             drive = dict(drive, __owned__=sasd.get("ElementName") == OWNED)
@@ -781,17 +783,50 @@ class HyperVDriver(
                     "(URI option disk_dir)"
                 )
         cpu_props = self._cpu_props(spec.resources, spec.vcpus)
-        if any(i.name == spec.name for i in self.list_vms(deadline=deadline)):
+        taken = self._query(
+            "look for the name",
+            f"SELECT Name FROM Msvm_ComputerSystem WHERE {VM_FILTER} "
+            f"AND ElementName = {wql_string(spec.name)}",
+            deadline,
+        )
+        if taken:
             raise AlreadyExists(f"{self.host_name} already has a VM named {spec.name!r}")
         switches = [self._switch(n.network, deadline) for n in spec.nics]
+        iso = spec.boot.iso if spec.boot is not None else None
         made_disks: list[str] = []
         guid = ""
         what = f"create VM {spec.name}"
         try:
+            # The images first, their jobs running side by side.
             paths = [self._new_disk_path(spec.name, i) for i in range(len(spec.disks))]
+            jobs = []
             for d, path in zip(spec.disks, paths, strict=True):
-                self._create_vhd(path, d, deadline)
                 made_disks.append(path)
+                jobs.append(self._start_vhd(path, d, deadline))
+            for job in jobs:
+                if job is not None:
+                    finish_task(self, job, deadline=deadline, what=job.description)
+            # The VM with its processor, memory and (for drives) SCSI controller...
+            devices = [
+                Embedded(
+                    "Msvm_ProcessorSettingData", {"ResourceSubType": SUB + "Processor", **cpu_props}
+                ),
+                Embedded(
+                    "Msvm_MemorySettingData",
+                    {
+                        "ResourceSubType": SUB + "Memory",
+                        "VirtualQuantity": spec.memory_mib,
+                        "Reservation": spec.memory_mib,
+                    },
+                ),
+            ]
+            if paths or iso:
+                devices.append(
+                    Embedded(
+                        "Msvm_ResourceAllocationSettingData",
+                        {"ResourceSubType": SUB + "Synthetic SCSI Controller"},
+                    )
+                )
             out = self._vsms(
                 what,
                 "DefineSystem",
@@ -807,23 +842,7 @@ class HyperVDriver(
                             },
                         ),
                     ),
-                    (
-                        "ResourceSettings",
-                        [
-                            Embedded(
-                                "Msvm_ProcessorSettingData",
-                                {"ResourceSubType": SUB + "Processor", **cpu_props},
-                            ),
-                            Embedded(
-                                "Msvm_MemorySettingData",
-                                {
-                                    "ResourceSubType": SUB + "Memory",
-                                    "VirtualQuantity": spec.memory_mib,
-                                    "Reservation": spec.memory_mib,
-                                },
-                            ),
-                        ],
-                    ),
+                    ("ResourceSettings", devices),
                 ],
                 deadline,
             )
@@ -831,14 +850,45 @@ class HyperVDriver(
             if not isinstance(system, Ref):
                 raise BackendError(f"{what}: DefineSystem returned no ResultingSystem")
             guid = system.keys["Name"].upper()
-            if spec.disks or (spec.boot is not None and spec.boot.iso):
+            # ... then every drive and port in one call, every image and connection in one.
+            parents: list[Embedded] = []
+            if paths or iso:
                 ctrl = self._add_controller(guid, deadline)
-                for i, path in enumerate(paths):
-                    self._attach_vhd(guid, ctrl, i, path, deadline)
-                if spec.boot is not None and spec.boot.iso:
-                    self._attach_iso(guid, ctrl, len(paths), spec.boot.iso, deadline)
-            for nic, sw in zip(spec.nics, switches, strict=True):
-                self._attach_nic(guid, nic, sw, deadline)
+                kinds = ["Synthetic Disk Drive"] * len(paths) + (
+                    ["Synthetic DVD Drive"] if iso else []
+                )
+                parents += [
+                    Embedded(
+                        "Msvm_ResourceAllocationSettingData",
+                        {
+                            "ResourceSubType": SUB + kind,
+                            "Parent": self._path("Msvm_ResourceAllocationSettingData", ctrl),
+                            "AddressOnParent": str(slot),
+                        },
+                    )
+                    for slot, kind in enumerate(kinds)
+                ]
+            parents += [self._port(nic) for nic in spec.nics]
+            if parents:
+                made = self._add(guid, f"add devices to {spec.name}", parents, deadline)
+                if len(made) != len(parents):
+                    raise BackendError(
+                        f"{what}: AddResourceSettings made {len(made)} of {len(parents)} devices"
+                    )
+                drives, ports = (
+                    made[: len(parents) - len(spec.nics)],
+                    made[len(parents) - len(spec.nics) :],
+                )
+                children = [
+                    self._image(drive, path, "Virtual Hard Disk")
+                    for drive, path in zip(drives, paths, strict=False)
+                ]
+                if iso:
+                    children.append(self._image(drives[-1], iso, "Virtual CD/DVD Disk"))
+                children += [
+                    self._connection(port, sw) for port, sw in zip(ports, switches, strict=True)
+                ]
+                self._add(guid, f"attach images and connect {spec.name}", children, deadline)
         except BaseException as exc:
             self._undo_create(guid, made_disks, exc, deadline)
             raise
@@ -864,20 +914,61 @@ class HyperVDriver(
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", vm_name)
         return f"{self.disk_dir}\\{safe}-{n}-{secrets.token_hex(3)}.vhdx"
 
-    def _create_vhd(self, path: str, disk: DiskSpec, deadline: Deadline) -> None:
+    def _start_vhd(self, path: str, disk: DiskSpec, deadline: Deadline) -> Task | None:
         props: dict[str, Any] = {"Path": path, "Format": 3}
         if disk.source:
             props.update(Type=4, ParentPath=disk.source)
         else:
             props.update(Type=3, MaxInternalSize=disk.size_mib * 1024 * 1024)
         svc = "Msvm_ImageManagementService"
-        self._run(
+        task, _ = self._invoke(
             f"create the disk {path}",
             svc,
             "CreateVirtualHardDisk",
             self._svc(svc),
             [("VirtualDiskSettingData", Embedded("Msvm_VirtualHardDiskSettingData", props))],
             deadline,
+        )
+        return task
+
+    def _create_vhd(self, path: str, disk: DiskSpec, deadline: Deadline) -> None:
+        task = self._start_vhd(path, disk, deadline)
+        if task is not None:
+            finish_task(self, task, deadline=deadline, what=task.description)
+
+    def _image(self, drive: str, path: str, kind: str) -> Embedded:
+        props = {
+            "ResourceSubType": SUB + kind,
+            "Parent": self._path("Msvm_ResourceAllocationSettingData", drive),
+            "HostResource": [path],
+        }
+        if kind == "Virtual Hard Disk":
+            props["ElementName"] = OWNED
+        return Embedded("Msvm_StorageAllocationSettingData", props)
+
+    @staticmethod
+    def _port(nic: NicSpec) -> Embedded:
+        props: dict[str, Any] = {
+            "ResourceSubType": SUB + "Synthetic Ethernet Port",
+            "ElementName": "Network Adapter",
+        }
+        if nic.mac:
+            props.update(Address=nic.mac.replace(":", "").upper(), StaticMacAddress=True)
+        return Embedded("Msvm_SyntheticEthernetPortSettingData", props)
+
+    def _connection(self, port: str, switch: Mapping[str, Any]) -> Embedded:
+        sw_path = wmi_path(
+            self.host_name,
+            "Msvm_VirtualEthernetSwitch",
+            {"CreationClassName": "Msvm_VirtualEthernetSwitch", "Name": str(switch["Name"])},
+        )
+        return Embedded(
+            "Msvm_EthernetPortAllocationSettingData",
+            {
+                "ResourceSubType": SUB + "Ethernet Connection",
+                "Parent": self._path("Msvm_SyntheticEthernetPortSettingData", port),
+                "HostResource": [sw_path],
+            },
         )
 
     def _vssd_ref(self, guid: str) -> Ref:
@@ -932,75 +1023,17 @@ class HyperVDriver(
 
     def _attach_vhd(self, guid: str, ctrl: str, slot: int, path: str, deadline: Deadline) -> str:
         drive = self._add_drive(guid, ctrl, slot, "Synthetic Disk Drive", deadline)
-        self._add(
-            guid,
-            f"attach {path}",
-            [
-                Embedded(
-                    "Msvm_StorageAllocationSettingData",
-                    {
-                        "ResourceSubType": SUB + "Virtual Hard Disk",
-                        "ElementName": OWNED,
-                        "Parent": self._path("Msvm_ResourceAllocationSettingData", drive),
-                        "HostResource": [path],
-                    },
-                )
-            ],
-            deadline,
-        )
+        self._add(guid, f"attach {path}", [self._image(drive, path, "Virtual Hard Disk")], deadline)
         return drive
-
-    def _attach_iso(self, guid: str, ctrl: str, slot: int, iso: str, deadline: Deadline) -> None:
-        drive = self._add_drive(guid, ctrl, slot, "Synthetic DVD Drive", deadline)
-        self._add(
-            guid,
-            f"insert {iso}",
-            [
-                Embedded(
-                    "Msvm_StorageAllocationSettingData",
-                    {
-                        "ResourceSubType": SUB + "Virtual CD/DVD Disk",
-                        "Parent": self._path("Msvm_ResourceAllocationSettingData", drive),
-                        "HostResource": [iso],
-                    },
-                )
-            ],
-            deadline,
-        )
 
     def _attach_nic(
         self, guid: str, nic: NicSpec, switch: Mapping[str, Any], deadline: Deadline
     ) -> str:
-        props: dict[str, Any] = {
-            "ResourceSubType": SUB + "Synthetic Ethernet Port",
-            "ElementName": "Network Adapter",
-        }
-        if nic.mac:
-            props.update(Address=nic.mac.replace(":", "").upper(), StaticMacAddress=True)
-        (port,) = self._add(
-            guid,
-            "add a network adapter",
-            [Embedded("Msvm_SyntheticEthernetPortSettingData", props)],
-            deadline,
-        )
-        sw_path = wmi_path(
-            self.host_name,
-            "Msvm_VirtualEthernetSwitch",
-            {"CreationClassName": "Msvm_VirtualEthernetSwitch", "Name": str(switch["Name"])},
-        )
+        (port,) = self._add(guid, "add a network adapter", [self._port(nic)], deadline)
         self._add(
             guid,
             f"connect the adapter to {switch.get('ElementName')}",
-            [
-                Embedded(
-                    "Msvm_EthernetPortAllocationSettingData",
-                    {
-                        "ResourceSubType": SUB + "Ethernet Connection",
-                        "Parent": self._path("Msvm_SyntheticEthernetPortSettingData", port),
-                        "HostResource": [sw_path],
-                    },
-                )
-            ],
+            [self._connection(port, switch)],
             deadline,
         )
         return port
@@ -1016,7 +1049,11 @@ class HyperVDriver(
     def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
         cs = self._cs(uuid, deadline)
         g = str(cs["Name"])
-        owned = [d.path for d, drive in self._disks(g, deadline) if drive["__owned__"] and d.path]
+        owned = [
+            d.path
+            for d, drive in self._disks(g, deadline, sizes=False)
+            if drive["__owned__"] and d.path
+        ]
         self._destroy(g, deadline)
         # DestroySystem keeps the image files: the VM's own are deleted one by one.
         done = [f"vm {cs.get('ElementName')} ({g})"]
@@ -1277,7 +1314,9 @@ class HyperVDriver(
         guid = str(cs["Name"])
         if disk.pool is not None:
             raise NotFound(f"no pool {disk.pool!r}: disks are kept in {self.disk_dir}")
-        path = self._new_disk_path(str(cs.get("ElementName")), len(self._disks(guid, deadline)))
+        path = self._new_disk_path(
+            str(cs.get("ElementName")), len(self._disks(guid, deadline, sizes=False))
+        )
         self._create_vhd(path, disk, deadline)
         try:
             ctrl = self._add_controller(guid, deadline)
