@@ -91,6 +91,7 @@ from ._backup import EsxBackup
 from ._conn import MAX_POLL_S, Connection, apply_update
 from ._fastlist import FastLister
 from ._faults import is_fault, map_fault, reraise
+from ._hosts import EsxHosts
 from ._storage import EsxStorage
 
 log = logging.getLogger("vmctl.esx")
@@ -229,6 +230,7 @@ class _Scope:
 class EsxDriver(
     EsxBackup,
     EsxStorage,
+    EsxHosts,
     Driver,
     BulkPower,
     TaskWaiter,

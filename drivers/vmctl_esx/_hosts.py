@@ -1,0 +1,243 @@
+"""The hosts of an ESX/vCenter connection for ``EsxDriver`` (a mixin): ``HostInventory``,
+``HostMigration`` and ``HostMaintenance`` over the vSphere API.
+
+* hosts: the ``HostSystem``s of the connection's scope (the standalone host, or the
+  cluster's hosts on vCenter), one ``RetrievePropertiesEx``: ``summary.hardware``
+  (threads, cores, MHz, memory), ``summary.quickStats`` (``overallCpuUsage`` in MHz over
+  cores x MHz, ``overallMemoryUsage``), ``runtime.connectionState`` (not ``connected``:
+  unreachable) and ``runtime.inMaintenanceMode``. The id is the host's managed object id;
+* placements: the VMs of the scope (the driver's batched listing) with their
+  ``datastore``s; a datastore mounted on no other host of the scope (its ``host`` mounts)
+  holds local disks. ``config.hardware.memoryMB`` is the memory a VM takes (vSphere's
+  per-VM overhead is not counted);
+* moves: ``RelocateVM_Task`` with the target host and the scope's resource pool, live for
+  a powered-on VM (vMotion), cold for a powered-off one; the task goes to the core. A
+  restart move is not done here yet (a guest shutdown has no task to wait on: NotSupported);
+* maintenance: ``EnterMaintenanceMode_Task(timeout=0, evacuatePoweredOffVms=False)`` and
+  ``ExitMaintenanceMode_Task(timeout=0)``. vCenter ends the first only when no VM runs on
+  the host (DRS, or vmctl's evacuation, moves them first).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vmctl import InvalidState, NotFound, NotSupported, PowerState, VMInfo
+from vmctl.spi import (
+    Deadline,
+    HostInventory,
+    HostMaintenance,
+    HostMigration,
+    HostRecord,
+    HostState,
+    MoveMode,
+    Placement,
+    Task,
+)
+
+if TYPE_CHECKING:
+    from ._conn import Connection
+
+_HOST_PATHS = (
+    "name",
+    "summary.hardware.numCpuThreads",
+    "summary.hardware.numCpuCores",
+    "summary.hardware.cpuMhz",
+    "summary.hardware.memorySize",
+    "summary.quickStats.overallCpuUsage",
+    "summary.quickStats.overallMemoryUsage",
+    "runtime.connectionState",
+    "runtime.inMaintenanceMode",
+)
+_VM_PATHS = (
+    "name",
+    "config.instanceUuid",
+    "config.template",
+    "runtime.powerState",
+    "runtime.connectionState",
+    "runtime.host",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+)
+
+
+def _moid(obj: Any) -> str:
+    return str(obj._moId)
+
+
+class EsxHosts(HostInventory, HostMigration, HostMaintenance):
+    """The scope's hosts (see the module)."""
+
+    if TYPE_CHECKING:
+        conn: Connection
+        scope: Any
+
+        def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any: ...
+        def _list_rows(self, paths: Any) -> list[tuple[Any, dict[str, Any]]]: ...
+        def _props(self, uuid: str, paths: Any) -> tuple[Any, dict[str, Any]]: ...
+        def _info(self, props: dict[str, Any]) -> VMInfo: ...
+        def _in_scope(self, props: dict[str, Any]) -> bool: ...
+        def _remember(self, uuid: str, ref: Any) -> None: ...
+        def _task(self, task: Any, description: str) -> Task: ...
+
+    def _host_rows(self) -> list[tuple[Any, dict[str, Any]]]:
+        refs = list(self.scope.host_refs.values())
+        vim = self.conn.vim
+        rows: list[tuple[Any, dict[str, Any]]] = self._call(
+            "read the hosts", self.conn.retrieve, refs, vim.HostSystem, _HOST_PATHS
+        )
+        return rows
+
+    def list_hosts(self, *, deadline: Deadline) -> list[HostRecord]:
+        with self.conn.within(deadline):
+            rows = self._host_rows()
+            vms = self._list_rows(_VM_PATHS)
+        counts: dict[str, int] = {}
+        for _ref, props in vms:
+            host = props.get("runtime.host")
+            if host is not None and not props.get("config.template"):
+                counts[_moid(host)] = counts.get(_moid(host), 0) + 1
+        out = []
+        for ref, p in rows:
+            connected = str(p.get("runtime.connectionState", "connected")) == "connected"
+            if not connected:
+                state = HostState.UNREACHABLE
+            elif p.get("runtime.inMaintenanceMode"):
+                state = HostState.MAINTENANCE
+            else:
+                state = HostState.CONNECTED
+            cores = int(p.get("summary.hardware.numCpuCores") or 0)
+            mhz = int(p.get("summary.hardware.cpuMhz") or 0)
+            used_mhz = p.get("summary.quickStats.overallCpuUsage")
+            used_mib = p.get("summary.quickStats.overallMemoryUsage")
+            out.append(
+                HostRecord(
+                    id=_moid(ref),
+                    name=str(p.get("name", _moid(ref))),
+                    state=state,
+                    cpus=int(p.get("summary.hardware.numCpuThreads") or 0) or cores,
+                    cpu_mhz=mhz,
+                    memory_mib=int(p.get("summary.hardware.memorySize") or 0) // 2**20,
+                    memory_used_mib=int(used_mib) if used_mib is not None and connected else None,
+                    cpu_percent=(
+                        round(min(100.0, 100.0 * int(used_mhz) / (cores * mhz)), 2)
+                        if used_mhz is not None and cores and mhz and connected
+                        else None
+                    ),
+                    vm_count=counts.get(_moid(ref), 0),
+                )
+            )
+        return out
+
+    def list_placements(self, *, deadline: Deadline) -> list[Placement]:
+        vim = self.conn.vim
+        with self.conn.within(deadline):
+            rows = [
+                (ref, props)
+                for ref, props in self._list_rows(_VM_PATHS)
+                if not props.get("config.template") and self._in_scope(props)
+            ]
+            # VM.datastore read apart, through pyvmomi (the driver's fast listing reads
+            # scalar properties only): one more round trip.
+            held = self._call(
+                "read the VMs' datastores",
+                self.conn.retrieve,
+                [ref for ref, _ in rows],
+                vim.VirtualMachine,
+                ("datastore",),
+            )
+            by_vm = {_moid(ref): list(p.get("datastore") or ()) for ref, p in held}
+            stores = {_moid(ds): ds for dss in by_vm.values() for ds in dss}
+            mounts = self._call(
+                "read the datastores",
+                self.conn.retrieve,
+                list(stores.values()),
+                vim.Datastore,
+                ("name", "host"),
+            )
+        in_scope = set(self.scope.hosts)
+        seen_by: dict[str, tuple[str, set[str]]] = {
+            _moid(ds): (str(p.get("name", _moid(ds))), {_moid(m.key) for m in p.get("host") or ()})
+            for ds, p in mounts
+        }
+        out = []
+        for ref, props in rows:
+            uuid = props.get("config.instanceUuid")
+            if not uuid:
+                continue
+            self._remember(str(uuid), ref)
+            host = _moid(props["runtime.host"])
+            local = []
+            for ds in by_vm.get(_moid(ref), ()):
+                name, hosts = seen_by.get(_moid(ds), (_moid(ds), set()))
+                if not (hosts & in_scope) - {host}:
+                    local.append(f"datastore {name!r} (mounted on this host only)")
+            out.append(
+                Placement(
+                    vm=self._info(props),
+                    host_id=host,
+                    memory_mib=int(props.get("config.hardware.memoryMB") or 0),
+                    local_disks=tuple(local),
+                )
+            )
+        return out
+
+    def locate_vm(self, uuid: str, *, deadline: Deadline) -> tuple[str | None, VMInfo]:
+        with self.conn.within(deadline):
+            _ref, props = self._props(uuid, _VM_PATHS)
+        host = props.get("runtime.host")
+        return (_moid(host) if host is not None else None), self._info(props)
+
+    def _host(self, host_id: str) -> tuple[Any, dict[str, Any]]:
+        for ref, props in self._host_rows():
+            if host_id in (_moid(ref), props.get("name")):
+                return ref, props
+        raise NotFound(f"no host {host_id!r} in {self.scope.name}")
+
+    def move_to_host(
+        self, uuid: str, host_id: str, *, mode: MoveMode, deadline: Deadline
+    ) -> Task | None:
+        mode = MoveMode(mode)
+        vim = self.conn.vim
+        with self.conn.within(deadline):
+            ref, props = self._props(uuid, ("name", "runtime.powerState", "runtime.host"))
+            host, hprops = self._host(host_id)
+            name, hname = props["name"], hprops.get("name", host_id)
+            what = f"move VM {name!r} to host {hname!r} ({mode.value})"
+            if mode is MoveMode.RESTART:
+                raise NotSupported(
+                    f"{what}: a restart move is not done on ESX yet (shut the VM down, "
+                    "then move it cold)"
+                )
+            state = {"poweredOn": PowerState.RUNNING, "poweredOff": PowerState.STOPPED}.get(
+                str(props.get("runtime.powerState")), PowerState.UNKNOWN
+            )
+            want = PowerState.RUNNING if mode is MoveMode.LIVE else PowerState.STOPPED
+            if _moid(props["runtime.host"]) == _moid(host) and state is want:
+                return None  # already there
+            if state is not want:
+                raise InvalidState(f"{what}: the VM is {state.value}", current=state)
+            if hprops.get("runtime.inMaintenanceMode"):
+                raise InvalidState(f"{what}: host {hname!r} is in maintenance mode")
+            spec = vim.vm.RelocateSpec(host=host, pool=self.scope.pool)
+            task = self.conn.start_task(
+                lambda: ref.RelocateVM_Task(spec=spec, priority="defaultPriority"), what
+            )
+        return self._task(task, what)
+
+    def set_maintenance(self, host_id: str, on: bool, *, deadline: Deadline) -> Task | None:
+        with self.conn.within(deadline):
+            host, hprops = self._host(host_id)
+            if bool(hprops.get("runtime.inMaintenanceMode")) == on:
+                return None
+            name = hprops.get("name", host_id)
+            if on:
+                what = f"enter maintenance mode on host {name!r}"
+                task = self.conn.start_task(
+                    lambda: host.EnterMaintenanceMode_Task(timeout=0, evacuatePoweredOffVms=False),
+                    what,
+                )
+            else:
+                what = f"exit maintenance mode on host {name!r}"
+                task = self.conn.start_task(lambda: host.ExitMaintenanceMode_Task(timeout=0), what)
+        return self._task(task, what)

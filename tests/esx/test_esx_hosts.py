@@ -1,0 +1,139 @@
+"""Hosts, maintenance mode and evacuation on the vSphere simulator: the cluster DC0/DC0_C0
+(three hosts) through vCenter, and a standalone ESX host (one host: nothing to move to).
+Each test module runs its own simulator, as these tests move VMs and change host modes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vmctl
+from tests.esx.conftest import Admin, vc_uri
+from tests.hosts.esx import VcsimServer, running_simulator
+from vmctl import BlockKind, HostState, MoveMode, MoveOutcome
+
+pytest.importorskip("pyVmomi")
+from pyVmomi import vim
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture(scope="module")
+def vc() -> Iterator[VcsimServer]:
+    with running_simulator("vcenter", vms=2) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def admin(vc: VcsimServer) -> Iterator[Admin]:
+    a = Admin(vc)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def hv(vc: VcsimServer) -> Iterator[vmctl.Hypervisor]:
+    with vmctl.connect(
+        vc_uri(vc, "DC0/DC0_C0"), password=vc.password, cafile=str(vc.cafile), env={}
+    ) as h:
+        yield h
+
+
+def host_of(admin: Admin, hv: vmctl.Hypervisor, uuid: str) -> str:
+    vm = admin.vm(uuid)
+    return str(admin.props(vm, vim.VirtualMachine, ["runtime.host"])["runtime.host"]._moId)
+
+
+def test_cluster_hosts_with_capacity_and_load(hv: vmctl.Hypervisor, admin: Admin) -> None:
+    hosts = hv.hosts()
+    assert [h.name for h in hosts] == ["DC0_C0_H0", "DC0_C0_H1", "DC0_C0_H2"]
+    for h in hosts:
+        ref = vim.HostSystem(h.id, admin.si._stub)
+        p = admin.props(
+            ref,
+            vim.HostSystem,
+            ["summary.hardware.memorySize", "summary.quickStats.overallMemoryUsage"],
+        )
+        assert h.memory_mib == p["summary.hardware.memorySize"] // 2**20
+        assert h.memory_used_mib == p["summary.quickStats.overallMemoryUsage"]
+        assert h.state is HostState.CONNECTED and h.cpus > 0 and h.cpu_mhz > 0
+        assert h.cpu_percent is not None and 0 <= h.cpu_percent <= 100
+    assert sum(h.vm_count for h in hosts) == len(hv.list_vms())
+
+
+def test_maintenance_mode_and_evacuation(hv: vmctl.Hypervisor, admin: Admin) -> None:
+    busy = max(hv.hosts(), key=lambda h: h.vm_count)
+    assert busy.vm_count > 0
+    plan = vmctl.plan_evacuation(busy)
+    assert plan.ok and {m.mode for m in plan.moves} == {MoveMode.LIVE}
+    assert busy.id not in {m.target_id for m in plan.moves}
+    report = vmctl.execute(plan, max_parallel=2)
+    assert report.ok, str(report)
+    for m in plan.moves:
+        assert host_of(admin, hv, m.vm_uuid) == m.target_id
+    entered = hv.host(busy.id).enter_maintenance()
+    assert entered.backend_maintenance and entered.state is HostState.MAINTENANCE
+    ref = vim.HostSystem(busy.id, admin.si._stub)
+    assert admin.props(ref, vim.HostSystem, ["runtime.inMaintenanceMode"])[
+        "runtime.inMaintenanceMode"
+    ]
+    # Nothing is planned onto it, and the driver refuses it as a target.
+    other = next(h for h in hv.hosts() if h.vm_count and h.id != busy.id)
+    again = vmctl.plan_evacuation(other)
+    assert busy.id not in {m.target_id for m in again.moves}
+    vm_uuid = again.moves[0].vm_uuid
+    with pytest.raises(vmctl.InvalidState, match="maintenance"):
+        hv._driver.move_to_host(  # type: ignore[attr-defined]
+            vm_uuid, busy.id, mode=MoveMode.LIVE, deadline=vmctl.spi.Deadline.after(30)
+        )
+    left = hv.host(busy.id).exit_maintenance()
+    assert left.state is HostState.CONNECTED and not left.backend_maintenance
+    # Resuming: a plan executed twice moves nothing the second time.
+    back = vmctl.plan_evacuation(other, [hv.host(busy.id)])
+    first = vmctl.execute(back)
+    second = vmctl.execute(back)
+    assert first.ok and second.ok
+    assert {r.outcome for r in second.results} == {MoveOutcome.ALREADY}
+
+
+def test_a_powered_off_vm_moves_cold(hv: vmctl.Hypervisor, admin: Admin) -> None:
+    vm = hv.vms()[0]
+    vm.power_off()
+    try:
+        here = hv.host(host_of(admin, hv, vm.uuid))
+        plan = vmctl.plan_evacuation(here)
+        move = next(m for m in plan.moves if m.vm_uuid == vm.uuid)
+        assert move.mode is MoveMode.COLD
+        assert vmctl.execute(plan).ok
+        assert host_of(admin, hv, vm.uuid) == move.target_id
+        assert vm.info().state is vmctl.PowerState.STOPPED
+    finally:
+        vm.start()
+
+
+def test_standalone_host_has_nowhere_to_move(vc: VcsimServer) -> None:
+    with vmctl.connect(
+        vc_uri(vc, "DC0/DC0_H0"), password=vc.password, cafile=str(vc.cafile), env={}
+    ) as one:
+        (host,) = one.hosts()
+        plan = vmctl.plan_evacuation(host)
+        assert not plan.moves
+        # Its VMs are blocked: their datastore is this host's only, and no host is left.
+        assert len(plan.blockers) == host.vm_count > 0
+        assert {b.kind for b in plan.blockers} <= {BlockKind.NO_TARGET, BlockKind.LOCAL_STORAGE}
+
+
+def test_restart_moves_are_refused_not_half_done(hv: vmctl.Hypervisor, admin: Any) -> None:
+    vm = hv.vms()[0]
+    target = next(h for h in hv.hosts() if h.id != host_of(admin, hv, vm.uuid))
+    with pytest.raises(vmctl.NotSupported):
+        hv._driver.move_to_host(  # type: ignore[attr-defined]
+            vm.uuid, target.id, mode=MoveMode.RESTART, deadline=vmctl.spi.Deadline.after(30)
+        )
+    assert vm.info().state is vmctl.PowerState.RUNNING
