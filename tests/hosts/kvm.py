@@ -696,7 +696,7 @@ def running_hosts(*, second_host: bool = True) -> Iterator[KvmHosts]:
 
 # --------------------------------------------------------------------------- tiny guest
 
-GUEST_BUILDER_VERSION = "4"  # bump when the initramfs layout / init script changes
+GUEST_BUILDER_VERSION = "5"  # bump when the initramfs layout / init script changes
 GUEST_MODULES = (
     "virtio_pci",
     "virtio_net",
@@ -772,7 +772,11 @@ esac
 exit 0
 """.replace("@MARKER@", READY_MARKER)
 
-_SHUTDOWN = "#!/bin/sh\necho 'vmctl-tiny: shutdown' > /dev/ttyS0\npoweroff -f\n"
+# qemu-ga runs `/sbin/shutdown -r|-P|-H +0 "hypervisor initiated ..."`: -r reboots.
+_SHUTDOWN = (
+    '#!/bin/sh\necho "vmctl-tiny: shutdown $*" > /dev/ttyS0\n'
+    'case " $* " in *" -r "*) reboot -f ;; *) poweroff -f ;; esac\n'
+)
 
 
 def _apt_candidate(pkg: str) -> str:
