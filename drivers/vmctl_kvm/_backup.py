@@ -397,6 +397,8 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
 
         def open_(c: Any) -> None:
             dom = self._dom(c, uuid)
+            if dom.isActive():  # started since it was seen stopped: QEMU owns the images now
+                raise InvalidState(f"VM {uuid} was started while a backup was opening; retry")
             marked = []
             for d in disks:
                 d.image = self._image(c, d)
