@@ -9,6 +9,7 @@ separately.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,11 @@ class KvmStorage(StorageListing):
             out = []
             for pool in c.listAllStoragePools(_ACTIVE):
                 name = str(pool.name())
+                # another host sharing the directory may have made or deleted files there
+                # (a VM migrated away and deleted: stale entries were listed as leaks);
+                # libvirt refuses a refresh while a volume streams: then list what it has
+                with contextlib.suppress(Exception):
+                    pool.refresh(0)
                 for vol in pool.listAllVolumes(0):
                     out.append(Volume(path=str(vol.path()), name=str(vol.name()), pool=name))
             return out
