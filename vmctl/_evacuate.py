@@ -266,7 +266,8 @@ def plan_evacuation(
                 )
             if now not in chosen:
                 chosen.append(now)
-    placements = [p for p in read_placements(conn, deadline) if p.host_id == source.id]
+    every = read_placements(conn, deadline)
+    placements = [p for p in every if p.host_id == source.id]
     live_ok = Capability.MIGRATE_LIVE in conn.capabilities
     cold_ok = Capability.MIGRATE_COLD in conn.capabilities
     movable = isinstance(conn.driver, HostMigration) and isinstance(conn.driver, HostInventory)
@@ -280,7 +281,7 @@ def plan_evacuation(
         blockers.append(Blocker(vm.uuid, vm.name, vm.state, p.memory_mib, kind, reason))
 
     # Same-named VMs already on a target cannot go there (most backends refuse it).
-    for other in read_placements(conn, deadline) if chosen else []:
+    for other in every:
         if other.host_id in names:
             names[other.host_id].add(other.vm.name)
     for p in sorted(placements, key=lambda p: (-p.memory_mib, p.vm.name)):

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["README.md", "docs/guide.md", "docs/conformance.md"]
+PAGES = ["README.md", "docs/guide.md", "docs/conformance.md", "docs/hosts.md"]
 RUNNABLE = {"python", "py", "sh", "bash", "shell", "console"}
 MARKER = re.compile(r"^<!--\s*doctest:\s*(.*?)\s*-->\s*$")
 BACKENDS = ("sim", "xen", "esx", "kvm-test")
