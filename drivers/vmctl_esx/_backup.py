@@ -36,7 +36,6 @@ snapshots.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import logging
 import socket
@@ -75,6 +74,7 @@ from vmctl.spi import (
 )
 
 from ._conn import RPC_TIMEOUT_S, Connection
+from ._faults import reraise
 from ._tls import describe_tls_error
 
 if TYPE_CHECKING:
@@ -444,9 +444,13 @@ class EsxBackup(DiskAccess, DiskWriter):
         snap = _Snapshot(ref, snapshot, name, {})
         try:
             return self._point_in_time(uuid, snap, props, power, quiesce, deadline)
-        except BaseException:
-            with contextlib.suppress(VmctlError):
+        except BaseException as exc:
+            try:
                 self._remove_snapshot(snap, deadline.sooner(RPC_TIMEOUT_S))
+            except VmctlError as cleanup:
+                log.warning("%s: removing snapshot %s failed: %s", what, label, cleanup)
+                if isinstance(exc, VmctlError):
+                    exc.left_behind = (*exc.left_behind, ("snapshot", f"{uuid}/{label}"))
             raise
 
     def _point_in_time(
@@ -459,10 +463,16 @@ class EsxBackup(DiskAccess, DiskWriter):
         deadline: Deadline,
     ) -> PointInTime:
         vim = self.conn.vim
-        after = self.conn.retrieve_one(
-            snap.vm_ref, vim.VirtualMachine, ["runtime.powerState", "layoutEx"]
-        )
-        config = self.conn.retrieve_one(snap.snapshot, vim.vm.Snapshot, ["config"]).get("config")
+        what = f"read the backup snapshot of VM {snap.vm_name!r}"
+        try:
+            after = self.conn.retrieve_one(
+                snap.vm_ref, vim.VirtualMachine, ["runtime.powerState", "layoutEx"]
+            )
+            config = self.conn.retrieve_one(snap.snapshot, vim.vm.Snapshot, ["config"]).get(
+                "config"
+            )
+        except Exception as exc:
+            reraise(exc, what)
         if config is None:
             raise NotFound(f"the backup snapshot of VM {snap.vm_name!r} has no configuration")
         devices = list(config.hardware.device or ())
