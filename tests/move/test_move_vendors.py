@@ -1,0 +1,148 @@
+"""vmctl.move across vendors on real simulators: sim -> Xen (xapisim) -> ESX (the vSphere
+simulator) -> Xen -> sim, each hop's disks read back byte for byte through the target (the
+target's own read path, not the move's digests); a fault mid-way on a Xen and an ESX target
+leaves no VM and no disk behind there, and the source as it was."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+import vmctl
+from vmctl import DiskSpec, MappingKind, NicSpec, PowerState, VMSpec
+from vmctl.backup import disk_digests, read_disk, write_disk
+from vmctl.spi import Deadline, StorageListing
+
+from .conftest import ESX_NETWORK, XEN_NETWORK
+
+pytestmark = [pytest.mark.xen, pytest.mark.esx]
+
+MIB = 1024 * 1024
+SIZE = 16 * MIB
+NETWORK = {"sim": "default", "xen": XEN_NETWORK, "esx": ESX_NETWORK}
+
+
+def source_vm(hv: vmctl.Hypervisor, name: str = "mv") -> tuple[vmctl.VM, bytes]:
+    vm = hv.create_vm(
+        VMSpec(
+            name=name,
+            memory_mib=256,
+            disks=[DiskSpec(size_mib=SIZE // MIB)],
+            nics=[NicSpec(network=NETWORK[hv.driver_name])],
+        )
+    )
+    image = bytearray(SIZE)
+    disk = vm.config().disks[0].id
+    for offset, data in ((1000, os.urandom(3 * MIB)), (9 * MIB + 1, os.urandom(MIB // 2))):
+        write_disk(vm, disk, offset, data)
+        image[offset : offset + len(data)] = data
+    return vm, bytes(image)
+
+
+def on_target(vm: vmctl.VM) -> bytes:
+    return read_disk(vm, vm.config().disks[0].id, 0, SIZE)
+
+
+def hop(vm: vmctl.VM, target: vmctl.Hypervisor, image: bytes) -> vmctl.VM:
+    src = vm.hypervisor.driver_name
+    dst = target.driver_name
+    report = vmctl.move(vm, target, network_map={NETWORK[src]: NETWORK[dst]}, keep_source=False)
+    assert report.verified and report.source_deleted, str(report)
+    moved = target.vm(report.target_uuid or "")
+    assert on_target(moved) == image, f"{src} -> {dst}: the bytes differ"
+    assert [n.network for n in moved.config().nics] == [NETWORK[dst]]
+    kinds = {n.item: n.kind for n in report.mapping}
+    assert kinds["nic 0 MAC"] is MappingKind.CHANGED
+    assert kinds["nic 0 network"] is MappingKind.CHANGED
+    assert any("firmware" in item for item in kinds)
+    assert report.guest_needs  # another vendor: drivers, tools, MACs
+    assert vm.uuid not in {i.uuid for i in vm.hypervisor.list_vms()}
+    return moved
+
+
+def test_sim_xen_esx_xen_sim(
+    sim: vmctl.Hypervisor, xen: vmctl.Hypervisor, esx: vmctl.Hypervisor
+) -> None:
+    vm, image = source_vm(sim)
+    for target in (xen, esx, xen, sim):
+        vm = hop(vm, target, image)
+    assert vm.hypervisor is sim and vm.info().state is PowerState.STOPPED
+
+
+def test_esx_to_xen_powered_on(esx: vmctl.Hypervisor, xen: vmctl.Hypervisor) -> None:
+    vm, image = source_vm(esx, "mv-on")
+    report = vmctl.move(vm, xen, network_map={ESX_NETWORK: XEN_NETWORK}, power_on=True)
+    assert report.verified and report.powered_on and not report.source_deleted
+    moved = xen.vm("mv-on")
+    assert moved.info().state is PowerState.RUNNING
+    assert on_target(moved) == image  # read through a point in time of the running VM
+    assert vm.info().state is PowerState.STOPPED and on_target(vm) == image
+
+
+def test_an_unmapped_network_is_refused_with_nothing_made(
+    sim: vmctl.Hypervisor, xen: vmctl.Hypervisor
+) -> None:
+    vm, _ = source_vm(sim)
+    before = {i.uuid for i in xen.list_vms()}
+    with pytest.raises(vmctl.NotFound, match="network_map"):
+        vmctl.move(vm, xen)  # sim's "default" network is not on the Xen pool
+    assert {i.uuid for i in xen.list_vms()} == before
+
+
+def volumes(hv: vmctl.Hypervisor) -> set[str]:
+    driver = hv._conn.driver
+    assert isinstance(driver, StorageListing)
+    return {v.path for v in driver.list_volumes(deadline=Deadline.after(30))}
+
+
+def _fail_second(
+    cls: type, method: str, fault: vmctl.VmctlError, mp: pytest.MonkeyPatch
+) -> list[Any]:
+    calls: list[Any] = []
+    real = getattr(cls, method)
+
+    def failing(self: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(args)
+        if len(calls) >= 2 and not kw.get("discard"):
+            raise fault
+        return real(self, *args, **kw)
+
+    mp.setattr(cls, method, failing)
+    return calls
+
+
+def test_xen_target_unreachable_mid_way(
+    sim: vmctl.Hypervisor, xen: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmctl_xen import XenDriver
+
+    vm, image = source_vm(sim)
+    before_vms, before_vdis = {i.uuid for i in xen.list_vms()}, volumes(xen)
+    fault = vmctl.ConnectionError("the connection to the Xen host was reset", sent=None)
+    calls = _fail_second(XenDriver, "write_extents", fault, monkeypatch)
+    with pytest.raises(vmctl.VmctlError, match="reset"):
+        vmctl.move(vm, xen, network_map={"default": XEN_NETWORK}, keep_source=False)
+    assert len(calls) >= 2
+    assert {i.uuid for i in xen.list_vms()} == before_vms
+    assert volumes(xen) == before_vdis  # no VDI of the half-made VM left in the SR
+    assert on_target(vm) == image and vm.info().state is PowerState.STOPPED
+
+
+def test_esx_target_full_mid_way(
+    xen: vmctl.Hypervisor, esx: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmctl_esx import EsxDriver
+
+    vm, _ = source_vm(xen)
+    before_vms, before_files = {i.uuid for i in esx.list_vms()}, volumes(esx)
+    fault = vmctl.InsufficientResources("the datastore datastore1 is full")
+    calls = _fail_second(EsxDriver, "write_extents", fault, monkeypatch)
+    digest = disk_digests(vm)
+    with pytest.raises(vmctl.InsufficientResources, match="full"):
+        vmctl.move(vm, esx, network_map={XEN_NETWORK: ESX_NETWORK}, keep_source=False)
+    assert len(calls) >= 2
+    assert {i.uuid for i in esx.list_vms()} == before_vms
+    assert volumes(esx) == before_files
+    assert disk_digests(vm) == digest and vm.info().state is PowerState.STOPPED
