@@ -209,6 +209,31 @@ def test_build_is_cached() -> None:
     assert not again.built, "second build_launcher() call must reuse the binary"
 
 
+def test_launcher_built_with_the_short_update_tick() -> None:
+    """The simulator package the launcher is built against is Debian's with only the
+    WaitForUpdatesEx tick changed (tests/hosts/ESX.md)."""
+    from . import esx as harness
+
+    build_launcher()
+    ours = harness.CACHE_DIR / "gopath/src/github.com/vmware/govmomi/simulator"
+    theirs = Path(harness.SYSTEM_GOPATH, "src/github.com/vmware/govmomi/simulator")
+    text = (ours / "property_collector.go").read_text()
+    assert f"time.NewTicker({harness.UPDATE_TICK_MS} * time.Millisecond)" in text
+    assert harness._TICK_LINE not in text
+    assert (
+        text.replace(
+            f"ticker := time.NewTicker({harness.UPDATE_TICK_MS} * time.Millisecond)"
+            " // vmctl: was 250 ms",
+            harness._TICK_LINE,
+        )
+        == (theirs / "property_collector.go").read_text()
+    )
+    for go in theirs.glob("*.go"):
+        if not go.name.endswith("_test.go") and go.name != "property_collector.go":
+            assert (ours / go.name).read_bytes() == go.read_bytes(), go.name
+    assert (ours.parent / "vim25").resolve() == (theirs.parent / "vim25").resolve()
+
+
 def test_both_modes_start(vcenter: VcsimServer, esx: VcsimServer) -> None:
     assert vcenter.mode == "vcenter" and esx.mode == "esx"
     for srv in (vcenter, esx):
