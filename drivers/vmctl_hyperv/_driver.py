@@ -208,14 +208,18 @@ class _PollEvents:
     """Events by a bounded poll of the host's VMs: one WQL query of Msvm_ComputerSystem
     every ``interval`` seconds on a thread of its own, from ``subscribe`` on. WinRM's WMI
     event subscriptions (WS-Eventing on __InstanceModificationEvent) are not served by
-    hypervsim, so they cannot be proven here. Changes that cancel out between two polls
-    (a VM made and deleted within one interval, off and on again) are not seen."""
+    hypervsim, so they cannot be proven here. VMs created and deleted through this
+    connection are reported at once (``note``); other changes that cancel out between two
+    polls (a VM made and deleted elsewhere within one interval, off and on again) are not
+    seen."""
 
     def __init__(self, driver: HyperVDriver, interval: float, deadline: Deadline) -> None:
         self._d = driver
         self._interval = interval
         self._known = self._read(deadline)
         self._queue: queue.Queue[Event] = queue.Queue()
+        self._lock = threading.Lock()
+        self._noted: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vmctl-hyperv-events", daemon=True)
         self._thread.start()
@@ -233,33 +237,59 @@ class _PollEvents:
             out[info.uuid] = (info.name, info.state)
         return out
 
+    def note(self, kind: EventKind, uuid: str, name: str, state: PowerState | None) -> None:
+        """A change made through this connection: reported at once, not left to the poll."""
+        with self._lock:
+            self._noted[uuid] = time.monotonic()
+            if kind is EventKind.CREATED:
+                if uuid in self._known:
+                    return
+                self._known[uuid] = (name, state or S.STOPPED)
+            elif kind is EventKind.DELETED and self._known.pop(uuid, None) is None:
+                return
+            self._queue.put(Event(kind, uuid, name, state=state))
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
+            started = time.monotonic()
             try:
                 now = self._read(Deadline.after(self._d.client.rpc_timeout))
             except VmctlError as exc:
                 log.warning("hyperv events: poll failed: %s", exc)
                 continue
-            for uuid, (name, state) in now.items():
-                old = self._known.get(uuid)
-                if old is None:
-                    self._queue.put(Event(EventKind.CREATED, uuid, name, state=state))
-                elif old[1] is not state:
-                    self._queue.put(
-                        Event(
-                            EventKind.STATE_CHANGED,
-                            uuid,
-                            name,
-                            state=state,
-                            reason=REASONS.get(state, StateReason.UNKNOWN),
-                        )
+            with self._lock:
+                self._diff(now, started)
+
+    def _diff(self, now: dict[str, tuple[str, PowerState]], started: float) -> None:
+        # A VM noted (created or deleted here) after this poll's read began: the read may
+        # predate the change, so it decides nothing about that VM.
+        fresh = {u for u, when in self._noted.items() if when >= started}
+        self._noted = {u: w for u, w in self._noted.items() if u in fresh}
+        for uuid in fresh:
+            if uuid in self._known:
+                now[uuid] = self._known[uuid]
+            else:
+                now.pop(uuid, None)
+        for uuid, (name, state) in now.items():
+            old = self._known.get(uuid)
+            if old is None:
+                self._queue.put(Event(EventKind.CREATED, uuid, name, state=state))
+            elif old[1] is not state:
+                self._queue.put(
+                    Event(
+                        EventKind.STATE_CHANGED,
+                        uuid,
+                        name,
+                        state=state,
+                        reason=REASONS.get(state, StateReason.UNKNOWN),
                     )
-                elif old[0] != name:
-                    self._queue.put(Event(EventKind.RECONFIGURED, uuid, name, detail="renamed"))
-            for uuid, (name, _state) in self._known.items():
-                if uuid not in now:
-                    self._queue.put(Event(EventKind.DELETED, uuid, name))
-            self._known = now
+                )
+            elif old[0] != name:
+                self._queue.put(Event(EventKind.RECONFIGURED, uuid, name, detail="renamed"))
+        for uuid, (name, _state) in self._known.items():
+            if uuid not in now:
+                self._queue.put(Event(EventKind.DELETED, uuid, name))
+        self._known = now
 
     def next_event(self, timeout: float) -> Event | None:
         try:
@@ -273,6 +303,7 @@ class _PollEvents:
 
     def close(self) -> None:
         self._stop.set()
+        self._d._unsubscribe(self)
         self._thread.join(timeout=self._d.client.rpc_timeout)
 
 
@@ -305,6 +336,7 @@ class HyperVDriver(
         self._services: dict[str, dict[str, str]] = {}
         self._memory_snaps: set[str] = set()
         self._lock = threading.Lock()
+        self._subscriptions: list[_PollEvents] = []
 
     def __repr__(self) -> str:
         return f"<HyperVDriver {self.uri}>"
@@ -892,6 +924,7 @@ class HyperVDriver(
         except BaseException as exc:
             self._undo_create(guid, made_disks, exc, deadline)
             raise
+        self._notify(EventKind.CREATED, guid, spec.name, S.STOPPED)
         return self.get_vm(guid, deadline=deadline)
 
     def _undo_create(
@@ -1055,6 +1088,7 @@ class HyperVDriver(
             if drive["__owned__"] and d.path
         ]
         self._destroy(g, deadline)
+        self._notify(EventKind.DELETED, g, str(cs.get("ElementName") or ""), None)
         # DestroySystem keeps the image files: the VM's own are deleted one by one.
         done = [f"vm {cs.get('ElementName')} ({g})"]
         left = []
@@ -1160,9 +1194,17 @@ class HyperVDriver(
     # -- tasks ----------------------------------------------------------------------------
 
     def wait_tasks(self, tasks: Sequence[Task], *, deadline: Deadline) -> list[TaskOutcome]:
-        """One WQL query of the jobs; when none has ended, one pause (50 ms doubling up to
-        1 s per task, never past the deadline) before returning [] to the core's loop."""
+        """One pause (50 ms, doubling with each call for the same jobs up to 1 s, never past
+        the deadline: a job that was just started is not done at once), then one WQL query
+        of the jobs; [] to the core's loop when none has ended."""
         if not tasks:
+            return []
+        polls = max(getattr(t.handle, "polls", 0) for t in tasks)
+        for t in tasks:
+            if isinstance(t.handle, _Job):
+                t.handle.polls += 1
+        time.sleep(max(0.0, min(POLL_MAX_S, POLL_FIRST_S * (2**polls), deadline.remaining())))
+        if deadline.expired():
             return []
         cond = " OR ".join(f"InstanceID = {wql_string(t.id)}" for t in tasks)
         rows = self._query(
@@ -1192,15 +1234,7 @@ class HyperVDriver(
             err, orig = _errors.from_code(t.description, code, desc)
             err.__cause__ = orig
             out.append(TaskOutcome(t, error=err))
-        if out:
-            return out
-        polls = max(getattr(t.handle, "polls", 0) for t in tasks)
-        for t in tasks:
-            if isinstance(t.handle, _Job):
-                t.handle.polls += 1
-        pause = min(POLL_MAX_S, POLL_FIRST_S * (2**polls))
-        time.sleep(max(0.0, min(pause, deadline.remaining())))
-        return []
+        return out
 
     # -- reconfigure ----------------------------------------------------------------------
 
@@ -1582,7 +1616,21 @@ class HyperVDriver(
     # -- events ---------------------------------------------------------------------------
 
     def subscribe(self, *, deadline: Deadline) -> _PollEvents:
-        return _PollEvents(self, self.poll_s, deadline)
+        sub = _PollEvents(self, self.poll_s, deadline)
+        with self._lock:
+            self._subscriptions.append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: _PollEvents) -> None:
+        with self._lock:
+            if sub in self._subscriptions:
+                self._subscriptions.remove(sub)
+
+    def _notify(self, kind: EventKind, uuid: str, name: str, state: PowerState | None) -> None:
+        with self._lock:
+            subs = list(self._subscriptions)
+        for sub in subs:
+            sub.note(kind, uuid, name, state)
 
 
 def _positive(value: Any, name: str) -> float:
