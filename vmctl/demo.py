@@ -101,6 +101,19 @@ def main() -> int:
         time.sleep(0.2)  # let the simulated guest finish booting and report an IP
         show("guest", moved.guest_info())
 
+        say(
+            "Evacuate a host",
+            "hv.hosts() sees the site's hosts; a plan a person reads first, then the moves "
+            "(docs/hosts.md)",
+        )
+        for h in hv.hosts():
+            show(h.name, f"{h.state.value}, {h.vm_count} VMs, {h.memory_free_mib} MiB free")
+        plan = vmctl.plan_evacuation(hv.host(hv.host_info().name))
+        print("   " + str(plan).replace("\n", "\n   "))
+        report = vmctl.execute(plan, max_parallel=2)
+        print("   " + str(report).replace("\n", "\n   "))
+        twin = spare.vm(twin.uuid)  # it runs on the spare host now
+
         say("Graceful shutdown", "the guest is asked; the call returns when it is off")
         show("spare host", moved.shutdown(timeout=30))
         show("original host", twin.shutdown(timeout=30, force_after=10))

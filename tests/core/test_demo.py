@@ -10,6 +10,8 @@ def test_demo_runs_to_the_end() -> None:
     for step in (
         "Create a VM from a spec",
         "Migrate live",
+        "Evacuate a host",
+        "1 moved",
         "Graceful shutdown",
         "Events that happened",
         "Back up and restore",
