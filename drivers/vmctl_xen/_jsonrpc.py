@@ -54,11 +54,6 @@ class JsonRpc:
         self.offered: bool | None = None if enabled_by_default() else False
         self._ids = itertools.count(1)
 
-    def reset(self) -> None:
-        """Another host (a pool master named by a member): probe again."""
-        if self.offered is not False or enabled_by_default():
-            self.offered = None
-
     def wanted(self, method: str) -> bool:
         return self.offered is not False and method in METHODS
 
