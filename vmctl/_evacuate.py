@@ -40,7 +40,7 @@ from ._errors import (
     VmctlError,
 )
 from ._hosts import Host, find_host, list_hosts, read_placements
-from ._hostspi import HostInventory, HostMigration, MoveMode, Placement
+from ._hostspi import HostInventory, HostMigration, HostState, MoveMode, Placement
 from ._state import PowerState
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class BlockKind(enum.StrEnum):
     MEMORY = "memory"  # no target has the memory
     CAPABILITY = "capability"  # the connection or the VM cannot move this way
     STATE = "state"  # its power state cannot be moved (paused, suspended, crashed)
+    HOST_DOWN = "host-unreachable"  # its host does not answer: recovery, not evacuation
     NO_TARGET = "no-target"  # no host to move to
 
 
@@ -286,6 +287,14 @@ def plan_evacuation(
             names[other.host_id].add(other.vm.name)
     for p in sorted(placements, key=lambda p: (-p.memory_mib, p.vm.name)):
         vm = p.vm
+        if source.state is HostState.UNREACHABLE:
+            block(
+                p,
+                BlockKind.HOST_DOWN,
+                f"host {source.name} is unreachable: its VMs cannot be migrated; restarting "
+                "them elsewhere is recovery (not done by vmctl yet)",
+            )
+            continue
         if p.pinned:
             block(p, BlockKind.PINNED, p.pinned)
             continue
@@ -626,7 +635,9 @@ def execute(
     move after a failure (running ones finish), "skip" goes on with the others, "cold"
     restarts a VM whose live move failed (clean shutdown, cold move, start there) and goes
     on. ``timeout`` bounds each move (default: the connection's operation timeout).
-    ``progress`` is called as each move starts, retries and ends.
+    ``progress`` is called as each move starts, retries and ends, from the worker running
+    the move (several at once: keep it quick and thread-safe); an exception it raises is
+    logged and ignored.
     """
     if not isinstance(plan, Plan):
         raise ValidationError("expected a Plan from plan_evacuation()", field="plan")

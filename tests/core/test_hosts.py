@@ -366,3 +366,33 @@ def test_execute_validates_before_moving(site: dict[str, Any]) -> None:
     with pytest.raises(vmctl.ValidationError):
         vmctl.execute("plan")  # type: ignore[arg-type]
     assert host_of(hv, "a") == "h2"
+
+
+def test_vms_of_an_unreachable_host_are_blocked_not_migrated(
+    site: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend reporting a host unreachable (xapi: host_metrics.live false; vCenter: not
+    connected): its VMs are recovery's business, so the plan blocks them and says so."""
+    import attrs
+
+    hv = site["h1"]
+    make(site["h2"], "a", 1024)
+    driver = hv._driver
+    real = driver.list_hosts
+
+    def h2_down(*, deadline: Any) -> Any:
+        return [
+            attrs.evolve(r, state=HostState.UNREACHABLE) if r.name == "h2" else r
+            for r in real(deadline=deadline)
+        ]
+
+    monkeypatch.setattr(driver, "list_hosts", h2_down)
+    h2 = hv.host("h2")
+    assert h2.state is HostState.UNREACHABLE and not h2.takes_vms
+    plan = vmctl.plan_evacuation(h2)
+    assert not plan.moves
+    (b,) = plan.blockers
+    assert b.kind is BlockKind.HOST_DOWN and "recovery" in b.reason
+    # Nor is it a target for another host's VMs.
+    make(site["h3"], "b", 1024)
+    assert [m.target_name for m in vmctl.plan_evacuation(hv.host("h3")).moves] == ["h1"]
