@@ -31,7 +31,6 @@ from vmctl import (
     AlreadyExists,
     BackendError,
     Capability,
-    ConnectionError,
     ConnectParams,
     DiskInfo,
     DiskSpec,
@@ -1641,7 +1640,3 @@ def _positive(value: Any, name: str) -> float:
     except ValueError:
         raise ValidationError(f"{name} must be a positive number of seconds", field=name) from None
     return f
-
-
-# ConnectionError is re-exported for the tests' isinstance checks.
-__all__ = ["ConnectionError", "HyperVDriver"]

@@ -91,12 +91,12 @@ def _connect(port: int) -> vmctl.Hypervisor:
 def test_job_past_the_deadline_names_the_job(server: Any) -> None:
     with _connect(server.ports[0]) as hv:
         vm = hv.create_vm(VMSpec(name=name("slow"), memory_mib=128))
-        server.world.cfg.op_delay = 3.0
+        server.world.cfg.op_delay = 5.0
         try:
             t0 = time.monotonic()
             with pytest.raises(vmctl.OperationTimeout) as err:
                 vm.start(timeout=0.8)
-            assert time.monotonic() - t0 < 2.5
+            assert time.monotonic() - t0 < 4.0  # the timeout, not the job's end
             assert err.value.running and "start" in err.value.running[0]
         finally:
             server.world.cfg.op_delay = 0.05

@@ -186,3 +186,26 @@ def test_migration_both_ways(hv: vmctl.Hypervisor, hv2: vmctl.Hypervisor, vm: vm
     assert vm.uuid not in {i.uuid for i in hv.list_vms()}
     back = moved.migrate(hv)
     assert back.info().host == "HVHOST1"
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (32775, vmctl.InvalidState),
+        (32777, vmctl.InvalidState),
+        (32778, vmctl.InsufficientResources),
+        (32779, vmctl.NotFound),
+        (32774, vmctl.Conflict),
+        (32770, vmctl.NotSupported),
+        (32772, vmctl.OperationTimeout),
+        (32773, vmctl.BackendError),
+        (32768, vmctl.BackendError),
+    ],
+)
+def test_return_code_table(code: int, error: type) -> None:
+    from vmctl_hyperv._errors import HyperVError, from_code
+
+    err, orig = from_code("do it", code, "what the job said")
+    assert type(err) is error and isinstance(orig, HyperVError) and orig.code == code
+    assert str(code) in str(err) and "what the job said" in str(err)
+    assert err.vendor_code == str(code)
