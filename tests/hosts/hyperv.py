@@ -18,7 +18,7 @@ env file)::
     VMCTL_HYPERV_HTTP_URL=http://127.0.0.1:PORT3/wsman  VMCTL_HYPERV_OTHER_HTTP_URL=...
                                      # the same hosts' plain-HTTP listeners (TLS runs only)
 
-With ``--no-tls`` the URIs end in ``?transport=http`` and the URLs are ``http://``.
+With ``--no-tls`` the URIs are ``hyperv+http://...`` and the URLs ``http://``.
 
 Python API::
 
@@ -78,8 +78,8 @@ class HypervSim:
     process: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False)
 
     def _uri(self, i: int) -> str:
-        tail = "" if self.tls else "/?transport=http"
-        return f"hyperv://{self.username}@127.0.0.1:{self.ports[i]}{tail}"
+        scheme = "hyperv" if self.tls else "hyperv+http"
+        return f"{scheme}://{self.username}@127.0.0.1:{self.ports[i]}"
 
     @property
     def uri(self) -> str:
