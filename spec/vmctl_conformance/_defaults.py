@@ -101,9 +101,18 @@ def _how_to_give(key: str, example: str) -> str:
 
 def preflight(kit: Kit, sources: Mapping[str, str], discovery_error: str = "") -> str:
     """Check, before any clause, that the kit can make its VMs here: one VM with a disk
-    and a NIC as the clauses make them (deleted again). When that fails, a VM with only
-    the NIC and one with only the disk tell which option to give. Returns the problem, or
-    "" when there is none (or the driver cannot create VMs: the clauses then say so)."""
+    and a NIC as the clauses make them (deleted again), on the host and on the second host
+    (the migration clauses need the network and pool on both). When that fails, a VM with
+    only the NIC and one with only the disk tell which option to give. Returns the problem,
+    or "" when there is none (or the driver cannot create VMs: the clauses then say so)."""
+    problem = _preflight_on(kit, sources, discovery_error, "")
+    if problem or kit.other is None:
+        return problem
+    there = Kit(kit.other, None, kit.prefix, kit.options)
+    return _preflight_on(there, sources, discovery_error, " (the second host, for migration)")
+
+
+def _preflight_on(kit: Kit, sources: Mapping[str, str], discovery_error: str, role: str) -> str:
     if Capability.CREATE not in kit.hv.capabilities:
         return ""
     try:
@@ -120,7 +129,7 @@ def preflight(kit: Kit, sources: Mapping[str, str], discovery_error: str = "") -
                 suspects.append((key, err))
     finally:
         kit.cleanup()
-    host = str(kit.hv.uri)
+    host = f"{kit.hv.uri}{role}"
     why = f" ({discovery_error})" if discovery_error else ""
     if not suspects:
         return (

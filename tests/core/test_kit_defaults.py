@@ -37,15 +37,28 @@ class FindsNothing(SimDriver):
         raise vmctl.BackendError("the host's network list is unreadable")
 
 
+class PeerLacksIt(FindsIsolated):
+    """The network found on the first host is missing on the second (sim's peer host)."""
+
+    name = "peersim"
+
+    def create_vm(self, spec: vmctl.VMSpec, *, deadline: Deadline) -> vmctl.VMInfo:
+        if self.host_name.endswith("-peer") and any(n.network == "isolated" for n in spec.nics):
+            raise vmctl.NotFound(f"no network 'isolated' on sim host {self.host_name!r}")
+        return super().create_vm(spec, deadline=deadline)
+
+
 @pytest.fixture
 def drivers() -> Iterator[None]:
     vmctl.register("findsim", FindsIsolated)
     vmctl.register("blindsim", FindsNothing)
+    vmctl.register("peersim", PeerLacksIt)
     try:
         yield
     finally:
         vmctl.unregister("findsim")
         vmctl.unregister("blindsim")
+        vmctl.unregister("peersim")
 
 
 CLAUSES = ["LIFE-CREATE-1", "LIFE-START-1"]
@@ -96,6 +109,17 @@ def test_a_pool_that_does_not_exist_names_pool(drivers: None) -> None:
     report = run("findsim://d", clauses=CLAUSES, options={"pool": "nopool"})
     assert report.refused.startswith("pool=nopool (from command line) does not work")
     assert "--opt pool=NAME" in report.refused
+
+
+def test_the_second_host_needs_the_network_too(drivers: None) -> None:
+    report = run("peersim://a", clauses=CLAUSES)
+    assert report.refused.startswith(
+        "network=isolated (found on the host by the driver) does not work on "
+        "peersim://a-peer (the second host, for migration)"
+    ), report.refused
+    with vmctl.connect("peersim://a") as hv, vmctl.connect("peersim://a-peer") as peer:
+        for h in (hv, peer):
+            assert not [i for i in h.list_vms() if i.name.startswith("vmctl-kit-")]
 
 
 def test_the_cli_says_it_once_and_fails(tmp_path: Path) -> None:
