@@ -983,6 +983,12 @@ _CLAUSE_ID = re.compile(r"^[A-Z]+(?:-[A-Z0-9]+)*-?$")
 )
 @click.option("--prefix", default=None, help="prefix of the kit's objects (default vmctl-kit-)")
 @click.option(
+    "--move-to",
+    default=None,
+    metavar="URI",
+    help="another vendor's hypervisor for the MOVE clauses (credentials from $VMCTL_TO_*)",
+)
+@click.option(
     "--clause",
     "clauses",
     multiple=True,
@@ -1005,6 +1011,7 @@ def conformance(
     prefix: str | None,
     clauses: tuple[str, ...],
     keyword: str | None,
+    move_to: str | None,
 ) -> None:
     """Run the conformance kit against a host; prints the verified support matrix."""
     if importlib.util.find_spec("pytest") is None:
@@ -1030,6 +1037,8 @@ def conformance(
         selected.append(keyword)  # kit tests are named after what they do, not clause ids
     elif keyword:
         pytest_args = ["-k", keyword]
+    if move_to:
+        pytest_args += ["--vmctl-move-to", move_to]
     try:
         result = run(
             uri,

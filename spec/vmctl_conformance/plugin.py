@@ -37,6 +37,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a second host of the same backend, for migration (default $VMCTL_OTHER_URI)",
     )
     group.addoption(
+        "--vmctl-move-to",
+        default=None,
+        help="a hypervisor of another vendor to move VMs to, for the MOVE clauses (default "
+        "$VMCTL_MOVE_TO; without it they move to the second host)",
+    )
+    group.addoption(
         "--vmctl-prefix", default="vmctl-kit-", help="prefix of every object the kit creates"
     )
     group.addoption(
@@ -158,6 +164,24 @@ def vmctl_other_uri(pytestconfig: pytest.Config, vmctl_uri: str) -> str | None:
     suggestion; None if there is none."""
     other = pytestconfig.getoption("--vmctl-other-uri") or os.environ.get("VMCTL_OTHER_URI")
     return str(other) if other else _driver_defaults(vmctl_uri).get("other_uri")
+
+
+@pytest.fixture(scope="session")
+def vmctl_move_to(pytestconfig: pytest.Config) -> Iterator[Hypervisor | None]:
+    """The target of the MOVE clauses: --vmctl-move-to or $VMCTL_MOVE_TO, connected with
+    $VMCTL_TO_PASSWORD, $VMCTL_TO_CAFILE, ... over $VMCTL_PASSWORD, ... (as ``vmctl move``);
+    None if not given."""
+    uri = pytestconfig.getoption("--vmctl-move-to") or os.environ.get("VMCTL_MOVE_TO")
+    if not uri:
+        yield None
+        return
+    from vmctl.cli_move import target_env
+
+    hv = vmctl.connect(str(uri), env=target_env())
+    try:
+        yield hv
+    finally:
+        hv.close()
 
 
 @pytest.fixture(scope="session")
