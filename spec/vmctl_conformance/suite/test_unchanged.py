@@ -212,3 +212,28 @@ def test_revert_restores_everything(kit: Kit) -> None:
         f"NICs (network, MAC) after {what}"
     )
     assert after.resources == before.resources, f"resource controls after {what}"
+
+
+@clause("MIG-ONLY-1")
+@requires(Capability.MIGRATE_COLD)
+def test_migration_keeps_the_configuration(kit: Kit) -> None:
+    if kit.other is None:
+        pytest.skip("no second host given (--vmctl-other-uri / VMCTL_OTHER_URI)")
+    vm = _pad(kit, "only-mig")
+    wanted: dict[str, int] = {}
+    for r in _controls(kit, vm.config().memory_mib):
+        vm.set_resources(r)
+        wanted.update(r.set_fields())
+    before = vm.config()
+    after = vm.migrate(kit.other, timeout=kit.timeout).config()
+    what = "after a cold migration"
+    assert (after.vcpus, after.memory_mib) == (before.vcpus, before.memory_mib), (
+        f"(vCPUs, memory) {what}"
+    )
+    assert [(d.id, d.size_mib) for d in after.disks] == [
+        (d.id, d.size_mib) for d in before.disks
+    ], f"disks (id, MiB) {what}"
+    assert [(n.network, n.mac) for n in after.nics] == [(n.network, n.mac) for n in before.nics], (
+        f"NICs (network, MAC) {what}"
+    )
+    _check_controls(after.resources, wanted, what)
