@@ -586,12 +586,13 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
         )
 
     def _drop_older(self, c: Any, dom: Any, p: _Pit, *, live: bool) -> None:
-        """Delete the domain's vmctl checkpoints older than this point in time's."""
+        """Delete the domain's vmctl checkpoints older than this point in time's (and, on a
+        stopped VM, vmctl bitmaps no checkpoint names: left by a checkpoint whose metadata
+        went away, e.g. a VM migrated to another host, where libvirt does not take
+        checkpoint metadata along)."""
         if not p.checkpoint:
             return
         olds = [t for t in self._vmctl_checkpoints(dom) if t[1] != p.checkpoint]
-        if not olds:
-            return
         if live and dom.isActive():
             for _, _, cp in olds:
                 with contextlib.suppress(Exception):
@@ -600,19 +601,24 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
         if dom.isActive():
             return  # started meanwhile: left for the next point in time
         with _vm_lock(p.uuid):
-            self._drop_offline(c, dom, olds)
+            self._drop_offline(c, dom, olds, keep=p.checkpoint)
 
-    def _drop_offline(self, c: Any, dom: Any, olds: list[tuple[int, str, Any]]) -> None:
+    def _drop_offline(
+        self, c: Any, dom: Any, olds: list[tuple[int, str, Any]], *, keep: str
+    ) -> None:
         lv = require_libvirt()
-        images = {}
+        images = []
         for d in _disks(self._xml(dom, inactive=True)):
             with contextlib.suppress(Exception):
-                images[d.dev] = self._image(c, d)
-        for _, name, cp in olds:
-            for image in images.values():
-                if isinstance(image, Image):
-                    image.remove_bitmap(name)
+                images.append(self._image(c, d))
+        for _, _, cp in olds:
             cp.delete(lv.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+        for image in images:
+            if not isinstance(image, Image):
+                continue
+            for bm in list(image.bitmaps):
+                if bm.name.startswith(PREFIX) and bm.name != keep:
+                    image.remove_bitmap(bm.name)
 
     def _forget_checkpoints(self, c: Any, dom: Any) -> None:
         """Delete every vmctl checkpoint of the domain with its bitmaps: libvirt 9.0 refuses

@@ -336,3 +336,24 @@ def test_full_storage_is_insufficient_resources(hv: vmctl.Hypervisor, hosts: Any
         subprocess.run(["umount", str(where)], check=False)
         with contextlib.suppress(OSError):
             where.rmdir()
+
+
+def test_orphan_bitmaps_are_removed(hv: vmctl.Hypervisor, hosts: Any, tmp_path: Path) -> None:
+    """A bitmap whose checkpoint metadata went away (libvirt does not migrate checkpoint
+    metadata) is removed by the next point in time of the stopped VM."""
+    _qemu_img()
+    vm = _vm(hv, hosts, "bk-orphan")
+    try:
+        write_disk(vm, "vda", 0, b"o" * 1000)
+        repo = vmctl.open_repo(str(tmp_path / "repo"), chunk_size=MIB)
+        vm.backup(repo)
+        (cp,) = _checkpoints(hosts.uri, vm)
+        virsh(hosts.uri, "checkpoint-delete", vm.uuid, cp, "--metadata")
+        path = Path(vm.config().disks[0].path or "")
+        assert list(_bitmaps(path)) == [cp]  # the orphan
+        vm.backup(repo)
+        (now,) = _checkpoints(hosts.uri, vm)
+        assert list(_bitmaps(path)) == [now] and now != cp
+        _check(path)
+    finally:
+        vm.delete(force=True)
