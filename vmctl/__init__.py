@@ -84,6 +84,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "RepositoryError": (".backup", "RepositoryError"),
     "open_repo": (".backup", "open_repo"),
     "move": ("._move", "move"),
+    "move_digest": ("._move", "move_digest"),
     "MoveReport": ("._move", "MoveReport"),
     "MovedDisk": ("._move", "MovedDisk"),
     "MappingNote": ("._move", "MappingNote"),
@@ -154,7 +155,7 @@ if TYPE_CHECKING:
         VMSpec,
         VMStats,
     )
-    from ._move import MappingKind, MappingNote, MovedDisk, MoveReport, move
+    from ._move import MappingKind, MappingNote, MovedDisk, MoveReport, move, move_digest
     from ._operations import (
         Operation,
         as_completed,
@@ -265,6 +266,7 @@ __all__ = [
     "connect",
     "execute",
     "move",
+    "move_digest",
     "open_repo",
     "plan_evacuation",
     "register",

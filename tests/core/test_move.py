@@ -78,16 +78,18 @@ def test_sim_to_sim_moves_the_disks_byte_for_byte(
 ) -> None:
     vm, images = make_vm(hv)
     before = disk_digests(vm)
+    digests = [vmctl.move_digest(i) for i in images]
     seen: list[vmctl.backup.BackupProgress] = []
     report = vmctl.move(vm, site_b, network_map={"default": "isolated"}, progress=seen.append)
     assert report.verified and not report.dry_run
     moved = site_b.vm("web")
     assert report.target_uuid == moved.uuid
     assert target_bytes(moved, [len(i) for i in images]) == images
-    assert [d.source_sha256 for d in report.disks] == before
-    assert [d.target_sha256 for d in report.disks] == before
-    # holes are not copied: 3 MiB + 5 and 1 MiB of disk 0, and the two pieces of disk 1
-    assert report.copied_bytes < 8 * MIB
+    assert [d.source_digest for d in report.disks] == digests
+    assert [d.target_digest for d in report.disks] == digests
+    # holes are not copied: of the 8 pieces of 4 MiB, those holding data (0 and 4 of disk 0,
+    # 0 and 1 of disk 1)
+    assert report.copied_bytes == 16 * MIB
     assert seen and seen[-1].done_bytes == seen[-1].total_bytes and seen[-1].phase == "move"
     # the configuration, mapped
     cfg = moved.config()
@@ -110,7 +112,7 @@ def test_sim_to_sim_moves_the_disks_byte_for_byte(
     assert moved.info().state is PowerState.STOPPED and not report.powered_on
     # readable forms
     text = str(report)
-    assert "verified" in text and "nic 0 MAC" in text and before[0] in text
+    assert "verified" in text and "nic 0 MAC" in text and digests[0] in text
     data = json.loads(report.to_json())
     assert data["verified"] is True and data["mapping"][0]["kind"] == "kept"
 

@@ -2,7 +2,7 @@
 
 >>> report = vmctl.move(src.vm("web-1"), vmctl.connect("xen://root@xcp1"),
 ...                     network_map={"VM Network": "Pool-wide network"}, power_on=True)
->>> report.verified, report.disks[0].source_sha256
+>>> report.verified, report.disks[0].source_digest
 >>> print(report)                      # the mapping report: what changed, what the guest needs
 
 Built on the backup core's pieces: the source's disks are read through its ``DiskAccess``
@@ -13,7 +13,8 @@ back with ``disk_digests``. See docs/move.md and the MOVE-* clauses of spec/SPEC
 
 from __future__ import annotations
 
+from ._digest import digest_of as move_digest
 from ._job import move
 from ._model import MappingKind, MappingNote, MovedDisk, MoveReport
 
-__all__ = ["MappingKind", "MappingNote", "MoveReport", "MovedDisk", "move"]
+__all__ = ["MappingKind", "MappingNote", "MoveReport", "MovedDisk", "move", "move_digest"]

