@@ -40,6 +40,7 @@ from vmctl import (
     InvalidState,
     NotFound,
     NotSupported,
+    OperationTimeout,
     ValidationError,
     VmctlError,
 )
@@ -384,7 +385,6 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                     d.client = NbdClient.connect_unix(sock, d.export, contexts, timeout)
                 else:
                     d.client = NbdClient.connect_tcp(host, port, d.export, contexts, timeout)
-                d.client._sock.settimeout(None)
         except (OSError, NbdError) as exc:
             self._end_job(pit, Deadline.after(self._link.rpc_timeout))
             raise VmctlError(f"cannot read the backup export of VM {uuid}: {exc}") from exc
@@ -460,7 +460,7 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
             assert d.client is not None
             runs = [
                 (o, n)
-                for o, n, f in self._nbd(d, lambda cl: cl.extents(ALLOCATION, 0, d.size))
+                for o, n, f in self._nbd(d, lambda cl: cl.extents(ALLOCATION, 0, d.size), deadline)
                 if not f & 3
             ]
         else:
@@ -479,7 +479,7 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                 field="extent",
             )
         if p.running:
-            data: bytes = self._nbd(d, lambda cl: cl.read(offset, length))
+            data: bytes = self._nbd(d, lambda cl: cl.read(offset, length), deadline)
             return data
         image = d.image
         assert image is not None
@@ -494,11 +494,25 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
         out: bytes = self._call(f"read disk {disk_id} at {offset}", read, deadline)
         return out
 
-    def _nbd(self, d: _Disk, fn: Callable[[NbdClient], Any]) -> Any:
-        assert d.client is not None
+    def _nbd(self, d: _Disk, fn: Callable[[NbdClient], Any], deadline: Deadline) -> Any:
+        """``fn(client)`` bounded by ``deadline``. A timeout or failure midway leaves the
+        connection out of step with the server: it is closed, and later reads fail at once."""
+        client = d.client
+        if client is None:
+            raise VmctlError(f"the backup export of disk {d.dev} is no longer connected")
+        remaining = deadline.remaining()
+        client.settimeout(None if remaining == float("inf") else deadline.bound(None))
         try:
-            return fn(d.client)
+            return fn(client)
+        except TimeoutError as exc:
+            d.client = None
+            client.close()
+            raise OperationTimeout(
+                f"reading disk {d.dev} from the backup export: no answer within the deadline"
+            ) from exc
         except (OSError, NbdError) as exc:
+            d.client = None
+            client.close()
             raise VmctlError(f"reading disk {d.dev} from the backup export failed: {exc}") from exc
 
     def changed_extents(
@@ -514,7 +528,9 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                 )
             ctx = BITMAP_CONTEXT + d.bitmap
             runs = [
-                (o, n) for o, n, f in self._nbd(d, lambda cl: cl.extents(ctx, 0, d.size)) if f & 1
+                (o, n)
+                for o, n, f in self._nbd(d, lambda cl: cl.extents(ctx, 0, d.size), deadline)
+                if f & 1
             ]
         else:
             image = d.image

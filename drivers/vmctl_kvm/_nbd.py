@@ -205,6 +205,9 @@ class NbdClient:
                 pos += ln
         return out
 
+    def settimeout(self, seconds: float | None) -> None:
+        self._sock.settimeout(seconds)
+
     def close(self) -> None:
         try:
             with self._lock:

@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,54 @@ def test_orphan_bitmaps_are_removed(hv: vmctl.Hypervisor, hosts: Any, tmp_path: 
         _check(path)
     finally:
         vm.delete(force=True)
+
+
+def test_nbd_client_against_qemu_nbd(tmp_path: Path) -> None:
+    """The NBD client against QEMU's own NBD server (qemu-nbd, started here): reads,
+    base:allocation and a dirty bitmap's extents agree with the image."""
+    _qemu_img()
+    if shutil.which("qemu-nbd") is None:
+        pytest.skip("qemu-nbd is missing: run tests/hosts/install-kvm.sh")
+    from vmctl_kvm._nbd import NbdClient
+
+    img, size = tmp_path / "n.qcow2", 16 * MIB
+    _img(img, size)
+    _qemu_io(img, "write -P 0x77 0 1M")
+    io = LocalIo(img)
+    Image(io).add_bitmap("cp1")
+    io.close()
+    _qemu_io(img, "write -P 0x78 8M 64k", "write -P 0x79 12M 4k")  # QEMU sets cp1's bits
+    sock = tmp_path / "nbd.sock"
+    proc = subprocess.Popen(
+        ["qemu-nbd", "-r", "-k", str(sock), "-x", "disk", "-f", "qcow2", "-B", "cp1", str(img)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"qemu-nbd exited: {proc.stderr.read() if proc.stderr else b''!r}"
+                )
+            time.sleep(0.05)
+        client = NbdClient.connect_unix(
+            str(sock), "disk", ["base:allocation", "qemu:dirty-bitmap:cp1"], 10
+        )
+        try:
+            assert client.size == size
+            assert client.read(0, size) == _as_raw(img, tmp_path)
+            dirty = [
+                (o, n) for o, n, f in client.extents("qemu:dirty-bitmap:cp1", 0, size) if f & 1
+            ]
+            io = LocalIo(img)
+            assert dirty == Image(io).bitmap_extents("cp1") == [(8 * MIB, 65536), (12 * MIB, 65536)]
+            data = [(o, n) for o, n, f in client.extents("base:allocation", 0, size) if not f & 1]
+            assert data == Image(io).allocated()
+            io.close()
+        finally:
+            client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
