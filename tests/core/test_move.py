@@ -136,10 +136,94 @@ def test_power_on_and_a_running_source(hv: vmctl.Hypervisor, site_b: vmctl.Hyper
     assert report.consistency is vmctl.backup.Consistency.CRASH
     assert site_b.vm("web-2").info().state is PowerState.RUNNING
     assert vm.info().state is PowerState.RUNNING  # the source goes on running
-    # deleting a running source would lose its later writes: refused before anything
-    with pytest.raises(vmctl.InvalidState, match="stop it first"):
+    vm.pause()
+    with pytest.raises(vmctl.InvalidState, match="paused"):
         vmctl.move(vm, site_b, name="web-3", keep_source=False)
     assert names(site_b) == ["web-2"]
+
+
+def _guest_writes_during_copy(hv: vmctl.Hypervisor, vm: vmctl.VM, images: list[bytes]) -> Any:
+    """A progress callback: on the first call of the copy, the running guest writes into
+    both disks (a new piece and over old data); ``images`` is updated to match."""
+    driver = hv._conn.driver
+    assert isinstance(driver, SimDriver)
+    disks = vm.config().disks
+    done: list[str] = []
+
+    def progress(p: vmctl.backup.BackupProgress) -> None:
+        done.append(p.phase)
+        if done.count("move") == 1:
+            for index, offset, data in ((0, 21 * MIB, b"late" * 999), (1, 100, b"new!")):
+                driver.guest_write(vm.uuid, disks[index].id, offset, data)
+                image = bytearray(images[index])
+                image[offset : offset + len(data)] = data
+                images[index] = bytes(image)
+
+    return progress, done
+
+
+def test_a_running_source_is_synced_after_it_stops(
+    hv: vmctl.Hypervisor, site_b: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vmctl._move._job as job
+    import vmctl.backup._backup as backup_job
+
+    monkeypatch.setattr(backup_job, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(job, "STOP_GRACE_S", 0.5)  # the sim's VMs have no guest to ask
+    vm, images = make_vm(hv)
+    vm.start()
+    progress, phases = _guest_writes_during_copy(hv, vm, images)
+    report = vmctl.move(vm, site_b, keep_source=False, progress=progress)
+    assert report.verified and report.source_deleted and report.powered_on
+    assert "final sync" in phases
+    # only the pieces the guest wrote meanwhile: one of each disk
+    assert report.final_sync_bytes == 8 * MIB
+    assert report.downtime_s is not None and report.downtime_s < report.duration_s
+    moved = site_b.vm("web")
+    assert moved.info().state is PowerState.RUNNING
+    moved.power_off()
+    assert target_bytes(moved, [len(i) for i in images]) == images
+    assert [d.source_digest for d in report.disks] == [vmctl.move_digest(i) for i in images]
+    assert "final sync" in str(report)
+
+
+def test_a_running_source_without_tracking_is_stopped_first(
+    hv: vmctl.Hypervisor, site_b: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vmctl._move._job as job
+
+    monkeypatch.setattr(job, "STOP_GRACE_S", 0.5)
+    vm, images = make_vm(hv)
+    vm.start()
+    caps = hv._conn.capabilities
+    monkeypatch.setattr(hv._conn, "capabilities", caps - {vmctl.Capability.BACKUP_INCREMENTAL})
+    report = vmctl.move(vm, site_b, keep_source=False, power_on=False)
+    assert report.verified and report.final_sync_bytes is None and report.downtime_s is not None
+    assert report.consistency is vmctl.backup.Consistency.STOPPED
+    assert target_bytes(site_b.vm("web"), [len(i) for i in images]) == images
+
+
+def test_a_failed_final_sync_starts_the_source_again(
+    hv: vmctl.Hypervisor, site_b: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vmctl._move._job as job
+
+    monkeypatch.setattr(job, "STOP_GRACE_S", 0.5)
+    vm, images = make_vm(hv)
+    vm.start()
+    real = SimDriver.write_extents
+
+    def full_when_stopped(self: SimDriver, uuid: str, *args: Any, **kw: Any) -> None:
+        if uuid != vm.uuid and vm.info().state is PowerState.STOPPED:
+            raise vmctl.InsufficientResources("the storage is full")
+        real(self, uuid, *args, **kw)
+
+    monkeypatch.setattr(SimDriver, "write_extents", full_when_stopped)
+    progress, _ = _guest_writes_during_copy(hv, vm, images)
+    with pytest.raises(vmctl.InsufficientResources, match="started again"):
+        vmctl.move(vm, site_b, keep_source=False, progress=progress)
+    assert names(site_b) == [] and names(hv) == ["web"]
+    assert vm.info().state is PowerState.RUNNING
 
 
 def test_keep_source_false_deletes_it_after_verification(

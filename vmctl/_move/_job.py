@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._capabilities import Capability
 from .._deadline import Deadline
-from .._diskaccess import ExtentData, PointInTime, PointInTimeDisk
+from .._diskaccess import Consistency, ExtentData, PointInTime, PointInTimeDisk
 from .._errors import (
     AlreadyExists,
     Conflict,
@@ -53,7 +53,7 @@ from ..backup._backup import Reporter, check_progress
 from ..backup._chunking import chunk_span, chunks_touching
 from ..backup._diskio import flushed
 from ..backup._model import BackupProgress
-from ..spi import DiskAccess, DiskWriter
+from ..spi import ChangedBlocks, DiskAccess, DiskWriter
 from ._digest import PIECE, combine, piece_hash
 from ._mapping import check_network_map, mapping, target_spec
 from ._model import MovedDisk, MoveReport
@@ -67,6 +67,8 @@ log = logging.getLogger("vmctl.move")
 MIB = 1024 * 1024
 #: Pieces (of PIECE bytes) read ahead of the writes, and written per call.
 AHEAD = 4
+#: Seconds a running source's guest has to shut down for the final copy before power-off.
+STOP_GRACE_S = 120.0
 WRITE_RUN = 4
 
 Progress = Callable[[BackupProgress], None]
@@ -236,11 +238,19 @@ class _Copy:
         return data
 
     def disk(
-        self, disk: PointInTimeDisk, target_id: str, pieces: list[int], pool: ThreadPoolExecutor
-    ) -> MovedDisk:
-        """Read the pieces in order (a few ahead, in the pool's one thread), hash each, write
-        those that are not all zeroes in batches of WRITE_RUN."""
-        digests: dict[int, bytes] = {}
+        self,
+        disk: PointInTimeDisk,
+        target_id: str,
+        pieces: list[int],
+        pool: ThreadPoolExecutor,
+        digests: dict[int, bytes],
+        *,
+        zeroes: bool,
+    ) -> int:
+        """Read the pieces in order (a few ahead, in the pool's one thread), hash each into
+        ``digests``, write them in batches of WRITE_RUN: pieces of zeroes as zeroes when
+        ``zeroes`` (a final sync over older content), else not at all (a new disk reads as
+        zeroes). Returns the bytes written with data."""
         batch: list[ExtentData] = []
         copied = 0
         pending: deque[tuple[int, Future[bytes]]] = deque()
@@ -265,8 +275,10 @@ class _Copy:
             if data.count(0) != len(data):
                 batch.append(ExtentData(index * PIECE, len(data), data))
                 copied += len(data)
-                if len(batch) >= WRITE_RUN:
-                    write()
+            elif zeroes:
+                batch.append(ExtentData(index * PIECE, len(data), None))
+            if len(batch) >= WRITE_RUN:
+                write()
             self.reporter.add(len(data), disk.id)
 
         with flushed(self.dst, target_id, self.deadline):
@@ -282,13 +294,37 @@ class _Copy:
             finally:
                 for _, future in pending:
                     future.cancel()
-        return MovedDisk(
-            source_id=disk.id,
-            size_bytes=disk.size_bytes,
-            target_id=target_id,
-            copied_bytes=copied,
-            source_digest=combine(disk.size_bytes, digests),
-        )
+        return copied
+
+    def changed_pieces(self, disk: PointInTimeDisk, since: str, before: list[int]) -> list[int]:
+        """The pieces written since the checkpoint ``since``; where the host no longer knows
+        it, every piece allocated now or copied before."""
+        assert isinstance(self.reader, ChangedBlocks)
+        try:
+            extents = self.sconn.dispatcher.call(
+                f"list the extents of disk {disk.id} of VM {self.src.name!r} changed meanwhile",
+                self.reader.changed_extents,
+                self.pit,
+                disk.id,
+                since,
+                deadline=self._step(self.sconn),
+            )
+        except NotFound as exc:
+            log.info("final sync of disk %s: %s; reading it whole", disk.id, exc)
+            return sorted(set(self.pieces(disk)) | set(before))
+        return chunks_touching(extents, disk.size_bytes, PIECE)
+
+
+class _Pass:
+    """What one pass over the source's disks (the copy, or the final sync) left."""
+
+    def __init__(self) -> None:
+        self.digests: dict[str, dict[int, bytes]] = {}
+        self.pieces: dict[str, list[int]] = {}
+        self.checkpoints: dict[str, str | None] = {}
+        self.copied: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}  # in the source's order
+        self.consistency: Consistency | None = None
 
 
 # -- the job ----------------------------------------------------------------------------------
@@ -313,12 +349,15 @@ def move(
     ``name`` (default: the source's), ``network_map`` {source network: target network}
     (networks not in it keep their name), ``storage`` the target's pool/SR/datastore for the
     disks (default: the target's), ``power_on`` (None: if the source was running),
-    ``keep_source=False`` deletes the source after verification (it must be stopped: a
-    running source's later writes would be lost). ``progress`` is called with
-    ``BackupProgress(phase="move", ...)``. ``dry_run`` returns the mapping report having
+    ``keep_source=False`` deletes the source after verification; a running source is then
+    copied while it runs, stopped (its guest asked to shut down, powered off after
+    STOP_GRACE_S), and the pieces written meanwhile copied in a final sync where the host
+    tracks changed blocks (else it is stopped before the copy). ``progress`` is called
+    with ``BackupProgress(phase="move" or "final sync", ...)``. ``dry_run`` returns the mapping report having
     touched nothing. Refusals (bad input, a missing capability, a name taken, a target too
     small, the VM being moved already) come before anything is made; a failure later
-    deletes what was made on the target and leaves the source as it was.
+    deletes what was made on the target and leaves the source as it was (started again if
+    the move stopped it).
     """
     _check_args(vm, target, name, storage, power_on, keep_source, dry_run, progress)
     sconn, tconn = vm._conn, target._conn
@@ -331,14 +370,17 @@ def move(
         state = vm.info().state
         if state is PowerState.UNKNOWN:
             raise InvalidState(f"cannot move VM {vm.name!r}: its state is unknown")
-        if not keep_source and state is not PowerState.STOPPED:
+        if not keep_source and state not in (PowerState.STOPPED, PowerState.RUNNING):
             raise InvalidState(
                 f"cannot move VM {vm.name!r} with keep_source=False while it is "
-                f"{state.value}: what it writes after the point in time would be lost; "
-                "stop it first",
+                f"{state.value}: stop it (or start it) first",
                 current=state,
-                allowed={PowerState.STOPPED},
+                allowed={PowerState.STOPPED, PowerState.RUNNING},
             )
+        # A running source that is to go: copied while it runs, then stopped and the blocks
+        # changed meanwhile copied (where it tracks changes), or stopped before the copy.
+        live = not keep_source and state is PowerState.RUNNING
+        synced = live and Capability.BACKUP_INCREMENTAL in sconn.capabilities
         start = state is PowerState.RUNNING if power_on is None else power_on
         config = vm.config()
         networks = check_network_map(config, network_map)
@@ -384,14 +426,25 @@ def move(
             )
             return report(None, disks=disks)
         made = _create(target, spec, _left(deadline, timeout))
+        stopped_at: float | None = None
+        passes: list[_Pass] = []
         try:
-            moved, consistency = _copy_all(vm, made, deadline, progress)
-            moved = _verify(made, moved, deadline)
+            if live and not synced:
+                stopped_at = _stop(vm, deadline, timeout)
+            passes.append(_copy_all(vm, made, deadline, progress, None))
+            if synced:
+                stopped_at = _stop(vm, deadline, timeout)
+                passes.append(_copy_all(vm, made, deadline, progress, passes[0]))
+            moved = _verify(made, _moved(made, passes), deadline)
             if start:
                 made.start(timeout=_left(deadline, timeout))
         except BaseException as exc:
             _discard(made, exc)
+            if stopped_at is not None:
+                _restart(vm, exc)
             raise
+        downtime = None if stopped_at is None else time.monotonic() - stopped_at
+        consistency = passes[-1].consistency
         made_config = made.config()
         deleted = False
         if not keep_source:
@@ -406,7 +459,37 @@ def move(
             powered_on=start,
             source_deleted=deleted,
             copied_bytes=sum(d.copied_bytes for d in moved),
+            final_sync_bytes=sum(passes[1].copied.values()) if len(passes) > 1 else None,
+            downtime_s=downtime,
         )
+
+
+def _stop(vm: VM, deadline: Deadline, timeout: float | None) -> float:
+    """Stop the running source for the final copy: its guest asked to shut down (powered
+    off after STOP_GRACE_S), or powered off where the host cannot ask. Returns when."""
+    at = time.monotonic()
+    if Capability.SHUTDOWN in vm._conn.capabilities:
+        vm.shutdown(force_after=STOP_GRACE_S, timeout=_left(deadline, timeout))
+    else:
+        vm.power_off(timeout=_left(deadline, timeout))
+    log.info("move: stopped the source VM %r for the final copy", vm.name)
+    return at
+
+
+def _restart(vm: VM, exc: BaseException) -> None:
+    """After a failure, the source that the move stopped runs again."""
+    try:
+        vm.start()
+    except VmctlError as again:
+        log.warning("move: starting the source VM %r again failed: %s", vm.name, again)
+        if isinstance(exc, VmctlError):
+            exc.message += (
+                f" (the source VM {vm.name!r} was stopped for the move and could not be "
+                f"started again: {again})"
+            )
+    else:
+        if isinstance(exc, VmctlError):
+            exc.message += f" (the source VM {vm.name!r} was started again)"
 
 
 def _left(deadline: Deadline, timeout: float | None) -> float | None:
@@ -426,8 +509,10 @@ def _create(target: Hypervisor, spec: VMSpec, timeout: float | None) -> VM:
 
 
 def _copy_all(
-    vm: VM, made: VM, deadline: Deadline, progress: Progress | None
-) -> tuple[tuple[MovedDisk, ...], Any]:
+    vm: VM, made: VM, deadline: Deadline, progress: Progress | None, before: _Pass | None
+) -> _Pass:
+    """One pass: a point in time of the source, its disks into the target's. With
+    ``before`` (a final sync), only the pieces changed since its checkpoints."""
     sconn = vm._conn
     reader = sconn.driver
     assert isinstance(reader, DiskAccess)
@@ -450,16 +535,38 @@ def _copy_all(
                     f"disk {t.id} of the target ({t.size_mib} MiB) is smaller than disk {d.id} "
                     f"({d.size_bytes} bytes)"
                 )
-        reporter = Reporter(progress, "move", 0)
+        reporter = Reporter(progress, "move" if before is None else "final sync", 0)
         copy = _Copy(vm, made, pit, deadline, reporter)
+        out = _Pass()
+        out.consistency = pit.consistency
+        for d in pit.disks:
+            out.checkpoints[d.id] = d.checkpoint
+            out.sizes[d.id] = d.size_bytes
+            if before is None:
+                out.pieces[d.id] = copy.pieces(d)
+                out.digests[d.id] = {}
+            else:
+                since = before.checkpoints.get(d.id)
+                old = before.pieces[d.id]
+                out.pieces[d.id] = (
+                    copy.changed_pieces(d, since, old)
+                    if since
+                    else sorted(set(copy.pieces(d)) | set(old))
+                )
+                out.digests[d.id] = dict(before.digests[d.id])
+        reporter.total = sum(
+            chunk_span(i, d.size_bytes, PIECE)[1] for d in pit.disks for i in out.pieces[d.id]
+        )
         with ThreadPoolExecutor(1, thread_name_prefix="vmctl-move") as pool:
-            plans = [(d, t.id, copy.pieces(d)) for d, t in zip(pit.disks, targets, strict=True)]
-            reporter.total = sum(
-                chunk_span(i, d.size_bytes, PIECE)[1] for d, _, pieces in plans for i in pieces
-            )
-            moved = tuple(copy.disk(d, t, pieces, pool) for d, t, pieces in plans)
+            for d, t in zip(pit.disks, targets, strict=True):
+                out.copied[d.id] = copy.disk(
+                    d, t.id, out.pieces[d.id], pool, out.digests[d.id], zeroes=before is not None
+                )
+        if before is not None:  # every piece ever copied, for a later pass
+            for d in pit.disks:
+                out.pieces[d.id] = sorted(set(out.pieces[d.id]) | set(before.pieces[d.id]))
         reporter.add(0, None, final=True)
-        return moved, pit.consistency
+        return out
     finally:
         with contextlib.suppress(VmctlError):
             sconn.dispatcher.call(
@@ -468,6 +575,20 @@ def _copy_all(
                 pit,
                 deadline=Deadline.after(sconn.timeouts.operation_s),
             )
+
+
+def _moved(made: VM, passes: list[_Pass]) -> tuple[MovedDisk, ...]:
+    last = passes[-1]
+    return tuple(
+        MovedDisk(
+            source_id=disk_id,
+            size_bytes=size,
+            target_id=t.id,
+            copied_bytes=sum(p.copied.get(disk_id, 0) for p in passes),
+            source_digest=combine(size, last.digests[disk_id]),
+        )
+        for (disk_id, size), t in zip(last.sizes.items(), made.config().disks, strict=True)
+    )
 
 
 def _verify(made: VM, moved: tuple[MovedDisk, ...], deadline: Deadline) -> tuple[MovedDisk, ...]:

@@ -63,7 +63,11 @@ class MoveReport:
 
     ``mapping`` says what could not be carried over or was changed, ``guest_needs`` what
     the guest may need on the target (drivers, tools, network configuration for new MACs).
-    ``consistency`` is that of the source's point in time the disks were read at.
+    ``consistency`` is that of the source's point in time the disks were read at (the
+    last one). A running source moved with ``keep_source=False`` was copied while it ran,
+    then stopped and the pieces changed meanwhile copied (``final_sync_bytes``; where it
+    tracks changes, else it was stopped first); ``downtime_s`` is from its stop to the end
+    (the target started, if asked).
     """
 
     source_uri: str
@@ -81,6 +85,8 @@ class MoveReport:
     source_deleted: bool = False
     copied_bytes: int = 0
     duration_s: float = 0.0
+    final_sync_bytes: int | None = None
+    downtime_s: float | None = None
 
     @property
     def verified(self) -> bool:
@@ -111,6 +117,13 @@ class MoveReport:
                 f"point in time: {consistency}; powered on: {'yes' if self.powered_on else 'no'}"
                 f"; source deleted: {'yes' if self.source_deleted else 'no'}"
             )
+            if self.downtime_s is not None:
+                sync = (
+                    f"{self.final_sync_bytes} bytes in the final sync; "
+                    if self.final_sync_bytes is not None
+                    else "stopped before the copy; "
+                )
+                lines.append(f"source stopped for the move: {sync}down {self.downtime_s:.1f} s")
         for d in self.disks:
             digest = f" digest {d.source_digest}" if d.source_digest else ""
             match = (
