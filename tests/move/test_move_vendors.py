@@ -146,3 +146,42 @@ def test_esx_target_full_mid_way(
     assert {i.uuid for i in esx.list_vms()} == before_vms
     assert volumes(esx) == before_files
     assert disk_digests(vm) == digest and vm.info().state is PowerState.STOPPED
+
+
+def test_running_xen_source_final_sync_with_cbt(
+    sim: vmctl.Hypervisor, xen: vmctl.Hypervisor, xen_sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running Xen VM moved with keep_source=False: copied while it runs (a VM snapshot),
+    stopped, then the blocks its guest wrote meanwhile copied (CBT's list_changed_blocks
+    since the first pass's checkpoint)."""
+    import vmctl._move._job as job
+    import vmctl.backup._backup as backup_job
+
+    monkeypatch.setattr(backup_job, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(job, "STOP_GRACE_S", 1.0)
+    vm, image = source_vm(xen, "mv-live")
+    vm.start()
+    vdi_uuid = (vm.config().disks[0].path or "").removeprefix("vdi:")
+    db = xen_sim.db
+    with db.lock:
+        vdi = next(r for r, rec in db.objs["VDI"].items() if rec["uuid"] == vdi_uuid)
+    phases: list[str] = []
+    late = (12 * MIB + 5, b"written by the guest during the copy" * 100)
+
+    def progress(p: vmctl.backup.BackupProgress) -> None:
+        phases.append(p.phase)
+        if phases.count("move") == 1:  # the guest writes while the first pass runs
+            db.vdata.write(vdi, late[0], late[1])
+
+    report = vmctl.move(
+        vm, sim, network_map={XEN_NETWORK: "default"}, keep_source=False, progress=progress
+    )
+    assert report.verified and report.source_deleted and report.powered_on
+    assert "final sync" in phases
+    assert report.final_sync_bytes == 4 * MIB  # the one 4 MiB piece the guest wrote in
+    expected = bytearray(image)
+    expected[late[0] : late[0] + len(late[1])] = late[1]
+    moved = sim.vm(report.target_uuid or "")
+    moved.power_off()
+    assert on_target(moved) == bytes(expected)
+    assert vm.uuid not in {i.uuid for i in xen.list_vms()}
