@@ -416,11 +416,12 @@ class HyperVDriver(
             raise
         return driver
 
-    @classmethod
-    def kit_options(cls, uri: URI) -> Mapping[str, str]:
-        # hypervsim's switch and bootable ISO (docs/hypervsim.md); on a real host give
-        # network= (a switch's name) and boot_iso= (a path on the host).
-        return {"network": "vSwitch", "boot_iso": "C:\\Hyper-V\\Images\\guest-os.iso"}
+    def kit_defaults(self, *, deadline: Deadline) -> Mapping[str, str]:
+        """The host's first virtual switch as the kit's network. A bootable ISO cannot be
+        found by WMI (it is a file path on the host): give ``boot_iso=`` in
+        VMCTL_KIT_OPTIONS (.hosts/hyperv.env does, for hypervsim's guest image)."""
+        names = sorted(str(s.get("ElementName") or s["Name"]) for s in self._switches(deadline))
+        return {"network": names[0]} if names else {}
 
     def _load(self, deadline: Deadline) -> None:
         with self._mapped(f"connect to {self.uri}"):

@@ -6,8 +6,11 @@ Command line (from the repository root)::
     python -m tests.hosts.hyperv status   # 0 running, 1 dead, 3 not started
     python -m tests.hosts.hyperv stop     # stops exactly the PID in .hosts/hyperv.pids
 
-``.hosts/hyperv.env`` (POSIX shell, sourceable; names of its own, so it mixes with no other
-env file)::
+``.hosts/hyperv.env`` (POSIX shell, sourceable). Like the other env files it sets the generic
+names the CLI and the kit read (``VMCTL_URI``, ``VMCTL_OTHER_URI``, ``VMCTL_PASSWORD``,
+``VMCTL_CAFILE``, ``VMCTL_THUMBPRINT``, ``VMCTL_KIT_OPTIONS``: the guest ISO, which WMI cannot
+discover), so ``vmctl conformance "$VMCTL_URI" --other-uri "$VMCTL_OTHER_URI"`` runs the kit
+as it is, and the same values under names of its own, which sourcing another file keeps::
 
     VMCTL_HYPERV_URI=hyperv://Administrator@127.0.0.1:PORT1      # the cluster's first host
     VMCTL_HYPERV_OTHER_URI=hyperv://Administrator@127.0.0.1:PORT2  # its second host
@@ -17,6 +20,7 @@ env file)::
     VMCTL_HYPERV_CAFILE=.hosts/hyperv-tls/cert.pem  VMCTL_HYPERV_THUMBPRINT=AA:BB:...
     VMCTL_HYPERV_HTTP_URL=http://127.0.0.1:PORT3/wsman  VMCTL_HYPERV_OTHER_HTTP_URL=...
                                      # the same hosts' plain-HTTP listeners (TLS runs only)
+    VMCTL_HYPERV_KIT_OPTIONS='boot_iso=...'
 
 With ``--no-tls`` the URIs are ``hyperv+http://...`` and the URLs ``http://``.
 
@@ -43,7 +47,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._files import read_pids, shell_exports, shown, write_private
+from ._files import kit_words, read_pids, shell_exports, shown, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVERS = REPO_ROOT / "drivers"
@@ -239,10 +243,22 @@ def running_simulator(**kwargs: Any) -> Iterator[HypervSim]:
         sim.stop()
 
 
-def env_lines(sim: HypervSim) -> list[str]:
-    """The lines of ``.hosts/hyperv.env`` (POSIX shell, sourceable)."""
+#: What the kit cannot discover on hypervsim's hosts: its bootable guest image (the network,
+#: a virtual switch, comes from HypervDriver.kit_defaults).
+KIT_OPTIONS = {"boot_iso": "C:\\Hyper-V\\Images\\guest-os.iso"}
+
+
+def env_values(sim: HypervSim) -> dict[str, str]:
+    """The variables of ``.hosts/hyperv.env`` (see the module's docstring)."""
     other_url = sim.urls[1] if len(sim.urls) > 1 else sim.urls[0]
+    kit = kit_words(KIT_OPTIONS)
     values = {
+        "VMCTL_URI": sim.uri,
+        "VMCTL_OTHER_URI": sim.other_uri,
+        "VMCTL_PASSWORD": sim.password,
+        "VMCTL_CAFILE": sim.cafile or "",
+        "VMCTL_THUMBPRINT": sim.thumbprint or "",
+        "VMCTL_KIT_OPTIONS": kit,
         "VMCTL_HYPERV_URI": sim.uri,
         "VMCTL_HYPERV_OTHER_URI": sim.other_uri,
         "VMCTL_HYPERV_URL": sim.urls[0],
@@ -252,11 +268,17 @@ def env_lines(sim: HypervSim) -> list[str]:
         "VMCTL_HYPERV_PASSWORD": sim.password,
         "VMCTL_HYPERV_CAFILE": sim.cafile or "",
         "VMCTL_HYPERV_THUMBPRINT": sim.thumbprint or "",
+        "VMCTL_HYPERV_KIT_OPTIONS": kit,
     }
     if sim.http_urls:  # the same hosts' plain-HTTP listeners
         values["VMCTL_HYPERV_HTTP_URL"] = sim.http_urls[0]
         values["VMCTL_HYPERV_OTHER_HTTP_URL"] = sim.http_urls[min(1, len(sim.http_urls) - 1)]
-    return shell_exports(values)
+    return values
+
+
+def env_lines(sim: HypervSim) -> list[str]:
+    """The lines of ``.hosts/hyperv.env`` (POSIX shell, sourceable)."""
+    return shell_exports(env_values(sim))
 
 
 def masked(env_text: str) -> str:

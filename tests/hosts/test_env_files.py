@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.hosts import esx, xen
+from tests.hosts import esx, hyperv, xen
 from tests.hosts._files import shell_exports, shown
 
 GENERIC = {
@@ -46,6 +46,21 @@ def _xen_lines() -> list[str]:
     return xen.env_lines(sim)  # type: ignore[arg-type]
 
 
+def _hyperv_lines() -> list[str]:
+    sim = hyperv.HypervSim(
+        pid=0,
+        urls=["https://127.0.0.1:4/wsman", "https://127.0.0.1:5/wsman"],
+        ports=[4, 5],
+        hosts=["HVHOST1", "HVHOST2"],
+        cafile="/hv/cert.pem",
+        thumbprint="CC:CC",
+        username="Administrator",
+        password="hv-pw",
+        tls=True,
+    )
+    return hyperv.env_lines(sim)
+
+
 def _names(lines: list[str]) -> set[str]:
     return {shlex.split(line)[1].split("=", 1)[0] for line in lines}
 
@@ -56,6 +71,10 @@ def test_each_backend_has_names_of_its_own() -> None:
     assert esx_names & xen_names == GENERIC
     assert {"VMCTL_VCENTER_URI", "VMCTL_ESX_URI", "VMCTL_ESX_PASSWORD"} <= esx_names
     assert {"VMCTL_XEN_URI", "VMCTL_XEN_POOL_URI", "VMCTL_XEN_PASSWORD"} <= xen_names
+    hyperv_names = _names(_hyperv_lines())
+    assert hyperv_names >= GENERIC
+    assert hyperv_names & esx_names == hyperv_names & xen_names == GENERIC
+    assert {"VMCTL_HYPERV_URI", "VMCTL_HYPERV_PASSWORD", "VMCTL_HYPERV_KIT_OPTIONS"} <= hyperv_names
 
 
 def test_sourcing_both_keeps_each_backends_values() -> None:
@@ -74,8 +93,8 @@ def test_sourcing_both_keeps_each_backends_values() -> None:
 
 
 def test_passwords_are_masked_on_the_terminal() -> None:
-    text = shown("\n".join(_esx_lines() + _xen_lines()))
-    assert "esx-pw" not in text and "xen-pw" not in text
+    text = shown("\n".join(_esx_lines() + _xen_lines() + _hyperv_lines()))
+    assert "esx-pw" not in text and "xen-pw" not in text and "hv-pw" not in text
 
 
 def test_kit_options_do_not_carry_over_from_another_env_file() -> None:

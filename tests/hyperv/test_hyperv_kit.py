@@ -1,4 +1,8 @@
-"""The conformance kit against hypervsim: HVHOST1, with HVHOST2 for migration."""
+"""The conformance kit against hypervsim (HVHOST1, with HVHOST2 for migration), run as an
+operator runs it after `make host-hyperv` and sourcing .hosts/hyperv.env:
+``vmctl conformance "$VMCTL_URI" --other-uri "$VMCTL_OTHER_URI"`` with the env file's
+variables (tests/hosts/hyperv.py: env_values), no option given by hand. The network comes from
+the driver (HypervDriver.kit_defaults), the guest ISO from VMCTL_KIT_OPTIONS."""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hyperv_helpers import GUEST_ISO, SWITCH, uri
+
+from tests.hosts import hyperv as harness
+from tests.hosts.kitrun import run_kit
 
 vmctl_conformance = pytest.importorskip("vmctl_conformance")
 
@@ -16,16 +22,11 @@ REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
 
 def test_kit_against_the_simulator(sim: Any, tmp_path: Path) -> None:
-    report = vmctl_conformance.run(
-        uri(sim, 0),
-        other_uri=uri(sim, 1),
-        env={"VMCTL_PASSWORD": sim.password, "VMCTL_CAFILE": sim.cafile},
-        options={
-            "network": SWITCH,  # as docs/hyperv.md documents the kit command
-            "boot_iso": GUEST_ISO,
-        },
-        report=tmp_path / "hyperv-kit.md",
-    )
+    report = run_kit(harness.env_values(sim), tmp_path / "hyperv-kit.json")
+    report.write(tmp_path / "hyperv-kit.md")
+    assert not report.refused, report.refused
+    assert report.option_sources["network"] == "host"
+    assert report.option_sources["boot_iso"] == "VMCTL_KIT_OPTIONS"
     print((tmp_path / "hyperv-kit.md").read_text())
     REPORTS.mkdir(exist_ok=True)
     report.write(REPORTS / "hyperv.json")
