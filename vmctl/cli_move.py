@@ -17,7 +17,6 @@ import click
 import vmctl
 
 from .cli import Ctx, cli, exit_code, fail, out, pass_ctx
-from .cli_backup import _progress
 
 #: The connection settings a target may have of its own: $VMCTL_TO_X replaces $VMCTL_X.
 TARGET_VARIABLES = ("PASSWORD", "USER", "CAFILE", "THUMBPRINT", "INSECURE")
@@ -89,6 +88,8 @@ def move(
     """Move VM (name or UUID) from the host of -c URI to the hypervisor --to URI, of any
     vendor: its configuration mapped, its disks copied at one point in time and verified
     on the target. Prints the mapping report: what changed, what the guest may need."""
+    from .cli_backup import _progress  # here: vmctl.cli imports both modules at its end
+
     network_map = _network_map(networks)
     password = click.prompt("Target password", hide_input=True) if ask_password_to else None
     with ctx.connect() as source, vmctl.connect(to_uri, password=password, env=target_env()) as hv:
