@@ -79,6 +79,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "EvacuationProgress": ("._evacuate", "EvacuationProgress"),
     "plan_evacuation": ("._evacuate", "plan_evacuation"),
     "execute": ("._evacuate", "execute"),
+    "HostLoad": ("._rebalance", "HostLoad"),
+    "RebalancePlan": ("._rebalance", "RebalancePlan"),
+    "plan_rebalance": ("._rebalance", "plan_rebalance"),
     "BackupInfo": (".backup", "BackupInfo"),
     "Repository": (".backup", "Repository"),
     "RepositoryError": (".backup", "RepositoryError"),
@@ -161,6 +164,7 @@ if TYPE_CHECKING:
         as_completed,
         wait_all,
     )
+    from ._rebalance import HostLoad, RebalancePlan, plan_rebalance
     from ._registry import (
         available as available_drivers,
     )
@@ -225,6 +229,7 @@ __all__ = [
     "GuestOS",
     "Host",
     "HostInfo",
+    "HostLoad",
     "HostState",
     "Hypervisor",
     "InsufficientResources",
@@ -246,6 +251,7 @@ __all__ = [
     "OutcomeUnknown",
     "Plan",
     "PowerState",
+    "RebalancePlan",
     "Repository",
     "RepositoryError",
     "Request",
@@ -269,6 +275,7 @@ __all__ = [
     "move_digest",
     "open_repo",
     "plan_evacuation",
+    "plan_rebalance",
     "register",
     "unregister",
     "wait_all",

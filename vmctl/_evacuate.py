@@ -46,6 +46,7 @@ from ._state import PowerState
 if TYPE_CHECKING:
     from ._connection import Connection
     from ._hypervisor import Hypervisor
+    from ._rebalance import RebalancePlan
 
 log = logging.getLogger("vmctl")
 
@@ -78,6 +79,9 @@ class Move:
     target_id: str
     target_name: str
     mode: MoveMode
+    #: The host it leaves (a rebalance moves VMs off several hosts).
+    source_id: str = ""
+    source_name: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +89,7 @@ class Move:
             "uuid": self.vm_uuid,
             "state": self.state.value,
             "memory_mib": self.memory_mib,
+            "source": self.source_name,
             "target": self.target_name,
             "target_id": self.target_id,
             "mode": self.mode.value,
@@ -132,6 +137,10 @@ class Plan:
     created: dt.datetime
     allow_restart: bool = False
     hypervisor: Hypervisor | None = field(default=None, eq=False, repr=False)
+
+    @property
+    def title(self) -> str:
+        return f"Evacuation of host {self.source.name}"
 
     def __repr__(self) -> str:
         return (
@@ -209,10 +218,9 @@ class Plan:
 # -- planning -----------------------------------------------------------------------------
 
 
-def _connection(host: Host) -> tuple[Hypervisor, Connection]:
+def _connection(hv: object) -> tuple[Hypervisor, Connection]:
     from ._hypervisor import Hypervisor
 
-    hv = host.hypervisor
     if not isinstance(hv, Hypervisor):
         raise ValidationError("the host was not read through a connection", field="host")
     return hv, hv._conn
@@ -243,7 +251,7 @@ def plan_evacuation(
         isinstance(targets, (str, bytes)) or not all(isinstance(t, Host) for t in targets)
     ):
         raise ValidationError("expected a list of Host from hv.hosts()", field="targets")
-    hv, conn = _connection(host)
+    hv, conn = _connection(host.hypervisor)
     deadline = conn.read_deadline()
     hosts = list_hosts(hv, conn, deadline)
     source = find_host(hosts, host.id)
@@ -373,7 +381,19 @@ def plan_evacuation(
         target = min(fits, key=lambda f: (f[0], f[1]))[2]
         incoming[target.id] += needs
         names[target.id].add(vm.name)
-        moves.append(Move(vm.uuid, vm.name, vm.state, p.memory_mib, target.id, target.name, mode))
+        moves.append(
+            Move(
+                vm.uuid,
+                vm.name,
+                vm.state,
+                p.memory_mib,
+                target.id,
+                target.name,
+                mode,
+                source.id,
+                source.name,
+            )
+        )
     return Plan(
         source=source,
         targets=tuple(chosen),
@@ -429,7 +449,7 @@ class EvacuationProgress:
 
 @frozen(repr=False)
 class EvacuationReport:
-    plan: Plan
+    plan: Plan | RebalancePlan
     results: tuple[MoveResult, ...]
     stopped: bool
     seconds: float
@@ -443,14 +463,14 @@ class EvacuationReport:
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{self.count(o)} {o.value}" for o in MoveOutcome if self.count(o))
-        return f"<EvacuationReport {self.plan.source.name}: {counts or 'nothing to do'}>"
+        return f"<EvacuationReport {self.plan.title}: {counts or 'nothing to do'}>"
 
     def count(self, outcome: MoveOutcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "source": self.plan.source.name,
+            "title": self.plan.title,
             "ok": self.ok,
             "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
@@ -460,7 +480,7 @@ class EvacuationReport:
 
     def __str__(self) -> str:
         head = (
-            f"Evacuation of host {self.plan.source.name}: "
+            f"{self.plan.title}: "
             + ", ".join(f"{self.count(o)} {o.value}" for o in MoveOutcome if self.count(o))
             + (f", {len(self.plan.blockers)} blocked" if self.plan.blockers else "")
             + (" (stopped after a failure)" if self.stopped else "")
@@ -489,7 +509,7 @@ _FINAL = (InsufficientResources, InvalidState, NotFound, NotSupported, Validatio
 class _Executor:
     def __init__(
         self,
-        plan: Plan,
+        plan: Plan | RebalancePlan,
         conn: Connection,
         *,
         retries: int,
@@ -571,8 +591,8 @@ class _Executor:
                 if host_id == move.target_id:
                     outcome = MoveOutcome.MOVED if attempts else MoveOutcome.ALREADY
                     return self._end(move, outcome, mode, attempts, started, None)
-                if host_id != self.plan.source.id:
-                    why = f"no longer on {self.plan.source.name} (moved elsewhere meanwhile)"
+                if host_id != move.source_id:
+                    why = f"no longer on {move.source_name} (moved elsewhere meanwhile)"
                     return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, why)
                 if _maintenance.is_flagged(move.target_id):
                     why = f"target {move.target_name} entered maintenance (vmctl's flag); re-plan"
@@ -616,7 +636,7 @@ class _Executor:
 
 
 def execute(
-    plan: Plan,
+    plan: Plan | RebalancePlan,
     *,
     max_parallel: int = 4,
     on_fail: str = "stop",
@@ -639,8 +659,12 @@ def execute(
     the move (several at once: keep it quick and thread-safe); an exception it raises is
     logged and ignored.
     """
-    if not isinstance(plan, Plan):
-        raise ValidationError("expected a Plan from plan_evacuation()", field="plan")
+    from ._rebalance import RebalancePlan
+
+    if not isinstance(plan, (Plan, RebalancePlan)):
+        raise ValidationError(
+            "expected a Plan from plan_evacuation() or plan_rebalance()", field="plan"
+        )
     if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
         raise ValidationError("must be an integer >= 1", field="max_parallel")
     if on_fail not in ON_FAIL:
@@ -649,7 +673,7 @@ def execute(
         raise ValidationError("must be an integer from 0 to 10", field="retries")
     if progress is not None and not callable(progress):
         raise ValidationError("must be callable", field="progress")
-    hv, conn = _connection(plan.source)
+    hv, conn = _connection(plan.hypervisor)
     conn.deadline(timeout, None)  # checks it
     started = time.monotonic()
     if not plan.moves:

@@ -133,3 +133,36 @@ def evacuate(
     out(ctx, {"plan": plan.to_json(), "report": report.to_json()}, lambda: click.echo(str(report)))
     if not report.ok:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="print the plan only; move nothing")
+@click.option(
+    "--threshold",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="stop when the hosts' memory load differs by at most this many percentage points",
+)
+@click.option("--max-moves", type=int, default=10, show_default=True)
+@click.option("--max-parallel", type=int, default=4, show_default=True, help="moves at once")
+@click.option("--yes", is_flag=True, help="do not ask before moving")
+@pass_ctx
+def rebalance(
+    ctx: Ctx, dry_run: bool, threshold: float, max_moves: int, max_parallel: int, yes: bool
+) -> None:
+    """Even out the memory load of the connection's hosts with live moves: the plan first
+    (each move, each host's load before and after), then, unless --dry-run, the moves."""
+    with ctx.connect() as hv:
+        plan = vmctl.plan_rebalance(hv, threshold=threshold, max_moves=max_moves)
+        if dry_run or not plan.moves:
+            out(ctx, plan.to_json(), lambda: click.echo(str(plan)))
+            return
+        if not ctx.json:
+            click.echo(str(plan))
+        if not yes and not ctx.json and sys.stdin.isatty():
+            click.confirm(f"Make {len(plan.moves)} move(s)?", abort=True)
+        report = vmctl.execute(plan, max_parallel=max_parallel)
+    out(ctx, {"plan": plan.to_json(), "report": report.to_json()}, lambda: click.echo(str(report)))
+    if not report.ok:
+        sys.exit(1)

@@ -74,3 +74,20 @@ def test_maintenance_on_off_and_its_effect_on_plans(site: str) -> None:
     assert evac.exit_code == 0, evac.output
     h2 = json.loads(run(site, "hosts", "--json").output)[1]
     assert h2["state"] == "maintenance" and h2["vm_count"] == 0
+
+
+def test_rebalance_dry_run_then_for_real(site: str) -> None:
+    state = site.split("state=")[1]
+    with vmctl.connect(f"sim://h2?state={state}") as h2:
+        for i in range(3):
+            spec = vmctl.VMSpec(name=f"big{i}", vcpus=1, memory_mib=12 * 1024)
+            h2.create_vm(spec, start=True)
+    dry = run(site, "rebalance", "--dry-run", "--threshold", "20")
+    assert dry.exit_code == 0, dry.output
+    assert "BEFORE" in dry.output and "AFTER" in dry.output
+    plan = json.loads(run(site, "rebalance", "--dry-run", "--threshold", "20", "--json").output)
+    assert plan["moves"] and plan["spread_after"] <= 20 < plan["spread_before"]
+    done = run(site, "rebalance", "--threshold", "20", "--yes")
+    assert done.exit_code == 0, done.output
+    again = json.loads(run(site, "rebalance", "--dry-run", "--threshold", "20", "--json").output)
+    assert not again["moves"]
