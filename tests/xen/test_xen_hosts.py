@@ -167,9 +167,7 @@ def test_evacuation_plan_and_execute(on_host1: vmctl.Hypervisor, raw: Any, pool:
     assert not again.moves and {b.vm_name for b in again.blockers} == set(blocked)
 
 
-def test_restart_mode_for_a_vm_that_cannot_move_live(
-    on_host1: vmctl.Hypervisor, raw: Any
-) -> None:
+def test_restart_mode_for_a_vm_that_cannot_move_live(on_host1: vmctl.Hypervisor, raw: Any) -> None:
     """allow_restart: a guest that cannot move live but can shut down is restarted."""
     hv = on_host1
     vm = hv.create_vm(spec("rst"), start=True)
@@ -211,3 +209,19 @@ def test_a_lost_migrate_reply_is_not_a_second_move(pool: Any, raw: Any) -> None:
             proxy._closed.set()  # wake the accept thread (see test_xen_deadlines.py)
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+
+
+def test_rebalance_on_the_pool(on_host1: vmctl.Hypervisor, raw: Any, pool: Any) -> None:
+    hv = on_host1
+    vms = [hv.create_vm(spec(f"bal{i}"), start=True) for i in range(4)]
+    with connect(pool.port) as whole:
+        plan = vmctl.plan_rebalance(whole, threshold=0.1)
+        assert plan.moves and {m.source_name for m in plan.moves} == {"xenhost1"}
+        assert plan.spread(plan.after) < plan.spread(plan.before)
+        report = plan.execute(max_parallel=2)
+        assert report.ok, str(report)
+        for m in plan.moves:
+            assert resident(raw, next(v for v in vms if v.uuid == m.vm_uuid)) == m.target_name
+        after = {h.name: h.memory_used_mib or 0 for h in whole.hosts()}
+        planned = {h.name: h.memory_used_mib for h in plan.after}
+        assert all(abs(after[n] - planned[n]) <= 2 for n in planned), (after, planned)
