@@ -399,3 +399,21 @@ def test_cli_move(tmp_path: Path) -> None:
         assert b.vm("web-b").info().state is PowerState.RUNNING
     again = runner.invoke(cli, ["-c", dst, "move", "web-b", "--to", dst])
     assert again.exit_code != 0 and "--name" in again.output
+
+
+def test_a_source_that_cannot_be_deleted_keeps_the_moved_vm(
+    hv: vmctl.Hypervisor, site_b: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vm, _ = make_vm(hv)
+    real = SimDriver.delete_vm
+
+    def refuse_source(self: SimDriver, uuid: str, *args: Any, **kw: Any) -> Any:
+        if uuid == vm.uuid:
+            raise vmctl.BackendError("the host refused to delete")
+        return real(self, uuid, *args, **kw)
+
+    monkeypatch.setattr(SimDriver, "delete_vm", refuse_source)
+    with pytest.raises(vmctl.BackendError, match="the move itself succeeded") as err:
+        vmctl.move(vm, site_b, keep_source=False)
+    assert site_b.vm("web").uuid in str(err.value)
+    assert names(hv) == ["web"]

@@ -353,11 +353,11 @@ def move(
     copied while it runs, stopped (its guest asked to shut down, powered off after
     STOP_GRACE_S), and the pieces written meanwhile copied in a final sync where the host
     tracks changed blocks (else it is stopped before the copy). ``progress`` is called
-    with ``BackupProgress(phase="move" or "final sync", ...)``. ``dry_run`` returns the mapping report having
-    touched nothing. Refusals (bad input, a missing capability, a name taken, a target too
-    small, the VM being moved already) come before anything is made; a failure later
-    deletes what was made on the target and leaves the source as it was (started again if
-    the move stopped it).
+    with ``BackupProgress(phase="move" or "final sync", ...)``. ``dry_run`` returns the
+    mapping report having touched nothing. Refusals (bad input, a missing capability, a
+    name taken, a target too small, the VM being moved already) come before anything is
+    made; a failure later deletes what was made on the target and leaves the source as it
+    was (started again if the move stopped it). ``timeout``: seconds for the whole move.
     """
     _check_args(vm, target, name, storage, power_on, keep_source, dry_run, progress)
     sconn, tconn = vm._conn, target._conn
@@ -448,7 +448,15 @@ def move(
         made_config = made.config()
         deleted = False
         if not keep_source:
-            vm.delete(force=False, timeout=_left(deadline, timeout))
+            try:
+                vm.delete(force=False, timeout=_left(deadline, timeout))
+            except VmctlError as exc:
+                exc.message += (
+                    f" (the move itself succeeded: VM {made.name!r} ({made.uuid}) on "
+                    f"{tconn.uri} holds the verified disks; the source VM {vm.name!r} was not "
+                    "deleted)"
+                )
+                raise
             deleted = True
         log.info("moved VM %r from %s to %s as %r", vm.name, sconn.uri, tconn.uri, made.name)
         return report(
