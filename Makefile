@@ -76,6 +76,7 @@ bench: test-venv
 	$(PY) bench/esx_list.py
 	$(PY) bench/xen_list.py
 	$(PY) bench/hyperv_list.py
+	$(PY) bench/evacuate.py
 
 ## the verified support matrix: merges the kit reports `make test` leaves in reports/ into
 ## docs/support-matrix.md (backends without a report keep their column; none: nothing written)
