@@ -576,7 +576,11 @@ class _Executor:
         started = time.monotonic()
         self._tell(move, "started")
         mode = move.mode
+        evacuated = self.plan.source if isinstance(self.plan, Plan) else None
+        source_id = move.source_id or (evacuated.id if evacuated else "")
+        source_name = move.source_name or (evacuated.name if evacuated else "its host")
         attempts = 0
+        base = 0  # attempts made before falling back to a restart
         fell_back = False
         while True:
             final = False
@@ -591,8 +595,8 @@ class _Executor:
                 if host_id == move.target_id:
                     outcome = MoveOutcome.MOVED if attempts else MoveOutcome.ALREADY
                     return self._end(move, outcome, mode, attempts, started, None)
-                if host_id != move.source_id:
-                    why = f"no longer on {move.source_name} (moved elsewhere meanwhile)"
+                if host_id != source_id:
+                    why = f"no longer on {source_name} (moved elsewhere meanwhile)"
                     return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, why)
                 if _maintenance.is_flagged(move.target_id):
                     why = f"target {move.target_name} entered maintenance (vmctl's flag); re-plan"
@@ -607,14 +611,14 @@ class _Executor:
                     error, no_room = str(exc), False
                 else:
                     return self._end(move, MoveOutcome.MOVED, mode, attempts, started, None)
-            if final or attempts > self.retries:
+            if final or attempts - base > self.retries:
                 if (
                     self.on_fail == "cold"
                     and mode is MoveMode.LIVE
                     and not fell_back
                     and not (final and no_room)
                 ):
-                    mode, fell_back, attempts = MoveMode.RESTART, True, 0
+                    mode, fell_back, base = MoveMode.RESTART, True, attempts
                     self._tell(move, "retrying", f"{error}; restarting it there instead")
                     continue
                 return self._end(move, MoveOutcome.FAILED, None, attempts, started, error)

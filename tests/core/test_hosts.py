@@ -331,6 +331,7 @@ def test_on_fail_cold_restarts_a_vm_whose_live_move_failed(
     report = vmctl.execute(plan, on_fail="cold")
     (r,) = report.results
     assert r.outcome is MoveOutcome.MOVED and r.mode is MoveMode.RESTART, str(report)
+    assert r.attempts == 2  # the live try, then the restart
     vm = site[r.move.target_name].vm("a")
     assert vm.state is vmctl.PowerState.RUNNING
 
