@@ -82,6 +82,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "HostLoad": ("._rebalance", "HostLoad"),
     "RebalancePlan": ("._rebalance", "RebalancePlan"),
     "plan_rebalance": ("._rebalance", "plan_rebalance"),
+    "Fleet": ("._fleet", "Fleet"),
+    "FleetResult": ("._fleet", "FleetResult"),
     "BackupInfo": (".backup", "BackupInfo"),
     "Repository": (".backup", "Repository"),
     "RepositoryError": (".backup", "RepositoryError"),
@@ -134,6 +136,7 @@ if TYPE_CHECKING:
         plan_evacuation,
     )
     from ._events import EventStream
+    from ._fleet import Fleet, FleetResult
     from ._hosts import Host
     from ._hostspi import HostState, MoveMode
     from ._hypervisor import Hypervisor
@@ -225,6 +228,8 @@ __all__ = [
     "Event",
     "EventKind",
     "EventStream",
+    "Fleet",
+    "FleetResult",
     "GuestInfo",
     "GuestOS",
     "Host",
