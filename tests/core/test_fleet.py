@@ -74,3 +74,26 @@ def test_process_pool_members_connect_in_the_workers(tmp_path: Path) -> None:
         with pytest.raises(vmctl.ValidationError):
             vmctl.Fleet([vmctl.connect("sim://q")], executor=pool)
         fleet.close()
+
+
+def test_a_dask_local_cluster_runs_the_fleet(tmp_path: Path) -> None:
+    """Dask's distributed (the 'fleet' extra): a real LocalCluster of two worker processes;
+    each task connects to its member's URI on a worker."""
+    distributed = pytest.importorskip("distributed")
+    uris = [f"sim://k{i}?state={tmp_path / f'k{i}.json'}" for i in range(3)]
+    for n, uri in enumerate(uris):
+        _seed(uri, n + 1)
+    bad = "sim://k9?site=s&bogus=1"
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        with vmctl.Fleet([*uris, bad], executor=client.get_executor()) as fleet:
+            listed = fleet.list_vms()
+        assert {u: len(v) for u, v in listed.values.items()} == {
+            u: n + 1 for n, u in enumerate(uris)
+        }
+        assert list(listed.errors) == [bad]
+        assert isinstance(listed.errors[bad], vmctl.ValidationError)
