@@ -6,12 +6,13 @@ Registered onto the ``vmctl`` click group when ``vmctl.cli`` is imported. See do
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 import vmctl
 
-from .cli import Ctx, _table, cli, fail, out, pass_ctx
+from .cli import Ctx, _table, cli, fail, out, pass_ctx, to_dict
 
 
 def _mib(value: int | None) -> str:
@@ -165,4 +166,62 @@ def rebalance(
         report = vmctl.execute(plan, max_parallel=max_parallel)
     out(ctx, {"plan": plan.to_json(), "report": report.to_json()}, lambda: click.echo(str(report)))
     if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("members_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("what", type=click.Choice(["list", "hosts", "stats"]))
+@pass_ctx
+def fleet(ctx: Ctx, members_file: str, what: str) -> None:
+    """Read every hypervisor named in MEMBERS_FILE (one URI a line; # comments) at once:
+    their VMs, hosts or VM counters. A member that fails is reported and does not stop the
+    others (exit status 1 if any failed). Credentials come from the environment."""
+    with open(members_file) as f:
+        uris = [line.split("#", 1)[0].strip() for line in f]
+    uris = [u for u in uris if u]
+    if not uris:
+        fail(f"{members_file} names no URI", 2)
+    with vmctl.Fleet(uris) as members:
+        result: vmctl.FleetResult[Any]
+        if what == "list":
+            result = members.list_vms()
+        elif what == "hosts":
+            result = members.hosts()
+        else:
+            result = members.stats()
+
+    def row_json(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: to_dict(v) for k, v in value.items()}
+        return [v.to_json() if hasattr(v, "to_json") else to_dict(v) for v in value]
+
+    data = {
+        "values": {u: row_json(v) for u, v in result.values.items()},
+        "errors": {u: str(e) for u, e in result.errors.items()},
+        "seconds": round(result.seconds, 3),
+    }
+
+    def human() -> None:
+        rows = []
+        values: dict[str, Any] = dict(result.values)
+        for uri, value in values.items():
+            if what == "list":
+                rows += [[uri, i.name, i.state.value, str(i.host or "-")] for i in value]
+            elif what == "hosts":
+                rows += [[uri, h.name, h.state.value, str(h.vm_count)] for h in value]
+            else:
+                rows += [[uri, u, f"{(s.cpu_time_ns or 0) / 1e9:.1f} s", str(s.memory_used_mib)]
+                         for u, s in value.items()]  # fmt: skip
+        columns = {
+            "list": ["member", "VM", "state", "host"],
+            "hosts": ["member", "host", "state", "VMs"],
+            "stats": ["member", "VM", "CPU time", "memory MiB"],
+        }[what]
+        _table(None, columns, rows)
+        for uri, err in result.errors.items():
+            click.echo(f"failed: {uri}: {err}", err=True)
+
+    out(ctx, data, human)
+    if result.errors:
         sys.exit(1)

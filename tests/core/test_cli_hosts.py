@@ -91,3 +91,23 @@ def test_rebalance_dry_run_then_for_real(site: str) -> None:
     assert done.exit_code == 0, done.output
     again = json.loads(run(site, "rebalance", "--dry-run", "--threshold", "20", "--json").output)
     assert not again["moves"]
+
+
+def test_fleet_file_list_and_a_failing_member(tmp_path: Path) -> None:
+    uris = [f"sim://f{i}?state={tmp_path / f'f{i}.json'}" for i in range(3)]
+    for i, uri in enumerate(uris):
+        with vmctl.connect(uri) as hv:
+            hv.create_vm(vmctl.VMSpec(name=f"web{i}", vcpus=1, memory_mib=256))
+    members = tmp_path / "fleet.txt"
+    members.write_text("# three sims\n" + "\n".join(uris) + "\n")
+    listed = CliRunner().invoke(cli, ["fleet", str(members), "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    data = json.loads(listed.output)
+    assert {u: [v["name"] for v in vms] for u, vms in data["values"].items()} == {
+        u: [f"web{i}"] for i, u in enumerate(uris)
+    }
+    members.write_text("\n".join([*uris, "sim://x?site=y&bogus=1"]))
+    hosts = CliRunner().invoke(cli, ["fleet", str(members), "hosts"])
+    assert hosts.exit_code == 1 and "failed: sim://x?site=y&bogus=1" in hosts.output
+    stats = CliRunner().invoke(cli, ["fleet", str(members), "stats", "--json"])
+    assert set(json.loads(stats.output)["errors"]) == {"sim://x?site=y&bogus=1"}
