@@ -525,13 +525,7 @@ def _copy_all(
     reader = sconn.driver
     assert isinstance(reader, DiskAccess)
     targets = made.config().disks
-    pit: PointInTime = sconn.dispatcher.call(
-        f"open a point in time of VM {vm.name!r}",
-        reader.open_point_in_time,
-        vm.uuid,
-        quiesce=False,
-        deadline=deadline.sooner(sconn.timeouts.operation_s),
-    )
+    pit = _open(vm, reader, deadline)
     try:
         if len(targets) != len(pit.disks):
             raise VmctlError(
@@ -583,6 +577,36 @@ def _copy_all(
                 pit,
                 deadline=Deadline.after(sconn.timeouts.operation_s),
             )
+
+
+def _open(vm: VM, reader: DiskAccess, deadline: Deadline) -> PointInTime:
+    """A point in time of the source: quiesced where the host can ask the guest (capability
+    backup_quiesce) and the VM runs; crash-consistent when the guest cannot be asked."""
+    conn = vm._conn
+    what = f"open a point in time of VM {vm.name!r}"
+    quiesce = Capability.BACKUP_QUIESCE in conn.capabilities and (
+        vm.info().state is PowerState.RUNNING
+    )
+    if quiesce:
+        try:
+            pit: PointInTime = conn.dispatcher.call(
+                what,
+                reader.open_point_in_time,
+                vm.uuid,
+                quiesce=True,
+                deadline=deadline.sooner(conn.timeouts.operation_s),
+            )
+            return pit
+        except InvalidState as exc:
+            log.info("%s: not quiesced (%s); taking a crash-consistent one", what, exc)
+    pit = conn.dispatcher.call(
+        what,
+        reader.open_point_in_time,
+        vm.uuid,
+        quiesce=False,
+        deadline=deadline.sooner(conn.timeouts.operation_s),
+    )
+    return pit
 
 
 def _moved(made: VM, passes: list[_Pass]) -> tuple[MovedDisk, ...]:
