@@ -63,15 +63,36 @@ def local(tag: str) -> str:
     return tag.rpartition("}")[2]
 
 
+def namespace_of(cls: str) -> str:
+    """The WMI namespace a served class lives in (tables.CLASS_NAMESPACES, else v2)."""
+    return T.CLASS_NAMESPACES.get(cls, T.CIM_NAMESPACE)
+
+
 def resource_uri(cls: str) -> str:
+    if namespace_of(cls) == T.CIMV2_NAMESPACE:
+        return T.CIMV2_PREFIX + cls
     return T.RESOURCE_PREFIX + cls
 
 
+def uri_namespace(uri: str) -> str | None:
+    """The WMI namespace a resource URI addresses (MS-WSMV: ``.../wmi/<namespace>/``)."""
+    if uri.startswith(T.RESOURCE_PREFIX):
+        return T.CIM_NAMESPACE
+    if uri.startswith(T.CIMV2_PREFIX):
+        return T.CIMV2_NAMESPACE
+    return None
+
+
 def class_of_uri(uri: str) -> str | None:
-    if not uri.startswith(T.RESOURCE_PREFIX):
-        return None
-    name = uri[len(T.RESOURCE_PREFIX) :]
-    return name
+    for prefix in (T.RESOURCE_PREFIX, T.CIMV2_PREFIX):
+        if uri.startswith(prefix):
+            return uri[len(prefix) :]
+    return None
+
+
+def served_in(cls: str, namespace: str | None) -> bool:
+    """Whether ``cls`` is a class the simulator serves in ``namespace``."""
+    return cls in T.CLASSES and namespace_of(cls) == namespace
 
 
 def cim_datetime(value: dt.datetime) -> str:
@@ -109,10 +130,11 @@ def instance_xml(inst: Instance, prefix: str = "p", only: set[str] | None = None
     after the class in the class's resource URI namespace, ``xsi:type`` ``<Class>_Type``,
     properties in the class's order."""
     spec = T.CLASSES[inst.cls]
+    wanted = None if only is None else {n.lower() for n in only}  # WQL: case-insensitive
     body = "".join(
         prop_xml(prefix, name, inst.props.get(name))
         for name in spec.props
-        if only is None or name in only
+        if wanted is None or name.lower() in wanted
     )
     return (
         f'<{prefix}:{inst.cls} xmlns:{prefix}="{resource_uri(inst.cls)}" '
@@ -134,7 +156,7 @@ class Epr:
             f"<w:Selector Name={quoteattr(k)}>{escape(v)}</w:Selector>"
             for k, v in self.selectors.items()
         )
-        sels += f'<w:Selector Name="__cimnamespace">{T.CIM_NAMESPACE}</w:Selector>'
+        sels += f'<w:Selector Name="__cimnamespace">{namespace_of(self.cls)}</w:Selector>'
         return (
             f'<a:Address xmlns:a="{T.NS_A}">{T.ANONYMOUS}</a:Address>'
             f'<a:ReferenceParameters xmlns:a="{T.NS_A}" xmlns:w="{T.NS_W}">'
@@ -337,6 +359,8 @@ def _match(inst: Instance, c: Cond) -> bool:
     """WMI's comparison semantics: NULL matches nothing but IS NULL; strings compare
     case-insensitively; numbers numerically."""
     have = inst.props.get(c.prop)
+    if have is None and c.prop not in inst.props:  # WQL names are case-insensitive
+        have = next((v for k, v in inst.props.items() if k.lower() == c.prop.lower()), None)
     if c.op == "is null":
         return have is None
     if c.op == "is not null":

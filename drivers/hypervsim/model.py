@@ -140,6 +140,8 @@ class World:
         self.disks: dict[str, int] = {p: 16 << 30 for p in self.os_images}
         #: VHD type (2 fixed, 3 dynamic, 4 differencing) and parent of made images.
         self.disk_kinds: dict[str, tuple[int, str | None]] = {}
+        #: When each file was made (CIM_DataFile CreationDate/LastModified).
+        self.disk_times: dict[str, dt.datetime] = dict.fromkeys(self.disks, _now())
         for host in self.hosts:
             self._make_host(host)
         for n in range(cfg.vms):
@@ -147,6 +149,7 @@ class World:
             disk = f"C:\\ProgramData\\Microsoft\\Windows\\Virtual Hard Disks\\{vm.name}.vhdx"
             self.os_images.add(disk.lower())
             self.disks[disk.lower()] = 16 << 30
+            self.disk_times[disk.lower()] = _now()
             self._add_devices(vm, disk)
             if n < cfg.running:
                 self._power_on(vm)
@@ -432,7 +435,6 @@ class World:
                 "DeleteOnCompletion": True,
                 "Cancellable": False,
                 "OperationalStatus": [2],
-                "Status": "OK",
                 "HealthState": T.HEALTH_OK,
                 "JobRunTimes": 1,
                 "Priority": 0,
@@ -626,6 +628,8 @@ class World:
             return [self.shutdown_component(vm) for vm in vms if self._live(vm)]
         if cls == "Msvm_KvpExchangeComponent":
             return [self.kvp_component(vm) for vm in vms if self._live(vm)]
+        if cls == "CIM_DataFile":
+            return [self.data_file(host, path) for path in sorted(self.disks)]
         if cls in T.CLASSES and "ResourceType" in T.CLASSES[cls].props:
             out = []
             for vm in vms:
@@ -1279,9 +1283,60 @@ class World:
                     self.os_images.add(key)  # a differencing child sees its parent's OS
             self.disks[key] = size
             self.disk_kinds[key] = (int(typ), parent or None)
+            self.disk_times[key] = _now()
             return None
 
         return self._job_out(host, "Creating virtual hard disk", effect)
+
+    def file_size(self, key: str) -> int:
+        """The bytes an image file takes (tables.VHDX_EMPTY_FILE_BYTES: no guest data is
+        written; the seed OS images hold SEED_IMAGE_DATA_BYTES; an ISO is its size)."""
+        if not key.endswith((".vhdx", ".vhd", ".avhdx", ".avhd")):
+            return self.disks[key]
+        typ, _parent = self.disk_kinds.get(key, (3, None))
+        if key not in self.disk_kinds:  # a seed image, with its guest OS
+            return T.VHDX_EMPTY_FILE_BYTES + T.SEED_IMAGE_DATA_BYTES
+        if typ == 2:
+            return T.VHDX_EMPTY_FILE_BYTES + self.disks[key]
+        return T.VHDX_EMPTY_FILE_BYTES
+
+    def data_file(self, host: str, key: str) -> Instance:
+        """root/cimv2 CIM_DataFile of an image file, as ``host``'s WMI serves it (tables:
+        Win32/cim-datafile): lower-case names, Drive with its colon, Path with leading and
+        trailing backslashes, FileName without and Extension without the dot."""
+        drive, _, rest = key.partition(":")
+        folder, _, leaf = rest.rpartition("\\")
+        stem, dot, ext = leaf.rpartition(".")
+        if not dot:
+            stem, ext = leaf, ""
+        when = self.disk_times.get(key)
+        fs_class, fs_name = T.DATAFILE_FS
+        return Instance(
+            "CIM_DataFile",
+            {
+                "Caption": key,
+                "Compressed": False,
+                "CreationClassName": T.DATAFILE_CREATION_CLASS,
+                "CreationDate": when,
+                "CSCreationClassName": T.DATAFILE_CS_CLASS,
+                "CSName": host,
+                "Description": key,
+                "Drive": f"{drive}:",
+                "Encrypted": False,
+                "Extension": ext,
+                "FileName": stem,
+                "FileSize": self.file_size(key),
+                "FSCreationClassName": fs_class,
+                "FSName": fs_name,
+                "Hidden": False,
+                "LastModified": when,
+                "Name": key,
+                "Path": f"{folder}\\",
+                "Readable": True,
+                "System": False,
+                "Writeable": True,
+            },
+        )
 
     def delete_file(self, path: str) -> int | None:
         """root/cimv2 CIM_DataFile.Delete of an image file: None when there is no such
@@ -1302,6 +1357,7 @@ class World:
                         return T.DATAFILE_SHARING_VIOLATION
             del self.disks[key]
             self.disk_kinds.pop(key, None)
+            self.disk_times.pop(key, None)
             self.os_images.discard(key)
             return T.DATAFILE_OK
 

@@ -47,6 +47,13 @@ RESOURCE_PREFIX = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualiza
 #: VHDX this way (the WMI plug-in serves every namespace under .../wmi/<namespace>/<Class>).
 DATAFILE_URI = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/CIM_DataFile"
 DATAFILE_SOURCE = "Win32/delete-method-in-class-cim-datafile"
+#: root/cimv2 is addressed like root/virtualization/v2 (MS-WSMV: ``.../wmi/<namespace>/
+#: <Class>``, ``*`` with a WQL filter); its one class served is CIM_DataFile (Win32/
+#: cim-datafile: "Namespace Root\\CIMV2"), enumerated with WQL over a directory.
+CIMV2_NAMESPACE = "root/cimv2"
+CIMV2_PREFIX = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/"
+#: The namespace of each class outside root/virtualization/v2 (every other is in it).
+CLASS_NAMESPACES = {"CIM_DataFile": CIMV2_NAMESPACE}
 DATAFILE_OK, DATAFILE_SHARING_VIOLATION, DATAFILE_INVALID_PARAMETER = 0, 15, 21
 #: "All classes" resource URI used with a WQL filter (libvirt:hyperv_wmi.c hypervEnumAndPull
 #: enumerates ``rootUri`` = ``.../v2/*``; MS-WSMV 3.1.4.8 enumeration with filters).
@@ -427,6 +434,69 @@ boolean Volatile
     "HV2/msvm-memory (the host's memory: BlockSize x NumberOfBlocks bytes; ConsumableBlocks "
     "the blocks VMs can still take; only the host's instance is served)",
 )
+_add(
+    "CIM_DataFile",
+    ("Name",),
+    """
+uint32 AccessMask
+boolean Archive
+string Caption
+boolean Compressed
+string CompressionMethod
+string CreationClassName
+datetime CreationDate
+string CSCreationClassName
+string CSName
+string Description
+string Drive
+string EightDotThreeFileName
+boolean Encrypted
+string EncryptionMethod
+string Extension
+string FileName
+uint64 FileSize
+string FileType
+string FSCreationClassName
+string FSName
+boolean Hidden
+datetime InstallDate
+uint64 InUseCount
+datetime LastAccessed
+datetime LastModified
+string Manufacturer
+string Name
+string Path
+boolean Readable
+string Status
+boolean System
+string Version
+boolean Writeable
+""",
+    "Win32/cim-datafile (learn.microsoft.com/windows/win32/cimwin32prov/cim-datafile; "
+    "root/cimv2, key Name 'full path names'; Drive 'including the colon', example 'c:'; "
+    "Path 'including the leading and trailing backslashes', example '\\windows\\system\\'; "
+    "FileName 'without the file name extension'; Extension 'without the preceding "
+    "period'; FileSize uint64 bytes; properties in the page's alphabetical order). "
+    "Served: one instance per image file of the simulated storage, names in lower case "
+    "(the page's Drive and Path examples; WMI's CIMWin32 provider reports file paths "
+    "lower-cased); CSName the host; FSName NTFS; what is not modelled is NULL",
+)
+#: Files' sizes on disk (CIM_DataFile.FileSize). [MS-VHDX] 2.2: a VHDX starts with a 1 MiB
+#: header section and keeps its BAT and metadata regions in 1 MiB-aligned regions; Windows
+#: makes a new empty dynamic or differencing VHDX 4 MiB long (observed: New-VHD), and a
+#: fixed one that much plus its virtual size. No guest data is written (no data path), so
+#: a made dynamic/differencing image stays 4 MiB; the seed OS images (a simulator choice)
+#: hold 2 GiB; an ISO's file size is its size.
+VHDX_EMPTY_FILE_BYTES = 4 << 20
+SEED_IMAGE_DATA_BYTES = 2 << 30
+#: The class and system names a CIM_DataFile carries (Win32/cim-datafile: CreationClassName
+#: "Name of the class", propagated CSCreationClassName/FSCreationClassName/FSName; the values
+#: Windows hosts report, CIMWin32 naming its classes Win32_*): Caption and Description are
+#: the full path, as the provider fills them.
+DATAFILE_CREATION_CLASS = "CIM_LogicalFile"
+DATAFILE_FS = ("Win32_FileSystem", "NTFS")  # CIM_DataFile FSCreationClassName, FSName
+DATAFILE_CS_CLASS = "Win32_ComputerSystem"  # CIM_DataFile CSCreationClassName
+
 #: The host's logical processors and their clock (a choice: a 16-thread 2.4 GHz host).
 HOST_LOGICAL_PROCESSORS = 16
 HOST_CPU_MHZ = 2400

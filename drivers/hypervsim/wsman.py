@@ -27,6 +27,8 @@ from .cim import (
     parse_wql,
     prop_xml,
     resource_uri,
+    served_in,
+    uri_namespace,
 )
 from .model import WmiFault, World
 
@@ -205,7 +207,7 @@ class WsmanService:
             raise Fault("InvalidResourceURI")
         if cls == "*" and allow_all:
             return cls
-        if cls not in T.CLASSES:
+        if not served_in(cls, uri_namespace(uri)):
             raise WmiFault(
                 "DestinationUnreachable",
                 f"Invalid class {cls}",
@@ -256,7 +258,7 @@ class WsmanService:
         flt = body.find(f"{{{W}}}Filter")
         query: Query | None = None
         if flt is not None:
-            query = self._filter(cls, flt)
+            query = self._filter(cls, flt, uri_namespace(req.resource_uri))
         elif cls == "*":
             raise Fault(
                 "CannotProcessFilter",
@@ -297,7 +299,7 @@ class WsmanService:
         parts.append("</n:EnumerateResponse>")
         return "".join(parts)
 
-    def _filter(self, cls: str, flt: ET.Element) -> Query:
+    def _filter(self, cls: str, flt: ET.Element, namespace: str | None) -> Query:
         dialect = flt.get("Dialect", T.WQL_DIALECT)
         if dialect == T.WQL_DIALECT:
             try:
@@ -314,7 +316,7 @@ class WsmanService:
                     "CannotProcessFilter",
                     f"The WQL class {q.cls} is not the resource URI's class {cls}.",
                 )
-            if q.assoc_of is None and q.cls not in T.CLASSES:
+            if q.assoc_of is None and not served_in(q.cls, namespace):
                 raise WmiFault(
                     "DestinationUnreachable",
                     f"Invalid class {q.cls}",

@@ -77,7 +77,9 @@ from vmctl.spi import (
 
 from . import _errors
 from ._errors import RC_JOB, RC_OK
+from ._storage import HyperVStorage
 from ._wsman import (
+    V2,
     Client,
     Embedded,
     Ref,
@@ -321,6 +323,7 @@ class HyperVDriver(
     Migration,
     Events,
     GuestAgent,
+    HyperVStorage,
 ):
     """vmctl over WS-Man to Hyper-V's WMI v2 provider. See docs/hyperv.md."""
 
@@ -545,9 +548,11 @@ class HyperVDriver(
         svc = "Msvm_VirtualSystemManagementService"
         return self._run(what, svc, method, self._svc(svc), params, deadline)
 
-    def _query(self, what: str, wql: str, deadline: Deadline) -> list[dict[str, Any]]:
+    def _query(
+        self, what: str, wql: str, deadline: Deadline, namespace: str = V2
+    ) -> list[dict[str, Any]]:
         with self._mapped(what, deadline):
-            return self.client.query(wql, deadline=deadline)
+            return self.client.query(wql, deadline=deadline, namespace=namespace)
 
     def _cs(self, uuid: str, deadline: Deadline) -> dict[str, Any]:
         guid = _guid(uuid)
@@ -944,7 +949,9 @@ class HyperVDriver(
             exc.message += " (left behind: " + ", ".join(f"{k} {v}" for k, v in left) + ")"
 
     def _new_disk_path(self, vm_name: str, n: int) -> str:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", vm_name)
+        # lower case: WMI's CIM_DataFile reports file names so (list_volumes must give the
+        # same path as DiskInfo.path); Windows file names are case-insensitive
+        safe = re.sub(r"[^a-z0-9._-]", "_", vm_name.lower())
         return f"{self.disk_dir}\\{safe}-{n}-{secrets.token_hex(3)}.vhdx"
 
     def _start_vhd(self, path: str, disk: DiskSpec, deadline: Deadline) -> Task | None:

@@ -45,7 +45,8 @@ ANONYMOUS = "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous"
 ENUMERATE = "http://schemas.xmlsoap.org/ws/2004/09/enumeration/Enumerate"
 PULL = "http://schemas.xmlsoap.org/ws/2004/09/enumeration/Pull"
 GET = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Get"
-DATAFILE = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/CIM_DataFile"
+CIMV2 = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/"
+DATAFILE = CIMV2 + "CIM_DataFile"
 #: Items asked for per Pull (the server sends fewer when they would not fit the envelope).
 PAGE = 1000
 #: The MaxEnvelopeSize asked for: WinRM's default MaxEnvelopeSizekb is 500 (Windows Server
@@ -397,14 +398,15 @@ class Client:
             raise WsmanFault("Get", "EmptyResponse", "", f"no {cls} in the response", "")
         return read_instance(body[0])
 
-    def query(self, wql: str, *, deadline: Deadline) -> list[dict[str, Any]]:
-        """A WQL query: Enumerate (optimized, first page in the answer) then Pull until the
-        end of sequence. One round trip per page of up to PAGE items."""
+    def query(self, wql: str, *, deadline: Deadline, namespace: str = V2) -> list[dict[str, Any]]:
+        """A WQL query (in root/virtualization/v2, or ``namespace``'s resource URI prefix,
+        e.g. ``CIMV2``): Enumerate (optimized, first page in the answer) then Pull until
+        the end of sequence. One round trip per page of up to PAGE items."""
         e = ET.Element(f"{{{NS_N}}}Enumerate")
         ET.SubElement(e, f"{{{NS_W}}}OptimizeEnumeration")
         ET.SubElement(e, f"{{{NS_W}}}MaxElements").text = str(PAGE)
         ET.SubElement(e, f"{{{NS_W}}}Filter", Dialect=WQL).text = wql
-        uri = V2 + "*"
+        uri = namespace + "*"
         resp = self._send(ENUMERATE, uri, e, None, deadline)
         node = resp.find(f"{{{NS_S}}}Body/{{{NS_N}}}EnumerateResponse")
         items: list[dict[str, Any]] = []
