@@ -248,8 +248,11 @@ def test_harness_child_process_and_env_lines() -> None:
     with harness.running_simulator(hosts=2, vms=1, tls=True, password="harness-pw") as sim:
         lines = harness.env_lines(sim)
         names = [line.split("=", 1)[0].removeprefix("export ") for line in lines]
-        assert all(n.startswith("VMCTL_HYPERV_") for n in names)
-        assert "VMCTL_URI" not in names
+        # the kit's generic names (vmctl conformance "$VMCTL_URI" ...) and VMCTL_HYPERV_*
+        generic = {"VMCTL_URI", "VMCTL_OTHER_URI", "VMCTL_PASSWORD", "VMCTL_CAFILE"}
+        generic |= {"VMCTL_THUMBPRINT", "VMCTL_KIT_OPTIONS"}
+        assert generic <= set(names), names
+        assert all(n.startswith("VMCTL_HYPERV_") for n in set(names) - generic), names
         text = "\n".join(lines)
         assert "harness-pw" in text and "harness-pw" not in harness.masked(text)
         assert sim.uri.startswith("hyperv://Administrator@127.0.0.1:")
