@@ -96,10 +96,12 @@ def parse_reply(
     chunks: Iterable[bytes],
     method: str,
     moref: Callable[[str | None, str | None], Any] = lambda t, v: (t, v),
+    cache: dict[tuple[str | None, str | None], Any] | None = None,
 ) -> Page | None:
     """The reply of ``method`` (its body in chunks); None for an empty result (no
     ``returnval``); Unexpected for anything this parser does not know, Fault for a SOAP
-    fault. ``moref(type, value)`` makes a ManagedObjectReference value.
+    fault. A ManagedObjectReference value is ``cache[(type, value)]`` if there, else
+    ``moref(type, value)``.
 
     The whole body is parsed at once (``etree.fromstring``), then walked: measured on the
     vCenter simulator's 3 MB reply for 2000 VMs, that is 15 ms less than an incremental
@@ -131,7 +133,7 @@ def parse_reply(
         for part in response[0]:
             tag = part.tag
             if tag == t_objects:
-                _object(part, page, ns, moref)
+                _object(part, page, ns, moref, {} if cache is None else cache)
             elif tag == t_token:
                 page.token = part.text or ""
             elif isinstance(tag, str):
@@ -156,7 +158,9 @@ def _parser() -> Any:
     return _PARSER
 
 
-def _object(part: Any, page: Page, ns: str, moref: Callable[..., Any]) -> None:
+def _object(
+    part: Any, page: Page, ns: str, moref: Callable[..., Any], cache: dict[Any, Any]
+) -> None:
     """One ``objects`` element (ObjectContent): its moref and propSet values."""
     t_obj, t_prop, t_missing = f"{{{ns}}}obj", f"{{{ns}}}propSet", f"{{{ns}}}missingSet"
     kinds, xsi_type = _KINDS, _XSI_TYPE
@@ -180,7 +184,9 @@ def _object(part: Any, page: Page, ns: str, moref: Callable[..., Any]) -> None:
             elif kind == 2:
                 props[name] = _bool(val.text)
             else:
-                props[name] = moref(val.get("type"), val.text)
+                key = (val.get("type"), val.text)
+                ref = cache.get(key)
+                props[name] = ref if ref is not None else moref(*key)
         elif ctag == t_obj:
             obj_type, moid = child.get("type"), child.text
         elif ctag == t_missing:
@@ -305,7 +311,7 @@ class FastLister:
             try:
                 if status not in (200, 500):
                     raise Unexpected(f"HTTP status {status}")
-                page = parse_reply(stream, method, self._ref)
+                page = parse_reply(stream, method, self._ref, self._refs)
             finally:
                 close = getattr(stream, "close", None)
                 if close is not None:
@@ -323,7 +329,8 @@ class FastLister:
                         continue
                 elif obj_type != want:
                     raise Unexpected(f"an object of type {obj_type}")
-                out.append((self._ref(obj_type, moid), props))
+                ref = self._refs.get((obj_type, moid))
+                out.append((ref if ref is not None else self._ref(obj_type, moid), props))
             if not page.token:
                 break
             method = "ContinueRetrievePropertiesEx"
