@@ -106,6 +106,7 @@ VM_FILTER = "Description = 'Microsoft Virtual Machine'"  # as libvirt selects VM
 #: (delete_vm and remove_disk delete their files; other disks are only detached).
 OWNED = "Hard Disk Image (vmctl)"
 SUB = "Microsoft:Hyper-V:"
+VHD = "Virtual Hard Disk"  # the ResourceSubType of a disk image (after SUB)
 #: The longest pause of one wait_tasks call (WS-Man cannot block on a job).
 POLL_MAX_S = 1.0
 #: Msvm_ProcessorSettingData.Limit/Reservation scale: 100000 = all of the VM's processors.
@@ -1089,21 +1090,17 @@ class HyperVDriver(
     def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
         cs = self._cs(uuid, deadline)
         g = str(cs["Name"])
-        owned = [
-            d.path
-            for d, drive in self._disks(g, deadline, sizes=False)
-            if drive["__owned__"] and d.path
-        ]
+        owned = self._owned(g, deadline)
+        for snap in self._snapshots(g, deadline):  # disks only a checkpoint still holds
+            sguid = str(snap["InstanceID"]).removeprefix("Microsoft:")
+            owned += [p for p in self._owned(sguid, deadline) if p not in owned]
         self._destroy(g, deadline)
         self._notify(EventKind.DELETED, g, str(cs.get("ElementName") or ""), None)
-        # DestroySystem keeps the image files: the VM's own are deleted one by one.
+        # DestroySystem keeps the image files: the VM's own are deleted one by one (not
+        # one another VM has attached).
         done = [f"vm {cs.get('ElementName')} ({g})"]
-        left = []
-        for path in owned:
-            if self._delete_file(path, deadline):
-                done.append(f"disk {path}")
-            else:
-                left.append(path)
+        deleted, left = self._delete_unheld(owned, deadline)
+        done += [f"disk {p}" for p in deleted]
         if left:
             err = BackendError(
                 f"VM {uuid} was deleted but not its disk(s) {', '.join(left)}",
@@ -1112,6 +1109,42 @@ class HyperVDriver(
             err.left_behind = tuple(("disk", p) for p in left)
             raise err
         return done
+
+    def _owned(self, guid: str, deadline: Deadline) -> list[str]:
+        """The image files vmctl made that the settings ``guid`` (a VM's or a checkpoint's)
+        have attached."""
+        return [
+            str(p)
+            for r in self._rasd(guid, "Msvm_StorageAllocationSettingData", deadline)
+            if r.get("ElementName") == OWNED and r.get("ResourceSubType") == SUB + VHD
+            for p in as_list(r.get("HostResource"))[:1]
+            if p
+        ]
+
+    def _held(self, deadline: Deadline) -> set[str]:
+        """The image files (lower case) any VM or checkpoint on this host has attached: one
+        WQL query of every Msvm_StorageAllocationSettingData (checkpoints' included)."""
+        rows = self._query(
+            "read the attached disk images",
+            "SELECT HostResource FROM Msvm_StorageAllocationSettingData "
+            f"WHERE ResourceSubType = {wql_string(SUB + VHD)}",
+            deadline,
+        )
+        return {str(p).lower() for r in rows for p in as_list(r.get("HostResource"))}
+
+    def _delete_unheld(self, paths: list[str], deadline: Deadline) -> tuple[list[str], list[str]]:
+        """Delete those of vmctl's image files ``paths`` that no VM or checkpoint holds any
+        more: (deleted, could not be deleted). A held one stays for its holder."""
+        if not paths:
+            return [], []
+        held = self._held(deadline)
+        deleted: list[str] = []
+        left: list[str] = []
+        for path in paths:
+            if path.lower() in held:
+                continue
+            (deleted if self._delete_file(path, deadline) else left).append(path)
+        return deleted, left
 
     def _delete_file(self, path: str, deadline: Deadline) -> bool:
         """Delete an image file (root/cimv2 CIM_DataFile.Delete); whether it is gone."""
@@ -1400,13 +1433,17 @@ class HyperVDriver(
                     ],
                     deadline,
                 )
-                if drive["__owned__"] and info.path and not self._delete_file(info.path, deadline):
-                    err = BackendError(
-                        f"disk {disk_id} was detached from VM {uuid} but {info.path} "
-                        "could not be deleted"
-                    )
-                    err.left_behind = (("disk", info.path),)
-                    raise err
+                # vmctl's image goes with it, unless a checkpoint still holds it (then it
+                # goes when the last holder does: delete_snapshot, revert or delete_vm)
+                if drive["__owned__"] and info.path:
+                    _, left = self._delete_unheld([info.path], deadline)
+                    if left:
+                        err = BackendError(
+                            f"disk {disk_id} was detached from VM {uuid} but {info.path} "
+                            "could not be deleted"
+                        )
+                        err.left_behind = (("disk", info.path),)
+                        raise err
                 return
         raise NotFound(f"VM {uuid} has no disk {disk_id!r}")
 
@@ -1535,6 +1572,7 @@ class HyperVDriver(
             task = self._state_change(guid, 3, "turn off (to apply a checkpoint)", deadline)
             if task is not None:
                 finish_task(self, task, deadline=deadline, what=f"turn off VM {uuid}")
+        owned = self._owned(guid, deadline)
         svc = "Msvm_VirtualSystemSnapshotService"
         self._run(
             f"apply checkpoint {snapshot_id} to VM {uuid}",
@@ -1544,6 +1582,11 @@ class HyperVDriver(
             [("Snapshot", ref)],
             deadline,
         )
+        # A disk vmctl added after the checkpoint is detached by ApplySnapshot but its file
+        # stays: it goes now unless another checkpoint holds it.
+        _, left = self._delete_unheld(owned, deadline)
+        if left:
+            log.warning("reverted VM %s; could not delete the disk(s) %s", uuid, left)
         after = self._cs(guid, deadline)
         if _int(after.get("EnabledState")) == 6:
             # A checkpoint with memory leaves the VM Saved; restoring it makes it RUNNING.
@@ -1553,16 +1596,17 @@ class HyperVDriver(
     def delete_snapshot(self, uuid: str, snapshot_id: str, *, deadline: Deadline) -> Task | None:
         guid = _guid(uuid)
         ref = self._snap_ref(guid, snapshot_id, deadline)
+        owned = self._owned(ref.keys["InstanceID"].removeprefix("Microsoft:"), deadline)
         svc = "Msvm_VirtualSystemSnapshotService"
-        task, _ = self._invoke(
-            f"delete checkpoint {snapshot_id} of VM {uuid}",
-            svc,
-            "DestroySnapshot",
-            self._svc(svc),
-            [("AffectedSnapshot", ref)],
-            deadline,
+        what = f"delete checkpoint {snapshot_id} of VM {uuid}"
+        self._run(
+            what, svc, "DestroySnapshot", self._svc(svc), [("AffectedSnapshot", ref)], deadline
         )
-        return task
+        # the checkpoint may have been the last holder of a disk vmctl made and removed
+        _, left = self._delete_unheld(owned, deadline)
+        if left:
+            log.warning("deleted checkpoint %s; could not delete the disk(s) %s", snapshot_id, left)
+        return None
 
     # -- migration ------------------------------------------------------------------------
 

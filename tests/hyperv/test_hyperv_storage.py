@@ -85,3 +85,32 @@ def test_the_query_and_what_cannot_be_listed(hv: vmctl.Hypervisor) -> None:
         assert driver.round_trips == before
     finally:
         driver.disk_dir = saved
+
+
+def test_disk_files_follow_their_last_holder(hv: vmctl.Hypervisor) -> None:
+    """ApplySnapshot detaches a disk added after the checkpoint but keeps its file: vmctl
+    deletes it then, unless a checkpoint still holds it; a disk removed while a checkpoint
+    holds it stays until that checkpoint (or the VM) goes."""
+    vm = hv.create_vm(VMSpec(name=name("stor-snap"), memory_mib=256, disks=[DiskSpec(size_mib=16)]))
+    try:
+        vm.snapshot("base")
+        late = vm.add_disk(DiskSpec(size_mib=16))
+        assert late.path in volumes(hv)
+        vm.revert("base")
+        assert late.id not in {d.id for d in vm.config().disks}
+        assert late.path not in volumes(hv)  # no VM or checkpoint holds it: deleted
+        kept = vm.add_disk(DiskSpec(size_mib=16))
+        vm.snapshot("with-kept")
+        vm.remove_disk(kept.id)
+        assert kept.path in volumes(hv)  # the checkpoint "with-kept" still holds it
+        vm.revert("with-kept")
+        assert kept.id in {d.id for d in vm.config().disks}  # and it is whole again
+        vm.revert("base")
+        assert kept.path in volumes(hv)  # still held by "with-kept"
+        vm.delete_snapshot("with-kept")  # its last holder: the file goes with it
+        assert kept.path not in volumes(hv)
+    finally:
+        paths = [d.path for d in vm.config().disks]
+        vm.delete()
+    left = (set(paths) | {kept.path}) & set(volumes(hv))
+    assert not left, left
