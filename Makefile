@@ -77,6 +77,7 @@ bench: test-venv
 	$(PY) bench/xen_list.py
 	$(PY) bench/hyperv_list.py
 	$(PY) bench/evacuate.py
+	$(PY) bench/fleet.py
 
 ## the verified support matrix: merges the kit reports `make test` leaves in reports/ into
 ## docs/support-matrix.md (backends without a report keep their column; none: nothing written)
