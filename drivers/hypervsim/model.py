@@ -1017,6 +1017,21 @@ class World:
         iid = re.sub(r"\\(.)", r"\1", m.group(1)).lower()
         return next((r for r in vm.rasds if str(r["InstanceID"]).lower() == iid), None)
 
+    def _hot_pluggable(self, vm: VM, r: Instance) -> bool:
+        """Whether ``r`` may be added to or removed from ``vm`` while it is not Off
+        (tables.HOT_PLUG): only while it runs, only SCSI storage, NICs and DVD media."""
+        if vm.state != T.ES_ENABLED:
+            return False
+        sub = str(r["ResourceSubType"] or "")
+        if sub not in T.HOT_PLUG:
+            return False
+        if sub in ("Microsoft:Hyper-V:Synthetic Disk Drive", "Microsoft:Hyper-V:Virtual Hard Disk"):
+            node: Instance | None = r
+            while node is not None and node["ResourceType"] != T.RT_SCSI:
+                node = self._parent_of(vm, str(node["Parent"] or ""))
+            return node is not None
+        return True
+
     def _add_rasd(self, vm: VM, r: Any) -> int:
         if not isinstance(r, Instance):
             return T.RC_INVALID_PARAMETER
@@ -1037,6 +1052,8 @@ class World:
             if parent is None or parent["ResourceType"] not in parent_types:
                 return T.RC_INVALID_PARAMETER
             new["Parent"] = parent.path(vm.host)
+        if vm.state != T.ES_DISABLED and not self._hot_pluggable(vm, new):
+            return T.RC_INVALID_STATE
         if r.cls == "Msvm_StorageAllocationSettingData":
             if not new["HostResource"]:
                 return T.RC_INVALID_PARAMETER
@@ -1182,6 +1199,8 @@ class World:
             vm, cur, _ = found
             if cur.cls in ("Msvm_ProcessorSettingData", "Msvm_MemorySettingData"):
                 return T.RC_INVALID_PARAMETER, {}
+            if vm.state != T.ES_DISABLED and not self._hot_pluggable(vm, cur):
+                return T.RC_INVALID_STATE, {}
             gone = {cur.path(vm.host)}
             changed = True
             while changed:  # children (a drive's disk, a port's connection) go with it

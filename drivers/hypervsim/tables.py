@@ -950,6 +950,25 @@ SUBTYPES: dict[str, tuple[int, str]] = {
         "Msvm_EthernetPortAllocationSettingData",
     ),
 }
+#: What Add/RemoveResourceSettings may change while a VM runs (EnabledState 2); on a VM that
+#: is not Off otherwise, and for every other resource, they answer 32775 (Invalid state):
+#: - storage on a SCSI controller: "Configure a virtual machine with a SCSI controller to be
+#:   able to hot plug and hot unplug storage" (windowsserverdocs, Hyper-V Best Practices
+#:   Analyzer: "Virtual machines without SCSI controllers must be shut down before you can
+#:   add or remove storage") - a disk drive on a SCSI controller and its virtual hard disk;
+#: - network adapters: "What's new in Hyper-V on Windows Server" (2016), "Hot add and remove
+#:   for network adapters and memory": "add or remove a network adapter while the virtual
+#:   machine is running ... generation 2 virtual machines" - every VM here is generation 2;
+#: - a CD/DVD image in an existing DVD drive (a media change; a simulator choice).
+#: Adding or removing a controller or a DVD drive needs the VM Off.
+HOT_PLUG: dict[str, str] = {
+    "Microsoft:Hyper-V:Synthetic Disk Drive": "on a SCSI controller",
+    "Microsoft:Hyper-V:Virtual Hard Disk": "in a disk drive on a SCSI controller",
+    "Microsoft:Hyper-V:Synthetic Ethernet Port": "generation 2",
+    "Microsoft:Hyper-V:Ethernet Connection": "of a synthetic port",
+    "Microsoft:Hyper-V:Virtual CD/DVD Disk": "media change",
+}
+
 #: Which ResourceType a setting's Parent must name (HV2/msvm-resourceallocationsettingdata,
 #: Parent: "the parent of the resource"; the HV2 samples attach a drive to a controller, a
 #: virtual hard disk to a drive, an ethernet connection to a port): drives on an IDE (5) or

@@ -134,9 +134,8 @@ REASONS = {S.PAUSED: StateReason.USER, S.SUSPENDED: StateReason.SAVED}
 #: Why each capability vmctl knows is absent (docs/hyperv.md).
 ABSENT = {
     Capability.HOT_VCPUS: "Hyper-V changes a VM's processor count only while it is off",
-    Capability.HOT_MEMORY: "runtime memory resize is not modelled by hypervsim; not proven",
-    Capability.HOTPLUG_DISK: "SCSI hot-add is not proven on the simulator",
-    Capability.HOTPLUG_NIC: "NIC hot-add (generation 2, Windows Server 2016+) not proven",
+    Capability.HOT_MEMORY: "runtime memory resize (Windows Server 2016+) needs the guest's "
+    "part, which hypervsim does not model; not proven",
     Capability.MEMORY_SHARES: "memory weight applies to dynamic memory only; not mapped",
     Capability.MEMORY_RESERVATION: "memory reservation is dynamic memory's minimum; not mapped",
     Capability.MEMORY_LIMIT: "memory limit is dynamic memory's maximum; not mapped",
