@@ -75,6 +75,7 @@ bench: test-venv
 	$(PY) bench/backup.py
 	$(PY) bench/esx_list.py
 	$(PY) bench/xen_list.py
+	$(PY) bench/events.py
 	$(PY) bench/hyperv_list.py
 	$(PY) bench/evacuate.py
 	$(PY) bench/fleet.py
