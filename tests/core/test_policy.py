@@ -220,7 +220,10 @@ def test_delete_refuses_running_unless_forced(hv: vmctl.Hypervisor) -> None:
         vm.info()
 
 
-def test_operations_and_wait_all(hv: vmctl.Hypervisor) -> None:
+def test_operations_and_wait_all(hv: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guest takes 5 s to act on the shutdown below, far beyond its 0.1 s timeout (with the
+    # sim's 0.15 s, a busy machine could let the guest win the race and the test flip).
+    monkeypatch.setattr("vmctl_sim._driver.GUEST_DELAY", 5.0)
     vms = [hv.create_vm(VMSpec(name=f"v{i}")) for i in range(4)]
     ops = [vm.start(wait=False) for vm in vms]
     assert all(isinstance(op, vmctl.Operation) for op in ops)

@@ -45,6 +45,9 @@ class Target:
         return {self.kit.network: self.network}
 
     def move(self, vm: VM, **kw: object) -> vmctl.MoveReport:
+        # A name of its own: the target may share the source's name space (the second host
+        # of a Xen pool or of a vCenter), where the source's name is taken.
+        kw.setdefault("name", f"{vm.name}-mv")
         return vmctl.move(
             vm,
             self.hv,
