@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from attrs import field, frozen
 
@@ -125,8 +125,33 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+class _Executable:
+    """``plan.execute(...)`` for the plans ``execute`` carries out (evacuation, rebalance)."""
+
+    __slots__ = ()
+
+    def execute(
+        self,
+        *,
+        max_parallel: int = 4,
+        on_fail: str = "stop",
+        retries: int = DEFAULT_RETRIES,
+        progress: Callable[[EvacuationProgress], None] | None = None,
+        timeout: float | None = None,
+    ) -> EvacuationReport:
+        """``vmctl.execute(self, ...)``."""
+        return execute(
+            cast("Plan | RebalancePlan", self),
+            max_parallel=max_parallel,
+            on_fail=on_fail,
+            retries=retries,
+            progress=progress,
+            timeout=timeout,
+        )
+
+
 @frozen(repr=False)
-class Plan:
+class Plan(_Executable):
     """What an evacuation of ``source`` would do, read at ``created``: ``moves`` and
     ``blockers``. Nothing has moved. ``str(plan)`` is a table; ``to_json()`` a dict."""
 
@@ -152,25 +177,6 @@ class Plan:
     def ok(self) -> bool:
         """Every VM of the host has a move."""
         return not self.blockers
-
-    def execute(
-        self,
-        *,
-        max_parallel: int = 4,
-        on_fail: str = "stop",
-        retries: int = DEFAULT_RETRIES,
-        progress: Callable[[EvacuationProgress], None] | None = None,
-        timeout: float | None = None,
-    ) -> EvacuationReport:
-        """``vmctl.execute(self, ...)``."""
-        return execute(
-            self,
-            max_parallel=max_parallel,
-            on_fail=on_fail,
-            retries=retries,
-            progress=progress,
-            timeout=timeout,
-        )
 
     def to_json(self) -> dict[str, Any]:
         return {

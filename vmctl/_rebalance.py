@@ -15,7 +15,7 @@ it out as it does an evacuation.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
@@ -23,13 +23,10 @@ from attrs import field, frozen
 from ._capabilities import Capability
 from ._errors import ValidationError
 from ._evacuate import (
-    DEFAULT_RETRIES,
     Blocker,
-    EvacuationProgress,
-    EvacuationReport,
     Move,
+    _Executable,
     _table,
-    execute,
 )
 from ._hosts import Host, list_hosts, read_placements
 from ._hostspi import HostInventory, HostMigration, MoveMode
@@ -58,7 +55,7 @@ class HostLoad:
 
 
 @frozen(repr=False)
-class RebalancePlan:
+class RebalancePlan(_Executable):
     """Live moves that even out the hosts' memory load (nothing has moved)."""
 
     hosts: tuple[Host, ...]
@@ -78,25 +75,6 @@ class RebalancePlan:
     def spread(loads: Sequence[HostLoad]) -> float:
         values = [h.memory_percent for h in loads]
         return round(max(values) - min(values), 2) if values else 0.0
-
-    def execute(
-        self,
-        *,
-        max_parallel: int = 4,
-        on_fail: str = "stop",
-        retries: int = DEFAULT_RETRIES,
-        progress: Callable[[EvacuationProgress], None] | None = None,
-        timeout: float | None = None,
-    ) -> EvacuationReport:
-        """``vmctl.execute(self, ...)``."""
-        return execute(
-            self,
-            max_parallel=max_parallel,
-            on_fail=on_fail,
-            retries=retries,
-            progress=progress,
-            timeout=timeout,
-        )
 
     def to_json(self) -> dict[str, Any]:
         return {
