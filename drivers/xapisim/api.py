@@ -266,6 +266,14 @@ class Api:
             self.db.check_session(params[0])
             self.db.logout(params[0])
             return ""
+        if name in ("xapisim.fail_host", "xapisim.revive_host") and not is_async:
+            # The simulator's own control (not XenAPI, not in system.listMethods): a test in
+            # another process fails a pool member, with a valid session.
+            if len(params) != 2:
+                raise Fault("MESSAGE_PARAMETER_COUNT_MISMATCH", method, "1", str(len(params) - 1))
+            self.db.check_session(params[0])
+            self.fail_host(str(params[1]), failed=name == "xapisim.fail_host")
+            return ""
         res = self._resolve(name)
         if res is None or (is_async and not _async_allowed(name)):
             raise Fault("MESSAGE_METHOD_UNKNOWN", method)
@@ -295,18 +303,7 @@ class Api:
     # ------------------------------------------------------------------ tasks
     def _spawn(self, method: str, sess: Any, fn: Impl, args: list[Any]) -> str:
         db = self.db
-        with db.lock:
-            task = db.new(
-                "task",
-                name_label=method,
-                name_description="",
-                status="pending",
-                created=time.time(),
-                finished=0.0,
-                progress=0.0,
-                resident_on=db.master(),
-                allowed_operations=["cancel"],
-            )
+        task = db.new_task(method)
         ctx = Ctx(sess, task)
 
         def run() -> None:
@@ -509,6 +506,8 @@ class Api:
         opref = ctx.task or f"OpaqueRef:sync-{id(ctx)}"
         with db.lock:
             db.get("VM", vm)
+            if op != "power_state_reset":
+                db.assert_live(db.objs["VM"][vm]["resident_on"])  # tables.HOST_OFFLINE_REF
             err = db.op_error(vm, op, strict)
             if err is not None:
                 raise err
@@ -571,6 +570,59 @@ class Api:
             self.db.set("host", host, enabled=True)
         return ""
 
+    # ------------------------------------------------------------------ failed hosts
+    def fail_host(self, host: str, failed: bool = True) -> None:
+        """The simulator's failed-host mode (not a XenAPI message): the host stops
+        answering and the master marks it not live (tables.FAILED_HOST_REF); its VMs'
+        records stay as they were (Running, resident_on it). ``failed=False`` brings it
+        back (live again). The pool master cannot fail: its xapi serves this API."""
+        db = self.db
+        with db.lock:
+            self._host(host)
+            if host == db.master():
+                why = "xapisim: the pool master cannot fail (it serves the API)"
+                raise Fault("OPERATION_NOT_ALLOWED", why)
+            m = db.objs["host"][host]["metrics"]
+            db.set("host_metrics", m, live=not failed, last_updated=time.time())
+
+    def m_host_declare_dead(self, ctx: Ctx, host: str) -> str:
+        """tables.DECLARE_DEAD_REF."""
+        db = self.db
+        with db.lock:
+            self._host(host)
+            if host == db.master() or db.host_live(host):
+                raise Fault("HOST_IS_LIVE", host)
+            vms = [
+                ref
+                for ref, rec in db.objs["VM"].items()
+                if rec["resident_on"] == host and not rec["is_control_domain"]
+            ]
+            for vm in vms:
+                self._reset_power_state(vm)
+            db.set("host", host, enabled=False)
+        return ""
+
+    def m_VM_power_state_reset(self, ctx: Ctx, vm: str) -> str:
+        """tables.POWER_STATE_RESET_REF."""
+        with self.db.lock:
+            self.db.get("VM", vm)
+            self._reset_power_state(vm)
+        return ""
+
+    def _reset_power_state(self, vm: str) -> None:
+        db = self.db
+        rec = db.objs["VM"][vm]
+        if rec["is_control_domain"]:
+            raise Fault("CANNOT_RESET_CONTROL_DOMAIN", vm)
+        if rec["power_state"] in ("Running", "Paused"):
+            resident = rec["resident_on"]
+            if resident == db.master():
+                raise Fault("DOMAIN_EXISTS", vm)  # xenopsd (the simulator) runs it
+            if db.valid("host", resident) and db.host_live(resident):
+                raise Fault("HOST_IS_LIVE", resident)
+        rec["current_operations"].clear()
+        db._halt(vm)
+
     def m_pool_get_master(self, ctx: Ctx, p: str) -> str:
         return str(self.db.get("pool", p)["master"])
 
@@ -585,7 +637,9 @@ class Api:
             if op in ("start", "start_on", "resume", "resume_on"):
                 home = rec["affinity"]
                 usable = db.valid("host", home) and db.objs["host"][home]["enabled"]
+                usable = usable and db.host_live(home)
                 target = host or (home if usable else db._free_host())
+                db.assert_live(target)  # tables.HOST_OFFLINE_REF
                 # xapi_vm_helpers.ml assert_can_boot_here: assert_host_is_enabled.
                 db.assert_enabled(target)
                 if op.startswith("resume"):
@@ -689,6 +743,7 @@ class Api:
             rec = db.objs["VM"][vm]
             old = rec["resident_on"]
             if host != old:
+                db.assert_live(host)  # tables.HOST_OFFLINE_REF
                 db.assert_enabled(host)  # xapi_vm_migrate.ml pool_migrate: destination enabled
                 db.assert_fits(vm, host)
             db.link("host", old, "resident_VMs", vm, add=False)
@@ -1319,19 +1374,7 @@ class Api:
 
     # ------------------------------------------------------------------ tasks / events
     def m_task_create(self, ctx: Ctx, label: str, description: str) -> str:
-        db = self.db
-        with db.lock:
-            return db.new(
-                "task",
-                name_label=label,
-                name_description=description,
-                status="pending",
-                created=time.time(),
-                finished=0.0,
-                progress=0.0,
-                resident_on=db.master(),
-                allowed_operations=["cancel"],
-            )
+        return self.db.new_task(label, description)
 
     def m_task_cancel(self, ctx: Ctx, task: str) -> str:
         db = self.db

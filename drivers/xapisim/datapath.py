@@ -144,17 +144,7 @@ class DataPath:
                 self.task = given
             else:
                 self.own_task = True
-                self.task = db.new(
-                    "task",
-                    name_label=label,
-                    name_description="",
-                    status="pending",
-                    created=time.time(),
-                    finished=0.0,
-                    progress=0.0,
-                    resident_on=db.master(),
-                    allowed_operations=["cancel"],
-                )
+                self.task = db.new_task(label)
             return self.task
 
     def _progress(self, fraction: float) -> None:

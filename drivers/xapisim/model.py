@@ -603,6 +603,21 @@ class Database:
         )
         return self.encode_record("session", rec)
 
+    def new_task(self, label: str, description: str = "") -> str:
+        """A pending task record, resident on the pool master (as Task.create makes)."""
+        with self.lock:
+            return self.new(
+                "task",
+                name_label=label,
+                name_description=description,
+                status="pending",
+                created=time.time(),
+                finished=0.0,
+                progress=0.0,
+                resident_on=self.master(),
+                allowed_operations=["cancel"],
+            )
+
     # ------------------------------------------------------------------ initial world
     def master(self) -> str:
         pool = next(iter(self.objs["pool"].values()))
@@ -909,6 +924,31 @@ class Database:
             self.link("VDI", vdi, "VBDs", vbd)
         return vbd
 
+    def _copy_vbd(self, vm: str, vdi: str, b: Rec) -> str:
+        """A copy of VBD record ``b`` for ``vm``, on ``vdi`` (Xapi_vbd_helpers.copy: the
+        record's other_config included)."""
+        return self._new_vbd(
+            vm,
+            vdi,
+            b["userdevice"],
+            bootable=b["bootable"],
+            kind=b["type"],
+            mode=b["mode"],
+            other_config=dict(b.get("other_config") or {}),
+        )
+
+    def _copy_vif(self, vm: str, v: Rec, *, keep_mac: bool) -> str:
+        """A copy of VIF record ``v`` for ``vm`` (Xapi_vif_helpers.copy), with its MAC or
+        a new one."""
+        return self._new_vif(
+            vm,
+            v["network"],
+            v["device"],
+            mac=v["MAC"] if keep_mac else "",
+            mtu=v["MTU"],
+            other_config=dict(v.get("other_config") or {}),
+        )
+
     def _new_mac(self) -> str:
         self.macs += 1
         n = self.macs
@@ -1092,11 +1132,23 @@ class Database:
         if not self.objs["host"][host]["enabled"]:
             raise Fault("HOST_DISABLED", host)
 
+    def host_live(self, host: str) -> bool:
+        """host_metrics.live (tables.FAILED_HOST_REF): false once the host has failed."""
+        m = self.objs["host"][host]["metrics"]
+        return bool(self.objs["host_metrics"].get(m, {}).get("live", True))
+
+    def assert_live(self, host: str) -> None:
+        """tables.HOST_OFFLINE_REF: an operation forwarded to a host that is not live."""
+        if self.valid("host", host) and not self.host_live(host):
+            raise Fault("HOST_OFFLINE", host)
+
     def _free_host(self) -> str:
         def load(h: str) -> tuple[int, int]:
             return (-self.host_free(h), len(self.objs["host"][h]["resident_VMs"]))
 
-        enabled = [h for h in self.hosts if self.objs["host"][h]["enabled"]]
+        enabled = [
+            h for h in self.hosts if self.objs["host"][h]["enabled"] and self.host_live(h)
+        ]
         return min(enabled or self.hosts, key=load)
 
     def _start(self, vm: str, host: str, paused: bool) -> None:
@@ -1396,26 +1448,9 @@ class Database:
                 vdi = new_vdi
             # Xapi_vbd_helpers.copy / Xapi_vif_helpers.copy copy the records, other_config
             # included (where clients keep what a device is for, e.g. the owner key).
-            self._new_vbd(
-                vm,
-                vdi,
-                b["userdevice"],
-                bootable=b["bootable"],
-                kind=b["type"],
-                mode=b["mode"],
-                other_config=dict(b.get("other_config") or {}),
-            )
+            self._copy_vbd(vm, vdi, b)
         for vif in s["VIFs"]:
-            v = self.objs["VIF"][vif]
-            mac = v["MAC"] if snapshot else ""
-            self._new_vif(
-                vm,
-                v["network"],
-                v["device"],
-                mac=mac,
-                mtu=v["MTU"],
-                other_config=dict(v.get("other_config") or {}),
-            )
+            self._copy_vif(vm, self.objs["VIF"][vif], keep_mac=snapshot)
         if snapshot:
             self.set_parent(src, vm)
         return vm
@@ -1463,27 +1498,11 @@ class Database:
                         self.link("VDI", clone, "snapshots", other)
                         self.touch("VDI", other)
                 vdi = clone
-            self._new_vbd(
-                vm,
-                vdi,
-                b["userdevice"],
-                bootable=b["bootable"],
-                kind=b["type"],
-                mode=b["mode"],
-                other_config=dict(b.get("other_config") or {}),
-            )
+            self._copy_vbd(vm, vdi, b)
         for vif in list(rec["VIFs"]):
             self._destroy_vif(vif)
         for vif in s["VIFs"]:
-            v = self.objs["VIF"][vif]
-            self._new_vif(
-                vm,
-                v["network"],
-                v["device"],
-                mac=v["MAC"],
-                mtu=v["MTU"],
-                other_config=dict(v.get("other_config") or {}),
-            )
+            self._copy_vif(vm, self.objs["VIF"][vif], keep_mac=True)
 
     def snapshot_vdi_cbt(self, vdi: str, snap: str) -> None:
         """A snapshot of a VDI with CBT enabled takes its CBT log over and is itself
