@@ -82,6 +82,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "HostLoad": ("._rebalance", "HostLoad"),
     "RebalancePlan": ("._rebalance", "RebalancePlan"),
     "plan_rebalance": ("._rebalance", "plan_rebalance"),
+    "RecoveryPlan": ("._recover", "RecoveryPlan"),
+    "plan_recovery": ("._recover", "plan_recovery"),
     "Fleet": ("._fleet", "Fleet"),
     "FleetResult": ("._fleet", "FleetResult"),
     "BackupInfo": (".backup", "BackupInfo"),
@@ -168,6 +170,7 @@ if TYPE_CHECKING:
         wait_all,
     )
     from ._rebalance import HostLoad, RebalancePlan, plan_rebalance
+    from ._recover import RecoveryPlan, plan_recovery
     from ._registry import (
         available as available_drivers,
     )
@@ -257,6 +260,7 @@ __all__ = [
     "Plan",
     "PowerState",
     "RebalancePlan",
+    "RecoveryPlan",
     "Repository",
     "RepositoryError",
     "Request",
@@ -281,6 +285,7 @@ __all__ = [
     "open_repo",
     "plan_evacuation",
     "plan_rebalance",
+    "plan_recovery",
     "register",
     "unregister",
     "wait_all",

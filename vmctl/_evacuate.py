@@ -306,7 +306,7 @@ def plan_evacuation(
                 p,
                 BlockKind.HOST_DOWN,
                 f"host {source.name} is unreachable: its VMs cannot be migrated; restarting "
-                "them elsewhere is recovery (not done by vmctl yet)",
+                "them elsewhere is recovery (vmctl.plan_recovery)",
             )
             continue
         if p.pinned:
@@ -653,6 +653,7 @@ def execute(
     retries: int = DEFAULT_RETRIES,
     progress: Callable[[EvacuationProgress], None] | None = None,
     timeout: float | None = None,
+    confirm_fenced: bool = False,
 ) -> EvacuationReport:
     """Carry out ``plan``'s moves, at most ``max_parallel`` at once.
 
@@ -667,8 +668,53 @@ def execute(
     on. ``timeout`` bounds each move (default: the connection's operation timeout).
     ``progress`` is called as each move starts, retries and ends, from the worker running
     the move (several at once: keep it quick and thread-safe); an exception it raises is
-    logged and ignored.
+    logged and ignored. ``confirm_fenced`` is for a ``RecoveryPlan`` only
+    (``vmctl.plan_recovery``): the caller confirms that the failed host is fenced.
     """
+    from ._recover import RecoveryPlan, execute_recovery
+
+    if not isinstance(confirm_fenced, bool):
+        raise ValidationError("must be True or False", field="confirm_fenced")
+    if isinstance(plan, RecoveryPlan):
+        return execute_recovery(
+            plan,
+            max_parallel=max_parallel,
+            on_fail=on_fail,
+            retries=retries,
+            progress=progress,
+            timeout=timeout,
+            confirm_fenced=confirm_fenced,
+        )
+    if confirm_fenced:
+        raise ValidationError("only a recovery plan is fenced", field="confirm_fenced")
+    hv, conn = check_execute_args(plan, max_parallel, on_fail, retries, progress, timeout)
+    started = time.monotonic()
+    if not plan.moves:
+        return EvacuationReport(plan, (), False, 0.0)
+    if not isinstance(conn.driver, HostMigration) or not isinstance(conn.driver, HostInventory):
+        raise NotSupported(f"the {conn.driver_name} driver cannot move VMs between its hosts")
+    modes = {m.mode for m in plan.moves}
+    if MoveMode.LIVE in modes:
+        conn.require(Capability.MIGRATE_LIVE, "a live move")
+    if modes - {MoveMode.LIVE} or on_fail == "cold":
+        conn.require(Capability.MIGRATE_COLD, "a cold move")
+    runner = _Executor(
+        plan, conn, retries=retries, on_fail=on_fail, progress=progress, timeout=timeout
+    )
+    return drive(
+        plan, hv, conn, runner, max_parallel=max_parallel, on_fail=on_fail, started=started
+    )
+
+
+def check_execute_args(
+    plan: object,
+    max_parallel: object,
+    on_fail: object,
+    retries: object,
+    progress: object,
+    timeout: float | None,
+) -> tuple[Hypervisor, Connection]:
+    """``execute``'s checks, before any call to the host."""
     from ._rebalance import RebalancePlan
 
     if not isinstance(plan, (Plan, RebalancePlan)):
@@ -685,21 +731,22 @@ def execute(
         raise ValidationError("must be callable", field="progress")
     hv, conn = _connection(plan.hypervisor)
     conn.deadline(timeout, None)  # checks it
-    started = time.monotonic()
-    if not plan.moves:
-        return EvacuationReport(plan, (), False, 0.0)
-    if not isinstance(conn.driver, HostMigration) or not isinstance(conn.driver, HostInventory):
-        raise NotSupported(f"the {conn.driver_name} driver cannot move VMs between its hosts")
-    modes = {m.mode for m in plan.moves}
-    if MoveMode.LIVE in modes:
-        conn.require(Capability.MIGRATE_LIVE, "a live move")
-    if modes - {MoveMode.LIVE} or on_fail == "cold":
-        conn.require(Capability.MIGRATE_COLD, "a cold move")
+    return hv, conn
+
+
+def drive(
+    plan: Plan | RebalancePlan,
+    hv: Hypervisor,
+    conn: Connection,
+    runner: _Executor,
+    *,
+    max_parallel: int,
+    on_fail: str,
+    started: float,
+) -> EvacuationReport:
+    """Run ``plan``'s moves with ``runner``, at most ``max_parallel`` at once."""
     # Targets as they are now: none that entered maintenance or went down since the plan.
     now = {h.id: h for h in list_hosts(hv, conn, conn.read_deadline())}
-    runner = _Executor(
-        plan, conn, retries=retries, on_fail=on_fail, progress=progress, timeout=timeout
-    )
     results: dict[int, MoveResult] = {}
     queue = list(enumerate(plan.moves))
     running: dict[Future[MoveResult], int] = {}

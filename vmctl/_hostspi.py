@@ -118,3 +118,32 @@ class HostMaintenance(abc.ABC):
     def set_maintenance(self, host_id: str, on: bool, *, deadline: Deadline) -> Task | None:
         """Put the host in (``on``) or out of the backend's maintenance mode: a host in it
         takes no new VMs. Idempotent. A Task when the backend still works on it."""
+
+
+class HostRecovery(abc.ABC):
+    """Restarting the VMs of a failed host on the others (``vmctl.plan_recovery``).
+
+    The core never starts a VM of a failed host unless the caller confirmed that the host
+    is fenced (it cannot run them any more) or ``fence_proof`` gives the backend's own
+    proof; then ``declare_failed`` makes the backend record the VMs as stopped, and
+    ``restart_on_host`` starts each elsewhere.
+    """
+
+    @abc.abstractmethod
+    def fence_proof(self, host_id: str, *, deadline: Deadline) -> str | None:
+        """Why the backend itself knows that the host runs none of its VMs (xapi: the
+        host was declared dead, its VMs' power state reset; the sim: the host is marked
+        failed), or None when it does not know (then only the caller's confirmation
+        counts)."""
+
+    @abc.abstractmethod
+    def declare_failed(self, host_id: str, *, deadline: Deadline) -> Task | None:
+        """Tell the backend that the host is down for good: its VMs are recorded STOPPED,
+        their home still on it (xapi ``host.declare_dead``). Idempotent. InvalidState when
+        the backend sees the host alive (xapi: HOST_IS_LIVE)."""
+
+    @abc.abstractmethod
+    def restart_on_host(self, uuid: str, host_id: str, *, deadline: Deadline) -> Task | None:
+        """Start a STOPPED VM of a declared-failed host on ``host_id``, which becomes its
+        home, after checking that the host reaches its disks (ValidationError otherwise).
+        None when it already runs there."""

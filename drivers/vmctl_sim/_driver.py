@@ -79,6 +79,7 @@ from vmctl.spi import (
 
 from ._disks import BLOCK, DiskFull, Overlay, SimPointInTime, blocks_of, runs
 from ._hosts import SimHosts
+from ._recovery import SimRecovery
 from ._site import (
     GUEST_DELAY,
     HOST_CPU_MHZ,
@@ -125,6 +126,7 @@ class SimDriver(
     DiskWriter,
     StorageListing,
     SimHosts,
+    SimRecovery,
 ):
     """The reference driver: every capability, enforced as real hypervisors enforce it."""
 

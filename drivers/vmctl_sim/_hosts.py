@@ -81,7 +81,11 @@ class SimHosts(HostInventory, HostMigration, HostMaintenance):
                     HostRecord(
                         id=host.uuid,
                         name=host.name,
-                        state=HostState.MAINTENANCE if host.maintenance else HostState.CONNECTED,
+                        state=HostState.UNREACHABLE
+                        if host.failed
+                        else HostState.MAINTENANCE
+                        if host.maintenance
+                        else HostState.CONNECTED,
                         cpus=HOST_CPUS,
                         cpu_mhz=HOST_CPU_MHZ,
                         memory_mib=HOST_MEMORY_MIB,
@@ -136,6 +140,9 @@ class SimHosts(HostInventory, HostMigration, HostMaintenance):
             want = S.STOPPED if mode is MoveMode.COLD else S.RUNNING
             if dest is source and vm.state is want:
                 return  # already there
+            if dest.failed or (source.failed and mode is not MoveMode.COLD):
+                down = dest if dest.failed else source
+                raise InvalidState(f"cannot move VM {vm.name!r}: sim host {down.name!r} is down")
             if dest.maintenance:
                 raise InvalidState(
                     f"cannot move VM {vm.name!r} to sim host {dest.name!r}: it is in maintenance"

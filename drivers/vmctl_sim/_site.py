@@ -123,6 +123,9 @@ class SimHost:
     vms: dict[str, SimVM] = field(factory=dict)
     #: The host's maintenance mode (``_hosts.SimHosts``): it takes no VM moved to it.
     maintenance: bool = False
+    #: The host has failed (``_recovery.SimRecovery.fail_host``): down, unreachable; its
+    #: VMs keep their recorded state until it is declared failed.
+    failed: bool = False
 
     def used_pool_mib(self, pool: str) -> int:
         return sum(d.size_mib for vm in self.vms.values() for d in vm.disks if d.pool == pool)
@@ -358,7 +361,10 @@ def _host_to(host: SimHost) -> dict[str, Any]:
 
 def _host_from(data: dict[str, Any]) -> SimHost:
     host = SimHost(
-        name=data["name"], uuid=data["uuid"], maintenance=data.get("maintenance", False)
+        name=data["name"],
+        uuid=data["uuid"],
+        maintenance=data.get("maintenance", False),
+        failed=data.get("failed", False),
     )
     for uuid, raw in data["vms"].items():
         vm = SimVM(
