@@ -82,6 +82,7 @@ from . import _errors
 from ._backup import XenBackup
 from ._errors import power_state
 from ._hosts import XenHosts
+from ._recovery import XenRecovery
 from ._session import EVENT_SLICE_S, NULL, Connection, task_result
 from ._storage import XenStorage
 from ._transport import NOT_SENT, parse_thumbprint, tls_context
@@ -221,6 +222,7 @@ class XenDriver(
     XenBackup,
     XenStorage,
     XenHosts,
+    XenRecovery,
 ):
     """vmctl over XenAPI. See the module docstring and docs/xen.md."""
 

@@ -75,6 +75,9 @@ _INVALID_STATE = {
     "VBD_NOT_UNPLUGGABLE",
     "VIF_NOT_UNPLUGGABLE",
     "HOST_DISABLED",  # the target host is disabled (in maintenance): xapi_vm_helpers.ml
+    "HOST_IS_LIVE",  # declare_dead / power_state_reset on a host xapi sees alive
+    "DOMAIN_EXISTS",  # power_state_reset of a VM running on the master
+    "CANNOT_RESET_CONTROL_DOMAIN",
 }
 _RESOURCES = {
     "HOST_NOT_ENOUGH_FREE_MEMORY",

@@ -282,6 +282,16 @@ class SimServer:
         error (HTTP 500)."""
         self.httpd.jsonrpc = offered
 
+    def fail_host(self, name: str, failed: bool = True) -> None:
+        """Failed-host mode: the pool member named ``name`` stops answering (its
+        host_metrics say not live) or, with ``failed=False``, comes back."""
+        db = self.api.db
+        with db.lock:
+            refs = [r for r, h in db.objs["host"].items() if h["name_label"] == name]
+        if not refs:
+            raise KeyError(name)
+        self.api.fail_host(refs[0], failed)
+
     def host_names(self) -> list[str]:
         with self.db.lock:
             return [str(self.db.objs["host"][h]["name_label"]) for h in self.db.hosts]

@@ -20,6 +20,8 @@ DM_VM = "ocaml/idl/datamodel_vm.ml"
 DM_HOST = "ocaml/idl/datamodel_host.ml"
 DM_POOL = "ocaml/idl/datamodel_pool.ml"
 DM_ERR = "ocaml/idl/datamodel_errors.ml"
+XAPI_HOST = "ocaml/xapi/xapi_host.ml"
+XAPI_VM = "ocaml/xapi/xapi_vm.ml"
 LIFECYCLE = "ocaml/xapi/xapi_vm_lifecycle.ml"
 EVENT = "ocaml/xapi/xapi_event.ml"
 XAPI_VDI = "ocaml/xapi/xapi_vdi.ml"
@@ -886,6 +888,14 @@ MESSAGES: dict[str, MessageSpec] = {
         [("ref host", "host")], "void", None, f"{DM_HOST}: disable (xapi_host.ml disable)"),
     "host.enable": MessageSpec(
         [("ref host", "host")], "void", None, f"{DM_HOST}: enable (xapi_host.ml enable)"),
+    "host.declare_dead": MessageSpec(
+        [("ref host", "host")], "void", None,
+        f"{DM_HOST}: declare_dead (rel_clearwater, _R_POOL_OP; {XAPI_HOST}: declare_dead)"),
+    "VM.power_state_reset": MessageSpec(
+        [_VM], "void", None,
+        f"{DM_VM}: power_state_reset; {XAPI_VM}: power_state_reset; message_forwarding.ml: "
+        "not forwarded (\"the whole point is that this can be performed when a host is "
+        "down\")"),
     "pool.get_master": MessageSpec([("ref pool", "self")], "ref host", None,
                                    f"{DM_POOL}: field master"),
 }  # fmt: skip
@@ -958,6 +968,14 @@ ERRORS: dict[str, ErrorSpec] = {
     "VM_MIGRATE_FAILED": ErrorSpec(["vm", "source", "destination", "msg"],
                                    f"{DM_ERR}: vm_migrate_failed"),
     "HOST_OFFLINE": ErrorSpec(["host"], f"{DM_ERR}: host_offline"),
+    "HOST_IS_LIVE": ErrorSpec(["host"], f"{DM_ERR}: host_is_live; raised by {XAPI_HOST}: "
+                              f"precheck_destroy_declare_dead and {XAPI_VM}: power_state_reset"),
+    "DOMAIN_EXISTS": ErrorSpec(["vm"], f"{DM_ERR}: domain_exists; {XAPI_VM}: power_state_reset"
+                               " "
+                               "(resident on the master and xenopsd reports it running)"),
+    "CANNOT_RESET_CONTROL_DOMAIN": ErrorSpec(
+        ["vm"], f"{DM_ERR}: cannot_reset_control_domain; {XAPI_VM}: power_state_reset"
+        " (CA-31428)"),
     "HOST_DISABLED": ErrorSpec(["host"], f"{DM_ERR}: host_disabled"),
     "TASK_CANCELLED": ErrorSpec(["task"], f"{DM_ERR}: task_cancelled"),
     "EVENTS_LOST": ErrorSpec([], f"{DM_ERR}: events_lost"),
@@ -1210,3 +1228,34 @@ HTTP_500_BODY = (
 # JSON number (RPC_JSON: rpc_to_json Int -> `Intlit), DateTime a string, Float a number.
 JSONRPC_PATH = "/jsonrpc"
 JSONRPC_ERROR_CODE = 1
+
+
+# --------------------------------------------------------------------------------------
+# Failed hosts (xapisim's failed-host mode: ``xapisim.fail_host``, a simulator control)
+# --------------------------------------------------------------------------------------
+# A pool member that stops answering is marked not live by the master: host_metrics.live
+# false (ocaml/xapi/db_gc.ml: check_host_liveness, after the heartbeat timeout). xapi keeps
+# its VMs' records as they were (power_state Running, resident_on the dead host) until
+# VM.power_state_reset or host.declare_dead.
+# is_host_alive (ocaml/xapi/xapi_host.ml): host_metrics.live false is "treated as
+# definitive" (dead); live true -> the master asks the host (Pool.is_slave), and a
+# failure to answer means dead.
+# The simulator's failed host is live=false and does not answer, so both agree.
+FAILED_HOST_REF = f"{XAPI_HOST}: is_host_alive; ocaml/xapi/db_gc.ml: check_host_liveness"
+# Forwarded operations (message_forwarding.ml: do_op_on -> check_live) on a VM resident
+# on a host that is not live, or a start/resume/pool_migrate to it: HOST_OFFLINE [host].
+HOST_OFFLINE_REF = "ocaml/xapi/message_forwarding.ml: do_op_on / check_live"
+# host.declare_dead (ocaml/xapi/xapi_host.ml: declare_dead):
+#   precheck_destroy_declare_dead: is_host_alive -> HOST_IS_LIVE [host]; the master itself
+#   -> HOST_IS_LIVE [host];
+#   then VM.power_state_reset on each regular VM resident_on the host (get_resident_vms:
+#   control domains excluded); then Host.set_enabled false.
+DECLARE_DEAD_REF = f"{XAPI_HOST}: declare_dead, precheck_destroy_declare_dead, get_resident_vms"
+# VM.power_state_reset (ocaml/xapi/xapi_vm.ml: power_state_reset):
+#   is_control_domain -> CANNOT_RESET_CONTROL_DOMAIN [vm];
+#   is_live (Running or Paused): resident_on the master (localhost) and xenopsd reports
+#   it running -> DOMAIN_EXISTS [vm]; resident_on another host that is_host_alive ->
+#   HOST_IS_LIVE [resident_on];
+#   then Xapi_vm_lifecycle.force_state_reset ~value:`Halted (any state, Suspended too:
+#   power_state Halted, resident_on null, domid -1, the suspend VDI forgotten).
+POWER_STATE_RESET_REF = f"{XAPI_VM}: power_state_reset; {LIFECYCLE}: force_state_reset"
