@@ -1089,6 +1089,7 @@ def conformance(
 from . import cli_backup as _cli_backup  # noqa: E402, F401  (registers backup, restore, ...)
 from . import cli_hosts as _cli_hosts  # noqa: E402, F401  (registers hosts, evacuate, ...)
 from . import cli_move as _cli_move  # noqa: E402, F401  (registers move)
+from . import cli_recover as _cli_recover  # noqa: E402, F401  (registers recover)
 
 
 def main() -> None:

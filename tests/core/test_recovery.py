@@ -106,3 +106,32 @@ def test_memory_blocker_names_the_vm(site: dict[str, Any]) -> None:
     assert [b.kind for b in plan.blockers] == [BlockKind.MEMORY]
     assert "needs 8192 MiB" in plan.blockers[0].reason
     assert vmctl.execute(plan).results == ()
+
+
+# -- the CLI (a site in a state file: each invocation a fresh connection) -----------------
+
+
+def test_cli_recover(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from vmctl.cli import cli
+
+    state = tmp_path / "site.json"
+    for host in ("h1", "h2"):
+        with vmctl.connect(f"sim://{host}?state={state}") as hv:
+            if host == "h2":
+                make(hv, "app", 1024)
+                fail(hv, "h2")
+    uri = f"sim://h1?state={state}"
+    dry = CliRunner().invoke(cli, ["-c", uri, "recover", "h2", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "Recovery plan for host h2" in dry.output and "restart" in dry.output
+    assert "proven by the backend" in dry.output
+    done = CliRunner().invoke(cli, ["-c", uri, "--json", "recover", "h2", "--yes"])
+    assert done.exit_code == 0, done.output
+    data = json.loads(done.output)
+    assert [r["outcome"] for r in data["report"]["results"]] == ["moved"]
+    with vmctl.connect(uri) as hv:
+        assert where(hv)["app"] == ("h1", PowerState.RUNNING)
