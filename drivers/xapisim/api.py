@@ -621,7 +621,10 @@ class Api:
             if db.valid("host", resident) and db.host_live(resident):
                 raise Fault("HOST_IS_LIVE", resident)
         rec["current_operations"].clear()
+        # force_state_reset keeps the record's suspend_VDI (it does not destroy the image).
+        kept, rec["suspend_VDI"] = rec["suspend_VDI"], NULL
         db._halt(vm)
+        db.set("VM", vm, suspend_VDI=kept)
 
     def m_pool_get_master(self, ctx: Ctx, p: str) -> str:
         return str(self.db.get("pool", p)["master"])

@@ -1257,5 +1257,6 @@ DECLARE_DEAD_REF = f"{XAPI_HOST}: declare_dead, precheck_destroy_declare_dead, g
 #   it running -> DOMAIN_EXISTS [vm]; resident_on another host that is_host_alive ->
 #   HOST_IS_LIVE [resident_on];
 #   then Xapi_vm_lifecycle.force_state_reset ~value:`Halted (any state, Suspended too:
-#   power_state Halted, resident_on null, domid -1, the suspend VDI forgotten).
+#   current_operations cleared, devices marked detached, resident_on null, domid -1,
+#   power_state Halted; the suspend_VDI field is left as it was).
 POWER_STATE_RESET_REF = f"{XAPI_VM}: power_state_reset; {LIFECYCLE}: force_state_reset"
