@@ -173,3 +173,26 @@ def test_a_dead_member_is_recovered_only_once_fenced(
         assert again.fence_proof and "declared dead" in again.fence_proof
         assert again.moves == ()
         assert vmctl.execute(again).results == ()
+
+
+def test_cli_recover_needs_the_confirmation(
+    on_host2: vmctl.Hypervisor, raw: Any, pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from vmctl.cli import cli
+
+    vm = on_host2.create_vm(spec("cli"), start=True)
+    raw.xapisim.fail_host(host_ref(raw, "xenhost2"))
+    monkeypatch.setenv("VMCTL_PASSWORD", PASSWORD)
+    uri = f"xen+http://root@127.0.0.1:{pool.port}"
+    refused = CliRunner().invoke(cli, ["-c", uri, "recover", "xenhost2", "--yes"])
+    assert refused.exit_code != 0
+    assert "confirm" in refused.output
+    assert raw.VM.get_power_state(raw.VM.get_by_uuid(vm.uuid)) == "Running"
+    done = CliRunner().invoke(cli, ["-c", uri, "recover", "xenhost2", "--confirm-fenced", "--yes"])
+    assert done.exit_code == 0, done.output
+    assert "1 moved" in done.output
+    ref = raw.VM.get_by_uuid(vm.uuid)
+    assert raw.VM.get_power_state(ref) == "Running"
+    assert raw.VM.get_resident_on(ref) != host_ref(raw, "xenhost2")
