@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,6 @@ from vmctl import BlockKind, HostState, MoveMode, MoveOutcome
 from vmctl._evacuate import dumps
 
 GUEST = vmctl.BootSource(kernel="/boot/vmlinuz")
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
-
-
-@pytest.fixture
-def site() -> Iterator[dict[str, vmctl.Hypervisor]]:
-    conns = {n: vmctl.connect(f"sim://{n}?site=hosts") for n in ("h1", "h2", "h3")}
-    yield conns
-    for c in conns.values():
-        c.close()
 
 
 def make(hv: vmctl.Hypervisor, name: str, mib: int, *, start: bool = True) -> vmctl.VM:

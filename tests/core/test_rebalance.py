@@ -5,8 +5,6 @@ anti-affinity; the plan's before/after loads; execute carries it out."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,19 +13,6 @@ from vmctl import HostState, MoveOutcome
 
 GUEST = vmctl.BootSource(kernel="/boot/vmlinuz")
 GiB = 1024
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
-
-
-@pytest.fixture
-def site() -> Iterator[dict[str, vmctl.Hypervisor]]:
-    conns = {n: vmctl.connect(f"sim://{n}?site=rebal") for n in ("h1", "h2", "h3")}
-    yield conns
-    for c in conns.values():
-        c.close()
 
 
 def load(site: dict[str, vmctl.Hypervisor], host: str, *sizes_gib: int) -> None:
