@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._deadline import Deadline
     from ._evacuate import EvacuationReport, Plan
     from ._hypervisor import Hypervisor
+    from ._recover import RecoveryPlan
 
 log = logging.getLogger("vmctl")
 
@@ -122,6 +123,12 @@ class Host:
         from ._evacuate import plan_evacuation
 
         return plan_evacuation(self, targets, allow_restart=allow_restart)
+
+    def plan_recovery(self, targets: list[Host] | None = None) -> RecoveryPlan:
+        """``vmctl.plan_recovery(self, ...)``: restarting the VMs of this failed host."""
+        from ._recover import plan_recovery
+
+        return plan_recovery(self, targets)
 
     def evacuate(self, *, max_parallel: int = 4, on_fail: str = "stop") -> EvacuationReport:
         """Plan and execute in one go (``execute(plan_evacuation(self))``); VMs the plan

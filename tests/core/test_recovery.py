@@ -58,7 +58,7 @@ def test_failed_host_vms_restart_elsewhere(site: dict[str, Any]) -> None:
     fail(h1, "h2")
     source = h1.host("h2")
     assert source.state is HostState.UNREACHABLE
-    plan = vmctl.plan_recovery(source)
+    plan = source.plan_recovery()
     assert isinstance(plan, vmctl.RecoveryPlan)
     modes = {m.vm_name: m.mode for m in plan.moves}
     assert modes == {"db": MoveMode.RESTART, "web": MoveMode.RESTART, "cold": MoveMode.COLD}
