@@ -103,15 +103,21 @@ def pull_body(ctx: str, max_elements: int | None = None) -> ET.Element:
 
 
 def enumerate_all(
-    w: WSMan, cls: str, wql: str | None = None, max_elements: int = 20, mode: str | None = None
+    w: WSMan,
+    cls: str,
+    wql: str | None = None,
+    max_elements: int = 20,
+    mode: str | None = None,
+    namespace: str = V2,
 ) -> list[ET.Element]:
-    """Enumerate + Pull until EndOfSequence; the item elements."""
-    uri = V2 + ("*" if wql and cls == "*" else cls)
+    """Enumerate + Pull until EndOfSequence; the item elements. ``namespace``: the WMI
+    namespace's resource URI prefix (root/virtualization/v2 unless told)."""
+    uri = namespace + ("*" if wql and cls == "*" else cls)
     body = w.enumerate(uri, enum_body(wql, mode=mode))
     ctx = body.findtext(f".//{{{NS_N}}}EnumerationContext")
     items: list[ET.Element] = []
     while ctx:
-        resp = w.pull(V2 + cls if cls != "*" else uri, pull_body(ctx, max_elements))
+        resp = w.pull(namespace + cls if cls != "*" else uri, pull_body(ctx, max_elements))
         pr = resp.find(f"{{{NS_N}}}PullResponse")
         assert pr is not None
         its = pr.find(f"{{{NS_N}}}Items")
@@ -234,3 +240,20 @@ def vms(w: WSMan) -> dict[str, dict[str, Any]]:
     """ElementName -> Msvm_ComputerSystem of the VMs the endpoint serves."""
     rows = query(w, "SELECT * FROM Msvm_ComputerSystem WHERE Caption = 'Virtual Machine'")
     return {r["ElementName"]: r for r in rows}
+
+
+def make_vhd(w: WSMan, path: str, typ: int = 3, size: int = 64 << 20) -> None:
+    """Msvm_ImageManagementService.CreateVirtualHardDisk of a VHDX at ``path`` (``typ``
+    3 dynamic, 2 fixed; ``size`` bytes); the job must complete."""
+    ims = service(w, "Msvm_ImageManagementService")
+    sd = cimxml(
+        "Msvm_VirtualHardDiskSettingData", Path=path, Format=3, Type=typ, MaxInternalSize=size
+    )
+    out = invoke(
+        w,
+        "Msvm_ImageManagementService",
+        "CreateVirtualHardDisk",
+        ims,
+        [("VirtualDiskSettingData", sd)],
+    )
+    assert wait_job(w, out)["JobState"] == "7"

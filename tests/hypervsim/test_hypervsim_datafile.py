@@ -10,18 +10,13 @@ from typing import Any
 
 import pytest
 from hypervsim_helpers import (
-    NS_N,
     NS_W,
     V2,
-    cimxml,
-    client,
     enum_body,
-    invoke,
-    pull_body,
+    enumerate_all,
+    make_vhd,
     selectors,
-    service,
     to_dict,
-    wait_job,
 )
 from pypsrp.exceptions import WSManFaultError
 from pypsrp.wsman import WSMan
@@ -45,43 +40,9 @@ def server() -> Iterator[hypervsim.SimServer]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def w(server: hypervsim.SimServer) -> Iterator[WSMan]:
-    c = client(server)
-    yield c
-    c.close()
-
-
 def cimv2_query(w: WSMan, wql: str, max_elements: int = 2) -> list[ET.Element]:
     """Enumerate root/cimv2 with a WQL filter, then Pull (small pages) to the end."""
-    uri = CIMV2 + "*"
-    body = w.enumerate(uri, enum_body(wql))
-    ctx = body.findtext(f".//{{{NS_N}}}EnumerationContext")
-    items: list[ET.Element] = []
-    while ctx:
-        pr = w.pull(uri, pull_body(ctx, max_elements)).find(f"{{{NS_N}}}PullResponse")
-        assert pr is not None
-        its = pr.find(f"{{{NS_N}}}Items")
-        items += list(its) if its is not None else []
-        if pr.find(f"{{{NS_N}}}EndOfSequence") is not None:
-            break
-        ctx = pr.findtext(f"{{{NS_N}}}EnumerationContext")
-    return items
-
-
-def make_vhd(w: WSMan, path: str, typ: int = 3, size: int = 64 << 20) -> None:
-    ims = service(w, "Msvm_ImageManagementService")
-    sd = cimxml(
-        "Msvm_VirtualHardDiskSettingData", Path=path, Format=3, Type=typ, MaxInternalSize=size
-    )
-    out = invoke(
-        w,
-        "Msvm_ImageManagementService",
-        "CreateVirtualHardDisk",
-        ims,
-        [("VirtualDiskSettingData", sd)],
-    )
-    assert wait_job(w, out)["JobState"] == "7"
+    return enumerate_all(w, "*", wql, max_elements, namespace=CIMV2)
 
 
 def delete(w: WSMan, name: str) -> str | None:

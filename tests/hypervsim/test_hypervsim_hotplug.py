@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from hypervsim_helpers import (
     cimxml,
-    client,
     epr,
     epr_selector,
     invoke,
@@ -35,13 +34,6 @@ def server() -> Iterator[hypervsim.SimServer]:
         hosts=1, vms=1, running=1, tls=False, password="pw-hot", op_delay=0.02
     ) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def w(server: hypervsim.SimServer) -> Iterator[WSMan]:
-    c = client(server)
-    yield c
-    c.close()
 
 
 def _path(host: str, instance_id: str) -> str:

@@ -16,6 +16,7 @@ from hypervsim_helpers import (
     epr_selector,
     get,
     invoke,
+    make_vhd,
     query,
     selectors,
     service,
@@ -48,13 +49,6 @@ def server() -> Iterator[hypervsim.SimServer]:
         host_memory_gib=8,
     ) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def w(server: hypervsim.SimServer) -> Iterator[WSMan]:
-    c = client(server)
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")
@@ -697,17 +691,7 @@ def test_get_virtual_hard_disk_setting_data(w: WSMan) -> None:
     as an embedded Msvm_VirtualHardDiskSettingData; 32779 for a file that does not exist."""
     ims = service(w, "Msvm_ImageManagementService")
     path = "C:\\Hyper-V\\sized.vhdx"
-    sd = cimxml(
-        "Msvm_VirtualHardDiskSettingData", Path=path, Format=3, Type=3, MaxInternalSize=3 << 30
-    )
-    out = invoke(
-        w,
-        "Msvm_ImageManagementService",
-        "CreateVirtualHardDisk",
-        ims,
-        [("VirtualDiskSettingData", sd)],
-    )
-    assert wait_job(w, out)["JobState"] == "7"
+    make_vhd(w, path, size=3 << 30)
     out = invoke(
         w, "Msvm_ImageManagementService", "GetVirtualHardDiskSettingData", ims, [("Path", path)]
     )
@@ -730,17 +714,7 @@ def test_cim_datafile_delete(w: WSMan) -> None:
     file goes; a missing one is the provider's not-found fault."""
     ims = service(w, "Msvm_ImageManagementService")
     path = "C:\\Hyper-V\\doomed.vhdx"
-    sd = cimxml(
-        "Msvm_VirtualHardDiskSettingData", Path=path, Format=3, Type=3, MaxInternalSize=1 << 20
-    )
-    out = invoke(
-        w,
-        "Msvm_ImageManagementService",
-        "CreateVirtualHardDisk",
-        ims,
-        [("VirtualDiskSettingData", sd)],
-    )
-    assert wait_job(w, out)["JobState"] == "7"
+    make_vhd(w, path, size=1 << 20)
     uri = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/CIM_DataFile"
     resp = w.invoke(
         f"{uri}/Delete",

@@ -16,7 +16,6 @@ from hypervsim_helpers import (
     NS_N,
     NS_W,
     V2,
-    client,
     enum_body,
     enumerate_all,
     get,
@@ -45,13 +44,6 @@ PASSWORD = "pw-wire"
 def server() -> Iterator[hypervsim.SimServer]:
     with hypervsim.serve(hosts=2, vms=10, tls=False, password=PASSWORD, op_delay=0.02) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def w(server: hypervsim.SimServer) -> Iterator[WSMan]:
-    c = client(server)
-    yield c
-    c.close()
 
 
 def envelope(
