@@ -82,6 +82,8 @@ from . import _errors
 from ._backup import XenBackup
 from ._errors import power_state
 from ._hosts import XenHosts
+from ._records import as_int as _int
+from ._records import is_vm as _is_vm
 from ._recovery import XenRecovery
 from ._session import EVENT_SLICE_S, NULL, Connection, task_result
 from ._storage import XenStorage
@@ -124,10 +126,6 @@ ABSENT = {
 _RUNNING_TASK = ("pending", "cancelling", None)
 
 
-def _int(value: Any) -> int:
-    return int(value) if value not in (None, "") else 0
-
-
 def _mib(value: Any) -> int:
     return _int(value) // MiB
 
@@ -140,13 +138,6 @@ def _when(value: Any) -> dt.datetime:
         except ValueError:
             pass
     return dt.datetime.fromtimestamp(0, dt.UTC)
-
-
-def _is_vm(rec: dict[str, Any]) -> bool:
-    """A real VM: not a template, not a snapshot, not a control domain."""
-    return not (
-        rec.get("is_a_template") or rec.get("is_a_snapshot") or rec.get("is_control_domain")
-    )
 
 
 def _reason(state: PowerState) -> StateReason:

@@ -18,6 +18,7 @@ from vmctl.spi import Deadline
 
 from . import _errors
 from ._errors import power_state
+from ._records import is_vm
 
 if TYPE_CHECKING:
     from ._driver import XenDriver
@@ -48,11 +49,9 @@ class _Seen:
     __slots__ = ("config", "in_scope", "is_vm", "name", "resident", "snapshot_of", "state", "uuid")
 
     def __init__(self, rec: dict[str, Any], in_scope: bool) -> None:
-        from ._driver import _is_vm
-
         self.uuid = str(rec.get("uuid", ""))
         self.name = str(rec.get("name_label", ""))
-        self.is_vm = _is_vm(rec)
+        self.is_vm = is_vm(rec)
         self.in_scope = in_scope
         self.state = str(rec.get("power_state", ""))
         self.resident = str(rec.get("resident_on", ""))

@@ -41,21 +41,13 @@ from vmctl.spi import (
 )
 
 from ._errors import power_state
+from ._records import as_int as _int
+from ._records import is_vm as _is_vm
 from ._session import NULL
 
 MiB = 1024 * 1024
 #: blocked_operations that keep a VM on its host.
 _MIGRATIONS = ("pool_migrate", "migrate_send")
-
-
-def _int(value: Any) -> int:
-    return int(value) if value not in (None, "") else 0
-
-
-def _is_vm(rec: dict[str, Any]) -> bool:
-    return not (
-        rec.get("is_a_template") or rec.get("is_a_snapshot") or rec.get("is_control_domain")
-    )
 
 
 class XenHosts(HostInventory, HostMigration, HostMaintenance):
