@@ -23,6 +23,8 @@ MIB = 1024 * 1024
 SIZE = 16 * MIB
 XEN_NETWORK = "Pool-wide network associated with eth0"
 PASSWORD = "xen-" + secrets.token_hex(8)
+#: the virtio-blk device of the first disk (its QOM path: the PCI proxy's id holds no drive)
+DEVICE = "/machine/peripheral/virtio-disk0/virtio-backend"
 
 
 @pytest.fixture(autouse=True)
@@ -136,4 +138,44 @@ def test_running_kvm_source_to_xen(
     assert moved.info().state is PowerState.RUNNING
     assert read_disk(moved, moved.config().disks[0].id, 0, SIZE) == image
     _gone_from_kvm(hosts, name)
+    moved.delete(force=True)
+
+
+def test_running_kvm_source_final_sync_copies_what_was_written(
+    hv: vmctl.Hypervisor, hosts: Any, xen: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write into the running source while the move copies it (QEMU's qemu-io through the
+    monitor, into the disk's device as the guest would write; the backup job's point in
+    time does not have it): the final sync copies it from KVM's dirty bitmap, and the
+    target reads the new bytes."""
+    monkeypatch.setattr(move_job, "STOP_GRACE_S", 1.0)
+    name = f"{PREFIX}mv-sync"
+    vm, image = _source(hv, name, hosts.network)
+    vm.start(timeout=60)
+    written: list[str] = []
+
+    def progress(p: Any) -> None:
+        if p.phase == "move" and not written:
+            written.append(
+                virsh(
+                    hosts.uri,
+                    "qemu-monitor-command",
+                    name,
+                    "--hmp",
+                    f'qemu-io -d {DEVICE} "write -P 171 8388608 65536"',
+                )
+            )
+
+    report = vmctl.move(
+        vm, xen, network_map={hosts.network: XEN_NETWORK}, keep_source=False, progress=progress
+    )
+    print(f"\n{report}\nqemu-io: {written}")
+    assert written == [written[0]] and "rror" not in written[0], written
+    expected = bytearray(image)
+    expected[8 * MIB : 8 * MIB + 65536] = b"\xab" * 65536
+    assert report.verified and report.source_deleted, str(report)
+    moved = xen.vm(report.target_uuid or "")
+    there = read_disk(moved, moved.config().disks[0].id, 0, SIZE)
+    assert report.final_sync_bytes and report.final_sync_bytes >= 65536, str(report)
+    assert there == bytes(expected)
     moved.delete(force=True)
