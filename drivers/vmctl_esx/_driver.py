@@ -93,6 +93,8 @@ from ._fastlist import FastLister
 from ._faults import is_fault, map_fault, reraise
 from ._hosts import EsxHosts
 from ._storage import EsxStorage
+from ._vmprops import LIST_PATHS as _LIST_PATHS
+from ._vmprops import moid as _moid
 
 log = logging.getLogger("vmctl.esx")
 
@@ -107,16 +109,6 @@ _GUEST_IDS = {
     GuestOS.OTHER: "otherGuest64",
 }
 _GUEST_OS = {v: k for k, v in _GUEST_IDS.items()}
-_LIST_PATHS = (
-    "name",
-    "config.instanceUuid",
-    "config.template",
-    "runtime.powerState",
-    "runtime.connectionState",
-    "runtime.host",
-    "config.hardware.numCPU",
-    "config.hardware.memoryMB",
-)
 _CONFIG_PATHS = (
     "name",
     "config.instanceUuid",
@@ -201,10 +193,6 @@ def _state(props: dict[str, Any]) -> PowerState:
     if str(props.get("runtime.connectionState", "connected")) != "connected":
         return S.UNKNOWN
     return _POWER.get(str(props.get("runtime.powerState")), S.UNKNOWN)
-
-
-def _moid(obj: Any) -> str:
-    return str(obj._moId)
 
 
 class _Scope:

@@ -35,6 +35,9 @@ from vmctl.spi import (
     Task,
 )
 
+from ._vmprops import LIST_PATHS as _LIST_PATHS
+from ._vmprops import moid as _moid
+
 if TYPE_CHECKING:
     from ._conn import Connection
 
@@ -49,20 +52,6 @@ _HOST_PATHS = (
     "runtime.connectionState",
     "runtime.inMaintenanceMode",
 )
-_VM_PATHS = (
-    "name",
-    "config.instanceUuid",
-    "config.template",
-    "runtime.powerState",
-    "runtime.connectionState",
-    "runtime.host",
-    "config.hardware.numCPU",
-    "config.hardware.memoryMB",
-)
-
-
-def _moid(obj: Any) -> str:
-    return str(obj._moId)
 
 
 class EsxHosts(HostInventory, HostMigration, HostMaintenance):
@@ -91,7 +80,7 @@ class EsxHosts(HostInventory, HostMigration, HostMaintenance):
     def list_hosts(self, *, deadline: Deadline) -> list[HostRecord]:
         with self.conn.within(deadline):
             rows = self._host_rows()
-            vms = self._list_rows(_VM_PATHS)
+            vms = self._list_rows(_LIST_PATHS)
         counts: dict[str, int] = {}
         for _ref, props in vms:
             host = props.get("runtime.host")
@@ -134,7 +123,7 @@ class EsxHosts(HostInventory, HostMigration, HostMaintenance):
         with self.conn.within(deadline):
             rows = [
                 (ref, props)
-                for ref, props in self._list_rows(_VM_PATHS)
+                for ref, props in self._list_rows(_LIST_PATHS)
                 if not props.get("config.template") and self._in_scope(props)
             ]
             # VM.datastore read apart, through pyvmomi (the driver's fast listing reads
@@ -184,7 +173,7 @@ class EsxHosts(HostInventory, HostMigration, HostMaintenance):
 
     def locate_vm(self, uuid: str, *, deadline: Deadline) -> tuple[str | None, VMInfo]:
         with self.conn.within(deadline):
-            _ref, props = self._props(uuid, _VM_PATHS)
+            _ref, props = self._props(uuid, _LIST_PATHS)
         host = props.get("runtime.host")
         return (_moid(host) if host is not None else None), self._info(props)
 
