@@ -185,15 +185,7 @@ class SimDriver(
         return vm
 
     def _info(self, vm: SimVM) -> VMInfo:
-        return VMInfo(
-            uuid=vm.uuid,
-            name=vm.name,
-            state=vm.state,
-            reason=vm.reason,
-            vcpus=vm.vcpus,
-            memory_mib=vm.memory_mib,
-            host=self.host_name,
-        )
+        return self._vm_info(vm, self.host_name)
 
     def _set_state(self, vm: SimVM, state: PowerState, reason: StateReason) -> None:
         t = time.time()

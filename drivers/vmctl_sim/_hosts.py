@@ -59,7 +59,8 @@ class SimHosts(HostInventory, HostMigration, HostMaintenance):
         raise NotFound(f"no VM with UUID {uuid} in sim site {self.site.name!r}")
 
     @staticmethod
-    def _vm_info(vm: SimVM, host: SimHost) -> VMInfo:
+    def _vm_info(vm: SimVM, host_name: str) -> VMInfo:
+        """What the sim tells of ``vm``, on the host named ``host_name``."""
         return VMInfo(
             uuid=vm.uuid,
             name=vm.name,
@@ -67,7 +68,7 @@ class SimHosts(HostInventory, HostMigration, HostMaintenance):
             reason=vm.reason,
             vcpus=vm.vcpus,
             memory_mib=vm.memory_mib,
-            host=host.name,
+            host=host_name,
         )
 
     def list_hosts(self, *, deadline: Deadline) -> list[HostRecord]:
@@ -100,7 +101,7 @@ class SimHosts(HostInventory, HostMigration, HostMaintenance):
         with self.site.transaction(save=False):
             return [
                 Placement(
-                    vm=self._vm_info(vm, host),
+                    vm=self._vm_info(vm, host.name),
                     host_id=host.uuid,
                     memory_mib=vm.memory_mib,
                     live_blocker=None,
@@ -112,7 +113,7 @@ class SimHosts(HostInventory, HostMigration, HostMaintenance):
     def locate_vm(self, uuid: str, *, deadline: Deadline) -> tuple[str | None, VMInfo]:
         with self.site.transaction(save=False):
             host, vm = self._find(uuid)
-            return host.uuid, self._vm_info(vm, host)
+            return host.uuid, self._vm_info(vm, host.name)
 
     def set_maintenance(self, host_id: str, on: bool, *, deadline: Deadline) -> None:
         with self.site.transaction():
