@@ -237,6 +237,73 @@ def _memory_left(host: Host, incoming: int) -> int | None:
     return None if free is None else free - incoming
 
 
+class _Placer:
+    """Places a host's VMs on targets one at a time, keeping count of the memory and names
+    each target takes (plan_evacuation and plan_recovery share it)."""
+
+    def __init__(self, source: Host, chosen: Sequence[Host], every: Sequence[Placement]) -> None:
+        self.source = source
+        self.chosen = list(chosen)
+        self.incoming: dict[str, int] = {t.id: 0 for t in chosen}
+        self.names: dict[str, set[str]] = {t.id: set() for t in chosen}
+        self.moves: list[Move] = []
+        self.blockers: list[Blocker] = []
+        # Same-named VMs already on a target cannot go there (most backends refuse it).
+        for other in every:
+            if other.host_id in self.names:
+                self.names[other.host_id].add(other.vm.name)
+
+    def block(self, p: Placement, kind: BlockKind, reason: str) -> None:
+        vm = p.vm
+        self.blockers.append(Blocker(vm.uuid, vm.name, vm.state, p.memory_mib, kind, reason))
+
+    def place(self, p: Placement, mode: MoveMode, planned: str) -> None:
+        """Move ``p`` to the target with the most memory left that takes it, else block it
+        (``planned`` names what was planned before it: "moves", "restarts")."""
+        vm = p.vm
+        if not self.chosen:
+            self.block(
+                p, BlockKind.NO_TARGET, "no other host takes VMs (all in maintenance or down)"
+            )
+            return
+        needs = 0 if mode is MoveMode.COLD else p.memory_mib
+        fits = []
+        for t in self.chosen:
+            if vm.name in self.names[t.id]:
+                continue
+            left = _memory_left(t, self.incoming[t.id])
+            if left is None or left >= needs:
+                fits.append((-(left if left is not None else math.inf), t.name, t))
+        if not fits:
+            free = ", ".join(
+                f"{t.name} {_memory_left(t, self.incoming[t.id])} MiB" for t in self.chosen
+            )
+            self.block(
+                p,
+                BlockKind.MEMORY,
+                f"not enough memory on any target: it needs {needs} MiB; free after the "
+                f"{planned} planned before it: {free}",
+            )
+            return
+        target = min(fits, key=lambda f: (f[0], f[1]))[2]
+        self.incoming[target.id] += needs
+        self.names[target.id].add(vm.name)
+        source = self.source
+        self.moves.append(
+            Move(
+                vm.uuid,
+                vm.name,
+                vm.state,
+                p.memory_mib,
+                target.id,
+                target.name,
+                mode,
+                source.id,
+                source.name,
+            )
+        )
+
+
 def plan_evacuation(
     host: Host, targets: Sequence[Host] | None = None, *, allow_restart: bool = False
 ) -> Plan:
@@ -286,19 +353,8 @@ def plan_evacuation(
     live_ok = Capability.MIGRATE_LIVE in conn.capabilities
     cold_ok = Capability.MIGRATE_COLD in conn.capabilities
     movable = isinstance(conn.driver, HostMigration) and isinstance(conn.driver, HostInventory)
-    incoming: dict[str, int] = {t.id: 0 for t in chosen}
-    names: dict[str, set[str]] = {t.id: set() for t in chosen}
-    moves: list[Move] = []
-    blockers: list[Blocker] = []
-
-    def block(p: Placement, kind: BlockKind, reason: str) -> None:
-        vm = p.vm
-        blockers.append(Blocker(vm.uuid, vm.name, vm.state, p.memory_mib, kind, reason))
-
-    # Same-named VMs already on a target cannot go there (most backends refuse it).
-    for other in every:
-        if other.host_id in names:
-            names[other.host_id].add(other.vm.name)
+    placer = _Placer(source, chosen, every)
+    block = placer.block
     for p in sorted(placements, key=lambda p: (-p.memory_mib, p.vm.name)):
         vm = p.vm
         if source.state is HostState.UNREACHABLE:
@@ -364,47 +420,12 @@ def plan_evacuation(
                 f"a {vm.state.value} VM is not moved: resume or stop it first",
             )
             continue
-        needs = 0 if mode is MoveMode.COLD else p.memory_mib
-        fits = []
-        for t in chosen:
-            if vm.name in names[t.id]:
-                continue
-            left = _memory_left(t, incoming[t.id])
-            if left is None or left >= needs:
-                fits.append((-(left if left is not None else math.inf), t.name, t))
-        if not chosen:
-            block(p, BlockKind.NO_TARGET, "no other host takes VMs (all in maintenance or down)")
-            continue
-        if not fits:
-            free = ", ".join(f"{t.name} {_memory_left(t, incoming[t.id])} MiB" for t in chosen)
-            block(
-                p,
-                BlockKind.MEMORY,
-                f"not enough memory on any target: it needs {needs} MiB; free after the "
-                f"moves planned before it: {free}",
-            )
-            continue
-        target = min(fits, key=lambda f: (f[0], f[1]))[2]
-        incoming[target.id] += needs
-        names[target.id].add(vm.name)
-        moves.append(
-            Move(
-                vm.uuid,
-                vm.name,
-                vm.state,
-                p.memory_mib,
-                target.id,
-                target.name,
-                mode,
-                source.id,
-                source.name,
-            )
-        )
+        placer.place(p, mode, "moves")
     return Plan(
         source=source,
         targets=tuple(chosen),
-        moves=tuple(moves),
-        blockers=tuple(blockers),
+        moves=tuple(placer.moves),
+        blockers=tuple(placer.blockers),
         created=dt.datetime.now(dt.UTC),
         allow_restart=allow_restart,
         hypervisor=hv,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,6 @@ from attrs import frozen
 
 from ._errors import InvalidState, NotSupported, ValidationError, VmctlError
 from ._evacuate import (
-    Blocker,
     BlockKind,
     EvacuationProgress,
     EvacuationReport,
@@ -32,12 +30,12 @@ from ._evacuate import (
     Plan,
     _connection,
     _Executor,
-    _memory_left,
+    _Placer,
     check_execute_args,
     drive,
 )
 from ._hosts import Host, find_host, list_hosts, read_placements
-from ._hostspi import HostInventory, HostMigration, HostRecovery, HostState, MoveMode, Placement
+from ._hostspi import HostInventory, HostMigration, HostRecovery, HostState, MoveMode
 from ._state import PowerState
 
 if TYPE_CHECKING:
@@ -128,17 +126,8 @@ def plan_recovery(host: Host, targets: Sequence[Host] | None = None) -> Recovery
             deadline=deadline,
         )
     every = read_placements(conn, deadline)
-    incoming: dict[str, int] = {t.id: 0 for t in chosen}
-    names: dict[str, set[str]] = {t.id: set() for t in chosen}
-    for other in every:
-        if other.host_id in names:
-            names[other.host_id].add(other.vm.name)
-    moves: list[Move] = []
-    blockers: list[Blocker] = []
-
-    def block(p: Placement, kind: BlockKind, reason: str) -> None:
-        vm = p.vm
-        blockers.append(Blocker(vm.uuid, vm.name, vm.state, p.memory_mib, kind, reason))
+    placer = _Placer(source, chosen, every)
+    block = placer.block
 
     mine = [p for p in every if p.host_id == source.id]
     for p in sorted(mine, key=lambda p: (-p.memory_mib, p.vm.name)):
@@ -158,47 +147,12 @@ def plan_recovery(host: Host, targets: Sequence[Host] | None = None) -> Recovery
             )
             continue
         mode = MoveMode.COLD if vm.state is PowerState.STOPPED else MoveMode.RESTART
-        needs = 0 if mode is MoveMode.COLD else p.memory_mib
-        if not chosen:
-            block(p, BlockKind.NO_TARGET, "no other host takes VMs (all in maintenance or down)")
-            continue
-        fits = []
-        for t in chosen:
-            if vm.name in names[t.id]:
-                continue
-            left = _memory_left(t, incoming[t.id])
-            if left is None or left >= needs:
-                fits.append((-(left if left is not None else math.inf), t.name, t))
-        if not fits:
-            free = ", ".join(f"{t.name} {_memory_left(t, incoming[t.id])} MiB" for t in chosen)
-            block(
-                p,
-                BlockKind.MEMORY,
-                f"not enough memory on any target: it needs {needs} MiB; free after the "
-                f"restarts planned before it: {free}",
-            )
-            continue
-        target = min(fits, key=lambda f: (f[0], f[1]))[2]
-        incoming[target.id] += needs
-        names[target.id].add(vm.name)
-        moves.append(
-            Move(
-                vm.uuid,
-                vm.name,
-                vm.state,
-                p.memory_mib,
-                target.id,
-                target.name,
-                mode,
-                source.id,
-                source.name,
-            )
-        )
+        placer.place(p, mode, "restarts")
     return RecoveryPlan(
         source=source,
         targets=tuple(chosen),
-        moves=tuple(moves),
-        blockers=tuple(blockers),
+        moves=tuple(placer.moves),
+        blockers=tuple(placer.blockers),
         created=dt.datetime.now(dt.UTC),
         allow_restart=True,
         hypervisor=hv,
