@@ -46,6 +46,7 @@ from ._state import (
     REQUEST_CAPABILITY,
     PowerState,
     Request,
+    StateReason,
     allowed_from,
     target_of,
 )
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vmctl")
 T = TypeVar("T")
 S = PowerState
+R = StateReason
 
 
 class VM:
@@ -228,6 +230,11 @@ class VM:
     ) -> VMInfo:
         what = self._what(request.value)
         info = known if known is not None else self._read(deadline)
+        if request is Request.START and (info.state, info.reason) == (S.PAUSED, R.BOOTED):
+            # A start is under way (the host holds the vCPUs until it ends, e.g. after a start
+            # that timed out): wait for it to end rather than refuse "it is paused".
+            log.info("%s on %s: a start is under way, waiting for it", what, self._conn.uri)
+            return self._finish(request, None, deadline, what)
         self._check_state(request, info)
         log.info("%s on %s", what, self._conn.uri)
         if issued is not None:  # sent and waited for by a bulk call for several VMs

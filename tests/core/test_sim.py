@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,31 @@ def test_reset_returns_the_state_after_the_request(hv: vmctl.Hypervisor) -> None
     after_reset = vm.reset()
     assert after_reset.reason is not vmctl.StateReason.RESUMED
     assert after_reset == vm.info()
+
+
+def test_start_during_a_start_waits_for_it(hv: vmctl.Hypervisor) -> None:
+    """PAUSED with reason booted is a start under way (the host holds the vCPUs until its
+    start job ends, e.g. after a start that timed out): start() waits for it instead of
+    refusing "it is paused", and times out like any start if it never ends."""
+    import threading
+
+    vm = hv.create_vm(VMSpec(name="starting"))
+    drv: Any = hv._driver
+
+    def set_state(state: PowerState) -> None:
+        with drv.site.transaction():
+            drv._set_state(drv._host.vms[vm.uuid], state, vmctl.StateReason.BOOTED)
+
+    set_state(PowerState.PAUSED)
+    with pytest.raises(vmctl.OperationTimeout):
+        vm.start(timeout=0.3)
+    timer = threading.Timer(0.3, set_state, (PowerState.RUNNING,))
+    timer.start()
+    try:
+        info = vm.start(timeout=10)
+    finally:
+        timer.join()
+    assert (info.state, info.reason) == (PowerState.RUNNING, vmctl.StateReason.BOOTED)
+    vm.pause()
+    with pytest.raises(vmctl.InvalidState, match="paused"):  # paused by a user: refused
+        vm.start()
