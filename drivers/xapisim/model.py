@@ -1146,9 +1146,7 @@ class Database:
         def load(h: str) -> tuple[int, int]:
             return (-self.host_free(h), len(self.objs["host"][h]["resident_VMs"]))
 
-        enabled = [
-            h for h in self.hosts if self.objs["host"][h]["enabled"] and self.host_live(h)
-        ]
+        enabled = [h for h in self.hosts if self.objs["host"][h]["enabled"] and self.host_live(h)]
         return min(enabled or self.hosts, key=load)
 
     def _start(self, vm: str, host: str, paused: bool) -> None:
