@@ -1101,4 +1101,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m vmctl.cli` runs this file as __main__, a second copy of the module: the
+    # command modules above registered their commands on the imported vmctl.cli's group.
+    from vmctl.cli import main as _main
+
+    _main()

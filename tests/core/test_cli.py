@@ -25,6 +25,21 @@ def _pythonpath() -> dict[str, str]:
     return {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
 
 
+@pytest.mark.parametrize("module", ["vmctl.cli", "vmctl"])
+def test_python_dash_m_has_every_command(module: str) -> None:
+    """`python -m vmctl.cli` (this file as __main__) and `python -m vmctl` offer the commands
+    that other modules register (backup, move, hosts, recover), as the `vmctl` script does."""
+    run = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **_pythonpath()},
+    )
+    assert run.returncode == 0, run.stderr
+    listed = {line.split()[0] for line in run.stdout.splitlines() if line.startswith("  ")}
+    assert {"backup", "restore", "move", "hosts", "evacuate", "recover", "list"} <= listed
+
+
 def test_persistent_sim_across_invocations(tmp_path: Path) -> None:
     uri = f"sim://cli?state={tmp_path / 's.json'}"
     assert vmctl_cmd("-c", uri, "create", "web", "--disk", "64", "--nic", "default").returncode == 0
