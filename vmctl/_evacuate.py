@@ -304,6 +304,44 @@ class _Placer:
         )
 
 
+def check_plan_args(host: object, targets: Sequence[object] | None) -> None:
+    """The arguments every planner takes: a Host, and None or a list of Host."""
+    if not isinstance(host, Host):
+        raise ValidationError("expected a Host from hv.hosts()", field="host")
+    if targets is not None and (
+        isinstance(targets, (str, bytes)) or not all(isinstance(t, Host) for t in targets)
+    ):
+        raise ValidationError("expected a list of Host from hv.hosts()", field="targets")
+
+
+def choose_targets(
+    hosts: Sequence[Host], source: Host, targets: Sequence[Host] | None, role: str
+) -> list[Host]:
+    """The hosts a plan may use, as read now: the named ``targets`` (each must be another
+    host here that takes VMs, else ValidationError; ``role`` says what ``source`` is), or
+    every other host that takes VMs."""
+    if targets is None:
+        return [h for h in hosts if h.id != source.id and h.takes_vms]
+    by_id = {h.id: h for h in hosts}
+    chosen: list[Host] = []
+    for t in targets:
+        now = by_id.get(t.id)
+        if now is None:
+            raise ValidationError(f"target {t.name!r} is not a host here", field="targets")
+        if now.id == source.id:
+            raise ValidationError(f"target {t.name!r} is {role}", field="targets")
+        if not now.takes_vms:
+            raise ValidationError(
+                f"target {t.name!r} is {now.state.value}"
+                + (" (vmctl's flag)" if now.vmctl_maintenance else "")
+                + ": it takes no VMs",
+                field="targets",
+            )
+        if now not in chosen:
+            chosen.append(now)
+    return chosen
+
+
 def plan_evacuation(
     host: Host, targets: Sequence[Host] | None = None, *, allow_restart: bool = False
 ) -> Plan:
@@ -316,38 +354,14 @@ def plan_evacuation(
     cold, started) only with ``allow_restart``, else it is blocked. Hosts, VM placements
     and vmctl's maintenance flags are read once, now.
     """
-    if not isinstance(host, Host):
-        raise ValidationError("expected a Host from hv.hosts()", field="host")
+    check_plan_args(host, targets)
     if not isinstance(allow_restart, bool):
         raise ValidationError("must be True or False", field="allow_restart")
-    if targets is not None and (
-        isinstance(targets, (str, bytes)) or not all(isinstance(t, Host) for t in targets)
-    ):
-        raise ValidationError("expected a list of Host from hv.hosts()", field="targets")
     hv, conn = _connection(host.hypervisor)
     deadline = conn.read_deadline()
     hosts = list_hosts(hv, conn, deadline)
     source = find_host(hosts, host.id)
-    by_id = {h.id: h for h in hosts}
-    if targets is None:
-        chosen = [h for h in hosts if h.id != source.id and h.takes_vms]
-    else:
-        chosen = []
-        for t in targets:
-            now = by_id.get(t.id)
-            if now is None:
-                raise ValidationError(f"target {t.name!r} is not a host here", field="targets")
-            if now.id == source.id:
-                raise ValidationError(f"target {t.name!r} is the host evacuated", field="targets")
-            if not now.takes_vms:
-                raise ValidationError(
-                    f"target {t.name!r} is {now.state.value}"
-                    + (" (vmctl's flag)" if now.vmctl_maintenance else "")
-                    + ": it takes no VMs",
-                    field="targets",
-                )
-            if now not in chosen:
-                chosen.append(now)
+    chosen = choose_targets(hosts, source, targets, "the host evacuated")
     every = read_placements(conn, deadline)
     placements = [p for p in every if p.host_id == source.id]
     live_ok = Capability.MIGRATE_LIVE in conn.capabilities

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
 
-from ._errors import InvalidState, NotSupported, ValidationError, VmctlError
+from ._errors import InvalidState, NotSupported, VmctlError
 from ._evacuate import (
     BlockKind,
     EvacuationProgress,
@@ -32,6 +32,8 @@ from ._evacuate import (
     _Executor,
     _Placer,
     check_execute_args,
+    check_plan_args,
+    choose_targets,
     drive,
 )
 from ._hosts import Host, find_host, list_hosts, read_placements
@@ -82,12 +84,7 @@ def plan_recovery(host: Host, targets: Sequence[Host] | None = None) -> Recovery
     other hosts. InvalidState when the host is not unreachable (evacuate a live host).
     ``targets`` as ``plan_evacuation``'s. Hosts, placements and the backend's fencing proof
     are read once, now."""
-    if not isinstance(host, Host):
-        raise ValidationError("expected a Host from hv.hosts()", field="host")
-    if targets is not None and (
-        isinstance(targets, (str, bytes)) or not all(isinstance(t, Host) for t in targets)
-    ):
-        raise ValidationError("expected a list of Host from hv.hosts()", field="targets")
+    check_plan_args(host, targets)
     hv, conn = _connection(host.hypervisor)
     deadline = conn.read_deadline()
     hosts = list_hosts(hv, conn, deadline)
@@ -97,24 +94,7 @@ def plan_recovery(host: Host, targets: Sequence[Host] | None = None) -> Recovery
             f"host {source.name!r} is {source.state.value}: only an unreachable host is "
             "recovered (move the VMs of a live host with plan_evacuation)"
         )
-    by_id = {h.id: h for h in hosts}
-    if targets is None:
-        chosen = [h for h in hosts if h.id != source.id and h.takes_vms]
-    else:
-        chosen = []
-        for t in targets:
-            now = by_id.get(t.id)
-            if now is None or now.id == source.id or not now.takes_vms:
-                why = (
-                    "not a host here"
-                    if now is None
-                    else "the failed host"
-                    if now.id == source.id
-                    else f"{now.state.value}: it takes no VMs"
-                )
-                raise ValidationError(f"target {t.name!r} is {why}", field="targets")
-            if now not in chosen:
-                chosen.append(now)
+    chosen = choose_targets(hosts, source, targets, "the failed host")
     driver = conn.driver
     able = isinstance(driver, (HostRecovery)) and isinstance(driver, HostMigration)
     proof = None
