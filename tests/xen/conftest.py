@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 import xmlrpc.client
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,6 +48,38 @@ def raw(sim: Any) -> Iterator[Any]:
     """A plain XenAPI SDK session, to look at what the driver did."""
     ctx = ssl.create_default_context(cafile=sim.cafile)
     session = XenAPI.Session(sim.url, transport=xmlrpc.client.SafeTransport(context=ctx))
+    session.xenapi.login_with_password("root", PASSWORD, "2.21", "vmctl-tests")
+    try:
+        yield session.xenapi
+    finally:
+        session.xenapi.session.logout()
+
+
+# -- a 3-host pool of one's own (plain HTTP, its own process): the hosts/evacuation and the
+#    failed-host recovery tests use these, with ``pytestmark = usefixtures("state_dir")``.
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vmctl's own state (maintenance flags, move locks) per test."""
+    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Any]:
+    from tests.hosts import xen as harness
+
+    sim = harness.start_simulator(hosts=3, vms=0, tls=False, password=PASSWORD)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(scope="module")
+def sdk(pool: Any) -> Iterator[Any]:
+    """The XenAPI SDK logged in to that pool, to read back what vmctl did."""
+    session = XenAPI.Session(f"http://127.0.0.1:{pool.port}/")
     session.xenapi.login_with_password("root", PASSWORD, "2.21", "vmctl-tests")
     try:
         yield session.xenapi

@@ -8,11 +8,10 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from xen_helpers import GUEST, NETWORK, PASSWORD, name
+from xen_helpers import GUEST, NETWORK, connect_http, name
 
 import vmctl
 from vmctl import BlockKind, DiskSpec, HostState, MoveMode, MoveOutcome, NicSpec, VMSpec
@@ -22,53 +21,28 @@ faults = pytest.importorskip("tests.faults")
 XenAPI = pytest.importorskip("XenAPI")
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[Any]:
-    sim = harness.start_simulator(hosts=3, vms=0, tls=False, password=PASSWORD)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
-@pytest.fixture(scope="module")
-def raw(pool: Any) -> Iterator[Any]:
-    session = XenAPI.Session(f"http://127.0.0.1:{pool.port}/")
-    session.xenapi.login_with_password("root", PASSWORD, "2.21", "vmctl-tests")
-    try:
-        yield session.xenapi
-    finally:
-        session.xenapi.session.logout()
-
-
-def connect(port: int, query: str = "") -> vmctl.Hypervisor:
-    return vmctl.connect(f"xen+http://root@127.0.0.1:{port}{query}", password=PASSWORD, env={})
+pytestmark = pytest.mark.usefixtures("state_dir")
 
 
 @pytest.fixture
 def hv(pool: Any) -> Iterator[vmctl.Hypervisor]:
-    with connect(pool.port) as h:
+    with connect_http(pool.port) as h:
         yield h
 
 
 @pytest.fixture
-def on_host1(pool: Any, raw: Any) -> Iterator[vmctl.Hypervisor]:
+def on_host1(pool: Any, sdk: Any) -> Iterator[vmctl.Hypervisor]:
     """A connection scoped to xenhost1: VMs made there have their home there; every VM
     left at the end is deleted and every host enabled again."""
-    with connect(pool.port, "?host=xenhost1") as h:
+    with connect_http(pool.port, "?host=xenhost1") as h:
         try:
             yield h
         finally:
-            with connect(pool.port) as whole:
+            with connect_http(pool.port) as whole:
                 for vm in whole.vms():
                     vm.delete(force=True)
-            for ref in raw.host.get_all():
-                raw.host.enable(ref)
+            for ref in sdk.host.get_all():
+                sdk.host.enable(ref)
 
 
 def spec(hint: str, **kw: Any) -> VMSpec:
@@ -78,40 +52,40 @@ def spec(hint: str, **kw: Any) -> VMSpec:
     return VMSpec(name=name(hint), memory_mib=512, **kw)
 
 
-def resident(raw: Any, vm: vmctl.VM) -> str:
-    ref = raw.VM.get_by_uuid(vm.uuid)
-    host = raw.VM.get_resident_on(ref)
+def resident(sdk: Any, vm: vmctl.VM) -> str:
+    ref = sdk.VM.get_by_uuid(vm.uuid)
+    host = sdk.VM.get_resident_on(ref)
     if host == "OpaqueRef:NULL":
-        host = raw.VM.get_affinity(ref)
-    return str(raw.host.get_name_label(host))
+        host = sdk.VM.get_affinity(ref)
+    return str(sdk.host.get_name_label(host))
 
 
-def test_hosts_are_the_pools_with_metrics(hv: vmctl.Hypervisor, raw: Any) -> None:
+def test_hosts_are_the_pools_with_metrics(hv: vmctl.Hypervisor, sdk: Any) -> None:
     hosts = hv.hosts()
     assert [h.name for h in hosts] == ["xenhost1", "xenhost2", "xenhost3"]
     for h in hosts:
-        ref = raw.host.get_by_uuid(h.id)
-        metrics = raw.host_metrics.get_record(raw.host.get_metrics(ref))
+        ref = sdk.host.get_by_uuid(h.id)
+        metrics = sdk.host_metrics.get_record(sdk.host.get_metrics(ref))
         assert h.memory_mib == int(metrics["memory_total"]) // 2**20
         used = (int(metrics["memory_total"]) - int(metrics["memory_free"])) // 2**20
         assert h.memory_used_mib == used > 0  # the control domain
         assert (h.cpus, h.cpu_mhz, h.state) == (16, 2600, HostState.CONNECTED)
         assert h.cpu_percent is None  # xapisim lists no host_cpu objects
     # A host-scoped connection sees the same pool.
-    with connect(int(hv.uri.port or 0), "?host=xenhost2") as one:
+    with connect_http(int(hv.uri.port or 0), "?host=xenhost2") as one:
         assert [h.id for h in one.hosts()] == [h.id for h in hosts]
 
 
-def test_maintenance_is_host_disable(on_host1: vmctl.Hypervisor, raw: Any, pool: Any) -> None:
+def test_maintenance_is_host_disable(on_host1: vmctl.Hypervisor, sdk: Any, pool: Any) -> None:
     hv = on_host1
     vm = hv.create_vm(spec("mnt"), start=True)
     h2 = hv.host("xenhost2").enter_maintenance()
-    ref = raw.host.get_by_uuid(h2.id)
-    assert raw.host.get_enabled(ref) is False
+    ref = sdk.host.get_by_uuid(h2.id)
+    assert sdk.host.get_enabled(ref) is False
     assert h2.state is HostState.MAINTENANCE and h2.backend_maintenance and h2.vmctl_maintenance
     # xapi itself refuses the disabled host: pool_migrate there is HOST_DISABLED.
     with pytest.raises(XenAPI.Failure, match="HOST_DISABLED"):
-        raw.VM.pool_migrate(raw.VM.get_by_uuid(vm.uuid), ref, {"live": "true"})
+        sdk.VM.pool_migrate(sdk.VM.get_by_uuid(vm.uuid), ref, {"live": "true"})
     with pytest.raises(vmctl.InvalidState, match="disabled"):
         hv._driver.move_to_host(  # type: ignore[attr-defined]
             vm.uuid, h2.id, mode=MoveMode.LIVE, deadline=vmctl.spi.Deadline.after(30)
@@ -119,26 +93,27 @@ def test_maintenance_is_host_disable(on_host1: vmctl.Hypervisor, raw: Any, pool:
     plan = vmctl.plan_evacuation(hv.host("xenhost1"))
     assert [m.target_name for m in plan.moves] == ["xenhost3"]
     back = h2.exit_maintenance()
-    assert raw.host.get_enabled(ref) is True and back.state is HostState.CONNECTED
+    assert sdk.host.get_enabled(ref) is True and back.state is HostState.CONNECTED
 
 
-def test_evacuation_plan_and_execute(on_host1: vmctl.Hypervisor, raw: Any, pool: Any) -> None:
+def test_evacuation_plan_and_execute(on_host1: vmctl.Hypervisor, sdk: Any, pool: Any) -> None:
     hv = on_host1
     running = [hv.create_vm(spec(f"run{i}"), start=True) for i in range(4)]
     halted = hv.create_vm(spec("halted"))
     hvm = hv.create_vm(spec("hvm", boot=None), start=True)  # no PV drivers: no live move
     pinned = hv.create_vm(spec("pinned"), start=True)
-    raw.VM.add_to_blocked_operations(
-        raw.VM.get_by_uuid(pinned.uuid), "pool_migrate", "licence bound to this host"
+    sdk.VM.add_to_blocked_operations(
+        sdk.VM.get_by_uuid(pinned.uuid), "pool_migrate", "licence bound to this host"
     )
-    host1 = raw.host.get_by_name_label("xenhost1")[0]
+    host1 = sdk.host.get_by_name_label("xenhost1")[0]
     local_sr = next(
-        raw.PBD.get_SR(p)
-        for p in raw.host.get_PBDs(host1)
-        if raw.SR.get_name_label(raw.PBD.get_SR(p)) == "Local storage"
+        sdk.PBD.get_SR(p)
+        for p in sdk.host.get_PBDs(host1)
+        if sdk.SR.get_name_label(sdk.PBD.get_SR(p)) == "Local storage"
     )
     local = hv.create_vm(
-        spec("local", disks=[DiskSpec(size_mib=64, pool=raw.SR.get_uuid(local_sr))]), start=True
+        spec("local", disks=[DiskSpec(size_mib=64, pool=sdk.SR.get_uuid(local_sr))]),
+        start=True,
     )
     plan = vmctl.plan_evacuation(hv.host("xenhost1"))
     moves = {m.vm_name: m for m in plan.moves}
@@ -157,38 +132,38 @@ def test_evacuation_plan_and_execute(on_host1: vmctl.Hypervisor, raw: Any, pool:
     report = vmctl.execute(plan, max_parallel=3)
     assert report.ok, str(report)
     for v in [*running, halted]:
-        assert resident(raw, v) == moves[v.name].target_name
-    ref = raw.VM.get_by_uuid(halted.uuid)
-    assert raw.VM.get_power_state(ref) == "Halted"
-    assert raw.host.get_name_label(raw.VM.get_affinity(ref)) == moves[halted.name].target_name
+        assert resident(sdk, v) == moves[v.name].target_name
+    ref = sdk.VM.get_by_uuid(halted.uuid)
+    assert sdk.VM.get_power_state(ref) == "Halted"
+    assert sdk.host.get_name_label(sdk.VM.get_affinity(ref)) == moves[halted.name].target_name
     for v in running:
-        assert raw.VM.get_power_state(raw.VM.get_by_uuid(v.uuid)) == "Running"
+        assert sdk.VM.get_power_state(sdk.VM.get_by_uuid(v.uuid)) == "Running"
     again = vmctl.plan_evacuation(hv.host("xenhost1"))
     assert not again.moves and {b.vm_name for b in again.blockers} == set(blocked)
 
 
-def test_restart_mode_for_a_vm_that_cannot_move_live(on_host1: vmctl.Hypervisor, raw: Any) -> None:
+def test_restart_mode_for_a_vm_that_cannot_move_live(on_host1: vmctl.Hypervisor, sdk: Any) -> None:
     """allow_restart: a guest that cannot move live but can shut down is restarted."""
     hv = on_host1
     vm = hv.create_vm(spec("rst"), start=True)
-    ref = raw.VM.get_by_uuid(vm.uuid)
-    raw.VM.add_to_blocked_operations(ref, "pool_migrate", "test: no live moves")
+    ref = sdk.VM.get_by_uuid(vm.uuid)
+    sdk.VM.add_to_blocked_operations(ref, "pool_migrate", "test: no live moves")
     plan = vmctl.plan_evacuation(hv.host("xenhost1"), allow_restart=True)
     assert plan.blockers[0].kind is BlockKind.PINNED  # blocked migration pins it: no restart
-    raw.VM.remove_from_blocked_operations(ref, "pool_migrate")
+    sdk.VM.remove_from_blocked_operations(ref, "pool_migrate")
     # A move the connection lacks live migration for: the driver's restart path itself.
     target = hv.host("xenhost3")
     hv._driver.move_to_host(  # type: ignore[attr-defined]
         vm.uuid, target.id, mode=MoveMode.RESTART, deadline=vmctl.spi.Deadline.after(60)
     )
-    assert resident(raw, vm) == "xenhost3"
-    assert raw.VM.get_power_state(ref) == "Running"
+    assert resident(sdk, vm) == "xenhost3"
+    assert sdk.VM.get_power_state(ref) == "Running"
 
 
-def test_a_lost_migrate_reply_is_not_a_second_move(pool: Any, raw: Any) -> None:
+def test_a_lost_migrate_reply_is_not_a_second_move(pool: Any, sdk: Any) -> None:
     with faults.fault_proxy("127.0.0.1", pool.port) as proxy:
         try:
-            with connect(proxy.port, "?host=xenhost1") as hv:
+            with connect_http(proxy.port, "?host=xenhost1") as hv:
                 try:
                     vm = hv.create_vm(spec("lost"), start=True)
                     plan = vmctl.plan_evacuation(hv.host("xenhost1"))
@@ -200,7 +175,7 @@ def test_a_lost_migrate_reply_is_not_a_second_move(pool: Any, raw: Any) -> None:
                     assert r.outcome is MoveOutcome.MOVED, str(report)
                     assert "retrying" in seen  # the unknown outcome, then the VM was found
                     assert proxy.methods.count("Async.VM.pool_migrate") == 1
-                    assert resident(raw, vm) == move.target_name
+                    assert resident(sdk, vm) == move.target_name
                 finally:
                     for v in hv.vms():
                         v.delete(force=True)
@@ -211,17 +186,17 @@ def test_a_lost_migrate_reply_is_not_a_second_move(pool: Any, raw: Any) -> None:
                 socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
 
 
-def test_rebalance_on_the_pool(on_host1: vmctl.Hypervisor, raw: Any, pool: Any) -> None:
+def test_rebalance_on_the_pool(on_host1: vmctl.Hypervisor, sdk: Any, pool: Any) -> None:
     hv = on_host1
     vms = [hv.create_vm(spec(f"bal{i}"), start=True) for i in range(4)]
-    with connect(pool.port) as whole:
+    with connect_http(pool.port) as whole:
         plan = vmctl.plan_rebalance(whole, threshold=0.1)
         assert plan.moves and {m.source_name for m in plan.moves} == {"xenhost1"}
         assert plan.spread(plan.after) < plan.spread(plan.before)
         report = plan.execute(max_parallel=2)
         assert report.ok, str(report)
         for m in plan.moves:
-            assert resident(raw, next(v for v in vms if v.uuid == m.vm_uuid)) == m.target_name
+            assert resident(sdk, next(v for v in vms if v.uuid == m.vm_uuid)) == m.target_name
         after = {h.name: h.memory_used_mib or 0 for h in whole.hosts()}
         planned = {h.name: h.memory_used_mib for h in plan.after}
         assert all(abs(after[n] - planned[n]) <= 2 for n in planned), (after, planned)

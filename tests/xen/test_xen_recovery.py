@@ -7,11 +7,10 @@ caller confirms the fencing (or xapi has already declared the host dead)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from xen_helpers import GUEST, NETWORK, PASSWORD, name
+from xen_helpers import GUEST, NETWORK, PASSWORD, connect_http, name
 
 import vmctl
 from vmctl import BlockKind, DiskSpec, HostState, MoveMode, MoveOutcome, NicSpec, VMSpec
@@ -22,48 +21,23 @@ XenAPI = pytest.importorskip("XenAPI")
 NULL = "OpaqueRef:NULL"
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[Any]:
-    sim = harness.start_simulator(hosts=3, vms=0, tls=False, password=PASSWORD)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
-@pytest.fixture(scope="module")
-def raw(pool: Any) -> Iterator[Any]:
-    session = XenAPI.Session(f"http://127.0.0.1:{pool.port}/")
-    session.xenapi.login_with_password("root", PASSWORD, "2.21", "vmctl-tests")
-    try:
-        yield session.xenapi
-    finally:
-        session.xenapi.session.logout()
-
-
-def connect(port: int, query: str = "") -> vmctl.Hypervisor:
-    return vmctl.connect(f"xen+http://root@127.0.0.1:{port}{query}", password=PASSWORD, env={})
+pytestmark = pytest.mark.usefixtures("state_dir")
 
 
 @pytest.fixture
-def on_host2(pool: Any, raw: Any) -> Iterator[vmctl.Hypervisor]:
+def on_host2(pool: Any, sdk: Any) -> Iterator[vmctl.Hypervisor]:
     """VMs made here run on xenhost2; afterwards every host is live and enabled again and
     every VM deleted."""
-    with connect(pool.port, "?host=xenhost2") as h:
+    with connect_http(pool.port, "?host=xenhost2") as h:
         try:
             yield h
         finally:
-            master = raw.pool.get_master(raw.pool.get_all()[0])
-            for ref in raw.host.get_all():
+            master = sdk.pool.get_master(sdk.pool.get_all()[0])
+            for ref in sdk.host.get_all():
                 if ref != master:
-                    raw.xapisim.revive_host(ref)
-                raw.host.enable(ref)
-            with connect(pool.port) as whole:
+                    sdk.xapisim.revive_host(ref)
+                sdk.host.enable(ref)
+            with connect_http(pool.port) as whole:
                 for vm in whole.vms():
                     vm.delete(force=True)
 
@@ -75,67 +49,68 @@ def spec(hint: str, **kw: Any) -> VMSpec:
     return VMSpec(name=name(hint), memory_mib=512, **kw)
 
 
-def host_ref(raw: Any, label: str) -> str:
-    return str(raw.host.get_by_name_label(label)[0])
+def host_ref(sdk: Any, label: str) -> str:
+    return str(sdk.host.get_by_name_label(label)[0])
 
 
-def test_xapi_rules_for_a_live_host(on_host2: vmctl.Hypervisor, raw: Any) -> None:
+def test_xapi_rules_for_a_live_host(on_host2: vmctl.Hypervisor, sdk: Any) -> None:
     vm = on_host2.create_vm(spec("live"), start=True)
-    ref = raw.VM.get_by_uuid(vm.uuid)
-    h2 = host_ref(raw, "xenhost2")
-    master = raw.pool.get_master(raw.pool.get_all()[0])
+    ref = sdk.VM.get_by_uuid(vm.uuid)
+    h2 = host_ref(sdk, "xenhost2")
+    master = sdk.pool.get_master(sdk.pool.get_all()[0])
     # xapi_vm.ml power_state_reset: resident on a host that is alive -> HOST_IS_LIVE [host].
     with pytest.raises(XenAPI.Failure) as err:
-        raw.VM.power_state_reset(ref)
+        sdk.VM.power_state_reset(ref)
     assert err.value.details == ["HOST_IS_LIVE", h2]
     # xapi_host.ml precheck_destroy_declare_dead: a live host, or the master.
     for h in (h2, master):
         with pytest.raises(XenAPI.Failure) as err:
-            raw.host.declare_dead(h)
+            sdk.host.declare_dead(h)
         assert err.value.details == ["HOST_IS_LIVE", h]
-    dom0 = raw.host.get_control_domain(master)
+    dom0 = sdk.host.get_control_domain(master)
     with pytest.raises(XenAPI.Failure) as err:
-        raw.VM.power_state_reset(dom0)
+        sdk.VM.power_state_reset(dom0)
     assert err.value.details == ["CANNOT_RESET_CONTROL_DOMAIN", dom0]
     # A VM running on the master: xenopsd there reports its domain.
-    raw.VM.pool_migrate(ref, master, {"live": "true"})
+    sdk.VM.pool_migrate(ref, master, {"live": "true"})
     with pytest.raises(XenAPI.Failure) as err:
-        raw.VM.power_state_reset(ref)
+        sdk.VM.power_state_reset(ref)
     assert err.value.details == ["DOMAIN_EXISTS", ref]
     # The master cannot fail in the simulator (it serves the API).
     with pytest.raises(XenAPI.Failure, match="OPERATION_NOT_ALLOWED"):
-        raw.xapisim.fail_host(master)
+        sdk.xapisim.fail_host(master)
 
 
 def test_a_dead_member_is_recovered_only_once_fenced(
-    on_host2: vmctl.Hypervisor, raw: Any, pool: Any
+    on_host2: vmctl.Hypervisor, sdk: Any, pool: Any
 ) -> None:
     hv = on_host2
     shared = [hv.create_vm(spec(f"sh{i}"), start=True) for i in range(3)]
     halted = hv.create_vm(spec("halted"))
-    raw.VM.set_affinity(raw.VM.get_by_uuid(halted.uuid), host_ref(raw, "xenhost2"))
-    h2 = host_ref(raw, "xenhost2")
+    sdk.VM.set_affinity(sdk.VM.get_by_uuid(halted.uuid), host_ref(sdk, "xenhost2"))
+    h2 = host_ref(sdk, "xenhost2")
     local_sr = next(
-        raw.PBD.get_SR(p)
-        for p in raw.host.get_PBDs(h2)
-        if raw.SR.get_name_label(raw.PBD.get_SR(p)) == "Local storage"
+        sdk.PBD.get_SR(p)
+        for p in sdk.host.get_PBDs(h2)
+        if sdk.SR.get_name_label(sdk.PBD.get_SR(p)) == "Local storage"
     )
     local = hv.create_vm(
-        spec("local", disks=[DiskSpec(size_mib=64, pool=raw.SR.get_uuid(local_sr))]), start=True
+        spec("local", disks=[DiskSpec(size_mib=64, pool=sdk.SR.get_uuid(local_sr))]),
+        start=True,
     )
-    raw.xapisim.fail_host(h2)
-    assert raw.host_metrics.get_live(raw.host.get_metrics(h2)) is False
+    sdk.xapisim.fail_host(h2)
+    assert sdk.host_metrics.get_live(sdk.host.get_metrics(h2)) is False
     # xapi keeps the records as they were; operations forwarded to the host: HOST_OFFLINE.
-    first = raw.VM.get_by_uuid(shared[0].uuid)
-    assert raw.VM.get_power_state(first) == "Running" and raw.VM.get_resident_on(first) == h2
+    first = sdk.VM.get_by_uuid(shared[0].uuid)
+    assert sdk.VM.get_power_state(first) == "Running" and sdk.VM.get_resident_on(first) == h2
     with pytest.raises(XenAPI.Failure) as err:
-        raw.VM.clean_shutdown(first)
+        sdk.VM.clean_shutdown(first)
     assert err.value.details == ["HOST_OFFLINE", h2]
     with pytest.raises(XenAPI.Failure) as err:
-        raw.VM.start_on(raw.VM.get_by_uuid(halted.uuid), h2, False, False)
+        sdk.VM.start_on(sdk.VM.get_by_uuid(halted.uuid), h2, False, False)
     assert err.value.details == ["HOST_OFFLINE", h2]
 
-    with connect(pool.port) as whole:
+    with connect_http(pool.port) as whole:
         source = whole.host("xenhost2")
         assert source.state is HostState.UNREACHABLE
         evac = vmctl.plan_evacuation(source)  # evacuation cannot: every VM blocked
@@ -149,25 +124,25 @@ def test_a_dead_member_is_recovered_only_once_fenced(
         ]
         with pytest.raises(vmctl.InvalidState, match="confirm_fenced"):
             vmctl.execute(plan)
-        assert raw.VM.get_power_state(first) == "Running"  # nothing was touched
-        assert raw.host.get_enabled(h2) is True
+        assert sdk.VM.get_power_state(first) == "Running"  # nothing was touched
+        assert sdk.host.get_enabled(h2) is True
         report = vmctl.execute(plan, confirm_fenced=True, max_parallel=3)
         assert report.ok, str(report)
         assert report.count(MoveOutcome.MOVED) == 4
         for vm in shared:
-            r = raw.VM.get_by_uuid(vm.uuid)
-            assert raw.VM.get_power_state(r) == "Running"
-            assert raw.VM.get_resident_on(r) in (
-                host_ref(raw, "xenhost1"),
-                host_ref(raw, "xenhost3"),
+            r = sdk.VM.get_by_uuid(vm.uuid)
+            assert sdk.VM.get_power_state(r) == "Running"
+            assert sdk.VM.get_resident_on(r) in (
+                host_ref(sdk, "xenhost1"),
+                host_ref(sdk, "xenhost3"),
             )
-            assert raw.VM.get_affinity(r) == raw.VM.get_resident_on(r)
-        assert raw.VM.get_affinity(raw.VM.get_by_uuid(halted.uuid)) != h2
+            assert sdk.VM.get_affinity(r) == sdk.VM.get_resident_on(r)
+        assert sdk.VM.get_affinity(sdk.VM.get_by_uuid(halted.uuid)) != h2
         # host.declare_dead: the host disabled, its other VMs reset to Halted.
-        assert raw.host.get_enabled(h2) is False
-        lref = raw.VM.get_by_uuid(local.uuid)
-        assert raw.VM.get_power_state(lref) == "Halted"
-        assert raw.VM.get_resident_on(lref) == NULL
+        assert sdk.host.get_enabled(h2) is False
+        lref = sdk.VM.get_by_uuid(local.uuid)
+        assert sdk.VM.get_power_state(lref) == "Halted"
+        assert sdk.VM.get_resident_on(lref) == NULL
         # Now xapi itself proves it: the plan needs no confirmation, and has nothing to do.
         again = vmctl.plan_recovery(whole.host("xenhost2"))
         assert again.fence_proof and "declared dead" in again.fence_proof
@@ -176,23 +151,23 @@ def test_a_dead_member_is_recovered_only_once_fenced(
 
 
 def test_cli_recover_needs_the_confirmation(
-    on_host2: vmctl.Hypervisor, raw: Any, pool: Any, monkeypatch: pytest.MonkeyPatch
+    on_host2: vmctl.Hypervisor, sdk: Any, pool: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from click.testing import CliRunner
 
     from vmctl.cli import cli
 
     vm = on_host2.create_vm(spec("cli"), start=True)
-    raw.xapisim.fail_host(host_ref(raw, "xenhost2"))
+    sdk.xapisim.fail_host(host_ref(sdk, "xenhost2"))
     monkeypatch.setenv("VMCTL_PASSWORD", PASSWORD)
     uri = f"xen+http://root@127.0.0.1:{pool.port}"
     refused = CliRunner().invoke(cli, ["-c", uri, "recover", "xenhost2", "--yes"])
     assert refused.exit_code != 0
     assert "confirm" in refused.output
-    assert raw.VM.get_power_state(raw.VM.get_by_uuid(vm.uuid)) == "Running"
+    assert sdk.VM.get_power_state(sdk.VM.get_by_uuid(vm.uuid)) == "Running"
     done = CliRunner().invoke(cli, ["-c", uri, "recover", "xenhost2", "--confirm-fenced", "--yes"])
     assert done.exit_code == 0, done.output
     assert "1 moved" in done.output
-    ref = raw.VM.get_by_uuid(vm.uuid)
-    assert raw.VM.get_power_state(ref) == "Running"
-    assert raw.VM.get_resident_on(ref) != host_ref(raw, "xenhost2")
+    ref = sdk.VM.get_by_uuid(vm.uuid)
+    assert sdk.VM.get_power_state(ref) == "Running"
+    assert sdk.VM.get_resident_on(ref) != host_ref(sdk, "xenhost2")

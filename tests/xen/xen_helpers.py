@@ -24,3 +24,8 @@ def connect(sim: Any, query: str = "", **kw: Any) -> vmctl.Hypervisor:
 
 def name(hint: str) -> str:
     return f"xt-{hint}-{secrets.token_hex(3)}"
+
+
+def connect_http(port: int, query: str = "") -> vmctl.Hypervisor:
+    """A plain-HTTP connection to a xapisim pool on ``port`` (``query``: e.g. ?host=NAME)."""
+    return vmctl.connect(f"xen+http://root@127.0.0.1:{port}{query}", password=PASSWORD, env={})
