@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .._capabilities import Capability
 from .._deadline import Deadline
-from .._diskaccess import ExtentData
+from .._diskaccess import ExtentData, PointInTime
 from .._errors import InvalidState, ValidationError, VmctlError
 from .._state import PowerState
 from ..spi import DiskAccess, DiskWriter
@@ -32,27 +32,37 @@ def _check(vm: VM, disk_id: object, offset: object) -> None:
         raise ValidationError(f"must be a byte offset >= 0, got {offset!r}", field="offset")
 
 
+@contextlib.contextmanager
+def _point_in_time(vm: VM, what: str) -> Iterator[tuple[DiskAccess, PointInTime]]:
+    """The driver and a point in time of every disk of ``vm`` (capability backup), closed
+    on the way out (its errors suppressed)."""
+    conn = vm._conn
+    conn.require(Capability.BACKUP, f"read the disks of VM {vm.name!r}")
+    driver = conn.driver
+    assert isinstance(driver, DiskAccess)
+    call = conn.dispatcher.call
+    pit = call(what, driver.open_point_in_time, vm.uuid, quiesce=False, deadline=_dl(vm))
+    try:
+        yield driver, pit
+    finally:
+        with contextlib.suppress(VmctlError):
+            call(what, driver.close_point_in_time, pit, deadline=_dl(vm))
+
+
 def read_disk(vm: VM, disk_id: str, offset: int, length: int) -> bytes:
     """``length`` bytes of a disk of ``vm`` at ``offset``, read through a point in time
     (capability backup; the VM may be running)."""
     _check(vm, disk_id, offset)
     if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
         raise ValidationError(f"must be a number of bytes > 0, got {length!r}", field="length")
-    conn = vm._conn
-    conn.require(Capability.BACKUP, f"read the disks of VM {vm.name!r}")
-    driver = conn.driver
-    assert isinstance(driver, DiskAccess)
-    call = conn.dispatcher.call
     what = f"read disk {disk_id} of VM {vm.name!r}"
-    pit = call(what, driver.open_point_in_time, vm.uuid, quiesce=False, deadline=_dl(vm))
-    try:
+    with _point_in_time(vm, what) as (driver, pit):
         if not any(d.id == disk_id for d in pit.disks):
             raise ValidationError(f"VM {vm.name!r} has no disk {disk_id!r}", field="disk_id")
-        data: bytes = call(what, driver.read_extent, pit, disk_id, offset, length, deadline=_dl(vm))
+        data: bytes = vm._conn.dispatcher.call(
+            what, driver.read_extent, pit, disk_id, offset, length, deadline=_dl(vm)
+        )
         return data
-    finally:
-        with contextlib.suppress(VmctlError):
-            call(what, driver.close_point_in_time, pit, deadline=_dl(vm))
 
 
 def disk_digests(vm: VM, *, lengths: Sequence[int] | None = None) -> list[str]:
@@ -63,10 +73,7 @@ def disk_digests(vm: VM, *, lengths: Sequence[int] | None = None) -> list[str]:
 
     if not isinstance(vm, VM):
         raise ValidationError(f"expected a VM, got {type(vm).__name__}", field="vm")
-    conn = vm._conn
-    conn.require(Capability.BACKUP, f"read the disks of VM {vm.name!r}")
-    driver = conn.driver
-    assert isinstance(driver, DiskAccess)
+    vm._conn.require(Capability.BACKUP, f"read the disks of VM {vm.name!r}")
     disks = vm.config().disks
     if lengths is not None:
         lengths = list(lengths)
@@ -76,10 +83,9 @@ def disk_digests(vm: VM, *, lengths: Sequence[int] | None = None) -> list[str]:
             raise ValidationError(
                 f"give one length >= 0 per disk ({len(disks)} disks)", field="lengths"
             )
-    call = conn.dispatcher.call
+    call = vm._conn.dispatcher.call
     what = f"read the disks of VM {vm.name!r}"
-    pit = call(what, driver.open_point_in_time, vm.uuid, quiesce=False, deadline=_dl(vm))
-    try:
+    with _point_in_time(vm, what) as (driver, pit):
         sizes = {d.id: d.size_bytes for d in pit.disks}
         out = []
         for i, disk in enumerate(disks):
@@ -92,9 +98,6 @@ def disk_digests(vm: VM, *, lengths: Sequence[int] | None = None) -> list[str]:
                 h.update(call(what, driver.read_extent, pit, disk.id, start, n, deadline=_dl(vm)))
             out.append(h.hexdigest())
         return out
-    finally:
-        with contextlib.suppress(VmctlError):
-            call(what, driver.close_point_in_time, pit, deadline=_dl(vm))
 
 
 def write_disk(vm: VM, disk_id: str, offset: int, data: bytes) -> None:
@@ -115,19 +118,16 @@ def write_disk(vm: VM, disk_id: str, offset: int, data: bytes) -> None:
     driver = conn.driver
     assert isinstance(driver, DiskWriter)
     extent = ExtentData(offset, len(data), bytes(data))
-    what = f"write disk {disk_id} of VM {vm.name!r}"
-    try:
+    deadline = _dl(vm)
+    with flushed(vm, disk_id, deadline):
         conn.dispatcher.call(
-            what, driver.write_extents, vm.uuid, disk_id, [extent], deadline=_dl(vm)
+            f"write disk {disk_id} of VM {vm.name!r}",
+            driver.write_extents,
+            vm.uuid,
+            disk_id,
+            [extent],
+            deadline=deadline,
         )
-        # A driver that kept the extent locally writes it now (DiskWriter.flush_writes).
-        conn.dispatcher.call(what, driver.flush_writes, vm.uuid, disk_id, deadline=_dl(vm))
-    except BaseException:
-        with contextlib.suppress(VmctlError):
-            conn.dispatcher.call(
-                what, driver.flush_writes, vm.uuid, disk_id, discard=True, deadline=_dl(vm)
-            )
-        raise
 
 
 @contextlib.contextmanager
