@@ -44,6 +44,7 @@ from vmctl import (
     ValidationError,
     VmctlError,
 )
+from vmctl.nbd import NbdClient, NbdError
 from vmctl.spi import (
     ChangedBlocks,
     Consistency,
@@ -59,7 +60,6 @@ from vmctl.spi import (
 from . import _errors as E
 from . import _xml as X
 from ._link import Link, require_libvirt
-from ._nbd import NbdClient, NbdError
 from ._qcow2 import Image, NoSpace, RawImage, Unsupported
 
 PREFIX = "vmctl-"

@@ -366,7 +366,7 @@ def test_nbd_client_against_qemu_nbd(tmp_path: Path) -> None:
     _qemu_img()
     if shutil.which("qemu-nbd") is None:
         pytest.skip("qemu-nbd is missing: run tests/hosts/install-kvm.sh")
-    from vmctl_kvm._nbd import NbdClient
+    from vmctl.nbd import NbdClient
 
     img, size = tmp_path / "n.qcow2", 16 * MIB
     _img(img, size)

@@ -1,7 +1,11 @@
-"""A small NBD client for libvirt's pull-mode backup export: fixed newstyle handshake,
-structured replies, NBD_OPT_GO, READ and BLOCK_STATUS with the ``base:allocation`` and
+"""A small NBD client, a helper for driver authors whose host exports a disk over NBD
+(libvirt's pull-mode backup, XenServer's VDI NBD): fixed newstyle handshake, structured
+replies, NBD_OPT_GO, READ and BLOCK_STATUS with the ``base:allocation`` and
 ``qemu:dirty-bitmap:NAME`` meta contexts. Written to the NBD protocol specification
 (doc/proto.md in the NBD project); one export per connection, one request at a time.
+
+Errors are ``NbdError`` (protocol) and ``OSError`` (socket): not vmctl errors, so a driver
+maps them at its boundary (docs/driver-authoring.md).
 """
 
 from __future__ import annotations
