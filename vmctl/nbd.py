@@ -4,6 +4,12 @@ replies, NBD_OPT_GO, READ and BLOCK_STATUS with the ``base:allocation`` and
 ``qemu:dirty-bitmap:NAME`` meta contexts. Written to the NBD protocol specification
 (doc/proto.md in the NBD project); one export per connection, one request at a time.
 
+Servers that offer less are served too (additive, for xapi-nbd, whose ocaml-nbd server
+knows only NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, NBD_OPT_LIST and NBD_OPT_STARTTLS): a
+refused NBD_OPT_STRUCTURED_REPLY leaves simple replies (READ only, no meta contexts); a
+refused NBD_OPT_GO falls back to NBD_OPT_EXPORT_NAME; ``tls`` (an ``ssl.SSLContext``)
+upgrades the connection with NBD_OPT_STARTTLS before any other option.
+
 Errors are ``NbdError`` (protocol) and ``OSError`` (socket): not vmctl errors, so a driver
 maps them at its boundary (docs/driver-authoring.md).
 """
@@ -11,6 +17,7 @@ maps them at its boundary (docs/driver-authoring.md).
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 
@@ -19,6 +26,8 @@ IHAVEOPT = 0x49484156454F5054
 REPLY_MAGIC = 0x3E889045565A9
 FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
 OPT_GO, OPT_STRUCTURED_REPLY, OPT_SET_META_CONTEXT = 7, 8, 10
+OPT_EXPORT_NAME, OPT_STARTTLS = 1, 5
+REP_ERR_UNSUP = 0x80000001
 REP_ACK, REP_INFO, REP_META_CONTEXT = 1, 3, 4
 INFO_EXPORT = 0
 REQUEST_MAGIC = 0x25609513
@@ -34,13 +43,34 @@ class NbdError(Exception):
     pass
 
 
+class NbdRefused(NbdError):
+    """The server answered an option with an error reply (``rtype``, e.g. REP_ERR_UNSUP)."""
+
+    def __init__(self, message: str, opt: int, rtype: int) -> None:
+        super().__init__(message)
+        self.opt = opt
+        self.rtype = rtype
+
+
 class NbdClient:
-    def __init__(self, sock: socket.socket, export: str, contexts: list[str]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        export: str,
+        contexts: list[str],
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
         self._sock = sock
         self._lock = threading.Lock()
         self._handle = 0
         self.size = 0
         self.contexts: dict[int, str] = {}
+        self.structured = True  # False: the server refused structured replies
+        self.export_flags = 0  # transmission flags (NBD_FLAG_READ_ONLY = 2, ...)
+        self._tls = tls
+        self._server_hostname = server_hostname
         self._handshake(export, contexts)
 
     @classmethod
@@ -56,11 +86,19 @@ class NbdClient:
 
     @classmethod
     def connect_tcp(
-        cls, host: str, port: int, export: str, contexts: list[str], timeout: float
+        cls,
+        host: str,
+        port: int,
+        export: str,
+        contexts: list[str],
+        timeout: float,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> NbdClient:
         sock = socket.create_connection((host, port), timeout=timeout)
         try:
-            return cls(sock, export, contexts)
+            return cls(sock, export, contexts, tls=tls, server_hostname=server_hostname)
         except BaseException:
             sock.close()
             raise
@@ -89,7 +127,9 @@ class NbdClient:
             raise NbdError(f"unexpected option reply (magic {magic:#x}, option {ropt})")
         data = self._recv(length)
         if rtype & 0x80000000:
-            raise NbdError(f"the NBD server refused option {opt}: {rtype:#x} {data!r}")
+            raise NbdRefused(
+                f"the NBD server refused option {opt}: {rtype:#x} {data!r}", opt, rtype
+            )
         return rtype, data
 
     def _handshake(self, export: str, contexts: list[str]) -> None:
@@ -99,9 +139,19 @@ class NbdClient:
         (flags,) = struct.unpack(">H", head[16:18])
         if not flags & FLAG_FIXED_NEWSTYLE:
             raise NbdError("the NBD server does not speak fixed newstyle")
+        no_zeroes = bool(flags & FLAG_NO_ZEROES)
         self._sock.sendall(struct.pack(">I", flags & (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)))
+        if self._tls is not None:
+            self._option(OPT_STARTTLS, b"")
+            self._reply(OPT_STARTTLS)
+            self._sock = self._tls.wrap_socket(self._sock, server_hostname=self._server_hostname)
         self._option(OPT_STRUCTURED_REPLY, b"")
-        self._reply(OPT_STRUCTURED_REPLY)
+        try:
+            self._reply(OPT_STRUCTURED_REPLY)
+        except NbdRefused as exc:
+            if exc.rtype != REP_ERR_UNSUP or contexts:
+                raise
+            self.structured = False
         name = export.encode()
         if contexts:
             body = struct.pack(">I", len(name)) + name + struct.pack(">I", len(contexts))
@@ -120,11 +170,24 @@ class NbdClient:
                 raise NbdError(f"the NBD export {export!r} has no meta context {sorted(missing)}")
         self._option(OPT_GO, struct.pack(">I", len(name)) + name + struct.pack(">H", 0))
         while True:
-            rtype, data = self._reply(OPT_GO)
+            try:
+                rtype, data = self._reply(OPT_GO)
+            except NbdRefused as exc:
+                if exc.rtype != REP_ERR_UNSUP:
+                    raise
+                # proto.md: NBD_OPT_EXPORT_NAME has no error reply; the server closes
+                # the connection on an unknown name.
+                self._option(OPT_EXPORT_NAME, name)
+                self.size, self.export_flags = struct.unpack(">QH", self._recv(10))
+                if not no_zeroes:
+                    self._recv(124)
+                return
             if rtype == REP_ACK:
                 break
             if rtype == REP_INFO and struct.unpack(">H", data[:2])[0] == INFO_EXPORT:
                 self.size = struct.unpack(">Q", data[2:10])[0]
+                if len(data) >= 12:
+                    (self.export_flags,) = struct.unpack(">H", data[10:12])
 
     def _request(self, cmd: int, offset: int, length: int, flags: int = 0) -> int:
         self._handle += 1
@@ -178,6 +241,15 @@ class NbdClient:
 
         with self._lock:
             handle = self._request(CMD_READ, offset, length)
+            if not self.structured:
+                # a simple reply: its header, then (without an error) all the data
+                magic, err, h = struct.unpack(">IIQ", self._recv(16))
+                if magic != SIMPLE_MAGIC or h != handle:
+                    raise NbdError(f"bad reply (magic {magic:#x}, handle {h})")
+                if err:
+                    raise NbdError(f"NBD error {err}")
+                self._recv_into(memoryview(buf))
+                return bytes(buf)
             # structured replies were negotiated: READ answers in chunks (data or holes)
             self._chunks(handle, lambda _t, _p: None, memoryview(buf), offset)
         return bytes(buf)
