@@ -26,6 +26,12 @@ def _zero_piece(length: int) -> bytes:
     return hashlib.sha256(bytes(length)).digest()
 
 
+def is_zero(digest: bytes, length: int) -> bool:
+    """Whether the piece of ``length`` bytes with this digest is all zeroes (SHA-256 tells:
+    no scan of the data besides the hash)."""
+    return digest == _zero_piece(length)
+
+
 def piece_hash(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 

@@ -54,7 +54,7 @@ from ..backup._chunking import chunk_span, chunks_touching
 from ..backup._diskio import flushed
 from ..backup._model import BackupProgress
 from ..spi import ChangedBlocks, DiskAccess, DiskWriter
-from ._digest import PIECE, combine, piece_hash
+from ._digest import PIECE, combine, is_zero, piece_hash
 from ._mapping import check_network_map, mapping, target_spec
 from ._model import MovedDisk, MoveReport
 
@@ -220,6 +220,16 @@ class _Copy:
         )
         return chunks_touching(extents, disk.size_bytes, PIECE)
 
+    def _read_hashed(
+        self, disk: PointInTimeDisk, offset: int, length: int
+    ) -> tuple[bytes, bytes, bool]:
+        """A piece, its digest and whether it is all zeroes (told by its digest), in the
+        read-ahead thread: hashing releases the GIL, so it runs beside the target's writes
+        in the main thread."""
+        data = self._read(disk, offset, length)
+        digest = piece_hash(data)
+        return data, digest, is_zero(digest, length)
+
     def _read(self, disk: PointInTimeDisk, offset: int, length: int) -> bytes:
         data: bytes = self.sconn.dispatcher.call(
             f"read disk {disk.id} of VM {self.src.name!r} at {offset}",
@@ -253,7 +263,7 @@ class _Copy:
         zeroes). Returns the bytes written with data."""
         batch: list[ExtentData] = []
         copied = 0
-        pending: deque[tuple[int, Future[bytes]]] = deque()
+        pending: deque[tuple[int, Future[tuple[bytes, bytes, bool]]]] = deque()
 
         def write() -> None:
             if batch:
@@ -270,9 +280,8 @@ class _Copy:
         def take() -> None:
             nonlocal copied
             index, future = pending.popleft()
-            data = future.result()
-            digests[index] = piece_hash(data)
-            if data.count(0) != len(data):
+            data, digests[index], zero = future.result()
+            if not zero:
                 batch.append(ExtentData(index * PIECE, len(data), data))
                 copied += len(data)
             elif zeroes:
@@ -285,7 +294,7 @@ class _Copy:
             try:
                 for index in pieces:
                     offset, length = chunk_span(index, disk.size_bytes, PIECE)
-                    pending.append((index, pool.submit(self._read, disk, offset, length)))
+                    pending.append((index, pool.submit(self._read_hashed, disk, offset, length)))
                     if len(pending) >= AHEAD:
                         take()
                 while pending:
@@ -637,19 +646,38 @@ def _verify(made: VM, moved: tuple[MovedDisk, ...], deadline: Deadline) -> tuple
         return conn.dispatcher.call(what, fn, *args, deadline=step, **kw)
 
     what = f"read back the disks of VM {made.name!r}"
+
+    def piece(disk_id: str, offset: int, length: int) -> bytes:
+        # In the read-ahead thread; the main thread hashes (releasing the GIL) meanwhile.
+        data: bytes = call(what, reader.read_extent, pit, disk_id, offset, length)
+        return data
+
     pit: PointInTime = call(what, reader.open_point_in_time, made.uuid, quiesce=False)
     try:
         out = []
-        for d in moved:
-            assert d.target_id is not None
-            extents = call(what, reader.allocated_extents, pit, d.target_id)
-            digests = {}
-            for index in chunks_touching(extents, d.size_bytes, PIECE):
-                offset, length = chunk_span(index, d.size_bytes, PIECE)
-                data = call(what, reader.read_extent, pit, d.target_id, offset, length)
-                digests[index] = piece_hash(data)
-            digest = combine(d.size_bytes, digests)
-            out.append(attrs.evolve(d, target_digest=digest, verified=digest == d.source_digest))
+        with ThreadPoolExecutor(1, thread_name_prefix="vmctl-move-verify") as pool:
+            for d in moved:
+                assert d.target_id is not None
+                extents = call(what, reader.allocated_extents, pit, d.target_id)
+                digests: dict[int, bytes] = {}
+                pending: deque[tuple[int, Future[bytes]]] = deque()
+                try:
+                    for index in chunks_touching(extents, d.size_bytes, PIECE):
+                        offset, length = chunk_span(index, d.size_bytes, PIECE)
+                        pending.append((index, pool.submit(piece, d.target_id, offset, length)))
+                        if len(pending) >= AHEAD:
+                            index, future = pending.popleft()
+                            digests[index] = piece_hash(future.result())
+                    while pending:
+                        index, future = pending.popleft()
+                        digests[index] = piece_hash(future.result())
+                finally:
+                    for _, future in pending:
+                        future.cancel()
+                digest = combine(d.size_bytes, digests)
+                out.append(
+                    attrs.evolve(d, target_digest=digest, verified=digest == d.source_digest)
+                )
     finally:
         with contextlib.suppress(VmctlError):
             conn.dispatcher.call(
