@@ -279,7 +279,8 @@ def pytest_runtest_makereport(
         or (rep.when == "setup" and not rep.passed)
         or (rep.when == "teardown" and rep.failed)
     ):
-        ns = dict(item.user_properties).get("not_supported")
+        props = dict(item.user_properties)
+        ns = props.get("not_supported")
         if rep.failed:
             status = "fail"
             reason = failure_note(item, call.excinfo, rep.longreprtext)
@@ -290,7 +291,8 @@ def pytest_runtest_makereport(
         elif ns:
             status, reason = (
                 "not-supported",
-                f"capability {ns!r} not declared; NotSupported raised as required",
+                str(props.get("not_supported_reason") or "")
+                or f"capability {ns!r} not declared; NotSupported raised as required",
             )
         else:
             status, reason = "pass", ""
