@@ -86,6 +86,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "plan_recovery": ("._recover", "plan_recovery"),
     "Fleet": ("._fleet", "Fleet"),
     "FleetResult": ("._fleet", "FleetResult"),
+    "Site": ("._site", "Site"),
     "BackupInfo": (".backup", "BackupInfo"),
     "Repository": (".backup", "Repository"),
     "RepositoryError": (".backup", "RepositoryError"),
@@ -178,6 +179,7 @@ if TYPE_CHECKING:
         register,
         unregister,
     )
+    from ._site import Site
     from ._state import (
         PowerState,
         Request,
@@ -266,6 +268,7 @@ __all__ = [
     "Request",
     "Resources",
     "Secret",
+    "Site",
     "SnapshotInfo",
     "SnapshotNode",
     "StateReason",

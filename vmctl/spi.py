@@ -97,6 +97,7 @@ from ._model import (
     VMSpec,
     VMStats,
 )
+from ._sitespi import SiteMember, SiteVM
 from ._state import PowerState, StateReason
 from ._storage import Volume
 from ._tasks import Task, TaskOutcome
@@ -167,6 +168,8 @@ __all__ = [
     "ResourceControls",
     "Resources",
     "Secret",
+    "SiteMember",
+    "SiteVM",
     "SnapshotInfo",
     "Snapshots",
     "StateReason",
