@@ -7,8 +7,8 @@ Safety on real hosts: the kit executes only the moves of VMs it made (``only``),
 vmctl's maintenance flag and clears it (``flagged``), and takes a host down only where the
 driver is a simulation with a ``fail_host(name, failed)`` control (the sim) or the operator
 names the host and the commands that take it down and bring it back (options
-``fail_host``, ``fail_command``, ``revive_command``; ``{host}`` in a command is the host's
-name).
+``fail_host``, ``fail_command``, ``revive_command``: shell commands, in which ``{host}`` is
+the host's name and ``{python}`` the Python running the kit).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -209,7 +210,9 @@ def _command(kit: Kit, key: str) -> Callable[[Host], None]:
     template = kit.options[key]
 
     def run(host: Host) -> None:
-        cmd = template.replace("{host}", shlex.quote(host.name))
+        cmd = template.replace("{host}", shlex.quote(host.name)).replace(
+            "{python}", shlex.quote(sys.executable)
+        )
         proc = subprocess.run(
             ["bash", "-c", cmd],
             capture_output=True,

@@ -14,8 +14,10 @@ Command line (from the repository root)::
     VMCTL_POOL_URI=xen://root@127.0.0.1:PORT             # the whole pool, via its master
 
     VMCTL_PASSWORD=...  VMCTL_CAFILE=...  VMCTL_THUMBPRINT=AA:BB:...  (SHA-256 of the cert)
-    VMCTL_KIT_OPTIONS='boot_kernel=/boot/guest/vmlinuz boot_cmdline=console=hvc0'
-                                    # what the conformance kit cannot find on the host
+    VMCTL_KIT_OPTIONS='boot_kernel=/boot/guest/vmlinuz boot_cmdline=console=hvc0 ...'
+                                    # what the conformance kit cannot find on the host, and
+                                    # the pool member it may fail for RECOVER-EXEC-1
+                                    # (fail_host, fail_command, revive_command: xapisim.control)
 
 Host-scoped URIs are what migration needs: a pool-wide connection still lists a VM that
 moved to another host of the pool. The same values also come as ``VMCTL_XEN_URI``,
@@ -234,7 +236,14 @@ def running_simulator(**kwargs: Any) -> Iterator[XenSim]:
 #: What the conformance kit needs on xapisim besides what the driver finds there (a
 #: network and an SR, ``XenDriver.kit_defaults``): a guest that boots. A PV kernel lives in
 #: the control domain's file system, which XenAPI does not list; xapisim boots any path.
-KIT_OPTIONS = {"boot_kernel": "/boot/guest/vmlinuz", "boot_cmdline": "console=hvc0"}
+KIT_OPTIONS = {
+    "boot_kernel": "/boot/guest/vmlinuz",
+    "boot_cmdline": "console=hvc0",
+    # RECOVER-EXEC-1: the kit may fail xenhost2 (xapisim's failed-host mode) and revive it
+    "fail_host": "xenhost2",
+    "fail_command": '{python} -m xapisim.control --url "$VMCTL_POOL_URI" fail {host}',
+    "revive_command": '{python} -m xapisim.control --url "$VMCTL_POOL_URI" revive {host}',
+}
 
 
 def env_values(sim: XenSim) -> dict[str, str]:
