@@ -11,7 +11,9 @@
 // -password overrides it. The password is never printed.
 //
 // snapshots.go makes snapshot revert restore the VM's configuration and power state, as real
-// vSphere does (the library's simulator only moves snapshot.currentSnapshot).
+// vSphere does (the library's simulator only moves snapshot.currentSnapshot); disks.go sizes
+// flat extents and guards /folder; cbt.go adds changed block tracking and
+// VirtualMachine.QueryChangedDiskAreas.
 package main
 
 import (
@@ -233,6 +235,9 @@ func main() {
 	simulator.Map.AddHandler(fidelity)
 	simulator.Map.AddHandler(diskExtents{}) // disks.go: flat extents as large as the disk
 	sizeAllDisks()
+	tracking := newChangeTracking() // cbt.go: changed block tracking, QueryChangedDiskAreas
+	simulator.Map.AddHandler(tracking)
+	tracking.supportAll()
 
 	model.Service.Listen = &url.URL{Host: o.listen, User: url.UserPassword(o.username, password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
@@ -241,6 +246,7 @@ func main() {
 	// NewServer has started serving already, but nobody knows the port before the ready
 	// line, so no request can be in flight while the handler is replaced.
 	server.Config.Handler = fidelity.wrap(server.Config.Handler)
+	server.Config.Handler = tracking.wrap(server.Config.Handler)
 	server.Config.Handler = folderGuard(server.Config.Handler, server.URL.Path,
 		model.ServiceContent.PropertyCollector, *model.ServiceContent.SessionManager)
 	elapsed := time.Since(started)
