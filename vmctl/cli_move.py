@@ -71,6 +71,14 @@ def _network_map(values: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--dry-run", is_flag=True, help="print the mapping report only; touch nothing")
 @click.option("--ask-password-to", is_flag=True, help="prompt for the target's password")
 @click.option("--timeout", type=float, default=None, help="seconds for the whole move")
+@click.option(
+    "--shutdown-timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="with --delete-source and a running source: seconds its guest has to shut down "
+    "before it is powered off (default 120; 0: power off at once)",
+)
 @pass_ctx
 def move(
     ctx: Ctx,
@@ -84,6 +92,7 @@ def move(
     dry_run: bool,
     ask_password_to: bool,
     timeout: float | None,
+    shutdown_timeout: float | None,
 ) -> None:
     """Move VM (name or UUID) from the host of -c URI to the hypervisor --to URI, of any
     vendor: its configuration mapped, its disks copied at one point in time and verified
@@ -107,6 +116,7 @@ def move(
                     progress=progress,
                     dry_run=dry_run,
                     timeout=timeout,
+                    shutdown_timeout=shutdown_timeout,
                 )
             except vmctl.AlreadyExists as exc:
                 fail(str(exc).replace("name=..., ", ""), 1, "give the moved VM --name NEW")

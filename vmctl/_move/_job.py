@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .._capabilities import Capability
-from .._deadline import Deadline
+from .._deadline import Deadline, check_seconds
 from .._diskaccess import Consistency, ExtentData, PointInTime, PointInTimeDisk
 from .._errors import (
     AlreadyExists,
@@ -42,6 +42,7 @@ from .._errors import (
     InsufficientResources,
     InvalidState,
     NotFound,
+    NotSupported,
     ValidationError,
     VmctlError,
 )
@@ -140,6 +141,44 @@ def _check_args(
         if not isinstance(value, bool):
             raise ValidationError("must be True or False", field=flag)
     check_progress(progress)
+
+
+#: Why a driver has no disk data path (capabilities backup/restore), for the refusal.
+_NO_DATA_PATH = {
+    "hyperv": "Hyper-V's WS-Management interface (WMI over WinRM) manages a VM's VHD/VHDX "
+    "files but carries none of their bytes: reading or writing them needs SMB or a shell on "
+    "the host, which vmctl's Hyper-V driver does not use",
+}
+
+
+def _check_data_path(sconn: Connection, tconn: Connection) -> None:
+    """Both ends must move disk bytes: the source reads them (backup), the target writes
+    and reads them back (restore, backup). Refused before anything is read or made, with
+    the reason where a driver is known to have no data path (Hyper-V)."""
+    for conn, role, needs in (
+        (sconn, "from", (Capability.BACKUP,)),
+        (tconn, "to", (Capability.RESTORE, Capability.BACKUP)),
+    ):
+        missing = [c for c in needs if c not in conn.capabilities]
+        if not missing:
+            continue
+        why = _NO_DATA_PATH.get(conn.driver_name)
+        raise NotSupported(
+            f"cannot move a VM {role} {conn.uri}: the {conn.driver_name} driver has no disk "
+            f"data path (capabilities {', '.join(c.value for c in missing)} missing)"
+            + (f": {why}" if why else "")
+            + "; nothing was touched",
+            capability=missing[0],
+        )
+
+
+def _check_grace(value: object) -> float:
+    """``shutdown_timeout``: seconds (0: power off at once, without asking the guest)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    grace = check_seconds(value, "shutdown_timeout", allow_none=False)
+    assert grace is not None
+    return grace
 
 
 def _check_target(target: Hypervisor, spec: VMSpec, *, start: bool) -> None:
@@ -351,6 +390,7 @@ def move(
     progress: Progress | None = None,
     dry_run: bool = False,
     timeout: float | None = None,
+    shutdown_timeout: float | None = None,
 ) -> MoveReport:
     """Move ``vm`` to the hypervisor ``target`` (any vendor): a new VM there with the
     source's configuration (mapped) and its disks' content, verified by reading it back.
@@ -360,8 +400,9 @@ def move(
     disks (default: the target's), ``power_on`` (None: if the source was running),
     ``keep_source=False`` deletes the source after verification; a running source is then
     copied while it runs, stopped (its guest asked to shut down, powered off after
-    STOP_GRACE_S), and the pieces written meanwhile copied in a final sync where the host
-    tracks changed blocks (else it is stopped before the copy). ``progress`` is called
+    ``shutdown_timeout`` seconds, default STOP_GRACE_S), and the pieces written meanwhile
+    copied in a final sync where the host tracks changed blocks (else it is stopped before
+    the copy). ``progress`` is called
     with ``BackupProgress(phase="move" or "final sync", ...)``. ``dry_run`` returns the
     mapping report having touched nothing. Refusals (bad input, a missing capability, a
     name taken, a target too small, the VM being moved already) come before anything is
@@ -371,7 +412,14 @@ def move(
     _check_args(vm, target, name, storage, power_on, keep_source, dry_run, progress)
     sconn, tconn = vm._conn, target._conn
     deadline = sconn.deadline(timeout, None)
-    sconn.require(Capability.BACKUP, f"read the disks of VM {vm.name!r} to move it")
+    grace = _check_grace(STOP_GRACE_S if shutdown_timeout is None else shutdown_timeout)
+    if timeout is not None and not keep_source and grace >= deadline.seconds:
+        raise ValidationError(
+            f"shutdown_timeout ({grace:g} s) must be shorter than the move's timeout "
+            f"({deadline.seconds:g} s)",
+            field="shutdown_timeout",
+        )
+    _check_data_path(sconn, tconn)
     if not keep_source:
         sconn.require(Capability.DELETE, f"delete VM {vm.name!r} after moving it")
     started = time.monotonic()
@@ -439,10 +487,10 @@ def move(
         passes: list[_Pass] = []
         try:
             if live and not synced:
-                stopped_at = _stop(vm, deadline, timeout)
+                stopped_at = _stop(vm, deadline, timeout, grace)
             passes.append(_copy_all(vm, made, deadline, progress, None))
             if synced:
-                stopped_at = _stop(vm, deadline, timeout)
+                stopped_at = _stop(vm, deadline, timeout, grace)
                 passes.append(_copy_all(vm, made, deadline, progress, passes[0]))
             moved = _verify(made, _moved(made, passes), deadline)
             if start:
@@ -481,12 +529,26 @@ def move(
         )
 
 
-def _stop(vm: VM, deadline: Deadline, timeout: float | None) -> float:
+def _stop(vm: VM, deadline: Deadline, timeout: float | None, grace: float) -> float:
     """Stop the running source for the final copy: its guest asked to shut down (powered
-    off after STOP_GRACE_S), or powered off where the host cannot ask. Returns when."""
+    off after ``grace`` seconds; at once when 0), or powered off where the host cannot
+    ask. Returns when."""
     at = time.monotonic()
-    if Capability.SHUTDOWN in vm._conn.capabilities:
-        vm.shutdown(force_after=STOP_GRACE_S, timeout=_left(deadline, timeout))
+    conn = vm._conn
+    if grace > 0 and Capability.SHUTDOWN in conn.capabilities:
+        # The shutdown's own timeout bounds the grace and the power-off after it.
+        extra = conn.timeouts.operation_s
+        wait = None if extra is None else grace + extra
+        if timeout is not None:
+            left = max(deadline.remaining(), 0.001)
+            wait = left if wait is None else min(wait, left)
+        if wait is not None and grace >= wait:
+            raise ValidationError(
+                f"shutdown_timeout ({grace:g} s) leaves no time of the move's timeout to power "
+                "the source off after it",
+                field="shutdown_timeout",
+            )
+        vm.shutdown(force_after=grace, timeout=wait)
     else:
         vm.power_off(timeout=_left(deadline, timeout))
     log.info("move: stopped the source VM %r for the final copy", vm.name)
