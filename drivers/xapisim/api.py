@@ -7,7 +7,7 @@ import threading
 import time
 import xmlrpc.client
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .model import (
     NULL,
@@ -33,6 +33,9 @@ from .tables import (
     RESULT_STATE,
 )
 from .wire import Encoded
+
+if TYPE_CHECKING:
+    from .nbd import NbdServer
 
 Impl = Callable[..., Any]
 
@@ -219,6 +222,7 @@ def parse_where(expr: str) -> Callable[[Rec], bool]:
 class Api:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.nbd: NbdServer | None = None  # set by the server (xapisim/nbd.py)
         self.impl: dict[str, Impl] = {}
         for name in MESSAGES:
             fn = getattr(self, "m_" + name.replace(".", "_"), None)
@@ -1302,6 +1306,28 @@ class Api:
             if blocks is None:
                 raise Fault("SR_BACKEND_FAILURE_460", "", f"{CBT_ERROR}{CBT_UNRELATED}]", "")
             return bitmap_b64(blocks, int(to["virtual_size"]))
+
+    # -- NBD (xapisim/nbd.py) ---------------------------------------------------------
+    def _nbd(self) -> NbdServer:
+        if self.nbd is None:
+            raise Fault("INTERNAL_ERROR", "the simulator runs no NBD server")
+        return self.nbd
+
+    def m_network_add_purpose(self, ctx: Ctx, net: str, value: str) -> str:
+        self._nbd().add_purpose(net, value)
+        return ""
+
+    def m_network_remove_purpose(self, ctx: Ctx, net: str, value: str) -> str:
+        self._nbd().remove_purpose(net, value)
+        return ""
+
+    def m_VDI_get_nbd_info(self, ctx: Ctx, vdi: str) -> list[dict[str, Any]]:
+        return self._nbd().nbd_info(ctx, vdi)
+
+    def m_host_get_server_certificate(self, ctx: Ctx, host: str) -> str:
+        with self.db.lock:
+            self.db.get("host", host)
+        return self._nbd().cert_pem()
 
     def m_VDI_data_destroy(self, ctx: Ctx, vdi: str) -> str:
         db = self.db

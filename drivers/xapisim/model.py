@@ -750,6 +750,27 @@ class Database:
                 local_cache_sr=local,
             )
             self.link("host", h, "resident_VMs", dom0)
+            # the management PIF on the pool network (VDI.get_nbd_info looks for these)
+            pif = self.new(
+                "PIF",
+                device="eth0",
+                network=net,
+                host=h,
+                MAC=f"02:00:00:00:00:{i:02x}",
+                MTU=1500,
+                VLAN=-1,
+                physical=True,
+                currently_attached=True,
+                ip_configuration_mode="DHCP",
+                IP=f"127.0.0.{i + 1}",
+                netmask="255.0.0.0",
+                management=True,
+                ipv6_configuration_mode="None",
+                primary_address_type="IPv4",
+                managed=True,
+            )
+            self.link("network", net, "PIFs", pif)
+            self.link("host", h, "PIFs", pif)
             self.update_host_free(h)
             hosts.append(h)
         self.new(

@@ -20,6 +20,7 @@ from typing import Any
 from .api import Api
 from .datapath import DataPath
 from .model import Config, Database
+from .nbd import NbdServer, cert_subject
 from .tables import (
     EXPORT_RAW_VDI,
     HTTP_500_BODY,
@@ -236,15 +237,21 @@ class SimServer:
         self.cafile: str | None = None
         self.thumbprint: str | None = None
         ctx = None
+        subject = "localhost"  # make_cert's DNS name
         if tls:
             if certfile is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="xapisim-")
                 certfile, keyfile = make_cert(self._tmp.name)
+            else:
+                subject = cert_subject(certfile, "xenhost1")
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(certfile, keyfile)
             self.cafile = certfile
             self.thumbprint = thumbprint(certfile)
+        # the hosts' NBD server (xapi-nbd): VDI.get_nbd_info names it; stops with the rest
+        self.nbd = NbdServer(self.db, certfile if tls else None, keyfile, subject)
+        self.api.nbd = self.nbd
         self.httpd = _HTTPServer((host, port), self.api, ctx, verbose)
         self.host = host
         self.port = int(self.httpd.server_address[1])
@@ -308,6 +315,7 @@ class SimServer:
         if self._thread.is_alive():
             self.httpd.shutdown()
         self.httpd.server_close()
+        self.nbd.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -531,7 +531,40 @@ _add(
     purpose set enum network_purpose
     """,
     "name_label name_description MTU other_config tags",
-    f"{DM}: module Network",
+    f"{DM}: module Network (purpose: ocaml/xapi/xapi_network.ml add_purpose/remove_purpose)",
+)
+
+# A subset of PIF's fields (no metrics, bond, tunnel, SR-IOV or PCI): the management PIF
+# of each host on the pool network, so that VDI.get_nbd_info finds the hosts' addresses.
+_add(
+    "PIF",
+    """
+    uuid string
+    device string
+    network ref network
+    host ref host
+    MAC string
+    MTU int
+    VLAN int
+    physical bool
+    currently_attached bool
+    ip_configuration_mode enum ip_configuration_mode
+    IP string
+    netmask string
+    gateway string
+    DNS string
+    management bool
+    other_config map string string
+    disallow_unplug bool
+    ipv6_configuration_mode enum ipv6_configuration_mode
+    IPv6 set string
+    ipv6_gateway string
+    primary_address_type enum primary_address_type
+    managed bool
+    properties map string string
+    """,
+    "other_config disallow_unplug",
+    f"{DM}: module PIF (fields uuid..properties; subset)",
 )
 
 _add(
@@ -856,6 +889,18 @@ MESSAGES: dict[str, MessageSpec] = {
                                    f"{DM}: VDI disable_cbt (idempotent)"),
     "VDI.data_destroy": MessageSpec([("ref VDI", "self")], "void", None,
                                     f"{DM}: VDI data_destroy; {XAPI_VDI}: _data_destroy"),
+    "VDI.get_nbd_info": MessageSpec(
+        [("ref VDI", "self")], "set vdi_nbd_server_info record", None,
+        f"{DM}: VDI get_nbd_info; {XAPI_VDI}: _get_nbd_info"),
+    "network.add_purpose": MessageSpec(
+        [("ref network", "self"), ("enum network_purpose", "value")], "void", None,
+        f"{DM}: Network add_purpose; ocaml/xapi/xapi_network.ml: add_purpose"),
+    "network.remove_purpose": MessageSpec(
+        [("ref network", "self"), ("enum network_purpose", "value")], "void", None,
+        f"{DM}: Network remove_purpose; ocaml/xapi/xapi_network.ml: remove_purpose"),
+    "host.get_server_certificate": MessageSpec(
+        [("ref host", "host")], "string", None,
+        f"{DM_HOST}: get_server_certificate (the host's TLS certificate, PEM)"),
     "VDI.list_changed_blocks": MessageSpec(
         [("ref VDI", "vdi_from"), ("ref VDI", "vdi_to")], "string", None,
         f"{DM}: VDI list_changed_blocks (a base64 bitmap of 64k blocks)"),
@@ -1004,6 +1049,9 @@ ERRORS: dict[str, ErrorSpec] = {
         " raises [ref; reason] (reason = guest metrics other:data-cant-suspend-reason)"),
     "VDI_INCOMPATIBLE_TYPE": ErrorSpec(["vdi", "type"], f"{DM_ERR}: vdi_incompatible_type;"
                                        f" {XAPI_VDI}: check_operation_error (cbt_metadata)"),
+    "NETWORK_INCOMPATIBLE_PURPOSES": ErrorSpec(
+        ["new_purpose", "conflicting_purpose"], f"{DM_ERR}: network_incompatible_purposes;"
+        " ocaml/xapi/xapi_network.ml: assert_can_add_purpose"),
     "VDI_NO_CBT_METADATA": ErrorSpec(["vdi"], f"{DM_ERR}: vdi_no_cbt_metadata;"
                                      f" {XAPI_VDI}: check_operation_error (data_destroy)"),
     "VDI_CBT_ENABLED": ErrorSpec(["vdi"], f"{DM_ERR}: vdi_cbt_enabled (mirror, set_on_boot:"
@@ -1260,3 +1308,49 @@ DECLARE_DEAD_REF = f"{XAPI_HOST}: declare_dead, precheck_destroy_declare_dead, g
 #   current_operations cleared, devices marked detached, resident_on null, domid -1,
 #   power_state Halted; the suspend_VDI field is left as it was).
 POWER_STATE_RESET_REF = f"{XAPI_VM}: power_state_reset; {LIFECYCLE}: force_state_reset"
+
+# --------------------------------------------------------------------------------------
+# NBD: network purposes, VDI.get_nbd_info and the xapi-nbd server
+# --------------------------------------------------------------------------------------
+
+XAPI_NETWORK = "ocaml/xapi/xapi_network.ml"
+#: xapi-project/xapi-nbd src/main.ml (the NBD server of a XenServer host) and the ocaml-nbd
+#: library it serves with, xapi-project/nbd lib/server.ml and lib/protocol.ml.
+XAPI_NBD = "xapi-project/xapi-nbd src/main.ml"
+OCAML_NBD = "xapi-project/nbd lib/server.ml"
+NETWORK_REF = f"{XAPI_NETWORK}: assert_can_add_purpose, add_purpose (prepends), remove_purpose"
+#: datamodel.ml: network_purpose enum. add_purpose refuses a purpose whose opposite is on
+#: any network of the pool (NETWORK_INCOMPATIBLE_PURPOSES [new, conflicting]); adding a
+#: purpose the network has, or removing one it has not, is a no-op.
+NETWORK_PURPOSES = ("nbd", "insecure_nbd")
+PURPOSE_CONFLICTS = {"nbd": "insecure_nbd", "insecure_nbd": "nbd"}
+#: xapi_vdi.ml: _get_nbd_info -- VDI_INCOMPATIBLE_TYPE for cbt_metadata; one record per
+#: (host with a currently attached PBD of the VDI's SR) x (IP of an attached PIF of that
+#: host on a network whose purpose has nbd or insecure_nbd); exportname
+#: "/<vdi uuid>?session_id=<the caller's session ref>"; port 10809; cert the host's
+#: server certificate (PEM); subject its first non-wildcard DNS name.
+NBD_EXPORTNAME = "/{uuid}?session_id={session}"
+NBD_PORT = 10809  # xapi_vdi.ml (port = 10809L); xapi-nbd lib/consts.ml standard_nbd_port
+NBD_INFO_FIELDS = ("exportname", "address", "port", "cert", "subject")  # DM vdi_nbd_server_info
+#: xapi-nbd main.ml: xapi_says_use_tls -- per connection, from all networks' purposes:
+#: nbd -> FORCEDTLS, insecure_nbd -> NOTLS, both or neither -> the connection is refused
+#: (closed before the greeting). consts.ml: connection_limit = 16 (more are closed).
+NBD_CONNECTION_LIMIT = 16
+#: xapi-nbd main.ml: serve ... ~read_only:true (the VDI is plugged into dom0 read-only:
+#: Cleanup.VBD.with_vbd ~mode:`RO); a session is checked once, with Session.get_uuid.
+NBD_READ_ONLY = True
+#: ocaml-nbd protocol.ml / server.ml: the greeting "NBDMAGIC" + IHAVEOPT + global flags
+#: (Fixed_newstyle only: no NO_ZEROES); the options it knows (others: ERR_UNSUP), the
+#: option reply codes; export info = size (u64) + transmission flags (u16: HAS_FLAGS |
+#: READ_ONLY) + 124 zero bytes; simple replies only; READ and WRITE need 512-byte
+#: aligned offset and length (EINVAL); WRITE on a read-only export EPERM (its payload is
+#: not read); any other command but DISC EINVAL.
+NBD_GLOBAL_FLAGS = 1
+NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, NBD_OPT_LIST, NBD_OPT_STARTTLS = 1, 2, 3, 5
+NBD_REP_ACK = 1
+NBD_REP_ERR_UNSUP, NBD_REP_ERR_POLICY = 0x80000001, 0x80000002
+NBD_REP_ERR_INVALID, NBD_REP_ERR_TLS_REQD = 0x80000003, 0x80000005
+NBD_FLAG_HAS_FLAGS, NBD_FLAG_READ_ONLY = 1, 2
+NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_DISC = 0, 1, 2
+NBD_EPERM, NBD_EIO, NBD_EINVAL = 1, 5, 22
+NBD_SECTOR = 512
