@@ -1,5 +1,7 @@
-"""What the HOST, EVAC, REBAL and RECOVER clauses work with: the hosts in scope (one
-connection that manages several, or a ``vmctl.Site`` of the kit's two connections), where a
+"""What the HOST, EVAC, REBAL and RECOVER clauses work with: the hosts in scope (the
+connection under test when it manages several hosts; else the connection of the option
+``hosts_uri``, one that manages the host under test and others, e.g. the vCenter cluster
+of a host-scoped URI; else a ``vmctl.Site`` of the kit's two connections), where a
 VM is, vmctl's maintenance flag set for a while, plans cut down to the kit's own VMs, and
 taking a host down where the kit may.
 
@@ -79,7 +81,15 @@ def scope_of(kit: Kit, request: pytest.FixtureRequest) -> Scope | None:
     if len(hosts) >= 2:
         return Scope(kit.hv, connections, f"the {len(hosts)} hosts of {kit.hv.uri}")
     reason = f"{kit.hv.uri} manages one host ({hosts[0].name if hosts else 'none'})"
-    if kit.other is None:
+    wider = kit.options.get("hosts_uri")
+    if wider:  # a connection that manages the host under test and others (a cluster, a pool)
+        hv = vmctl.connect(wider)
+        request.addfinalizer(hv.close)
+        hosts = hv.hosts()
+        if len(hosts) >= 2:
+            return Scope(hv, [hv, *connections], f"the {len(hosts)} hosts of {hv.uri}")
+        reason += f"; hosts_uri {hv.uri} manages {len(hosts)} host(s)"
+    elif kit.other is None:
         reason += " and no second host was given (--other-uri)"
     else:
         site_cls = getattr(vmctl, "Site", None)
@@ -88,12 +98,13 @@ def scope_of(kit: Kit, request: pytest.FixtureRequest) -> Scope | None:
         else:
             try:
                 site = site_cls([kit.hv, kit.other])
+                request.addfinalizer(site.close)
                 hosts = site.hosts()
             except (TypeError, ValueError, vmctl.VmctlError) as exc:
                 reason += f"; a Site of it and {kit.other.uri} cannot be made: {exc}"
             else:
                 if len(hosts) >= 2:
-                    return Scope(site, connections, f"a Site of {len(hosts)} hosts")
+                    return Scope(site, [site, *connections], f"a Site of {len(hosts)} hosts")
                 reason += f"; a Site of it and {kit.other.uri} has {len(hosts)} host(s)"
     request.node.user_properties.append(("not_supported", "hosts"))
     request.node.user_properties.append(("not_supported_reason", f"{reason}: {NEED_TWO}"))
@@ -132,8 +143,10 @@ def only(plan: P, uuids: Iterable[str]) -> P:
 
 
 def bring_back(kit: Kit, scope: Scope, plan: vmctl.Plan) -> None:
-    """Move the kit's VMs that ``plan`` moved back to its source (so that the kit's
-    connections find them at cleanup); best effort."""
+    """Move the kit's VMs that ``plan`` moved back to its source, so that the kit's
+    connections find them at cleanup: by an evacuation plan of their host cut down to
+    them, else (the plan blocks one) by ``VM.migrate`` to the kit's connection. Best
+    effort: the kit's cleanup reports what it cannot delete."""
     by_target: dict[str, set[str]] = {}
     for m in plan.moves:
         with contextlib.suppress(vmctl.VmctlError, AssertionError):
@@ -142,8 +155,19 @@ def bring_back(kit: Kit, scope: Scope, plan: vmctl.Plan) -> None:
                 by_target.setdefault(host_id, set()).add(m.vm_uuid)
     for host_id, uuids in by_target.items():
         with contextlib.suppress(vmctl.VmctlError, AssertionError):
-            back = vmctl.plan_evacuation(scope.host(host_id), [scope.host(plan.source.id)])
-            vmctl.execute(only(back, uuids), max_parallel=2, timeout=kit.timeout)
+            back = only(
+                vmctl.plan_evacuation(scope.host(host_id), [scope.host(plan.source.id)]), uuids
+            )
+            if back.moves:
+                vmctl.execute(back, max_parallel=2, timeout=kit.timeout)
+    for m in plan.moves:
+        with contextlib.suppress(vmctl.VmctlError, AssertionError):
+            if locate(scope, m.vm_uuid)[0] not in (m.target_id, None):
+                continue  # back home (or elsewhere, where the cleanup looks)
+            for hv in scope.connections:
+                with contextlib.suppress(vmctl.NotFound):
+                    hv.vm(m.vm_uuid).migrate(kit.hv, timeout=kit.timeout)
+                    break
 
 
 @contextlib.contextmanager

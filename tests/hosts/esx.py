@@ -677,7 +677,8 @@ def env_values(vcenter: VcsimServer, esx: VcsimServer) -> dict[str, str]:
         "VMCTL_PASSWORD": vcenter.password,
         "VMCTL_CAFILE": str(vcenter.cafile),
         "VMCTL_THUMBPRINT": vcenter.thumbprint,
-        "VMCTL_KIT_OPTIONS": kit_words(KIT_OPTIONS),
+        # hosts_uri: the cluster of the two hosts, for the kit's HOST/EVAC/REBAL clauses
+        "VMCTL_KIT_OPTIONS": kit_words({**KIT_OPTIONS, "hosts_uri": hosts[0].rsplit("/", 1)[0]}),
         "VMCTL_VCENTER_URI": hosts[0],
         "VMCTL_VCENTER_OTHER_URI": hosts[1],
         "VMCTL_ESX_PASSWORD": vcenter.password,
