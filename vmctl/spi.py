@@ -48,6 +48,8 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Protocol
 
+from attrs import frozen
+
 from ._capabilities import REQUIRED_CAPABILITIES, Capability
 from ._config import ConnectParams, Secret, Timeouts
 from ._deadline import Deadline
@@ -159,6 +161,7 @@ __all__ = [
     "Pausable",
     "Pending",
     "Placement",
+    "PlacementChecks",
     "PointInTime",
     "PointInTimeDisk",
     "PowerState",
@@ -175,6 +178,7 @@ __all__ = [
     "StateReason",
     "Statistics",
     "StorageListing",
+    "StorageSpace",
     "Suspendable",
     "Task",
     "TaskOutcome",
@@ -618,6 +622,40 @@ class StorageListing(abc.ABC):
         pools, datastores or SRs its disks are created in): volumes, disk files, VDIs,
         snapshot data (kind "snapshot"). Each ``Volume.path`` is what ``DiskInfo.path``
         says for a disk kept there. A bounded number of round trips, as ``list_vms``."""
+
+
+@frozen
+class StorageSpace:
+    """The pool, SR or datastore new disks of a VM go to, as ``PlacementChecks`` reads it:
+    its name, its free bytes and its capacity (None when the host does not say)."""
+
+    name: str
+    free_bytes: int
+    capacity_bytes: int | None = None
+
+
+class PlacementChecks(abc.ABC):
+    """Optional, and no capability: what ``vmctl.move`` checks on its target before it
+    creates anything, so that a VM that cannot land there is refused with the reason and
+    nothing made. Reads only; each a bounded number of round trips."""
+
+    @abc.abstractmethod
+    def storage_space(self, pool: str | None, *, deadline: Deadline) -> StorageSpace:
+        """The storage a new VM's disk with ``DiskSpec(pool=pool)`` goes to (``pool``, or
+        the driver's default when None), read now. NotFound (naming the ones there are)
+        when there is no such pool."""
+
+    @abc.abstractmethod
+    def check_network(self, network: str, *, deadline: Deadline) -> None:
+        """Return if ``NicSpec(network=network)`` names a network a new VM's NIC can be
+        put on; else NotFound naming the networks there are (the same rule as
+        ``create_vm``)."""
+
+    def mac_refusal(self, mac: str) -> str | None:
+        """Why the host would refuse ``mac`` (lower case, colons) as a NIC's static MAC,
+        or None when it takes it. No hypervisor call. The default: any unicast MAC (a
+        multicast one is refused by ``NicSpec`` already)."""
+        return None
 
 
 #: The interface each optional capability needs; implementing it offers the capability.
