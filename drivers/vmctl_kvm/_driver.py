@@ -88,6 +88,7 @@ from vmctl.spi import (
 from . import _errors as E
 from . import _xml as X
 from ._backup import KvmDiskAccess
+from ._hosts import KvmSiteMember
 from ._link import (
     RPC_TIMEOUT_S,
     EventHub,
@@ -223,6 +224,7 @@ class KvmDriver(
     GuestAgent,
     KvmDiskAccess,
     KvmStorage,
+    KvmSiteMember,
 ):
     """libvirt (QEMU/KVM, or libvirt's test driver) through libvirt-python."""
 

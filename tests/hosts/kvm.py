@@ -377,10 +377,45 @@ def _start_host1(started: list[Proc], timings: dict[str, float]) -> None:
     timings["libvirtd_start_s"] = round(time.monotonic() - t0, 2)
 
 
-# --------------------------------------------------------------------------- host 2
+# --------------------------------------------------------------------------- host 2 (and 3)
 
 
-def _host2_script() -> str:
+@dataclasses.dataclass(frozen=True)
+class NsHost:
+    """A libvirtd in a network namespace of its own, reached over a veth pair."""
+
+    netns: str
+    veth_host: str  # stays in the root namespace
+    veth_ns: str  # moved into netns
+    root_addr: str  # the root namespace's end (host 1 as the namespace sees it)
+    addr: str  # the namespace's end: libvirtd listens here
+    dir: Path  # its private /etc, /var/lib, ... libvirt
+    host_uuid: str
+    role: str  # the Proc role of its libvirtd ("virtlogdN" for its virtlogd)
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+tcp://{self.addr}/system"
+
+
+HOST2 = NsHost(
+    NETNS, VETH_HOST, VETH_NS, HOST1_ADDR, HOST2_ADDR, HOST2_DIR, HOST2_UUID, "libvirtd2"
+)
+#: A third host, started and killed by a test of its own (tests/kvm/test_kvm_site_recovery.py):
+#: never started by ``start``.
+HOST3 = NsHost(
+    "vmctl-kvm3",
+    "vmctl-h3a",
+    "vmctl-h3b",
+    "10.213.77.5",
+    "10.213.77.6",
+    BASE_DIR / "host3",
+    str(uuid.uuid5(uuid.NAMESPACE_DNS, "host3.vmctl-test.invalid")),
+    "libvirtd3",
+)
+
+
+def _host2_script(h: NsHost = HOST2) -> str:
     """Shell run by ``ip netns exec`` (already a private mount namespace): mounts, daemons."""
     binds = {
         "etc": "/etc/libvirt",
@@ -395,20 +430,20 @@ def _host2_script() -> str:
         "mkdir -p /run/libvirt /run/lock",
     ]
     for src, dst in binds.items():
-        lines.append(f"mount --rbind {HOST2_DIR / src} {dst}")
+        lines.append(f"mount --rbind {h.dir / src} {dst}")
     lines += [
-        f"mount --bind {HOST2_DIR / 'hosts'} /etc/hosts",
-        f"virtlogd > {HOST2_DIR / 'virtlogd.log'} 2>&1 &",
-        f"echo $! > {HOST2_DIR / 'virtlogd.pid'}",
+        f"mount --bind {h.dir / 'hosts'} /etc/hosts",
+        f"virtlogd > {h.dir / 'virtlogd.log'} 2>&1 &",
+        f"echo $! > {h.dir / 'virtlogd.pid'}",
         "exec libvirtd --listen",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _prepare_host2_dirs() -> None:
+def _prepare_host2_dirs(h: NsHost = HOST2) -> None:
     for sub in ("etc", "lib", "cache", "log"):
-        (HOST2_DIR / sub).mkdir(parents=True, exist_ok=True)
-    etc = HOST2_DIR / "etc"
+        (h.dir / sub).mkdir(parents=True, exist_ok=True)
+    etc = h.dir / "etc"
     if not (etc / "qemu.conf.orig").exists():
         # Start from the packaged configuration (qemu.conf, network/ defaults, ...).
         shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True, symlinks=True)
@@ -416,84 +451,87 @@ def _prepare_host2_dirs() -> None:
         # Networks/pools autostarted by host 1 are not host 2's business.
         for p in (etc / "qemu" / "networks" / "autostart", etc / "storage" / "autostart"):
             shutil.rmtree(p, ignore_errors=True)
+        # Nor are the domains host 1 had defined when its configuration was copied.
+        for p in (etc / "qemu").glob("*.xml"):
+            p.unlink()
     for sub in ("qemu", "network", "dnsmasq", "images", "boot", "sanlock", "swtpm"):
-        (HOST2_DIR / "lib" / sub).mkdir(parents=True, exist_ok=True)
+        (h.dir / "lib" / sub).mkdir(parents=True, exist_ok=True)
     for sub in ("qemu",):
-        (HOST2_DIR / "log" / sub).mkdir(parents=True, exist_ok=True)
+        (h.dir / "log" / sub).mkdir(parents=True, exist_ok=True)
     (etc / "libvirtd.conf").write_text(
-        "# written by tests/hosts/kvm.py: second test host (network namespace "
-        f"{NETNS})\n"
+        "# written by tests/hosts/kvm.py: a test host in the network namespace "
+        f"{h.netns}\n"
         "listen_tls = 0\n"
         "listen_tcp = 1\n"
-        f'listen_addr = "{HOST2_ADDR}"\n'
+        f'listen_addr = "{h.addr}"\n'
         'auth_tcp = "none"\n'
-        f'host_uuid = "{HOST2_UUID}"\n'
+        f'host_uuid = "{h.host_uuid}"\n'
         'log_outputs = "3:stderr"\n'
     )
     qemu_conf = (etc / "qemu.conf.orig").read_text()
     (etc / "qemu.conf").write_text(
         qemu_conf + "\n# tests/hosts/kvm.py: incoming migrations connect here\n"
-        f'migration_host = "{HOST2_ADDR}"\n'
+        f'migration_host = "{h.addr}"\n'
     )
     # Inside the namespace the machine's host name must resolve to host 1's veth address:
     # host 1 advertises `tcp://<hostname>:<port>` as the URI for incoming migrations.
     hostname = os.uname().nodename
-    (HOST2_DIR / "hosts").write_text(
-        f"127.0.0.1 localhost\n{HOST1_ADDR} {hostname}\n{HOST2_ADDR} {NETNS}\n"
+    (h.dir / "hosts").write_text(
+        f"127.0.0.1 localhost\n{h.root_addr} {hostname}\n{h.addr} {h.netns}\n"
     )
 
 
-def _setup_netns() -> None:
-    if NETNS not in _run(["ip", "netns", "list"]).split():
-        _run(["ip", "netns", "add", NETNS])
+def _setup_netns(h: NsHost = HOST2) -> None:
+    if h.netns not in _run(["ip", "netns", "list"]).split():
+        _run(["ip", "netns", "add", h.netns])
     links = _run(["ip", "-o", "link", "show"])
-    if f" {VETH_HOST}@" not in links and f" {VETH_HOST}:" not in links:
-        _run(["ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS])
-        _run(["ip", "link", "set", VETH_NS, "netns", NETNS])
-    addrs = _run(["ip", "-o", "addr", "show", "dev", VETH_HOST])
-    if f"{HOST1_ADDR}/" not in addrs:
-        _run(["ip", "addr", "add", f"{HOST1_ADDR}/{VETH_PREFIX}", "dev", VETH_HOST])
-    _run(["ip", "link", "set", VETH_HOST, "up"])
-    nsx = ["ip", "netns", "exec", NETNS]
-    addrs = _run([*nsx, "ip", "-o", "addr", "show", "dev", VETH_NS])
-    if f"{HOST2_ADDR}/" not in addrs:
-        _run([*nsx, "ip", "addr", "add", f"{HOST2_ADDR}/{VETH_PREFIX}", "dev", VETH_NS])
-    _run([*nsx, "ip", "link", "set", VETH_NS, "up"])
+    if f" {h.veth_host}@" not in links and f" {h.veth_host}:" not in links:
+        _run(["ip", "link", "add", h.veth_host, "type", "veth", "peer", "name", h.veth_ns])
+        _run(["ip", "link", "set", h.veth_ns, "netns", h.netns])
+    addrs = _run(["ip", "-o", "addr", "show", "dev", h.veth_host])
+    if f"{h.root_addr}/" not in addrs:
+        _run(["ip", "addr", "add", f"{h.root_addr}/{VETH_PREFIX}", "dev", h.veth_host])
+    _run(["ip", "link", "set", h.veth_host, "up"])
+    nsx = ["ip", "netns", "exec", h.netns]
+    addrs = _run([*nsx, "ip", "-o", "addr", "show", "dev", h.veth_ns])
+    if f"{h.addr}/" not in addrs:
+        _run([*nsx, "ip", "addr", "add", f"{h.addr}/{VETH_PREFIX}", "dev", h.veth_ns])
+    _run([*nsx, "ip", "link", "set", h.veth_ns, "up"])
     _run([*nsx, "ip", "link", "set", "lo", "up"])
 
 
-def _teardown_netns() -> None:
+def _teardown_netns(h: NsHost = HOST2) -> None:
     with contextlib.suppress(HostError):
-        _run(["ip", "link", "del", VETH_HOST])
-    if NETNS in _run(["ip", "netns", "list"], check=False).split():
-        _run(["ip", "netns", "del", NETNS], check=False)
+        _run(["ip", "link", "del", h.veth_host])
+    if h.netns in _run(["ip", "netns", "list"], check=False).split():
+        _run(["ip", "netns", "del", h.netns], check=False)
 
 
-def _start_host2(started: list[Proc], timings: dict[str, float]) -> None:
-    if _answers(OTHER_URI):
-        print(
-            f"kvm hosts: reusing the second host already answering at {OTHER_URI}", file=sys.stderr
-        )
+def _start_host2(started: list[Proc], timings: dict[str, float], h: NsHost = HOST2) -> None:
+    if _answers(h.uri):
+        print(f"kvm hosts: reusing the host already answering at {h.uri}", file=sys.stderr)
         return
-    _prepare_host2_dirs()
-    _setup_netns()
-    script = HOST2_DIR / "start.sh"
-    script.write_text(_host2_script())
-    (HOST2_DIR / "virtlogd.pid").unlink(missing_ok=True)
-    log = STATE_DIR / "libvirtd2.log"
+    _prepare_host2_dirs(h)
+    _setup_netns(h)
+    script = h.dir / "start.sh"
+    script.write_text(_host2_script(h))
+    (h.dir / "virtlogd.pid").unlink(missing_ok=True)
+    log = STATE_DIR / f"{h.role}.log"
     t0 = time.monotonic()
-    proc, _ = _spawn("libvirtd2", ["ip", "netns", "exec", NETNS, "sh", str(script)], log)
+    proc, _ = _spawn(h.role, ["ip", "netns", "exec", h.netns, "sh", str(script)], log)
     started.append(proc)
-    pidfile = HOST2_DIR / "virtlogd.pid"
+    pidfile = h.dir / "virtlogd.pid"
     deadline = time.monotonic() + 10
     while not (pidfile.exists() and pidfile.read_text().strip()):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
     if pidfile.exists() and pidfile.read_text().strip():
-        started.append(Proc.of("virtlogd2", int(pidfile.read_text().strip())))
-    _wait_answers(OTHER_URI, proc, START_TIMEOUT, log)
-    timings["libvirtd2_start_s"] = round(time.monotonic() - t0, 2)
+        started.append(
+            Proc.of(h.role.replace("libvirtd", "virtlogd"), int(pidfile.read_text().strip()))
+        )
+    _wait_answers(h.uri, proc, START_TIMEOUT, log)
+    timings[f"{h.role}_start_s"] = round(time.monotonic() - t0, 2)
 
 
 def _check_migration_paths(libvirtd2: Proc | None) -> None:
@@ -692,6 +730,86 @@ def running_hosts(*, second_host: bool = True) -> Iterator[KvmHosts]:
         yield hosts
     finally:
         stop_hosts(hosts)
+
+
+@dataclasses.dataclass
+class ExtraHost:
+    """A third libvirtd (``HOST3``) that a test starts, kills (a host failing) and removes:
+    :func:`start_extra_host`. Never one of the session's shared hosts."""
+
+    uri: str
+    host: NsHost
+    processes: list[Proc]
+
+    def _ns_pids(self, exe_name: str | None = None) -> list[int]:
+        """The processes in this host's network namespace (all of them were started by
+        its libvirtd: QEMU, dnsmasq...), or those whose executable is ``exe_name``."""
+        try:
+            ns = os.stat(f"/run/netns/{self.host.netns}").st_ino
+        except OSError:
+            return []
+        out = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if os.stat(d / "ns" / "net").st_ino != ns:
+                    continue
+                if exe_name and Path(os.readlink(d / "exe")).name != exe_name:
+                    continue
+                out.append(int(d.name))
+        return out
+
+    def qemu_pids(self) -> list[int]:
+        """The QEMU processes of this host (its running domains)."""
+        return self._ns_pids("qemu-system-x86_64")
+
+    def kill(self) -> None:
+        """The host fails (a power cut): SIGKILL its libvirtd and virtlogd (by the PIDs
+        started) and every process in its network namespace (its QEMUs)."""
+        for p in self.processes:
+            if p.alive():
+                os.kill(p.pid, signal.SIGKILL)
+                _reap(p.pid)
+        for pid in self._ns_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while (self._ns_pids() or any(p.alive() for p in self.processes)) and (
+            time.monotonic() < deadline
+        ):
+            for p in self.processes:
+                _reap(p.pid)
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Kill what is left and remove the namespace and its veth."""
+        self.kill()
+        _teardown_netns(self.host)
+
+
+def start_extra_host(h: NsHost = HOST3) -> ExtraHost:
+    """Start a libvirtd of its own in ``h``'s network namespace, with no domains defined
+    (those of an earlier run are removed first) and the QEMU capability cache of host 2
+    when it has none (saves the ~8 s probe). Only pools and networks its caller defines.
+    ``stop()`` it when done."""
+    if os.geteuid() != 0:
+        raise HostError("the KVM test hosts need root")
+    if _answers(h.uri):
+        raise HostError(f"{h.uri} answers already: not ours to start")
+    _prepare_host2_dirs(h)
+    for p in (h.dir / "etc" / "qemu").glob("*.xml"):
+        p.unlink()  # the domains an earlier (killed) run left defined
+    cache = h.dir / "cache" / "qemu"
+    if not cache.exists() and (HOST2_DIR / "cache" / "qemu").exists():
+        shutil.copytree(HOST2_DIR / "cache" / "qemu", cache, symlinks=True)
+    started: list[Proc] = []
+    try:
+        _start_host2(started, {}, h)
+    except BaseException:
+        ExtraHost(h.uri, h, started).stop()
+        raise
+    return ExtraHost(h.uri, h, started)
 
 
 # --------------------------------------------------------------------------- tiny guest

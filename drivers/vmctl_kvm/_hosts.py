@@ -1,0 +1,75 @@
+"""``SiteMember`` for ``KvmDriver`` (a mixin): libvirtds joined as one ``vmctl.Site``.
+
+* inventory: every domain (``virConnectListAllDomains``) with its persistent definition
+  (``XMLDesc(INACTIVE | MIGRATABLE)``, without ``SECURE``: no passwords are saved), its disk
+  files, and ``pinned`` when it has a ``<hostdev>`` (a passthrough device no other host
+  has);
+* reach: a disk path another libvirtd knows as a storage volume after refreshing its pools
+  on that directory (``virStorageVolLookupByPath``); the live migration itself probes
+  again with a file it creates (``KvmDriver._storage_shared``) unless the URI says
+  ``shared_storage=yes``;
+* moves: LIVE is ``migrate_vm(live=True)`` (``virDomainMigrate3``, ``VIR_MIGRATE_LIVE |
+  PERSIST_DEST | UNDEFINE_SOURCE``); COLD is ``migrate_vm(live=False)`` (``VIR_MIGRATE_OFFLINE``:
+  libvirt defines the domain on the target and undefines it here); RESTART is not offered
+  (NotSupported);
+* recovery: ``restore_vm`` (``_recovery``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from vmctl import NotSupported
+from vmctl.spi import Deadline, Driver, MoveMode, SiteMember, SiteVM, Task
+
+from . import _xml as X
+from ._recovery import KvmRestore, reached_paths
+
+_INACTIVE_MIGRATABLE = 2 | 8  # VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_MIGRATABLE
+
+
+class KvmSiteMember(KvmRestore, SiteMember):
+    """See the module."""
+
+    if TYPE_CHECKING:
+
+        def migrate_vm(
+            self, uuid: str, target: Driver, *, live: bool, deadline: Deadline
+        ) -> None: ...
+
+    def site_inventory(self, *, deadline: Deadline) -> dict[str, SiteVM]:
+        def read(c: Any) -> dict[str, SiteVM]:
+            out = {}
+            for dom in c.listAllDomains(0):
+                xml = dom.XMLDesc(_INACTIVE_MIGRATABLE)
+                root = X.parse(xml)
+                disks = tuple(d.path for d in X.disks_of(root) if d.path)
+                pinned = None
+                if root.find("devices/hostdev") is not None:
+                    pinned = "a host device is passed through to it (<hostdev>)"
+                out[dom.UUIDString()] = SiteVM(definition=xml, disks=disks, pinned=pinned)
+            return out
+
+        inventory: dict[str, SiteVM] = self._call(
+            f"read the domains of {self._link.uri}", read, deadline
+        )
+        return inventory
+
+    def reaches(self, locations: Sequence[str], *, deadline: Deadline) -> set[str]:
+        found: set[str] = self._call(
+            f"look up disk paths on {self._link.uri}",
+            lambda c: reached_paths(c, list(locations)),
+            deadline,
+        )
+        return found
+
+    def move_to_peer(
+        self, uuid: str, peer: Driver, *, mode: MoveMode, deadline: Deadline
+    ) -> Task | None:
+        if mode is MoveMode.RESTART:
+            raise NotSupported(
+                "a restart move (shut down, move, start) is not offered between libvirtds"
+            )
+        self.migrate_vm(uuid, peer, live=mode is MoveMode.LIVE, deadline=deadline)
+        return None
