@@ -90,6 +90,7 @@ from vmctl.spi import (
 from ._backup import EsxBackup
 from ._conn import MAX_POLL_S, Connection, apply_update
 from ._fastlist import FastLister
+from ._faststats import FastStats, sdk_metrics
 from ._faults import is_fault, map_fault, reraise
 from ._hosts import EsxHosts
 from ._storage import EsxStorage
@@ -255,6 +256,7 @@ class EsxDriver(
         self._view_generation = -1
         self._perf: dict[str, int] | None = None
         self._fast = FastLister(conn)  # listings read with lxml (pyvmomi on any surprise)
+        self._fast_stats = FastStats(self._fast)  # QueryPerf read the same way
 
     # -- connection -------------------------------------------------------------------------
 
@@ -1505,24 +1507,21 @@ class EsxDriver(
         out = {uuid: VMStats(uuid=uuid, timestamp=now) for uuid in uuids}
         if not specs or not ids:
             return out
-        result = self._call(
-            "query performance counters", self.conn.content.perfManager.QueryPerf, querySpec=specs
-        )
+        pm = self.conn.content.perfManager
+        metrics = self._call("query performance counters", self._fast_stats.query, pm, specs)
+        if metrics is None:
+            result = self._call("query performance counters", pm.QueryPerf, querySpec=specs)
+            metrics = sdk_metrics(result)
         by_moid = {_moid(ref): uuid for uuid, ref in refs.items()}
-        for metric in result or ():
-            uuid = by_moid.get(_moid(metric.entity))
+        for moid, stamp, series in metrics:
+            uuid = by_moid.get(moid)
             if uuid is None:
                 continue
-            values: dict[str, int] = {}
-            for series in metric.value or ():
-                name = ids.get(series.id.counterId)
-                if name and series.value:
-                    values[name] = int(series.value[-1])
-            stamp = metric.sampleInfo[-1].timestamp if metric.sampleInfo else now
+            values = {name: series[c] for c, name in ids.items() if c in series}
             mem_kb = values.get("memory_used_mib")
             out[uuid] = VMStats(
                 uuid=uuid,
-                timestamp=stamp,
+                timestamp=stamp or now,
                 memory_used_mib=None if mem_kb is None else mem_kb // 1024,
             )
         return out
