@@ -1,0 +1,145 @@
+"""Recovering a failed libvirtd of a vmctl.Site on KVM: a third libvirtd of this test's own
+(tests/hosts/kvm.py start_extra_host, its own network namespace; never the session's shared
+hosts) runs a VM and holds a stopped one, both with disks in the shared image directory,
+and one with a disk only it sees. The test kills it by its PIDs (libvirtd, virtlogd and its
+QEMU: a power cut), then recovers on host 1: refused without the fencing confirmation
+(nothing defined), done with it (virsh on host 1 shows the VMs, on the same disk files),
+the blocked VM left alone, and the same plan run again reports them already there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vmctl
+from tests.kvm.kvm_helpers import PREFIX, virsh
+from vmctl import BlockKind, DiskSpec, HostState, MoveMode, MoveOutcome, PowerState, VMSpec
+
+REC = PREFIX + "rec-"
+
+
+@pytest.fixture
+def host3(kvm_harness: Any, hosts: Any) -> Iterator[Any]:
+    """The third libvirtd, with the shared pool active and a pool of its own."""
+    import libvirt
+
+    extra = kvm_harness.start_extra_host()
+    try:
+        conn = libvirt.open(extra.uri)
+        try:
+            shared = conn.storagePoolLookupByName(hosts.pool)
+            if not shared.isActive():
+                shared.create(0)
+            # in host 3's mount namespace /var/lib/libvirt is a directory of its own
+            conn.storagePoolCreateXML(
+                f"<pool type='dir'><name>{REC}own</name>"
+                "<target><path>/var/lib/libvirt/images</path></target></pool>",
+                0,
+            )
+        finally:
+            conn.close()
+        yield extra
+    finally:
+        extra.stop()
+        own = extra.host.dir / "lib" / "images"
+        for f in own.glob(REC + "*"):
+            f.unlink()
+
+
+def _uuids(uri: str, *flags: str) -> set[str]:
+    return set(virsh(uri, "list", "--uuid", *flags).split())
+
+
+def _disk_paths(vm: vmctl.VM) -> list[str]:
+    return [d.path for d in vm.config().disks if d.path]
+
+
+def test_recover_a_killed_libvirtd_on_host_1(
+    hv: vmctl.Hypervisor,
+    hosts: Any,
+    host3: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
+    t0 = time.monotonic()
+    h3 = vmctl.connect(f"{host3.uri}?pool={hosts.pool}", timeouts=15)
+    made: list[str] = []
+    leftovers: list[str] = []
+    try:
+
+        def spec(name: str, **kw: Any) -> VMSpec:
+            return VMSpec(name=REC + name, vcpus=1, memory_mib=64, **kw)
+
+        run = h3.create_vm(spec("run", disks=[DiskSpec(size_mib=8)]), start=True)
+        off = h3.create_vm(spec("off", disks=[DiskSpec(size_mib=8)]))
+        own = h3.create_vm(spec("own", disks=[DiskSpec(size_mib=8, pool=REC + "own")]))
+        made += [run.uuid, off.uuid, own.uuid]
+        run_disks = _disk_paths(run)
+        leftovers = run_disks + _disk_paths(off)
+        assert run_disks and all(p.startswith(str(hosts.image_dir)) for p in run_disks)
+        assert len(host3.qemu_pids()) == 1
+
+        site = vmctl.Site([hv, h3])
+        failed = site.host(h3.hosts()[0].id)
+        # the inventory the site keeps: a plan reads (and saves) every member's domains
+        plan = vmctl.plan_evacuation(failed)
+        assert {m.vm_name: m.mode for m in plan.moves} == {
+            run.name: MoveMode.LIVE,
+            off.name: MoveMode.COLD,
+        }
+        assert [b.kind for b in plan.blockers] == [BlockKind.LOCAL_STORAGE]
+
+        host3.kill()  # the power cut: libvirtd, virtlogd and QEMU, by PID
+        assert host3.qemu_pids() == []
+        failed = failed.refresh()
+        assert failed.state is HostState.UNREACHABLE
+        with pytest.raises(vmctl.InvalidState, match="unreachable"):
+            vmctl.plan_recovery(site.host(hv.hosts()[0].id))
+
+        plan = vmctl.plan_recovery(failed)
+        assert plan.fence_proof is None
+        assert {m.vm_name: (m.mode, m.target_id) for m in plan.moves} == {
+            run.name: (MoveMode.RESTART, hv.hosts()[0].id),
+            off.name: (MoveMode.COLD, hv.hosts()[0].id),
+        }
+        [blocked] = plan.blockers
+        assert blocked.vm_name == own.name and blocked.kind is BlockKind.LOCAL_STORAGE
+        assert "Fencing: not proven" in str(plan)
+
+        # not confirmed: nothing is started, nothing defined on host 1
+        with pytest.raises(vmctl.InvalidState, match="confirm_fenced"):
+            vmctl.execute(plan)
+        assert not {run.uuid, off.uuid, own.uuid} & _uuids(hosts.uri, "--all")
+
+        report = vmctl.execute(plan, confirm_fenced=True, max_parallel=2)
+        assert report.ok, str(report)
+        assert run.uuid in _uuids(hosts.uri)  # running, on host 1
+        assert off.uuid in _uuids(hosts.uri, "--inactive")
+        assert own.uuid not in _uuids(hosts.uri, "--all")
+        back = hv.vm(run.uuid)
+        assert back.info().state is PowerState.RUNNING
+        assert _disk_paths(back) == run_disks  # the same disk files
+        assert hv.vm(off.uuid).info().state is PowerState.STOPPED
+
+        again = vmctl.execute(plan, confirm_fenced=True)
+        assert {r.outcome for r in again.results} == {MoveOutcome.ALREADY}
+        left = vmctl.plan_recovery(site.host(failed.id))
+        assert left.moves == () and [b.vm_name for b in left.blockers] == [own.name]
+        site.close()
+        elapsed = time.monotonic() - t0
+        print(f"\nsite recovery test: {elapsed:.1f} s")
+    finally:
+        host3.kill()
+        for uuid in made:
+            with contextlib.suppress(vmctl.NotFound):
+                hv.vm(uuid).delete(force=True, timeout=60)
+        h3.close()
+        for path in leftovers:  # a failure before the recovery: the files host 3 made
+            Path(path).unlink(missing_ok=True)
