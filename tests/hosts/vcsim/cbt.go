@@ -480,14 +480,15 @@ func blockLen(b, end int64) int64 {
 
 // --------------------------------------------------------------------------- the method
 
-// cbtEndpoint receives one VM's QueryChangedDiskAreas calls (see wrap).
+// cbtEndpoint receives one VM's QueryChangedDiskAreas calls (see wrap). The registry's
+// objects must start with an embedded mo type (the simulator digs it out by reflection when
+// it walks every object, FindByUuid for one); ExtensibleManagedObject is neither an entity
+// nor any type a search looks for.
 type cbtEndpoint struct {
-	self types.ManagedObjectReference
-	vm   types.ManagedObjectReference
-	t    *changeTracking
+	mo.ExtensibleManagedObject
+	vm types.ManagedObjectReference
+	t  *changeTracking
 }
-
-func (e *cbtEndpoint) Reference() types.ManagedObjectReference { return e.self }
 
 func cbtFault(msg string, fault types.BaseMethodFault) soap.HasFault {
 	return &methods.QueryChangedDiskAreasBody{Fault_: simulator.Fault(msg, fault)}
@@ -665,7 +666,11 @@ func (t *changeTracking) wrap(next http.Handler) http.Handler {
 		endpoint := types.ManagedObjectReference{Type: cbtEndpointType, Value: method.This.Value}
 		t.mu.Lock()
 		if simulator.Map.Get(endpoint) == nil {
-			simulator.Map.Put(&cbtEndpoint{self: endpoint, vm: method.This, t: t})
+			simulator.Map.Put(&cbtEndpoint{
+				ExtensibleManagedObject: mo.ExtensibleManagedObject{Self: endpoint},
+				vm:                      method.This,
+				t:                       t,
+			})
 		}
 		t.mu.Unlock()
 		replaced := false
