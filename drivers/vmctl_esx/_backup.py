@@ -16,16 +16,30 @@ How it works, on vSphere's own documented interfaces:
   ``vmware_soap_session`` cookie and a ``Range: bytes=FIRST-LAST`` header (answered with 206;
   a server that ignores ranges answers 200 with the whole file, of which the part asked for
   is kept). A flat extent holds the disk's whole capacity, its bytes at their offsets.
-* **Allocated extents**: the datastore HTTP access cannot tell holes from data (that takes
-  ``QueryChangedDiskAreas`` with changeId ``*``, i.e. changed-block tracking, which the esx
-  driver does not use yet), so the whole disk is one extent: every backup is full, and
-  reads the whole disk; zero chunks are still not stored.
+* **Changed block tracking** (capability ``backup_incremental``): ``open_point_in_time``
+  turns ``config.changeTrackingEnabled`` on (``ReconfigVM_Task``) where
+  ``capability.changeTrackingSupported`` says the VM can; it takes effect at the next
+  stun/unstun, which the backup's own snapshot is. Each disk of the snapshot then carries a
+  ``changeId`` (``VirtualDiskFlatVer2BackingInfo.changeId`` in the snapshot's
+  ``config.hardware``), which is the disk's checkpoint in the manifest. The allocated extents
+  are ``QueryChangedDiskAreas(snapshot, deviceKey, offset, "*")`` and the extents changed
+  since a checkpoint ``QueryChangedDiskAreas(snapshot, deviceKey, offset, changeId)``, each
+  called from offset 0 on, then from ``startOffset + length`` of the last answer, until the
+  whole disk is covered. A changeId the host no longer knows (``FileFault``: tracking was
+  turned off or reset since; ``InvalidArgument``) is ``NotFound`` to the core, which then
+  reads the whole disk. Where tracking is off or not supported (no changeId), the whole disk
+  is one extent: the backup is full and reads every byte; zero chunks are still not stored.
 * **Writing** (a stopped VM): ``PUT`` to the same URL replaces the whole file, so the
   first ``write_extents`` of a disk downloads its extent into a local temporary file
   (sparse: blocks of zeroes are not written; no download when the extents cover the whole
   disk), every call applies its extents there, and ``flush_writes`` (the core calls it
   after a disk's last write) uploads the file once. A restore moves each disk at most
   twice, whatever the number of calls; ``flush_writes(discard=True)`` drops the copy.
+
+Writes go around changed block tracking (a datastore upload is not a guest write), so
+``flush_writes`` resets tracking on a VM that has it (off, then a snapshot created and
+removed so that it takes effect): every earlier changeId of its disks is then unknown, and
+its next backup reads whole disks instead of missing the restored blocks.
 
 Limits (refused with ``InvalidState``, never guessed): a disk whose chain at the point in
 time has more than one file (a VM that already had snapshots: its data is in delta files of
@@ -60,6 +74,7 @@ from vmctl import (
     VmctlError,
 )
 from vmctl.spi import (
+    ChangedBlocks,
     Consistency,
     Deadline,
     DiskAccess,
@@ -74,7 +89,7 @@ from vmctl.spi import (
 )
 
 from ._conn import RPC_TIMEOUT_S, Connection
-from ._faults import reraise
+from ._faults import fault_message, fault_name, is_fault, reraise
 from ._tls import describe_tls_error
 
 if TYPE_CHECKING:
@@ -87,6 +102,10 @@ BLOCK = 1024 * 1024
 #: The cookie that carries the vSphere session (the SOAP API's and the /folder handler's).
 SESSION_COOKIE = "vmware_soap_session"
 _TOOLS_RUNNING = ("guestToolsRunning", "guestToolsExecutingScripts")
+#: QueryChangedDiskAreas' changeId for "every allocated area".
+ALL_AREAS = "*"
+#: Answers one listing of a disk's areas may take (each covers at least one area).
+MAX_AREA_CALLS = 100_000
 
 
 class _DiskFile:
@@ -122,6 +141,8 @@ class _Snapshot:
         self.snapshot = snapshot
         self.vm_name = vm_name
         self.files = files
+        self.keys: dict[str, int] = {}  # disk id -> device key
+        self.change_ids: dict[str, str] = {}  # disk id -> changeId (tracked disks only)
         self.closed = False
 
 
@@ -322,8 +343,9 @@ class DatastoreFiles:
             conn.close()
 
 
-class EsxBackup(DiskAccess, DiskWriter):
-    """``DiskAccess`` and ``DiskWriter`` for ``EsxDriver`` (a mixin; see the module)."""
+class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
+    """``DiskAccess``, ``ChangedBlocks`` and ``DiskWriter`` for ``EsxDriver`` (a mixin; see
+    the module)."""
 
     if TYPE_CHECKING:
         conn: Connection
@@ -415,7 +437,14 @@ class EsxBackup(DiskAccess, DiskWriter):
             return self._open_point_in_time(uuid, quiesce, deadline)
 
     def _open_point_in_time(self, uuid: str, quiesce: bool, deadline: Deadline) -> PointInTime:
-        paths = ("name", "runtime.powerState", "guest.toolsRunningStatus", "config.extraConfig")
+        paths = (
+            "name",
+            "runtime.powerState",
+            "guest.toolsRunningStatus",
+            "config.extraConfig",
+            "config.changeTrackingEnabled",
+            "capability.changeTrackingSupported",
+        )
         ref, props = self._props(uuid, paths)
         name = str(props["name"])
         power = str(props.get("runtime.powerState"))
@@ -428,6 +457,10 @@ class EsxBackup(DiskAccess, DiskWriter):
                     current=PowerState.STOPPED if power == "poweredOff" else PowerState.RUNNING,
                     vendor_code="ToolsUnavailable",
                 )
+        if props.get("capability.changeTrackingSupported") and not props.get(
+            "config.changeTrackingEnabled"
+        ):
+            self._set_tracking(ref, name, True, deadline)
         label = f"vmctl-backup-{uuidlib.uuid4().hex[:12]}"
         what = f"snapshot VM {name!r} for a backup"
         snapshot = self._make(
@@ -498,12 +531,17 @@ class EsxBackup(DiskAccess, DiskWriter):
             snap.files[disk_id] = self._extent_file(
                 snap.vm_name, disk_id, device, chains.get(int(device.key), []), files
             )
+            snap.keys[disk_id] = int(device.key)
+            change_id = str(getattr(device.backing, "changeId", None) or "")
+            if change_id:
+                snap.change_ids[disk_id] = change_id
             disks.append(
                 PointInTimeDisk(
                     id=disk_id,
                     size_bytes=self._size(device),
                     name=extra.get(f"vmctl.disk.{disk_id}.name") or None,
                     bus=kind,
+                    checkpoint=change_id or None,
                 )
             )
         if quiesce:
@@ -534,9 +572,92 @@ class EsxBackup(DiskAccess, DiskWriter):
     def allocated_extents(
         self, pit: PointInTime, disk_id: str, *, deadline: Deadline
     ) -> list[Extent]:
-        # The datastore's HTTP access does not tell holes from data: the whole disk.
+        """``QueryChangedDiskAreas`` with changeId ``*`` on a tracked disk; else the whole
+        disk (the datastore's HTTP access does not tell holes from data)."""
         file = self._handle(pit, disk_id)
+        snap = pit.handle
+        assert isinstance(snap, _Snapshot)
+        if file.size and disk_id in snap.change_ids:
+            try:
+                return self._areas(snap, disk_id, file, ALL_AREAS, deadline)
+            except NotFound as exc:
+                log.info("allocated areas of disk %s: %s; reading it whole", disk_id, exc)
         return [Extent(0, file.size)] if file.size else []
+
+    def changed_extents(
+        self, pit: PointInTime, disk_id: str, since: str, *, deadline: Deadline
+    ) -> list[Extent]:
+        """``QueryChangedDiskAreas`` from the changeId ``since`` to the point in time's
+        snapshot; NotFound when the host does not know ``since`` for this disk."""
+        file = self._handle(pit, disk_id)
+        snap = pit.handle
+        assert isinstance(snap, _Snapshot)
+        if not isinstance(since, str) or not since or since == ALL_AREAS:
+            raise ValidationError(f"not a changeId: {since!r}", field="since")
+        if disk_id not in snap.change_ids:
+            raise NotFound(
+                f"disk {disk_id} of VM {snap.vm_name!r} was not tracked at the point in time "
+                "(changed block tracking is off or not supported for it)"
+            )
+        if not file.size:
+            return []
+        return self._areas(snap, disk_id, file, since, deadline)
+
+    def _areas(
+        self, snap: _Snapshot, disk_id: str, file: _DiskFile, change_id: str, deadline: Deadline
+    ) -> list[Extent]:
+        """The areas ``QueryChangedDiskAreas`` lists over the whole disk, merged, in order."""
+        what = (
+            f"list the {'allocated' if change_id == ALL_AREAS else 'changed'} areas of disk "
+            f"{disk_id} of VM {snap.vm_name!r}"
+        )
+        key = snap.keys[disk_id]
+        found: list[tuple[int, int]] = []
+        offset = 0
+        with self.conn.within(deadline):
+            for _ in range(MAX_AREA_CALLS):
+                if offset >= file.size:
+                    break
+                deadline.check(what)
+                try:
+                    info = snap.vm_ref.QueryChangedDiskAreas(
+                        snapshot=snap.snapshot,
+                        deviceKey=key,
+                        startOffset=offset,
+                        changeId=change_id,
+                    )
+                except Exception as exc:
+                    if is_fault(exc, "FileFault") or is_fault(exc, "InvalidArgument"):
+                        detail = fault_message(exc)
+                        raise NotFound(
+                            f"{what}: the host cannot answer for changeId {change_id!r} "
+                            f"({fault_name(exc)}{': ' + detail if detail else ''})"
+                        ) from exc
+                    reraise(exc, what)
+                start, length = int(info.startOffset), int(info.length)
+                if start != offset or length <= 0 or start + length > file.size:
+                    raise BackendError(
+                        f"{what}: the host answered for {length} bytes at {start}, asked from "
+                        f"{offset} of {file.size}",
+                        vendor_code="BadDiskChangeInfo",
+                    )
+                for area in info.changedArea or ():
+                    a, n = int(area.start), int(area.length)
+                    if n <= 0:
+                        continue
+                    if a < start or a + n > start + length:
+                        raise BackendError(
+                            f"{what}: the area of {n} bytes at {a} lies outside the answer's "
+                            f"{length} bytes at {start}",
+                            vendor_code="BadDiskChangeInfo",
+                        )
+                    found.append((a, n))
+                offset = start + length
+            else:
+                raise BackendError(
+                    f"{what}: no end after {MAX_AREA_CALLS} answers", vendor_code="TooManyAnswers"
+                )
+        return _merged(found)
 
     def read_extent(
         self, pit: PointInTime, disk_id: str, offset: int, length: int, *, deadline: Deadline
@@ -662,6 +783,41 @@ class EsxBackup(DiskAccess, DiskWriter):
             if self._staging.get(key) is staged:
                 del self._staging[key]
         staged.local.close()
+        with self.conn.within(deadline):
+            self._reset_tracking(uuid, deadline)
+
+    # -- changed block tracking -------------------------------------------------------------
+
+    def _set_tracking(self, ref: Any, name: str, on: bool, deadline: Deadline) -> None:
+        """``ReconfigVM_Task`` with ``changeTrackingEnabled``; it takes effect at the VM's
+        next stun/unstun (power on, resume, snapshot create/delete/revert)."""
+        what = f"turn changed block tracking {'on' if on else 'off'} for VM {name!r}"
+        spec = self.conn.vim.vm.ConfigSpec(changeTrackingEnabled=on)
+        task = self.conn.start_task(lambda: ref.ReconfigVM_Task(spec=spec), what)
+        finish_task(cast(Driver, self), self._task(task, what), deadline=deadline, what=what)
+
+    def _reset_tracking(self, uuid: str, deadline: Deadline) -> None:
+        """Forget the changeIds of a VM whose disks were written around tracking: tracking
+        off, then a snapshot created and removed (the stun/unstun that makes it take effect).
+        The next backup turns it on again and reads whole disks."""
+        ref, props = self._props(uuid, ("name", "config.changeTrackingEnabled"))
+        if not props.get("config.changeTrackingEnabled"):
+            return
+        name = str(props["name"])
+        self._set_tracking(ref, name, False, deadline)
+        label = f"vmctl-cbt-reset-{uuidlib.uuid4().hex[:12]}"
+        snapshot = self._make(
+            lambda: ref.CreateSnapshot_Task(
+                name=label,
+                description="vmctl: makes turning changed block tracking off take effect",
+                memory=False,
+                quiesce=False,
+            ),
+            f"snapshot VM {name!r} to reset changed block tracking",
+            (("snapshot", f"{uuid}/{label}"),),
+            deadline,
+        )
+        self._remove_snapshot(_Snapshot(ref, snapshot, name, {}), deadline)
 
     def _writable_file(self, uuid: str, disk_id: str) -> tuple[_DiskFile, str]:
         _, props = self._props(
@@ -694,6 +850,17 @@ class EsxBackup(DiskAccess, DiskWriter):
                 name,
             )
         raise NotFound(f"VM {name!r} has no disk {disk_id!r}")
+
+
+def _merged(areas: list[tuple[int, int]]) -> list[Extent]:
+    """``(start, length)`` areas sorted, overlapping and adjacent ones joined."""
+    out: list[list[int]] = []
+    for start, length in sorted(areas):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], start + length)
+        else:
+            out.append([start, start + length])
+    return [Extent(a, b - a) for a, b in out]
 
 
 def _covers(extents: Sequence[ExtentData], size: int) -> bool:

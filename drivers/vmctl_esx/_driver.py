@@ -159,6 +159,7 @@ CAPABILITIES = frozenset(
         Capability.GUEST_INFO,
         Capability.BACKUP,  # _backup.py: a snapshot read over the datastore's HTTP access
         Capability.BACKUP_QUIESCE,  # through VMware Tools (InvalidState where they do not run)
+        Capability.BACKUP_INCREMENTAL,  # changeTrackingEnabled + QueryChangedDiskAreas
         Capability.RESTORE,  # an upload to the datastore's HTTP access
     }
 )
