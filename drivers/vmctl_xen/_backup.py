@@ -17,6 +17,14 @@ XS-CBT-backup reference client):
   blocks. Only the ``KEEP_CHECKPOINTS`` newest checkpoints of a disk are kept; an older
   one (or one whose chain was broken by ``VDI.disable_cbt``) gives NotFound, and the core
   reads the disk whole;
+* where the host exports VDIs over NBD (``VDI.get_nbd_info`` names servers: a network of
+  the pool has purpose ``nbd`` (TLS) or ``insecure_nbd``), reads that are not part of a
+  whole-disk stream go over NBD (xapi-nbd: EXPORT_NAME ``/<vdi uuid>?session_id=<ref>``,
+  simple replies, reads 512-byte aligned): an incremental reads only the pieces the
+  changed blocks touch, not every allocated block as the VHD stream would. A full backup
+  still reads the VHD stream: xapi-nbd offers no block status, and the stream's table is
+  how the allocated extents are known (one sequential transfer, holes never sent). Without
+  NBD info (or when no server listed answers) every read goes through the VHD stream;
 * writes (restore) go through ``PUT /import_raw_vdi?format=vhd`` (import_raw_vdi.ml) into
   the disk's VDI, as a dynamic VHD whose sector bitmaps mark exactly the bytes written
   (xapi's vhd-tool writes only the marked sectors), each transfer reporting to a task of
@@ -33,6 +41,7 @@ import http.client
 import logging
 import os
 import socket
+import ssl
 import struct
 import time
 import urllib.parse
@@ -49,6 +58,7 @@ from vmctl import (
     ValidationError,
     VmctlError,
 )
+from vmctl.nbd import NbdClient, NbdError
 from vmctl.spi import (
     ChangedBlocks,
     Consistency,
@@ -86,6 +96,8 @@ VHD_BLOCK = 2 * 1024 * 1024
 _NO_BLOCK = 0xFFFFFFFF
 _VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z
 _SNAPSHOT_NAME = "vmctl-backup"
+NBD_SECTOR = 512  # xapi-nbd (ocaml-nbd Server.serve): READ offset and length aligned, else EINVAL
+NBD_MAX_READ = 32 * 1024 * 1024  # bytes per NBD read request (proto.md: servers may cap at 32 MiB)
 
 
 def _disk_id(userdevice: str) -> str:
@@ -338,6 +350,7 @@ class _PitState:
         self.snap_vm = snap_vm
         self.disks: dict[str, tuple[str, str, int]] = {}  # id -> (snap VDI, live VDI, size)
         self.readers: dict[str, _VhdReader] = {}
+        self.nbd: dict[str, NbdClient | None] = {}  # None: no NBD for this disk
         self.extra: set[str] = set()  # snapshot VDIs of disks not backed up
         self.closed = False
 
@@ -559,6 +572,10 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
                 f"cannot read {length} bytes at {offset} of a disk of {size} bytes",
                 field="extent",
             )
+        if disk_id not in _state.readers:  # no whole-disk stream open: NBD if the host has it
+            client = self._nbd_client(_state, disk_id, _sref, deadline)
+            if client is not None:
+                return self._nbd_read(_state, disk_id, client, offset, length, size, deadline)
         reader = self._reader(pit, disk_id, deadline)
         try:
             return reader.read(offset, length)
@@ -570,6 +587,106 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
             reader.close()
             _state.readers.pop(disk_id, None)
             raise _errors.from_exception(f"read disk {disk_id}", exc) from exc
+
+    # -- NBD -------------------------------------------------------------------------------
+
+    def _nbd_client(
+        self, state: _PitState, disk_id: str, vdi: str, deadline: Deadline
+    ) -> NbdClient | None:
+        if disk_id not in state.nbd:
+            state.nbd[disk_id] = self._nbd_connect(vdi, f"read disk {disk_id} over NBD", deadline)
+        return state.nbd[disk_id]
+
+    def _nbd_connect(self, vdi: str, what: str, deadline: Deadline) -> NbdClient | None:
+        """A connection to the first NBD server ``VDI.get_nbd_info`` lists that answers, or
+        None: no NBD on this host (then the VHD stream serves)."""
+        try:
+            infos = self._call(what, "VDI.get_nbd_info", vdi, deadline=deadline)
+        except VmctlError as exc:
+            if exc.vendor_code == "MESSAGE_METHOD_UNKNOWN":  # a host before NBD (Inverness)
+                return None
+            raise
+        if not infos:
+            return None
+        # xapi-nbd decides per connection from the pool's network purposes: any ``nbd``
+        # means TLS (FORCEDTLS), ``insecure_nbd`` plain (NOTLS).
+        nets = self._call(what, "network.get_all_records", deadline=deadline)
+        tls = any("nbd" in (rec.get("purpose") or []) for rec in nets.values())
+        last: BaseException | None = None
+        for info in infos:
+            ctx = None
+            address = str(info.get("address", ""))
+            subject = str(info.get("subject") or "")
+            if tls:
+                try:
+                    ctx = ssl.create_default_context(cadata=str(info.get("cert", "")))
+                except (ssl.SSLError, ValueError) as exc:
+                    last = exc
+                    continue
+                ctx.check_hostname = bool(subject)  # the certificate itself is pinned
+            try:
+                return NbdClient.connect_tcp(
+                    address.strip("[]"),
+                    int(info.get("port", 10809)),
+                    str(info.get("exportname", "")),
+                    [],
+                    deadline.bound(self._c.rpc_timeout),
+                    tls=ctx,
+                    server_hostname=subject or None,
+                )
+            except (OSError, NbdError) as exc:
+                last = exc
+                log.info("NBD server %s:%s did not serve: %s", address, info.get("port"), exc)
+        log.warning(
+            "no NBD server of the host served the VDI (%s); reading through /export_raw_vdi",
+            type(last).__name__ if last else "none listed",
+        )
+        return None
+
+    def _nbd_read(
+        self,
+        state: _PitState,
+        disk_id: str,
+        client: NbdClient,
+        offset: int,
+        length: int,
+        size: int,
+        deadline: Deadline,
+    ) -> bytes:
+        lo = offset - offset % NBD_SECTOR
+        hi = min(_round_up(offset + length, NBD_SECTOR), size - size % NBD_SECTOR)
+        if hi < offset + length:  # a tail sector past the last whole one: not readable
+            state.nbd[disk_id] = None
+            client.close()
+            return self._reader_read(state, disk_id, offset, length, deadline)
+        out = bytearray()
+        try:
+            pos = lo
+            while pos < hi:
+                n = min(NBD_MAX_READ, hi - pos)
+                client.settimeout(deadline.bound(self._c.rpc_timeout))
+                out += client.read(pos, n)
+                pos += n
+        except (OSError, NbdError) as exc:
+            state.nbd.pop(disk_id, None)  # the next read connects again
+            with contextlib.suppress(Exception):
+                client.close()
+            if isinstance(exc, NbdError):
+                raise BackendError(f"read disk {disk_id} over NBD: {exc}") from exc
+            raise _errors.from_exception(f"read disk {disk_id} over NBD", exc) from exc
+        return bytes(out[offset - lo : offset - lo + length])
+
+    def _reader_read(
+        self, state: _PitState, disk_id: str, offset: int, length: int, deadline: Deadline
+    ) -> bytes:
+        sref, _live, size = state.disks[disk_id]
+        reader = state.readers.get(disk_id)
+        if reader is None:
+            reader = state.readers[disk_id] = self._export_reader(
+                sref, size, f"read disk {disk_id}", deadline
+            )
+        reader.renew(deadline)
+        return reader.read(offset, length)
 
     def close_point_in_time(self, pit: PointInTime, *, deadline: Deadline) -> None:
         state = pit.handle
@@ -586,6 +703,11 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
         for reader in state.readers.values():
             reader.close()
         state.readers.clear()
+        for client in state.nbd.values():
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+        state.nbd.clear()
         disk_vdis = {sref for sref, _l, _s in state.disks.values()}
         with contextlib.suppress(NotFound):
             self._call(what, "VM.destroy", state.snap_vm, deadline=deadline)

@@ -248,6 +248,8 @@ class NbdServer:
     def stop(self) -> None:
         self._stopped = True
         with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept() (close alone does not)
+        with contextlib.suppress(OSError):
             self._sock.close()
         with self._lock:
             conns = list(self._conns)
