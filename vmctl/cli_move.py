@@ -68,6 +68,12 @@ def _network_map(values: tuple[str, ...]) -> dict[str, str] | None:
     is_flag=True,
     help="delete the source VM once the target's disks are verified (it must be stopped)",
 )
+@click.option(
+    "--keep-macs",
+    is_flag=True,
+    help="give the moved VM's NICs the source's MAC addresses (default: new ones); refused "
+    "before anything is made when the target's rules reject one",
+)
 @click.option("--dry-run", is_flag=True, help="print the mapping report only; touch nothing")
 @click.option("--ask-password-to", is_flag=True, help="prompt for the target's password")
 @click.option("--timeout", type=float, default=None, help="seconds for the whole move")
@@ -89,6 +95,7 @@ def move(
     storage: str | None,
     start: bool | None,
     delete_source: bool,
+    keep_macs: bool,
     dry_run: bool,
     ask_password_to: bool,
     timeout: float | None,
@@ -117,6 +124,7 @@ def move(
                     dry_run=dry_run,
                     timeout=timeout,
                     shutdown_timeout=shutdown_timeout,
+                    keep_macs=keep_macs,
                 )
             except vmctl.AlreadyExists as exc:
                 fail(str(exc).replace("name=..., ", ""), 1, "give the moved VM --name NEW")

@@ -93,6 +93,7 @@ from ._fastlist import FastLister
 from ._faststats import FastStats, sdk_metrics
 from ._faults import is_fault, map_fault, reraise
 from ._hosts import EsxHosts
+from ._placement import EsxPlacement
 from ._storage import EsxStorage
 from ._vmprops import LIST_PATHS as _LIST_PATHS
 from ._vmprops import moid as _moid
@@ -238,6 +239,7 @@ class EsxDriver(
     Events,
     Statistics,
     GuestAgent,
+    EsxPlacement,
 ):
     """vSphere over pyvmomi: a standalone ESX host, or a cluster/host of a vCenter."""
 

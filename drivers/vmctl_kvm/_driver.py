@@ -97,6 +97,7 @@ from ._link import (
     pending_of,
     require_libvirt,
 )
+from ._placement import KvmPlacement
 from ._state import CRASHED, PMSUSPENDED, SHUTOFF, to_power_state
 from ._storage import KvmStorage
 
@@ -225,6 +226,7 @@ class KvmDriver(
     KvmDiskAccess,
     KvmStorage,
     KvmSiteMember,
+    KvmPlacement,
 ):
     """libvirt (QEMU/KVM, or libvirt's test driver) through libvirt-python."""
 

@@ -79,6 +79,7 @@ from vmctl.spi import (
 
 from ._disks import BLOCK, DiskFull, Overlay, SimPointInTime, blocks_of, runs
 from ._hosts import SimHosts
+from ._placement import SimPlacement
 from ._recovery import SimRecovery
 from ._site import (
     GUEST_DELAY,
@@ -127,6 +128,7 @@ class SimDriver(
     StorageListing,
     SimHosts,
     SimRecovery,
+    SimPlacement,
 ):
     """The reference driver: every capability, enforced as real hypervisors enforce it."""
 

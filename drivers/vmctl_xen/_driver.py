@@ -82,6 +82,7 @@ from . import _errors
 from ._backup import XenBackup
 from ._errors import power_state
 from ._hosts import XenHosts
+from ._placement import XenPlacement
 from ._records import as_int as _int
 from ._records import is_vm as _is_vm
 from ._recovery import XenRecovery
@@ -214,6 +215,7 @@ class XenDriver(
     XenStorage,
     XenHosts,
     XenRecovery,
+    XenPlacement,
 ):
     """vmctl over XenAPI. See the module docstring and docs/xen.md."""
 

@@ -54,10 +54,10 @@ from ..backup._backup import Reporter, check_progress
 from ..backup._chunking import chunk_span, chunks_touching
 from ..backup._diskio import flushed
 from ..backup._model import BackupProgress
-from ..spi import ChangedBlocks, DiskAccess, DiskWriter
+from ..spi import ChangedBlocks, DiskAccess, DiskWriter, PlacementChecks, StorageSpace
 from ._digest import PIECE, combine, is_zero, piece_hash
 from ._mapping import check_network_map, mapping, target_spec
-from ._model import MovedDisk, MoveReport
+from ._model import MappingKind, MappingNote, MovedDisk, MoveReport
 
 if TYPE_CHECKING:
     from .._connection import Connection
@@ -118,6 +118,7 @@ def _check_args(
     keep_source: object,
     dry_run: object,
     progress: object,
+    keep_macs: object = False,
 ) -> None:
     from .._hypervisor import Hypervisor
     from .._vm import VM
@@ -137,7 +138,8 @@ def _check_args(
         check_name(storage, "storage")
     if power_on is not None and not isinstance(power_on, bool):
         raise ValidationError("must be True, False or None (as the source)", field="power_on")
-    for flag, value in (("keep_source", keep_source), ("dry_run", dry_run)):
+    flags = (("keep_source", keep_source), ("dry_run", dry_run), ("keep_macs", keep_macs))
+    for flag, value in flags:
         if not isinstance(value, bool):
             raise ValidationError("must be True or False", field=flag)
     check_progress(progress)
@@ -216,6 +218,76 @@ def _check_target(target: Hypervisor, spec: VMSpec, *, start: bool) -> None:
                 f"the VM needs {spec.memory_mib} MiB to run; the hosts of {target.uri} have at "
                 f"most {max(free)} MiB free: move it without power_on, or free memory"
             )
+
+
+def _check_placement(
+    target: Hypervisor, spec: VMSpec, pool: str | None, deadline: Deadline
+) -> list[MappingNote]:
+    """The target's networks, the free space of the storage the disks go to and (for MACs
+    kept) the target's MAC rules, where its driver can tell (``PlacementChecks``): a VM
+    that cannot land is refused here, before anything is made, with the reason. Returns
+    what was checked, for the mapping report."""
+    conn = target._conn
+    driver = conn.driver
+    if not isinstance(driver, PlacementChecks):
+        return [
+            MappingNote(
+                MappingKind.UNKNOWN,
+                "target storage and networks",
+                detail=f"not checked before the VM is made (the {conn.driver_name} driver cannot "
+                "tell); a full storage or a missing network is found at create or write time "
+                "and what was made deleted",
+            )
+        ]
+
+    def call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return conn.dispatcher.call(what, fn, *args, deadline=deadline.sooner(conn.timeouts.read_s))
+
+    for network in sorted({n.network for n in spec.nics}):
+        try:
+            call(f"look up network {network!r} on {target.uri}", driver.check_network, network)
+        except NotFound as exc:
+            raise NotFound(
+                f"the target {target.uri} has no network {network!r} for the moved VM's NICs: "
+                f"{exc}; map the VM's networks to the target's (network_map={{source: "
+                "target}, --network SRC=DST); nothing was made"
+            ) from exc
+    for nic in spec.nics:
+        refusal = driver.mac_refusal(nic.mac) if nic.mac else None
+        if refusal:
+            raise ValidationError(
+                f"the target {target.uri} would refuse the kept MAC {nic.mac} of the NIC on "
+                f"{nic.network!r}: {refusal}; move without keep_macs (new MACs) instead; "
+                "nothing was made",
+                field="keep_macs",
+            )
+    needed = sum(d.size_mib for d in spec.disks) * MIB
+    if not spec.disks:
+        return []
+    try:
+        space: StorageSpace = call(
+            f"read the free space of the storage on {target.uri}", driver.storage_space, pool
+        )
+    except NotFound as exc:
+        raise NotFound(
+            f"the target {target.uri} has no storage {pool!r} for the moved VM's disks: {exc}; "
+            "pick one (storage=..., --storage); nothing was made"
+        ) from exc
+    if needed > space.free_bytes:
+        raise InsufficientResources(
+            f"the moved VM's disks need {needed // MIB} MiB (their full size) on {space.name!r} "
+            f"of {target.uri}, which has {space.free_bytes // MIB} MiB free: free space there, "
+            "or pick other storage (storage=..., --storage); nothing was made"
+        )
+    return [
+        MappingNote(
+            MappingKind.KEPT,
+            "target storage",
+            f"{needed // MIB} MiB of disks",
+            f"{space.name}: {space.free_bytes // MIB} MiB free",
+            "checked before the VM was made",
+        )
+    ]
 
 
 def _config_disks(config: VMConfig) -> list[PointInTimeDisk]:
@@ -391,6 +463,7 @@ def move(
     dry_run: bool = False,
     timeout: float | None = None,
     shutdown_timeout: float | None = None,
+    keep_macs: bool = False,
 ) -> MoveReport:
     """Move ``vm`` to the hypervisor ``target`` (any vendor): a new VM there with the
     source's configuration (mapped) and its disks' content, verified by reading it back.
@@ -409,7 +482,7 @@ def move(
     made; a failure later deletes what was made on the target and leaves the source as it
     was (started again if the move stopped it). ``timeout``: seconds for the whole move.
     """
-    _check_args(vm, target, name, storage, power_on, keep_source, dry_run, progress)
+    _check_args(vm, target, name, storage, power_on, keep_source, dry_run, progress, keep_macs)
     sconn, tconn = vm._conn, target._conn
     deadline = sconn.deadline(timeout, None)
     grace = _check_grace(STOP_GRACE_S if shutdown_timeout is None else shutdown_timeout)
@@ -451,8 +524,10 @@ def move(
             target_caps=target.capabilities,
             networks=networks,
             cross_vendor=cross,
+            keep_macs=keep_macs,
         )
         _check_target(target, spec, start=start)
+        checked = _check_placement(target, spec, storage, deadline)
         snapshots = len(vm.snapshots()) if Capability.SNAPSHOT in sconn.capabilities else None
 
         def report(made: VMConfig | None, **kw: Any) -> MoveReport:
@@ -463,6 +538,8 @@ def move(
                 snapshots=snapshots,
                 source_driver=sconn.driver_name,
                 target_driver=tconn.driver_name,
+                keep_source=keep_source,
+                checks=checked,
             )
             return MoveReport(
                 source_uri=str(sconn.uri),

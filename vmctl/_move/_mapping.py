@@ -78,6 +78,7 @@ def target_spec(
     target_caps: frozenset[Any],
     networks: Mapping[str, str],
     cross_vendor: bool,
+    keep_macs: bool = False,
 ) -> VMSpec:
     spec = spec_from_config(
         to_dict(config), disks, name, pool, target_caps, f"move of {config.name!r}"
@@ -87,8 +88,9 @@ def target_spec(
             n,
             network=networks.get(n.network, n.network),
             model=None if cross_vendor else n.model,
+            mac=config.nics[i].mac if keep_macs and i < len(config.nics) else n.mac,
         )
-        for n in spec.nics
+        for i, n in enumerate(spec.nics)
     )
     spec_disks = tuple(
         attrs.evolve(d, bus=DiskBus.DEFAULT) if cross_vendor else d for d in spec.disks
@@ -104,6 +106,8 @@ def mapping(
     snapshots: int | None,
     source_driver: str,
     target_driver: str,
+    keep_source: bool | None = None,
+    checks: Sequence[MappingNote] = (),
 ) -> tuple[tuple[MappingNote, ...], tuple[str, ...]]:
     """The notes and the guest's needs; ``made`` is the target VM's configuration as read
     back after it was created (None for a dry run: "the target's choice")."""
@@ -173,17 +177,37 @@ def mapping(
                     "another vendor's NIC model: the target picks its own" if cross else "",
                 )
             )
-        notes.append(
-            MappingNote(
-                K.CHANGED,
-                f"nic {i} MAC",
-                nic.mac,
-                after_nic.mac if after_nic else "(new, from the target)",
-                "renewed: the source's MAC comes from its vendor's range and may still be in "
-                "use there",
+        wanted = spec.nics[i].mac if i < len(spec.nics) else None
+        if wanted:
+            now = after_nic.mac if after_nic else wanted
+            notes.append(
+                MappingNote(
+                    K.KEPT if now == nic.mac else K.CHANGED,
+                    f"nic {i} MAC",
+                    nic.mac,
+                    now,
+                    "kept (keep_macs)"
+                    + (
+                        ""
+                        if keep_source is False
+                        else ": the source keeps it too, so do not run both on one network"
+                    )
+                    if now == nic.mac
+                    else "the target did not keep it",
+                )
             )
-        )
-    if config.nics:
+        else:
+            notes.append(
+                MappingNote(
+                    K.CHANGED,
+                    f"nic {i} MAC",
+                    nic.mac,
+                    after_nic.mac if after_nic else "(new, from the target)",
+                    "renewed: the source's MAC comes from its vendor's range and may still be "
+                    "in use there (keep_macs=True keeps it)",
+                )
+            )
+    if config.nics and not all(n.mac for n in spec.nics):
         guest.append(
             "network configuration bound to the old MAC addresses (udev/netplan rules, DHCP "
             "reservations, licences) must follow the new ones; interface names may change"
@@ -226,4 +250,5 @@ def mapping(
                 "file systems mounted by device name (/dev/sda1, /dev/xvda1, /dev/vda1) must be "
                 "mounted by UUID or label, as the disk bus changes the device names"
             )
+    notes += checks
     return tuple(notes), tuple(guest)
