@@ -1,15 +1,27 @@
-"""Rebalancing: a greedy plan of live moves that evens out the hosts' memory load.
+"""Rebalancing: a greedy plan of live moves that evens out the hosts' load, memory and CPU.
 
-``plan_rebalance(hv_or_hosts, threshold=10, max_moves=10)`` reads the hosts and the VM
-placements once, then, one move at a time: takes the host with the highest memory load
-(memory in use over memory, as the backend measures it) and, among its running VMs that can
-move live, the move to another host that lowers the spread between the most and the least
-loaded host most; it stops when the spread is within ``threshold`` percentage points, after
-``max_moves`` moves, or when no move lowers it. Hosts in maintenance (either mark) or
-unreachable take no VM and give none. VMs named in one ``affinity`` group stay where they
-are (moving one would split the group); two VMs of one ``anti_affinity`` group never end on
-the same host. The plan shows each host's load before and after; ``execute(plan)`` carries
-it out as it does an evacuation.
+``plan_rebalance(hv_or_hosts, threshold=10, max_moves=10, cpu=True)`` reads the hosts and
+the VM placements once (no per-VM sampling), then plans one move at a time.
+
+Scoring (docs/hosts.md, "Rebalancing"). A host's **load score** is its dominant resource:
+``max(memory %, CPU %)``, where memory % is the memory in use over the memory, as the
+backend measures it, and CPU % the host's measured CPU load over its last sample
+(``Host.cpu_percent``). CPU counts only with ``cpu=True`` and when every host in the plan
+reports it; otherwise the score is the memory % and the plan says why (``cpu_note``). A
+VM's share of its host's CPU is estimated from that measurement: the host's busy MHz
+(CPU % x cores x MHz) split over its running VMs in proportion to their vCPUs; moving it
+takes that many MHz off its host and onto the target.
+
+Each step takes the host with the highest score and, among its running VMs that can move
+live (not pinned, no local disk, no live blocker, not in an ``affinity`` group), the move
+to another host that lowers the spread (highest minus lowest score) most; a target must
+have the VM's memory free, stay at or below 100 % CPU (when CPU counts), and hold no VM of
+the moving VM's ``anti_affinity`` groups. It stops when the spread is within ``threshold``
+percentage points, after ``max_moves`` moves, or when no move lowers it (so it ends: every
+move lowers the spread). Hosts in maintenance (either mark) or unreachable take no VM and
+give none. VMs named in one ``affinity`` group stay where they are (moving one would split
+the group). The plan shows each host's memory, CPU and score before and after;
+``execute(plan)`` carries it out as it does an evacuation.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from ._evacuate import (
     _table,
 )
 from ._hosts import Host, list_hosts, read_placements
-from ._hostspi import HostInventory, HostMigration, MoveMode
+from ._hostspi import HostInventory, HostMigration, MoveMode, Placement
 from ._state import PowerState
 
 if TYPE_CHECKING:
@@ -38,12 +50,16 @@ if TYPE_CHECKING:
 
 @frozen
 class HostLoad:
-    """A host's memory load (percent of its memory in use) and VMs, before or after."""
+    """A host's load before or after the plan: memory (percent of its memory in use),
+    CPU (percent, estimated after the moves; None where not measured) and the score the
+    plan evens out (``max`` of the two when CPU counts, else the memory %)."""
 
     name: str
     memory_percent: float
     memory_used_mib: int
     vm_count: int
+    cpu_percent: float | None = None
+    score: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,12 +67,14 @@ class HostLoad:
             "memory_percent": self.memory_percent,
             "memory_used_mib": self.memory_used_mib,
             "vm_count": self.vm_count,
+            "cpu_percent": self.cpu_percent,
+            "score": self.score,
         }
 
 
 @frozen(repr=False)
 class RebalancePlan(_Executable):
-    """Live moves that even out the hosts' memory load (nothing has moved)."""
+    """Live moves that even out the hosts' load score (nothing has moved)."""
 
     hosts: tuple[Host, ...]
     moves: tuple[Move, ...]
@@ -66,6 +84,9 @@ class RebalancePlan(_Executable):
     created: dt.datetime
     hypervisor: Hypervisor | None = field(default=None, eq=False, repr=False)
     blockers: tuple[Blocker, ...] = ()
+    #: Whether CPU load counted in the score, and why not when it did not.
+    uses_cpu: bool = False
+    cpu_note: str = ""
 
     @property
     def title(self) -> str:
@@ -73,13 +94,16 @@ class RebalancePlan(_Executable):
 
     @staticmethod
     def spread(loads: Sequence[HostLoad]) -> float:
-        values = [h.memory_percent for h in loads]
+        """Highest minus lowest load score, in percentage points."""
+        values = [h.score for h in loads]
         return round(max(values) - min(values), 2) if values else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "hosts": [h.name for h in self.hosts],
             "threshold": self.threshold,
+            "score": "max(memory %, cpu %)" if self.uses_cpu else "memory %",
+            "cpu_note": self.cpu_note,
             "moves": [m.to_json() for m in self.moves],
             "before": [h.to_json() for h in self.before],
             "after": [h.to_json() for h in self.after],
@@ -95,11 +119,14 @@ class RebalancePlan(_Executable):
         )
 
     def __str__(self) -> str:
+        what = "load (max of memory and CPU %)" if self.uses_cpu else "memory load"
         out = [
-            f"{self.title}: {len(self.moves)} move(s); memory load spread "
+            f"{self.title}: {len(self.moves)} move(s); {what} spread "
             f"{self.spread(self.before)} -> {self.spread(self.after)} percentage points "
             f"(threshold {self.threshold:g})"
         ]
+        if self.cpu_note:
+            out[0] += f"; {self.cpu_note}"
         if self.moves:
             out.append(
                 _table(
@@ -112,14 +139,20 @@ class RebalancePlan(_Executable):
                 )
             )  # fmt: skip
         after = {h.name: h for h in self.after}
+
+        def cpu(h: HostLoad) -> str:
+            return "-" if h.cpu_percent is None else f"{h.cpu_percent:.1f} %"
+
         out.append(
             _table(
-                ["HOST", "BEFORE", "AFTER", "VMS"],
+                ["HOST", "MEMORY BEFORE", "AFTER", "CPU BEFORE", "AFTER", "VMS"],
                 [
                     [
                         b.name,
                         f"{b.memory_percent:.1f} %",
                         f"{after[b.name].memory_percent:.1f} %",
+                        cpu(b),
+                        cpu(after[b.name]),
                         f"{b.vm_count} -> {after[b.name].vm_count}",
                     ]
                     for b in self.before
@@ -149,9 +182,11 @@ def plan_rebalance(
     max_moves: int = 10,
     affinity: Sequence[Sequence[str]] = (),
     anti_affinity: Sequence[Sequence[str]] = (),
+    cpu: bool = True,
 ) -> RebalancePlan:
-    """A dry run of a greedy rebalance over ``hosts`` (a connection: all its hosts; or some
-    ``Host``s of one connection). See the module for the rules."""
+    """A dry run of a greedy rebalance over ``hosts`` (a connection or a ``vmctl.Site``:
+    all its hosts; or some ``Host``s of one). ``cpu=False`` evens out memory only. See the
+    module for the scoring and the rules."""
     from ._hypervisor import Hypervisor
 
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
@@ -160,6 +195,8 @@ def plan_rebalance(
         raise ValidationError("must be between 0 and 100", field="threshold")
     if isinstance(max_moves, bool) or not isinstance(max_moves, int) or max_moves < 0:
         raise ValidationError("must be an integer >= 0", field="max_moves")
+    if not isinstance(cpu, bool):
+        raise ValidationError("must be True or False", field="cpu")
     together = _groups(affinity, "affinity")
     apart = _groups(anti_affinity, "anti_affinity")
     if isinstance(hosts, Hypervisor):
@@ -187,80 +224,181 @@ def plan_rebalance(
             )
     ids = {h.id for h in pool}
     placements = [p for p in read_placements(conn, deadline) if p.host_id in ids]
-    used = {h.id: int(h.memory_used_mib or 0) for h in pool}
-    count = {h.id: h.vm_count for h in pool}
-    names: dict[str, set[str]] = {h.id: set() for h in pool}
-    where: dict[str, str] = {}
-    for p in placements:
-        assert p.host_id is not None
-        names[p.host_id].add(p.vm.name)
-        where[p.vm.name] = p.host_id
-    cap = {h.id: h.memory_mib for h in pool}
-    by_id = {h.id: h for h in pool}
-
-    def loads() -> tuple[HostLoad, ...]:
-        return tuple(
-            HostLoad(h.name, round(100.0 * used[h.id] / cap[h.id], 2), used[h.id], count[h.id])
-            for h in pool
-        )
-
-    before = loads()
     movable = (
         isinstance(conn.driver, HostMigration)
         and isinstance(conn.driver, HostInventory)
         and Capability.MIGRATE_LIVE in conn.capabilities
     )
-    pinned_by_group = set().union(*together) if together else set()
+    result = balance(
+        pool,
+        placements,
+        threshold=float(threshold),
+        max_moves=max_moves if movable else 0,
+        affinity=together,
+        anti_affinity=apart,
+        cpu=cpu,
+    )
+    return RebalancePlan(
+        hosts=tuple(pool),
+        moves=result.moves,
+        before=result.before,
+        after=result.after,
+        threshold=float(threshold),
+        created=dt.datetime.now(dt.UTC),
+        hypervisor=hv,
+        uses_cpu=result.uses_cpu,
+        cpu_note=result.cpu_note,
+    )
+
+
+@frozen
+class Balance:
+    """What :func:`balance` planned."""
+
+    moves: tuple[Move, ...]
+    before: tuple[HostLoad, ...]
+    after: tuple[HostLoad, ...]
+    uses_cpu: bool
+    cpu_note: str
+
+
+def _cpu_capacity(h: Host) -> float:
+    """A host's CPU capacity in MHz (cores when the backend gives no clock)."""
+    return float(h.cpus * (h.cpu_mhz or 1)) or 1.0
+
+
+def balance(
+    pool: Sequence[Host],
+    placements: Sequence[Placement],
+    *,
+    threshold: float,
+    max_moves: int,
+    affinity: Sequence[frozenset[str]] = (),
+    anti_affinity: Sequence[frozenset[str]] = (),
+    cpu: bool = True,
+) -> Balance:
+    """The greedy planner on a snapshot: ``pool`` the hosts that give and take VMs (each
+    reporting its memory in use), ``placements`` the VMs on them. Reads nothing; the
+    rules are the module's. ``max_moves=0`` plans nothing (e.g. no live migration)."""
+    hosts = list(pool)
+    by_id = {h.id: h for h in hosts}
+    missing = [h.name for h in hosts if h.cpu_percent is None]
+    uses_cpu = cpu and bool(hosts) and not missing
+    note = ""
+    if cpu and missing:
+        note = f"CPU not measured on {', '.join(sorted(missing))}: memory only"
+    cap = {h.id: h.memory_mib for h in hosts}
+    used = {h.id: int(h.memory_used_mib or 0) for h in hosts}
+    count = {h.id: h.vm_count for h in hosts}
+    mhz_cap = {h.id: _cpu_capacity(h) for h in hosts}
+    busy = {h.id: (h.cpu_percent or 0.0) / 100.0 * mhz_cap[h.id] for h in hosts}
+    names: dict[str, set[str]] = {h.id: set() for h in hosts}
+    mine = [p for p in placements if p.host_id in by_id]
+    vcpus: dict[str, int] = {h.id: 0 for h in hosts}
+    for p in mine:
+        assert p.host_id is not None
+        names[p.host_id].add(p.vm.name)
+        if p.vm.state is PowerState.RUNNING:
+            vcpus[p.host_id] += max(1, p.vm.vcpus)
+    # A running VM's share of its host's measured CPU (MHz), by its vCPUs.
+    share = {
+        p.vm.uuid: busy[p.host_id] * max(1, p.vm.vcpus) / vcpus[p.host_id]
+        for p in mine
+        if p.host_id is not None and p.vm.state is PowerState.RUNNING and vcpus[p.host_id]
+    }
+
+    def mem_pct(i: str) -> float:
+        return 100.0 * used[i] / cap[i]
+
+    def cpu_pct(i: str) -> float:
+        return 100.0 * busy[i] / mhz_cap[i]
+
+    def score(i: str) -> float:
+        return max(mem_pct(i), cpu_pct(i)) if uses_cpu else mem_pct(i)
+
+    def loads() -> tuple[HostLoad, ...]:
+        return tuple(
+            HostLoad(
+                h.name,
+                round(mem_pct(h.id), 2),
+                used[h.id],
+                count[h.id],
+                round(cpu_pct(h.id), 2) if h.cpu_percent is not None else None,
+                round(score(h.id), 2),
+            )
+            for h in hosts
+        )
+
+    before = loads()
+    pinned = frozenset().union(*affinity) if affinity else frozenset()
+    where = {p.vm.uuid: p.host_id for p in mine}
     moves: list[Move] = []
     moved: set[str] = set()
-    while movable and len(moves) < max_moves and len(pool) > 1:
-        pct = {i: 100.0 * used[i] / cap[i] for i in used}
-        spread = max(pct.values()) - min(pct.values())
+    while len(moves) < max_moves and len(hosts) > 1:
+        scores = {i: score(i) for i in used}
+        top = max(scores.values())
+        spread = top - min(scores.values())
         if spread <= threshold:
             break
-        best: tuple[float, Any, Host] | None = None
-        for p in placements:
+        best: tuple[tuple[float, str, str, str], Placement] | None = None
+        for p in mine:
             vm = p.vm
-            src = where.get(vm.name, p.host_id)
+            src = where[vm.uuid]
             if (
-                vm.uuid in moved
-                or src is None
+                src is None
+                or scores[src] < top  # only off the most loaded host
+                or vm.uuid in moved
                 or vm.state is not PowerState.RUNNING
                 or p.pinned
                 or p.local_disks
                 or p.live_blocker
-                or vm.name in pinned_by_group
-                or pct[src] < max(pct.values())  # only off the most loaded host
+                or vm.name in pinned
             ):
                 continue
-            for target in pool:
-                t = target.id
+            load = share.get(vm.uuid, 0.0)
+            for t in used:
                 if t == src or vm.name in names[t]:
                     continue
                 if cap[t] - used[t] < p.memory_mib:
+                    continue  # never over its memory
+                if uses_cpu and busy[t] + load > mhz_cap[t] + 1e-9:
+                    continue  # never over 100 % CPU
+                if any(vm.name in g and (g - {vm.name}) & names[t] for g in anti_affinity):
                     continue
-                if any(vm.name in g and (g - {vm.name}) & names[t] for g in apart):
-                    continue
-                trial = dict(used)
-                trial[src] -= p.memory_mib
-                trial[t] += p.memory_mib
-                after = [100.0 * trial[i] / cap[i] for i in trial]
+                trial_used = dict(used)
+                trial_busy = dict(busy)
+                trial_used[src] -= p.memory_mib
+                trial_used[t] += p.memory_mib
+                trial_busy[src] -= load
+                trial_busy[t] += load
+                after = [
+                    max(
+                        100.0 * trial_used[i] / cap[i],
+                        100.0 * trial_busy[i] / mhz_cap[i] if uses_cpu else 0.0,
+                    )
+                    for i in used
+                ]
                 new_spread = max(after) - min(after)
-                if new_spread < spread - 1e-9 and (best is None or new_spread < best[0]):
-                    best = (new_spread, p, target)
+                key = (new_spread, by_id[t].name, t, vm.name)
+                if new_spread < spread - 1e-9 and (best is None or key < best[0]):
+                    best = (key, p)
         if best is None:
             break
-        _, p, target = best
-        src = where.get(p.vm.name, p.host_id)
+        (_, _, target_id, _), p = best
+        src = where[p.vm.uuid]
         assert src is not None
+        target = by_id[target_id]
+        moved.add(p.vm.uuid)
+        load = share.get(p.vm.uuid, 0.0)
         used[src] -= p.memory_mib
         used[target.id] += p.memory_mib
+        busy[src] -= load
+        busy[target.id] += load
         count[src] -= 1
         count[target.id] += 1
         names[src].discard(p.vm.name)
         names[target.id].add(p.vm.name)
-        where[p.vm.name] = target.id
-        moved.add(p.vm.uuid)
+        where[p.vm.uuid] = target.id
         moves.append(
             Move(
                 p.vm.uuid,
@@ -274,12 +412,4 @@ def plan_rebalance(
                 by_id[src].name,
             )
         )
-    return RebalancePlan(
-        hosts=tuple(pool),
-        moves=tuple(moves),
-        before=before,
-        after=loads(),
-        threshold=float(threshold),
-        created=dt.datetime.now(dt.UTC),
-        hypervisor=hv,
-    )
+    return Balance(tuple(moves), before, loads(), uses_cpu, note)
