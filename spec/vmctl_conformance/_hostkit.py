@@ -83,12 +83,20 @@ def scope_of(kit: Kit, request: pytest.FixtureRequest) -> Scope | None:
     reason = f"{kit.hv.uri} manages one host ({hosts[0].name if hosts else 'none'})"
     wider = kit.options.get("hosts_uri")
     if wider:  # a connection that manages the host under test and others (a cluster, a pool)
-        hv = vmctl.connect(wider)
-        request.addfinalizer(hv.close)
-        hosts = hv.hosts()
-        if len(hosts) >= 2:
-            return Scope(hv, [hv, *connections], f"the {len(hosts)} hosts of {hv.uri}")
-        reason += f"; hosts_uri {hv.uri} manages {len(hosts)} host(s)"
+        try:
+            hv = vmctl.connect(wider)
+        except vmctl.VmctlError as exc:
+            reason += f"; the hosts_uri connection failed: {type(exc).__name__}: {exc}"
+        else:
+            request.addfinalizer(hv.close)
+            wide = hv.hosts()
+            here = hosts[0] if hosts else None
+            if here is None or not any(here.id == h.id or here.name == h.name for h in wide):
+                reason += f"; hosts_uri {hv.uri} does not manage it"
+            elif len(wide) < 2:
+                reason += f"; hosts_uri {hv.uri} manages {len(wide)} host(s)"
+            else:
+                return Scope(hv, [hv, *connections], f"the {len(wide)} hosts of {hv.uri}")
     elif kit.other is None:
         reason += " and no second host was given (--other-uri)"
     else:
