@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ class WireCount:
             self.n += n
             return original(reader, n)  # type: ignore[arg-type]
 
-        _backup._VhdReader._take = take  # type: ignore[method-assign]
+        _backup._VhdReader._take = take  # type: ignore[method-assign,assignment]
 
 
 def main() -> None:
@@ -97,13 +98,13 @@ def main() -> None:
         hv = vmctl.connect(
             f"xen://root@127.0.0.1:{sim.port}", env={}, password="bench", cafile=sim.cafile
         )
-        driver = hv._conn.driver  # type: ignore[attr-defined]
+        driver: Any = hv._conn.driver  # type: ignore[attr-defined]
         dl = vmctl.spi.Deadline.after
         net = driver._call("bench", "network.get_all", deadline=dl(30))[0]
         vm = hv.create_vm(VMSpec(name="bench-src", disks=[DiskSpec(size_mib=args.mib)]))
         write_disk(vm, "xvda", 0, os.urandom(args.data_mib * MIB))
         vdi = driver._call(
-            "bench", "VDI.get_by_uuid", vm.config().disks[0].path[4:], deadline=dl(30)
+            "bench", "VDI.get_by_uuid", str(vm.config().disks[0].path)[4:], deadline=dl(30)
         )
         times: dict[str, list[float]] = {"download": [], "restore": []}
         for path in PATHS:
