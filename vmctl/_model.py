@@ -35,6 +35,13 @@ class GuestOS(enum.StrEnum):
     OTHER = "other"
 
 
+class Firmware(enum.StrEnum):
+    """The firmware a VM boots with: a guest installed for one may not boot on the other."""
+
+    BIOS = "bios"
+    UEFI = "uefi"
+
+
 class DiskBus(enum.StrEnum):
     DEFAULT = "default"  # what the driver thinks best for the guest OS
     VIRTIO = "virtio"
@@ -125,6 +132,10 @@ def _guest_os(value: object) -> GuestOS:
     return v.enum_of(GuestOS, "guest_os")(value)
 
 
+def _firmware(value: object) -> Firmware | None:
+    return None if value is None else v.enum_of(Firmware, "firmware")(value)
+
+
 @frozen
 class DiskSpec:
     """A new virtual disk.
@@ -195,6 +206,9 @@ class VMSpec:
     )
     resources: Resources = field(factory=Resources, validator=v.instance_of(Resources))
     description: str = field(default="", validator=v.instance_of(str))
+    #: BIOS or UEFI; None: the driver's default (a driver that cannot make the one asked
+    #: for refuses the spec before any hypervisor call).
+    firmware: Firmware | None = field(default=None, converter=_firmware)
 
     def __attrs_post_init__(self) -> None:
         limit = self.resources.memory_limit_mib
@@ -283,6 +297,8 @@ class VMConfig:
     resources: Resources = Resources()
     guest_os: GuestOS = GuestOS.OTHER
     description: str = ""
+    #: The VM's firmware; None when the driver does not report it.
+    firmware: Firmware | None = None
 
 
 @frozen
