@@ -2,7 +2,8 @@
 (libvirt's pull-mode backup, XenServer's VDI NBD): fixed newstyle handshake, structured
 replies, NBD_OPT_GO, READ and BLOCK_STATUS with the ``base:allocation`` and
 ``qemu:dirty-bitmap:NAME`` meta contexts. Written to the NBD protocol specification
-(doc/proto.md in the NBD project); one export per connection, one request at a time.
+(doc/proto.md in the NBD project); one export per connection; READs pipelined
+(``read_into``: several requests in flight), other commands one at a time.
 
 Servers that offer less are served too (additive, for xapi-nbd, whose ocaml-nbd server
 knows only NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, NBD_OPT_LIST and NBD_OPT_STARTTLS): a
@@ -37,6 +38,13 @@ REPLY_FLAG_DONE = 1
 R_NONE, R_OFFSET_DATA, R_OFFSET_HOLE, R_BLOCK_STATUS = 0, 1, 2, 5
 STATE_HOLE = 1
 MAX_STATUS = 1 << 30  # bytes asked per BLOCK_STATUS request
+#: ``read_into``: bytes per READ request, and requests sent ahead of their replies.
+#: Against QEMU 7.2's server on a UNIX socket the best runs were alike (1 MiB x 4 and one
+#: 4 MiB request at a time: about 1.9 GB/s); the pipeline keeps the server reading while a
+#: reply is received. QEMU serves up to 16 requests of a client at once; proto.md asks
+#: clients to stay within 32 MiB per request unless told a maximum.
+READ_REQUEST = 1 << 20
+READ_DEPTH = 4
 
 
 class NbdError(Exception):
@@ -237,22 +245,78 @@ class NbdClient:
     # -- commands -------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
-        buf = bytearray(length)  # OFFSET_HOLE chunks: zeroes, already there
-
-        with self._lock:
-            handle = self._request(CMD_READ, offset, length)
-            if not self.structured:
-                # a simple reply: its header, then (without an error) all the data
-                magic, err, h = struct.unpack(">IIQ", self._recv(16))
-                if magic != SIMPLE_MAGIC or h != handle:
-                    raise NbdError(f"bad reply (magic {magic:#x}, handle {h})")
-                if err:
-                    raise NbdError(f"NBD error {err}")
-                self._recv_into(memoryview(buf))
-                return bytes(buf)
-            # structured replies were negotiated: READ answers in chunks (data or holes)
-            self._chunks(handle, lambda _t, _p: None, memoryview(buf), offset)
+        buf = bytearray(length)
+        self.read_into(offset, buf)
         return bytes(buf)
+
+    def read_into(
+        self,
+        offset: int,
+        buf: bytearray | memoryview,
+        *,
+        request_size: int = READ_REQUEST,
+        depth: int = READ_DEPTH,
+    ) -> None:
+        """Fill ``buf`` (writable) with the export's bytes from ``offset``: READ requests of
+        at most ``request_size`` bytes, up to ``depth`` of them sent before their replies
+        (which the server may send in any order, their chunks interleaved). Holes the server
+        reports are zeroed in ``buf``. After an error the connection is out of step: close
+        it."""
+        view = memoryview(buf).cast("B")
+        if view.readonly:
+            raise ValueError("read_into needs a writable buffer")
+        if request_size <= 0 or depth <= 0:
+            raise ValueError("request_size and depth must be > 0")
+        total = len(view)
+        with self._lock:
+            pending: dict[int, tuple[int, memoryview]] = {}  # handle -> (offset, its bytes)
+            pos = 0
+            while pos < total or pending:
+                while pos < total and len(pending) < depth:
+                    n = min(request_size, total - pos)
+                    handle = self._request(CMD_READ, offset + pos, n)
+                    pending[handle] = (offset + pos, view[pos : pos + n])
+                    pos += n
+                self._read_reply(pending)
+
+    def _read_reply(self, pending: dict[int, tuple[int, memoryview]]) -> None:
+        """Take one reply (a simple one, or one chunk of a structured one) to a pending READ
+        into its buffer; the request leaves ``pending`` when its reply is complete."""
+        (magic,) = struct.unpack(">I", self._recv(4))
+        if magic == SIMPLE_MAGIC:
+            err, handle = struct.unpack(">IQ", self._recv(12))
+            if handle not in pending:
+                raise NbdError(f"reply to an unknown request (handle {handle})")
+            if err:
+                raise NbdError(f"NBD error {err}")
+            self._recv_into(pending.pop(handle)[1])  # all the data follows the header
+            return
+        if magic != STRUCTURED_MAGIC:
+            raise NbdError(f"bad reply magic {magic:#x}")
+        flags, rtype, handle, length = struct.unpack(">HHQI", self._recv(16))
+        if handle not in pending:
+            raise NbdError(f"reply to an unknown request (handle {handle})")
+        base, into = pending[handle]
+        if rtype == R_OFFSET_DATA and length >= 8:
+            (off,) = struct.unpack(">Q", self._recv(8))
+            start = off - base
+            if start < 0 or start + length - 8 > len(into):
+                raise NbdError(f"data chunk at {off} outside the request")
+            self._recv_into(into[start : start + length - 8])
+        elif rtype == R_OFFSET_HOLE and length == 12:
+            off, size = struct.unpack(">QI", self._recv(12))
+            start = off - base
+            if start < 0 or start + size > len(into):
+                raise NbdError(f"hole chunk at {off} outside the request")
+            into[start : start + size] = bytes(size)
+        else:
+            payload = self._recv(length)
+            if rtype & 0x8000:
+                err = struct.unpack(">I", payload[:4])[0]
+                (mlen,) = struct.unpack(">H", payload[4:6])
+                raise NbdError(f"NBD error {err}: {payload[6 : 6 + mlen].decode(errors='replace')}")
+        if flags & REPLY_FLAG_DONE:
+            del pending[handle]
 
     def extents(self, context: str, offset: int, length: int) -> list[tuple[int, int, int]]:
         """(offset, length, flags) runs of ``context`` over [offset, offset+length)."""

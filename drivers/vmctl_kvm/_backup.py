@@ -479,8 +479,9 @@ class KvmDiskAccess(DiskAccess, ChangedBlocks, DiskWriter):
                 field="extent",
             )
         if p.running:
-            data: bytes = self._nbd(d, lambda cl: cl.read(offset, length), deadline)
-            return data
+            buf = bytearray(length)
+            self._nbd(d, lambda cl: cl.read_into(offset, buf), deadline)
+            return bytes(buf)
         image = d.image
         assert image is not None
 

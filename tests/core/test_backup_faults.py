@@ -158,8 +158,10 @@ def test_backup_killed_half_way_is_never_listed(tmp_path: Path) -> None:
     repo = open_repo(str(repo_dir))
     assert repo.backups() == []
     files = [p for p in (repo_dir / "chunks").rglob("*") if p.is_file()]
-    chunks = [p for p in files if ".tmp-" not in p.name]  # the others: writes cut short
-    assert chunks  # what it had stored stays, unreferenced
+    assert files  # it had written chunks
+    # committed ones (Batch.commit) stay, unreferenced; those written since the last commit
+    # are temporary files, never under a chunk's name
+    chunks = [p for p in files if ".tmp-" not in p.name]
     assert len(list((repo_dir / "locks").iterdir())) == 1  # a stale lock of a dead process
     assert repo.verify().ok
     with vmctl.connect(f"sim://kill?state={state}") as hv:
@@ -185,13 +187,20 @@ def test_orphan_chunks_are_pruned(hv: vmctl.Hypervisor, repo: Repository) -> Non
 
     import vmctl.backup._backup as job
 
-    old, job.PROGRESS_EVERY_S = job.PROGRESS_EVERY_S, 0.0
+    # chunks committed as they come (Batch.commit), so some are in place when it stops
+    old, job.PROGRESS_EVERY_S, every, job.COMMIT_EVERY = (
+        job.PROGRESS_EVERY_S,
+        0.0,
+        job.COMMIT_EVERY,
+        1,
+    )
     try:
         with pytest.raises(KeyboardInterrupt):
             vm.backup(repo, progress=fail)
     finally:
-        job.PROGRESS_EVERY_S = old
+        job.PROGRESS_EVERY_S, job.COMMIT_EVERY = old, every
     assert repo.backups() == []
+    assert not [p for p in Path(repo.url, "chunks").rglob("*") if ".tmp-" in p.name]  # aborted
     driver = hv._driver
     assert isinstance(driver, SimDriver) and driver.site.disks.pits == {}  # released
     result = repo.prune(keep_last=1)

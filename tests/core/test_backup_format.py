@@ -12,7 +12,17 @@ from hypothesis import strategies as st
 
 from vmctl.backup import Consistency, CorruptChunk, RepositoryError
 from vmctl.backup._chunking import chunk_count, chunk_span, chunks_touching, coalesce
-from vmctl.backup._chunks import MAGIC, decode, digest_of, encode
+from vmctl.backup._chunks import (
+    MAGIC,
+    RAW,
+    ZSTD,
+    decode,
+    digest_of,
+    encode,
+    is_zero,
+    pack,
+    worth_compressing,
+)
 from vmctl.backup._manifest import DiskIndex, Manifest
 from vmctl.backup._manifest import decode as decode_manifest
 from vmctl.backup._manifest import encode as encode_manifest
@@ -65,6 +75,38 @@ def test_chunk_frame_round_trip(data: bytes) -> None:
     assert frame.startswith(MAGIC) and frame[len(MAGIC)] in (0, 1)
     assert len(frame) <= len(data) + len(MAGIC) + 1  # never bigger than raw
     assert decode(frame, digest, 1 << 20) == data
+
+
+@given(st.integers(0, 300_000), st.integers(-1, 299_999), st.sampled_from([bytes, bytearray]))
+def test_is_zero_is_exactly_all_zero_bytes(n: int, pos: int, kind: type) -> None:
+    data = bytearray(n)
+    if 0 <= pos < n:
+        data[pos] = 1
+    buf = kind(data)
+    assert is_zero(buf) == is_zero(memoryview(buf)) == (data.count(0) == n)
+
+
+def test_the_trial_stores_incompressible_chunks_raw_and_compresses_the_rest() -> None:
+    """A chunk zstd cannot shrink goes raw without being compressed whole (the same bytes
+    object: no copy); one with a compressible part is compressed; both round-trip."""
+    import random
+
+    rnd = random.Random(5)
+    noise = rnd.randbytes(4 << 20)
+    assert not worth_compressing(noise)
+    header, payload = pack(noise)
+    assert header == MAGIC + bytes([RAW]) and payload is noise
+    text = (b"the quick brown fox jumps over the lazy dog " * 100_000)[: 4 << 20]
+    half = noise[: 2 << 20] + bytes(2 << 20)  # half noise, half zeroes
+    sparse = bytearray(noise)
+    sparse[1 << 20 : 3 << 20] = text[: 2 << 20]
+    for data in (text, half, bytes(sparse)):
+        assert worth_compressing(data)
+        header, payload = pack(data)
+        assert header == MAGIC + bytes([ZSTD]) and len(payload) < len(data) * 0.8
+    for data in (noise, text, half):
+        digest, frame = encode(data)
+        assert decode(frame, digest, 4 << 20) == data
 
 
 @given(st.binary(min_size=1, max_size=2000), st.data())

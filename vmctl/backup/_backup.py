@@ -47,6 +47,9 @@ log = logging.getLogger("vmctl.backup")
 #: Chunks hashed, compressed and stored at once, and chunks read ahead of them.
 WORKERS = 4
 IN_FLIGHT = 8
+#: Chunks written before they are made durable and visible together (Batch.commit): a
+#: crash loses at most these, and the last commit comes before the manifest.
+COMMIT_EVERY = 256
 PROGRESS_EVERY_S = 0.2
 
 
@@ -112,6 +115,7 @@ class BackupJob:
         self.stats = {"read_bytes": 0, "new_bytes": 0, "new_chunks": 0, "reused_chunks": 0}
         self._stats_lock = threading.Lock()
         self._seen: set[str] = set()
+        self._batch = repo.chunk_batch()
 
     def step(self) -> Deadline:
         """The deadline of one driver call: the operation timeout, within the job's."""
@@ -236,9 +240,14 @@ class BackupJob:
             chunk_span(i, p.disk.size_bytes, self.repo.chunk_size)[1] for p in plans for i in p.read
         )
         reporter = Reporter(self.progress, "backup", total)
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="vmctl-backup") as pool:
-            for plan in plans:
-                self._read_disk(pit, plan, pool, reporter, lock)
+        try:
+            with ThreadPoolExecutor(WORKERS, thread_name_prefix="vmctl-backup") as pool:
+                for plan in plans:
+                    self._read_disk(pit, plan, pool, reporter, lock)
+            self._batch.commit()  # every chunk durable and in place before the manifest
+        except BaseException:
+            self._batch.abort()
+            raise
         reporter.add(0, None, final=True)
         incremental = [p for p in plans if p.incremental]
         if parent is not None and not incremental:
@@ -300,6 +309,8 @@ class BackupJob:
                 digest, new = future.result()
                 plan.chunks[index] = digest
                 plan.new_chunks += new
+                if len(self._batch) >= COMMIT_EVERY:
+                    self._batch.commit()
                 reporter.add(length, disk.id)
 
         try:
@@ -330,10 +341,11 @@ class BackupJob:
                 future.cancel()
 
     def _store_chunk(self, data: bytes) -> tuple[str | None, bool]:
-        """(digest or None for zeroes, whether it was new to the repository)."""
-        if data.count(0) == len(data):
+        """(digest or None for zeroes, whether it was new to the repository): hash, and
+        compress and write (into the batch) only what the repository lacks."""
+        if _chunks.is_zero(data):
             return None, False
-        digest, frame = _chunks.encode(data)
+        digest = _chunks.digest_of(data)
         with self._stats_lock:
             if digest in self._seen:
                 self.stats["reused_chunks"] += 1
@@ -343,10 +355,11 @@ class BackupJob:
             with self._stats_lock:
                 self.stats["reused_chunks"] += 1
             return digest, False
-        self.repo.put_chunk(digest, frame)
+        header, payload = _chunks.pack(data)
+        self._batch.put(_chunks.chunk_path(digest), header, payload)
         with self._stats_lock:
             self.stats["new_chunks"] += 1
-            self.stats["new_bytes"] += len(frame)
+            self.stats["new_bytes"] += len(header) + len(payload)
         return digest, True
 
 

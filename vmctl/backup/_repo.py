@@ -22,7 +22,7 @@ from . import _chunks
 from ._errors import RepositoryError
 from ._manifest import Manifest, decode, encode
 from ._model import BackupDisk, BackupInfo, BackupProgress, PruneReport, VerifyReport
-from ._store import Store
+from ._store import Batch, Store
 
 if TYPE_CHECKING:
     from .._hypervisor import Hypervisor
@@ -197,6 +197,11 @@ class Repository:
 
     def put_chunk(self, digest: str, frame: bytes) -> None:
         self._store.put(_chunks.chunk_path(digest), frame)
+
+    def chunk_batch(self) -> Batch:
+        """For chunks put with ``Batch.put(chunk_path(digest), header, payload)``: durable
+        and visible together at ``commit``, which a backup calls before its manifest."""
+        return self._store.batch()
 
     def read_chunk(self, digest: str) -> bytes:
         """A chunk's content, checked against its hash (CorruptChunk, NotFound)."""
