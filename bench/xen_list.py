@@ -26,11 +26,9 @@ import http.client
 import json
 import os
 import ssl
-import statistics
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ for p in (ROOT, ROOT / "drivers"):
         sys.path.insert(0, str(p))
 
 import XenAPI  # noqa: E402
+from _table import merge, print_table, timed  # noqa: E402
 
 import vmctl  # noqa: E402
 import xapisim  # noqa: E402
@@ -126,31 +125,6 @@ class RawFloor:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def timed(fn: Callable[[], int], count: Callable[[], int], runs: int) -> dict[str, float]:
-    times, trips, n = [], [], 0
-    for _ in range(runs):
-        c0 = count()
-        t = time.perf_counter()
-        n = fn()
-        times.append(time.perf_counter() - t)
-        trips.append(count() - c0)
-    return {
-        "seconds": statistics.median(times),
-        "best_seconds": min(times),
-        "round_trips": max(trips),
-        "vms": n,
-    }
-
-
-def merge(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {
-        "seconds": statistics.median(r["seconds"] for r in rows),
-        "best_seconds": min(r["seconds"] for r in rows),
-        "round_trips": max(r["round_trips"] for r in rows),
-        "vms": rows[-1]["vms"],
-    }
 
 
 def one_size(vms: int, runs: int, naive_max: int) -> dict[str, Any]:
@@ -240,23 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         res = one_size(vms, args.runs, args.naive_max)
         results.append(res)
         rows = res["rows"]
-        base = rows["floor: raw JSON-RPC + json.loads"]["seconds"]
         print(
             f"\nListing {vms} VMs (xapisim over HTTPS, median of {args.runs}; "
             f"JSON-RPC offered: {res['jsonrpc_offered']}):\n"
         )
-        best = rows["floor: raw JSON-RPC + json.loads"]["best_seconds"]
-        print(
-            f"{'way':<42} {'VMs':>5} {'seconds':>8} {'ms/VM':>7} {'x floor':>8} "
-            f"{'best':>7} {'x floor':>8} {'trips':>6}"
-        )
-        for label, row in rows.items():
-            print(
-                f"{label:<42} {row['vms']:>5} {row['seconds']:>8.3f} "
-                f"{1000 * row['seconds'] / max(row['vms'], 1):>7.3f} "
-                f"{row['seconds'] / base:>8.2f} {row['best_seconds']:>7.3f} "
-                f"{row['best_seconds'] / best:>8.2f} {row['round_trips']:>6.0f}"
-            )
+        print_table(rows, "floor: raw JSON-RPC + json.loads")
         print(
             f"vmctl = {res['vmctl_vs_floor']:.2f}x the JSON-RPC floor; the SDK's "
             f"get_all_records = {res['sdk_vs_vmctl']:.1f}x vmctl; "

@@ -196,24 +196,29 @@ def _object(
     for child in part:
         ctag = child.tag
         if ctag == t_prop:
-            name_el, val = child  # exactly two children, else ValueError
-            name = name_el.text or ""
-            if name == "currentSession":  # the session probe: only its presence matters
-                props[name] = True
-                continue
+            if len(child) != 2:
+                raise Unexpected("a propSet not of one name and one val")
+            val = child[1]
+            name = child[0].text or ""
             kind = kinds.get(val.get(xsi_type))
-            if kind is None or len(val):
-                props[name] = _value(val, moref)  # other spellings, or Unexpected
-            elif kind == 0:
+            if kind == 0:
                 props[name] = val.text or ""
             elif kind == 1:
                 props[name] = int(val.text)
             elif kind == 2:
                 props[name] = _bool(val.text)
-            else:
+            elif kind == 3:
                 key = (val.get("type"), val.text)
                 ref = cache.get(key)
                 props[name] = ref if ref is not None else moref(*key)
+            elif name == "currentSession":  # the session probe: only its presence matters
+                props[name] = True
+                continue
+            else:
+                props[name] = _value(val, moref)  # other spellings, or Unexpected
+                continue
+            if len(val):
+                raise Unexpected(f"a {val.get(xsi_type)} value with child elements")
         elif ctag == t_obj:
             obj_type, moid = child.get("type"), child.text
         elif ctag == t_missing:
