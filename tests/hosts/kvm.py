@@ -425,6 +425,9 @@ def _host2_script(h: NsHost = HOST2) -> str:
     }
     lines = [
         "set -e",
+        # a UTS namespace of its own (unshare --uts): libvirt reports the host's name, and
+        # VMInfo.host / vmctl's hosts() would not tell it from host 1 under the same one
+        f"hostname {h.netns}",
         "mount --make-rprivate /",
         "mount -t tmpfs -o mode=0755 tmpfs /run",
         "mkdir -p /run/libvirt /run/lock",
@@ -518,7 +521,9 @@ def _start_host2(started: list[Proc], timings: dict[str, float], h: NsHost = HOS
     (h.dir / "virtlogd.pid").unlink(missing_ok=True)
     log = STATE_DIR / f"{h.role}.log"
     t0 = time.monotonic()
-    proc, _ = _spawn(h.role, ["ip", "netns", "exec", h.netns, "sh", str(script)], log)
+    proc, _ = _spawn(
+        h.role, ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", str(script)], log
+    )
     started.append(proc)
     pidfile = h.dir / "virtlogd.pid"
     deadline = time.monotonic() + 10
