@@ -395,19 +395,25 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
         return out
 
     def locate_vm(self, uuid: str, *, deadline: Deadline) -> tuple[str | None, VMInfo]:
+        m, info, _saved = self._locate(uuid, deadline)
+        return m.host_id, info
+
+    def _locate(
+        self, uuid: str, deadline: Deadline
+    ) -> tuple[_Member, VMInfo, tuple[_Member, Mapping[str, Any], bool] | None]:
+        """Where the VM is: a member that answers and has it, else the saved record of a
+        member that does not answer (then also returned). NotFound otherwise."""
         for m in self.members:
             try:
                 info = m.call(f"locate VM {uuid}", m.conn.driver.get_vm, uuid, deadline=deadline)
-            except NotFound:
+            except (NotFound, *_DOWN):
                 continue
-            except _DOWN:
-                continue
-            return m.host_id, info
+            return m, info, None
         found = self._saved(uuid)
         if found is None:
             raise NotFound(f"no VM with UUID {uuid} on the site's hosts")
         m, rec, failed = found
-        return m.host_id, self._saved_info(uuid, rec, failed, self._names()[m.host_id])
+        return m, self._saved_info(uuid, rec, failed, self._names()[m.host_id]), found
 
     def _saved(self, uuid: str) -> tuple[_Member, Mapping[str, Any], bool] | None:
         """The saved record of a VM of a member that does not answer, if any."""
@@ -430,12 +436,9 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
         self, uuid: str, host_id: str, *, mode: MoveMode, deadline: Deadline
     ) -> Task | None:
         target = self._by_host(host_id)
-        source_id, info = self.locate_vm(uuid, deadline=deadline)
-        if source_id == host_id:
+        source, info, found = self._locate(uuid, deadline)
+        if source is target:
             return None
-        assert source_id is not None
-        source = self._by_host(source_id)
-        found = self._saved(uuid)
         if found is not None:  # its host is down: only a recovery moves it
             if mode is not MoveMode.COLD or not found[2]:
                 raise InvalidState(
@@ -514,7 +517,7 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
             except (NotFound, *_DOWN):
                 continue
             return m
-        raise NotFound(f"no VM with UUID {uuid} on the site's hosts")
+        raise NotFound(f"no VM with UUID {uuid} on the site's hosts that answer")
 
     def host_info(self, *, deadline: Deadline) -> HostInfo:
         infos = [
