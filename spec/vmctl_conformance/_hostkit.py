@@ -60,14 +60,14 @@ class Scope:
         return host.hypervisor
 
     def host_of(self, vm: VM) -> Host | None:
-        """The host a VM is on, by its ``info().host`` (None where the driver does not say)."""
-        name = vm.info().host
-        if name is None:
+        """The host a VM is on, as the scope locates it (None: tied to no host)."""
+        host_id, _ = locate(self, vm)
+        if host_id is None:
             return None
         for h in self.hosts():
-            if name in (h.name, h.id):
+            if h.id == host_id:
                 return h
-        raise AssertionError(f"VMInfo.host {name!r} of {vm.name} is none of the hosts")
+        raise AssertionError(f"{vm.name} is located on host {host_id}, none of the hosts")
 
     def plan_rebalance(self, **kw: Any) -> vmctl.RebalancePlan:
         return vmctl.plan_rebalance(self.source, **kw)

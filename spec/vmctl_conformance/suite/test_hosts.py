@@ -60,18 +60,14 @@ def test_hosts_are_listed(kit: Kit, request: pytest.FixtureRequest) -> None:
         assert hv.host(h.id).id == h.id
         if [x.name for x in hosts].count(h.name) == 1:
             assert hv.host(h.name).id == h.id
-    counts = {h.id: h.vm_count for h in hosts}
     vm = kit.vm("hosts", state=R, os=kit.guest)
-    where = vm.info().host
-    if where is None:
-        return  # the driver does not say where a VM runs: nothing more to check
-    names = {h.name: h.id for h in hosts} | {h.id: h.id for h in hosts}
-    assert where in names, f"VMInfo.host {where!r} is none of the hosts {sorted(names)}"
-    now = {h.id: h.vm_count for h in scope.hosts()}
-    assert now[names[where]] == counts[names[where]] + 1, (
-        f"vm_count of {where} after a VM started there: {now[names[where]]} "
-        f"(before {counts[names[where]]})"
-    )
+    here = scope.host_of(vm)
+    assert here is not None, f"running VM {vm.name} is located on no host"
+    # Others may make and delete VMs meanwhile (a shared host): the kit's VM is counted.
+    assert here.vm_count >= 1, f"{here.name} counts no VM while {vm.name} runs there"
+    name = vm.info().host
+    if name is not None and scope.source is kit.hv:
+        assert name in (here.name, here.id), f"VMInfo.host {name!r}, located on {here.name}"
 
 
 @clause("HOST-MAINT-1")
