@@ -13,7 +13,9 @@
 // snapshots.go makes snapshot revert restore the VM's configuration and power state, as real
 // vSphere does (the library's simulator only moves snapshot.currentSnapshot); disks.go sizes
 // flat extents and guards /folder; cbt.go adds changed block tracking and
-// VirtualMachine.QueryChangedDiskAreas.
+// VirtualMachine.QueryChangedDiskAreas; hostfailure.go failed hosts (DisconnectHost_Task,
+// ShutdownHost_Task, ReconnectHost_Task), the .vmx across UnregisterVM / RegisterVM_Task and
+// the VMs' memory overhead.
 package main
 
 import (
@@ -238,6 +240,10 @@ func main() {
 	tracking := newChangeTracking() // cbt.go: changed block tracking, QueryChangedDiskAreas
 	simulator.Map.AddHandler(tracking)
 	tracking.supportAll()
+	// hostfailure.go: failed hosts, the .vmx kept across UnregisterVM / RegisterVM_Task, overhead
+	failure := newHostFailure(model.ServiceContent.PropertyCollector, *model.ServiceContent.SessionManager)
+	simulator.Map.AddHandler(failure)
+	failure.start()
 
 	model.Service.Listen = &url.URL{Host: o.listen, User: url.UserPassword(o.username, password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
@@ -247,6 +253,7 @@ func main() {
 	// line, so no request can be in flight while the handler is replaced.
 	server.Config.Handler = fidelity.wrap(server.Config.Handler)
 	server.Config.Handler = tracking.wrap(server.Config.Handler)
+	server.Config.Handler = failure.wrap(server.Config.Handler)
 	server.Config.Handler = folderGuard(server.Config.Handler, server.URL.Path,
 		model.ServiceContent.PropertyCollector, *model.ServiceContent.SessionManager)
 	elapsed := time.Since(started)
