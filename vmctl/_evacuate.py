@@ -82,6 +82,8 @@ class Move:
     #: The host it leaves (a rebalance moves VMs off several hosts).
     source_id: str = ""
     source_name: str = ""
+    #: The part of ``memory_mib`` that is the backend's overhead for the VM (vSphere's).
+    overhead_mib: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +91,7 @@ class Move:
             "uuid": self.vm_uuid,
             "state": self.state.value,
             "memory_mib": self.memory_mib,
+            "overhead_mib": self.overhead_mib,
             "source": self.source_name,
             "target": self.target_name,
             "target_id": self.target_id,
@@ -123,6 +126,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def _memory(total: int, overhead: int) -> str:
+    if not overhead:
+        return f"{total} MiB"
+    return f"{total} MiB ({total - overhead} + {overhead} overhead)"
 
 
 class _Executable:
@@ -202,7 +211,7 @@ class Plan(_Executable):
                         [
                             m.vm_name,
                             m.state.value,
-                            f"{m.memory_mib} MiB",
+                            _memory(m.memory_mib, m.overhead_mib),
                             m.mode.value,
                             m.target_name,
                         ]
@@ -300,6 +309,7 @@ class _Placer:
                 mode,
                 source.id,
                 source.name,
+                p.overhead_mib,
             )
         )
 

@@ -59,9 +59,10 @@ class Placement:
 
     ``host_id`` is None for a VM tied to no host (a stopped VM any host may start).
     ``memory_mib`` is the host memory the VM takes when it runs (with the backend's
-    overhead). ``local_disks`` names the disks on storage only its host reaches;
-    ``pinned`` says why the VM cannot leave its host at all (a passthrough device...);
-    ``live_blocker`` why it cannot move live now (the backend refuses it), or None.
+    overhead, which ``overhead_mib`` says when the backend reports it). ``local_disks``
+    names the disks on storage only its host reaches; ``pinned`` says why the VM cannot
+    leave its host at all (a passthrough device...); ``live_blocker`` why it cannot move
+    live now (the backend refuses it), or None.
     """
 
     vm: VMInfo
@@ -70,6 +71,7 @@ class Placement:
     local_disks: tuple[str, ...] = ()
     pinned: str | None = None
     live_blocker: str | None = None
+    overhead_mib: int = 0
 
 
 class HostInventory(abc.ABC):

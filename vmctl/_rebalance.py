@@ -410,6 +410,7 @@ def balance(
                 MoveMode.LIVE,
                 src,
                 by_id[src].name,
+                p.overhead_mib,
             )
         )
     return Balance(tuple(moves), before, loads(), uses_cpu, note)
