@@ -8,11 +8,17 @@
   unreachable) and ``runtime.inMaintenanceMode``. The id is the host's managed object id;
 * placements: the VMs of the scope (the driver's batched listing) with their
   ``datastore``s; a datastore mounted on no other host of the scope (its ``host`` mounts)
-  holds local disks. ``config.hardware.memoryMB`` is the memory a VM takes (vSphere's
-  per-VM overhead is not counted);
+  holds local disks. A VM takes ``config.hardware.memoryMB`` plus vSphere's memory overhead
+  for it: the larger of ``config.initialOverhead.initialMemoryReservation`` (what powering it
+  on reserves on a host) and ``summary.quickStats.consumedOverheadMemory`` (what it uses
+  now), read with the datastores. A VM of a host that is not connected is placed with the
+  power state vCenter last knew when that was poweredOff (STOPPED: its recovery is cold),
+  else UNKNOWN;
 * moves: ``RelocateVM_Task`` with the target host and the scope's resource pool, live for
   a powered-on VM (vMotion), cold for a powered-off one; the task goes to the core. A
-  restart move is not done here yet (a guest shutdown has no task to wait on: NotSupported);
+  restart move is not done here yet (a guest shutdown has no task to wait on: NotSupported).
+  A cold move of a VM of a host that is not connected is a recovery's: it is registered on
+  the target (``_recovery``);
 * maintenance: ``EnterMaintenanceMode_Task(timeout=0, evacuatePoweredOffVms=False)`` and
   ``ExitMaintenanceMode_Task(timeout=0)``. vCenter ends the first only when no VM runs on
   the host (DRS, or vmctl's evacuation, moves them first).
@@ -21,6 +27,8 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from vmctl import InvalidState, NotFound, NotSupported, PowerState, VMInfo
 from vmctl.spi import (
@@ -35,6 +43,7 @@ from vmctl.spi import (
     Task,
 )
 
+from ._recovery import EsxRecovery
 from ._vmprops import LIST_PATHS as _LIST_PATHS
 from ._vmprops import moid as _moid
 
@@ -54,7 +63,22 @@ _HOST_PATHS = (
 )
 
 
-class EsxHosts(HostInventory, HostMigration, HostMaintenance):
+#: VM properties read with the datastores for the placements: the memory overhead.
+_OVERHEAD_PATHS = (
+    "datastore",
+    "config.initialOverhead",
+    "summary.quickStats.consumedOverheadMemory",
+)
+
+
+def _overhead_mib(props: dict[str, Any]) -> int:
+    """vSphere's memory overhead of a VM in MiB (see the module), 0 when not reported."""
+    initial = getattr(props.get("config.initialOverhead"), "initialMemoryReservation", 0)
+    consumed = props.get("summary.quickStats.consumedOverheadMemory") or 0
+    return max(-(-int(initial or 0) // 2**20), int(consumed))
+
+
+class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
     """The scope's hosts (see the module)."""
 
     if TYPE_CHECKING:
@@ -126,16 +150,17 @@ class EsxHosts(HostInventory, HostMigration, HostMaintenance):
                 for ref, props in self._list_rows(_LIST_PATHS)
                 if not props.get("config.template") and self._in_scope(props)
             ]
-            # VM.datastore read apart, through pyvmomi (the driver's fast listing reads
-            # scalar properties only): one more round trip.
+            # VM.datastore and the overhead read apart, through pyvmomi (the driver's fast
+            # listing reads scalar properties only): one more round trip.
             held = self._call(
-                "read the VMs' datastores",
+                "read the VMs' datastores and memory overhead",
                 self.conn.retrieve,
                 [ref for ref, _ in rows],
                 vim.VirtualMachine,
-                ("datastore",),
+                _OVERHEAD_PATHS,
             )
             by_vm = {_moid(ref): list(p.get("datastore") or ()) for ref, p in held}
+            overhead = {_moid(ref): _overhead_mib(p) for ref, p in held}
             stores = {_moid(ds): ds for dss in by_vm.values() for ds in dss}
             mounts = self._call(
                 "read the datastores",
@@ -161,12 +186,20 @@ class EsxHosts(HostInventory, HostMigration, HostMaintenance):
                 name, hosts = seen_by.get(_moid(ds), (_moid(ds), set()))
                 if not (hosts & in_scope) - {host}:
                     local.append(f"datastore {name!r} (mounted on this host only)")
+            info = self._info(props)
+            if (
+                str(props.get("runtime.connectionState")) != "connected"
+                and str(props.get("runtime.powerState")) == "poweredOff"
+            ):
+                info = attrs.evolve(info, state=PowerState.STOPPED)  # last known
+            extra = overhead.get(_moid(ref), 0)
             out.append(
                 Placement(
-                    vm=self._info(props),
+                    vm=info,
                     host_id=host,
-                    memory_mib=int(props.get("config.hardware.memoryMB") or 0),
+                    memory_mib=int(props.get("config.hardware.memoryMB") or 0) + extra,
                     local_disks=tuple(local),
+                    overhead_mib=extra,
                 )
             )
         return out
@@ -189,7 +222,15 @@ class EsxHosts(HostInventory, HostMigration, HostMaintenance):
         mode = MoveMode(mode)
         vim = self.conn.vim
         with self.conn.within(deadline):
-            ref, props = self._props(uuid, ("name", "runtime.powerState", "runtime.host"))
+            ref, props = self._props(
+                uuid, ("name", "runtime.powerState", "runtime.host", "runtime.connectionState")
+            )
+            if str(props.get("runtime.connectionState")) != "connected":
+                if mode is MoveMode.COLD:  # a recovery's (its host failed)
+                    return self._recover_vm(uuid, host_id, start=False, deadline=deadline)
+                raise InvalidState(
+                    f"move VM {props['name']!r}: its host does not respond (recover it)"
+                )
             host, hprops = self._host(host_id)
             name, hname = props["name"], hprops.get("name", host_id)
             what = f"move VM {name!r} to host {hname!r} ({mode.value})"
