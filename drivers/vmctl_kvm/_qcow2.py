@@ -180,15 +180,16 @@ class Image:
         return 0 if table is None else table[cluster % per]
 
     def read(self, offset: int, length: int) -> bytes:
-        out = bytearray()
         pos, end = offset, offset + length
-        run: tuple[int, int] | None = None  # (host offset, length) of contiguous data
+        # runs of data contiguous in the file: (position in the result, host offset, length)
+        runs: list[tuple[int, int, int]] = []
+        out: bytearray | None = None  # made at the first hole or backing read
 
-        def flush() -> None:
-            nonlocal run
-            if run is not None:
-                out.extend(self.io.pread(run[0], run[1]).ljust(run[1], b"\0"))
-                run = None
+        def put(at: int, data: bytes) -> None:
+            nonlocal out
+            if out is None:
+                out = bytearray(length)
+            out[at : at + len(data)] = data
 
         while pos < end:
             cluster, within = divmod(pos, self.cs)
@@ -198,20 +199,21 @@ class Image:
                 raise Unsupported("a qcow2 image with compressed clusters")
             host = entry & OFFSET_MASK
             if host and not entry & ZERO:
-                if run is not None and run[0] + run[1] == host + within:
-                    run = (run[0], run[1] + n)
+                at = pos - offset
+                if runs and runs[-1][0] + runs[-1][2] == at and sum(runs[-1][1:]) == host + within:
+                    runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + n)
                 else:
-                    flush()
-                    run = (host + within, n)
-            else:
-                flush()
-                if entry & ZERO or self.backing is None:
-                    out.extend(bytes(n))
-                else:
-                    out.extend(self.backing.read_clipped(pos, n))
+                    runs.append((at, host + within, n))
+            elif not entry & ZERO and self.backing is not None:
+                put(pos - offset, self.backing.read_clipped(pos, n))
+            # else zeroes: the result starts as zeroes
             pos += n
-        flush()
-        return bytes(out)
+        if out is None and len(runs) == 1 and runs[0][0] == 0 and runs[0][2] == length:
+            data = self.io.pread(runs[0][1], length)  # the common case: one run, no copy
+            return data if len(data) == length else data.ljust(length, b"\0")
+        for at, host, n in runs:
+            put(at, self.io.pread(host, n))  # short at the file's end: zeroes stay
+        return bytes(out) if out is not None else bytes(length)
 
     def read_clipped(self, offset: int, length: int) -> bytes:
         """As ``read``, zeroes past the end of the (smaller) image."""

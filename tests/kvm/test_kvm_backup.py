@@ -113,6 +113,10 @@ def test_qcow2_reads_and_writes_what_qemu_sees(tmp_path: Path) -> None:
         data = None if i % 5 == 0 else rnd.randbytes(n)
         Image(io).write(off, data, n)
         ref[off : off + n] = data if data is not None else bytes(n)
+    for _ in range(60):  # ranges across data, holes, zero clusters and cluster edges
+        off = rnd.randrange(0, size - 1)
+        n = rnd.randrange(1, min(size - off, 5 * MIB) + 1)
+        assert Image(io).read(off, n) == ref[off : off + n], (off, n)
     io.close()
     _check(img)
     assert _as_raw(img, tmp_path) == bytes(ref)
