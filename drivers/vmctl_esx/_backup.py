@@ -36,10 +36,14 @@ How it works, on vSphere's own documented interfaces:
   after a disk's last write) uploads the file once. A restore moves each disk at most
   twice, whatever the number of calls; ``flush_writes(discard=True)`` drops the copy.
 
-Writes go around changed block tracking (a datastore upload is not a guest write), so
-``flush_writes`` resets tracking on a VM that has it (off, then a snapshot created and
-removed so that it takes effect): every earlier changeId of its disks is then unknown, and
-its next backup reads whole disks instead of missing the restored blocks.
+Writes through the datastore's HTTP access are file writes, not the guest's disk I/O that
+the host's tracking sees, so the driver does not count on the host for them: on a VM with
+tracking on, ``flush_writes`` records the extents it wrote in the VM's ``extraConfig``
+(``vmctl.cbt.DISK.pending``). The next point in time takes them over: its
+``changed_extents`` adds them to the host's answer (more than was written is allowed, less
+is not), and it records its own changeId as ``vmctl.cbt.DISK.floor``; a later point in time
+asked for the changes since an older changeId than the floor answers NotFound (the core reads
+the whole disk), since those writes are no longer listed.
 
 Limits (refused with ``InvalidState``, never guessed): a disk whose chain at the point in
 time has more than one file (a VM that already had snapshots: its data is in delta files of
@@ -106,6 +110,11 @@ _TOOLS_RUNNING = ("guestToolsRunning", "guestToolsExecutingScripts")
 ALL_AREAS = "*"
 #: Answers one listing of a disk's areas may take (each covers at least one area).
 MAX_AREA_CALLS = 100_000
+#: extraConfig keys of the extents written around tracking (see the module).
+PENDING_KEY = "vmctl.cbt.{}.pending"
+FLOOR_KEY = "vmctl.cbt.{}.floor"
+#: At most this many extents are recorded; more are recorded as the one extent covering them.
+MAX_PENDING = 256
 
 
 class _DiskFile:
@@ -128,6 +137,7 @@ class _Staged:
     def __init__(self, file: _DiskFile, local: IO[bytes]) -> None:
         self.file = file
         self.local = local
+        self.written: list[tuple[int, int]] = []  # (offset, length) of every extent
 
 
 _STAGING_LOCK = threading.Lock()
@@ -143,6 +153,8 @@ class _Snapshot:
         self.files = files
         self.keys: dict[str, int] = {}  # disk id -> device key
         self.change_ids: dict[str, str] = {}  # disk id -> changeId (tracked disks only)
+        self.written: dict[str, list[Extent]] = {}  # disk id -> written around tracking
+        self.floors: dict[str, str] = {}  # disk id -> the changeId older ones cannot answer
         self.closed = False
 
 
@@ -499,7 +511,9 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
         what = f"read the backup snapshot of VM {snap.vm_name!r}"
         try:
             after = self.conn.retrieve_one(
-                snap.vm_ref, vim.VirtualMachine, ["runtime.powerState", "layoutEx"]
+                snap.vm_ref,
+                vim.VirtualMachine,
+                ["runtime.powerState", "layoutEx", "config.extraConfig"],
             )
             config = self.conn.retrieve_one(snap.snapshot, vim.vm.Snapshot, ["config"]).get(
                 "config"
@@ -550,6 +564,12 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
             consistency = Consistency.STOPPED
         else:
             consistency = Consistency.CRASH
+        # as the snapshot found them (a write may have ended since the first read)
+        self._take_pending(
+            snap,
+            {str(o.key): str(o.value) for o in after.get("config.extraConfig") or ()},
+            deadline,
+        )
         log.debug("point in time of VM %r: snapshot %s, %s", snap.vm_name, moid, snap.files)
         return PointInTime(
             id=moid,
@@ -599,9 +619,19 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
                 f"disk {disk_id} of VM {snap.vm_name!r} was not tracked at the point in time "
                 "(changed block tracking is off or not supported for it)"
             )
+        floor = snap.floors.get(disk_id)
+        if floor is not None and _older(since, floor):
+            raise NotFound(
+                f"disk {disk_id} of VM {snap.vm_name!r} was written around changed block "
+                f"tracking (a restore) before changeId {floor!r}, later than {since!r}"
+            )
         if not file.size:
             return []
-        return self._areas(snap, disk_id, file, since, deadline)
+        found = self._areas(snap, disk_id, file, since, deadline)
+        extra = snap.written.get(disk_id)
+        if not extra:
+            return found
+        return _merged([(e.offset, e.length) for e in (*found, *extra)])
 
     def _areas(
         self, snap: _Snapshot, disk_id: str, file: _DiskFile, change_id: str, deadline: Deadline
@@ -736,6 +766,7 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
             staged = _Staged(file, local)
         try:
             for e in extents:
+                staged.written.append((e.offset, e.length))
                 staged.local.seek(e.offset)
                 if e.data is not None:
                     staged.local.write(e.data)
@@ -784,7 +815,7 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
                 del self._staging[key]
         staged.local.close()
         with self.conn.within(deadline):
-            self._reset_tracking(uuid, deadline)
+            self._record_pending(uuid, disk_id, staged.written, deadline)
 
     # -- changed block tracking -------------------------------------------------------------
 
@@ -796,28 +827,50 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
         task = self.conn.start_task(lambda: ref.ReconfigVM_Task(spec=spec), what)
         finish_task(cast(Driver, self), self._task(task, what), deadline=deadline, what=what)
 
-    def _reset_tracking(self, uuid: str, deadline: Deadline) -> None:
-        """Forget the changeIds of a VM whose disks were written around tracking: tracking
-        off, then a snapshot created and removed (the stun/unstun that makes it take effect).
-        The next backup turns it on again and reads whole disks."""
-        ref, props = self._props(uuid, ("name", "config.changeTrackingEnabled"))
+    def _set_extra(self, ref: Any, name: str, values: dict[str, str], deadline: Deadline) -> None:
+        """Set (an empty value: remove) extraConfig keys of the VM."""
+        what = f"record changed block tracking state in VM {name!r}"
+        opt = self.conn.vim.option.OptionValue
+        spec = self.conn.vim.vm.ConfigSpec(
+            extraConfig=[opt(key=k, value=v) for k, v in values.items()]
+        )
+        task = self.conn.start_task(lambda: ref.ReconfigVM_Task(spec=spec), what)
+        finish_task(cast(Driver, self), self._task(task, what), deadline=deadline, what=what)
+
+    def _record_pending(
+        self, uuid: str, disk_id: str, written: list[tuple[int, int]], deadline: Deadline
+    ) -> None:
+        """Add ``written`` to the disk's extents written around tracking (a VM with tracking
+        on only: without it, the next backup is full anyway)."""
+        if not written:
+            return
+        ref, props = self._props(
+            uuid, ("name", "config.changeTrackingEnabled", "config.extraConfig")
+        )
         if not props.get("config.changeTrackingEnabled"):
             return
-        name = str(props["name"])
-        self._set_tracking(ref, name, False, deadline)
-        label = f"vmctl-cbt-reset-{uuidlib.uuid4().hex[:12]}"
-        snapshot = self._make(
-            lambda: ref.CreateSnapshot_Task(
-                name=label,
-                description="vmctl: makes turning changed block tracking off take effect",
-                memory=False,
-                quiesce=False,
-            ),
-            f"snapshot VM {name!r} to reset changed block tracking",
-            (("snapshot", f"{uuid}/{label}"),),
-            deadline,
-        )
-        self._remove_snapshot(_Snapshot(ref, snapshot, name, {}), deadline)
+        extra = {str(o.key): str(o.value) for o in props.get("config.extraConfig") or ()}
+        key = PENDING_KEY.format(disk_id)
+        before = [(e.offset, e.length) for e in _parse_extents(extra.get(key, ""))]
+        merged = _merged(before + written)
+        self._set_extra(ref, str(props["name"]), {key: _format_extents(merged)}, deadline)
+
+    def _take_pending(self, snap: _Snapshot, extra: dict[str, str], deadline: Deadline) -> None:
+        """Move the extents written around tracking before this point in time into it, and
+        make its changeId the disks' floor (see the module)."""
+        done: dict[str, str] = {}
+        for disk_id, change_id in snap.change_ids.items():
+            floor = extra.get(FLOOR_KEY.format(disk_id))
+            if floor:
+                snap.floors[disk_id] = floor
+            pending = extra.get(PENDING_KEY.format(disk_id))
+            if not pending:
+                continue
+            snap.written[disk_id] = _parse_extents(pending)
+            done[PENDING_KEY.format(disk_id)] = ""
+            done[FLOOR_KEY.format(disk_id)] = change_id
+        if done:
+            self._set_extra(snap.vm_ref, snap.vm_name, done, deadline)
 
     def _writable_file(self, uuid: str, disk_id: str) -> tuple[_DiskFile, str]:
         _, props = self._props(
@@ -861,6 +914,32 @@ def _merged(areas: list[tuple[int, int]]) -> list[Extent]:
         else:
             out.append([start, start + length])
     return [Extent(a, b - a) for a, b in out]
+
+
+def _format_extents(extents: list[Extent]) -> str:
+    """``"OFFSET+LENGTH,..."``; more than MAX_PENDING as the one extent covering them."""
+    if len(extents) > MAX_PENDING:
+        extents = [Extent(extents[0].offset, extents[-1].end - extents[0].offset)]
+    return ",".join(f"{e.offset}+{e.length}" for e in extents)
+
+
+def _parse_extents(text: str) -> list[Extent]:
+    out = []
+    for item in text.split(","):
+        offset, _, length = item.strip().partition("+")
+        if offset.isdigit() and length.isdigit() and int(length) > 0:
+            out.append(Extent(int(offset), int(length)))
+    return out
+
+
+def _older(change_id: str, than: str) -> bool:
+    """Whether ``change_id`` ("UUID/N") was issued before ``than`` in the same tracking
+    epoch (another epoch: the host itself refuses it)."""
+    epoch, _, seq = change_id.rpartition("/")
+    floor_epoch, _, floor_seq = than.rpartition("/")
+    if epoch != floor_epoch or not seq.isdigit() or not floor_seq.isdigit():
+        return False
+    return int(seq) < int(floor_seq)
 
 
 def _covers(extents: Sequence[ExtentData], size: int) -> bool:
