@@ -42,6 +42,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"strconv"
@@ -685,6 +686,16 @@ func (t *changeTracking) wrap(next http.Handler) http.Handler {
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
-		next.ServeHTTP(w, r)
+		// A fault may name _this (NotAuthenticated.object, for one): the client must see the
+		// VM it called, not the endpoint, whose moref value is the VM's.
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		out := bytes.ReplaceAll(rec.Body.Bytes(), []byte(`type="`+cbtEndpointType+`"`), []byte(`type="VirtualMachine"`))
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(out)
 	})
 }
