@@ -653,6 +653,11 @@ class PlacementChecks(abc.ABC):
         put on; else NotFound naming the networks there are (the same rule as
         ``create_vm``)."""
 
+    def firmwares(self, *, deadline: Deadline) -> frozenset[Firmware] | None:
+        """The firmware ``create_vm`` can give a new VM here (``VMSpec.firmware``); None
+        (the default) when the driver does not honour ``VMSpec.firmware``."""
+        return None
+
     def mac_refusal(self, mac: str) -> str | None:
         """Why the host would refuse ``mac`` (lower case, colons) as a NIC's static MAC,
         or None when it takes it. No hypervisor call. The default: any unicast MAC (a

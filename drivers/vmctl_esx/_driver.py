@@ -40,6 +40,7 @@ from vmctl import (
     DiskSpec,
     Event,
     EventKind,
+    Firmware,
     GuestInfo,
     GuestOS,
     HostInfo,
@@ -124,7 +125,10 @@ _CONFIG_PATHS = (
     "config.extraConfig",
     "runtime.host",
     "config.template",
+    "config.firmware",
 )
+#: vim.vm.GuestOsDescriptor.FirmwareType values (config.firmware) as vmctl's Firmware.
+_FIRMWARE = {"bios": Firmware.BIOS, "efi": Firmware.UEFI}
 _DISK_NAME_KEY = "vmctl.disk.{}.name"
 _NIC_MODELS = ("vmxnet3", "e1000", "e1000e")
 
@@ -545,6 +549,7 @@ class EsxDriver(
             ),
             guest_os=_GUEST_OS.get(str(props.get("config.guestId")), GuestOS.OTHER),
             description=str(props.get("config.annotation") or ""),
+            firmware=_FIRMWARE.get(str(props.get("config.firmware") or "bios")),
         )
 
     @_bounded
@@ -585,6 +590,8 @@ class EsxDriver(
             deviceChange=devices,
             extraConfig=extra,
         )
+        if spec.firmware is not None:
+            config.firmware = "efi" if spec.firmware is Firmware.UEFI else "bios"
         if spec.boot is not None:
             self._boot(config, spec)
         cpu, mem = self._allocations(spec.resources, None, None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vmctl import VmctlError
+from vmctl import Firmware, VmctlError
 from vmctl.spi import Deadline, PlacementChecks, StorageSpace
 
 from ._faults import reraise
@@ -65,6 +65,10 @@ class EsxPlacement(PlacementChecks):
             free_bytes=int(props.get("summary.freeSpace") or 0),
             capacity_bytes=None if capacity is None else int(capacity),
         )
+
+    def firmwares(self, *, deadline: Deadline) -> frozenset[Firmware]:
+        """config.firmware: bios or efi."""
+        return frozenset(Firmware)
 
     def check_network(self, network: str, *, deadline: Deadline) -> None:
         self._network_backing(network)  # NotFound naming the port groups there are

@@ -37,6 +37,7 @@ from vmctl import (
     DriverError,
     Event,
     EventKind,
+    Firmware,
     GuestInfo,
     HostInfo,
     InvalidState,
@@ -700,6 +701,10 @@ class HyperVDriver(
             nics=tuple(nics),
             resources=res,
             description=str(notes[0]) if notes else "",
+            # generation 1 (Microsoft:Hyper-V:SubType:1) boots BIOS, generation 2 UEFI
+            firmware=Firmware.BIOS
+            if str(vssd.get("VirtualSystemSubType", "")).endswith("SubType:1")
+            else Firmware.UEFI,
         )
 
     def _disks(
@@ -812,6 +817,12 @@ class HyperVDriver(
         if spec.boot is not None and spec.boot.kernel:
             raise ValidationError(
                 "Hyper-V boots from a disk or an ISO image, not a kernel", field="boot"
+            )
+        if spec.firmware is Firmware.BIOS:
+            raise ValidationError(
+                "the hyperv driver makes generation 2 VMs, which boot UEFI; BIOS needs a "
+                "generation 1 VM, which it does not make",
+                field="firmware",
             )
         for d in spec.disks:
             if d.pool is not None:

@@ -615,6 +615,7 @@ class KvmDriver(
                 resources=X.resources_of(root),
                 guest_os=meta.guest_os,
                 description=root.findtext("description") or "",
+                firmware=X.firmware_of(root),
             )
 
         return self._call(f"get config of {uuid}", read, deadline)  # type: ignore[no-any-return]

@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from vmctl import Firmware
 from vmctl.spi import Deadline, PlacementChecks, StorageSpace
+
+from ._xml import efi_available
 
 
 class KvmPlacement(PlacementChecks):
     if TYPE_CHECKING:
+        is_test: bool
 
         def _call(
             self, what: str, fn: Callable[[Any], Any], deadline: Deadline, *, change: bool = False
@@ -33,6 +37,18 @@ class KvmPlacement(PlacementChecks):
             f"read the free space of storage pool {pool or '(default)'!r}", read, deadline
         )
         return result
+
+    def firmwares(self, *, deadline: Deadline) -> frozenset[Firmware]:
+        """BIOS (SeaBIOS) always; UEFI where libvirt's domain capabilities list ``efi``
+        firmware (OVMF installed), as ``<os firmware='efi'>`` needs."""
+        if self.is_test:  # libvirt's test driver models no firmware
+            return frozenset({Firmware.BIOS})
+        caps: str = self._call(
+            "read the domain capabilities", lambda c: c.getDomainCapabilities(), deadline
+        )
+        if efi_available(caps):
+            return frozenset(Firmware)
+        return frozenset({Firmware.BIOS})
 
     def check_network(self, network: str, *, deadline: Deadline) -> None:
         self._call(f"look up network {network!r}", lambda c: self._network(c, network), deadline)

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from vmctl import BootSource, DiskBus, GuestOS, NicInfo, Resources, VMSpec
+from vmctl import BootSource, DiskBus, Firmware, GuestOS, NicInfo, Resources, VMSpec
 
 NS = "https://vmctl.dev/xmlns/libvirt/1"
 NS_PREFIX = "vmctl"
@@ -193,6 +193,8 @@ def domain_xml(
         mt = sub(dom, "memtune")
         sub(mt, "hard_limit", str(res.memory_limit_mib * 1024), unit="KiB")
     os_el = sub(dom, "os")
+    if spec.firmware is Firmware.UEFI:
+        os_el.set("firmware", "efi")  # libvirt picks OVMF from its firmware descriptors
     type_attrs = {"arch": arch}
     if not test:
         type_attrs["machine"] = "pc"
@@ -377,3 +379,22 @@ def has_agent_channel(dom: ET.Element) -> bool:
 
 def parse(xml: str) -> ET.Element:
     return ET.fromstring(xml)
+
+
+def firmware_of(root: ET.Element) -> Firmware:
+    """UEFI for ``<os firmware='efi'>`` or a pflash loader (OVMF), else BIOS (SeaBIOS)."""
+    os_el = root.find("os")
+    if os_el is None:
+        return Firmware.BIOS
+    loader = os_el.find("loader")
+    if os_el.get("firmware") == "efi" or (loader is not None and loader.get("type") == "pflash"):
+        return Firmware.UEFI
+    return Firmware.BIOS
+
+
+def efi_available(domcaps: str) -> bool:
+    """Whether libvirt's domain capabilities list ``efi`` firmware (OVMF installed, found
+    through its firmware descriptors), so that ``<os firmware='efi'>`` can be defined."""
+    root = parse(domcaps)
+    values = root.findall("os/enum[@name='firmware']/value")
+    return any((v.text or "").strip() == "efi" for v in values)

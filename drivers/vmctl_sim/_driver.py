@@ -29,6 +29,7 @@ from vmctl import (
     DiskInfo,
     DiskSpec,
     EventKind,
+    Firmware,
     GuestInfo,
     GuestOS,
     HostInfo,
@@ -348,6 +349,7 @@ class SimDriver(
                 resources=vm.resources,
                 guest_os=GuestOS(vm.guest_os),
                 description=vm.description,
+                firmware=Firmware(vm.firmware),
             )
 
     def create_vm(self, spec: VMSpec, *, deadline: Deadline) -> VMInfo:
@@ -363,6 +365,7 @@ class SimDriver(
                 has_os=spec.boot is not None,
                 description=spec.description,
                 resources=spec.resources,
+                firmware=(spec.firmware or Firmware.BIOS).value,
             )
             if spec.vcpus > HOST_CPUS:
                 raise InsufficientResources(
@@ -636,6 +639,7 @@ class SimDriver(
                 has_os=vm.has_os,
                 description=vm.description,
                 resources=vm.resources,
+                firmware=vm.firmware,
             )
             for d in vm.disks:
                 base = d.path.rsplit("/", 1)[0]

@@ -5,7 +5,7 @@ creates anything."""
 
 from __future__ import annotations
 
-from vmctl import NotFound
+from vmctl import Firmware, NotFound
 from vmctl.spi import Deadline, PlacementChecks, StorageSpace
 
 from ._site import NETWORKS, POOL_CAPACITY_MIB, POOLS, Site
@@ -31,6 +31,9 @@ class SimPlacement(PlacementChecks):
             free_bytes=max(POOL_CAPACITY_MIB - used, 0) * MIB,
             capacity_bytes=POOL_CAPACITY_MIB * MIB,
         )
+
+    def firmwares(self, *, deadline: Deadline) -> frozenset[Firmware]:
+        return frozenset(Firmware)
 
     def check_network(self, network: str, *, deadline: Deadline) -> None:
         if network not in NETWORKS:

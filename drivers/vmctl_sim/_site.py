@@ -110,6 +110,7 @@ class SimVM:
     cpu_seconds: float = 0.0
     booted_at: float | None = None
     next_device: int = 0
+    firmware: str = "bios"  # vmctl.Firmware's value
 
     def device_id(self, prefix: str) -> str:
         self.next_device += 1
@@ -386,6 +387,7 @@ def _host_from(data: dict[str, Any]) -> SimHost:
                 )
             }
         )
+        vm.firmware = raw.get("firmware", "bios")
         vm.disks = [SimDisk(**d) for d in raw["disks"]]
         vm.nics = [SimNic(**n) for n in raw["nics"]]
         vm.resources = Resources(**raw["resources"])

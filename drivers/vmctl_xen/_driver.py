@@ -34,6 +34,7 @@ from vmctl import (
     DiskInfo,
     DiskSpec,
     DriverError,
+    Firmware,
     GuestInfo,
     GuestOS,
     HostInfo,
@@ -191,6 +192,24 @@ class _Made:
     def left(self) -> tuple[tuple[str, str], ...]:
         out = [("vm", self.vm_id)] if self.vm_id else []
         return tuple(out + [("disk", f"vdi:{u}" if u else f"ref:{r}") for r, u in self.vdis])
+
+
+def _boot_params(spec: VMSpec, iso: bool) -> dict[str, str]:
+    """An HVM guest's HVM-boot-params: the boot order and, for UEFI, ``firmware=uefi``
+    (xapi's key; BIOS is its default)."""
+    params = {"order": "dc" if iso else "cd"}
+    if spec.firmware is Firmware.UEFI:
+        params["firmware"] = "uefi"
+    return params
+
+
+def _firmware_of(rec: dict[str, Any]) -> Firmware | None:
+    """An HVM guest's firmware (HVM-boot-params:firmware, BIOS when absent); None for a PV
+    guest (a kernel booted directly, no firmware)."""
+    if not rec.get("HVM_boot_policy"):
+        return None
+    value = str(rec.get("HVM_boot_params", {}).get("firmware", "bios")).lower()
+    return Firmware.UEFI if value == "uefi" else Firmware.BIOS
 
 
 class XenDriver(
@@ -858,6 +877,7 @@ class XenDriver(
             resources=res,
             guest_os=guest,
             description=str(rec.get("name_description", "")),
+            firmware=_firmware_of(rec),
         )
 
     def _name_taken(self, name: str, deadline: Deadline) -> bool:
@@ -877,6 +897,11 @@ class XenDriver(
             raise ValidationError(
                 "the xen driver creates blank disks only (DiskSpec.source is not supported)",
                 field="disks",
+            )
+        if spec.firmware is not None and spec.boot is not None and spec.boot.kernel:
+            raise ValidationError(
+                "a Xen guest booted from a kernel (PV) has no firmware: leave firmware None",
+                field="firmware",
             )
         # Resolve everything that can be missing before anything is created.
         with self._unchanged():
@@ -926,7 +951,7 @@ class XenDriver(
             "PV_bootloader_args": "",
             "PV_legacy_args": "",
             "HVM_boot_policy": "" if kernel else "BIOS order",
-            "HVM_boot_params": {} if kernel else {"order": "dc" if iso else "cd"},
+            "HVM_boot_params": {} if kernel else _boot_params(spec, bool(iso)),
             "platform": {} if kernel else platform,
             "PCI_bus": "",
             "other_config": {GUEST_OS_KEY: spec.guest_os.value, CREATING_KEY: token},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vmctl import Firmware
 from vmctl.spi import Deadline, PlacementChecks, StorageSpace
 
 
@@ -28,6 +29,10 @@ class XenPlacement(PlacementChecks):
             free_bytes=max(size - used, 0),
             capacity_bytes=size,
         )
+
+    def firmwares(self, *, deadline: Deadline) -> frozenset[Firmware]:
+        """An HVM guest boots BIOS or, with HVM-boot-params:firmware=uefi, UEFI."""
+        return frozenset(Firmware)
 
     def check_network(self, network: str, *, deadline: Deadline) -> None:
         self._network(network, deadline)

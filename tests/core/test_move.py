@@ -104,9 +104,9 @@ def test_sim_to_sim_moves_the_disks_byte_for_byte(
     )
     (net,) = [n for n in report.mapping if n.item == "nic 0 network"]
     assert (net.kind, net.source, net.target) == (MappingKind.CHANGED, "default", "isolated")
-    assert any(
-        n.item.startswith("firmware") and n.kind is MappingKind.UNKNOWN for n in report.mapping
-    )
+    (fw,) = [n for n in report.mapping if n.item.startswith("firmware")]
+    assert (fw.kind, fw.source, fw.target) == (MappingKind.KEPT, "bios", "bios")
+    assert cfg.firmware is vmctl.Firmware.BIOS
     # the source is as it was: still there, stopped, same bytes; no power on
     assert vm.info().state is PowerState.STOPPED and disk_digests(vm) == before
     assert moved.info().state is PowerState.STOPPED and not report.powered_on

@@ -75,3 +75,30 @@ def test_a_vm_too_big_for_the_pool_is_refused(
     assert name not in virsh(hosts.uri, "list", "--all", "--name").split()
     with pytest.raises(vmctl.NotFound, match="no libvirt network 'no-such-net'"):
         vmctl.move(vm, hv, network_map={"default": "no-such-net"}, dry_run=True)
+
+
+def test_firmware_kvm_can_make_is_libvirts(
+    hv: vmctl.Hypervisor, hosts: Any, sim: vmctl.Hypervisor
+) -> None:
+    from vmctl import Firmware, MappingKind
+
+    caps = virsh(hosts.uri, "domcapabilities")
+    efi = "<value>efi</value>" in caps
+    made = checks(hv).firmwares(deadline=Deadline.after(30))
+    assert made == (frozenset(Firmware) if efi else frozenset({Firmware.BIOS}))
+    name = f"{PREFIX}mv-uefi"
+    vm = sim.create_vm(
+        VMSpec(name=name, disks=[DiskSpec(size_mib=8)], nics=[NicSpec("default")], firmware="uefi")
+    )
+    report = vmctl.move(vm, hv, network_map={"default": hosts.network}, storage=hosts.pool)
+    try:
+        note = next(n for n in report.mapping if n.item.startswith("firmware"))
+        xml = virsh(hosts.uri, "dumpxml", name)
+        if efi:
+            assert note.kind is MappingKind.KEPT and "firmware='efi'" in xml
+        else:  # no OVMF here: the VM is made with SeaBIOS and the report says so
+            assert (note.kind, note.source, note.target) == (MappingKind.CHANGED, "uefi", "bios")
+            assert "cannot make uefi" in note.detail and "firmware='efi'" not in xml
+        assert hv.vm(name).config().firmware is (Firmware.UEFI if efi else Firmware.BIOS)
+    finally:
+        hv.vm(name).delete(force=True)

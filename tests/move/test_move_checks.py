@@ -254,3 +254,34 @@ def test_cli_keep_macs(tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     with vmctl.connect(dst) as b:
         assert b.vm("chk").config().nics[0].mac == "52:54:00:aa:bb:01"
+
+
+# -- firmware -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("firmware", [vmctl.Firmware.BIOS, vmctl.Firmware.UEFI])
+def test_firmware_is_carried(
+    sites: tuple[vmctl.Hypervisor, vmctl.Hypervisor], firmware: vmctl.Firmware
+) -> None:
+    a, b = sites
+    vm = a.create_vm(VMSpec(name="fw", disks=[DiskSpec(8)], firmware=firmware))
+    assert vm.config().firmware is firmware
+    report = vmctl.move(vm, b)
+    note = next(n for n in report.mapping if n.item.startswith("firmware"))
+    assert (note.kind, note.source, note.target) == (MappingKind.KEPT, firmware, firmware)
+    assert b.vm("fw").config().firmware is firmware
+
+
+def test_firmware_the_target_cannot_make_is_noted(
+    sites: tuple[vmctl.Hypervisor, vmctl.Hypervisor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = sites
+    vm = a.create_vm(VMSpec(name="fw", disks=[DiskSpec(8)], firmware="uefi"))
+    monkeypatch.setattr(SimDriver, "firmwares", lambda self, **kw: frozenset({vmctl.Firmware.BIOS}))
+    plan = vmctl.move(vm, b, dry_run=True)
+    note = next(n for n in plan.mapping if n.item.startswith("firmware"))
+    assert note.kind is MappingKind.CHANGED and "cannot make uefi" in note.detail
+    report = vmctl.move(vm, b)
+    note = next(n for n in report.mapping if n.item.startswith("firmware"))
+    assert (note.kind, note.source, note.target) == (MappingKind.CHANGED, "uefi", "bios")
+    assert "does not boot" in note.detail

@@ -73,3 +73,16 @@ def test_a_move_from_hyperv_is_refused_before_anything(
         assert vm.info().state is vmctl.PowerState.STOPPED
     finally:
         vm.delete(force=True)
+
+
+def test_hyperv_firmware_is_uefi_and_bios_is_refused(hyperv: vmctl.Hypervisor) -> None:
+    before = sorted(i.uuid for i in hyperv.list_vms())
+    with pytest.raises(vmctl.ValidationError) as err:
+        hyperv.create_vm(VMSpec(name=name("bios"), memory_mib=512, firmware="bios"))
+    assert err.value.field == "firmware" and "generation 2" in str(err.value)
+    assert sorted(i.uuid for i in hyperv.list_vms()) == before
+    vm = hyperv.create_vm(VMSpec(name=name("uefi"), memory_mib=512, firmware="uefi"))
+    try:
+        assert vm.config().firmware is vmctl.Firmware.UEFI
+    finally:
+        vm.delete(force=True)

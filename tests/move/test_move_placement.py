@@ -104,3 +104,23 @@ def test_esx_keeps_a_mac_in_the_static_range(sim: vmctl.Hypervisor, esx: vmctl.H
     assert note.kind is MappingKind.KEPT and note.target == good
     moved = esx.vm(report.target_uuid or "")
     assert [n.mac for n in moved.config().nics] == [good]
+
+
+def test_uefi_is_carried_sim_xen_esx(
+    sim: vmctl.Hypervisor, xen: vmctl.Hypervisor, esx: vmctl.Hypervisor
+) -> None:
+    from vmctl import Firmware
+
+    vm = sim.create_vm(
+        VMSpec(name="fw-uefi", disks=[DiskSpec(8)], nics=[NicSpec("default")], firmware="uefi")
+    )
+    for target, net in ((xen, {"default": XEN_NETWORK}), (esx, {XEN_NETWORK: ESX_NETWORK})):
+        report = vmctl.move(vm, target, network_map=net, keep_source=False)
+        note = next(n for n in report.mapping if n.item.startswith("firmware"))
+        assert (note.kind, note.target) == (MappingKind.KEPT, "uefi"), str(report)
+        vm = target.vm(report.target_uuid or "")
+        assert vm.config().firmware is Firmware.UEFI
+    # an independent read of the vendor's own field: vSphere's config.firmware
+    driver = esx._conn.driver
+    ref = driver._ref(vm.uuid)  # type: ignore[attr-defined]
+    assert ref.config.firmware == "efi"

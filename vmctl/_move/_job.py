@@ -47,7 +47,7 @@ from .._errors import (
     VmctlError,
 )
 from .._maintenance import state_dir
-from .._model import VMConfig, VMSpec
+from .._model import Firmware, VMConfig, VMSpec
 from .._state import PowerState
 from .._validate import check_name
 from ..backup._backup import Reporter, check_progress
@@ -290,6 +290,20 @@ def _check_placement(
     ]
 
 
+def _firmwares(target: Hypervisor, deadline: Deadline) -> frozenset[Firmware] | None:
+    """The firmware the target can make VMs with (None: its driver does not say)."""
+    conn = target._conn
+    driver = conn.driver
+    if not isinstance(driver, PlacementChecks):
+        return None
+    found: frozenset[Firmware] | None = conn.dispatcher.call(
+        f"read the firmware {target.uri} can make VMs with",
+        driver.firmwares,
+        deadline=deadline.sooner(conn.timeouts.read_s),
+    )
+    return found
+
+
 def _config_disks(config: VMConfig) -> list[PointInTimeDisk]:
     """The disks as the plan sees them before a point in time gives exact sizes."""
     return [
@@ -516,6 +530,7 @@ def move(
         networks = check_network_map(config, network_map)
         cross = sconn.driver_name != tconn.driver_name
         new_name = name or vm.name
+        firmwares = _firmwares(target, deadline)
         spec = target_spec(
             config,
             _config_disks(config),
@@ -525,6 +540,7 @@ def move(
             networks=networks,
             cross_vendor=cross,
             keep_macs=keep_macs,
+            firmwares=firmwares,
         )
         _check_target(target, spec, start=start)
         checked = _check_placement(target, spec, storage, deadline)
@@ -540,6 +556,7 @@ def move(
                 target_driver=tconn.driver_name,
                 keep_source=keep_source,
                 checks=checked,
+                firmwares=firmwares,
             )
             return MoveReport(
                 source_uri=str(sconn.uri),

@@ -16,7 +16,7 @@ import attrs
 
 from .._capabilities import RESOURCE_CAPABILITIES
 from .._diskaccess import PointInTimeDisk
-from .._model import DiskBus, VMConfig, VMSpec, to_dict
+from .._model import DiskBus, Firmware, VMConfig, VMSpec, to_dict
 from ..backup._restore import spec_from_config
 from ._model import MappingKind, MappingNote
 
@@ -79,6 +79,7 @@ def target_spec(
     networks: Mapping[str, str],
     cross_vendor: bool,
     keep_macs: bool = False,
+    firmwares: frozenset[Firmware] | None = None,
 ) -> VMSpec:
     spec = spec_from_config(
         to_dict(config), disks, name, pool, target_caps, f"move of {config.name!r}"
@@ -95,7 +96,65 @@ def target_spec(
     spec_disks = tuple(
         attrs.evolve(d, bus=DiskBus.DEFAULT) if cross_vendor else d for d in spec.disks
     )
-    return attrs.evolve(spec, nics=nics, disks=spec_disks)
+    return attrs.evolve(
+        spec, nics=nics, disks=spec_disks, firmware=carried_firmware(config, firmwares)
+    )
+
+
+def carried_firmware(config: VMConfig, firmwares: frozenset[Firmware] | None) -> Firmware | None:
+    """The firmware the target VM is made with: the source's where the target can make it
+    (``PlacementChecks.firmwares``), else None (the target's default)."""
+    if config.firmware is None or firmwares is None or config.firmware not in firmwares:
+        return None
+    return config.firmware
+
+
+_FIRMWARE_RISK = "a guest installed for UEFI does not boot on BIOS, nor the reverse"
+
+
+def _firmware_note(
+    config: VMConfig,
+    spec: VMSpec,
+    made: VMConfig | None,
+    firmwares: frozenset[Firmware] | None,
+    source_driver: str,
+    target_driver: str,
+) -> MappingNote:
+    item = "firmware (BIOS/UEFI)"
+    before = config.firmware.value if config.firmware else None
+    after = made.firmware if made is not None else spec.firmware
+    now = after.value if after else None
+    if config.firmware is None:
+        return MappingNote(
+            K.UNKNOWN,
+            item,
+            None,
+            now,
+            f"the {source_driver} driver does not report the source's firmware: the target "
+            f"made the VM with its default; {_FIRMWARE_RISK}",
+        )
+    if firmwares is None:
+        return MappingNote(
+            K.UNKNOWN,
+            item,
+            before,
+            now,
+            f"the {target_driver} driver does not take a firmware choice: the target made the "
+            f"VM with its default; {_FIRMWARE_RISK}",
+        )
+    if config.firmware not in firmwares:
+        return MappingNote(
+            K.CHANGED,
+            item,
+            before,
+            now or "(the target's default)",
+            f"the target cannot make {before} VMs (it makes "
+            f"{', '.join(sorted(f.value for f in firmwares))}): {_FIRMWARE_RISK}",
+        )
+    if made is not None and made.firmware not in (None, config.firmware):
+        detail = f"the target did not keep it; {_FIRMWARE_RISK}"
+        return MappingNote(K.CHANGED, item, before, now, detail)
+    return MappingNote(K.KEPT, item, before, before)
 
 
 def mapping(
@@ -108,6 +167,7 @@ def mapping(
     target_driver: str,
     keep_source: bool | None = None,
     checks: Sequence[MappingNote] = (),
+    firmwares: frozenset[Firmware] | None = None,
 ) -> tuple[tuple[MappingNote, ...], tuple[str, ...]]:
     """The notes and the guest's needs; ``made`` is the target VM's configuration as read
     back after it was created (None for a dry run: "the target's choice")."""
@@ -118,13 +178,7 @@ def mapping(
             f"{config.vcpus} vCPUs, {config.memory_mib} MiB, {config.guest_os.value}",
             f"{spec.vcpus} vCPUs, {spec.memory_mib} MiB, {spec.guest_os.value}",
         ),
-        MappingNote(
-            K.UNKNOWN,
-            "firmware (BIOS/UEFI)",
-            detail="vmctl's neutral configuration does not carry it: the target creates the "
-            "VM with its default firmware; a guest installed for UEFI may not boot on BIOS "
-            "(or the reverse)",
-        ),
+        _firmware_note(config, spec, made, firmwares, source_driver, target_driver),
     ]
     guest: list[str] = []
     cross = source_driver != target_driver
