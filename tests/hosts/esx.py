@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import ssl
@@ -665,6 +666,27 @@ def running_simulator(
 KIT_OPTIONS: dict[str, str] = {"disk_mib": "16"}
 
 
+#: The cluster host the kit may take down for RECOVER-EXEC-1 (the model's third: no VM of
+#: the model runs there), with tests/hosts/vcsim_control.py.
+FAIL_HOST = "DC0_C0_H2"
+
+
+def host_kit_options(vcenter: VcsimServer) -> dict[str, str]:
+    """Kit options for the HOST/EVAC/REBAL/RECOVER clauses: ``hosts_uri`` the cluster of the
+    two host-scoped URIs, and the host the kit may disconnect and reconnect, and how."""
+    hosts = vcenter.host_uris
+    control = Path(__file__).with_name("vcsim_control.py")
+    command = f'{{python}} {shlex.quote(str(control))} --url "$VMCTL_URI"'
+    out = {"hosts_uri": hosts[0].rsplit("/", 1)[0]}
+    if any(h.rsplit("/", 1)[1] == FAIL_HOST for h in hosts):
+        out |= {
+            "fail_host": FAIL_HOST,
+            "fail_command": f"{command} fail {{host}}",
+            "revive_command": f"{command} revive {{host}}",
+        }
+    return out
+
+
 def env_values(vcenter: VcsimServer, esx: VcsimServer) -> dict[str, str]:
     """The variables of ``.hosts/esx.env`` (see :func:`env_lines`)."""
     hosts = vcenter.host_uris
@@ -677,8 +699,7 @@ def env_values(vcenter: VcsimServer, esx: VcsimServer) -> dict[str, str]:
         "VMCTL_PASSWORD": vcenter.password,
         "VMCTL_CAFILE": str(vcenter.cafile),
         "VMCTL_THUMBPRINT": vcenter.thumbprint,
-        # hosts_uri: the cluster of the two hosts, for the kit's HOST/EVAC/REBAL clauses
-        "VMCTL_KIT_OPTIONS": kit_words({**KIT_OPTIONS, "hosts_uri": hosts[0].rsplit("/", 1)[0]}),
+        "VMCTL_KIT_OPTIONS": kit_words({**KIT_OPTIONS, **host_kit_options(vcenter)}),
         "VMCTL_VCENTER_URI": hosts[0],
         "VMCTL_VCENTER_OTHER_URI": hosts[1],
         "VMCTL_ESX_PASSWORD": vcenter.password,

@@ -38,6 +38,15 @@ def _source(kit: Kit, scope: Scope, vm: VM) -> vmctl.Host:
     return src
 
 
+def _outcomes(report: vmctl.EvacuationReport) -> str:
+    """A report on one line (a failure note shows the first line)."""
+    return f"{report.plan.title}: " + "; ".join(
+        f"{r.move.vm_name} {r.move.mode.value} to {r.move.target_name}: {r.outcome.value}"
+        + (f" ({r.error})" if r.error else "")
+        for r in report.results
+    )
+
+
 @clause("HOST-LIST-1")
 def test_hosts_are_listed(kit: Kit, request: pytest.FixtureRequest) -> None:
     scope = scope_of(kit, request)
@@ -165,7 +174,7 @@ def test_evacuation_moves_and_resumes(kit: Kit, request: pytest.FixtureRequest) 
         pytest.skip(f"the plan moves none of the kit's VMs: {plan}")
     try:
         report = vmctl.execute(plan, max_parallel=2, timeout=kit.timeout)
-        assert report.ok, str(report)
+        assert report.ok, _outcomes(report)
         hosts = {h.id: h for h in scope.hosts()}
         for m in plan.moves:
             host_id, state = locate(scope, m.vm_uuid)
@@ -286,7 +295,7 @@ def test_recovery_of_a_failed_host(kit: Kit, request: pytest.FixtureRequest) -> 
                 vmctl.execute(plan, timeout=kit.timeout)
             assert locate(scope, running)[0] == victim.id, "started without confirmation"
         report = vmctl.execute(plan, confirm_fenced=True, max_parallel=2, timeout=kit.timeout)
-        assert report.ok, str(report)
+        assert report.ok, _outcomes(report)
         for m in plan.moves:
             host_id, state = locate(scope, m.vm_uuid)
             assert host_id not in (None, victim.id), f"{m.vm_name} on {host_id}"

@@ -195,13 +195,17 @@ func setHostState(host *simulator.HostSystem, c types.HostSystemConnectionState,
 	if c != types.HostSystemConnectionStateConnected {
 		vmState = types.VirtualMachineConnectionStateDisconnected
 	}
-	for _, ref := range host.Vm {
-		if vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
-			simulator.Map.Update(vm, []types.PropertyChange{
-				{Name: "runtime.connectionState", Val: vmState},
-				{Name: "summary.runtime.connectionState", Val: vmState},
-			})
+	// Every VM the host runs, by runtime.host: the simulator's RelocateVM does not keep
+	// host.Vm up to date, and a VM migrated onto the host fails with it too.
+	for _, e := range simulator.Map.All("VirtualMachine") {
+		vm, ok := e.(*simulator.VirtualMachine)
+		if !ok || vm.Runtime.Host == nil || *vm.Runtime.Host != host.Self {
+			continue
 		}
+		simulator.Map.Update(vm, []types.PropertyChange{
+			{Name: "runtime.connectionState", Val: vmState},
+			{Name: "summary.runtime.connectionState", Val: vmState},
+		})
 	}
 }
 
