@@ -978,8 +978,9 @@ _CLAUSE_ID = re.compile(r"^[A-Z]+(?:-[A-Z0-9]+)*-?$")
     multiple=True,
     metavar="KEY=VALUE",
     help="kit option: network, pool, boot_kernel, boot_initrd, boot_cmdline, boot_iso, "
-    "memory_mib, disk_mib, op_timeout, settle_s, backup_repo (over $VMCTL_KIT_OPTIONS and "
-    "what the driver finds on the host)",
+    "memory_mib, disk_mib, op_timeout, settle_s, backup_repo, hosts_uri, fail_host, "
+    "fail_command, revive_command (over $VMCTL_KIT_OPTIONS and what the driver finds on "
+    "the host)",
 )
 @click.option("--prefix", default=None, help="prefix of the kit's objects (default vmctl-kit-)")
 @click.option(

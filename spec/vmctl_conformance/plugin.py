@@ -3,7 +3,8 @@
 Options: ``--vmctl-uri`` (default $VMCTL_URI), ``--vmctl-other-uri`` (a second host of the
 same backend, for migration; default $VMCTL_OTHER_URI), ``--vmctl-prefix``, ``--vmctl-opt
 KEY=VALUE`` (backend options: network, pool, boot_kernel, boot_initrd, boot_cmdline, boot_iso,
-memory_mib, disk_mib, op_timeout, backup_repo), ``--vmctl-report FILE.json|FILE.md``.
+memory_mib, disk_mib, op_timeout, backup_repo, hosts_uri, fail_host, fail_command,
+revive_command), ``--vmctl-report FILE.json|FILE.md``.
 Credentials come from the environment that ``vmctl.connect()`` reads (VMCTL_PASSWORD, ...).
 """
 
@@ -51,7 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="backend option (network, pool, boot_kernel, boot_initrd, "
-        "boot_cmdline, boot_iso, memory_mib, disk_mib, op_timeout, backup_repo)",
+        "boot_cmdline, boot_iso, memory_mib, disk_mib, op_timeout, backup_repo, hosts_uri, "
+        "fail_host, fail_command, revive_command)",
     )
     group.addoption("--vmctl-report", default=None, help="write the report (.json or .md)")
     group.addoption(
