@@ -7,9 +7,12 @@ Starts the test hosts of tests/hosts/kvm.py when no libvirtd answers (root). Ste
 
 1. a VM with one 1 GiB qcow2 disk; 300 MiB of random (incompressible) data in 75 pieces of
    4 MiB at random 4 MiB-aligned places, written with ``qemu-img convert`` into the volume;
-2. ``qemu-img convert -O raw`` of the volume to a file (the reference reader), then a full
-   backup of the stopped VM (volume streams) and of the running VM (pull-mode backup job
-   over NBD): MiB/s of data and the ratio to qemu-img (goal >= 0.8x);
+2. ``qemu-img convert -O raw`` of the volume to a file (the reference reader; it does not
+   flush, so the same followed by ``sync -f`` is shown too), then a full backup of the
+   stopped VM (volume streams) and of the running VM (pull-mode backup job over NBD): MiB/s
+   of data and the ratio to qemu-img (goal >= 0.8x). Under each, the floor of each stage
+   alone over the same chunks: the driver's reads, the zero check, SHA-256, compression,
+   writing the chunks durably;
 3. 5% of the disk's 4 MiB blocks (13 blocks, random places) rewritten with new data through
    vmctl's upload path (stopped VM), then an incremental backup of the running VM: bytes
    read and stored vs bytes changed (goal <= 1.1x), and its time vs the full's;
@@ -80,8 +83,9 @@ def timed(fn: object) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def driver_read(hv: vmctl.Hypervisor, vm: vmctl.VM) -> float:
-    """Seconds to read the allocated extents through the driver's point in time alone."""
+def driver_read(hv: vmctl.Hypervisor, vm: vmctl.VM, keep: list[bytes] | None = None) -> float:
+    """Seconds to read the allocated extents through the driver's point in time alone (the
+    point in time opened and closed included); the chunks go to ``keep`` when given."""
     from vmctl.spi import Deadline, DiskAccess
 
     d = hv._driver
@@ -92,20 +96,46 @@ def driver_read(hv: vmctl.Hypervisor, vm: vmctl.VM) -> float:
         for e in d.allocated_extents(pit, "vda", deadline=Deadline.after(60)):
             for off in range(e.offset, e.end, BLOCK):
                 n = min(BLOCK, e.end - off)
-                d.read_extent(pit, "vda", off, n, deadline=Deadline.after(60))
+                data = d.read_extent(pit, "vda", off, n, deadline=Deadline.after(60))
+                if keep is not None:
+                    keep.append(data)
     finally:
         d.close_point_in_time(pit, deadline=Deadline.after(60))
     return time.perf_counter() - t0
 
 
-def hash_time(n: int) -> float:
-    import hashlib
+def stage_floors(chunks: list[bytes], work: str) -> dict[str, float]:
+    """Seconds each stage of the job's chunk work takes alone, on one thread, over the same
+    chunks: the zero check, SHA-256, the compression trial (and zstd over whole chunks, as
+    before the trial), and writing the frames into a repository's chunk store durably
+    (Store.batch: write, then one flush)."""
+    from vmctl.backup import _chunks
+    from vmctl.backup._store import Store
 
-    block = os.urandom(BLOCK)
+    def timed_each(fn: object) -> float:
+        t0 = time.perf_counter()
+        for c in chunks:
+            fn(c)  # type: ignore[operator]
+        return time.perf_counter() - t0
+
+    out = {
+        "zero check": timed_each(_chunks.is_zero),
+        "SHA-256": timed_each(_chunks.digest_of),
+        "compress (trial, then zstd where it helps)": timed_each(_chunks.pack),
+    }
+    import zstandard
+
+    z = zstandard.ZstdCompressor(level=_chunks.ZSTD_LEVEL)
+    out["zstd level 3 of every chunk (no trial)"] = timed_each(z.compress)
+    frames = [(_chunks.digest_of(c), *_chunks.pack(c)) for c in chunks]
+    batch = Store(os.path.join(work, "floor-store")).batch()
     t0 = time.perf_counter()
-    for _ in range(n // BLOCK):
-        hashlib.sha256(block).digest()
-    return time.perf_counter() - t0
+    for digest, header, payload in frames:
+        batch.put(_chunks.chunk_path(digest), header, payload)
+    batch.commit()
+    out["write + one flush (durable)"] = time.perf_counter() - t0
+    shutil.rmtree(os.path.join(work, "floor-store"))
+    return out
 
 
 def main() -> None:
@@ -160,32 +190,49 @@ def run(hv: vmctl.Hypervisor, vm: vmctl.VM, rnd: random.Random, work: str, round
         )
         t_convert = min(t_convert, t)
         os.unlink(out)
-    print(f"data: {data // MIB} MiB in a {DISK // MIB} MiB qcow2 disk")
+
+    def convert_and_flush() -> None:
+        subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", path, out], check=True)
+        subprocess.run(["sync", "-f", out], check=True)
+
+    t_sync = 1e9
+    for _ in range(3):  # the same, and its data flushed to disk, as a backup's is
+        t_sync = min(t_sync, timed(convert_and_flush)[0])
+        os.unlink(out)
+    load = os.getloadavg()
     print(
-        f"qemu-img convert to a raw file:   {t_convert:6.2f} s  {data / MIB / t_convert:7.1f} MiB/s"
+        f"data: {data // MIB} MiB in a {DISK // MIB} MiB qcow2 disk; {os.cpu_count()} cores, "
+        f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
 
+    def line(what: str, t: float, extra: str = "") -> None:
+        print(
+            f"{what:44s} {t:6.2f} s {data / MIB / t:7.1f} MiB/s = {t_convert / t:4.2f}x qemu-img"
+            f"{'  ' + extra if extra else ''}"
+        )
+
+    line("qemu-img convert to a raw file (best of 3)", t_convert)
+    line("  the same, then flushed (sync -f)", t_sync)
     repo = vmctl.open_repo(os.path.join(work, "stopped"))
     t, info = timed(lambda: vm.backup(repo))
-    print(
-        f"full backup, stopped VM (streams): {t:6.2f} s  {data / MIB / t:7.1f} MiB/s  "
-        f"= {t_convert / t:.2f}x qemu-img  (read {info.read_bytes // MIB} MiB)"  # type: ignore[attr-defined]
-    )
+    line("full backup, stopped VM (streams)", t, f"read {info.read_bytes // MIB} MiB")  # type: ignore[attr-defined]
+    t_sread = driver_read(hv, vm)
+    line("  the driver's reads alone (streams)", t_sread)
     vm.start(timeout=60)
     # first (its point in time makes a checkpoint, which the full backup's then replaces)
-    t_read = driver_read(hv, vm)
+    chunks: list[bytes] = []
+    t_read = driver_read(hv, vm, chunks)
     repo = vmctl.open_repo(os.path.join(work, "running"))
     t_full, full = timed(lambda: vm.backup(repo))
-    print(
-        f"full backup, running VM (NBD):     {t_full:6.2f} s  {data / MIB / t_full:7.1f} MiB/s  "
-        f"= {t_convert / t_full:.2f}x qemu-img  (read {full.read_bytes // MIB} MiB, "  # type: ignore[attr-defined]
-        f"stored {full.new_bytes // MIB} MiB)"  # type: ignore[attr-defined]
+    line(
+        "full backup, running VM (NBD)",
+        t_full,
+        f"read {full.read_bytes // MIB} MiB, stored {full.new_bytes // MIB} MiB",  # type: ignore[attr-defined]
     )
-    print(
-        f"  the driver's reads alone (NBD, no repository):  {t_read:6.2f} s  "
-        f"{data / MIB / t_read:7.1f} MiB/s  = {t_convert / t_read:.2f}x qemu-img; "
-        f"SHA-256 of the same bytes on one core: {hash_time(data):.2f} s"
-    )
+    line("  the driver's reads alone (NBD)", t_read)
+    for what, t in stage_floors(chunks, work).items():
+        line(f"  {what}, one thread", t)
+    del chunks
     vm.power_off(timeout=60)
     changed = change(vm, rnd)
     vm.start(timeout=60)
