@@ -143,19 +143,31 @@ def evacuate(
     type=float,
     default=10.0,
     show_default=True,
-    help="stop when the hosts' memory load differs by at most this many percentage points",
+    help="stop when the hosts' load scores differ by at most this many percentage points",
 )
 @click.option("--max-moves", type=int, default=10, show_default=True)
 @click.option("--max-parallel", type=int, default=4, show_default=True, help="moves at once")
+@click.option(
+    "--memory-only", is_flag=True, help="balance memory load only (not the measured CPU load)"
+)
 @click.option("--yes", is_flag=True, help="do not ask before moving")
 @pass_ctx
 def rebalance(
-    ctx: Ctx, dry_run: bool, threshold: float, max_moves: int, max_parallel: int, yes: bool
+    ctx: Ctx,
+    dry_run: bool,
+    threshold: float,
+    max_moves: int,
+    max_parallel: int,
+    memory_only: bool,
+    yes: bool,
 ) -> None:
-    """Even out the memory load of the connection's hosts with live moves: the plan first
-    (each move, each host's load before and after), then, unless --dry-run, the moves."""
+    """Even out the load of the connection's hosts with live moves (a host's score: the
+    higher of its memory and CPU load, or memory only): the plan first (each move, each
+    host's memory and CPU before and after), then, unless --dry-run, the moves."""
     with ctx.connect() as hv:
-        plan = vmctl.plan_rebalance(hv, threshold=threshold, max_moves=max_moves)
+        plan = vmctl.plan_rebalance(
+            hv, threshold=threshold, max_moves=max_moves, cpu=not memory_only
+        )
         if dry_run or not plan.moves:
             out(ctx, plan.to_json(), lambda: click.echo(str(plan)))
             return

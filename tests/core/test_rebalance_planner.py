@@ -8,6 +8,7 @@ worked example."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,3 +273,28 @@ def test_no_move_to_or_from_a_host_in_maintenance(
         for c in conns:
             c.close()
         vmctl_sim.reset_sites()
+
+
+def test_cli_shows_cpu_and_memory_only_leaves_it_out(state_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from vmctl.cli import cli
+
+    state = state_dir.parent / "site.json"
+    with vmctl.connect(f"sim://c1?state={state}") as hv:
+        for i in range(3):
+            hv.create_vm(vmctl.VMSpec(name=f"c{i}", vcpus=4, memory_mib=8192), start=True)
+    with vmctl.connect(f"sim://c2?state={state}"):
+        pass
+    uri = f"sim://c1?state={state}"
+    shown = CliRunner().invoke(cli, ["-c", uri, "rebalance", "--dry-run"])
+    assert shown.exit_code == 0, shown.output
+    assert "max of memory and CPU" in shown.output and "CPU BEFORE" in shown.output
+    data = json.loads(
+        CliRunner().invoke(cli, ["-c", uri, "--json", "rebalance", "--dry-run"]).output
+    )
+    assert data["score"] == "max(memory %, cpu %)" and data["moves"]
+    assert all(h["cpu_percent"] is not None for h in data["before"])
+    flat = CliRunner().invoke(cli, ["-c", uri, "--json", "rebalance", "--dry-run", "--memory-only"])
+    assert flat.exit_code == 0, flat.output
+    assert json.loads(flat.output)["score"] == "memory %"
