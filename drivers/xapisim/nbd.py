@@ -20,10 +20,15 @@ Per connection, as xapi-nbd does:
   get EINVAL. A read past the end of the VDI fails after its reply header: the connection
   is dropped, as ocaml-nbd does on a failed block read.
 
+While an export is served, the VDI is plugged into the control domain read-only, as
+xapi-nbd's Cleanup.VBD.with_vbd does (VBD.create on dom0, userdevice autodetect, mode RO,
+then VBD.plug; VBD.unplug and VBD.destroy when the connection ends): so a
+``VDI.data_destroy`` meanwhile waits for it, and ``VDI.destroy`` sees the VDI in use.
+
 Deviation: one server for the whole simulated pool, on 127.0.0.1 and a free port (xapi
-serves port 10809 on each host's NBD networks); ``VDI.get_nbd_info`` names it. The VBD
-xapi-nbd plugs into dom0 for the connection's lifetime is not simulated. ``stats`` counts
-what clients read, for tests and benchmarks.
+serves port 10809 on each host's NBD networks); ``VDI.get_nbd_info`` names it; the VBD is
+on the master's control domain. ``stats`` counts what clients read, for tests and
+benchmarks.
 """
 
 from __future__ import annotations
@@ -219,12 +224,14 @@ class NbdServer:
             t.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        c = _Connection(self, conn)
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _Connection(self, conn).run()
+            c.run()
         except (_Closed, OSError, ssl.SSLError, struct.error):
             pass
         finally:
+            c.unplug()
             with contextlib.suppress(OSError):
                 conn.close()
             with self._lock:
@@ -270,6 +277,7 @@ class _Connection:
         self.server = server
         self.sock: socket.socket = sock
         self.is_tls = False
+        self.vbd: str | None = None  # the export's VBD on dom0, while it is served
 
     def recv(self, n: int) -> bytes:
         buf = bytearray(n)
@@ -350,6 +358,7 @@ class _Connection:
             if rec["type"] == "cbt_metadata":
                 raise _Closed("the VDI has no data to attach")
             size = int(rec["virtual_size"])
+            self.vbd = self._plug_into_dom0(vdi)
         flags = NBD_FLAG_HAS_FLAGS | (NBD_FLAG_READ_ONLY if NBD_READ_ONLY else 0)
         self.sock.sendall(struct.pack(">QH", size, flags) + bytes(124))
         while True:
@@ -377,6 +386,34 @@ class _Connection:
                 self._reply(handle, NBD_EPERM if NBD_READ_ONLY else NBD_EINVAL)
             else:
                 self._reply(handle, NBD_EINVAL)
+
+    def _plug_into_dom0(self, vdi: str) -> str:
+        """xapi-nbd Cleanup.VBD.with_vbd: a read-only VBD of the VDI on the control domain,
+        plugged (call with the database lock held)."""
+        db = self.server.db
+        dom0 = str(db.objs["host"][db.master()]["control_domain"])
+        used = {db.objs["VBD"][b]["userdevice"] for b in db.objs["VM"][dom0]["VBDs"]}
+        ud = next(str(i) for i in range(1, 1 << 16) if str(i) not in used)
+        return db._new_vbd(
+            dom0,
+            vdi,
+            ud,
+            mode="RO",
+            currently_attached=True,
+            device=f"xvd{chr(ord('a') + int(ud) % 26)}",
+            allowed_operations=["unplug", "unplug_force"],
+        )
+
+    def unplug(self) -> None:
+        """VBD.unplug and VBD.destroy of the export's dom0 VBD, when the connection ends."""
+        if self.vbd is None:
+            return
+        db = self.server.db
+        with db.lock:
+            if db.valid("VBD", self.vbd):
+                db._destroy_vbd(self.vbd)
+            db.cond.notify_all()
+        self.vbd = None
 
     def _reply(self, handle: int, error: int) -> None:
         self.sock.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, error, handle))

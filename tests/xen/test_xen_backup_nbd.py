@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,16 @@ def test_the_wire_as_xapi_nbd(raw: Any, sim: Any, vm: vmctl.VM, purpose: str) ->
     size, flags = struct.unpack(">QH", c.recv(10))
     assert size == 16 * MiB and flags == 1 | 2  # HAS_FLAGS | READ_ONLY
     assert c.recv(124) == bytes(124)
+    # while served, the VDI is plugged into the control domain read-only (xapi-nbd's VBD)
+    vdi = vdi_of(raw, vm)
+
+    def dom0_vbds() -> list[dict[str, Any]]:
+        recs = [raw.VBD.get_record(b) for b in raw.VDI.get_VBDs(vdi)]
+        return [r for r in recs if raw.VM.get_is_control_domain(r["VM"])]
+
+    (vbd,) = dom0_vbds()
+    assert vbd["mode"] == "RO" and vbd["currently_attached"] is True
+    assert failure(raw.VDI.destroy, vdi)[0] == "VDI_IN_USE"
 
     def request(cmd: int, handle: int, offset: int, length: int) -> tuple[int, int]:
         c.sock.sendall(struct.pack(">IHHQQI", 0x25609513, 0, cmd, handle, offset, length))
@@ -192,6 +203,10 @@ def test_the_wire_as_xapi_nbd(raw: Any, sim: Any, vm: vmctl.VM, purpose: str) ->
     assert request(1, 5, 0, 0) == (1, 5)  # WRITE: EPERM (read-only)
     c.sock.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 6, 0, 0))  # DISC
     assert c.closed()
+    deadline = time.monotonic() + 10
+    while dom0_vbds() and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server unplugs and destroys it as the connection ends
+    assert dom0_vbds() == []
     # a session that is not valid, or none: the connection is closed after the name
     for bad in (info["exportname"].split("?")[0] + "?session_id=OpaqueRef:nope", "/x"):
         c = Raw(sim)
