@@ -1499,27 +1499,21 @@ class EsxDriver(
 
     @_bounded
     def get_stats(self, uuids: Sequence[str], *, deadline: Deadline) -> dict[str, VMStats]:
-        vim = self.conn.vim
         counters = self._perf_counters()
         wanted = {"mem.consumed.average": "memory_used_mib"}
         ids = {counters[k]: v for k, v in wanted.items() if k in counters}
         refs = {uuid: self._ref(uuid) for uuid in uuids}
-        specs = [
-            vim.PerformanceManager.QuerySpec(
-                entity=ref,
-                maxSample=1,
-                intervalId=20,
-                metricId=[vim.PerformanceManager.MetricId(counterId=c, instance="") for c in ids],
-            )
-            for ref in refs.values()
-        ]
         now = dt.datetime.now(dt.UTC)
         out = {uuid: VMStats(uuid=uuid, timestamp=now) for uuid in uuids}
-        if not specs or not ids:
+        if not refs or not ids:
             return out
-        pm = self.conn.content.perfManager
-        metrics = self._call("query performance counters", self._fast_stats.query, pm, specs)
+        pm, fast = self.conn.content.perfManager, self._fast_stats
+        entities, counter_ids = list(refs.values()), list(ids)
+        metrics = self._call(
+            "query performance counters", fast.latest, pm, entities, counter_ids, 20
+        )
         if metrics is None:
+            specs = fast.specs(entities, counter_ids, 20)
             result = self._call("query performance counters", pm.QueryPerf, querySpec=specs)
             metrics = sdk_metrics(result)
         by_moid = {_moid(ref): uuid for uuid, ref in refs.items()}
