@@ -39,11 +39,12 @@ How it works, on vSphere's own documented interfaces:
 Writes through the datastore's HTTP access are file writes, not the guest's disk I/O that
 the host's tracking sees, so the driver does not count on the host for them: on a VM with
 tracking on, ``flush_writes`` records the extents it wrote in the VM's ``extraConfig``
-(``vmctl.cbt.DISK.pending``). The next point in time takes them over: its
-``changed_extents`` adds them to the host's answer (more than was written is allowed, less
-is not), and it records its own changeId as ``vmctl.cbt.DISK.floor``; a later point in time
-asked for the changes since an older changeId than the floor answers NotFound (the core reads
-the whole disk), since those writes are no longer listed.
+(``vmctl.cbt.DISK.pending``). The next point in time tags them with its own changeId N (they
+were written before N) and keeps them in ``vmctl.cbt.DISK.written``; ``changed_extents``
+since a changeId older than N adds them to the host's answer (more than was written is
+allowed, less is not). The last ``KEEP_WRITTEN`` tags are kept; when older ones are dropped,
+the newest dropped becomes ``vmctl.cbt.DISK.floor``, and the changes since a changeId older
+than the floor are NotFound (the core reads the whole disk).
 
 Limits (refused with ``InvalidState``, never guessed): a disk whose chain at the point in
 time has more than one file (a VM that already had snapshots: its data is in delta files of
@@ -112,9 +113,12 @@ ALL_AREAS = "*"
 MAX_AREA_CALLS = 100_000
 #: extraConfig keys of the extents written around tracking (see the module).
 PENDING_KEY = "vmctl.cbt.{}.pending"
+WRITTEN_KEY = "vmctl.cbt.{}.written"
 FLOOR_KEY = "vmctl.cbt.{}.floor"
-#: At most this many extents are recorded; more are recorded as the one extent covering them.
-MAX_PENDING = 256
+#: At most this many extents are recorded per tag; more as the one extent covering them.
+MAX_PENDING = 64
+#: Tags (changeIds) of extents written around tracking kept per disk.
+KEEP_WRITTEN = 8
 
 
 class _DiskFile:
@@ -153,7 +157,8 @@ class _Snapshot:
         self.files = files
         self.keys: dict[str, int] = {}  # disk id -> device key
         self.change_ids: dict[str, str] = {}  # disk id -> changeId (tracked disks only)
-        self.written: dict[str, list[Extent]] = {}  # disk id -> written around tracking
+        # disk id -> (changeId, extents written around tracking before it), oldest first
+        self.written: dict[str, list[tuple[str, list[Extent]]]] = {}
         self.floors: dict[str, str] = {}  # disk id -> the changeId older ones cannot answer
         self.closed = False
 
@@ -628,7 +633,7 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
         if not file.size:
             return []
         found = self._areas(snap, disk_id, file, since, deadline)
-        extra = snap.written.get(disk_id)
+        extra = [e for tag, ext in snap.written.get(disk_id, ()) if _older(since, tag) for e in ext]
         if not extra:
             return found
         return _merged([(e.offset, e.length) for e in (*found, *extra)])
@@ -856,21 +861,34 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
         self._set_extra(ref, str(props["name"]), {key: _format_extents(merged)}, deadline)
 
     def _take_pending(self, snap: _Snapshot, extra: dict[str, str], deadline: Deadline) -> None:
-        """Move the extents written around tracking before this point in time into it, and
-        make its changeId the disks' floor (see the module)."""
-        done: dict[str, str] = {}
+        """Tag the extents written around tracking since the last point in time with this
+        one's changeId, keep the last KEEP_WRITTEN tags, raise the floor past dropped ones
+        (see the module)."""
+        updates: dict[str, str] = {}
         for disk_id, change_id in snap.change_ids.items():
-            floor = extra.get(FLOOR_KEY.format(disk_id))
+            epoch = change_id.rpartition("/")[0]
+            raw = extra.get(WRITTEN_KEY.format(disk_id), "")
+            entries = [(t, x) for t, x in _parse_written(raw) if t.rpartition("/")[0] == epoch]
+            floor = extra.get(FLOOR_KEY.format(disk_id)) or ""
+            if floor.rpartition("/")[0] != epoch:
+                floor = ""  # of an earlier tracking epoch: the host refuses those itself
+            pending = _parse_extents(extra.get(PENDING_KEY.format(disk_id), ""))
+            if pending:
+                entries.append((change_id, pending))
+                updates[PENDING_KEY.format(disk_id)] = ""
+            if len(entries) > KEEP_WRITTEN:
+                floor = entries[-KEEP_WRITTEN - 1][0]
+                entries = entries[-KEEP_WRITTEN:]
+            text = ";".join(f"{t}={_format_extents(x)}" for t, x in entries)
+            if text != raw:
+                updates[WRITTEN_KEY.format(disk_id)] = text
+            if floor != (extra.get(FLOOR_KEY.format(disk_id)) or ""):
+                updates[FLOOR_KEY.format(disk_id)] = floor
+            snap.written[disk_id] = entries
             if floor:
                 snap.floors[disk_id] = floor
-            pending = extra.get(PENDING_KEY.format(disk_id))
-            if not pending:
-                continue
-            snap.written[disk_id] = _parse_extents(pending)
-            done[PENDING_KEY.format(disk_id)] = ""
-            done[FLOOR_KEY.format(disk_id)] = change_id
-        if done:
-            self._set_extra(snap.vm_ref, snap.vm_name, done, deadline)
+        if updates:
+            self._set_extra(snap.vm_ref, snap.vm_name, updates, deadline)
 
     def _writable_file(self, uuid: str, disk_id: str) -> tuple[_DiskFile, str]:
         _, props = self._props(
@@ -929,6 +947,16 @@ def _parse_extents(text: str) -> list[Extent]:
         offset, _, length = item.strip().partition("+")
         if offset.isdigit() and length.isdigit() and int(length) > 0:
             out.append(Extent(int(offset), int(length)))
+    return out
+
+
+def _parse_written(text: str) -> list[tuple[str, list[Extent]]]:
+    """``"CHANGEID=EXTENTS;..."`` (see ``_format_extents``)."""
+    out = []
+    for item in text.split(";"):
+        tag, _, extents = item.partition("=")
+        if tag.strip() and extents:
+            out.append((tag.strip(), _parse_extents(extents)))
     return out
 
 

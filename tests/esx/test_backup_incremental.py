@@ -20,7 +20,8 @@ from pyVmomi import vim, vmodl
 
 import vmctl
 from tests.hosts.esx import VcsimServer
-from vmctl.backup import BackupKind, write_disk
+from vmctl.backup import BackupKind, read_disk, write_disk
+from vmctl_esx._backup import KEEP_WRITTEN
 
 from .conftest import Admin
 from .test_backup import MIB, Target, flat_file, make, snapshots
@@ -256,8 +257,10 @@ def test_tracking_turned_off_reads_whole_disks(esx: vmctl.Hypervisor, esx_admin:
 def test_restore_into_the_vm_is_seen_by_the_next_incrementals(
     esx: vmctl.Hypervisor, esx_sim: VcsimServer, esx_admin: Admin
 ) -> None:
-    """A restore writes around tracking: the driver records what it wrote, the next
-    incremental reads it, and an older parent (another repository's) reads whole."""
+    """A restore writes around tracking: the driver records what it wrote, tagged with the
+    next changeId, so the next incrementals read it, from this repository and from another
+    whose parent is older; once more tags than it keeps follow, an older parent reads
+    whole."""
     vm = make(esx, sizes=(6,))
     disk_id = vm.config().disks[0].id
     write_disk(vm, disk_id, 0, b"1" * (2 * MIB))
@@ -276,9 +279,16 @@ def test_restore_into_the_vm_is_seen_by_the_next_incrementals(
     assert third.kind is BackupKind.INCREMENTAL, third.reason
     copy = r.restore(third.id, esx, name=f"{vm.name}-3")
     assert flats(esx_sim, esx_admin, copy) == gen1
-    later = vm.backup(other)  # parent `old`: older than the restore's floor
-    assert later.kind is BackupKind.FULL, later.reason
-    assert "read whole" in later.reason and "written around" in later.reason, later.reason
-    assert later.read_bytes == 2 * MIB
+    later = vm.backup(other)  # parent: the backup before the writes and the restore
+    assert later.kind is BackupKind.INCREMENTAL, later.reason
     copy = other.restore(later.id, esx, name=f"{vm.name}-o")
     assert flats(esx_sim, esx_admin, copy) == gen1
+    for i in range(KEEP_WRITTEN + 1):  # each write seen by a point in time of its own
+        write_disk(vm, disk_id, i * 4096, b"w")
+        assert read_disk(vm, disk_id, i * 4096, 1) == b"w"
+    gen3 = flats(esx_sim, esx_admin, vm)
+    last = vm.backup(other)  # parent `later`: older than the floor now
+    assert last.kind is BackupKind.FULL, last.reason
+    assert "written around" in last.reason, last.reason
+    copy = other.restore(last.id, esx, name=f"{vm.name}-l")
+    assert flats(esx_sim, esx_admin, copy) == gen3
