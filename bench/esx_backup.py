@@ -1,7 +1,7 @@
 """Backup and restore of one VM on the vSphere API simulator: vmctl vs a plain download of
 the disk's flat extent over the same datastore HTTP access.
 
-    python bench/esx_backup.py [--mib 256] [--data-mib 96] [--repeat 3] [--json FILE]
+    python bench/esx_backup.py [--mib 256] [--data-mib 96] [--repeat 3] [--seed 1] [--json FILE]
 
 Starts the simulator in ESX mode (tests/hosts/esx.py), makes a VM with one thin disk of
 ``--mib`` MiB, writes ``--data-mib`` MiB of incompressible data at its start (one upload),
@@ -14,7 +14,17 @@ then times, interleaved ``--repeat`` times (median):
 * ``restore``: ``repo.restore(...)`` into a new VM (the driver downloads and uploads the
   whole extent for every run of chunks it writes: see docs/esx.md).
 
-Prints MiB/s of the disk's size and the ratio of backup to download.
+Then, once, the incremental path (changed block tracking, tests/hosts/vcsim/cbt.go):
+
+* ``first``: ``vm.backup(repo)`` into a new repository: full, and it turns tracking on, so
+  it reads only the allocated areas (QueryChangedDiskAreas "*");
+* 5% of the disk's 4 MiB blocks (random places, ``--seed``) rewritten with new data in one
+  upload (the driver's ``write_extents`` + ``flush_writes``);
+* ``incremental``: ``vm.backup(repo)``: bytes read and stored vs the bytes changed (goal of
+  issue 12: <= 1.1x), and its time vs the full's.
+
+Prints MiB/s of the disk's size and the ratio of backup to download, then the incremental's
+figures. Say the machine's load (``uptime``) with the figures.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import secrets
 import ssl
 import statistics
@@ -39,8 +50,21 @@ if str(ROOT) not in sys.path:
 import vmctl  # noqa: E402
 from tests.hosts.esx import VcsimServer, running_simulator  # noqa: E402
 from vmctl.backup import write_disk  # noqa: E402
+from vmctl.spi import Deadline, ExtentData  # noqa: E402
 
 MIB = 1024 * 1024
+BLOCK = 4 * MIB
+
+
+def change(hv: vmctl.Hypervisor, vm: vmctl.VM, disk_id: str, mib: int, seed: int) -> int:
+    """Rewrite 5% of the disk's 4 MiB blocks with new data in one upload; bytes changed."""
+    rnd = random.Random(seed)
+    blocks = rnd.sample(range(mib * MIB // BLOCK), max(1, round(mib * MIB // BLOCK * 0.05)))
+    extents = [ExtentData(b * BLOCK, BLOCK, rnd.randbytes(BLOCK)) for b in sorted(blocks)]
+    driver = hv._conn.driver  # type: ignore[attr-defined]
+    driver.write_extents(vm.uuid, disk_id, extents, deadline=Deadline.after(600))
+    driver.flush_writes(vm.uuid, disk_id, deadline=Deadline.after(600))
+    return len(blocks) * BLOCK
 
 
 def download(srv: VcsimServer, descriptor: str, cookie: str) -> float:
@@ -63,6 +87,7 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--data-mib", type=int, default=96)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json")
     args = ap.parse_args()
     times: dict[str, list[float]] = {"download": [], "backup": [], "restore": []}
@@ -87,6 +112,15 @@ def main() -> None:
                     copy = repo.restore(info.id, hv, name=f"{vm.name}-r")
                     times["restore"].append(time.perf_counter() - start)
                     copy.delete()
+            with tempfile.TemporaryDirectory() as tmp:
+                repo = vmctl.open_repo(f"{tmp}/repo")
+                start = time.perf_counter()
+                first = vm.backup(repo)
+                t_first = time.perf_counter() - start
+                changed = change(hv, vm, disk.id, args.mib, args.seed)
+                start = time.perf_counter()
+                inc = vm.backup(repo)
+                t_inc = time.perf_counter() - start
             vm.delete()
         finally:
             hv.close()
@@ -97,10 +131,32 @@ def main() -> None:
         "seconds": med,
         "mib_per_s": {k: args.mib / v for k, v in med.items()},
         "backup_vs_download": med["backup"] / med["download"],
+        "incremental": {
+            "first_kind": first.kind.value,
+            "first_read_bytes": first.read_bytes,
+            "first_seconds": t_first,
+            "kind": inc.kind.value,
+            "changed_bytes": changed,
+            "read_bytes": inc.read_bytes,
+            "new_bytes": inc.new_bytes,
+            "read_vs_changed": inc.read_bytes / changed,
+            "stored_vs_changed": inc.new_bytes / changed,
+            "seconds": t_inc,
+            "time_vs_full": t_inc / med["backup"],
+        },
     }
     for k, v in med.items():
         print(f"{k:9} {v:7.2f} s  {args.mib / v:8.1f} MiB/s")
     print(f"backup / download: {result['backup_vs_download']:.2f}x")
+    print(
+        f"first backup ({first.kind.value}, tracking on): read {first.read_bytes / MIB:.0f} "
+        f"MiB of {args.mib} in {t_first:.2f} s"
+    )
+    print(
+        f"incremental after changing 5% ({changed // MIB} MiB): {inc.kind.value}, "
+        f"read {inc.read_bytes / changed:.2f}x, stored {inc.new_bytes / changed:.2f}x the bytes "
+        f"changed, {t_inc:.2f} s ({t_inc / med['backup']:.2f}x the full backup's time)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 
