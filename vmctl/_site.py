@@ -307,18 +307,41 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
                 entry["host"] = _record_json(m.record) if m.record else entry.get("host")
                 entry["saved"] = _now()
                 entry["vms"] = {
-                    uuid: {
-                        "name": infos[uuid].name,
-                        "state": infos[uuid].state.value,
-                        "vcpus": infos[uuid].vcpus,
-                        "memory_mib": infos[uuid].memory_mib,
-                        "definition": vm.definition,
-                        "disks": list(vm.disks),
-                        "pinned": vm.pinned,
-                    }
+                    uuid: self._vm_json(infos[uuid], vm)
                     for uuid, vm in vms.items()
                     if uuid in infos
                 }
+
+    @staticmethod
+    def _vm_json(info: VMInfo, vm: SiteVM) -> dict[str, Any]:
+        return {
+            "name": info.name,
+            "state": info.state.value,
+            "vcpus": info.vcpus,
+            "memory_mib": info.memory_mib,
+            "definition": vm.definition,
+            "disks": list(vm.disks),
+            "pinned": vm.pinned,
+        }
+
+    def _resave(self, uuid: str, m: _Member, deadline: Deadline) -> None:
+        """Record that the VM is on ``m`` now (after a move or a restart there), so that a
+        failure of ``m`` before the next plan still finds it. A failure to read it back is
+        logged: the next plan reads every member again."""
+        try:
+            info = m.call(f"read VM {uuid}", m.conn.driver.get_vm, uuid, deadline=deadline)
+            vms = m.call(
+                f"site inventory of {m.uri}", m.member.site_inventory, [uuid], deadline=deadline
+            )
+        except VmctlError as exc:
+            log.warning("the site could not record VM %s on %s (%s)", uuid, m.uri, exc)
+            return
+        with _store(write=True) as saved:
+            for other in self.members:
+                saved.get(other.uri, {}).get("vms", {}).pop(uuid, None)
+            if uuid in vms:
+                entry = saved.setdefault(m.uri, {})
+                entry.setdefault("vms", {})[uuid] = self._vm_json(info, vms[uuid])
 
     @staticmethod
     def _saved_info(uuid: str, rec: Mapping[str, Any], failed: bool, host: str) -> VMInfo:
@@ -448,7 +471,7 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
             self._restore(uuid, found, target, start=False, deadline=deadline)
             return None
         what = f"move VM {info.name!r} from {source.uri} to {target.uri} ({mode.value})"
-        return source.call(
+        task = source.call(
             what,
             source.member.move_to_peer,
             uuid,
@@ -457,6 +480,9 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
             deadline=deadline,
             idempotent=False,
         )
+        if task is None:  # done: the site's records say where it is now
+            self._resave(uuid, target, deadline)
+        return task
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -505,8 +531,7 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
             deadline=deadline,
             idempotent=False,
         )
-        with _store(write=True) as saved:
-            saved.get(source.uri, {}).get("vms", {}).pop(uuid, None)
+        self._resave(uuid, target, deadline)
 
     # -- a Driver: the VMs of every member ------------------------------------------------
 

@@ -36,9 +36,11 @@ class SiteMember(abc.ABC):
     """The driver side of ``vmctl.Site``: connections of this driver form a site."""
 
     @abc.abstractmethod
-    def site_inventory(self, *, deadline: Deadline) -> dict[str, SiteVM]:
-        """Every VM of this host (by UUID) with its definition, disks and pin; a bounded
-        number of round trips per VM."""
+    def site_inventory(
+        self, uuids: Sequence[str] | None = None, *, deadline: Deadline
+    ) -> dict[str, SiteVM]:
+        """Every VM of this host (by UUID), or those of ``uuids`` it has, with its
+        definition, disks and pin; a bounded number of round trips per VM."""
 
     @abc.abstractmethod
     def reaches(self, locations: Sequence[str], *, deadline: Deadline) -> set[str]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from vmctl import NotSupported
 from vmctl.spi import Deadline, Driver, MoveMode, SiteMember, SiteVM, Task
 
+from . import _errors as E
 from . import _xml as X
 from ._recovery import KvmRestore, reached_paths
 
@@ -38,10 +39,24 @@ class KvmSiteMember(KvmRestore, SiteMember):
             self, uuid: str, target: Driver, *, live: bool, deadline: Deadline
         ) -> None: ...
 
-    def site_inventory(self, *, deadline: Deadline) -> dict[str, SiteVM]:
+    def site_inventory(
+        self, uuids: Sequence[str] | None = None, *, deadline: Deadline
+    ) -> dict[str, SiteVM]:
+        def domains(c: Any) -> list[Any]:
+            if uuids is None:
+                return list(c.listAllDomains(0))
+            found = []
+            for uuid in uuids:
+                try:
+                    found.append(c.lookupByUUIDString(uuid))
+                except Exception as exc:
+                    if E.code_of(exc) != E.NO_DOMAIN:
+                        raise
+            return found
+
         def read(c: Any) -> dict[str, SiteVM]:
             out = {}
-            for dom in c.listAllDomains(0):
+            for dom in domains(c):
                 xml = dom.XMLDesc(_INACTIVE_MIGRATABLE)
                 root = X.parse(xml)
                 disks = tuple(d.path for d in X.disks_of(root) if d.path)

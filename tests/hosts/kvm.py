@@ -771,7 +771,8 @@ class ExtraHost:
 
     def kill(self) -> None:
         """The host fails (a power cut): SIGKILL its libvirtd and virtlogd (by the PIDs
-        started) and every process in its network namespace (its QEMUs)."""
+        started) and every process in its network namespace (its QEMUs, dnsmasq), then
+        remove the namespace (its bridge and veth go with it)."""
         for p in self.processes:
             if p.alive():
                 os.kill(p.pid, signal.SIGKILL)
@@ -786,11 +787,11 @@ class ExtraHost:
             for p in self.processes:
                 _reap(p.pid)
             time.sleep(0.05)
+        _teardown_netns(self.host)
 
     def stop(self) -> None:
         """Kill what is left and remove the namespace and its veth."""
         self.kill()
-        _teardown_netns(self.host)
 
 
 def start_extra_host(h: NsHost = HOST3) -> ExtraHost:
@@ -1336,6 +1337,42 @@ def _cmd_guest(_args: argparse.Namespace) -> int:
     return 0
 
 
+EXTRA_PIDS_FILE = STATE_DIR / "kvm3.pids"
+
+
+def _read_extra() -> ExtraHost:
+    procs = []
+    if EXTRA_PIDS_FILE.exists():
+        procs = [Proc(**p) for p in json.loads(EXTRA_PIDS_FILE.read_text())["processes"]]
+    return ExtraHost(HOST3.uri, HOST3, procs)
+
+
+def _cmd_extra(args: argparse.Namespace) -> int:
+    """The third host from the shell (the kit's fail_command / revive_command): ``start``
+    (with the test network and pool; its PIDs in .hosts/kvm3.pids), ``kill`` (a power cut:
+    ``start`` brings it back), ``stop`` (the same, and the PID file removed)."""
+    if args.action == "start":
+        extra = start_extra_host()
+        try:
+            ensure_network_and_pool(extra.uri)
+        except BaseException:
+            extra.stop()
+            raise
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        EXTRA_PIDS_FILE.write_text(
+            json.dumps({"processes": [dataclasses.asdict(p) for p in extra.processes]}) + "\n"
+        )
+        print(extra.uri)
+        return 0
+    extra = _read_extra()
+    if args.action == "kill":
+        extra.kill()
+    else:
+        extra.stop()
+        EXTRA_PIDS_FILE.unlink(missing_ok=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.hosts.kvm",
@@ -1353,6 +1390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("guest", help="build/cache the tiny guest, print paths").set_defaults(
         func=_cmd_guest
     )
+    p_extra = sub.add_parser("extra", help="the third host: start, kill (a power cut), stop")
+    p_extra.add_argument("action", choices=("start", "kill", "stop"))
+    p_extra.set_defaults(func=_cmd_extra)
     args = parser.parse_args(argv)
     try:
         rc: int = args.func(args)

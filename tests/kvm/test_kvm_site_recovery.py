@@ -10,6 +10,9 @@ the blocked VM left alone, and the same plan run again reports them already ther
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,3 +146,67 @@ def test_recover_a_killed_libvirtd_on_host_1(
         h3.close()
         for path in leftovers:  # a failure before the recovery: the files host 3 made
             Path(path).unlink(missing_ok=True)
+
+
+def test_kit_recovers_a_failed_libvirtd(hosts: Any, tiny: Any, tmp_path: Path) -> None:
+    """The kit's RECOVER- clauses over a Site of host 1 and the third libvirtd, which the kit
+    takes down and brings back with the harness's commands (`python -m tests.hosts.kvm
+    extra kill|start`, as an operator would name theirs)."""
+    from tests.hosts.kvm import HOST3, REPO_ROOT
+    from vmctl_conformance import Report
+
+    harness = [sys.executable, "-m", "tests.hosts.kvm", "extra"]
+    subprocess.run([*harness, "start"], cwd=REPO_ROOT, check=True, timeout=120)
+    try:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("VMCTL_")}
+        env = {
+            **base,
+            **hosts.env(tiny),
+            "VMCTL_STATE_DIR": str(tmp_path / "state"),
+            "PYTHONPATH": str(REPO_ROOT),  # the kit runs the commands elsewhere
+        }
+        report_path = tmp_path / "kit-recover.json"
+        extra = "{python} -m tests.hosts.kvm extra"
+        proc = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("vmctl")),
+                "conformance",
+                hosts.uri,
+                "--other-uri",
+                HOST3.uri,
+                "--prefix",
+                "vmctl-sitekit-",
+                "--clause",
+                "RECOVER-",
+                "--opt",
+                f"fail_host={HOST3.netns}",
+                "--opt",
+                f"fail_command={extra} kill",
+                "--opt",
+                f"revive_command={extra} start",
+                "--report",
+                str(report_path),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        output = proc.stdout + proc.stderr
+        assert report_path.is_file(), output
+        report = Report.from_json(report_path.read_text())
+        statuses = {c: r.status for c, r in report.results.items() if c.startswith("RECOVER-")}
+        assert statuses == {"RECOVER-EXEC-1": "pass", "RECOVER-REFUSE-1": "pass"}, output[-4000:]
+        assert not report.leaked, report.leaked
+    finally:
+        subprocess.run([*harness, "stop"], cwd=REPO_ROOT, check=False, timeout=120)
+        # a failed run may leave the kit's disks in the shared directory (their VMs were on
+        # host 3): they would stop the next run with this prefix
+        names = virsh(hosts.uri, "list", "--all", "--name") + virsh(
+            hosts.other_uri, "list", "--all", "--name"
+        )
+        if "vmctl-sitekit-" not in names:
+            for f in Path(hosts.image_dir).glob("vmctl-sitekit-*"):
+                f.unlink()
