@@ -4,13 +4,13 @@ reply read with lxml.
 ``get_stats`` asks QueryPerf for the latest real-time sample of a few counters of every VM
 at once; for thousands of VMs pyvmomi's deserializer is again most of the time (a
 ``PerfEntityMetric`` object, its ``sampleInfo`` and ``PerfMetricIntSeries`` objects per VM).
-Here the request is serialized by pyvmomi (the same bytes it would send) and sent through
-the listing's sender (:meth:`FastLister.exchange`: the stub's connections, its cookie, the
-thread's deadline, one round trip); the reply is read into what the driver uses of it, one
-:data:`Metric` per entity: its moid, the time of its last sample (pyvmomi's own ISO 8601
-parser, so the value is the one the SDK path gives), and the last value of each counter
-series. :func:`sdk_metrics` makes the same from pyvmomi's objects: the driver turns either
-into ``VMStats`` with the same code.
+Here the request is made from pyvmomi's serialization of one query spec (byte for byte the
+request pyvmomi would send: :meth:`FastStats.body`) and sent through the listing's sender
+(:meth:`FastLister.exchange`: the stub's connections, its cookie, the thread's deadline,
+one round trip); the reply is read into what the driver uses of it, one :data:`Metric` per
+entity: its moid, the time of its last sample (the instant pyvmomi's ISO 8601 parser
+reads), and the last value of each counter series. :func:`sdk_metrics` makes the same from
+pyvmomi's objects: the driver turns either into ``VMStats`` with the same code.
 
 A SOAP fault falls back to the SDK path (which repeats the call and maps the fault); a reply
 of another shape (``PerfEntityMetricCSV``, a series that is not ``PerfMetricIntSeries``, an
@@ -56,8 +56,6 @@ def parse_perf(
     """A QueryPerf reply (its body in chunks) as Metrics; Fault for a SOAP fault, Unexpected
     for any other shape. ``stamps`` caches parsed timestamps (a host samples every VM at
     the same moments, so a few distinct values repeat across the entities)."""
-    from pyVmomi.Iso8601 import ParseISO8601
-
     response = response_of(chunks, "QueryPerf")
     ns = _NS
     t_ret, t_entity = f"{{{ns}}}returnval", f"{{{ns}}}entity"
@@ -115,14 +113,30 @@ def parse_perf(
         if last is not None:
             stamp = cache.get(last)
             if stamp is None:
-                stamp = ParseISO8601(last)  # type: ignore[no-untyped-call]
-                if stamp is None:
-                    raise Unexpected(f"not an xsd:dateTime: {last!r}")
+                stamp = _datetime(last)
                 if len(cache) > 1000:
                     cache.clear()
                 cache[last] = stamp
         out.append((moid, stamp, values))
     return out
+
+
+def _datetime(text: str) -> dt.datetime:
+    """An xsd:dateTime as pyvmomi reads it (its ISO 8601 parser: fractions of a second
+    beyond microseconds cut off). ``datetime.fromisoformat`` reads the forms hosts write
+    (``2026-12-02T15:21:18.04953709Z``, offsets) to the same instant 30 times faster; a
+    time without a zone, or a form it refuses, goes to pyvmomi's parser."""
+    from pyVmomi.Iso8601 import ParseISO8601
+
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        stamp = None
+    if stamp is None or stamp.tzinfo is None:
+        stamp = ParseISO8601(text)  # type: ignore[no-untyped-call]
+        if stamp is None:
+            raise Unexpected(f"not an xsd:dateTime: {text!r}")
+    return stamp
 
 
 def _number(text: str | None) -> int:

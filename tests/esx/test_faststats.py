@@ -221,3 +221,25 @@ def test_request_is_pyvmomis_bytes(vc_sim: VcsimServer, vc_admin: Admin) -> None
         request = etree.fromstring(fast.body(pm, [refs[0], odd], [98], 20))
         entities = request.findall(f".//{{{NS}}}entity")
         assert [e.text for e in entities] == [refs[0]._moId, "vm-<&>"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-02T15:21:18.04953709Z",  # the simulator's nanoseconds
+        "2026-12-02T15:21:18.049537999Z",
+        "2026-12-02T15:21:18Z",
+        "2026-12-02T15:21:20.123+02:00",
+        "2026-12-02T15:21:20-05:30",
+        "2026-12-02T15:21:20",  # no zone: pyvmomi's reading
+        "2026-12-02T24:00:00Z",  # xsd's end of day: fromisoformat refuses it
+    ],
+)
+def test_sample_times_read_as_pyvmomi_reads_them(text: str) -> None:
+    from pyVmomi.Iso8601 import ParseISO8601
+
+    from vmctl_esx._faststats import _datetime
+
+    ours, theirs = _datetime(text), ParseISO8601(text)
+    assert ours == theirs
+    assert (ours.tzinfo is None) == (theirs.tzinfo is None)
