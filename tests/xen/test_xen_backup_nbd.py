@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -373,3 +376,42 @@ def test_kit_backup_clauses_over_nbd(sim: Any, purpose: str, tmp_path: Path) -> 
     ):
         assert report.results[clause].status == "pass", (clause, report.results[clause])
     assert sim.nbd.stats["bytes_read"] > before["bytes_read"]  # the incrementals used NBD
+
+
+# -- an independent client: libnbd's nbdinfo and nbdcopy ------------------------------------
+
+
+@pytest.mark.parametrize("purpose", ["insecure_nbd", "nbd"], indirect=True)
+def test_libnbd_reads_the_export(
+    raw: Any, sim: Any, vm: vmctl.VM, purpose: str, tmp_path: Path
+) -> None:
+    """libnbd (written to the NBD specification by others) negotiates with the server as
+    with xapi-nbd (no NBD_OPT_GO, so NBD_OPT_EXPORT_NAME; no structured replies; TLS
+    for ``nbd``) and reads the VDI's bytes; tests/hosts/install-xen.sh installs it."""
+    if shutil.which("nbdinfo") is None or shutil.which("nbdcopy") is None:
+        pytest.skip("libnbd-bin is not installed: run tests/hosts/install-xen.sh")
+    pattern = changed_pattern(7, MiB)
+    write_disk(vm, "xvda", 5 * MiB, pattern)
+    info = raw.VDI.get_nbd_info(vdi_of(raw, vm))[0]
+    export = urllib.parse.quote(info["exportname"], safe="/")
+    if purpose == "nbd":
+        (tmp_path / "ca-cert.pem").write_text(info["cert"])
+        uri = f"nbds://{info['subject']}:{info['port']}/{export}?tls-certificates={tmp_path}"
+    else:
+        uri = f"nbd://{info['address']}:{info['port']}/{export}"
+    out = subprocess.run(
+        ["nbdinfo", "--json", uri], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    found = json.loads(out)
+    assert found["protocol"] == "newstyle-fixed" and found["structured"] is False
+    assert found["TLS"] is (purpose == "nbd")
+    (exp,) = found["exports"]
+    assert exp["export-size"] == 16 * MiB and exp["is_read_only"] is True
+    assert exp["can_trim"] is False and exp["can_flush"] is False
+    before = sim.nbd.stats["bytes_read"]
+    image = tmp_path / "disk.raw"
+    subprocess.run(["nbdcopy", uri, str(image)], capture_output=True, timeout=120, check=True)
+    assert sim.nbd.stats["bytes_read"] - before == 16 * MiB  # every byte, once
+    data = image.read_bytes()
+    assert len(data) == 16 * MiB and data[5 * MiB : 6 * MiB] == pattern
+    assert data == read_disk(vm, "xvda", 0, 16 * MiB)
