@@ -155,7 +155,6 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
     def __init__(self, members: Sequence[Hypervisor], owned: Sequence[Hypervisor]) -> None:
         self.members = [_Member(hv) for hv in members]
         self._owned = list(owned)
-        self._lock = threading.Lock()
 
     # -- opening: a site is made by vmctl.Site, never by connect() -------------------------
 
@@ -231,13 +230,26 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
 
     def list_hosts(self, *, deadline: Deadline) -> list[HostRecord]:
         names = self._names()
+        read: dict[str, HostRecord | None] = {}
+        for m in self.members:  # no lock held meanwhile: a member may take its time
+            try:
+                r = self._read_record(m, deadline)
+            except _DOWN as exc:
+                log.info("site member %s does not answer: %s", m.uri, exc)
+                read[m.uri] = None
+                continue
+            if r.id != m.host_id:
+                raise VmctlError(
+                    f"site member {m.uri} is another host now ({r.id}, was {m.host_id}): "
+                    "make a new Site"
+                )
+            m.record = read[m.uri] = r
         out = []
         with _store(write=True) as saved:
             for m in self.members:
-                try:
-                    r = self._read_record(m, deadline)
-                except _DOWN as exc:
-                    log.info("site member %s does not answer: %s", m.uri, exc)
+                found = read[m.uri]
+                entry = saved.setdefault(m.uri, {})
+                if found is None:
                     assert m.record is not None
                     r = HostRecord(
                         id=m.record.id,
@@ -246,16 +258,10 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
                         cpus=m.record.cpus,
                         cpu_mhz=m.record.cpu_mhz,
                         memory_mib=m.record.memory_mib,
-                        vm_count=len(saved.get(m.uri, {}).get("vms", {})),
+                        vm_count=len(entry.get("vms", {})),
                     )
                 else:
-                    if r.id != m.host_id:
-                        raise VmctlError(
-                            f"site member {m.uri} is another host now ({r.id}, was "
-                            f"{m.host_id}): make a new Site"
-                        )
-                    m.record = r
-                    entry = saved.setdefault(m.uri, {})
+                    r = found
                     entry["host"] = _record_json(r)
                     entry.pop("failed", None)  # it answers: not failed (any more)
                 out.append(
@@ -371,7 +377,6 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
         for host_id, vms in inventory.items():
             for uuid, vm in vms.items():
                 disks[uuid], pinned[uuid], owner[uuid] = vm.disks, vm.pinned, host_id
-        saved_vms: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
         with _store(write=False) as saved:
             for m in self.members:
                 if m.host_id not in down:
@@ -386,17 +391,19 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
                     disks[uuid] = tuple(rec.get("disks", ()))
                     pinned[uuid] = rec.get("pinned")
                     owner[uuid] = m.host_id
-                    saved_vms.setdefault(m.host_id, []).append((uuid, rec))
         reached: dict[str, set[str]] = {}
         for m in self.members:
             if m.host_id in down:
                 continue
             theirs = sorted({d for u, ds in disks.items() if owner[u] != m.host_id for d in ds})
-            reached[m.host_id] = (
-                m.call(f"storage probe on {m.uri}", m.member.reaches, theirs, deadline=deadline)
-                if theirs
-                else set()
-            )
+            try:
+                reached[m.host_id] = (
+                    m.call(f"storage probe on {m.uri}", m.member.reaches, theirs, deadline=deadline)
+                    if theirs
+                    else set()
+                )
+            except _DOWN as exc:  # gone since its inventory: it reaches nothing now
+                log.info("site member %s does not answer: %s", m.uri, exc)
         out = []
         for uuid, info in sorted(infos.items()):
             home = owner.get(uuid)
@@ -441,11 +448,16 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
     def _saved(self, uuid: str) -> tuple[_Member, Mapping[str, Any], bool] | None:
         """The saved record of a VM of a member that does not answer, if any."""
         with _store(write=False) as saved:
-            for m in self.members:
-                entry = saved.get(m.uri, {})
-                rec = entry.get("vms", {}).get(uuid)
-                if rec is not None and not self._answers(m):
-                    return m, rec, bool(entry.get("failed"))
+            candidates = [
+                (m, rec, bool(entry.get("failed")))
+                for m in self.members
+                for entry in [saved.get(m.uri, {})]
+                for rec in [entry.get("vms", {}).get(uuid)]
+                if rec is not None
+            ]
+        for m, rec, failed in candidates:  # asked without the lock held
+            if not self._answers(m):
+                return m, rec, failed
         return None
 
     def _answers(self, m: _Member) -> bool:
