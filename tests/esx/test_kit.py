@@ -62,6 +62,8 @@ def test_kit_esx_mode(
         VMCTL_PASSWORD=esx_sim.password,
         VMCTL_CAFILE=str(esx_sim.cafile),
         VMCTL_THUMBPRINT=esx_sim.thumbprint,
+        # the standalone host's options (not the cluster's hosts_uri and failed host)
+        VMCTL_KIT_OPTIONS=env["VMCTL_ESX_KIT_OPTIONS"],
     )
     report = run_kit(env, tmp_path / "esx-kit.json", uri_var="VMCTL_ESX_URI", other_var=None)
     report.write(tmp_path / "esx-kit.md")
@@ -90,6 +92,7 @@ def test_kit_esx_mode(
         "CLONE-LINKED-1",
         "RECONF-HOT-VCPUS-1",
         "MIG-LIVE-1",
+        "HOST-LIST-1",  # one host
     ):
         assert results[clause].status == "not-supported", (clause, results[clause])
     assert not esx_admin.other_sessions()
@@ -111,6 +114,10 @@ def test_kit_vcenter_mode(
         "LIFE-CREATE-1",
         "BACKUP-ROUNDTRIP-1",
         "BACKUP-INCR-1",
+        "HOST-LIST-1",  # over the cluster (hosts_uri)
+        "EVAC-EXEC-1",
+        "REBAL-PLAN-1",
+        "RECOVER-EXEC-1",  # DC0_C0_H2 disconnected and reconnected (vcsim_control.py)
     ):
         assert report.results[clause].status == "pass", (clause, report.results[clause])
     assert not vc_admin.other_sessions()
