@@ -43,6 +43,7 @@ import os
 import socket
 import ssl
 import struct
+import threading
 import time
 import urllib.parse
 import uuid as uuidlib
@@ -351,6 +352,7 @@ class _PitState:
         self.disks: dict[str, tuple[str, str, int]] = {}  # id -> (snap VDI, live VDI, size)
         self.readers: dict[str, _VhdReader] = {}
         self.nbd: dict[str, NbdClient | None] = {}  # None: no NBD for this disk
+        self.nbd_lock = threading.Lock()  # one connection per disk, whichever thread reads
         self.extra: set[str] = set()  # snapshot VDIs of disks not backed up
         self.closed = False
 
@@ -593,9 +595,11 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
     def _nbd_client(
         self, state: _PitState, disk_id: str, vdi: str, deadline: Deadline
     ) -> NbdClient | None:
-        if disk_id not in state.nbd:
-            state.nbd[disk_id] = self._nbd_connect(vdi, f"read disk {disk_id} over NBD", deadline)
-        return state.nbd[disk_id]
+        with state.nbd_lock:
+            if disk_id not in state.nbd:
+                what = f"read disk {disk_id} over NBD"
+                state.nbd[disk_id] = self._nbd_connect(vdi, what, deadline)
+            return state.nbd[disk_id]
 
     def _nbd_connect(self, vdi: str, what: str, deadline: Deadline) -> NbdClient | None:
         """A connection to the first NBD server ``VDI.get_nbd_info`` lists that answers, or

@@ -338,8 +338,9 @@ def test_unaligned_reads_and_a_broken_connection(
             conns = list(sim.nbd._conns)
         for c in conns:
             c.shutdown(socket.SHUT_RDWR)
-        with pytest.raises(vmctl.VmctlError):
+        with pytest.raises(vmctl.VmctlError) as info:
             driver.read_extent(pit, "xvda", 0, 512, deadline=Deadline.after(30))
+        assert "OpaqueRef" not in str(info.value)  # the export name holds the session
         # the next read connects again
         data = driver.read_extent(pit, "xvda", 10 * MiB, 12, deadline=Deadline.after(30))
         assert data == b"\0\0\0unaligned"
