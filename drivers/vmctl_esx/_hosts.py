@@ -43,6 +43,7 @@ from vmctl.spi import (
     Task,
 )
 
+from ._faults import is_fault, reraise
 from ._recovery import EsxRecovery
 from ._vmprops import LIST_PATHS as _LIST_PATHS
 from ._vmprops import moid as _moid
@@ -91,6 +92,10 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
         def _info(self, props: dict[str, Any]) -> VMInfo: ...
         def _in_scope(self, props: dict[str, Any]) -> bool: ...
         def _remember(self, uuid: str, ref: Any) -> None: ...
+
+        _refs: dict[str, Any]
+        _refs_lock: Any
+
         def _task(self, task: Any, description: str) -> Task: ...
 
     def _host_rows(self) -> list[tuple[Any, dict[str, Any]]]:
@@ -216,14 +221,62 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
                 return ref, props
         raise NotFound(f"no host {host_id!r} in {self.scope.name}")
 
+    def _target(self, host_id: str) -> tuple[Any, dict[str, Any]]:
+        """A host of the scope by id with its name and maintenance mode: one read of that
+        host (a move's check; ``_host`` reads them all, and finds one by name too)."""
+        ref = self.scope.host_refs.get(host_id)
+        if ref is None:
+            return self._host(host_id)
+        props = self._call(
+            f"read host {host_id!r}",
+            self.conn.retrieve_one,
+            ref,
+            self.conn.vim.HostSystem,
+            ("name", "runtime.inMaintenanceMode"),
+        )
+        return ref, props
+
+    def _vm_and_target(
+        self, uuid: str, paths: tuple[str, ...], host_id: str
+    ) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
+        """The VM's ``paths`` (as ``_props``) and the target host's name and maintenance
+        mode in ONE RetrievePropertiesEx (a move's checks; the VM and host refs are known);
+        ``_props`` and ``_target`` apart when a ref is not known or no longer valid."""
+        host = self.scope.host_refs.get(host_id)
+        with self._refs_lock:
+            ref = self._refs.get(uuid)
+        if host is not None and ref is not None:
+            vim = self.conn.vim
+            want = tuple(dict.fromkeys((*paths, "runtime.host", "config.template")))
+            try:
+                rows = self.conn.retrieve(
+                    [ref],
+                    vim.VirtualMachine,
+                    want,
+                    also=[([host], vim.HostSystem, ("name", "runtime.inMaintenanceMode"))],
+                )
+            except Exception as exc:
+                if not is_fault(exc, "ManagedObjectNotFound"):
+                    reraise(exc, f"read VM {uuid} and host {host_id!r}")
+            else:
+                props = next((p for r, p in rows if _moid(r) == _moid(ref)), None)
+                hprops = next((p for r, p in rows if _moid(r) == _moid(host)), None)
+                if props and hprops is not None:
+                    if props.get("config.template") or not self._in_scope(props):
+                        raise NotFound(f"no VM with UUID {uuid} on {self.scope.name}")
+                    return ref, props, host, hprops
+        ref, props = self._props(uuid, paths)
+        host, hprops = self._target(host_id)
+        return ref, props, host, hprops
+
     def move_to_host(
         self, uuid: str, host_id: str, *, mode: MoveMode, deadline: Deadline
     ) -> Task | None:
         mode = MoveMode(mode)
         vim = self.conn.vim
         with self.conn.within(deadline):
-            ref, props = self._props(
-                uuid, ("name", "runtime.powerState", "runtime.host", "runtime.connectionState")
+            ref, props, host, hprops = self._vm_and_target(
+                uuid, ("name", "runtime.powerState", "runtime.connectionState"), host_id
             )
             if str(props.get("runtime.connectionState")) != "connected":
                 if mode is MoveMode.COLD:  # a recovery's (its host failed)
@@ -231,7 +284,6 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
                 raise InvalidState(
                     f"move VM {props['name']!r}: its host does not respond (recover it)"
                 )
-            host, hprops = self._host(host_id)
             name, hname = props["name"], hprops.get("name", host_id)
             what = f"move VM {name!r} to host {hname!r} ({mode.value})"
             if mode is MoveMode.RESTART:
