@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -190,7 +191,16 @@ def test_parser_refuses_what_it_does_not_know(
         assert parse_perf([reply])
         with pytest.raises(Unexpected):
             parse_perf([mangle(reply)])
-        # A reply parsed in part does not spoil the next parse on this thread.
+        # A reply parsed in part does not spoil the next parse on this thread, nor does one
+        # whose transfer broke off (the feed parser is made anew).
+        assert parse_perf([reply]) == parse_perf([reply[:100], reply[100:]])
+
+        def cut_off() -> Iterator[bytes]:
+            yield reply[: len(reply) // 2]
+            raise OSError("connection reset")
+
+        with pytest.raises(OSError):
+            parse_perf(cut_off())
         assert parse_perf([reply]) == parse_perf([reply[:100], reply[100:]])
 
 
