@@ -1,7 +1,7 @@
 """Backup on the real libvirtd (issue 12): full and incremental backups of a 1 GiB qcow2 disk
 holding 300 MiB of data, side by side with ``qemu-img convert`` of the same disk.
 
-    python bench/backup.py [--uri qemu:///system] [--pool vmctl-test] [--rounds 10]
+    python bench/backup.py [--uri qemu:///system] [--pool vmctl-test] [--rounds 10] [--repeat 3]
 
 Starts the test hosts of tests/hosts/kvm.py when no libvirtd answers (root). Steps:
 
@@ -10,9 +10,10 @@ Starts the test hosts of tests/hosts/kvm.py when no libvirtd answers (root). Ste
 2. ``qemu-img convert -O raw`` of the volume to a file (the reference reader; it does not
    flush, so the same followed by ``sync -f`` is shown too), then a full backup of the
    stopped VM (volume streams) and of the running VM (pull-mode backup job over NBD): MiB/s
-   of data and the ratio to qemu-img (goal >= 0.8x). Under each, the floor of each stage
-   alone over the same chunks: the driver's reads, the zero check, SHA-256, compression,
-   writing the chunks durably;
+   of data and the ratio to qemu-img (goal >= 0.8x), the best of ``--repeat`` runs. Beside
+   them, the floor of each stage alone over the same chunks: the driver's reads, the zero
+   check, SHA-256, compression, writing the chunks durably. Each line also gives the CPU
+   seconds this process (and qemu-img) spent: steadier than the time on a shared machine;
 3. 5% of the disk's 4 MiB blocks (13 blocks, random places) rewritten with new data through
    vmctl's upload path (stopped VM), then an incremental backup of the running VM: bytes
    read and stored vs bytes changed (goal <= 1.1x), and its time vs the full's;
@@ -29,19 +30,21 @@ import argparse
 import contextlib
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vmctl
 from vmctl import DiskSpec, VMSpec
-from vmctl.backup import write_disk
+from vmctl.backup import BackupInfo, write_disk
 
 MIB = 1 << 20
 BLOCK = 4 * MIB
@@ -77,10 +80,35 @@ def change(vm: vmctl.VM, rnd: random.Random) -> int:
     return len(blocks) * BLOCK
 
 
+def cpu_now() -> float:
+    """CPU seconds (user + system) of this process and its waited-for children so far."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+last_cpu = 0.0  # the CPU seconds of the last timed() step
+
+
 def timed(fn: object) -> tuple[float, object]:
-    t0 = time.perf_counter()
+    global last_cpu
+    t0, c0 = time.perf_counter(), cpu_now()
     out = fn()  # type: ignore[operator]
+    last_cpu = cpu_now() - c0
     return time.perf_counter() - t0, out
+
+
+def best_of(n: int, fn: Callable[[], object]) -> tuple[float, float, object]:
+    """(seconds, CPU seconds, result) of the fastest of ``n`` runs of ``fn``."""
+    best: tuple[float, float, object] | None = None
+    for _ in range(n):
+        t, out = timed(fn)
+        if best is None or t < best[0]:
+            best = (t, last_cpu, out)
+    assert best is not None
+    return best
 
 
 def driver_read(hv: vmctl.Hypervisor, vm: vmctl.VM, keep: list[bytes] | None = None) -> float:
@@ -90,33 +118,33 @@ def driver_read(hv: vmctl.Hypervisor, vm: vmctl.VM, keep: list[bytes] | None = N
 
     d = hv._driver
     assert isinstance(d, DiskAccess)
-    t0 = time.perf_counter()
-    pit = d.open_point_in_time(vm.uuid, quiesce=False, deadline=Deadline.after(60))
-    try:
-        for e in d.allocated_extents(pit, "vda", deadline=Deadline.after(60)):
-            for off in range(e.offset, e.end, BLOCK):
-                n = min(BLOCK, e.end - off)
-                data = d.read_extent(pit, "vda", off, n, deadline=Deadline.after(60))
-                if keep is not None:
-                    keep.append(data)
-    finally:
-        d.close_point_in_time(pit, deadline=Deadline.after(60))
-    return time.perf_counter() - t0
+
+    def read() -> None:
+        pit = d.open_point_in_time(vm.uuid, quiesce=False, deadline=Deadline.after(60))
+        try:
+            for e in d.allocated_extents(pit, "vda", deadline=Deadline.after(60)):
+                for off in range(e.offset, e.end, BLOCK):
+                    n = min(BLOCK, e.end - off)
+                    data = d.read_extent(pit, "vda", off, n, deadline=Deadline.after(60))
+                    if keep is not None:
+                        keep.append(data)
+        finally:
+            d.close_point_in_time(pit, deadline=Deadline.after(60))
+
+    return timed(read)[0]
 
 
-def stage_floors(chunks: list[bytes], work: str) -> dict[str, float]:
-    """Seconds each stage of the job's chunk work takes alone, on one thread, over the same
-    chunks: the zero check, SHA-256, the compression trial (and zstd over whole chunks, as
-    before the trial), and writing the frames into a repository's chunk store durably
-    (Store.batch: write, then one flush)."""
+def stage_floors(chunks: list[bytes], work: str) -> dict[str, tuple[float, float]]:
+    """(seconds, CPU seconds) of each stage of the job's chunk work alone, on one thread,
+    over the same chunks: the zero check, SHA-256, the compression trial (and zstd over
+    whole chunks, as before the trial), and writing the frames into a repository's chunk
+    store durably (Store.batch: write, then one flush)."""
     from vmctl.backup import _chunks
     from vmctl.backup._store import Store
 
-    def timed_each(fn: object) -> float:
-        t0 = time.perf_counter()
-        for c in chunks:
-            fn(c)  # type: ignore[operator]
-        return time.perf_counter() - t0
+    def timed_each(fn: Callable[[bytes], object]) -> tuple[float, float]:
+        t = timed(lambda: [fn(c) for c in chunks])[0]
+        return t, last_cpu
 
     out = {
         "zero check": timed_each(_chunks.is_zero),
@@ -129,11 +157,13 @@ def stage_floors(chunks: list[bytes], work: str) -> dict[str, float]:
     out["zstd level 3 of every chunk (no trial)"] = timed_each(z.compress)
     frames = [(_chunks.digest_of(c), *_chunks.pack(c)) for c in chunks]
     batch = Store(os.path.join(work, "floor-store")).batch()
-    t0 = time.perf_counter()
-    for digest, header, payload in frames:
-        batch.put(_chunks.chunk_path(digest), header, payload)
-    batch.commit()
-    out["write + one flush (durable)"] = time.perf_counter() - t0
+
+    def write() -> None:
+        for digest, header, payload in frames:
+            batch.put(_chunks.chunk_path(digest), header, payload)
+        batch.commit()
+
+    out["write + one flush (durable)"] = (timed(write)[0], last_cpu)
     shutil.rmtree(os.path.join(work, "floor-store"))
     return out
 
@@ -143,6 +173,7 @@ def main() -> None:
     ap.add_argument("--uri", default="qemu:///system")
     ap.add_argument("--pool", default="vmctl-test")
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3, help="full backups timed (the best shown)")
     args = ap.parse_args()
     if shutil.which("qemu-img") is None:
         sys.exit("qemu-img is missing: run tests/hosts/install-kvm.sh")
@@ -161,14 +192,16 @@ def main() -> None:
             )
         )
         try:
-            run(hv, vm, rnd, work, args.rounds)
+            run(hv, vm, rnd, work, args.rounds, args.repeat)
         finally:
             with contextlib.suppress(vmctl.VmctlError):
                 vm.delete(force=True)
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(hv: vmctl.Hypervisor, vm: vmctl.VM, rnd: random.Random, work: str, rounds: int) -> None:
+def run(
+    hv: vmctl.Hypervisor, vm: vmctl.VM, rnd: random.Random, work: str, rounds: int, repeat: int
+) -> None:
     path = vm.config().disks[0].path
     assert path
     raw = os.path.join(work, "seed.raw")
@@ -181,58 +214,67 @@ def run(hv: vmctl.Hypervisor, vm: vmctl.VM, rnd: random.Random, work: str, round
     os.unlink(raw)
     data = DATA_PIECES * BLOCK
     out = os.path.join(work, "convert.raw")
-    t_convert = 1e9
-    for _ in range(3):  # best of 3 (the machine is shared)
-        t, _ = timed(
-            lambda: subprocess.run(
-                ["qemu-img", "convert", "-U", "-O", "raw", path, out], check=True
-            )
-        )
-        t_convert = min(t_convert, t)
-        os.unlink(out)
 
-    def convert_and_flush() -> None:
+    def convert(flush: bool) -> None:
         subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", path, out], check=True)
-        subprocess.run(["sync", "-f", out], check=True)
-
-    t_sync = 1e9
-    for _ in range(3):  # the same, and its data flushed to disk, as a backup's is
-        t_sync = min(t_sync, timed(convert_and_flush)[0])
+        if flush:
+            subprocess.run(["sync", "-f", out], check=True)
         os.unlink(out)
+
+    # best of 3 (the machine is shared); then its data flushed to disk, as a backup's is
+    t_convert, c_convert, _ = best_of(3, lambda: convert(False))
+    t_sync, c_sync, _ = best_of(3, lambda: convert(True))
     load = os.getloadavg()
     print(
         f"data: {data // MIB} MiB in a {DISK // MIB} MiB qcow2 disk; {os.cpu_count()} cores, "
         f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
 
-    def line(what: str, t: float, extra: str = "") -> None:
-        print(
-            f"{what:44s} {t:6.2f} s {data / MIB / t:7.1f} MiB/s = {t_convert / t:4.2f}x qemu-img"
-            f"{'  ' + extra if extra else ''}"
-        )
+    def line(what: str, t: float, cpu: float, extra: str = "") -> None:
+        rate = f"{data / MIB / t:6.0f} MiB/s = {t_convert / t:4.2f}x" if t > 0.01 else "(no time)"
+        print(f"{what:50s} {t:5.2f} s {rate:>24s}  CPU {cpu:4.2f} s{'  ' + extra if extra else ''}")
 
-    line("qemu-img convert to a raw file (best of 3)", t_convert)
-    line("  the same, then flushed (sync -f)", t_sync)
-    repo = vmctl.open_repo(os.path.join(work, "stopped"))
-    t, info = timed(lambda: vm.backup(repo))
-    line("full backup, stopped VM (streams)", t, f"read {info.read_bytes // MIB} MiB")  # type: ignore[attr-defined]
-    t_sread = driver_read(hv, vm)
-    line("  the driver's reads alone (streams)", t_sread)
-    vm.start(timeout=60)
-    # first (its point in time makes a checkpoint, which the full backup's then replaces)
-    chunks: list[bytes] = []
-    t_read = driver_read(hv, vm, chunks)
-    repo = vmctl.open_repo(os.path.join(work, "running"))
-    t_full, full = timed(lambda: vm.backup(repo))
-    line(
-        "full backup, running VM (NBD)",
-        t_full,
-        f"read {full.read_bytes // MIB} MiB, stored {full.new_bytes // MIB} MiB",  # type: ignore[attr-defined]
+    print(
+        "(N.NNx: qemu-img convert's time / this one's; CPU: user + system seconds of this "
+        "process and qemu-img, not QEMU's or libvirtd's)"
     )
-    line("  the driver's reads alone (NBD)", t_read)
-    for what, t in stage_floors(chunks, work).items():
-        line(f"  {what}, one thread", t)
+    line("qemu-img convert to a raw file (best of 3)", t_convert, c_convert)
+    line("  the same, then flushed (sync -f)", t_sync, c_sync)
+    n = 0
+
+    def full_backup() -> BackupInfo:
+        nonlocal n
+        n += 1
+        return vm.backup(vmctl.open_repo(os.path.join(work, f"full-{n}")), full=True)
+
+    t, cpu, got = best_of(repeat, full_backup)
+    info = cast(BackupInfo, got)
+    line(
+        f"full backup, stopped VM (streams), best of {repeat}",
+        t,
+        cpu,
+        f"read {info.read_bytes // MIB} MiB",
+    )
+    t = driver_read(hv, vm)
+    line("  the driver's reads alone (streams)", t, last_cpu)
+    vm.start(timeout=60)
+    chunks: list[bytes] = []
+    t = driver_read(hv, vm, chunks)
+    line("  the driver's reads alone (NBD; running VM)", t, last_cpu)
+    for what, (t, cpu) in stage_floors(chunks, work).items():
+        line(f"  {what}", t, cpu)
     del chunks
+    t_full, cpu, got = best_of(repeat, full_backup)
+    full = cast(BackupInfo, got)
+    line(
+        f"full backup, running VM (NBD), best of {repeat}",
+        t_full,
+        cpu,
+        f"read {full.read_bytes // MIB} MiB, stored {full.new_bytes // MIB} MiB",
+    )
+    for i in range(1, n):  # the last one stays: the incremental below is from it
+        shutil.rmtree(os.path.join(work, f"full-{i}"))
+    repo = vmctl.open_repo(os.path.join(work, f"full-{n}"))
     vm.power_off(timeout=60)
     changed = change(vm, rnd)
     vm.start(timeout=60)
