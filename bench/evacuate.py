@@ -10,6 +10,13 @@ moves of one VM alone, each timed end to end through ``execute``). Goal: wall <=
   ``VM.pool_migrate``;
 * esx: the vCenter simulator's cluster DC0/DC0_C0, VMs moved by ``RelocateVM_Task``.
 
+Besides the times, each result says what a move costs this process: the connection's round
+trips per move (where the driver counts them) and the client CPU per move
+(``time.process_time`` over the whole evacuation, all threads). When a move is as quick as
+the vCenter simulator's (about 20 ms), the evacuation is bound by that CPU (pyvmomi's SOAP
+work runs under the GIL, on a machine whose cores other work shares), not by waiting: the
+ideal assumes moves overlap perfectly.
+
     python bench/evacuate.py [--backend sim,xen,esx] [--vms 50] [--parallel 8] [--json FILE]
 """
 
@@ -70,12 +77,20 @@ def measure(
         )
         assert vmctl.execute(again, max_parallel=1).ok
     plan = vmctl.plan_evacuation(hv.host(source))
+    trips = getattr(hv._driver, "round_trips", None)  # type: ignore[attr-defined]
+    cpu = time.process_time()
     t = time.perf_counter()
     report = vmctl.execute(plan, max_parallel=parallel)
     wall = time.perf_counter() - t
+    cpu = time.process_time() - cpu
     assert report.ok, str(report)
     ideal = math.ceil(vms / parallel) * max(single)
+    if trips is not None:
+        trips = hv._driver.round_trips - trips  # type: ignore[attr-defined]
     return {
+        "round_trips_per_move": round(trips / vms, 2) if trips is not None else None,
+        "client_cpu_ms_per_move": round(1000 * cpu / vms, 2),
+        "load_average": round(os.getloadavg()[0], 2),
         "vms": vms,
         "parallel": parallel,
         "single_s": [round(s, 4) for s in single],
@@ -133,7 +148,7 @@ def esx_pool(vms: int) -> Iterator[tuple[vmctl.Hypervisor, str]]:
 
     with running_simulator("vcenter", vms=0) as srv:
         base = f"vcenter://{srv.username}@{srv.host}:{srv.port}/DC0/DC0_C0"
-        kw = {"password": srv.password, "cafile": str(srv.cafile), "env": {}}
+        kw: dict[str, Any] = {"password": srv.password, "cafile": str(srv.cafile), "env": {}}
         with vmctl.connect(base + "/DC0_C0_H0", **kw) as one:
             _bulk_create(one, vms, lambda i: vmctl.VMSpec(name=f"e{i:03d}", vcpus=1, memory_mib=64))
         with vmctl.connect(base, **kw) as hv:
@@ -166,7 +181,9 @@ def main() -> None:
             print(
                 f"{name:4} {r['vms']} VMs, max_parallel={r['parallel']}: wall {r['wall_s']:.2f} s, "
                 f"ideal {r['ideal_s']:.2f} s (ceil({r['vms']}/{r['parallel']}) x slowest single "
-                f"{r['slowest_single_s']:.3f} s), ratio {r['ratio']}"
+                f"{r['slowest_single_s']:.3f} s), ratio {r['ratio']}; per move: "
+                f"{r['round_trips_per_move']} round trips, {r['client_cpu_ms_per_move']} ms "
+                f"client CPU (load {r['load_average']})"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
