@@ -194,3 +194,28 @@ def test_plans_count_vsphere_memory_overhead(
             str(plan)
         )
         assert move.to_json()["overhead_mib"] == overhead
+
+
+def test_the_overhead_keeps_a_plan_from_overfilling_a_host(
+    vc: VcsimServer, admin: Admin, hv: vmctl.Hypervisor
+) -> None:
+    targets = [hv.host("DC0_C0_H0"), hv.host("DC0_C0_H1")]
+    # The largest VM is placed first: the free memory of the roomiest target is its room.
+    room = max(t.memory_mib - (t.memory_used_mib or 0) for t in targets)
+    # Its configured memory fits a target; with vSphere's overhead for it, none.
+    with connect(vc, f"{CLUSTER}/DC0_C0_H3") as one:
+        big = one.create_vm(vmctl.VMSpec(name="big", memory_mib=room - 1), start=True)
+    try:
+        plan = vmctl.plan_evacuation(hv.host("DC0_C0_H3"), targets)
+        (blocked,) = [b for b in plan.blockers if b.vm_uuid == big.uuid]
+        overhead = -(
+            -vm_props(admin, big.uuid, ["config.initialOverhead"])[
+                "config.initialOverhead"
+            ].initialMemoryReservation
+            // 2**20
+        )
+        assert blocked.kind is vmctl.BlockKind.MEMORY
+        assert blocked.memory_mib == room - 1 + overhead
+        assert f"needs {room - 1 + overhead} MiB" in blocked.reason
+    finally:
+        hv.vm(big.uuid).delete(force=True)
