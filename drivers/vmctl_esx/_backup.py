@@ -1,5 +1,6 @@
 """Backup and restore for the esx driver: a snapshot, then the disks' files over the
-datastore's HTTP access; restore by upload (``DiskAccess``, ``DiskWriter``).
+datastore's HTTP access, changed blocks from vSphere's tracking; restore by upload
+(``DiskAccess``, ``ChangedBlocks``, ``DiskWriter``).
 
 How it works, on vSphere's own documented interfaces:
 
@@ -477,7 +478,12 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
         if props.get("capability.changeTrackingSupported") and not props.get(
             "config.changeTrackingEnabled"
         ):
-            self._set_tracking(ref, name, True, deadline)
+            try:
+                self._set_tracking(ref, name, True, deadline)
+            except (ConnectionError, OperationTimeout):
+                raise
+            except VmctlError as exc:  # e.g. no VirtualMachine.Config.ChangeTracking privilege
+                log.warning("VM %r: changed block tracking stays off: %s", name, exc)
         label = f"vmctl-backup-{uuidlib.uuid4().hex[:12]}"
         what = f"snapshot VM {name!r} for a backup"
         snapshot = self._make(
@@ -888,7 +894,14 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
             if floor:
                 snap.floors[disk_id] = floor
         if updates:
-            self._set_extra(snap.vm_ref, snap.vm_name, updates, deadline)
+            try:
+                self._set_extra(snap.vm_ref, snap.vm_name, updates, deadline)
+            except (ConnectionError, OperationTimeout):
+                raise
+            except VmctlError as exc:
+                # Still safe: the pending extents stay pending, and the next point in time
+                # tags them with a later changeId, which lists them for more parents.
+                log.warning("VM %r: tracking state not recorded: %s", snap.vm_name, exc)
 
     def _writable_file(self, uuid: str, disk_id: str) -> tuple[_DiskFile, str]:
         _, props = self._props(
