@@ -12,6 +12,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -292,3 +293,66 @@ def test_restore_into_the_vm_is_seen_by_the_next_incrementals(
     assert "written around" in last.reason, last.reason
     copy = other.restore(last.id, esx, name=f"{vm.name}-l")
     assert flats(esx_sim, esx_admin, copy) == gen3
+
+
+def extent_path(srv: VcsimServer, admin: Admin, descriptor: str) -> Path:
+    """The local file of a flat disk's extent in the simulator's datastore: where a guest's
+    writes would land (the simulator runs none, so the test writes there itself)."""
+    datastore, _, path = descriptor[1:].partition("] ")
+    ds = next(
+        d
+        for d in admin.content.viewManager.CreateContainerView(
+            admin.content.rootFolder, [vim.Datastore], True
+        ).view
+        if d.name == datastore
+    )
+    return Path(ds.info.url) / (path[: -len(".vmdk")] + "-flat.vmdk")
+
+
+def test_move_of_a_running_vm_syncs_the_changed_blocks(
+    esx: vmctl.Hypervisor, esx_sim: VcsimServer, esx_admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vmctl.move of a running VM with keep_source=False copies it while it runs, stops it,
+    then copies the blocks written meanwhile: the final sync asks QueryChangedDiskAreas since
+    the first pass's changeId (the same ChangedBlocks hook as backups)."""
+    import vmctl._move._job as job
+    import vmctl.backup._backup as backup_job
+    import vmctl_sim
+
+    monkeypatch.setattr(backup_job, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(job, "STOP_GRACE_S", 1.0)
+    vm = make(esx, sizes=(16,))
+    disk = vm.config().disks[0]
+    image = bytearray(16 * MIB)
+    image[1000 : 1000 + 3 * MIB] = secrets.token_bytes(3 * MIB)
+    write_disk(vm, disk.id, 1000, bytes(image[1000 : 1000 + 3 * MIB]))
+    vm.start()
+    flat = extent_path(esx_sim, esx_admin, str(disk.path))
+    late = (12 * MIB + 5, b"written by the guest during the copy" * 100)
+    phases: list[str] = []
+
+    def progress(p: vmctl.backup.BackupProgress) -> None:
+        phases.append(p.phase)
+        if phases.count("move") == 1:  # the "guest" writes while the first pass runs
+            with flat.open("r+b") as f:
+                f.seek(late[0])
+                f.write(late[1])
+
+    vmctl_sim.reset_sites()
+    try:
+        with vmctl.connect("sim://esx-move-site") as sim:
+            report = vmctl.move(
+                vm,
+                sim,
+                keep_source=False,
+                progress=progress,
+            )
+            assert report.verified and report.source_deleted and report.powered_on
+            assert "final sync" in phases
+            assert report.final_sync_bytes == 4 * MIB  # the one 4 MiB piece written to
+            image[late[0] : late[0] + len(late[1])] = late[1]
+            moved = sim.vm(report.target_uuid or "")
+            moved.power_off()
+            assert read_disk(moved, moved.config().disks[0].id, 0, 16 * MIB) == bytes(image)
+    finally:
+        vmctl_sim.reset_sites()
