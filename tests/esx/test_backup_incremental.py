@@ -356,3 +356,26 @@ def test_move_of_a_running_vm_syncs_the_changed_blocks(
             assert read_disk(moved, moved.config().disks[0].id, 0, 16 * MIB) == bytes(image)
     finally:
         vmctl_sim.reset_sites()
+
+
+def test_recorded_extents_round_trip_and_coarsen() -> None:
+    """The extraConfig encoding of extents written around tracking: what is parsed back is
+    what was written, or more (never less), and a changeId compares within its epoch only."""
+    from vmctl.spi import Extent
+    from vmctl_esx._backup import (
+        MAX_PENDING,
+        _format_extents,
+        _older,
+        _parse_extents,
+        _parse_written,
+    )
+
+    few = [Extent(0, 10), Extent(4096, 1)]
+    assert _parse_extents(_format_extents(few)) == few
+    many = [Extent(i * 2 * BLOCK, BLOCK) for i in range(MAX_PENDING + 1)]
+    assert _parse_extents(_format_extents(many)) == [Extent(0, many[-1].end)]
+    epoch = "52 00 11 22 33 44 55 66-77 88 99 aa bb cc dd ee"
+    text = f"{epoch}/3={_format_extents(few)};{epoch}/12=5+5"
+    assert _parse_written(text) == [(f"{epoch}/3", few), (f"{epoch}/12", [Extent(5, 5)])]
+    assert _older(f"{epoch}/3", f"{epoch}/12") and not _older(f"{epoch}/12", f"{epoch}/3")
+    assert not _older(f"{epoch}/3", "52 ff/12")  # another epoch: the host refuses it itself
