@@ -18,12 +18,30 @@ import attrs
 import pytest
 
 import vmctl
-from tests.kvm.kvm_helpers import PREFIX, virsh
+from tests.kvm.kvm_helpers import virsh, vmctl_uri
 from vmctl import BlockKind, DiskSpec, HostState, MoveMode, MoveOutcome, NicSpec, VMSpec
 
-SITE = PREFIX + "site-"
+SITE = "vmctl-site-"
 #: a directory only host 1 sees (host 2's /var/lib/libvirt is a directory of its own)
 LOCAL_DIR = Path("/var/lib/libvirt") / (SITE + "local")
+
+
+# Connections of this module's own: the session's hv/other fixtures delete every
+# "vmctl-kvmtest-" VM on both hosts at the end of the session, those of other sessions
+# sharing the hosts too; this module's VMs have a prefix of their own and are removed by
+# the tests themselves.
+@pytest.fixture(scope="module")
+def hv(hosts: Any) -> Iterator[vmctl.Hypervisor]:
+    with vmctl.connect(vmctl_uri(hosts.uri, hosts)) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def other(hosts: Any) -> Iterator[vmctl.Hypervisor]:
+    if not hosts.other_uri:
+        pytest.skip("the harness started no second libvirt host")
+    with vmctl.connect(vmctl_uri(hosts.other_uri, hosts)) as h:
+        yield h
 
 
 @pytest.fixture

@@ -21,10 +21,20 @@ from typing import Any
 import pytest
 
 import vmctl
-from tests.kvm.kvm_helpers import PREFIX, virsh
+from tests.kvm.kvm_helpers import virsh, vmctl_uri
 from vmctl import BlockKind, DiskSpec, HostState, MoveMode, MoveOutcome, PowerState, VMSpec
 
-REC = PREFIX + "rec-"
+REC = "vmctl-siterec-"
+
+
+# Connections of this module's own: the session's hv/other fixtures delete every
+# "vmctl-kvmtest-" VM on both hosts at the end of the session, those of other sessions
+# sharing the hosts too; this module's VMs have a prefix of their own and are removed by
+# the tests themselves.
+@pytest.fixture(scope="module")
+def hv(hosts: Any) -> Iterator[vmctl.Hypervisor]:
+    with vmctl.connect(vmctl_uri(hosts.uri, hosts)) as h:
+        yield h
 
 
 @pytest.fixture
