@@ -13,15 +13,16 @@ VM's share of its host's CPU is estimated from that measurement: the host's busy
 takes that many MHz off its host and onto the target.
 
 Each step takes the host with the highest score and, among its running VMs that can move
-live (not pinned, no local disk, no live blocker, not in an ``affinity`` group), the move
-to another host that lowers the spread (highest minus lowest score) most; a target must
-have the VM's memory free, stay at or below 100 % CPU (when CPU counts), and hold no VM of
-the moving VM's ``anti_affinity`` groups. It stops when the spread is within ``threshold``
-percentage points, after ``max_moves`` moves, or when no move lowers it (so it ends: every
-move lowers the spread). Hosts in maintenance (either mark) or unreachable take no VM and
-give none. VMs named in one ``affinity`` group stay where they are (moving one would split
-the group). The plan shows each host's memory, CPU and score before and after;
-``execute(plan)`` carries it out as it does an evacuation.
+live (not pinned, no local disk, no live blocker), the move of one VM (or of the VMs of an
+``affinity`` group, together) to another host that lowers the spread (highest minus lowest
+score) most; a target must have the memory free, stay at or below 100 % CPU (when CPU
+counts), and hold no VM of the moving VMs' ``anti_affinity`` groups. It stops when the
+spread is within ``threshold`` percentage points, after ``max_moves`` moves (a group's VMs
+count one each), or when no move lowers it (so it ends: every step lowers the spread).
+Hosts in maintenance (either mark) or unreachable take no VM and give none. The VMs of an
+``affinity`` group move in one step to one host, when they all run on one host and can
+move live; otherwise they stay where they are. The plan shows each host's memory, CPU and
+score before and after; ``execute(plan)`` carries it out as it does an evacuation.
 """
 
 from __future__ import annotations
@@ -330,7 +331,7 @@ def balance(
         )
 
     before = loads()
-    pinned = frozenset().union(*affinity) if affinity else frozenset()
+    units = _units(mine, affinity)
     where = {p.vm.uuid: p.host_id for p in mine}
     moves: list[Move] = []
     moved: set[str] = set()
@@ -340,35 +341,32 @@ def balance(
         spread = top - min(scores.values())
         if spread <= threshold:
             break
-        best: tuple[tuple[float, str, str, str], Placement] | None = None
-        for p in mine:
-            vm = p.vm
-            src = where[vm.uuid]
+        best: tuple[tuple[float, str, str, str], tuple[Placement, ...]] | None = None
+        for unit in units:
+            src = where[unit[0].vm.uuid]
             if (
                 src is None
                 or scores[src] < top  # only off the most loaded host
-                or vm.uuid in moved
-                or vm.state is not PowerState.RUNNING
-                or p.pinned
-                or p.local_disks
-                or p.live_blocker
-                or vm.name in pinned
+                or unit[0].vm.uuid in moved
+                or len(moves) + len(unit) > max_moves
             ):
                 continue
-            load = share.get(vm.uuid, 0.0)
+            mem = sum(p.memory_mib for p in unit)
+            load = sum(share.get(p.vm.uuid, 0.0) for p in unit)
+            members = {p.vm.name for p in unit}
             for t in used:
-                if t == src or vm.name in names[t]:
+                if t == src or members & names[t]:
                     continue
-                if cap[t] - used[t] < p.memory_mib:
+                if cap[t] - used[t] < mem:
                     continue  # never over its memory
                 if uses_cpu and busy[t] + load > mhz_cap[t] + 1e-9:
                     continue  # never over 100 % CPU
-                if any(vm.name in g and (g - {vm.name}) & names[t] for g in anti_affinity):
+                if any(g & members and (g - members) & names[t] for g in anti_affinity):
                     continue
                 trial_used = dict(used)
                 trial_busy = dict(busy)
-                trial_used[src] -= p.memory_mib
-                trial_used[t] += p.memory_mib
+                trial_used[src] -= mem
+                trial_used[t] += mem
                 trial_busy[src] -= load
                 trial_busy[t] += load
                 after = [
@@ -379,38 +377,81 @@ def balance(
                     for i in used
                 ]
                 new_spread = max(after) - min(after)
-                key = (new_spread, by_id[t].name, t, vm.name)
+                key = (new_spread, by_id[t].name, t, min(members))
                 if new_spread < spread - 1e-9 and (best is None or key < best[0]):
-                    best = (key, p)
+                    best = (key, unit)
         if best is None:
             break
-        (_, _, target_id, _), p = best
-        src = where[p.vm.uuid]
-        assert src is not None
+        (_, _, target_id, _), unit = best
         target = by_id[target_id]
-        moved.add(p.vm.uuid)
-        load = share.get(p.vm.uuid, 0.0)
-        used[src] -= p.memory_mib
-        used[target.id] += p.memory_mib
-        busy[src] -= load
-        busy[target.id] += load
-        count[src] -= 1
-        count[target.id] += 1
-        names[src].discard(p.vm.name)
-        names[target.id].add(p.vm.name)
-        where[p.vm.uuid] = target.id
-        moves.append(
-            Move(
-                p.vm.uuid,
-                p.vm.name,
-                p.vm.state,
-                p.memory_mib,
-                target.id,
-                target.name,
-                MoveMode.LIVE,
-                src,
-                by_id[src].name,
-                p.overhead_mib,
+        for p in unit:
+            src = where[p.vm.uuid]
+            assert src is not None
+            moved.add(p.vm.uuid)
+            load = share.get(p.vm.uuid, 0.0)
+            used[src] -= p.memory_mib
+            used[target.id] += p.memory_mib
+            busy[src] -= load
+            busy[target.id] += load
+            count[src] -= 1
+            count[target.id] += 1
+            names[src].discard(p.vm.name)
+            names[target.id].add(p.vm.name)
+            where[p.vm.uuid] = target.id
+            moves.append(
+                Move(
+                    p.vm.uuid,
+                    p.vm.name,
+                    p.vm.state,
+                    p.memory_mib,
+                    target.id,
+                    target.name,
+                    MoveMode.LIVE,
+                    src,
+                    by_id[src].name,
+                    p.overhead_mib,
+                )
             )
-        )
     return Balance(tuple(moves), before, loads(), uses_cpu, note)
+
+
+def _movable(p: Placement) -> bool:
+    return (
+        p.vm.state is PowerState.RUNNING
+        and not p.pinned
+        and not p.local_disks
+        and not p.live_blocker
+        and p.host_id is not None
+    )
+
+
+def _units(
+    placements: Sequence[Placement], affinity: Sequence[frozenset[str]]
+) -> list[tuple[Placement, ...]]:
+    """What can move in one step: a VM of no affinity group alone; the VMs of an affinity
+    group (groups sharing a VM merged) together, when all of them run on one host and can
+    move live. A group spread over hosts, or with a member that cannot move, stays put."""
+    groups: list[set[str]] = []
+    for g in affinity:
+        merged = set(g)
+        for other in [x for x in groups if x & merged]:
+            merged |= other
+            groups.remove(other)
+        groups.append(merged)
+    by_name: dict[str, list[Placement]] = {}
+    for p in placements:
+        by_name.setdefault(p.vm.name, []).append(p)
+    grouped = set().union(*groups) if groups else set()
+    units: list[tuple[Placement, ...]] = [
+        (p,) for p in placements if p.vm.name not in grouped and _movable(p)
+    ]
+    for group in groups:
+        members = [p for name in sorted(group) for p in by_name.get(name, [])]
+        if (
+            members
+            and len(members) == len(group)
+            and all(_movable(p) for p in members)
+            and len({p.host_id for p in members}) == 1
+        ):
+            units.append(tuple(members))
+    return units

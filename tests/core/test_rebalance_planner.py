@@ -1,5 +1,5 @@
 """The rebalance planner's invariants, on generated hosts and VMs (hypothesis): never over a
-host's memory or 100 % CPU, never a VM of an affinity group moved, anti-affinity kept, at
+host's memory or 100 % CPU, an affinity group moved whole or not at all, anti-affinity kept, at
 most max_moves moves of running movable VMs, each VM once, the after loads the before
 changed by the moves, the spread lowered by each move; and, through plan_rebalance on a
 sim site, never a move to or from a host in maintenance. Plus the CPU scoring on a
@@ -97,6 +97,18 @@ def snapshots(draw: Any) -> dict[str, Any]:
     }
 
 
+def _components(groups: list[frozenset[str]]) -> list[frozenset[str]]:
+    """Affinity groups sharing a VM, merged."""
+    out: list[set[str]] = []
+    for g in groups:
+        merged = set(g)
+        for other in [x for x in out if x & merged]:
+            merged |= other
+            out.remove(other)
+        out.append(merged)
+    return [frozenset(c) for c in out]
+
+
 def _check(snap: dict[str, Any], result: Balance) -> None:
     hosts = {h.id: h for h in snap["hosts"]}
     by_uuid = {p.vm.uuid: p for p in snap["placements"]}
@@ -105,22 +117,33 @@ def _check(snap: dict[str, Any], result: Balance) -> None:
     where = {p.vm.uuid: p.host_id for p in snap["placements"]}
     on = {h: {p.vm.name for p in snap["placements"] if p.host_id == h} for h in hosts}
     used = {h.id: h.memory_used_mib or 0 for h in snap["hosts"]}
-    pinned = set().union(*snap["affinity"]) if snap["affinity"] else set()
+    together = _components(snap["affinity"])
+    unit_of = {name: c for c in together for name in c}
     for m in result.moves:
         p = by_uuid[m.vm_uuid]
         assert m.mode is MoveMode.LIVE and p.vm.state is PowerState.RUNNING
-        assert not p.pinned and not p.local_disks and m.vm_name not in pinned
+        assert not p.pinned and not p.local_disks
         assert m.source_id == where[m.vm_uuid] != m.target_id
         assert m.target_id in hosts
         assert used[m.target_id] + m.memory_mib <= hosts[m.target_id].memory_mib
+        unit = unit_of.get(m.vm_name, frozenset({m.vm_name}))
         for g in snap["anti_affinity"]:
             if m.vm_name in g:
-                assert not (g - {m.vm_name}) & on[m.target_id], (m, g, on)
+                assert not (g - unit) & on[m.target_id], (m, g, on)
         used[m.source_id] -= m.memory_mib
         used[m.target_id] += m.memory_mib
         on[m.source_id].discard(m.vm_name)
         on[m.target_id].add(m.vm_name)
         where[m.vm_uuid] = m.target_id
+    # An affinity group moves whole, to one host, from one host, or not at all.
+    names_moved = {m.vm_name: m for m in result.moves}
+    present = {p.vm.name: p for p in snap["placements"]}
+    for c in together:
+        went = [names_moved[n] for n in c if n in names_moved]
+        if went:
+            assert len(went) == len(c), (c, went)
+            assert len({m.target_id for m in went}) == 1 and len({m.source_id for m in went}) == 1
+            assert all(n in present for n in c)
     before = {b.name: b for b in result.before}
     after = {a.name: a for a in result.after}
     assert set(before) == set(after) == {h.name for h in snap["hosts"]}
@@ -298,3 +321,32 @@ def test_cli_shows_cpu_and_memory_only_leaves_it_out(state_dir: Path) -> None:
     flat = CliRunner().invoke(cli, ["-c", uri, "--json", "rebalance", "--dry-run", "--memory-only"])
     assert flat.exit_code == 0, flat.output
     assert json.loads(flat.output)["score"] == "memory %"
+
+
+def test_an_affinity_group_moves_whole_or_stays() -> None:
+    """g1 and g2 must stay together: with the other VMs of the busy host pinned, they move
+    in one step to the idle host; one of them on another host, neither moves."""
+    hosts = [
+        Host("a", "a", HostState.CONNECTED, 8, 2000, 16384, 12288, None, 4),
+        Host("b", "b", HostState.CONNECTED, 8, 2000, 16384, 0, None, 0),
+    ]
+
+    def vm(name: str, host: str, mib: int, pinned: str | None = None) -> Placement:
+        info = VMInfo(f"u-{name}", name, PowerState.RUNNING, vcpus=1, memory_mib=mib)
+        return Placement(info, host, mib, pinned=pinned)
+
+    vms = [
+        vm("g1", "a", 2048),
+        vm("g2", "a", 2048),
+        vm("x", "a", 4096, pinned="a passthrough device"),
+        vm("y", "a", 4096, pinned="a passthrough device"),
+    ]
+    plan = balance(hosts, vms, threshold=0.0, max_moves=5, affinity=[frozenset({"g1", "g2"})])
+    assert [(m.vm_name, m.target_name) for m in plan.moves] == [("g1", "b"), ("g2", "b")]
+    assert not balance(
+        hosts, vms, threshold=0.0, max_moves=1, affinity=[frozenset({"g1", "g2"})]
+    ).moves  # the group needs two moves
+    apart = [vms[0], vm("g2", "b", 2048), *vms[2:]]
+    assert not balance(
+        hosts, apart, threshold=0.0, max_moves=5, affinity=[frozenset({"g1", "g2"})]
+    ).moves

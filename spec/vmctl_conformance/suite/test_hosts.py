@@ -197,7 +197,9 @@ def test_rebalance_plan_keeps_the_rules(kit: Kit, request: pytest.FixtureRequest
     a = kit.vm("rebal-a", state=R, os=kit.guest)
     b = kit.vm("rebal-b", state=R, os=kit.guest)
     c = kit.vm("rebal-c", state=R, os=kit.guest)
-    before_where = {v.uuid: locate(scope, v) for v in (a, b, c)}
+    d = kit.vm("rebal-d", state=R, os=kit.guest)
+    vms = (a, b, c, d)
+    before_where = {v.uuid: locate(scope, v) for v in vms}
     hosts = scope.hosts()
     states = {h.id: h for h in hosts}
     for max_moves in (1, 5):
@@ -205,10 +207,10 @@ def test_rebalance_plan_keeps_the_rules(kit: Kit, request: pytest.FixtureRequest
             threshold=0.0,
             max_moves=max_moves,
             anti_affinity=[[a.name, b.name]],
-            affinity=[[c.name]],
+            affinity=[[c.name, d.name]],
         )
         assert len(plan.moves) <= max_moves, str(plan)
-        where = {v.name: before_where[v.uuid][0] for v in (a, b, c)}
+        where = {v.name: before_where[v.uuid][0] for v in vms}
         before = {h.name: h for h in plan.before}
         expect_used = {n: h.memory_used_mib for n, h in before.items()}
         expect_count = {n: h.vm_count for n, h in before.items()}
@@ -217,15 +219,18 @@ def test_rebalance_plan_keeps_the_rules(kit: Kit, request: pytest.FixtureRequest
             assert m.source_id != m.target_id, m
             for hid in (m.source_id, m.target_id):
                 assert states[hid].takes_vms, f"{m.vm_name}: {states[hid].name} takes no VMs"
-            assert m.vm_name != c.name, f"{c.name} is in an affinity group but moves\n{plan}"
             if m.vm_name in (a.name, b.name):
                 other = b.name if m.vm_name == a.name else a.name
                 assert where[other] != m.target_id, f"anti-affinity broken\n{plan}"
-                where[m.vm_name] = m.target_id
+            where[m.vm_name] = m.target_id
             expect_used[m.source_name] -= m.memory_mib
             expect_used[m.target_name] += m.memory_mib
             expect_count[m.source_name] -= 1
             expect_count[m.target_name] += 1
+        if before_where[c.uuid][0] == before_where[d.uuid][0]:
+            assert where[c.name] == where[d.name], f"affinity group split\n{plan}"
+        else:
+            assert not {c.name, d.name} & {m.vm_name for m in plan.moves}, str(plan)
         after = {h.name: h for h in plan.after}
         assert set(after) == set(before), str(plan)
         assert {n: h.memory_used_mib for n, h in after.items()} == expect_used, str(plan)
@@ -234,7 +239,7 @@ def test_rebalance_plan_keeps_the_rules(kit: Kit, request: pytest.FixtureRequest
         for n, h in after.items():
             if h.memory_used_mib > capacity[n]:
                 assert h.memory_used_mib <= before[n].memory_used_mib, str(plan)
-    for v in (a, b, c):
+    for v in vms:
         assert locate(scope, v) == before_where[v.uuid], f"{v.name} changed by a dry run"
 
 
