@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import os
 import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vmctl import (
@@ -109,8 +109,9 @@ class VolIo:
         else:
             step = -(-length // n)
             parts = [(o, view[o : o + step]) for o in range(0, length, step)]
-            with ThreadPoolExecutor(len(parts), thread_name_prefix="vmctl-kvm-stream") as pool:
-                gots = list(pool.map(lambda p: self._download_into(offset + p[0], p[1]), parts))
+            gots = _in_threads(
+                [functools.partial(self._download_into, offset + o, part) for o, part in parts]
+            )
             got = 0
             for (o, part), g in zip(parts, gots, strict=True):
                 got = o + g
@@ -164,6 +165,34 @@ class VolIo:
         if self._size is None:
             self._size = int(self._vol.infoFlags(VOL_GET_PHYSICAL)[2])
         return self._size
+
+
+def _in_threads(calls: list[Callable[[], int]]) -> list[int]:
+    """Run ``calls`` at once, each on a daemon thread (as Link runs a libvirt call: a hung
+    stream must not hold the process at exit); their results in order, or the first
+    error once all have ended."""
+    results: list[int | BaseException] = [0] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # handed to the caller
+            results[i] = exc
+
+    threads = [
+        threading.Thread(target=run, args=(i,), name="vmctl-kvm-stream", daemon=True)
+        for i in range(len(calls))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = []
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+        out.append(r)
+    return out
 
 
 class _Disk:

@@ -253,7 +253,8 @@ class Batch:
                         if views:
                             views[0] = views[0][n:]
                     if hasattr(os, "posix_fadvise"):  # start the write-back now (Linux)
-                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        with contextlib.suppress(OSError):
+                            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)
             except BaseException:
