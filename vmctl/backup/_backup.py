@@ -8,8 +8,10 @@ manifest last.
    checkpoint (incremental), else those touching the allocated extents (full); every
    other chunk is copied from the parent's list (or is zeroes);
 5. read those chunks, hash, compress and store the ones the repository lacks (a pool of
-   workers; the driver is read by one thread in order);
-6. write the manifest, atomically: only now is the backup listed;
+   workers; the driver is read by one thread in order), into a batch (``Store.batch``)
+   flushed to disk every COMMIT_EVERY chunks and at the end: one wait for the disk, not
+   one per chunk;
+6. write the manifest, atomically, after that last flush: only now is the backup listed;
 7. release the point in time and the lock, also after a failure.
 """
 
