@@ -16,7 +16,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
@@ -148,13 +148,21 @@ def fail(message: str, code: int = 1, hint: str = "") -> NoReturn:
 
 
 class Ctx:
-    def __init__(self, uri: str | None, as_json: bool, ask_password: bool) -> None:
+    def __init__(
+        self, uri: str | None, as_json: bool, ask_password: bool, site: Sequence[str] = ()
+    ) -> None:
         self.uri = uri
         self.json = as_json
         self.ask_password = ask_password
+        self.site = tuple(site)
 
     @contextmanager
     def connect(self) -> Iterator[Hypervisor]:
+        if self.site:  # several connections of one driver as one set of hosts
+            password = click.prompt("Password", hide_input=True) if self.ask_password else None
+            with vmctl.Site(list(self.site), password=password) as site:
+                yield site
+            return
         if not self.uri:
             fail(
                 "no host URI given",
@@ -351,13 +359,24 @@ def _busy(ctx: Ctx, what: str, limit: float | None, call: Callable[[], T]) -> T:
     "8 validation, 9 conformance failures.",
 )
 @click.option("--uri", "-c", envvar="VMCTL_URI", help="host URI (default $VMCTL_URI)")
+@click.option(
+    "--site",
+    "site",
+    multiple=True,
+    help="a member URI of a vmctl.Site (repeat; instead of -c: e.g. several libvirtds)",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--ask-password", is_flag=True, help="prompt for the password (else $VMCTL_PASSWORD)")
 @click.option("--verbose", "-v", is_flag=True, help="log what vmctl does to stderr")
 @click.version_option(vmctl.__version__)
 @click.pass_context
 def cli(
-    click_ctx: click.Context, uri: str | None, as_json: bool, ask_password: bool, verbose: bool
+    click_ctx: click.Context,
+    uri: str | None,
+    site: tuple[str, ...],
+    as_json: bool,
+    ask_password: bool,
+    verbose: bool,
 ) -> None:
     """Control virtual machines on KVM/QEMU, VMware ESX/vCenter, Xen or the sim.
 
@@ -365,7 +384,7 @@ def cli(
     VMCTL_URI='sim://lab?state=$HOME/.vmctl-sim.json' without any hypervisor.
     """
     _logging(verbose)
-    click_ctx.obj = Ctx(uri, as_json, ask_password)
+    click_ctx.obj = Ctx(uri, as_json, ask_password, site)
 
 
 _log_handler: list[Any] = []  # the handler this CLI put on the "vmctl" logger

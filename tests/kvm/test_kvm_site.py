@@ -9,6 +9,7 @@ only.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,3 +223,23 @@ def test_rebalance_plan_over_the_site(site: vmctl.Site) -> None:
     assert "HOST" in str(plan)
     hosts = site.hosts()
     assert vmctl.plan_rebalance(hosts, max_moves=0).moves == ()
+
+
+def test_cli_over_a_site(hosts: Any, hv: vmctl.Hypervisor, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vmctl.cli import cli
+
+    uris = [vmctl_uri(hosts.uri, hosts), vmctl_uri(hosts.other_uri, hosts)]
+    site = [w for u in uris for w in ("--site", u)]
+    env = {"VMCTL_STATE_DIR": str(tmp_path / "state"), "VMCTL_URI": ""}
+    res = CliRunner().invoke(cli, [*site, "--json", "hosts"], env=env)
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    assert len(listed) == 2 and all(h["state"] == "connected" for h in listed)
+    host1 = hv.hosts()[0].id
+    res = CliRunner().invoke(cli, [*site, "--json", "evacuate", host1, "--dry-run"], env=env)
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    others = {h["id"] for h in listed} - {host1}
+    assert {t["id"] for t in plan["targets"]} == others
