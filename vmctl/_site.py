@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from . import _maintenance
 from ._capabilities import Capability
+from ._config import Timeouts
 from ._connection import Connection
 from ._deadline import Deadline
 from ._errors import (
@@ -124,13 +125,76 @@ def _now() -> str:
 # -- the site's driver ----------------------------------------------------------------
 
 
+class _Absent(Driver, SiteMember):
+    """A member that did not answer when the site was made: every call fails as its
+    connection did (ConnectionError, sent=False), so the site lists it unreachable from
+    its saved record and can recover its VMs."""
+
+    name = "absent"
+
+    def __init__(self, uri: str, why: str) -> None:
+        self.uri = uri
+        self.why = why
+
+    def _gone(self) -> ConnectionError:
+        return ConnectionError(
+            f"site member {self.uri} did not answer when the site was made ({self.why})",
+            sent=False,
+        )
+
+    @classmethod
+    def open(cls, params: Any, *, deadline: Deadline) -> _Absent:
+        raise NotSupported("an absent site member is not opened")
+
+    def close(self) -> None:
+        return None
+
+    def host_info(self, *, deadline: Deadline) -> HostInfo:
+        raise self._gone()
+
+    def list_vms(self, *, deadline: Deadline) -> list[VMInfo]:
+        raise self._gone()
+
+    def get_vm(self, uuid: str, *, deadline: Deadline) -> VMInfo:
+        raise self._gone()
+
+    def get_config(self, uuid: str, *, deadline: Deadline) -> VMConfig:
+        raise self._gone()
+
+    def create_vm(self, spec: VMSpec, *, deadline: Deadline) -> VMInfo:
+        raise self._gone()
+
+    def delete_vm(self, uuid: str, *, deadline: Deadline) -> list[str]:
+        raise self._gone()
+
+    def start(self, uuid: str, *, deadline: Deadline) -> None:
+        raise self._gone()
+
+    def power_off(self, uuid: str, *, deadline: Deadline) -> None:
+        raise self._gone()
+
+    def site_inventory(
+        self, uuids: Sequence[str] | None = None, *, deadline: Deadline
+    ) -> dict[str, SiteVM]:
+        raise self._gone()
+
+    def reaches(self, locations: Sequence[str], *, deadline: Deadline) -> set[str]:
+        raise self._gone()
+
+    def move_to_peer(
+        self, uuid: str, peer: Driver, *, mode: MoveMode, deadline: Deadline
+    ) -> Task | None:
+        raise self._gone()
+
+    def restore_vm(self, definition: str, *, start: bool, deadline: Deadline) -> None:
+        raise self._gone()
+
+
 class _Member:
     """One connection of the site, and what was last read of its host."""
 
-    def __init__(self, hv: Hypervisor) -> None:
-        self.hv = hv
-        self.uri = str(hv.uri)
-        conn = hv._conn
+    def __init__(self, conn: Connection) -> None:
+        self.uri = str(conn.uri)
         self.conn = conn
         driver = conn.driver
         assert isinstance(driver, SiteMember)
@@ -152,8 +216,8 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
     name = "site"
     thread_safe = True
 
-    def __init__(self, members: Sequence[Hypervisor], owned: Sequence[Hypervisor]) -> None:
-        self.members = [_Member(hv) for hv in members]
+    def __init__(self, members: Sequence[Connection], owned: Sequence[Hypervisor]) -> None:
+        self.members = [_Member(conn) for conn in members]
         self._owned = list(owned)
 
     # -- opening: a site is made by vmctl.Site, never by connect() -------------------------
@@ -171,7 +235,8 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
         """A live or cold move between members needs every member to do it."""
         moves = {Capability.MIGRATE_LIVE, Capability.MIGRATE_COLD}
         keep = {c for c in offered if c not in moves}
-        keep |= {c for c in moves & offered if all(c in m.conn.capabilities for m in self.members)}
+        live = [m for m in self.members if not isinstance(m.conn.driver, _Absent)]
+        keep |= {c for c in moves & offered if all(c in m.conn.capabilities for m in live)}
         return frozenset(keep)
 
     # -- members and hosts -----------------------------------------------------------------
@@ -651,14 +716,25 @@ class Site(Hypervisor):
             raise ValidationError("must be an integer >= 1", field="max_concurrency")
         hvs: list[Hypervisor] = []
         owned: list[Hypervisor] = []
+        slots: list[Connection | None] = []
+        absent: list[tuple[int, str, VmctlError]] = []
         try:
             for m in members:
                 if isinstance(m, Hypervisor):
                     hvs.append(m)
-                else:
+                    slots.append(m._conn)
+                    continue
+                try:
                     hv = connect(m, **connect_options)
-                    owned.append(hv)
-                    hvs.append(hv)
+                except _DOWN as exc:  # recovering it needs what was saved of it
+                    absent.append((len(slots), str(URI.parse(m)), exc))
+                    slots.append(None)  # filled in below
+                    continue
+                owned.append(hv)
+                hvs.append(hv)
+                slots.append(hv._conn)
+            if not hvs:
+                raise absent[0][2]  # no member answers
             drivers = {hv.driver_name for hv in hvs}
             if len(drivers) != 1:
                 raise ValidationError(
@@ -672,15 +748,28 @@ class Site(Hypervisor):
                         "already manage their hosts together, or it has no site support)",
                         field="members",
                     )
-            uris = [str(hv.uri) for hv in hvs]
+            timeouts = hvs[0].timeouts if hvs else Timeouts()
+            with _store(write=False) as saved:
+                for index, uri_text, err in absent:
+                    if not saved.get(uri_text, {}).get("host"):
+                        raise err  # never read: nothing to show or recover of it
+                    log.warning("site member %s does not answer (%s)", uri_text, err)
+                    slots[index] = Connection(
+                        _Absent(uri_text, str(err)),
+                        URI.parse(uri_text),
+                        timeouts,
+                        frozenset(),
+                        1,
+                    )
+            conns = [c for c in slots if c is not None]
+            uris = [str(c.uri) for c in conns]
             if len(set(uris)) != len(uris):
                 raise ValidationError("a connection is named twice", field="members")
-            driver = _SiteDriver(hvs, owned)
-            first = hvs[0]
-            driver.prime(Deadline.after(first.timeouts.read_s))
+            driver = _SiteDriver(conns, owned)
+            driver.prime(Deadline.after(timeouts.read_s))
             uri = URI(scheme="site", params={"members": " ".join(uris)})
             self._conn = Connection(
-                driver, uri, first.timeouts, offered_capabilities(driver), max_concurrency
+                driver, uri, timeouts, offered_capabilities(driver), max_concurrency
             )
         except BaseException:
             for hv in owned:
@@ -691,7 +780,8 @@ class Site(Hypervisor):
 
     @property
     def members(self) -> tuple[Hypervisor, ...]:
-        """The connections of the site, in the order given."""
+        """The connections of the site, in the order given (without a member that did not
+        answer when the site was made: it is listed unreachable, from its saved record)."""
         return self._members
 
     def __enter__(self) -> Site:
