@@ -214,8 +214,17 @@ def test_vmctl_maintenance_flag_keeps_vms_off_a_member(
         assert h2.exit_maintenance().state is HostState.CONNECTED
 
 
-def test_rebalance_plan_over_the_site(site: vmctl.Site) -> None:
+def test_rebalance_plan_over_the_site(site: vmctl.Site, tmp_path: Path) -> None:
     plan = vmctl.plan_rebalance(site, threshold=50)
+    # the inventory the plan read is kept for recovery: private, every member's host and VMs
+    saved = tmp_path / "state" / "site-members.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    members = json.loads(saved.read_text())["members"]
+    assert set(members) == {str(m.uri) for m in site.members}
+    for m in site.members:  # (other clients make and delete VMs meanwhile: no counts)
+        for uuid, rec in members[str(m.uri)]["vms"].items():
+            assert f"<uuid>{uuid}</uuid>" in rec["definition"], rec
+            assert rec["state"] in {s.value for s in vmctl.PowerState}
     assert {h.name for h in plan.before} == {h.name for h in site.hosts()}
     assert len(plan.before) == len(plan.after) == 2
     assert all(0 < h.memory_percent < 100 for h in plan.before)
