@@ -14,11 +14,14 @@ takes that many MHz off its host and onto the target.
 
 Each step takes the host with the highest score and, among its running VMs that can move
 live (not pinned, no local disk, no live blocker), the move of one VM (or of the VMs of an
-``affinity`` group, together) to another host that lowers the spread (highest minus lowest
-score) most; a target must have the memory free, stay at or below 100 % CPU (when CPU
-counts), and hold no VM of the moving VMs' ``anti_affinity`` groups. It stops when the
-spread is within ``threshold`` percentage points, after ``max_moves`` moves (a group's VMs
-count one each), or when no move lowers it (so it ends: every step lowers the spread).
+``affinity`` group, together) to another host that evens the scores out most: that lowers
+their variance (the mean squared difference from their mean) most, without widening the
+spread (highest minus lowest score); a target must have the memory free, stay at or below
+100 % CPU (when CPU counts), and hold no VM of the moving VMs' ``anti_affinity`` groups.
+(The variance, not the spread, picks the move: with several hosts near the top, no single
+move lowers the spread, but each lowers the variance.) It stops when the spread is within
+``threshold`` percentage points, after ``max_moves`` moves (a group's VMs count one each),
+or when no move lowers the variance (so it ends).
 Hosts in maintenance (either mark) or unreachable take no VM and give none. The VMs of an
 ``affinity`` group move in one step to one host, when they all run on one host and can
 move live; otherwise they stay where they are. The plan shows each host's memory, CPU and
@@ -252,6 +255,12 @@ def plan_rebalance(
     )
 
 
+#: For each VM, the planner weighs the moves to this many of the least loaded hosts that can
+#: take it (moving load x from a host at s to one at t changes the variance by 2x(t - s + x):
+#: the lower t, the better; more candidates only matter where CPU and memory disagree).
+TARGETS_TRIED = 4
+
+
 @frozen
 class Balance:
     """What :func:`balance` planned."""
@@ -335,18 +344,29 @@ def balance(
     where = {p.vm.uuid: p.host_id for p in mine}
     moves: list[Move] = []
     moved: set[str] = set()
-    while len(moves) < max_moves and len(hosts) > 1:
+
+    def trial_score(i: str, mem: int, mhz: float) -> float:
+        m = 100.0 * mem / cap[i]
+        return max(m, 100.0 * mhz / mhz_cap[i]) if uses_cpu else m
+
+    n = len(hosts)
+    while len(moves) < max_moves and n > 1:
         scores = {i: score(i) for i in used}
-        top = max(scores.values())
-        spread = top - min(scores.values())
+        ranked = sorted(scores, key=lambda i: scores[i])
+        top, bottom = scores[ranked[-1]], scores[ranked[0]]
+        spread = top - bottom
         if spread <= threshold:
             break
-        best: tuple[tuple[float, str, str, str], tuple[Placement, ...]] | None = None
+        s1 = sum(scores.values())
+        s2 = sum(v * v for v in scores.values())
+        variance = s2 / n - (s1 / n) ** 2
+        high, low = ranked[::-1][:3], ranked[:3]
+        best: tuple[tuple[float, float, str, str, str], tuple[Placement, ...]] | None = None
         for unit in units:
             src = where[unit[0].vm.uuid]
             if (
                 src is None
-                or scores[src] < top  # only off the most loaded host
+                or scores[src] < top - 1e-9  # only off the most loaded host(s)
                 or unit[0].vm.uuid in moved
                 or len(moves) + len(unit) > max_moves
             ):
@@ -354,7 +374,11 @@ def balance(
             mem = sum(p.memory_mib for p in unit)
             load = sum(share.get(p.vm.uuid, 0.0) for p in unit)
             members = {p.vm.name for p in unit}
-            for t in used:
+            new_src = trial_score(src, used[src] - mem, busy[src] - load)
+            tried = 0
+            for t in ranked:  # least loaded first: the few first that take it are the best
+                if tried == TARGETS_TRIED:
+                    break
                 if t == src or members & names[t]:
                     continue
                 if cap[t] - used[t] < mem:
@@ -363,28 +387,23 @@ def balance(
                     continue  # never over 100 % CPU
                 if any(g & members and (g - members) & names[t] for g in anti_affinity):
                     continue
-                trial_used = dict(used)
-                trial_busy = dict(busy)
-                trial_used[src] -= mem
-                trial_used[t] += mem
-                trial_busy[src] -= load
-                trial_busy[t] += load
-                after = [
-                    max(
-                        100.0 * trial_used[i] / cap[i],
-                        100.0 * trial_busy[i] / mhz_cap[i] if uses_cpu else 0.0,
-                    )
-                    for i in used
-                ]
-                new_spread = max(after) - min(after)
-                key = (new_spread, by_id[t].name, t, min(members))
-                if new_spread < spread - 1e-9 and (best is None or key < best[0]):
+                tried += 1
+                new_t = trial_score(t, used[t] + mem, busy[t] + load)
+                rest_high = [scores[i] for i in high if i not in (src, t)][:1]
+                rest_low = [scores[i] for i in low if i not in (src, t)][:1]
+                new_spread = max([new_src, new_t, *rest_high]) - min([new_src, new_t, *rest_low])
+                n1 = s1 - scores[src] - scores[t] + new_src + new_t
+                n2 = s2 - scores[src] ** 2 - scores[t] ** 2 + new_src**2 + new_t**2
+                new_variance = n2 / n - (n1 / n) ** 2
+                if new_variance >= variance - 1e-9 or new_spread > spread + 1e-9:
+                    continue  # every step evens the load out, and never widens the spread
+                key = (new_variance, new_spread, by_id[t].name, t, min(members))
+                if best is None or key < best[0]:
                     best = (key, unit)
         if best is None:
             break
-        (_, _, target_id, _), unit = best
-        target = by_id[target_id]
-        for p in unit:
+        target = by_id[best[0][3]]
+        for p in best[1]:
             src = where[p.vm.uuid]
             assert src is not None
             moved.add(p.vm.uuid)
