@@ -337,7 +337,17 @@ def choose_targets(
     for t in targets:
         now = by_id.get(t.id)
         if now is None:
-            raise ValidationError(f"target {t.name!r} is not a host here", field="targets")
+            elsewhere = t.hypervisor is not None and t.hypervisor is not source.hypervisor
+            raise ValidationError(
+                f"target {t.name!r} is not a host here"
+                + (
+                    " (it was read through another connection: join the connections in a "
+                    "vmctl.Site([...]) and plan over the site's hosts)"
+                    if elsewhere
+                    else ""
+                ),
+                field="targets",
+            )
         if now.id == source.id:
             raise ValidationError(f"target {t.name!r} is {role}", field="targets")
         if not now.takes_vms:

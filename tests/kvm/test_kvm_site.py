@@ -89,6 +89,13 @@ def test_site_hosts_are_the_members_hosts(
         site.create_vm(VMSpec(name=SITE + "nope", vcpus=1, memory_mib=64))
 
 
+def test_a_host_of_another_connection_needs_a_site(
+    hv: vmctl.Hypervisor, other: vmctl.Hypervisor
+) -> None:
+    with pytest.raises(vmctl.ValidationError, match=r"vmctl\.Site"):
+        vmctl.plan_evacuation(hv.hosts()[0], [other.hosts()[0]])
+
+
 def test_site_refuses_bad_members(hv: vmctl.Hypervisor, test_hv: vmctl.Hypervisor) -> None:
     with pytest.raises(vmctl.ValidationError, match="one driver"):
         vmctl.Site([hv, vmctl.connect("sim://")])
