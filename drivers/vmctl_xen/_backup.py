@@ -577,7 +577,9 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
         if disk_id not in _state.readers:  # no whole-disk stream open: NBD if the host has it
             client = self._nbd_client(_state, disk_id, _sref, deadline)
             if client is not None:
-                return self._nbd_read(_state, disk_id, client, offset, length, size, deadline)
+                data = self._nbd_read(_state, disk_id, client, offset, length, size, deadline)
+                if data is not None:
+                    return data
         reader = self._reader(pit, disk_id, deadline)
         try:
             return reader.read(offset, length)
@@ -656,13 +658,13 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
         length: int,
         size: int,
         deadline: Deadline,
-    ) -> bytes:
+    ) -> bytes | None:
+        """The bytes, or None when NBD cannot serve them (a partial last sector of a disk
+        whose size is not a multiple of 512: xapi-nbd reads whole sectors only)."""
         lo = offset - offset % NBD_SECTOR
         hi = min(_round_up(offset + length, NBD_SECTOR), size - size % NBD_SECTOR)
-        if hi < offset + length:  # a tail sector past the last whole one: not readable
-            state.nbd[disk_id] = None
-            client.close()
-            return self._reader_read(state, disk_id, offset, length, deadline)
+        if hi < offset + length:
+            return None
         out = bytearray()
         try:
             pos = lo
@@ -679,18 +681,6 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
                 raise BackendError(f"read disk {disk_id} over NBD: {exc}") from exc
             raise _errors.from_exception(f"read disk {disk_id} over NBD", exc) from exc
         return bytes(out[offset - lo : offset - lo + length])
-
-    def _reader_read(
-        self, state: _PitState, disk_id: str, offset: int, length: int, deadline: Deadline
-    ) -> bytes:
-        sref, _live, size = state.disks[disk_id]
-        reader = state.readers.get(disk_id)
-        if reader is None:
-            reader = state.readers[disk_id] = self._export_reader(
-                sref, size, f"read disk {disk_id}", deadline
-            )
-        reader.renew(deadline)
-        return reader.read(offset, length)
 
     def close_point_in_time(self, pit: PointInTime, *, deadline: Deadline) -> None:
         state = pit.handle
