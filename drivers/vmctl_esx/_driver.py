@@ -94,7 +94,7 @@ from ._fastlist import FastLister
 from ._faststats import FastStats, sdk_metrics
 from ._faults import is_fault, map_fault, reraise
 from ._hosts import EsxHosts
-from ._placement import EsxPlacement
+from ._placement import EsxPlacement, vsphere_mac_refusal
 from ._storage import EsxStorage
 from ._vmprops import LIST_PATHS as _LIST_PATHS
 from ._vmprops import moid as _moid
@@ -1035,6 +1035,9 @@ class EsxDriver(
             startConnected=True, allowGuestControl=True
         )
         if nic.mac:
+            refusal = vsphere_mac_refusal(nic.mac)
+            if refusal:
+                raise ValidationError(refusal, field="mac")
             card.addressType = "manual"
             card.macAddress = nic.mac
         else:

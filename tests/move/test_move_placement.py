@@ -5,6 +5,8 @@ static MAC with the VMware OUI; each refusal comes before anything is made."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import vmctl
@@ -86,6 +88,10 @@ def test_esx_refuses_a_kept_mac_outside_vsphere_static_range(
     assert err.value.field == "keep_macs"
     assert bad in str(err.value) and "00:50:56:3f:ff:ff" in str(err.value)
     assert uuids(esx) == before
+    # the driver's own create refuses it too, before any call
+    with pytest.raises(vmctl.ValidationError, match="00:50:56:3f:ff:ff"):
+        esx.create_vm(VMSpec(name="mac-bad", nics=[NicSpec(ESX_NETWORK, mac=bad)]))
+    assert uuids(esx) == before
     # without keep_macs the NIC gets a MAC of vSphere's
     report = vmctl.move(vm, esx, network_map={"default": ESX_NETWORK})
     assert report.verified
@@ -107,7 +113,7 @@ def test_esx_keeps_a_mac_in_the_static_range(sim: vmctl.Hypervisor, esx: vmctl.H
 
 
 def test_uefi_is_carried_sim_xen_esx(
-    sim: vmctl.Hypervisor, xen: vmctl.Hypervisor, esx: vmctl.Hypervisor
+    sim: vmctl.Hypervisor, xen: vmctl.Hypervisor, esx: vmctl.Hypervisor, xen_sim: Any
 ) -> None:
     from vmctl import Firmware
 
@@ -120,6 +126,11 @@ def test_uefi_is_carried_sim_xen_esx(
         assert (note.kind, note.target) == (MappingKind.KEPT, "uefi"), str(report)
         vm = target.vm(report.target_uuid or "")
         assert vm.config().firmware is Firmware.UEFI
+        if target is xen:  # the field xapi boots by, in the host's own database
+            with xen_sim.db.lock:
+                (rec,) = [r for r in xen_sim.db.objs["VM"].values() if r["uuid"] == vm.uuid]
+            assert rec["HVM_boot_params"].get("firmware") == "uefi"
+            assert rec["HVM_boot_policy"] == "BIOS order"
     # an independent read of the vendor's own field: vSphere's config.firmware
     driver = esx._conn.driver
     ref = driver._ref(vm.uuid)  # type: ignore[attr-defined]
