@@ -9,6 +9,8 @@ moves of one VM alone, each timed end to end through ``execute``). Goal: wall <=
 * xen: a xapisim process with a three-host pool (plain HTTP), VMs with a guest OS moved by
   ``VM.pool_migrate``;
 * esx: the vCenter simulator's cluster DC0/DC0_C0, VMs moved by ``RelocateVM_Task``.
+* kvm (not in the default list): a ``vmctl.Site`` of the KVM test host 1 and a third libvirtd
+  of its own (tests/hosts/kvm.py), blank VMs moved live by ``virDomainMigrate3``.
 
 Besides the times, each result says what a move costs this process: the connection's round
 trips per move (where the driver counts them) and the client CPU per move
@@ -17,7 +19,7 @@ the vCenter simulator's (about 20 ms), the evacuation is bound by that CPU (pyvm
 work runs under the GIL, on a machine whose cores other work shares), not by waiting: the
 ideal assumes moves overlap perfectly.
 
-    python bench/evacuate.py [--backend sim,xen,esx] [--vms 50] [--parallel 8] [--json FILE]
+    python bench/evacuate.py [--backend sim,xen,esx,kvm] [--vms 50] [--parallel 8] [--json FILE]
 """
 
 from __future__ import annotations
@@ -155,7 +157,42 @@ def esx_pool(vms: int) -> Iterator[tuple[vmctl.Hypervisor, str]]:
             yield hv, "DC0_C0_H0"
 
 
-POOLS = {"sim": sim_pool, "xen": xen_pool, "esx": esx_pool}
+@contextlib.contextmanager
+def kvm_site(vms: int) -> Iterator[tuple[vmctl.Hypervisor, str]]:
+    """A vmctl.Site of the KVM test host 1 (qemu:///system, shared with others: only a
+    target) and a third libvirtd of the bench's own (tests/hosts/kvm.py start_extra_host),
+    the source: blank VMs (SeaBIOS, 48 MiB, an 8 MiB disk in the shared pool) moved live."""
+    from tests.hosts import kvm
+
+    extra = kvm.start_extra_host()
+    try:
+        kvm.ensure_network_and_pool(extra.uri)
+        opts = f"?pool={kvm.POOL_NAME}"
+        with (
+            vmctl.connect(kvm.URI + opts) as h1,
+            vmctl.connect(extra.uri + opts) as h3,
+            vmctl.Site([h1, h3]) as site,
+        ):
+            uuids: list[str] = []
+            try:
+                for i in range(vms):
+                    spec = vmctl.VMSpec(
+                        name=f"vmctl-bench-site-{i:02d}",
+                        vcpus=1,
+                        memory_mib=48,
+                        disks=[vmctl.DiskSpec(size_mib=8)],
+                    )
+                    uuids.append(h3.create_vm(spec, start=True).uuid)
+                yield site, kvm.HOST3.netns
+            finally:
+                for uuid in uuids:
+                    with contextlib.suppress(vmctl.NotFound):
+                        site.vm(uuid).delete(force=True, timeout=120)
+    finally:
+        extra.stop()
+
+
+POOLS = {"sim": sim_pool, "xen": xen_pool, "esx": esx_pool, "kvm": kvm_site}
 
 
 def main() -> None:
