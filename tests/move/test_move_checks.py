@@ -104,6 +104,9 @@ def test_a_grace_longer_than_the_timeout_is_refused(
     with pytest.raises(vmctl.ValidationError, match="shorter than the move's timeout"):
         vmctl.move(vm, b, keep_source=False, shutdown_timeout=60, timeout=30)
     assert b.list_vms() == [] and vm.info().state is PowerState.RUNNING
+    # a stopped source is not shut down: the default grace (120 s) does not matter
+    vm.power_off()
+    assert vmctl.move(vm, b, keep_source=False, timeout=30).source_deleted
 
 
 def test_cli_shutdown_timeout(tmp_path: Path) -> None:

@@ -500,12 +500,6 @@ def move(
     sconn, tconn = vm._conn, target._conn
     deadline = sconn.deadline(timeout, None)
     grace = _check_grace(STOP_GRACE_S if shutdown_timeout is None else shutdown_timeout)
-    if timeout is not None and not keep_source and grace >= deadline.seconds:
-        raise ValidationError(
-            f"shutdown_timeout ({grace:g} s) must be shorter than the move's timeout "
-            f"({deadline.seconds:g} s)",
-            field="shutdown_timeout",
-        )
     _check_data_path(sconn, tconn)
     if not keep_source:
         sconn.require(Capability.DELETE, f"delete VM {vm.name!r} after moving it")
@@ -524,6 +518,12 @@ def move(
         # A running source that is to go: copied while it runs, then stopped and the blocks
         # changed meanwhile copied (where it tracks changes), or stopped before the copy.
         live = not keep_source and state is PowerState.RUNNING
+        if live and timeout is not None and grace >= deadline.seconds:
+            raise ValidationError(
+                f"shutdown_timeout ({grace:g} s) must be shorter than the move's timeout "
+                f"({deadline.seconds:g} s): the running source is stopped within it",
+                field="shutdown_timeout",
+            )
         synced = live and Capability.BACKUP_INCREMENTAL in sconn.capabilities
         start = state is PowerState.RUNNING if power_on is None else power_on
         config = vm.config()
