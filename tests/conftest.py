@@ -11,14 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The kit and the CLI read these; a developer's own settings must not leak into tests.
-for var in (
-    "VMCTL_URI",
-    "VMCTL_OTHER_URI",
-    "VMCTL_PASSWORD",
-    "VMCTL_CAFILE",
-    "VMCTL_THUMBPRINT",
-    "VMCTL_INSECURE",
-    "VMCTL_USER",
-):
+# The kit, the CLI and the drivers read VMCTL_* variables (URIs, credentials, kit options,
+# fast-path switches); a developer's own settings (e.g. a sourced .hosts/kvm.env) must not
+# leak into tests, which set what they need themselves.
+for var in [name for name in os.environ if name.startswith("VMCTL_")]:
     os.environ.pop(var, None)
