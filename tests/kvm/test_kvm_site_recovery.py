@@ -197,33 +197,43 @@ def test_kit_recovers_a_failed_libvirtd(hosts: Any, tiny: Any, tmp_path: Path) -
         }
         report_path = tmp_path / "kit-recover.json"
         extra = "{python} -m tests.hosts.kvm extra"
-        proc = subprocess.run(
-            [
-                str(Path(sys.executable).with_name("vmctl")),
-                "conformance",
-                hosts.uri,
-                "--other-uri",
-                HOST3.uri,
-                "--prefix",
-                "vmctl-sitekit-",
-                "--clause",
-                "RECOVER-",
-                "--opt",
-                f"fail_host={HOST3.netns}",
-                "--opt",
-                f"fail_command={extra} kill",
-                "--opt",
-                f"revive_command={extra} start",
-                "--report",
-                str(report_path),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [
+                    str(Path(sys.executable).with_name("vmctl")),
+                    "conformance",
+                    hosts.uri,
+                    "--other-uri",
+                    HOST3.uri,
+                    "--prefix",
+                    "vmctl-sitekit-",
+                    "--clause",
+                    "RECOVER-",
+                    "--opt",
+                    f"fail_host={HOST3.netns}",
+                    "--opt",
+                    f"fail_command={extra} kill",
+                    "--opt",
+                    f"revive_command={extra} start",
+                    "--report",
+                    str(report_path),
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:  # fail with what the kit printed so far
+
+            def text(b: bytes | str | None) -> str:
+                return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+            pytest.fail(
+                f"the kit did not finish in 300 s:\n{text(exc.stdout)[-3000:]}"
+                f"{text(exc.stderr)[-3000:]}"
+            )
         output = proc.stdout + proc.stderr
         assert report_path.is_file(), output
         report = Report.from_json(report_path.read_text())
