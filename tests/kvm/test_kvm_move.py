@@ -1,7 +1,8 @@
 """vmctl.move with KVM (issue 13) on the real libvirtd: KVM -> Xen (xapisim, one host over
-HTTPS) -> KVM, and KVM -> sim -> KVM, each hop's disk read back byte for byte through the
-target's own read path (not the move's digests), the source deleted, the NIC's network
-mapped. The move lock lives in a temporary state directory."""
+HTTPS) -> KVM, KVM -> ESX (the vSphere simulator) -> KVM, and KVM -> sim -> KVM, each hop's
+disk read back byte for byte through the target's own read path (not the move's digests), the
+source deleted, the NIC's network mapped. The move lock lives in a temporary state
+directory."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from vmctl.backup import read_disk, write_disk
 MIB = 1024 * 1024
 SIZE = 16 * MIB
 XEN_NETWORK = "Pool-wide network associated with eth0"
+ESX_NETWORK = "VM Network"
 PASSWORD = "xen-" + secrets.token_hex(8)
 #: the virtio-blk device of the first disk (its QOM path: the PCI proxy's id holds no drive)
 DEVICE = "/machine/peripheral/virtio-disk0/virtio-backend"
@@ -43,6 +45,20 @@ def xen() -> Iterator[vmctl.Hypervisor]:
             for info in hv.list_vms():
                 hv.vm(info.uuid).delete(force=True)
         assert server.open_sessions() == 0, "the move tests left XenAPI sessions open"
+
+
+@pytest.fixture(scope="module")
+def esx() -> Iterator[vmctl.Hypervisor]:
+    pytest.importorskip("pyVmomi")
+    from tests.hosts.esx import running_simulator
+
+    with (
+        running_simulator("esx", vms=0) as srv,
+        vmctl.connect(srv.uri, password=srv.password, cafile=str(srv.cafile), env={}) as hv,
+    ):
+        yield hv
+        for info in hv.list_vms():
+            hv.vm(info.uuid).delete(force=True)
 
 
 @pytest.fixture
@@ -101,6 +117,18 @@ def test_kvm_to_xen_and_back(hv: vmctl.Hypervisor, hosts: Any, xen: vmctl.Hyperv
     vm = _hop(vm, xen, (hosts.network, XEN_NETWORK), image)
     _gone_from_kvm(hosts, name)
     vm = _hop(vm, hv, (XEN_NETWORK, hosts.network), image)
+    assert vm.hypervisor is hv and vm.info().state is PowerState.STOPPED
+    assert name in virsh(hosts.uri, "list", "--all", "--name").split()
+    vm.delete(force=True)
+    _gone_from_kvm(hosts, name)
+
+
+def test_kvm_to_esx_and_back(hv: vmctl.Hypervisor, hosts: Any, esx: vmctl.Hypervisor) -> None:
+    name = f"{PREFIX}mv-esx"
+    vm, image = _source(hv, name, hosts.network)
+    vm = _hop(vm, esx, (hosts.network, ESX_NETWORK), image)
+    _gone_from_kvm(hosts, name)
+    vm = _hop(vm, hv, (ESX_NETWORK, hosts.network), image)
     assert vm.hypervisor is hv and vm.info().state is PowerState.STOPPED
     assert name in virsh(hosts.uri, "list", "--all", "--name").split()
     vm.delete(force=True)

@@ -1,7 +1,7 @@
 """vmctl.move across vendors on real simulators: sim -> Xen (xapisim) -> ESX (the vSphere
-simulator) -> Xen -> sim, each hop's disks read back byte for byte through the target (the
-target's own read path, not the move's digests); a fault mid-way on a Xen and an ESX target
-leaves no VM and no disk behind there, and the source as it was."""
+simulator) -> Xen -> sim and sim -> ESX -> sim, each hop's disks read back byte for byte
+through the target (the target's own read path, not the move's digests); a fault mid-way on a
+Xen and an ESX target leaves no VM and no disk behind there, and the source as it was."""
 
 from __future__ import annotations
 
@@ -67,6 +67,14 @@ def test_sim_xen_esx_xen_sim(
 ) -> None:
     vm, image = source_vm(sim)
     for target in (xen, esx, xen, sim):
+        vm = hop(vm, target, image)
+    assert vm.hypervisor is sim and vm.info().state is PowerState.STOPPED
+
+
+def test_sim_esx_sim(sim: vmctl.Hypervisor, esx: vmctl.Hypervisor) -> None:
+    """The two ordered pairs the tour above does not take: sim -> ESX and ESX -> sim."""
+    vm, image = source_vm(sim, "mv-se")
+    for target in (esx, sim):
         vm = hop(vm, target, image)
     assert vm.hypervisor is sim and vm.info().state is PowerState.STOPPED
 
