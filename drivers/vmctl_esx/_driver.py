@@ -814,14 +814,18 @@ class EsxDriver(
     def _resources(self, cpu: Any, mem: Any) -> Resources:
         mhz = self._cpu_mhz()
 
+        # vSphere's "nothing set" is reservation 0, limit -1 and shares at level normal: those
+        # read as None, so a move or a backup does not carry a control the VM never had.
         def shares(alloc: Any) -> int | None:
             info = getattr(alloc, "shares", None) if alloc is not None else None
             value = getattr(info, "shares", None)
-            return int(value) if value else None
+            if not value or getattr(info, "level", None) == "normal":
+                return None
+            return int(value)
 
         def num(alloc: Any, field: str) -> int | None:
             value = getattr(alloc, field, None) if alloc is not None else None
-            return None if value is None or int(value) < 0 else int(value)
+            return None if value is None or int(value) <= 0 else int(value)
 
         cpu_res, cpu_lim = num(cpu, "reservation"), num(cpu, "limit")
         mem_lim = num(mem, "limit")

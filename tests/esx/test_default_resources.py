@@ -1,0 +1,84 @@
+"""vSphere's "nothing set" resource allocation (reservation 0, limit -1, shares at level
+normal) reads as None in the neutral model, so a backup or a move of an ESX VM does not
+carry a control the VM never had; a control that is set still reads as set."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyVmomi import vim
+
+import vmctl
+from tests.hosts.esx import VcsimServer
+
+from .conftest import Admin
+
+Target = tuple[VcsimServer, Admin, str]
+
+
+@pytest.fixture
+def hv(target: Target) -> Iterator[vmctl.Hypervisor]:
+    srv, _, uri = target
+    with vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile)) as conn:
+        before = {i.uuid for i in conn.list_vms()}
+        yield conn
+        for info in conn.list_vms():
+            if info.uuid not in before:
+                conn.vm(info.uuid).delete(force=True)
+
+
+def _raw(admin: Admin, uuid: str) -> tuple[object, object]:
+    raw = admin.props(
+        admin.vm(uuid), vim.VirtualMachine, ["config.cpuAllocation", "config.memoryAllocation"]
+    )
+    return raw["config.cpuAllocation"], raw["config.memoryAllocation"]
+
+
+def test_unset_allocation_reads_as_none(hv: vmctl.Hypervisor, target: Target) -> None:
+    vm = hv.create_vm(
+        vmctl.VMSpec(
+            name=f"res0-{secrets.token_hex(3)}", disks=[vmctl.DiskSpec(size_mib=8)], memory_mib=256
+        )
+    )
+    cpu, mem = _raw(target[1], vm.uuid)
+    # What the server reports for a VM made without resource controls.
+    for alloc in (cpu, mem):
+        assert alloc.reservation == 0, alloc  # type: ignore[attr-defined]
+        assert alloc.limit == -1, alloc  # type: ignore[attr-defined]
+        assert alloc.shares.level == "normal", alloc  # type: ignore[attr-defined]
+    assert vm.config().resources == vmctl.Resources()
+
+
+def test_set_then_default_again(hv: vmctl.Hypervisor, target: Target) -> None:
+    vm = hv.create_vm(
+        vmctl.VMSpec(name=f"res1-{secrets.token_hex(3)}", disks=[vmctl.DiskSpec(size_mib=8)])
+    )
+    res = vm.set_resources(
+        vmctl.Resources(cpu_shares=1000, memory_reservation_mib=64, cpu_reservation_percent=10)
+    ).resources
+    # Shares given are level custom: set, even at the value level normal would give.
+    assert (res.cpu_shares, res.memory_reservation_mib) == (1000, 64)
+    assert res.cpu_reservation_percent is not None and res.cpu_reservation_percent > 0
+    cpu, _ = _raw(target[1], vm.uuid)
+    assert cpu.shares.level == "custom"  # type: ignore[attr-defined]
+    # A reservation set back to 0 is vSphere's "none": it reads as not set.
+    res = vm.set_resources(vmctl.Resources(memory_reservation_mib=0)).resources
+    assert res.memory_reservation_mib is None
+    assert res.cpu_shares == 1000
+
+
+def test_backup_carries_no_reservation(
+    hv: vmctl.Hypervisor, target: Target, tmp_path: Path
+) -> None:
+    if target[2].startswith("vcenter"):
+        pytest.skip("one mode is enough: the mapping is the driver's, not the server's")
+    vm = hv.create_vm(
+        vmctl.VMSpec(name=f"res2-{secrets.token_hex(3)}", disks=[vmctl.DiskSpec(size_mib=8)])
+    )
+    repo = vmctl.open_repo(str(tmp_path / "repo"))
+    info = vm.backup(repo)
+    config = repo.manifest(info.id).config
+    assert config["resources"] == {k: None for k in config["resources"]}, config["resources"]
