@@ -97,41 +97,46 @@ def target_spec(
         attrs.evolve(d, bus=DiskBus.DEFAULT) if cross_vendor else d for d in spec.disks
     )
     return attrs.evolve(
-        spec, nics=nics, disks=spec_disks, firmware=carried_firmware(config, firmwares)
+        spec, nics=nics, disks=spec_disks, firmware=carried_firmware(config.firmware, firmwares)
     )
 
 
-def carried_firmware(config: VMConfig, firmwares: frozenset[Firmware] | None) -> Firmware | None:
+def carried_firmware(
+    source: Firmware | None, firmwares: frozenset[Firmware] | None
+) -> Firmware | None:
     """The firmware the target VM is made with: the source's where the target can make it
-    (``PlacementChecks.firmwares``), else None (the target's default)."""
-    if config.firmware is None or firmwares is None or config.firmware not in firmwares:
+    (``PlacementChecks.firmwares``), else None (the target's default). Restore uses it too."""
+    if source is None or firmwares is None or source not in firmwares:
         return None
-    return config.firmware
+    return source
 
 
 _FIRMWARE_RISK = "a guest installed for UEFI does not boot on BIOS, nor the reverse"
 
 
-def _firmware_note(
-    config: VMConfig,
+def firmware_note(
+    source: Firmware | None,
     spec: VMSpec,
     made: VMConfig | None,
     firmwares: frozenset[Firmware] | None,
     source_driver: str,
     target_driver: str,
+    source_unknown: str | None = None,
 ) -> MappingNote:
+    """How the firmware fared; ``source_unknown`` says why the source's is not known (by
+    default: its driver does not report it)."""
     item = "firmware (BIOS/UEFI)"
-    before = config.firmware.value if config.firmware else None
+    before = source.value if source else None
     after = made.firmware if made is not None else spec.firmware
     now = after.value if after else None
-    if config.firmware is None:
+    if source is None:
+        why = source_unknown or f"the {source_driver} driver does not report the source's firmware"
         return MappingNote(
             K.UNKNOWN,
             item,
             None,
             now,
-            f"the {source_driver} driver does not report the source's firmware: the target "
-            f"made the VM with its default; {_FIRMWARE_RISK}",
+            f"{why}: the target made the VM with its default; {_FIRMWARE_RISK}",
         )
     if firmwares is None:
         return MappingNote(
@@ -142,7 +147,7 @@ def _firmware_note(
             f"the {target_driver} driver does not take a firmware choice: the target made the "
             f"VM with its default; {_FIRMWARE_RISK}",
         )
-    if config.firmware not in firmwares:
+    if source not in firmwares:
         return MappingNote(
             K.CHANGED,
             item,
@@ -151,7 +156,7 @@ def _firmware_note(
             f"the target cannot make {before} VMs (it makes "
             f"{', '.join(sorted(f.value for f in firmwares))}): {_FIRMWARE_RISK}",
         )
-    if made is not None and made.firmware not in (None, config.firmware):
+    if made is not None and made.firmware not in (None, source):
         detail = f"the target did not keep it; {_FIRMWARE_RISK}"
         return MappingNote(K.CHANGED, item, before, now, detail)
     return MappingNote(K.KEPT, item, before, before)
@@ -178,7 +183,7 @@ def mapping(
             f"{config.vcpus} vCPUs, {config.memory_mib} MiB, {config.guest_os.value}",
             f"{spec.vcpus} vCPUs, {spec.memory_mib} MiB, {spec.guest_os.value}",
         ),
-        _firmware_note(config, spec, made, firmwares, source_driver, target_driver),
+        firmware_note(config.firmware, spec, made, firmwares, source_driver, target_driver),
     ]
     guest: list[str] = []
     cross = source_driver != target_driver

@@ -9,15 +9,17 @@ the VM made for the restore is deleted, so nothing half-made stays on the host. 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from .._capabilities import RESOURCE_CAPABILITIES, Capability
 from .._deadline import Deadline
 from .._diskaccess import ExtentData, PointInTimeDisk
 from .._errors import AlreadyExists, InvalidState, NotFound, ValidationError, VmctlError
-from .._model import DiskBus, DiskSpec, GuestOS, NicSpec, Resources, VMSpec
+from .._model import DiskBus, DiskSpec, Firmware, GuestOS, NicSpec, Resources, VMConfig, VMSpec
 from .._state import PowerState
 from .._validate import check_name
 from ..spi import DiskWriter
@@ -34,10 +36,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vmctl.backup")
 MIB = 1024 * 1024
-#: Chunks fetched from the repository ahead of the writes, and per write call.
+#: Chunk reads from the repository run in FETCH_WORKERS threads, AHEAD write batches ahead
+#: of the one being written; a batch (one ``write_extents`` call) holds the chunks of up
+#: to WRITE_BYTES of the disk, whatever the chunk size, adjacent chunks joined into one
+#: extent. Memory: about (AHEAD + 2) * WRITE_BYTES.
 FETCH_WORKERS = 4
-WRITE_RUN = 4
-AHEAD = 2  # runs fetched ahead of the one being written (memory: AHEAD * WRITE_RUN chunks)
+WRITE_BYTES = 16 * MIB
+AHEAD = 2
+
+#: One write batch: (has data, first chunk, count) runs in disk order.
+_Batch = list[tuple[bool, int, int]]
+
+
+def config_firmware(cfg: Mapping[str, Any]) -> Firmware | None:
+    """The firmware a neutral configuration records; None when it does not (a manifest
+    written before the field, or a driver that does not report it) or names one this vmctl
+    does not know."""
+    try:
+        return Firmware(cfg["firmware"])
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def spec_from(m: Manifest, name: str, pool: str | None, caps: frozenset[Capability]) -> VMSpec:
@@ -153,65 +171,88 @@ class RestoreJob:
                 self._disk(disk, target, pool)
         self.reporter.add(0, None, final=True)
 
-    def _runs(self, disk: DiskIndex) -> Iterator[tuple[bool, int, int]]:
-        """(has data, first chunk, count) runs to write, in order."""
+    def _batches(self, disk: DiskIndex) -> list[_Batch]:
+        """The write batches of a disk, in order: runs of adjacent chunks with data (and,
+        with ``zeroes``, runs of zero chunks), packed into batches of at most WRITE_BYTES
+        of the disk each (a small chunk size does not mean many small writes: each write
+        call costs the driver round trips, a new transfer, a task)."""
+        per = max(1, WRITE_BYTES // self.m.chunk_size)
         data = [i for i, c in enumerate(disk.chunks) if c is not None]
         zero = [i for i, c in enumerate(disk.chunks) if c is None] if self.zeroes else []
-        runs = [(True, f, n) for f, n in coalesce(data, WRITE_RUN)]
-        runs += [(False, f, n) for f, n in coalesce(zero, 1 << 30)]
-        yield from sorted(runs, key=lambda r: r[1])
+        runs = [(True, f, n) for f, n in coalesce(data, per)]
+        runs += [(False, f, n) for f, n in coalesce(zero, per)]
+        runs.sort(key=lambda r: r[1])
+        batches: list[_Batch] = []
+        used = per
+        for run in runs:
+            if used + run[2] > per:
+                batches.append([])
+                used = 0
+            batches[-1].append(run)
+            used += run[2]
+        return batches
+
+    def _prefetch(
+        self,
+        disk: DiskIndex,
+        pool: ThreadPoolExecutor,
+        batches: list[_Batch],
+        fetches: dict[int, Any],
+    ) -> None:
+        for batch in batches:
+            for has_data, f, n in batch:
+                if has_data:
+                    for i in range(f, f + n):
+                        if i not in fetches:
+                            fetches[i] = pool.submit(self._fetch, disk, i)
 
     def _disk(self, disk: DiskIndex, target: str, pool: ThreadPoolExecutor) -> None:
-        runs = list(self._runs(disk))
-        fetches = {
-            i: pool.submit(self._fetch, disk, i)
-            for has_data, f, n in runs[: AHEAD + 1]
-            if has_data
-            for i in range(f, f + n)
-        }
-        with flushed(self.vm, target, self.deadline):
-            self._write_runs(disk, target, pool, runs, fetches)
+        batches = self._batches(disk)
+        fetches: dict[int, Any] = {}
+        self._prefetch(disk, pool, batches[: AHEAD + 1], fetches)
+        try:
+            with flushed(self.vm, target, self.deadline):
+                self._write_batches(disk, target, pool, batches, fetches)
+        finally:
+            for f in fetches.values():  # a failed write: the reads ahead are not needed
+                f.cancel()
 
-    def _write_runs(
+    def _write_batches(
         self,
         disk: DiskIndex,
         target: str,
         pool: ThreadPoolExecutor,
-        runs: list[tuple[bool, int, int]],
+        batches: list[_Batch],
         fetches: dict[int, Any],
     ) -> None:
         cs = self.m.chunk_size
-        for k, (has_data, first, count) in enumerate(runs):
-            for has, f, n in runs[k + 1 : k + 1 + AHEAD]:  # keep fetching ahead
-                if has:
-                    for i in range(f, f + n):
-                        if i not in fetches:
-                            fetches[i] = pool.submit(self._fetch, disk, i)
-            offset = first * cs
-            end = sum(chunk_span(first + count - 1, disk.size_bytes, cs))
-            if has_data:
-                extents = [
-                    ExtentData(chunk_span(i, disk.size_bytes, cs)[0], len(b), b)
-                    for i in range(first, first + count)
-                    for b in [fetches.pop(i).result()]
-                ]
-            else:
-                extents = [ExtentData(offset, end - offset, None)]
+        for k, batch in enumerate(batches):
+            self._prefetch(disk, pool, batches[k + 1 : k + 1 + AHEAD], fetches)
+            extents = []
+            for has_data, first, count in batch:
+                offset = first * cs
+                end = sum(chunk_span(first + count - 1, disk.size_bytes, cs))
+                if has_data:
+                    parts = [fetches.pop(i).result() for i in range(first, first + count)]
+                    data = parts[0] if count == 1 else b"".join(parts)
+                    extents.append(ExtentData(offset, end - offset, data))
+                else:
+                    extents.append(ExtentData(offset, end - offset, None))
             self.conn.dispatcher.call(
-                f"write disk {target} of VM {self.vm.name!r} at {offset}",
+                f"write disk {target} of VM {self.vm.name!r} at {extents[0].offset}",
                 self.driver.write_extents,
                 self.vm.uuid,
                 target,
                 extents,
                 deadline=self.deadline.sooner(self.conn.timeouts.operation_s),
             )
-            self.reporter.add(end - offset, target)
+            self.reporter.add(sum(e.length for e in extents), target)
 
 
-def _disk_ids(vm: VM, m: Manifest, *, by_id: bool) -> list[str]:
+def _disk_ids(vm: VM, m: Manifest, *, by_id: bool, config: VMConfig | None = None) -> list[str]:
     """The target disk of each disk of the backup: by position in a new VM, by id in the
     original. ValidationError if a target is missing or too small."""
-    disks = vm.config().disks
+    disks = (config or vm.config()).disks
     out = []
     for i, d in enumerate(m.disks):
         target = (
@@ -283,7 +324,14 @@ def restore(
         RestoreJob(repo, m, vm, zeroes=True, progress=progress, deadline=deadline).run(targets)
         return vm
     conn.require(Capability.CREATE, "restore a backup into a new VM")
+    from .._move._job import _firmwares
+    from .._move._mapping import carried_firmware, firmware_note
+    from .._move._model import MappingKind
+
+    source_fw = config_firmware(m.config)
+    firmwares = _firmwares(hv, deadline)
     spec = spec_from(m, name or m.vm_name, pool, hv.capabilities)
+    spec = attrs.evolve(spec, firmware=carried_firmware(source_fw, firmwares))
     try:
         vm = hv.create_vm(spec, timeout=max(deadline.remaining(), 0.001) if timeout else None)
     except AlreadyExists as exc:
@@ -292,7 +340,17 @@ def restore(
             "into the original VM's disks with replace=True"
         ) from exc
     try:
-        targets = _disk_ids(vm, m, by_id=False)
+        made = vm.config()
+        note = firmware_note(
+            source_fw,
+            spec,
+            made,
+            firmwares,
+            m.driver,
+            conn.driver_name,
+            source_unknown=f"backup {m.id} does not record the VM's firmware",
+        )
+        targets = _disk_ids(vm, m, by_id=False, config=made)
         RestoreJob(repo, m, vm, zeroes=False, progress=progress, deadline=deadline).run(targets)
     except BaseException as exc:
         try:
@@ -305,5 +363,7 @@ def restore(
                 exc.left_behind = (*exc.left_behind, ("vm", vm.uuid))
                 exc.message += f" (the half-made VM {vm.name!r} ({vm.uuid}) could not be deleted)"
         raise
+    if note.kind is not MappingKind.KEPT:
+        log.warning("restore of %s into VM %r: %s", m.id, vm.name, note)
     log.info("restored backup %s into VM %r", m.id, vm.name)
     return vm
