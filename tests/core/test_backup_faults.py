@@ -18,7 +18,15 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import vmctl
 from vmctl import DiskSpec, VMSpec
-from vmctl.backup import CorruptChunk, Repository, RepositoryError, _locks, open_repo, write_disk
+from vmctl.backup import (
+    CorruptChunk,
+    Repository,
+    RepositoryError,
+    _locks,
+    _restore,
+    open_repo,
+    write_disk,
+)
 from vmctl_sim import SimDriver
 from vmctl_sim._site import POOL_CAPACITY_MIB
 
@@ -293,6 +301,7 @@ def test_storage_full_during_restore_leaves_nothing(
 ) -> None:
     vm = vm_with_data(hv)
     info = vm.backup(repo)
+    monkeypatch.setattr(_restore, "WRITE_BYTES", 1)  # one chunk per write: several writes
     calls = []
     real = SimDriver.write_extents
 

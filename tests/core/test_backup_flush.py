@@ -10,7 +10,7 @@ import pytest
 
 import vmctl
 from vmctl import DiskSpec, VMSpec
-from vmctl.backup import open_repo, read_disk, write_disk
+from vmctl.backup import _restore, open_repo, read_disk, write_disk
 from vmctl.spi import Deadline, DiskWriter
 from vmctl_sim import SimDriver
 
@@ -52,7 +52,10 @@ def test_default_is_a_no_op() -> None:
     assert not getattr(DiskWriter.flush_writes, "__isabstractmethod__", False)
 
 
-def test_flush_after_each_disk_and_discard_on_failure(rec: Any, tmp_path: Any) -> None:
+def test_flush_after_each_disk_and_discard_on_failure(
+    rec: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_restore, "WRITE_BYTES", MIB)  # a write per chunk: several per disk
     with vmctl.connect("bkflush://h") as hv:
         vm = hv.create_vm(VMSpec(name="src", disks=[DiskSpec(size_mib=8), DiskSpec(size_mib=8)]))
         write_disk(vm, "disk1", 0, b"a")
