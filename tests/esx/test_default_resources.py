@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pyVmomi import vim
@@ -68,17 +67,3 @@ def test_set_then_default_again(hv: vmctl.Hypervisor, target: Target) -> None:
     res = vm.set_resources(vmctl.Resources(memory_reservation_mib=0)).resources
     assert res.memory_reservation_mib is None
     assert res.cpu_shares == 1000
-
-
-def test_backup_carries_no_reservation(
-    hv: vmctl.Hypervisor, target: Target, tmp_path: Path
-) -> None:
-    if target[2].startswith("vcenter"):
-        pytest.skip("one mode is enough: the mapping is the driver's, not the server's")
-    vm = hv.create_vm(
-        vmctl.VMSpec(name=f"res2-{secrets.token_hex(3)}", disks=[vmctl.DiskSpec(size_mib=8)])
-    )
-    repo = vmctl.open_repo(str(tmp_path / "repo"))
-    info = vm.backup(repo)
-    config = repo.manifest(info.id).config
-    assert config["resources"] == {k: None for k in config["resources"]}, config["resources"]
