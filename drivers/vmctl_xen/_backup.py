@@ -198,6 +198,21 @@ def _header(entries: int) -> bytes:
     return bytes(h)
 
 
+def _mark(bitmap: bytearray, first: int, end: int) -> None:
+    """Set the bits of sectors ``first`` to ``end`` (exclusive) in a VHD block bitmap (the
+    first sector is the most significant bit of byte 0): whole bytes at once."""
+    while first < end and first % 8:
+        bitmap[first // 8] |= 0x80 >> (first % 8)
+        first += 1
+    whole = (end - first) // 8
+    if whole > 0:
+        bitmap[first // 8 : first // 8 + whole] = b"\xff" * whole
+        first += whole * 8
+    while first < end:
+        bitmap[first // 8] |= 0x80 >> (first % 8)
+        first += 1
+
+
 def vhd_of_extents(size: int, extents: Sequence[tuple[int, bytes]]) -> bytes:
     """A dynamic VHD of a disk of ``size`` bytes holding ``extents`` (sector-aligned
     offset, sector-multiple data; the last may end at ``size``): only the sectors written
@@ -210,8 +225,7 @@ def vhd_of_extents(size: int, extents: Sequence[tuple[int, bytes]]) -> bytes:
             n = min(VHD_BLOCK - inner, len(data) - pos)
             bitmap, buf = blocks.setdefault(index, (bytearray(SECTOR), bytearray(VHD_BLOCK)))
             buf[inner : inner + n] = data[pos : pos + n]
-            for s in range(inner // SECTOR, -(-(inner + n) // SECTOR)):
-                bitmap[s // 8] |= 0x80 >> (s % 8)
+            _mark(bitmap, inner // SECTOR, -(-(inner + n) // SECTOR))
             pos += n
     entries = -(-size // VHD_BLOCK)
     bat_bytes = -(-(entries * 4) // SECTOR) * SECTOR
@@ -852,6 +866,9 @@ class XenBackup(DiskAccess, ChangedBlocks, DiskWriter):
         for e in extents:
             lo = e.offset - e.offset % SECTOR
             hi = min(-(-e.end // SECTOR) * SECTOR, size)
+            if e.data is not None and (lo, hi) == (e.offset, e.end):
+                out.append((lo, e.data))  # aligned already: no copy
+                continue
             buf = bytearray(hi - lo)
             if lo != e.offset:
                 buf[:SECTOR] = existing[lo // SECTOR].ljust(SECTOR, b"\0")[: min(SECTOR, hi - lo)]
