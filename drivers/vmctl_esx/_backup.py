@@ -30,12 +30,14 @@ How it works, on vSphere's own documented interfaces:
   turned off or reset since; ``InvalidArgument``) is ``NotFound`` to the core, which then
   reads the whole disk. Where tracking is off or not supported (no changeId), the whole disk
   is one extent: the backup is full and reads every byte; zero chunks are still not stored.
-* **Writing** (a stopped VM): ``PUT`` to the same URL replaces the whole file, so the
-  first ``write_extents`` of a disk downloads its extent into a local temporary file
-  (sparse: blocks of zeroes are not written; no download when the extents cover the whole
-  disk), every call applies its extents there, and ``flush_writes`` (the core calls it
-  after a disk's last write) uploads the file once. A restore moves each disk at most
-  twice, whatever the number of calls; ``flush_writes(discard=True)`` drops the copy.
+* **Writing** (a stopped VM): ``PUT`` to the same URL replaces the whole file, so every
+  ``write_extents`` of a disk applies its extents to a local temporary file of the disk's
+  size (sparse), and ``flush_writes`` (the core calls it after a disk's last write) first
+  reads from the host the bytes no call wrote (ranged ``GET``s of those gaps; one download
+  of the file, keeping only their bytes, when there are more than ``RANGED_GAPS``; nothing
+  when the writes covered the disk, as a ``restore(replace=True)``'s do), then uploads the
+  file once. A restore moves each disk at most twice, whatever the number of calls;
+  ``flush_writes(discard=True)`` drops the copy.
 
 Writes through the datastore's HTTP access are file writes, not the guest's disk I/O that
 the host's tracking sees, so the driver does not count on the host for them: on a VM with
@@ -105,6 +107,10 @@ log = logging.getLogger("vmctl.esx")
 
 #: Bytes moved per socket read/write of a download or upload.
 BLOCK = 1024 * 1024
+#: flush_writes reads the unwritten parts of a disk by ranged GETs (of at most FILL_PIECE
+#: bytes each) when they are at most RANGED_GAPS runs; more, by one download of the file.
+RANGED_GAPS = 16
+FILL_PIECE = 16 * 1024 * 1024
 #: The cookie that carries the vSphere session (the SOAP API's and the /folder handler's).
 SESSION_COOKIE = "vmware_soap_session"
 _TOOLS_RUNNING = ("guestToolsRunning", "guestToolsExecutingScripts")
@@ -191,6 +197,7 @@ class DatastoreFiles:
         self.context: ssl.SSLContext | None = conn.stub.schemeArgs.get("context")
         self.downloads = 0  # whole files read (for tests and benchmarks)
         self.uploads = 0  # whole files written
+        self.filled = 0  # bytes read by ranged GETs to fill what a write left unwritten
 
     def url(self, datastore: str, path: str) -> str:
         query = urlencode({"dcPath": self.datacenter_path, "dsName": datastore})
@@ -730,8 +737,8 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
     def write_extents(
         self, uuid: str, disk_id: str, extents: Sequence[ExtentData], *, deadline: Deadline
     ) -> None:
-        """Applied to a local copy of the disk's extent (made by one download on the first
-        call; none when the first call covers the whole disk); ``flush_writes`` uploads it."""
+        """Applied to a local copy of the disk's extent (sparse, of the disk's size);
+        ``flush_writes`` reads the bytes no call wrote from the host, then uploads it."""
         with self.conn.within(deadline):
             file, name = self._writable_file(uuid, disk_id)
         for e in extents:
@@ -758,16 +765,7 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
             # Kept open until flush_writes: it outlives this call.
             local = tempfile.TemporaryFile(prefix="vmctl-esx-disk-")  # noqa: SIM115
             try:
-                if _covers(extents, file.size):
-                    local.truncate(file.size)
-                else:
-                    got = self._files().download(file.datastore, file.path, local, deadline)
-                    if got != file.size:
-                        raise BackendError(
-                            f"{what}: its file [{file.datastore}] {file.path} has {got} bytes, "
-                            f"the disk {file.size}",
-                            vendor_code="ShortFile",
-                        )
+                local.truncate(file.size)  # what no call writes is read in flush_writes
             except OSError as exc:
                 local.close()
                 raise _no_room(exc, what, file.size) from exc
@@ -818,6 +816,10 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
                 f"disk {disk_id} of VM {uuid} changed while it was being written (now "
                 f"{file}, was {staged.file}); write it again"
             )
+        try:
+            self._fill_unwritten(staged, f"write disk {disk_id} of VM {uuid}", deadline)
+        except OSError as exc:
+            raise _no_room(exc, f"write disk {disk_id} of VM {uuid}", file.size) from exc
         staged.local.seek(0)
         self._files().upload(file.datastore, file.path, staged.local, file.size, deadline)
         with self._stage_lock():
@@ -847,6 +849,34 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
         )
         task = self.conn.start_task(lambda: ref.ReconfigVM_Task(spec=spec), what)
         finish_task(cast(Driver, self), self._task(task, what), deadline=deadline, what=what)
+
+    def _fill_unwritten(self, staged: _Staged, what: str, deadline: Deadline) -> None:
+        """Read into the local copy the bytes of the file no ``write_extents`` wrote (none
+        when a restore wrote the whole disk): a few gaps by ranged GETs of them only,
+        many by one download of the file that keeps only their bytes."""
+        f = staged.file
+        gaps = _gaps(staged.written, f.size)
+        if not gaps:
+            return
+        files = self._files()
+        if len(gaps) > RANGED_GAPS:
+            got = files.download(
+                f.datastore, f.path, cast(IO[bytes], _GapsOnly(staged.local, gaps)), deadline
+            )
+            if got != f.size:
+                raise BackendError(
+                    f"{what}: its file [{f.datastore}] {f.path} has {got} bytes, the disk {f.size}",
+                    vendor_code="ShortFile",
+                )
+            return
+        for offset, length in gaps:
+            for start in range(offset, offset + length, FILL_PIECE):
+                n = min(FILL_PIECE, offset + length - start)
+                data = files.read(f.datastore, f.path, start, n, deadline)
+                files.filled += n
+                if data.count(0) != n:  # zeroes stay holes in the sparse copy
+                    staged.local.seek(start)
+                    staged.local.write(data)
 
     def _record_pending(
         self, uuid: str, disk_id: str, written: list[tuple[int, int]], deadline: Deadline
@@ -983,14 +1013,48 @@ def _older(change_id: str, than: str) -> bool:
     return int(seq) < int(floor_seq)
 
 
-def _covers(extents: Sequence[ExtentData], size: int) -> bool:
-    """Whether the extents together cover every byte of a disk of ``size`` bytes."""
-    end = 0
-    for e in sorted(extents, key=lambda e: e.offset):
-        if e.offset > end:
-            return False
-        end = max(end, e.end)
-    return end >= size
+def _gaps(written: Sequence[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the bytes of ``[0, size)`` that no ``written`` extent covers."""
+    out = []
+    pos = 0
+    for offset, length in sorted(written):
+        if offset > pos:
+            out.append((pos, offset - pos))
+        pos = max(pos, offset + length)
+    if pos < size:
+        out.append((pos, size - pos))
+    return out
+
+
+class _GapsOnly:
+    """A sink for ``_Files.download`` that writes into ``sink`` only the bytes that fall in
+    ``gaps`` (sorted, apart), dropping the rest (written locally already)."""
+
+    def __init__(self, sink: IO[bytes], gaps: list[tuple[int, int]]) -> None:
+        self.sink = sink
+        self.gaps = gaps
+        self.pos = 0
+        self.next = 0  # the first gap that may still take bytes
+
+    def seek(self, n: int, whence: int = 0) -> int:
+        self.pos = self.pos + n if whence == 1 else n
+        return self.pos
+
+    def write(self, data: bytes) -> int:
+        end = self.pos + len(data)
+        while self.next < len(self.gaps) and sum(self.gaps[self.next]) <= self.pos:
+            self.next += 1
+        for offset, length in self.gaps[self.next :]:
+            if offset >= end:
+                break
+            lo, hi = max(offset, self.pos), min(offset + length, end)
+            self.sink.seek(lo)
+            self.sink.write(data[lo - self.pos : hi - self.pos])
+        self.pos = end
+        return len(data)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.pos if size is None else size  # the local copy has the disk's size
 
 
 def _no_room(exc: OSError, what: str, size: int) -> VmctlError:

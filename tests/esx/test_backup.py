@@ -257,10 +257,15 @@ def test_independent_disk_is_refused(esx: vmctl.Hypervisor, esx_admin: Admin) ->
     assert repo.backups(vm) == []
 
 
-def test_restore_moves_each_disk_once(esx: vmctl.Hypervisor, esx_sim: VcsimServer) -> None:
+def test_restore_moves_each_disk_once(
+    esx: vmctl.Hypervisor, esx_sim: VcsimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """However many write calls a restore makes (here 6 runs of chunks per disk), each disk
-    is downloaded once (the driver cannot know it is blank) and uploaded once; so is it by
+    is uploaded once, and only the bytes no call wrote are read from the host: by ranged
+    GETs of those gaps, or, when there are many, by one download of the file; so is it by
     write_disk; a failed restore uploads nothing and keeps no local copy."""
+    from vmctl_esx import _backup
+
     vm = make(esx, sizes=(12, 12))
     files = esx._conn.driver._files()  # type: ignore[attr-defined]
     for d in vm.config().disks:
@@ -268,14 +273,29 @@ def test_restore_moves_each_disk_once(esx: vmctl.Hypervisor, esx_sim: VcsimServe
             write_disk(vm, d.id, i * MIB + 5, b"run %d" % i)
     repo = vmctl.open_repo(f"memory://esx-{secrets.token_hex(4)}", chunk_size=MIB)
     info = vm.backup(repo)
-    before = (files.downloads, files.uploads)
+    was = (files.downloads, files.uploads, files.filled)
     copy = repo.restore(info.id, esx, name=f"{vm.name}-r")
-    assert (files.downloads, files.uploads) == (before[0] + 2, before[1] + 2)
+    # 6 MiB of each disk written, its 6 gaps of 1 MiB read by ranged GETs
+    now = (files.downloads, files.uploads, files.filled)
+    assert now == (was[0], was[1] + 2, was[2] + 2 * 6 * MIB)
     for d in copy.config().disks:
         assert read_disk(copy, d.id, 10 * MIB + 5, 6) == b"run 10"
-    before = (files.downloads, files.uploads)
-    write_disk(copy, "scsi0:0", 0, b"one")
-    assert (files.downloads, files.uploads) == (before[0] + 1, before[1] + 1)
+    copy.delete()
+    monkeypatch.setattr(_backup, "RANGED_GAPS", 2)  # 6 gaps: one download of the file
+    was = (files.downloads, files.uploads, files.filled)
+    copy = repo.restore(info.id, esx, name=f"{vm.name}-r")
+    now = (files.downloads, files.uploads, files.filled)
+    assert now == (was[0] + 2, was[1] + 2, was[2])
+    for d in copy.config().disks:
+        for i in range(0, 12, 2):
+            want = (bytes(5) + b"run %d" % i).ljust(16, b"\0")
+            assert read_disk(copy, d.id, i * MIB, 16) == want
+    monkeypatch.undo()
+    was = (files.downloads, files.uploads, files.filled)
+    write_disk(copy, "scsi0:0", 1, b"one")
+    now = (files.downloads, files.uploads, files.filled)
+    assert now == (was[0], was[1] + 1, was[2] + 12 * MIB - 3)
+    assert read_disk(copy, "scsi0:0", 0, 16) == b"\0one\0run 0".ljust(16, b"\0")
 
     class Stop(Exception):
         pass
