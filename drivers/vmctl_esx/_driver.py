@@ -1586,7 +1586,19 @@ _EVENT_KINDS: dict[str, tuple[EventKind, PowerState | None, StateReason | None]]
     "VmRelocatedEvent": (EventKind.MIGRATED, None, StateReason.MIGRATED),
     "DrsVmMigratedEvent": (EventKind.MIGRATED, None, StateReason.MIGRATED),
 }
-_PAGE_SIZE = 1000
+#: The watched ``latestPage``: small, for every update carries the whole page (the simulator
+#: once per change in it) and pyVmomi rebuilds each event each time. A page that arrives full
+#: with nothing seen in it may have pushed out events: those are read by ``_catch_up``.
+_PAGE_SIZE = 10
+#: Events per ReadNextEvents of the catch-up, the most read in one catch-up, and the page of
+#: its collector (the simulator reads only that page and ignores the time filter; 1000 is
+#: the largest page the API accepts).
+_CATCH_UP_READ = 100
+_CATCH_UP_MAX = 10_000
+_CATCH_UP_PAGE = 1000
+#: The catch-up's time filter starts this much before the last event seen (the server's
+#: clock is not ours; events are then told apart by key, or by time after a restart).
+_CATCH_UP_MARGIN = dt.timedelta(minutes=5)
 
 
 class _EventSource:
@@ -1610,32 +1622,48 @@ class _EventSource:
         self.version = ""
         self.last_key = -1
         self.since: dt.datetime | None = None  # createdTime of the last event seen
+        # The server's time at the subscription: nothing older is new (the simulator's
+        # first page of a collector is not the latest events, so its keys cannot tell).
+        self.floor: dt.datetime | None = None
         self.generation = driver.conn.generation
         self._open(resume=False)
 
-    def _open(self, *, resume: bool) -> None:
+    def _filter(self, page: int, since: dt.datetime | None = None) -> Any:
+        """This source's EventFilterSpec: VM events of the scope, ``since`` onwards if given."""
         conn = self.d.conn
         vim = conn.vim
-        self.generation = conn.generation
-        self.collector = self.pc = None
         entity = self.d.scope.datacenter if conn.is_vcenter else conn.content.rootFolder
         spec = vim.event.EventFilterSpec(
             entity=vim.event.EventFilterSpec.ByEntity(entity=entity, recursion="all"),
             eventTypeId=list(_EVENT_KINDS),
-            maxCount=_PAGE_SIZE,
+            maxCount=page,
         )
+        if since is not None:
+            spec.time = vim.event.EventFilterSpec.ByTime(beginTime=since)
+        return spec
+
+    def _open(self, *, resume: bool) -> None:
+        conn = self.d.conn
+        self.generation = conn.generation
+        self.collector = self.pc = None
         try:
-            self.collector = conn.content.eventManager.CreateCollectorForEvents(filter=spec)
-            # latestPage holds 10 events by default; a burst between two polls must fit.
+            self.collector = conn.content.eventManager.CreateCollectorForEvents(
+                filter=self._filter(_PAGE_SIZE)
+            )
+            # The trigger: a change of latestPage wakes the poll; a burst larger than the
+            # page between two polls is read by _catch_up.
             self.collector.SetCollectorPageSize(maxCount=_PAGE_SIZE)
             self.pc = conn.pc.CreatePropertyCollector()
             self.pc.CreateFilter(
                 conn.filter_spec(
-                    [self.collector], vim.event.EventHistoryCollector, ("latestPage",)
+                    [self.collector], conn.vim.event.EventHistoryCollector, ("latestPage",)
                 ),
                 partialUpdates=False,
             )
             self.version = ""
+            if not resume:
+                now = conn.vim.ServiceInstance("ServiceInstance", conn.stub).CurrentTime()
+                self.floor = _aware(now)
             self._poll(0, resume=resume)  # the baseline (or, resuming, what was missed)
         except BaseException:
             self._destroy()
@@ -1661,13 +1689,20 @@ class _EventSource:
         # An update may carry the page several times (one per change): each key once.
         unique = {int(e.key): e for e in events}
         ordered = [unique[k] for k in sorted(unique)]
-        if baseline and resume:
+        by_time = baseline and resume
+        if by_time:
             # A new collector (new session, or a restarted host whose keys start again):
             # what was logged after the last event seen.
             since = self.since
             fresh = [e for e in ordered if since is None or _created(e) > since]
         else:
-            fresh = [e for e in ordered if int(e.key) > self.last_key]
+            fresh = [e for e in ordered if self._unseen(e)]
+        if by_time or (not baseline and len(ordered) >= _PAGE_SIZE and len(fresh) == len(ordered)):
+            # A full page and nothing in it seen: older unseen events may have left it.
+            # A new collector is always caught up (its first page need not hold the latest
+            # events: the simulator's holds the oldest it has).
+            fresh = self._catch_up(fresh, by_time=by_time)
+            ordered = fresh
         if ordered:
             self.last_key = int(ordered[-1].key)
         for e in fresh or ordered[-1:]:
@@ -1675,10 +1710,56 @@ class _EventSource:
             if self.since is None or created > self.since:
                 self.since = created
         if baseline and not resume:
-            if self.since is None:
-                self.since = dt.datetime.now(dt.UTC)
+            floor = self.floor or dt.datetime.now(dt.UTC)
+            if self.since is None or self.since < floor:
+                self.since = floor
             return
         self._deliver(fresh)
+
+    def _catch_up(self, fresh: list[Any], *, by_time: bool) -> list[Any]:
+        """``fresh`` with the unseen events that left the page before it was read, in key
+        order, each once: a collector of the events since the last one seen (less a margin)
+        read from its oldest item with ReadNextEvents to its end, then destroyed. Unseen
+        means a key above the last seen, or after a restart (``by_time``) a later time."""
+        since = self.since
+        begin = None if since is None else since - _CATCH_UP_MARGIN
+        collector = self.d.conn.content.eventManager.CreateCollectorForEvents(
+            filter=self._filter(_CATCH_UP_PAGE, begin)
+        )
+        unique = {int(e.key): e for e in fresh}
+        read = 0
+        try:
+            # The simulator reads only the latest page, of 10 events unless set.
+            collector.SetCollectorPageSize(maxCount=_CATCH_UP_PAGE)
+            collector.RewindCollector()
+            while read < _CATCH_UP_MAX:
+                batch = collector.ReadNextEvents(maxCount=_CATCH_UP_READ) or ()
+                if not batch:
+                    break
+                read += len(batch)
+                for e in batch:
+                    if by_time:
+                        if since is None or _created(e) > since:
+                            unique[int(e.key)] = e
+                    elif self._unseen(e):
+                        unique[int(e.key)] = e
+        finally:
+            try:
+                collector.DestroyCollector()
+            except Exception as exc:
+                log.debug("destroying the catch-up event collector failed: %s", exc)
+        log.debug(
+            "events of %s: page full, %d read to catch up, %d new",
+            self.d.scope.name,
+            read,
+            len(unique) - len(fresh),
+        )
+        return [unique[k] for k in sorted(unique)]
+
+    def _unseen(self, e: Any) -> bool:
+        """Not delivered yet: a key above the last seen, logged after the subscription."""
+        floor = self.floor
+        return int(e.key) > self.last_key and (floor is None or _created(e) >= floor)
 
     def _deliver(self, events: list[Any]) -> None:
         scope = self.d.scope
@@ -1787,9 +1868,13 @@ def _created(ev: Any) -> dt.datetime:
     created = ev.createdTime
     if created is None:
         return dt.datetime.now(dt.UTC)
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=dt.UTC)
-    return created  # type: ignore[no-any-return]
+    return _aware(created)
+
+
+def _aware(when: Any) -> dt.datetime:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when  # type: ignore[no-any-return]
 
 
 # -- scope ----------------------------------------------------------------------------------
