@@ -16,7 +16,12 @@ it); it can be negative when the event arrives before the client's call returns.
 changes ``--burst`` VMs back to back and measures until the last event. Goal (issue 11):
 median <= 100 ms on every backend.
 
-    python bench/events.py [--changes 20] [--burst 10] [--backend sim,esx,xen,kvm] [--json FILE]
+``--esx-pages 1000,10`` runs the ESX backend once per size of the watched ``latestPage``
+(the driver's ``_PAGE_SIZE``; 10 is the driver's own, 1000 was before issue 11's fix, where
+every update carried up to 1000 events), each on a fresh simulator, for a side-by-side view.
+
+    python bench/events.py [--changes 20] [--burst 10] [--backend sim,esx,xen,kvm]
+                           [--esx-pages N,M] [--json FILE]
 """
 
 from __future__ import annotations
@@ -321,18 +326,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=10)
     parser.add_argument("--backend", default="sim,esx,xen,kvm")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--esx-pages",
+        default="",
+        help="ESX latestPage sizes to compare, e.g. 1000,10 (default: the driver's own)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is not met")
     args = parser.parse_args(argv)
     wanted = args.backend.split(",")
     rows = []
+    runs: list[tuple[str, Any, int | None]] = []
     for name, backend in (
         ("sim", sim_backend),
         ("esx", esx_backend),
         ("xen", xen_backend),
         ("kvm", kvm_backend),
     ):
+        if name == "esx" and args.esx_pages:
+            runs += [(name, backend, int(p)) for p in args.esx_pages.split(",")]
+        else:
+            runs.append((name, backend, None))
+    for name, backend, page in runs:
         if name not in wanted:
             continue
+        if page is not None:
+            from vmctl_esx import _driver as esx_driver
+
+            esx_driver._PAGE_SIZE = page
         if name == "kvm" and not libvirtd_running():
             print("kvm: skipped (no libvirtd running, or no libvirt-python; none is started)")
             continue
@@ -342,9 +362,12 @@ def main(argv: list[str] | None = None) -> int:
             row = measure(name, hv, uuids, flip, args.changes, burst, low)
         if name == "kvm":
             row["note"] = "suspend/resume of a transient domain (paused/running events)"
+        if page is not None:
+            row["esx_page"] = page
         rows.append(row)
+        label = name if page is None else f"{name} page {page}"
         print(
-            f"{name:<4} median {row['median_ms']:7.1f} ms  max {row['max_ms']:7.1f} ms  "
+            f"{label:<4} median {row['median_ms']:7.1f} ms  max {row['max_ms']:7.1f} ms  "
             f"min {row['min_ms']:7.1f} ms  (since the call began: "
             f"{row['median_since_call_ms']:.1f} ms)  "
             + (

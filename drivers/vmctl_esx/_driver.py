@@ -1603,8 +1603,12 @@ _CATCH_UP_MARGIN = dt.timedelta(minutes=5)
 
 class _EventSource:
     """VM events from the host's event log: an EventHistoryCollector whose ``latestPage`` is
-    watched with WaitForUpdatesEx on a private PropertyCollector (no polling). Events are
-    taken in key order, each once; only those of this connection's hosts are kept.
+    watched with WaitForUpdatesEx on a private PropertyCollector (no polling). The page is
+    small (``_PAGE_SIZE``), a trigger: when it arrives full with no event in it seen, a
+    catch-up collector of the events since the last one seen is read with ReadNextEvents
+    (``_catch_up``), so a burst larger than the page loses nothing. Events are taken in key
+    order, each once, none logged before the subscription (the server's clock); only those
+    of this connection's hosts are kept.
 
     The collectors belong to the session. When the session expires or the host restarts,
     the next ``next_event`` logs in again (unless the core already did) and makes them
