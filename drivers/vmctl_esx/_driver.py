@@ -1752,6 +1752,12 @@ class _EventSource:
                 collector.DestroyCollector()
             except Exception as exc:
                 log.debug("destroying the catch-up event collector failed: %s", exc)
+        if read >= _CATCH_UP_MAX:
+            log.warning(
+                "events of %s: catch-up stopped after %d events; later ones may be missing",
+                self.d.scope.name,
+                read,
+            )
         log.debug(
             "events of %s: page full, %d read to catch up, %d new",
             self.d.scope.name,
