@@ -11,8 +11,9 @@ then times, interleaved ``--repeat`` times (median):
   (the floor: every byte once);
 * ``backup``: ``vm.backup(repo, full=True)`` into a new directory repository (snapshot,
   ranged GETs of every chunk, hashing, zstd, chunk files, manifest; snapshot removed);
-* ``restore``: ``repo.restore(...)`` into a new VM (the driver downloads and uploads the
-  whole extent for every run of chunks it writes: see docs/esx.md).
+* ``restore``: ``repo.restore(...)`` into a new VM (the core writes batches of up to 16 MiB;
+  the driver keeps them in a local copy, reads from the host only the bytes no batch
+  wrote, and uploads the whole extent once: see docs/esx.md).
 
 Then, once, the incremental path (changed block tracking, tests/hosts/vcsim/cbt.go):
 
