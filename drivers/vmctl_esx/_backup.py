@@ -107,10 +107,9 @@ log = logging.getLogger("vmctl.esx")
 
 #: Bytes moved per socket read/write of a download or upload.
 BLOCK = 1024 * 1024
-#: flush_writes reads the unwritten parts of a disk by ranged GETs (of at most FILL_PIECE
-#: bytes each) when they are at most RANGED_GAPS runs; more, by one download of the file.
+#: flush_writes reads the unwritten parts of a disk by a ranged GET each when they are at
+#: most RANGED_GAPS runs; more, by one download of the file.
 RANGED_GAPS = 16
-FILL_PIECE = 16 * 1024 * 1024
 #: The cookie that carries the vSphere session (the SOAP API's and the /folder handler's).
 SESSION_COOKIE = "vmware_soap_session"
 _TOOLS_RUNNING = ("guestToolsRunning", "guestToolsExecutingScripts")
@@ -301,6 +300,58 @@ class DatastoreFiles:
                 vendor_code="ShortRead",
             )
         return bytes(out)
+
+    def read_into(
+        self,
+        datastore: str,
+        path: str,
+        offset: int,
+        length: int,
+        sink: IO[bytes],
+        deadline: Deadline,
+    ) -> None:
+        """``length`` bytes of the file at ``offset`` (a ranged GET) written into ``sink``
+        at the same offset as they arrive (blocks of zeroes skipped: ``sink`` reads as
+        zeroes there already)."""
+        what = f"read [{datastore}] {path} at {offset}"
+        deadline.check(what)
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        try:
+            conn = self._open("GET", self.url(datastore, path), headers, deadline)
+        except Exception as exc:
+            raise self._failed(exc, what, deadline, sent=False) from exc
+        got = 0
+        try:
+            response = conn.getresponse()
+            self._status(response, what, (200, 206))
+            skip = offset if response.status == 200 else 0  # the server ignored the range
+            while skip:
+                deadline.check(what)
+                dropped = response.read(min(skip, BLOCK))
+                if not dropped:
+                    break
+                skip -= len(dropped)
+            zero = bytes(BLOCK)
+            while got < length:
+                deadline.check(what)
+                piece = response.read(min(BLOCK, length - got))
+                if not piece:
+                    break
+                if piece != zero[: len(piece)]:
+                    sink.seek(offset + got)
+                    sink.write(piece)
+                got += len(piece)
+        except Exception as exc:
+            raise self._failed(exc, what, deadline, sent=None) from exc
+        finally:
+            conn.close()
+        if got != length:
+            raise BackendError(
+                f"{what}: the host sent {got} of {length} bytes (the file is shorter than "
+                "the disk)",
+                vendor_code="ShortRead",
+            )
+        self.filled += got
 
     def download(self, datastore: str, path: str, sink: IO[bytes], deadline: Deadline) -> int:
         """The whole file into ``sink`` (a seekable file: blocks of zeroes become holes);
@@ -870,13 +921,7 @@ class EsxBackup(DiskAccess, ChangedBlocks, DiskWriter):
                 )
             return
         for offset, length in gaps:
-            for start in range(offset, offset + length, FILL_PIECE):
-                n = min(FILL_PIECE, offset + length - start)
-                data = files.read(f.datastore, f.path, start, n, deadline)
-                files.filled += n
-                if data.count(0) != n:  # zeroes stay holes in the sparse copy
-                    staged.local.seek(start)
-                    staged.local.write(data)
+            files.read_into(f.datastore, f.path, offset, length, staged.local, deadline)
 
     def _record_pending(
         self, uuid: str, disk_id: str, written: list[tuple[int, int]], deadline: Deadline
