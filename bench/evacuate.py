@@ -20,6 +20,7 @@ work runs under the GIL, on a machine whose cores other work shares), not by wai
 ideal assumes moves overlap perfectly.
 
     python bench/evacuate.py [--backend sim,xen,esx,kvm] [--vms 50] [--parallel 8] [--json FILE]
+                             [--esx-move-ms 0,2000]
 """
 
 from __future__ import annotations
@@ -145,10 +146,13 @@ def xen_pool(vms: int) -> Iterator[tuple[vmctl.Hypervisor, str]]:
 
 
 @contextlib.contextmanager
-def esx_pool(vms: int) -> Iterator[tuple[vmctl.Hypervisor, str]]:
+def esx_pool(vms: int, move_ms: int = 0) -> Iterator[tuple[vmctl.Hypervisor, str]]:
+    """The vCenter simulator's cluster; ``move_ms`` makes it take that long to serve each
+    RelocateVM_Task (the launcher's -method-delay), as a real vMotion takes seconds."""
     from tests.hosts.esx import running_simulator
 
-    with running_simulator("vcenter", vms=0) as srv:
+    delay = {"RelocateVM_Task": move_ms} if move_ms else None
+    with running_simulator("vcenter", vms=0, method_delay=delay) as srv:
         base = f"vcenter://{srv.username}@{srv.host}:{srv.port}/DC0/DC0_C0"
         kw: dict[str, Any] = {"password": srv.password, "cafile": str(srv.cafile), "env": {}}
         with vmctl.connect(base + "/DC0_C0_H0", **kw) as one:
@@ -202,12 +206,26 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--singles", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--esx-move-ms",
+        default="0",
+        help="comma-separated: run esx once per value, the simulator taking that many ms to "
+        "serve each RelocateVM_Task (0: its own ~15 ms, where client CPU is the floor)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("VMCTL_STATE_DIR", tempfile.mkdtemp(prefix="vmctl-bench-"))
     results: dict[str, Any] = {}
-    for name in args.backend.split(","):
+    runs: list[tuple[str, Any]] = []
+    for backend in args.backend.split(","):
+        if backend == "esx":
+            for ms in (int(v) for v in args.esx_move_ms.split(",")):
+                label = f"esx+{ms}ms" if ms else "esx"
+                runs.append((label, lambda vms, ms=ms: esx_pool(vms, ms)))
+        else:
+            runs.append((backend, POOLS[backend]))
+    for name, pool in runs:
         try:
-            with POOLS[name](args.vms) as (hv, source):
+            with pool(args.vms) as (hv, source):
                 results[name] = measure(hv, source, args.vms, args.parallel, args.singles)
         except Exception as exc:  # a backend that cannot run here is reported, not fatal
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -396,6 +396,7 @@ def launcher_args(
     standalone_hosts: int | None,
     datastores: int | None,
     autostart: bool,
+    method_delay: dict[str, int] | None = None,
 ) -> list[str]:
     args = [
         str(binary),
@@ -410,6 +411,8 @@ def launcher_args(
     ]
     if idle_timeout:
         args.append(f"-idle-timeout={_format_duration(idle_timeout)}")
+    if method_delay:
+        args.append("-method-delay=" + ",".join(f"{m}:{ms}" for m, ms in method_delay.items()))
     optional = {
         "-host": hosts,
         "-cluster": clusters,
@@ -448,6 +451,7 @@ def start_simulator(
     idle_timeout: float | None = None,
     listen: str = "127.0.0.1:0",
     autostart: bool = True,
+    method_delay: dict[str, int] | None = None,
     cert: CertPair | None = None,
     detach: bool = False,
     log_dir: Path | None = None,
@@ -470,6 +474,7 @@ def start_simulator(
         binary, cert, mode=mode, vms=vms, username=username, idle_timeout=idle_timeout,
         listen=listen, hosts=hosts, clusters=clusters, datacenters=datacenters,
         standalone_hosts=standalone_hosts, datastores=datastores, autostart=autostart,
+        method_delay=method_delay,
     )  # fmt: skip
     if log_dir is None:
         _prune_run_dirs(CACHE_DIR / "run")
@@ -638,6 +643,7 @@ def running_simulator(
     idle_timeout: float | None = None,
     listen: str = "127.0.0.1:0",
     autostart: bool = True,
+    method_delay: dict[str, int] | None = None,
     cert: CertPair | None = None,
     ready_timeout: float = READY_TIMEOUT,
 ) -> Iterator[VcsimServer]:
@@ -646,7 +652,7 @@ def running_simulator(
         mode, vms=vms, hosts=hosts, clusters=clusters, datacenters=datacenters,
         standalone_hosts=standalone_hosts, datastores=datastores, username=username,
         password=password, idle_timeout=idle_timeout, listen=listen, autostart=autostart,
-        cert=cert, ready_timeout=ready_timeout,
+        method_delay=method_delay, cert=cert, ready_timeout=ready_timeout,
     )  # fmt: skip
     try:
         yield server

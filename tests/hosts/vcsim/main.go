@@ -81,6 +81,7 @@ type options struct {
 	autostart      bool
 	trace          bool
 	stdinEOFExit   bool
+	methodDelay    string
 }
 
 func parseFlags() *options {
@@ -110,6 +111,11 @@ func parseFlags() *options {
 	flag.BoolVar(&o.trace, "trace", false, "write SOAP traffic to stderr")
 	flag.BoolVar(&o.stdinEOFExit, "exit-on-stdin-eof", false,
 		"stop as on SIGTERM when stdin reaches EOF (the parent holding the pipe died)")
+	// upstream vcsim's flag of the same name: the simulator sleeps this long before serving
+	// the call (outside its inventory lock, so delayed calls overlap), e.g. to give
+	// RelocateVM_Task the seconds a real vMotion takes
+	flag.StringVar(&o.methodDelay, "method-delay", "",
+		"delay per method in milliseconds, 'Method1:ms,Method2:ms' (DelayConfig.MethodDelay)")
 	flag.Parse()
 	return o
 }
@@ -228,6 +234,17 @@ func main() {
 
 	started := time.Now()
 	model := buildModel(o)
+	if o.methodDelay != "" {
+		model.DelayConfig.MethodDelay = map[string]int{}
+		for _, item := range strings.Split(o.methodDelay, ",") {
+			name, ms, ok := strings.Cut(item, ":")
+			n, err := strconv.Atoi(ms)
+			if !ok || err != nil || n < 0 {
+				fail("bad -method-delay item %q (want Method:milliseconds)", item)
+			}
+			model.DelayConfig.MethodDelay[name] = n
+		}
+	}
 	if err := model.Create(); err != nil {
 		fail("creating the %s model: %v", o.mode, err)
 	}
