@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import vmctl
 from tests.hosts.esx import VcsimServer, running_simulator
 
 pytest.importorskip("pyVmomi")
@@ -149,3 +150,29 @@ def target(request: pytest.FixtureRequest) -> tuple[VcsimServer, Admin, str]:
         return srv, request.getfixturevalue("esx_admin"), srv.uri
     srv = request.getfixturevalue("vc_sim")
     return srv, request.getfixturevalue("vc_admin"), vc_uri(srv, "DC0/DC0_C0")
+
+
+Target = tuple[VcsimServer, Admin, str]
+
+
+def _cleaned(uri: str, srv: VcsimServer) -> Iterator[vmctl.Hypervisor]:
+    """A connection to ``uri``; the VMs made through it meanwhile are deleted afterwards."""
+    with vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile)) as conn:
+        before = {i.uuid for i in conn.list_vms()}
+        yield conn
+        for info in conn.list_vms():
+            if info.uuid not in before:
+                conn.vm(info.uuid).delete(force=True)
+
+
+@pytest.fixture
+def hv(target: Target) -> Iterator[vmctl.Hypervisor]:
+    """vmctl on each target (ESX and vCenter), cleaned up after the test."""
+    srv, _, uri = target
+    yield from _cleaned(uri, srv)
+
+
+@pytest.fixture
+def esx(esx_sim: VcsimServer) -> Iterator[vmctl.Hypervisor]:
+    """vmctl on the standalone ESX simulator, cleaned up after the test."""
+    yield from _cleaned(esx_sim.uri, esx_sim)

@@ -10,7 +10,6 @@ import http.client
 import secrets
 import ssl
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -24,31 +23,9 @@ from vmctl import PowerState as S
 from vmctl.backup import BackupKind, Consistency, read_disk, write_disk
 from vmctl.spi import Deadline, ExtentData
 
-from .conftest import Admin
+from .conftest import Admin, Target
 
 MIB = 1024 * 1024
-Target = tuple[VcsimServer, Admin, str]
-
-
-@pytest.fixture
-def hv(target: Target) -> Iterator[vmctl.Hypervisor]:
-    srv, _, uri = target
-    with vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile)) as conn:
-        before = {i.uuid for i in conn.list_vms()}
-        yield conn
-        for info in conn.list_vms():
-            if info.uuid not in before:
-                conn.vm(info.uuid).delete(force=True)
-
-
-@pytest.fixture
-def esx(esx_sim: VcsimServer) -> Iterator[vmctl.Hypervisor]:
-    with vmctl.connect(esx_sim.uri, password=esx_sim.password, cafile=str(esx_sim.cafile)) as c:
-        before = {i.uuid for i in c.list_vms()}
-        yield c
-        for info in c.list_vms():
-            if info.uuid not in before:
-                c.vm(info.uuid).delete(force=True)
 
 
 def make(hv: vmctl.Hypervisor, name: str = "", sizes: tuple[int, ...] = (8,)) -> vmctl.VM:

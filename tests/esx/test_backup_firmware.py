@@ -5,28 +5,15 @@ the restored VM's allocation is vSphere's "nothing set" again."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 
-import pytest
 from pyVmomi import vim
 
 import vmctl
-from tests.hosts.esx import VcsimServer
 from vmctl import Firmware, VMSpec
 
 from .conftest import Admin
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def esx(esx_sim: VcsimServer) -> Iterator[vmctl.Hypervisor]:
-    with vmctl.connect(esx_sim.uri, password=esx_sim.password, cafile=str(esx_sim.cafile)) as c:
-        before = {i.uuid for i in c.list_vms()}
-        yield c
-        for info in c.list_vms():
-            if info.uuid not in before:
-                c.vm(info.uuid).delete(force=True)
 
 
 def test_uefi_backup_restores_as_uefi(esx: vmctl.Hypervisor, esx_admin: Admin) -> None:

@@ -11,7 +11,6 @@ import re
 import secrets
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +23,11 @@ from tests.hosts.esx import VcsimServer
 from vmctl.backup import BackupKind, read_disk, write_disk
 from vmctl_esx._backup import KEEP_WRITTEN
 
-from .conftest import Admin
-from .test_backup import MIB, Target, flat_file, make, snapshots
+from .conftest import Admin, Target
+from .test_backup import MIB, flat_file, make, snapshots
 
 BLOCK = 64 * 1024  # the launcher's tracking block
 CHANGE_ID = re.compile(r"^52( [0-9a-f]{2}){7}-[0-9a-f]{2}( [0-9a-f]{2}){7}/[0-9]+$")
-
-
-@pytest.fixture
-def hv(target: Target) -> Iterator[vmctl.Hypervisor]:
-    srv, _, uri = target
-    with vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile)) as conn:
-        before = {i.uuid for i in conn.list_vms()}
-        yield conn
-        for info in conn.list_vms():
-            if info.uuid not in before:
-                conn.vm(info.uuid).delete(force=True)
-
-
-@pytest.fixture
-def esx(esx_sim: VcsimServer) -> Iterator[vmctl.Hypervisor]:
-    with vmctl.connect(esx_sim.uri, password=esx_sim.password, cafile=str(esx_sim.cafile)) as c:
-        before = {i.uuid for i in c.list_vms()}
-        yield c
-        for info in c.list_vms():
-            if info.uuid not in before:
-                c.vm(info.uuid).delete(force=True)
 
 
 def repo() -> vmctl.backup.Repository:

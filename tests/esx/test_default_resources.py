@@ -5,28 +5,12 @@ carry a control the VM never had; a control that is set still reads as set."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 
-import pytest
 from pyVmomi import vim
 
 import vmctl
-from tests.hosts.esx import VcsimServer
 
-from .conftest import Admin
-
-Target = tuple[VcsimServer, Admin, str]
-
-
-@pytest.fixture
-def hv(target: Target) -> Iterator[vmctl.Hypervisor]:
-    srv, _, uri = target
-    with vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile)) as conn:
-        before = {i.uuid for i in conn.list_vms()}
-        yield conn
-        for info in conn.list_vms():
-            if info.uuid not in before:
-                conn.vm(info.uuid).delete(force=True)
+from .conftest import Admin, Target
 
 
 def _raw(admin: Admin, uuid: str) -> tuple[object, object]:

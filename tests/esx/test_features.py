@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,20 +17,7 @@ from vmctl import EventKind
 from vmctl import PowerState as S
 from vmctl.spi import Deadline
 
-from .conftest import NETWORK, Admin, vc_uri
-
-Target = tuple[VcsimServer, Admin, str]
-
-
-@pytest.fixture
-def hv(target: Target) -> Iterator[vmctl.Hypervisor]:
-    srv, _, uri = target
-    with vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile)) as conn:
-        before = {i.uuid for i in conn.list_vms()}
-        yield conn
-        for info in conn.list_vms():
-            if info.uuid not in before:
-                conn.vm(info.uuid).delete(force=True)
+from .conftest import NETWORK, Admin, Target, vc_uri
 
 
 def make(hv: vmctl.Hypervisor, hint: str, **kw: object) -> vmctl.VM:

@@ -5,7 +5,6 @@ graceful requests through VMware Tools, fault mapping."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,24 +15,11 @@ from tests.hosts.esx import VcsimServer
 from vmctl import PowerState as S
 from vmctl.spi import Deadline
 
-from .conftest import DVPG, NETWORK, Admin, vc_uri
-
-Target = tuple[VcsimServer, Admin, str]
+from .conftest import DVPG, NETWORK, Admin, Target, vc_uri
 
 
 def D() -> Deadline:
     return Deadline.after(10)
-
-
-@pytest.fixture
-def hv(target: Target) -> Iterator[vmctl.Hypervisor]:
-    srv, _, uri = target
-    with vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile)) as conn:
-        made_before = {i.uuid for i in conn.list_vms()}
-        yield conn
-        for info in conn.list_vms():
-            if info.uuid not in made_before:
-                conn.vm(info.uuid).delete(force=True)
 
 
 def name(hint: str) -> str:
