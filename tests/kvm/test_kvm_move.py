@@ -111,28 +111,25 @@ def _gone_from_kvm(hosts: Any, name: str) -> None:
     assert name not in vols, vols
 
 
-def test_kvm_to_xen_and_back(hv: vmctl.Hypervisor, hosts: Any, xen: vmctl.Hypervisor) -> None:
-    name = f"{PREFIX}mv-xen"
+def _there_and_back(hosts: Any, hv: vmctl.Hypervisor, other: vmctl.Hypervisor, net: str) -> None:
+    """A KVM VM moved to ``other`` (its network ``net``) and back, its disk the same."""
+    name = f"{PREFIX}mv-{other.driver_name}"
     vm, image = _source(hv, name, hosts.network)
-    vm = _hop(vm, xen, (hosts.network, XEN_NETWORK), image)
+    vm = _hop(vm, other, (hosts.network, net), image)
     _gone_from_kvm(hosts, name)
-    vm = _hop(vm, hv, (XEN_NETWORK, hosts.network), image)
+    vm = _hop(vm, hv, (net, hosts.network), image)
     assert vm.hypervisor is hv and vm.info().state is PowerState.STOPPED
     assert name in virsh(hosts.uri, "list", "--all", "--name").split()
     vm.delete(force=True)
     _gone_from_kvm(hosts, name)
+
+
+def test_kvm_to_xen_and_back(hv: vmctl.Hypervisor, hosts: Any, xen: vmctl.Hypervisor) -> None:
+    _there_and_back(hosts, hv, xen, XEN_NETWORK)
 
 
 def test_kvm_to_esx_and_back(hv: vmctl.Hypervisor, hosts: Any, esx: vmctl.Hypervisor) -> None:
-    name = f"{PREFIX}mv-esx"
-    vm, image = _source(hv, name, hosts.network)
-    vm = _hop(vm, esx, (hosts.network, ESX_NETWORK), image)
-    _gone_from_kvm(hosts, name)
-    vm = _hop(vm, hv, (ESX_NETWORK, hosts.network), image)
-    assert vm.hypervisor is hv and vm.info().state is PowerState.STOPPED
-    assert name in virsh(hosts.uri, "list", "--all", "--name").split()
-    vm.delete(force=True)
-    _gone_from_kvm(hosts, name)
+    _there_and_back(hosts, hv, esx, ESX_NETWORK)
 
 
 def test_kvm_to_sim_and_back(hv: vmctl.Hypervisor, hosts: Any, sim: vmctl.Hypervisor) -> None:
