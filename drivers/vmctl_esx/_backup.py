@@ -261,11 +261,11 @@ class DatastoreFiles:
             raise InsufficientResources(f"{what}: {detail}")
         raise BackendError(f"{what}: {detail}", vendor_code=code)
 
-    def read(
-        self, datastore: str, path: str, offset: int, length: int, deadline: Deadline
-    ) -> bytes:
-        """``length`` bytes of the file at ``offset`` (a ranged GET)."""
-        what = f"read [{datastore}] {path} at {offset}"
+    def _ranged(
+        self, what: str, datastore: str, path: str, offset: int, length: int, deadline: Deadline
+    ) -> tuple[Any, Any]:
+        """A connection and its response to a ranged GET, read up to ``offset`` (a server
+        that ignores the range sends the whole file)."""
         deadline.check(what)
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         try:
@@ -282,7 +282,26 @@ class DatastoreFiles:
                 if not dropped:
                     break
                 skip -= len(dropped)
-            out = bytearray()
+        except Exception as exc:
+            conn.close()
+            raise self._failed(exc, what, deadline, sent=None) from exc
+        return conn, response
+
+    @staticmethod
+    def _short_read(what: str, got: int, length: int) -> BackendError:
+        return BackendError(
+            f"{what}: the host sent {got} of {length} bytes (the file is shorter than the disk)",
+            vendor_code="ShortRead",
+        )
+
+    def read(
+        self, datastore: str, path: str, offset: int, length: int, deadline: Deadline
+    ) -> bytes:
+        """``length`` bytes of the file at ``offset`` (a ranged GET)."""
+        what = f"read [{datastore}] {path} at {offset}"
+        conn, response = self._ranged(what, datastore, path, offset, length, deadline)
+        out = bytearray()
+        try:
             while len(out) < length:
                 deadline.check(what)
                 piece = response.read(min(BLOCK, length - len(out)))
@@ -294,11 +313,7 @@ class DatastoreFiles:
         finally:
             conn.close()
         if len(out) != length:
-            raise BackendError(
-                f"{what}: the host sent {len(out)} of {length} bytes (the file is shorter "
-                "than the disk)",
-                vendor_code="ShortRead",
-            )
+            raise self._short_read(what, len(out), length)
         return bytes(out)
 
     def read_into(
@@ -314,23 +329,9 @@ class DatastoreFiles:
         at the same offset as they arrive (blocks of zeroes skipped: ``sink`` reads as
         zeroes there already)."""
         what = f"read [{datastore}] {path} at {offset}"
-        deadline.check(what)
-        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        try:
-            conn = self._open("GET", self.url(datastore, path), headers, deadline)
-        except Exception as exc:
-            raise self._failed(exc, what, deadline, sent=False) from exc
+        conn, response = self._ranged(what, datastore, path, offset, length, deadline)
         got = 0
         try:
-            response = conn.getresponse()
-            self._status(response, what, (200, 206))
-            skip = offset if response.status == 200 else 0  # the server ignored the range
-            while skip:
-                deadline.check(what)
-                dropped = response.read(min(skip, BLOCK))
-                if not dropped:
-                    break
-                skip -= len(dropped)
             zero = bytes(BLOCK)
             while got < length:
                 deadline.check(what)
@@ -346,11 +347,7 @@ class DatastoreFiles:
         finally:
             conn.close()
         if got != length:
-            raise BackendError(
-                f"{what}: the host sent {got} of {length} bytes (the file is shorter than "
-                "the disk)",
-                vendor_code="ShortRead",
-            )
+            raise self._short_read(what, got, length)
         self.filled += got
 
     def download(self, datastore: str, path: str, sink: IO[bytes], deadline: Deadline) -> int:
