@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from attrs import define, field
+from attrs import define, evolve, field
 
 from ._clauses import load_clauses
 from .report import STATUSES, Report
@@ -131,11 +131,36 @@ def render(columns: list[Column]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merge(existing: list[Column], reports: list[Report]) -> list[Column]:
-    """``existing`` with each report's column replacing the one of the same backend (new
-    backends are appended)."""
-    out = list(existing)
+#: When two reports of one backend name a clause, the status that says more wins: a
+#: failure anywhere, else a pass, else "not-supported" (declared), else a skip.
+_PRECEDENCE = {"fail": 0, "pass": 1, "not-supported": 2, "skip": 3}
+
+
+def combine(reports: list[Report]) -> list[Report]:
+    """One report per backend: reports of the same column (the main kit run and a run of
+    some clauses that needs a host of its own, e.g. RECOVER- against a libvirtd the test
+    may take down) are joined clause by clause, and their leaks added up."""
+    by_column: dict[str, Report] = {}
     for report in reports:
+        name = column_name(report)
+        first = by_column.get(name)
+        if first is None:
+            by_column[name] = report
+            continue
+        results = dict(first.results)
+        for cid, r in report.results.items():
+            old = results.get(cid)
+            if old is None or _PRECEDENCE.get(r.status, 9) < _PRECEDENCE.get(old.status, 9):
+                results[cid] = r
+        by_column[name] = evolve(first, results=results, leaked=[*first.leaked, *report.leaked])
+    return list(by_column.values())
+
+
+def merge(existing: list[Column], reports: list[Report]) -> list[Column]:
+    """``existing`` with each backend's column replaced by its new reports (joined by
+    ``combine``; new backends are appended)."""
+    out = list(existing)
+    for report in combine(reports):
         col = Column.from_report(report)
         for i, old in enumerate(out):
             if old.name == col.name:

@@ -57,3 +57,27 @@ def test_no_report_writes_nothing(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2 and "nothing written" in out.stderr
     assert target.read_text() == "kept\n"
+
+
+def test_reports_of_one_backend_are_joined_clause_by_clause() -> None:
+    """The KVM kit runs RECOVER-EXEC-1 in a run of its own (against a libvirtd it may take
+    down): the main run's skip and that run's pass make one column that says pass."""
+    main_run = _report("qemu:///system", "kvm", "pass")
+    main_run.results["RECOVER-EXEC-1"] = ClauseResult("skip", reason="no host to fail")
+    main_run.leaked = ["vm a"]
+    own = Report(
+        uri="qemu:///system",
+        driver="kvm",
+        results={
+            "RECOVER-EXEC-1": ClauseResult("pass"),
+            "LIFE-START-1": ClauseResult("skip", reason="not selected"),
+            "LIFE-PAUSE-1": ClauseResult("fail", reason="broke"),
+        },
+        leaked=["vm b"],
+    )
+    (column,) = parse(matrix([main_run, own]))
+    assert column.cells["RECOVER-EXEC-1"] == "pass"
+    assert column.cells["LIFE-START-1"] == "pass"  # a skip does not hide a pass
+    assert column.cells["LIFE-PAUSE-1"] == "**FAIL**"  # a failure anywhere shows
+    assert column.cells["GUEST-IP-1"] == "skip"
+    assert column.counts == ["2", "1", "0", "1", "2"]

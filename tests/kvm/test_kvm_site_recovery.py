@@ -26,6 +26,8 @@ from tests.kvm.kvm_helpers import virsh, vmctl_uri
 from vmctl import BlockKind, DiskSpec, HostState, MoveMode, MoveOutcome, PowerState, VMSpec
 
 REC = "vmctl-siterec-"
+#: Where kit reports are kept for the support matrix (as in test_kvm_qemu).
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
 
 # Connections of this module's own: the session's hv/other fixtures delete every
@@ -240,6 +242,8 @@ def test_kit_recovers_a_failed_libvirtd(hosts: Any, tiny: Any, tmp_path: Path) -
         statuses = {c: r.status for c, r in report.results.items() if c.startswith("RECOVER-")}
         assert statuses == {"RECOVER-EXEC-1": "pass", "RECOVER-REFUSE-1": "pass"}, output[-4000:]
         assert not report.leaked, report.leaked
+        # kept for the support matrix: joined with the main kit run's kvm-qemu.json there
+        report.write(REPORTS / "kvm-qemu-recover.json")
     finally:
         subprocess.run([*harness, "stop"], cwd=REPO_ROOT, check=False, timeout=120)
         # a failed run may leave the kit's disks in the shared directory (their VMs were on
