@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import subprocess
 import uuid as uuidlib
 from collections import Counter
@@ -18,7 +19,11 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-PREFIX = "vmctl-kvmtest-"
+#: This test session's tag, in the names of its VMs and volumes: the end-of-session cleanup
+#: (tests/kvm/conftest.py) deletes only this session's VMs, not those of another session
+#: sharing the hosts. Subprocesses of the session inherit it.
+SESSION = os.environ.setdefault("TESTS_KVM_SESSION", f"{os.getpid():x}")
+PREFIX = f"vmctl-kvmtest-{SESSION}-"
 
 
 def vmctl_uri(base: str, hosts: Any, **extra: str) -> str:

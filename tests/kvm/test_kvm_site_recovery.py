@@ -30,10 +30,8 @@ REC = "vmctl-siterec-"
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
 
-# Connections of this module's own: the session's hv/other fixtures delete every
-# "vmctl-kvmtest-" VM on both hosts at the end of the session, those of other sessions
-# sharing the hosts too; this module's VMs have a prefix of their own and are removed by
-# the tests themselves.
+# Connections of this module's own; this module's VMs have a prefix of their own and are
+# removed by the tests themselves.
 @pytest.fixture(scope="module")
 def hv(hosts: Any) -> Iterator[vmctl.Hypervisor]:
     with vmctl.connect(vmctl_uri(hosts.uri, hosts)) as h:
