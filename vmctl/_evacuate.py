@@ -41,6 +41,7 @@ from ._errors import (
 )
 from ._hosts import Host, find_host, list_hosts, read_placements
 from ._hostspi import HostInventory, HostMigration, HostState, MoveMode, Placement
+from ._restartmove import ComposedRestart, ShutdownTimedOut, can_compose, composes_restart
 from ._state import PowerState
 
 if TYPE_CHECKING:
@@ -387,6 +388,7 @@ def plan_evacuation(
     live_ok = Capability.MIGRATE_LIVE in conn.capabilities
     cold_ok = Capability.MIGRATE_COLD in conn.capabilities
     movable = isinstance(conn.driver, HostMigration) and isinstance(conn.driver, HostInventory)
+    restart_ok = cold_ok and (not composes_restart(conn.driver) or can_compose(conn))
     placer = _Placer(source, chosen, every)
     block = placer.block
     for p in sorted(placements, key=lambda p: (-p.memory_mib, p.vm.name)):
@@ -428,14 +430,21 @@ def plan_evacuation(
                 why_not_live = p.live_blocker
             if why_not_live is None:
                 mode = MoveMode.LIVE
-            elif allow_restart and cold_ok:
+            elif allow_restart and restart_ok:
                 mode = MoveMode.RESTART
             else:
                 block(
                     p,
                     BlockKind.CAPABILITY,
                     f"cannot move live: {why_not_live}"
-                    + ("; allow_restart=True would restart it elsewhere" if cold_ok else ""),
+                    + (
+                        "; allow_restart=True would restart it elsewhere"
+                        if restart_ok
+                        else f"; the {conn.driver_name} connection cannot restart it elsewhere "
+                        "either (it needs cold migration and guest shutdown)"
+                        if allow_restart
+                        else ""
+                    ),
                 )
                 continue
         elif vm.state is PowerState.STOPPED:
@@ -563,8 +572,16 @@ class EvacuationReport:
         return head + "\n" + _table(["VM", "MODE", "TARGET", "OUTCOME", "TRIES", "ERROR"], rows)
 
 
-#: Failures a retry may cure. Anything else (no room, refused state, bad target) is final.
-_FINAL = (InsufficientResources, InvalidState, NotFound, NotSupported, ValidationError)
+#: Failures a retry may cure. Anything else (no room, refused state, bad target, a guest
+#: that did not shut down in time for a restart move) is final.
+_FINAL = (
+    InsufficientResources,
+    InvalidState,
+    NotFound,
+    NotSupported,
+    ValidationError,
+    ShutdownTimedOut,
+)
 
 
 class _Executor:
@@ -590,6 +607,35 @@ class _Executor:
         assert isinstance(driver, HostMigration) and isinstance(driver, HostInventory)
         self.mover: HostMigration = driver
         self.inventory: HostInventory = driver
+        #: The restart moves the core composes, by VM (each kept across its attempts).
+        self._restarts: dict[str, ComposedRestart] = {}
+
+    def _composed(self, move: Move, mode: MoveMode) -> ComposedRestart | None:
+        """The core's restart move for ``move`` when it is one the driver does not do."""
+        if mode is not MoveMode.RESTART or not composes_restart(self.mover):
+            return None
+        restart = self._restarts.get(move.vm_uuid)
+        if restart is None:
+            if not can_compose(self.conn):
+                raise NotSupported(
+                    f"restart VM {move.vm_name!r} on host {move.target_name!r}: the "
+                    f"{self.conn.driver_name} connection cannot shut a guest down and move "
+                    "it cold"
+                )
+            hv = self.plan.hypervisor
+            assert hv is not None
+            evacuated = self.plan.source if isinstance(self.plan, Plan) else None
+            restart = ComposedRestart(
+                hv,
+                self.conn,
+                move,
+                source_id=move.source_id or (evacuated.id if evacuated else ""),
+                source_name=move.source_name or (evacuated.name if evacuated else "its host"),
+                timeout=self.timeout,
+            )
+            with self._lock:
+                self._restarts[move.vm_uuid] = restart
+        return restart
 
     def _tell(self, move: Move, status: str, message: str = "") -> None:
         if self.progress is None:
@@ -609,6 +655,10 @@ class _Executor:
         return host_id, info.state
 
     def _attempt(self, move: Move, mode: MoveMode) -> None:
+        composed = self._composed(move, mode)
+        if composed is not None:
+            composed.run()
+            return
         conn = self.conn
         deadline = conn.deadline(self.timeout, conn.timeouts.operation_s)
         what = f"move VM {move.vm_name!r} to host {move.target_name!r} ({mode.value})"
@@ -646,20 +696,23 @@ class _Executor:
         while True:
             final = False
             try:
-                host_id, _state = self._where(move)
+                host_id, state = self._where(move)
             except NotFound as exc:
                 return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, str(exc))
             except VmctlError as exc:  # cannot tell where it is: counts as a try
                 attempts += 1
                 error = str(exc)
             else:
-                if host_id == move.target_id:
+                restart = self._restarts.get(move.vm_uuid)
+                # A restart this run composes may have moved the VM without starting it yet.
+                unstarted = restart is not None and restart.waits_on_target(host_id, state)
+                if host_id == move.target_id and not unstarted:
                     outcome = MoveOutcome.MOVED if attempts else MoveOutcome.ALREADY
                     return self._end(move, outcome, mode, attempts, started, None)
-                if host_id != source_id:
+                if host_id != source_id and not unstarted:
                     why = f"no longer on {source_name} (moved elsewhere meanwhile)"
                     return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, why)
-                if _maintenance.is_flagged(move.target_id):
+                if _maintenance.is_flagged(move.target_id) and not unstarted:
                     why = f"target {move.target_name} entered maintenance (vmctl's flag); re-plan"
                     return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, why)
                 attempts += 1
@@ -682,6 +735,9 @@ class _Executor:
                     mode, fell_back, base = MoveMode.RESTART, True, attempts
                     self._tell(move, "retrying", f"{error}; restarting it there instead")
                     continue
+                restart = self._restarts.get(move.vm_uuid)
+                if restart is not None:
+                    error += restart.give_up()
                 return self._end(move, MoveOutcome.FAILED, None, attempts, started, error)
             self._tell(move, "retrying", error)
 
@@ -721,6 +777,12 @@ def execute(
     move after a failure (running ones finish), "skip" goes on with the others, "cold"
     restarts a VM whose live move failed (clean shutdown, cold move, start there) and goes
     on. ``timeout`` bounds each move (default: the connection's operation timeout).
+    A restart move the driver does not do in one call is composed here
+    (``vmctl._restartmove``): ``vm.shutdown()`` waiting up to the connection's shutdown
+    timeout (a guest that cannot be asked, or does not stop in time, fails the move with
+    nothing moved), a cold move, ``vm.start()`` on the target (the move and the start
+    each bounded by ``timeout``); when it fails after the shutdown, a VM still on its
+    source is started there again, and one stopped on the target is named in the error.
     ``progress`` is called as each move starts, retries and ends, from the worker running
     the move (several at once: keep it quick and thread-safe); an exception it raises is
     logged and ignored. ``confirm_fenced`` is for a ``RecoveryPlan`` only
@@ -753,6 +815,8 @@ def execute(
         conn.require(Capability.MIGRATE_LIVE, "a live move")
     if modes - {MoveMode.LIVE} or on_fail == "cold":
         conn.require(Capability.MIGRATE_COLD, "a cold move")
+    if MoveMode.RESTART in modes and composes_restart(conn.driver):
+        conn.require(Capability.SHUTDOWN, "a restart move (the guest is shut down first)")
     runner = _Executor(
         plan, conn, retries=retries, on_fail=on_fail, progress=progress, timeout=timeout
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from typing import ClassVar
 
 from attrs import frozen
 
@@ -94,16 +95,26 @@ class HostInventory(abc.ABC):
 
 class HostMigration(abc.ABC):
     """Moving a VM to a named host of the same connection (needs MIGRATE_LIVE for
-    ``LIVE``, MIGRATE_COLD for ``COLD`` and ``RESTART``)."""
+    ``LIVE``, MIGRATE_COLD for ``COLD`` and ``RESTART``).
+
+    ``restarts_in_place``: the driver does a RESTART move itself, in one call (xapi's
+    clean_shutdown, set_affinity, start_on; the sim). False (the default): the core never
+    hands it RESTART, and composes the move from the driver's own requests
+    (``vmctl._restartmove``): ``GracefulPower.shutdown`` and a wait for STOPPED, a COLD
+    ``move_to_host``, ``start`` and a wait for RUNNING on the target; such a driver needs
+    SHUTDOWN too, and its ``start`` must reach a VM on any of its hosts.
+    """
+
+    restarts_in_place: ClassVar[bool] = False
 
     @abc.abstractmethod
     def move_to_host(
         self, uuid: str, host_id: str, *, mode: MoveMode, deadline: Deadline
     ) -> Task | None:
         """Move the VM to the host ``host_id``: LIVE (it is RUNNING, and stays so), COLD
-        (it is STOPPED, and its home becomes that host) or RESTART (it is RUNNING: a clean
-        shutdown, a cold move, a start there; InvalidState at once when the guest cannot
-        be asked to shut down).
+        (it is STOPPED, and its home becomes that host) or, only when
+        ``restarts_in_place``, RESTART (it is RUNNING: a clean shutdown, a cold move, a
+        start there; InvalidState at once when the guest cannot be asked to shut down).
 
         Return a Task that ends when the VM is on the host in its state, or None when it
         is already there. Refuse (InvalidState) a host in maintenance; raise

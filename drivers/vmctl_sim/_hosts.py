@@ -43,6 +43,9 @@ VCPU_LOAD = 0.05
 class SimHosts(HostInventory, HostMigration, HostMaintenance):
     """Hosts of a sim site. Needs ``self.site`` (the ``Site``) from ``SimDriver``."""
 
+    #: A restart move is one call here (a sim connection acts on its own host's VMs only).
+    restarts_in_place = True
+
     site: Site
 
     def _site_host(self, host_id: str) -> SimHost:

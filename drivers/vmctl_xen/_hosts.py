@@ -53,6 +53,9 @@ _MIGRATIONS = ("pool_migrate", "migrate_send")
 class XenHosts(HostInventory, HostMigration, HostMaintenance):
     """The pool's hosts (see the module)."""
 
+    #: A restart move is one call here (clean_shutdown, set_affinity, start_on).
+    restarts_in_place = True
+
     if TYPE_CHECKING:
         _hosts: dict[str, dict[str, Any]]
 
