@@ -16,7 +16,9 @@
   else UNKNOWN;
 * moves: ``RelocateVM_Task`` with the target host and the scope's resource pool, live for
   a powered-on VM (vMotion), cold for a powered-off one; the task goes to the core. A
-  restart move is not done here yet (a guest shutdown has no task to wait on: NotSupported).
+  restart move is the core's (``restarts_in_place`` is False): ``ShutdownGuest`` through
+  ``shutdown`` and the core's wait for STOPPED, this cold move, then ``start``; handed
+  RESTART itself, the driver refuses it (NotSupported) before changing anything.
   A cold move of a VM of a host that is not connected is a recovery's: it is registered on
   the target (``_recovery``);
 * maintenance: ``EnterMaintenanceMode_Task(timeout=0, evacuatePoweredOffVms=False)`` and
@@ -288,8 +290,8 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
             what = f"move VM {name!r} to host {hname!r} ({mode.value})"
             if mode is MoveMode.RESTART:
                 raise NotSupported(
-                    f"{what}: a restart move is not done on ESX yet (shut the VM down, "
-                    "then move it cold)"
+                    f"{what}: the ESX driver does not restart in place (vmctl.execute "
+                    "composes a restart move: shut down, move cold, start)"
                 )
             state = {"poweredOn": PowerState.RUNNING, "poweredOff": PowerState.STOPPED}.get(
                 str(props.get("runtime.powerState")), PowerState.UNKNOWN

@@ -1,0 +1,110 @@
+"""Restart moves on the vSphere simulator's cluster (vCenter DC0/DC0_C0): the ESX driver
+does not restart in place, so the core composes the move: ShutdownGuest (VMware Tools made
+to look running through the simulator's SET.* hook), RelocateVM_Task cold, PowerOnVM_Task
+on the target. vSphere offers nothing that blocks a live move here, so the plans are the
+evacuation's own with the VM's move turned into a restart (``attrs.evolve``: public
+classes). The simulator's own view (a plain pyVmomi session) says where the VM ends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+import vmctl
+from tests.esx.conftest import Admin, vc_uri
+from tests.hosts.esx import VcsimServer, running_simulator
+from vmctl import MoveMode, MoveOutcome, PowerState
+
+pytest.importorskip("pyVmomi")
+from pyVmomi import vim
+
+S = PowerState
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture(scope="module")
+def vc() -> Iterator[VcsimServer]:
+    with running_simulator("vcenter", vms=2) as srv:  # this module's own: it moves VMs
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def admin(vc: VcsimServer) -> Iterator[Admin]:
+    a = Admin(vc)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def hv(vc: VcsimServer) -> Iterator[vmctl.Hypervisor]:
+    with vmctl.connect(
+        vc_uri(vc, "DC0/DC0_C0"), password=vc.password, cafile=str(vc.cafile), env={}
+    ) as h:
+        yield h
+
+
+def _raw(admin: Admin, uuid: str) -> tuple[str, str, list[str]]:
+    """(host moid, power state, disk files) as the simulator has them."""
+    p = admin.props(
+        admin.vm(uuid),
+        vim.VirtualMachine,
+        ["runtime.host", "runtime.powerState", "config.hardware.device"],
+    )
+    disks = [
+        d.backing.fileName
+        for d in p["config.hardware.device"]
+        if isinstance(d, vim.vm.device.VirtualDisk)
+    ]
+    return str(p["runtime.host"]._moId), str(p["runtime.powerState"]), disks
+
+
+def _restart_plan(hv: vmctl.Hypervisor, admin: Admin, vm: vmctl.VM) -> vmctl.Plan:
+    here = hv.host(_raw(admin, vm.uuid)[0])
+    plan = vmctl.plan_evacuation(here)
+    move = next(m for m in plan.moves if m.vm_uuid == vm.uuid)
+    assert move.mode is MoveMode.LIVE
+    return attrs.evolve(plan, moves=(attrs.evolve(move, mode=MoveMode.RESTART),), blockers=())
+
+
+def _running_vm(hv: vmctl.Hypervisor) -> vmctl.VM:
+    vm = next(v for v in hv.vms() if v.last_info.state is S.RUNNING)
+    return vm
+
+
+def test_a_restart_move_ends_running_on_the_target_with_its_disks(
+    hv: vmctl.Hypervisor, admin: Admin
+) -> None:
+    vm = _running_vm(hv)
+    admin.set_props(vm.uuid, guest__toolsRunningStatus="guestToolsRunning")
+    source, _, disks = _raw(admin, vm.uuid)
+    plan = _restart_plan(hv, admin, vm)
+    [move] = plan.moves
+    report = vmctl.execute(plan)
+    assert report.ok, str(report)
+    [r] = report.results
+    assert (r.outcome, r.mode) == (MoveOutcome.MOVED, MoveMode.RESTART)
+    host, power, disks_after = _raw(admin, vm.uuid)
+    assert (host, power) == (move.target_id, "poweredOn") and host != source
+    assert disks_after == disks  # moved, not copied: the same files
+    assert vm.info().state is S.RUNNING
+    # the same plan again: on its target and running, nothing to do
+    assert [r.outcome for r in vmctl.execute(plan).results] == [MoveOutcome.ALREADY]
+
+
+def test_a_guest_without_tools_is_not_moved(hv: vmctl.Hypervisor, admin: Admin) -> None:
+    vm = _running_vm(hv)
+    admin.set_props(vm.uuid, guest__toolsRunningStatus="guestToolsNotRunning")
+    source, _, _ = _raw(admin, vm.uuid)
+    report = vmctl.execute(_restart_plan(hv, admin, vm), retries=1)
+    [r] = report.results
+    assert r.outcome is MoveOutcome.FAILED and r.attempts == 1, str(report)
+    assert "VMware Tools are not running" in (r.error or "")
+    assert "nothing was moved" in (r.error or "")
+    assert _raw(admin, vm.uuid)[:2] == (source, "poweredOn")
