@@ -91,9 +91,10 @@ from vmctl.spi import (
 from ._backup import EsxBackup
 from ._conn import MAX_POLL_S, Connection, apply_update
 from ._fastlist import FastLister
+from ._fastmove import FastMove, MoveNotes
 from ._faststats import FastStats, sdk_metrics
 from ._faults import is_fault, map_fault, reraise
-from ._hosts import EsxHosts
+from ._hosts import _LOCATE_PATHS, EsxHosts
 from ._placement import EsxPlacement, vsphere_mac_refusal
 from ._storage import EsxStorage
 from ._vmprops import LIST_PATHS as _LIST_PATHS
@@ -103,6 +104,8 @@ log = logging.getLogger("vmctl.esx")
 
 S = PowerState
 DEFAULT_PORT = 443
+#: Move tasks remembered for their wait at most (more: tasks nobody waited for).
+_MOVES_KEPT = 4096
 KNOWN_OPTIONS = frozenset({"datastore"})
 
 _POWER = {"poweredOn": S.RUNNING, "poweredOff": S.STOPPED, "suspended": S.SUSPENDED}
@@ -264,6 +267,10 @@ class EsxDriver(
         self._perf: dict[str, int] | None = None
         self._fast = FastLister(conn)  # listings read with lxml (pyvmomi on any surprise)
         self._fast_stats = FastStats(self._fast)  # QueryPerf read the same way
+        self._fast_move = FastMove(self._fast)  # a host move's requests, the same way
+        self._notes = MoveNotes()  # what one step of a move read, for the next
+        self._moves: dict[str, tuple[str, Any, str]] = {}  # task moid -> (uuid, VM, host)
+        self._moves_lock = threading.Lock()
 
     # -- connection -------------------------------------------------------------------------
 
@@ -1382,9 +1389,13 @@ class EsxDriver(
             return out
 
         try:
-            state = {_moid(obj): props for obj, props in self.conn.retrieve(refs, vim.Task, paths)}
+            state = self._move_states(tasks)
+            if state is None:
+                rows = self.conn.retrieve(refs, vim.Task, paths)
+                state = {_moid(obj): props for obj, props in rows}
             done = ended(state)
             if done or deadline.expired():
+                self._moved(done)
                 return done
             changed = self.conn.wait_update(
                 refs, vim.Task, paths, deadline, lambda st: bool(ended(st))
@@ -1395,7 +1406,64 @@ class EsxDriver(
             raise
         except Exception as exc:
             reraise(exc, f"wait for {', '.join(t.description for t in tasks)}")
-        return ended(changed) if changed is not None else []
+        done = ended(changed) if changed is not None else []
+        self._moved(done)
+        return done
+
+    def _moving(self, task: Any, uuid: str, ref: Any, host: Any) -> None:
+        """``move_to_host`` started ``task``: VM ``uuid`` (``ref``) to ``host``."""
+        with self._moves_lock:
+            if len(self._moves) > _MOVES_KEPT:  # tasks nobody waited for
+                self._moves.clear()
+            self._moves[_moid(task)] = (uuid, ref, _moid(host))
+
+    def _moved(self, done: Sequence[TaskOutcome]) -> None:
+        if done:
+            with self._moves_lock:
+                for outcome in done:
+                    self._moves.pop(_moid(outcome.task.handle), None)
+
+    def _move_states(self, tasks: Sequence[Task]) -> dict[str, dict[str, Any]] | None:
+        """The ``info.state`` of tasks that are all ``move_to_host``'s, read with their VMs
+        in one fast read (``_fastmove``): a VM its ended move shows on the target is noted
+        for the ``locate_vm`` that checks the move next. None when the SDK path must read
+        them (the fast path is off or answered nothing, a task is not a move, one failed:
+        its fault is read by pyvmomi)."""
+        with self._moves_lock:
+            moves = [self._moves.get(_moid(t.handle)) for t in tasks]
+        if not self._fast_move.enabled:
+            return None
+        known = [m for m in moves if m is not None]
+        if len(known) != len(moves):
+            return None
+        vim = self.conn.vim
+        vms = list({_moid(m[1]): m[1] for m in known}.values())
+        rows = self._fast_move.retrieve(
+            [
+                ([t.handle for t in tasks], vim.Task, ("info.state",)),
+                (vms, vim.VirtualMachine, _LOCATE_PATHS),
+            ]
+        )
+        if rows is None:
+            return None
+        state = {_moid(r): p for r, p in rows if isinstance(r, vim.Task)}
+        found = {_moid(r): p for r, p in rows if isinstance(r, vim.VirtualMachine)}
+        for task, (uuid, ref, host_id) in zip(tasks, known, strict=True):
+            status = str(state.get(_moid(task.handle), {}).get("info.state"))
+            if status == "error" or _moid(task.handle) not in state:
+                return None
+            props = found.get(_moid(ref))
+            at = props.get("runtime.host") if props else None
+            if (
+                status == "success"
+                and props
+                and at is not None
+                and _moid(at) == host_id
+                and not props.get("config.template")
+                and self._in_scope(props)
+            ):
+                self._notes.ended(uuid, props)
+        return state
 
     @_bounded
     def wait_changes(

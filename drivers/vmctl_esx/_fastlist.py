@@ -239,6 +239,7 @@ _KINDS: dict[str | None, int] = {
     "xsd:string": 0,
     "VirtualMachinePowerState": 0,
     "VirtualMachineConnectionState": 0,
+    "TaskInfoState": 0,  # a move's task (_fastmove)
     "xsd:int": 1,
     "xsd:long": 1,
     "xsd:short": 1,

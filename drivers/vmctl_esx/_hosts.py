@@ -52,6 +52,7 @@ from ._vmprops import moid as _moid
 
 if TYPE_CHECKING:
     from ._conn import Connection
+    from ._fastmove import FastMove, MoveNotes
 
 _HOST_PATHS = (
     "name",
@@ -65,6 +66,13 @@ _HOST_PATHS = (
     "runtime.inMaintenanceMode",
 )
 
+
+#: What a move checks of its target host.
+_TARGET_PATHS = ("name", "runtime.inMaintenanceMode")
+#: What ``locate_vm`` reads of a VM (what ``_props`` adds to the listing's paths).
+_LOCATE_PATHS = tuple(dict.fromkeys((*_LIST_PATHS, "runtime.host", "config.template")))
+#: ``locate_vm`` reads the hosts of a cluster of at most this many hosts with the VM.
+_NOTED_HOSTS = 64
 
 #: VM properties read with the datastores for the placements: the memory overhead.
 _OVERHEAD_PATHS = (
@@ -99,6 +107,10 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
         _refs_lock: Any
 
         def _task(self, task: Any, description: str) -> Task: ...
+        def _moving(self, task: Any, uuid: str, ref: Any, host: Any) -> None: ...
+
+        _fast_move: FastMove
+        _notes: MoveNotes
 
     def _host_rows(self) -> list[tuple[Any, dict[str, Any]]]:
         refs = list(self.scope.host_refs.values())
@@ -212,10 +224,39 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
         return out
 
     def locate_vm(self, uuid: str, *, deadline: Deadline) -> tuple[str | None, VMInfo]:
-        with self.conn.within(deadline):
-            _ref, props = self._props(uuid, _LIST_PATHS)
+        """Where the VM is: what its move's end read with the task (``wait_tasks``, in this
+        thread, just now), else one read, of the VM and (on a cluster) its hosts' names and
+        maintenance modes too, kept for a ``move_to_host`` that follows (its checks)."""
+        props = self._notes.take_ended(uuid)
+        if props is None:
+            with self.conn.within(deadline):
+                props = self._locate(uuid)
         host = props.get("runtime.host")
         return (_moid(host) if host is not None else None), self._info(props)
+
+    def _locate(self, uuid: str) -> dict[str, Any]:
+        with self._refs_lock:
+            ref = self._refs.get(uuid)
+        hosts = list(self.scope.host_refs.values())
+        if ref is not None and 2 <= len(hosts) <= _NOTED_HOSTS:
+            vim = self.conn.vim
+            rows = self._fast_move.retrieve(
+                [([ref], vim.VirtualMachine, _LOCATE_PATHS), (hosts, vim.HostSystem, _TARGET_PATHS)]
+            )
+            if rows is not None:
+                mine = _moid(ref)
+                props = next(
+                    (p for r, p in rows if isinstance(r, vim.VirtualMachine) and _moid(r) == mine),
+                    None,
+                )
+                if props:
+                    if props.get("config.template") or not self._in_scope(props):
+                        raise NotFound(f"no VM with UUID {uuid} on {self.scope.name}")
+                    hrows = [(r, p) for r, p in rows if isinstance(r, vim.HostSystem)]
+                    self._notes.located(uuid, ref, props, hrows)
+                    return props
+        _ref, props = self._props(uuid, _LIST_PATHS)
+        return props
 
     def _host(self, host_id: str) -> tuple[Any, dict[str, Any]]:
         for ref, props in self._host_rows():
@@ -244,19 +285,21 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
         """The VM's ``paths`` (as ``_props``) and the target host's name and maintenance
         mode in ONE RetrievePropertiesEx (a move's checks; the VM and host refs are known);
         ``_props`` and ``_target`` apart when a ref is not known or no longer valid."""
+        noted = self._notes.take_located(uuid, host_id)
+        if noted is not None and all(p in _LOCATE_PATHS for p in paths):
+            noted_ref, noted_props, (noted_host, noted_hprops) = noted
+            return noted_ref, noted_props, noted_host, noted_hprops
         host = self.scope.host_refs.get(host_id)
         with self._refs_lock:
             ref = self._refs.get(uuid)
         if host is not None and ref is not None:
             vim = self.conn.vim
             want = tuple(dict.fromkeys((*paths, "runtime.host", "config.template")))
+            specs = [([ref], vim.VirtualMachine, want), ([host], vim.HostSystem, _TARGET_PATHS)]
             try:
-                rows = self.conn.retrieve(
-                    [ref],
-                    vim.VirtualMachine,
-                    want,
-                    also=[([host], vim.HostSystem, ("name", "runtime.inMaintenanceMode"))],
-                )
+                rows = self._fast_move.retrieve(specs)
+                if rows is None:
+                    rows = self.conn.retrieve(*specs[0], also=specs[1:])
             except Exception as exc:
                 if not is_fault(exc, "ManagedObjectNotFound"):
                     reraise(exc, f"read VM {uuid} and host {host_id!r}")
@@ -303,10 +346,14 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
                 raise InvalidState(f"{what}: the VM is {state.value}", current=state)
             if hprops.get("runtime.inMaintenanceMode"):
                 raise InvalidState(f"{what}: host {hname!r} is in maintenance mode")
-            spec = vim.vm.RelocateSpec(host=host, pool=self.scope.pool)
-            task = self.conn.start_task(
-                lambda: ref.RelocateVM_Task(spec=spec, priority="defaultPriority"), what
-            )
+            pool = self.scope.pool
+            task = self._fast_move.relocate(ref, host, pool, what)
+            if task is None:
+                spec = vim.vm.RelocateSpec(host=host, pool=pool)
+                task = self.conn.start_task(
+                    lambda: ref.RelocateVM_Task(spec=spec, priority="defaultPriority"), what
+                )
+            self._moving(task, uuid, ref, host)
         return self._task(task, what)
 
     def set_maintenance(self, host_id: str, on: bool, *, deadline: Deadline) -> Task | None:
