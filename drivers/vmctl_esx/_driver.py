@@ -174,13 +174,37 @@ CAPABILITIES = frozenset(
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Driver methods that change nothing (the others make MoveNotes forget their VMs).
+_READS = frozenset(
+    {
+        "reconnect",
+        "host_info",
+        "list_vms",
+        "get_vm",
+        "get_config",
+        "list_snapshots",
+        "wait_tasks",
+        "wait_changes",
+        "subscribe",
+        "get_stats",
+        "guest_info",
+    }
+)
 
 
 def _bounded(fn: F) -> F:
     """Run a driver method with every SOAP call it makes bounded by its ``deadline``."""
 
+    changes = fn.__name__ not in _READS
+
     @functools.wraps(fn)
     def run(self: EsxDriver, *args: Any, **kwargs: Any) -> Any:
+        if changes and args:  # what a move's steps noted of these VMs is stale now
+            first = args[0]
+            many = first if isinstance(first, (list, tuple)) else (first,)
+            for uuid in many:
+                if isinstance(uuid, str):
+                    self._notes.changed(uuid)
         with self.conn.within(kwargs["deadline"]):
             return fn(self, *args, **kwargs)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import itertools
 import logging
 import threading
 import time
@@ -52,6 +53,10 @@ Spec = tuple[Sequence[Any], Any, Sequence[str]]
 Row = tuple[Any, dict[str, Any]]
 #: A note older than this is not used (its step reads afresh), seconds.
 NOTE_S = 1.0
+#: MoveNotes' keys for a change of any host, and for its forgetting of older changes.
+_HOSTS, _EPOCH = "\0hosts", "\0epoch"
+#: VMs whose last change MoveNotes keeps at most.
+_CHANGES_KEPT = 100_000
 
 
 class Template:
@@ -269,32 +274,56 @@ class FastMove:
         )
 
 
-class MoveNotes(threading.local):
+class MoveNotes:
     """What one step of a move read, for the next step in the same thread (see the
-    module): taken once, and only while younger than NOTE_S."""
+    module): taken once, only while younger than NOTE_S, and only if nothing this driver
+    did since (in any thread) changed that VM (``changed``) or any host (``hosts_changed``)."""
 
     def __init__(self) -> None:
-        self._located: tuple[str, float, Any, dict[str, Any], dict[str, Row]] | None = None
-        self._ended: tuple[str, float, dict[str, Any]] | None = None
+        self._local = threading.local()
+        self._stamp = itertools.count(1)
+        self._changes: dict[str, int] = {}  # uuid (or _HOSTS) -> stamp of its last change
+
+    def changed(self, uuid: str) -> None:
+        """This driver was asked to do something to VM ``uuid``: notes on it are stale."""
+        if len(self._changes) > _CHANGES_KEPT:
+            self._changes.clear()  # all notes taken before are dropped with it (see _valid)
+            self._changes[_EPOCH] = next(self._stamp)
+        self._changes[uuid] = next(self._stamp)
+
+    def hosts_changed(self) -> None:
+        """A host's maintenance mode was changed: notes on hosts are stale."""
+        self._changes[_HOSTS] = next(self._stamp)
+
+    def _now(self, uuid: str) -> tuple[float, int, int, int]:
+        get = self._changes.get
+        return time.monotonic(), get(uuid, 0), get(_HOSTS, 0), get(_EPOCH, 0)
+
+    def _valid(self, noted: tuple[float, int, int, int], uuid: str) -> bool:
+        now = self._now(uuid)
+        return now[0] - noted[0] <= NOTE_S and now[1:] == noted[1:]
 
     def located(self, uuid: str, ref: Any, props: dict[str, Any], hosts: list[Row]) -> None:
         """``locate_vm`` read the VM and the scope's hosts (for ``move_to_host``'s checks)."""
         by_moid = {str(h._moId): (h, p) for h, p in hosts}
-        self._located = (uuid, time.monotonic(), ref, props, by_moid)
+        self._local.located = (uuid, self._now(uuid), ref, props, by_moid)
 
     def take_located(self, uuid: str, host_id: str) -> tuple[Any, dict[str, Any], Row] | None:
-        noted, self._located = self._located, None
-        if noted is None or noted[0] != uuid or time.monotonic() - noted[1] > NOTE_S:
+        noted = getattr(self._local, "located", None)
+        self._local.located = None
+        if noted is None or noted[0] != uuid or not self._valid(noted[1], uuid):
             return None
         host = noted[4].get(host_id)
         return None if host is None else (noted[2], noted[3], host)
 
     def ended(self, uuid: str, props: dict[str, Any]) -> None:
         """The VM's properties read with its move's end (for ``locate_vm`` after it)."""
-        self._ended = (uuid, time.monotonic(), props)
+        self._local.ended = (uuid, self._now(uuid), props)
 
     def take_ended(self, uuid: str) -> dict[str, Any] | None:
-        noted, self._ended = self._ended, None
-        if noted is None or noted[0] != uuid or time.monotonic() - noted[1] > NOTE_S:
+        noted = getattr(self._local, "ended", None)
+        self._local.ended = None
+        if noted is None or noted[0] != uuid or not self._valid(noted[1], uuid):
             return None
-        return noted[2]
+        props: dict[str, Any] = noted[2]
+        return props

@@ -285,10 +285,6 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
         """The VM's ``paths`` (as ``_props``) and the target host's name and maintenance
         mode in ONE RetrievePropertiesEx (a move's checks; the VM and host refs are known);
         ``_props`` and ``_target`` apart when a ref is not known or no longer valid."""
-        noted = self._notes.take_located(uuid, host_id)
-        if noted is not None and all(p in _LOCATE_PATHS for p in paths):
-            noted_ref, noted_props, (noted_host, noted_hprops) = noted
-            return noted_ref, noted_props, noted_host, noted_hprops
         host = self.scope.host_refs.get(host_id)
         with self._refs_lock:
             ref = self._refs.get(uuid)
@@ -314,15 +310,38 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
         host, hprops = self._target(host_id)
         return ref, props, host, hprops
 
+    def _noted_or_read(
+        self, uuid: str, host_id: str, mode: MoveMode
+    ) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
+        """A move's checks' data: what ``locate_vm`` just read in this thread (the VM and
+        the cluster's hosts) when it clears the move (the VM connected, in the mode's power
+        state, not on the target yet, the target not in maintenance), else one read now
+        (anything else, a refusal included, is decided on what is there now)."""
+        noted = self._notes.take_located(uuid, host_id)
+        if noted is not None and mode is not MoveMode.RESTART:
+            ref, props, (host, hprops) = noted
+            want = "poweredOn" if mode is MoveMode.LIVE else "poweredOff"
+            at = props.get("runtime.host")
+            if (
+                str(props.get("runtime.connectionState")) == "connected"
+                and str(props.get("runtime.powerState")) == want
+                and at is not None
+                and _moid(at) != _moid(host)
+                and hprops.get("runtime.inMaintenanceMode") is False
+                and "name" in props
+            ):
+                return ref, props, host, hprops
+        return self._vm_and_target(
+            uuid, ("name", "runtime.powerState", "runtime.connectionState"), host_id
+        )
+
     def move_to_host(
         self, uuid: str, host_id: str, *, mode: MoveMode, deadline: Deadline
     ) -> Task | None:
         mode = MoveMode(mode)
         vim = self.conn.vim
         with self.conn.within(deadline):
-            ref, props, host, hprops = self._vm_and_target(
-                uuid, ("name", "runtime.powerState", "runtime.connectionState"), host_id
-            )
+            ref, props, host, hprops = self._noted_or_read(uuid, host_id, mode)
             if str(props.get("runtime.connectionState")) != "connected":
                 if mode is MoveMode.COLD:  # a recovery's (its host failed)
                     return self._recover_vm(uuid, host_id, start=False, deadline=deadline)
@@ -347,6 +366,7 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
             if hprops.get("runtime.inMaintenanceMode"):
                 raise InvalidState(f"{what}: host {hname!r} is in maintenance mode")
             pool = self.scope.pool
+            self._notes.changed(uuid)
             task = self._fast_move.relocate(ref, host, pool, what)
             if task is None:
                 spec = vim.vm.RelocateSpec(host=host, pool=pool)
@@ -357,6 +377,7 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
         return self._task(task, what)
 
     def set_maintenance(self, host_id: str, on: bool, *, deadline: Deadline) -> Task | None:
+        self._notes.hosts_changed()
         with self.conn.within(deadline):
             host, hprops = self._host(host_id)
             if bool(hprops.get("runtime.inMaintenanceMode")) == on:
