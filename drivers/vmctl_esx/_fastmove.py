@@ -52,7 +52,7 @@ _MARK = "vmctl-move-mark-"
 Spec = tuple[Sequence[Any], Any, Sequence[str]]
 Row = tuple[Any, dict[str, Any]]
 #: A note older than this is not used (its step reads afresh), seconds.
-NOTE_S = 1.0
+NOTE_S = 0.5
 #: MoveNotes' keys for a change of any host, and for its forgetting of older changes.
 _HOSTS, _EPOCH = "\0hosts", "\0epoch"
 #: VMs whose last change MoveNotes keeps at most.
