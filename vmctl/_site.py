@@ -60,7 +60,7 @@ from ._sitespi import SiteMember, SiteVM
 from ._state import PowerState, StateReason
 from ._tasks import Task
 from ._uri import URI
-from .spi import Driver, Migration
+from .spi import Driver, GracefulPower, Migration
 
 log = logging.getLogger("vmctl")
 
@@ -210,7 +210,7 @@ class _Member:
         return self.record.id
 
 
-class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery):
+class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration, HostRecovery):
     """The host interfaces over several member connections (see the module)."""
 
     name = "site"
@@ -232,8 +232,14 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
                 hv.close()
 
     def narrow_capabilities(self, offered: frozenset[Capability]) -> frozenset[Capability]:
-        """A live or cold move between members needs every member to do it."""
-        moves = {Capability.MIGRATE_LIVE, Capability.MIGRATE_COLD}
+        """A live or cold move between members, and asking a guest (the core's restart
+        moves), need every member to do it."""
+        moves = {
+            Capability.MIGRATE_LIVE,
+            Capability.MIGRATE_COLD,
+            Capability.SHUTDOWN,
+            Capability.REBOOT,
+        }
         keep = {c for c in offered if c not in moves}
         live = [m for m in self.members if not isinstance(m.conn.driver, _Absent)]
         keep |= {c for c in moves & offered if all(c in m.conn.capabilities for m in live)}
@@ -669,6 +675,18 @@ class _SiteDriver(Driver, Migration, HostInventory, HostMigration, HostRecovery)
     def power_off(self, uuid: str, *, deadline: Deadline) -> Any:
         m = self._owner(uuid, deadline)
         return m.call("power off VM", m.conn.driver.power_off, uuid, deadline=deadline)
+
+    def shutdown(self, uuid: str, *, deadline: Deadline) -> Any:
+        m = self._owner(uuid, deadline)
+        driver = m.conn.driver
+        assert isinstance(driver, GracefulPower)
+        return m.call("shut down VM", driver.shutdown, uuid, deadline=deadline)
+
+    def reboot(self, uuid: str, *, deadline: Deadline) -> Any:
+        m = self._owner(uuid, deadline)
+        driver = m.conn.driver
+        assert isinstance(driver, GracefulPower)
+        return m.call("reboot VM", driver.reboot, uuid, deadline=deadline)
 
     def migrate_vm(self, uuid: str, target: Driver, *, live: bool, deadline: Deadline) -> Any:
         m = self._owner(uuid, deadline)

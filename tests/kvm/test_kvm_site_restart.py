@@ -1,0 +1,173 @@
+"""Restart moves over a vmctl.Site of the two libvirt test hosts: the KVM driver does not
+restart in place, so the core composes the move (ACPI shutdown through the site, an offline
+migration, a start on the other libvirtd). Nothing blocks a live move between these two
+hosts, so the plans are the evacuation's own with this test's VM turned into a restart
+(``attrs.evolve`` on the public Plan and Move). virsh (another client) says where the VM
+ends and which disk it uses.
+
+The guest that answers the ACPI power button is the harness's tiny guest; the failure cases
+use a domain with no OS: with <acpi/> removed nothing in it can be asked (InvalidState at
+once), with it SeaBIOS alone ignores the button (the shutdown timeout passes)."""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+import vmctl
+from tests.kvm.kvm_helpers import PREFIX, virsh, vmctl_uri
+from vmctl import BootSource, DiskSpec, GuestOS, MoveMode, MoveOutcome, NicSpec, VMSpec
+
+S = vmctl.PowerState
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture
+def site(hv: vmctl.Hypervisor, other: vmctl.Hypervisor, state_dir: None) -> Iterator[vmctl.Site]:
+    with vmctl.Site([hv, other]) as s:
+        yield s
+
+
+def _spec(hosts: Any, hint: str, **kw: Any) -> VMSpec:
+    base: dict[str, Any] = {
+        "name": PREFIX + "rs-" + hint,
+        "vcpus": 1,
+        "memory_mib": 128,
+        "disks": [],
+        "nics": [NicSpec(network=hosts.network)],
+    }
+    return VMSpec(**{**base, **kw})
+
+
+def _restart_plan(site: vmctl.Site, source: vmctl.Hypervisor, vm: vmctl.VM) -> vmctl.Plan:
+    host = site.host(source.hosts()[0].id)
+    plan = vmctl.plan_evacuation(host)
+    move = next(m for m in plan.moves if m.vm_uuid == vm.uuid)
+    assert move.mode is MoveMode.LIVE
+    return attrs.evolve(plan, moves=(attrs.evolve(move, mode=MoveMode.RESTART),), blockers=())
+
+
+def _state(uri: str, uuid: str) -> str:
+    """virsh's view of the domain on ``uri``: its state, or "absent"."""
+    if uuid not in virsh(uri, "list", "--all", "--uuid").split():
+        return "absent"
+    return virsh(uri, "domstate", uuid).strip()
+
+
+def _disks(uri: str, uuid: str) -> list[str]:
+    lines = virsh(uri, "domblklist", uuid).splitlines()[2:]
+    return [line.split()[-1] for line in lines if line.strip()]
+
+
+def _delete(vm: vmctl.VM, *hvs: vmctl.Hypervisor) -> None:
+    for h in hvs:
+        try:
+            h.vm(vm.uuid).delete(force=True, timeout=60)
+        except vmctl.NotFound:
+            continue
+
+
+def test_a_restart_move_ends_running_on_the_other_libvirtd(
+    site: vmctl.Site, hv: vmctl.Hypervisor, other: vmctl.Hypervisor, hosts: Any, tiny: Any
+) -> None:
+    spec = _spec(
+        hosts,
+        "tiny",
+        memory_mib=192,
+        disks=[DiskSpec(size_mib=16)],
+        guest_os=GuestOS.LINUX,
+        boot=BootSource(kernel=str(tiny.kernel), initrd=str(tiny.initrd), cmdline=tiny.cmdline),
+    )
+    vm = hv.create_vm(spec, start=True, timeout=60)
+    try:
+        # booted far enough to answer the power button: it has its address
+        deadline = time.monotonic() + 120
+        while not vm.guest_info().ip_addresses and time.monotonic() < deadline:
+            time.sleep(1)
+        assert vm.guest_info().ip_addresses, "the tiny guest got no address within 120 s"
+        disks = _disks(hosts.uri, vm.uuid)
+        assert len(disks) == 1
+        plan = _restart_plan(site, hv, vm)
+        t0 = time.monotonic()
+        report = vmctl.execute(plan)
+        took = time.monotonic() - t0
+        assert report.ok, str(report)
+        [r] = report.results
+        assert (r.outcome, r.mode) == (MoveOutcome.MOVED, MoveMode.RESTART)
+        assert _state(hosts.other_uri, vm.uuid) == "running"
+        assert _state(hosts.uri, vm.uuid) == "absent"  # undefined on host 1
+        assert _disks(hosts.other_uri, vm.uuid) == disks  # the same file, not a copy
+        # it was shut down by the guest, not powered off, before it moved
+        assert other.vm(vm.uuid).info().state is S.RUNNING
+        assert [r.outcome for r in vmctl.execute(plan).results] == [MoveOutcome.ALREADY]
+        print(f"\nKVM site restart move of the tiny guest: {took:.1f} s")
+    finally:
+        _delete(vm, hv, other)
+
+
+def _no_acpi(hosts: Any, uuid: str) -> None:
+    """Redefine the (stopped) domain without <acpi/>: no guest could hear the button."""
+    import libvirt
+
+    conn = libvirt.open(hosts.uri)
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        features = root.find("features")
+        acpi = features.find("acpi") if features is not None else None
+        if acpi is not None and features is not None:
+            features.remove(acpi)
+        conn.defineXML(ET.tostring(root, encoding="unicode"))
+    finally:
+        conn.close()
+
+
+def test_a_guest_that_cannot_be_asked_stays_running_on_its_host(
+    site: vmctl.Site, hv: vmctl.Hypervisor, other: vmctl.Hypervisor, hosts: Any
+) -> None:
+    vm = hv.create_vm(_spec(hosts, "noacpi"))
+    try:
+        _no_acpi(hosts, vm.uuid)
+        assert "<acpi" not in virsh(hosts.uri, "dumpxml", "--inactive", vm.uuid)
+        vm.start(timeout=60)
+        report = vmctl.execute(_restart_plan(site, hv, vm), retries=1)
+        [r] = report.results
+        assert r.outcome is MoveOutcome.FAILED and r.attempts == 1, str(report)
+        error = r.error or ""
+        assert "no ACPI and no connected guest agent" in error
+        assert "nothing was moved" in error
+        assert _state(hosts.uri, vm.uuid) == "running"
+        assert _state(hosts.other_uri, vm.uuid) == "absent"
+    finally:
+        _delete(vm, hv, other)
+
+
+def test_a_guest_that_does_not_stop_in_time_stays_running(
+    hv: vmctl.Hypervisor, other: vmctl.Hypervisor, hosts: Any, state_dir: None
+) -> None:
+    vm = hv.create_vm(_spec(hosts, "noos"))
+    quick = vmctl.Timeouts(shutdown=3)
+    try:
+        vm.start(timeout=60)
+        with vmctl.Site(
+            [vmctl_uri(hosts.uri, hosts), vmctl_uri(hosts.other_uri, hosts)], timeouts=quick
+        ) as site:
+            report = vmctl.execute(_restart_plan(site, hv, vm), retries=1)
+        [r] = report.results
+        assert r.outcome is MoveOutcome.FAILED and r.attempts == 1, str(report)
+        assert "did not shut down within 3 s" in (r.error or "")
+        assert "it keeps running on" in (r.error or "")
+        assert _state(hosts.uri, vm.uuid) == "running"  # SeaBIOS ignored the button
+        assert _state(hosts.other_uri, vm.uuid) == "absent"
+    finally:
+        _delete(vm, hv, other)
