@@ -230,7 +230,11 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
         props = self._notes.take_ended(uuid)
         if props is None:
             with self.conn.within(deadline):
-                props = self._locate(uuid)
+                try:
+                    props = self._locate(uuid)
+                except NotFound:
+                    self._check_unregistered(uuid)  # a recovery's, not gone: say so
+                    raise
         host = props.get("runtime.host")
         return (_moid(host) if host is not None else None), self._info(props)
 

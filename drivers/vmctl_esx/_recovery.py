@@ -26,7 +26,10 @@ datastore):
   and the cluster's resource pool (vCenter keeps the instance UUID, ``vc.uuid`` in the
   .vmx), then ``PowerOnVM_Task`` (the task goes to the core). A "cold" recovery move of a
   VM last known powered off is the same without the power-on (``move_to_host`` sends it
-  here).
+  here). When the registration fails after the unregistering, the VM is in no inventory:
+  the connection remembers it (``_unregistered``), and every later look-up of it (the
+  executor's retry, a second ``execute``) fails with where its .vmx is and what to do,
+  not NotFound (which would count it as gone: skipped).
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ _VM_PATHS = (
 
 class EsxRecovery(HostRecovery):
     """A failed cluster host's VMs registered and started on the others (see the module)."""
+
+    def _unregistered(self) -> dict[str, str]:
+        """VMs this connection took out of the inventory and could not register again, by
+        UUID: what to tell whoever looks for them."""
+        lost: dict[str, str] = vars(self).setdefault("_unregistered_vms", {})
+        return lost
+
+    def _check_unregistered(self, uuid: str) -> None:
+        """Raise what happened to the VM ``uuid`` when a recovery left it out of the
+        inventory (called where a look-up found no VM)."""
+        why = self._unregistered().get(uuid)
+        if why is not None:
+            raise VmctlError(why)
 
     if TYPE_CHECKING:
         conn: Connection
@@ -119,7 +135,11 @@ class EsxRecovery(HostRecovery):
     ) -> Task | None:
         """Register the VM of a failed host on ``host_id`` and (``start``) power it on."""
         with self.conn.within(deadline):
-            ref, props = self._props(uuid, _VM_PATHS)
+            try:
+                ref, props = self._props(uuid, _VM_PATHS)
+            except NotFound:
+                self._check_unregistered(uuid)
+                raise
             host, hprops = self._host(host_id)
             name, hname = props["name"], hprops.get("name", host_id)
             what = f"{'restart' if start else 'register'} VM {name!r} on host {hname!r}"
@@ -155,12 +175,20 @@ class EsxRecovery(HostRecovery):
                     cast(Driver, self), self._task(task, what), deadline=deadline, what=what
                 )
             except VmctlError as exc:
-                exc.message = (
-                    f"{exc.message}; the VM was removed from the inventory: register "
-                    f"{path} by hand (Folder.RegisterVM_Task)"
+                todo = (
+                    f"its files are on the datastore: register {path} by hand (the vSphere "
+                    "Client's datastore browser, Register VM; or Folder.RegisterVM_Task) on "
+                    "a host that mounts its datastores, then start it"
                 )
+                self._unregistered()[uuid] = (
+                    f"VM {name!r} ({uuid}) is in no inventory: a recovery removed it from "
+                    f"its failed host and registering it on host {hname!r} failed "
+                    f"({exc.message}); {todo}"
+                )
+                exc.message = f"{exc.message}; the VM was removed from the inventory: {todo}"
                 exc.args = (exc.message,)
                 raise
+            self._unregistered().pop(uuid, None)
             new = outcome.result
             if new is None:
                 raise NotFound(f"{what}: vCenter registered it but returned no VM")
