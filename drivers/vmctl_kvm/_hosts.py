@@ -10,8 +10,9 @@
   ``shared_storage=yes``;
 * moves: LIVE is ``migrate_vm(live=True)`` (``virDomainMigrate3``, ``VIR_MIGRATE_LIVE |
   PERSIST_DEST | UNDEFINE_SOURCE``); COLD is ``migrate_vm(live=False)`` (``VIR_MIGRATE_OFFLINE``:
-  libvirt defines the domain on the target and undefines it here); RESTART is not offered
-  (NotSupported);
+  libvirt defines the domain on the target and undefines it here); a RESTART move is the
+  core's (the site's driver does not restart in place: ACPI shutdown through the member, this
+  COLD move, a start there), handed here it is refused (NotSupported) before anything changes;
 * recovery: ``restore_vm`` (``_recovery``).
 """
 
@@ -84,7 +85,8 @@ class KvmSiteMember(KvmRestore, SiteMember):
     ) -> Task | None:
         if mode is MoveMode.RESTART:
             raise NotSupported(
-                "a restart move (shut down, move, start) is not offered between libvirtds"
+                "a restart move is not done in one call between libvirtds (vmctl.execute "
+                "composes it: shut down, move cold, start)"
             )
         self.migrate_vm(uuid, peer, live=mode is MoveMode.LIVE, deadline=deadline)
         return None
