@@ -711,9 +711,11 @@ class _Executor:
                     return self._end(move, outcome, mode, attempts, started, None)
                 if host_id != source_id and not unstarted:
                     why = f"no longer on {source_name} (moved elsewhere meanwhile)"
+                    why += restart.give_up() if restart is not None else ""
                     return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, why)
                 if _maintenance.is_flagged(move.target_id) and not unstarted:
                     why = f"target {move.target_name} entered maintenance (vmctl's flag); re-plan"
+                    why += restart.give_up() if restart is not None else ""
                     return self._end(move, MoveOutcome.SKIPPED, None, attempts, started, why)
                 attempts += 1
                 try:

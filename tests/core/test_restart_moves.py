@@ -291,3 +291,23 @@ def test_without_guest_shutdown_no_restart_is_planned(
     assert b.kind is BlockKind.CAPABILITY
     assert "cannot restart it elsewhere either" in b.reason
     assert Composing.calls == {}
+
+
+def test_a_target_flagged_between_tries_leaves_the_vm_running_on_its_source(
+    site: dict[str, vmctl.Hypervisor],
+) -> None:
+    hv = site["h1"]
+    vm = _make(hv, "nolive-flag")
+    Composing.faults["cold"] = [vmctl.BackendError("the host was busy")]
+
+    def flag_target(p: vmctl.EvacuationProgress) -> None:
+        if p.status == "retrying":  # after the shutdown and the failed cold move
+            hv.host("h2").enter_maintenance()
+
+    report = vmctl.execute(_plan(hv, allow_restart=True), retries=1, progress=flag_target)
+    [r] = report.results
+    assert r.outcome is MoveOutcome.SKIPPED, str(report)
+    assert "entered maintenance" in (r.error or "")
+    assert "nothing was moved: it was started again on h1" in (r.error or "")
+    assert _where(hv, vm) == ("h1", S.RUNNING)
+    assert Composing.calls == {"shutdown": 1, "cold": 1, "start": 1}
