@@ -87,7 +87,8 @@ class ComposedRestart:
         self.source_id = source_id
         self.source_name = source_name
         self.timeout = timeout
-        #: This move shut the VM down (a STOPPED VM is then its own to move and start).
+        #: This move asked the guest to shut down: a STOPPED VM is then its own to move and
+        #: start (also when the answer was lost, or the guest stopped after the timeout).
         self.stopped_here = False
         self.what = f"restart VM {move.vm_name!r} on host {move.target_name!r}"
 
@@ -149,9 +150,11 @@ class ComposedRestart:
         vm = self._vm(info)
         seconds = self.conn.timeouts.shutdown_s
         log.info("%s: shutting it down on %s", self.what, self.source_name)
+        self.stopped_here = True
         try:
             vm.shutdown(timeout=seconds)
         except InvalidState as exc:
+            self.stopped_here = False  # not asked: nothing in the guest heard it
             raise InvalidState(
                 f"{self.what}: the guest cannot be asked to shut down, so nothing was moved: "
                 f"it still runs on {self.source_name} ({exc})",
@@ -164,7 +167,6 @@ class ComposedRestart:
                 "connection's shutdown timeout), so nothing was moved: it keeps running on "
                 f"{self.source_name} (it was asked: should it stop later, start it again)"
             ) from exc
-        self.stopped_here = True
 
     def _move_cold(self) -> None:
         conn, move = self.conn, self.move
@@ -214,8 +216,8 @@ class ComposedRestart:
                 f"; where the VM is now could not be read ({exc}): it may be stopped, check "
                 "it and start it"
             )
-        if info.state is S.RUNNING:
-            return f"; it runs on {'the target' if host_id == move.target_id else 'its host'}"
+        if info.state is S.RUNNING:  # it never stopped (the errors say so), or runs there
+            return "; it runs on the target" if host_id == move.target_id else ""
         if host_id == move.target_id:
             return (
                 f"; the VM is stopped with its home on {move.target_name}: start it there "

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
@@ -27,17 +28,19 @@ from vmctl_sim import SimDriver
 S = PowerState
 GUEST = vmctl.BootSource(kernel="/boot/vmlinuz")
 _sites = itertools.count()
+Fault = BaseException | Callable[[], None] | None
 
 
 class Composing(SimDriver):
     """The sim without its one-call restart move; ``faults[op]`` is a list of exceptions to
-    raise (or None: go on) on the next calls of ``op`` ("shutdown", "cold", "live",
-    "start"), ``after[op]`` the same, raised after the call did its work (a lost reply)."""
+    raise (or None: go on, or a function to call) on the next calls of ``op`` ("shutdown",
+    "cold", "live", "start"), ``after[op]`` the same, after the call did its work (a lost
+    reply)."""
 
     restarts_in_place = False
     calls: ClassVar[collections.Counter[str]] = collections.Counter()
-    faults: ClassVar[dict[str, list[BaseException | None]]] = {}
-    after: ClassVar[dict[str, list[BaseException | None]]] = {}
+    faults: ClassVar[dict[str, list[Fault]]] = {}
+    after: ClassVar[dict[str, list[Fault]]] = {}
     #: VMs whose names start with this cannot move live (the planner's live_blocker).
     no_live_prefix: ClassVar[str] = "nolive-"
     #: Guests that ignore the shutdown request (named so).
@@ -59,12 +62,14 @@ class Composing(SimDriver):
                     out[uuid] = self._info(vm)
             return out
 
-    def _step(self, op: str, table: dict[str, list[BaseException | None]]) -> None:
+    def _step(self, op: str, table: dict[str, list[Fault]]) -> None:
         pending = table.get(op)
         if pending:
-            exc = pending.pop(0)
-            if exc is not None:
-                raise exc
+            fault = pending.pop(0)
+            if isinstance(fault, BaseException):
+                raise fault
+            if fault is not None:
+                fault()
 
     def list_placements(self, *, deadline: Deadline) -> list[Placement]:
         import attrs
@@ -84,6 +89,7 @@ class Composing(SimDriver):
         if deaf:
             return  # asked, and the guest never reacts
         super().shutdown(uuid, deadline=deadline)
+        self._step("shutdown", self.after)
 
     def start(self, uuid: str, *, deadline: Deadline) -> None:
         self.calls["start"] += 1
@@ -311,3 +317,26 @@ def test_a_target_flagged_between_tries_leaves_the_vm_running_on_its_source(
     assert "nothing was moved: it was started again on h1" in (r.error or "")
     assert _where(hv, vm) == ("h1", S.RUNNING)
     assert Composing.calls == {"shutdown": 1, "cold": 1, "start": 1}
+
+
+def test_a_lost_reply_to_the_shutdown_is_not_taken_for_a_stopped_vm_of_someone_else(
+    site: dict[str, vmctl.Hypervisor],
+) -> None:
+    hv = site["h1"]
+    vm = _make(hv, "nolive-lostask")
+    # VM.shutdown looks and asks once more after a lost reply; lost both times, it raises
+    lost = vmctl.OutcomeUnknown("the connection dropped after the request was sent")
+    Composing.after["shutdown"] = [lost, lost]
+
+    def guest_stops_meanwhile(p: vmctl.EvacuationProgress) -> None:
+        if p.status == "retrying":  # the guest acts on the request a moment later
+            deadline = time.monotonic() + 10
+            while _where(hv, vm)[1] is not S.STOPPED and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    report = vmctl.execute(_plan(hv, allow_restart=True), retries=1, progress=guest_stops_meanwhile)
+    [r] = report.results
+    assert (r.outcome, r.attempts) == (MoveOutcome.MOVED, 2), str(report)
+    assert _where(hv, vm) == ("h2", S.RUNNING)
+    # the retry found it stopped by this move's request: moved and started it, no new ask
+    assert Composing.calls == {"shutdown": 2, "cold": 1, "start": 1}
