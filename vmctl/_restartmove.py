@@ -14,9 +14,9 @@ through the same path as the public call (``VM.shutdown``, ``move_to_host(COLD)`
 ``ComposedRestart`` keeps one VM's progress across the executor's attempts: every attempt
 first locates the VM and goes on from there, so a retry after a lost reply neither shuts the
 VM down again nor starts it twice. A STOPPED VM counts as the move's own only when this
-move shut it down. ``give_up`` is called when the executor stops trying: a VM this move
-stopped that is still on its source is started there again (nothing lost), one stopped on
-the target is left there and the error says to start it.
+move asked its guest to shut down. ``give_up`` is called when the executor stops trying:
+a VM this move stopped that is still on its source is started there again (nothing lost),
+one stopped on the target is left there and the error says to start it.
 """
 
 from __future__ import annotations
