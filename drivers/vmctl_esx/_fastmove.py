@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from vmctl import ConnectionError
+from vmctl import BackendError, ConnectionError
 
 from ._conn import PAGE, _transport_error
 from ._fastlist import FastLister, Fault, Page, Unexpected, parse_reply, response_of
@@ -223,7 +223,15 @@ class FastMove:
                 raise _RelocateFault(self._sdk_reply(data, info)) from None
             except Unexpected as exc:
                 self._off(exc)
-                return self._sdk_reply(data, info)  # the same reply, read by pyvmomi
+                result = self._sdk_reply(data, info)  # the same reply, read by pyvmomi
+                if isinstance(result, BaseException):
+                    raise _RelocateFault(result) from None
+                if status != 200 or not isinstance(result, conn.vim.Task):
+                    raise BackendError(
+                        f"{what}: RelocateVM_Task answered HTTP {status} without a task "
+                        "or a fault; the host may or may not move the VM"
+                    ) from exc
+                return result
         except _RelocateFault as refused:
             fault = refused.fault
             if is_fault(fault, "NotAuthenticated"):
