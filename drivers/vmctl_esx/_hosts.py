@@ -20,7 +20,9 @@
   ``shutdown`` and the core's wait for STOPPED, this cold move, then ``start``; handed
   RESTART itself, the driver refuses it (NotSupported) before changing anything.
   A cold move of a VM of a host that is not connected is a recovery's: it is registered on
-  the target (``_recovery``);
+  the target (``_recovery``). An evacuation's move is 3 round trips (``_fastmove``: what
+  ``locate_vm`` read serves the move's checks, what the task's wait read serves the
+  ``locate_vm`` after it);
 * maintenance: ``EnterMaintenanceMode_Task(timeout=0, evacuatePoweredOffVms=False)`` and
   ``ExitMaintenanceMode_Task(timeout=0)``. vCenter ends the first only when no VM runs on
   the host (DRS, or vmctl's evacuation, moves them first).
