@@ -95,6 +95,23 @@ def message_of(exc: Any) -> str:
     return str(msg or exc)
 
 
+def disk_lock_holder(exc: Any) -> str | None:
+    """Who holds the disk lock that made a domain start fail, or None when ``exc`` is not
+    such a failure.
+
+    Two layers refuse a second writer of a disk: the lock manager (``lock_manager =
+    "lockd"``: virtlockd reports the lease's lockspace resource as locked, RESOURCE_BUSY;
+    libvirt takes the leases as the CPUs start, after QEMU opened the disks) and QEMU's own
+    image locking (``Failed to get "write" lock`` as it opens the image).
+    """
+    msg = message_of(exc)
+    if code_of(exc) == RESOURCE_BUSY and "Lockspace resource" in msg:
+        return "another host still holds its disk lease (virtlockd)"
+    if 'Failed to get "write" lock' in msg:
+        return "another QEMU process, maybe on another host, holds its disk image's write lock"
+    return None
+
+
 def map_error(exc: Any, what: str, *, connecting: bool = False) -> vmctl.VmctlError:
     """The vmctl exception for libvirtError ``exc`` raised while doing ``what``.
 

@@ -10,8 +10,10 @@ nothing is defined. A start that fails undefines what this call defined.
 
 libvirt itself proves nothing about the failed host here: only a lock manager does
 (virtlockd or sanlock leases on the disks, configured on every host with a lockspace on the
-shared storage: then ``virDomainCreate`` fails while the dead host's lease is held). The
-test hosts run without one, so vmctl's core asks the caller to confirm the fencing.
+shared storage: then ``virDomainCreate`` fails while the failed host's QEMU, and with it the
+lease, is alive). Such a refusal, or QEMU's own image lock, is raised as InvalidState naming
+the VM and the holder, with nothing left defined here. vmctl cannot verify that every host
+runs with leases, so its core still asks the caller to confirm the fencing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmctl import ValidationError
+from vmctl import InvalidState, ValidationError
 from vmctl.spi import Deadline
 
 from . import _errors as E
@@ -68,6 +70,27 @@ class KvmRestore:
         what = f"define VM {name!r} on {self._link.uri}"
         paths = [d.path for d in X.disks_of(root) if d.path]
 
+        def started(dom: Any, *, undefine: bool) -> None:
+            """``dom`` started; on failure undefined again when this call defined it, and
+            a disk lock held elsewhere raised as InvalidState."""
+            try:
+                dom.create()
+            except Exception as exc:
+                if undefine:
+                    with contextlib.suppress(Exception):
+                        dom.undefine()
+                holder = E.disk_lock_holder(exc)
+                if holder is None:
+                    raise
+                left = "Nothing is left defined here" if undefine else "It stays defined here"
+                raise InvalidState(
+                    f"VM {name!r} was not started on {self._link.uri}: {holder}, so it may "
+                    f"still be running there ({E.message_of(exc)}). {left}: stop it there or "
+                    "fence that host (power it off, cut it from the storage), then recover "
+                    "again",
+                    vendor_code=str(E.code_of(exc)) or None,
+                ) from exc
+
         def restore(c: Any) -> None:
             try:
                 dom = c.lookupByUUIDString(uuid)
@@ -77,7 +100,7 @@ class KvmRestore:
                 dom = None
             if dom is not None:  # defined here already (an earlier try): start it only
                 if start and not dom.isActive():
-                    dom.create()
+                    started(dom, undefine=False)
                 return
             missing = sorted(set(paths) - reached_paths(c, paths))
             if missing:
@@ -87,13 +110,7 @@ class KvmRestore:
                     field="host",
                 )
             dom = c.defineXML(definition)
-            if not start:
-                return
-            try:
-                dom.create()
-            except Exception:
-                with contextlib.suppress(Exception):
-                    dom.undefine()
-                raise
+            if start:
+                started(dom, undefine=True)
 
         self._call(what, restore, deadline, change=True)

@@ -314,6 +314,22 @@ def ensure_network_and_pool(uri: str) -> None:
         conn.close()
 
 
+def ensure_pool(uri: str) -> None:
+    """Define (when missing) and start the ``vmctl-test`` pool on ``uri``; no network."""
+    IMAGE_DIR.mkdir(parents=True, exist_ok=True)
+    conn = libvirt.open(uri)
+    try:
+        try:
+            pool = conn.storagePoolLookupByName(POOL_NAME)
+        except libvirt.libvirtError:
+            pool = conn.storagePoolDefineXML(_pool_xml(), 0)
+        if not pool.isActive():
+            pool.create(0)
+        pool.refresh(0)
+    finally:
+        conn.close()
+
+
 def _quiesce_host(uri: str) -> list[str]:
     """Destroy running domains and stop the test network (kills its dnsmasq) on ``uri``.
 
@@ -392,6 +408,10 @@ class NsHost:
     dir: Path  # its private /etc, /var/lib, ... libvirt
     host_uuid: str
     role: str  # the Proc role of its libvirtd ("virtlogdN" for its virtlogd)
+    #: Disk leases: ``lock_manager = "lockd"`` with a virtlockd of its own ("virtlockdN"),
+    #: its leases held in this directory (an indirect lockspace, shared by the hosts that
+    #: share disks). None: no lock manager.
+    lockspace: Path | None = None
 
     @property
     def uri(self) -> str:
@@ -413,6 +433,69 @@ HOST3 = NsHost(
     str(uuid.uuid5(uuid.NAMESPACE_DNS, "host3.vmctl-test.invalid")),
     "libvirtd3",
 )
+#: Where the lease hosts below hold their disk leases (their shared lockspace).
+LEASES_DIR = BASE_DIR / "leases"
+#: Two hosts with disk leases (virtlockd), started and killed by a test of their own
+#: (tests/kvm/test_kvm_site_leases.py): never started by ``start``.
+HOST4 = NsHost(
+    "vmctl-kvm4",
+    "vmctl-h4a",
+    "vmctl-h4b",
+    "10.213.77.9",
+    "10.213.77.10",
+    BASE_DIR / "host4",
+    str(uuid.uuid5(uuid.NAMESPACE_DNS, "host4.vmctl-test.invalid")),
+    "libvirtd4",
+    lockspace=LEASES_DIR,
+)
+HOST5 = NsHost(
+    "vmctl-kvm5",
+    "vmctl-h5a",
+    "vmctl-h5b",
+    "10.213.77.13",
+    "10.213.77.14",
+    BASE_DIR / "host5",
+    str(uuid.uuid5(uuid.NAMESPACE_DNS, "host5.vmctl-test.invalid")),
+    "libvirtd5",
+    lockspace=LEASES_DIR,
+)
+
+
+#: An emulator for ``<emulator>``: QEMU with its own image locking off (see
+#: :func:`qemu_without_image_locks`).
+QEMU_NO_IMAGE_LOCKS = BASE_DIR / "bin" / "qemu-no-image-locks"
+_QEMU_NO_IMAGE_LOCKS = """#!/usr/bin/python3
+# Written by tests/hosts/kvm.py: qemu-system-x86_64 with "locking": "off" on every file
+# -blockdev (QEMU's own image locks), for tests of libvirt's disk leases on one machine.
+import json, os, sys
+args = sys.argv[1:]
+for i in range(len(args) - 1):
+    if args[i] == "-blockdev" and args[i + 1].startswith("{"):
+        node = json.loads(args[i + 1])
+        if node.get("driver") == "file":
+            node["locking"] = "off"
+            args[i + 1] = json.dumps(node)
+os.execv("/usr/bin/qemu-system-x86_64", ["qemu-system-x86_64", *args])
+"""
+
+
+def qemu_without_image_locks() -> Path:
+    """Write (once) and return :data:`QEMU_NO_IMAGE_LOCKS`.
+
+    QEMU locks the images it opens (OFD locks: on one machine they bind every QEMU of every
+    test host) and libvirt takes a lock manager's leases only as the CPUs start, after QEMU
+    opened the disks; so on one machine a second start on a disk in use is refused by QEMU
+    before virtlockd is asked. A domain run by this emulator shows what the leases alone do.
+    """
+    target = QEMU_NO_IMAGE_LOCKS
+    if not target.exists() or target.read_text() != _QEMU_NO_IMAGE_LOCKS:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.chmod(0o755)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        tmp.write_text(_QEMU_NO_IMAGE_LOCKS)
+        tmp.chmod(0o755)
+        tmp.replace(target)
+    return target
 
 
 def _host2_script(h: NsHost = HOST2) -> str:
@@ -438,8 +521,17 @@ def _host2_script(h: NsHost = HOST2) -> str:
         f"mount --bind {h.dir / 'hosts'} /etc/hosts",
         f"virtlogd > {h.dir / 'virtlogd.log'} 2>&1 &",
         f"echo $! > {h.dir / 'virtlogd.pid'}",
-        "exec libvirtd --listen",
     ]
+    if h.lockspace is not None:
+        # its own virtlockd: the lockd plugin of this libvirtd connects to
+        # /run/libvirt/virtlockd-sock, and /run is this namespace's own tmpfs
+        lines += [
+            f"virtlockd > {h.dir / 'virtlockd.log'} 2>&1 &",
+            f"echo $! > {h.dir / 'virtlockd.pid'}",
+            "i=0; while [ ! -S /run/libvirt/virtlockd-sock ] && [ $i -lt 600 ]; do",
+            "  sleep 0.1; i=$((i + 1)); done",
+        ]
+    lines.append("exec libvirtd --listen")
     return "\n".join(lines) + "\n"
 
 
@@ -472,9 +564,21 @@ def _prepare_host2_dirs(h: NsHost = HOST2) -> None:
         'log_outputs = "3:stderr"\n'
     )
     qemu_conf = (etc / "qemu.conf.orig").read_text()
+    leases = ""
+    if h.lockspace is not None:
+        leases = '# tests/hosts/kvm.py: disk leases held by virtlockd\nlock_manager = "lockd"\n'
+        h.lockspace.mkdir(parents=True, exist_ok=True)
+        (etc / "qemu-lockd.conf").write_text(
+            "# written by tests/hosts/kvm.py: a lease on every disk, held in a lockspace\n"
+            "# directory the hosts sharing the disks share (indirect: files named by the\n"
+            "# SHA-256 of the disk path)\n"
+            "auto_disk_leases = 1\n"
+            "require_lease_for_disks = 1\n"
+            f'file_lockspace_dir = "{h.lockspace}"\n'
+        )
     (etc / "qemu.conf").write_text(
         qemu_conf + "\n# tests/hosts/kvm.py: incoming migrations connect here\n"
-        f'migration_host = "{h.addr}"\n'
+        f'migration_host = "{h.addr}"\n' + leases
     )
     # Inside the namespace the machine's host name must resolve to host 1's veth address:
     # host 1 advertises `tcp://<hostname>:<port>` as the URI for incoming migrations.
@@ -519,6 +623,7 @@ def _start_host2(started: list[Proc], timings: dict[str, float], h: NsHost = HOS
     script = h.dir / "start.sh"
     script.write_text(_host2_script(h))
     (h.dir / "virtlogd.pid").unlink(missing_ok=True)
+    (h.dir / "virtlockd.pid").unlink(missing_ok=True)
     log = STATE_DIR / f"{h.role}.log"
     t0 = time.monotonic()
     proc, _ = _spawn(
@@ -534,6 +639,16 @@ def _start_host2(started: list[Proc], timings: dict[str, float], h: NsHost = HOS
     if pidfile.exists() and pidfile.read_text().strip():
         started.append(
             Proc.of(h.role.replace("libvirtd", "virtlogd"), int(pidfile.read_text().strip()))
+        )
+    lockd_pidfile = h.dir / "virtlockd.pid"
+    if h.lockspace is not None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (lockd_pidfile.exists() and lockd_pidfile.read_text().strip()):
+            if time.monotonic() > deadline:
+                raise HostError(f"{h.netns}: virtlockd did not start (see {log})")
+            time.sleep(0.05)
+        started.append(
+            Proc.of(h.role.replace("libvirtd", "virtlockd"), int(lockd_pidfile.read_text()))
         )
     _wait_answers(h.uri, proc, START_TIMEOUT, log)
     timings[f"{h.role}_start_s"] = round(time.monotonic() - t0, 2)
@@ -768,6 +883,27 @@ class ExtraHost:
     def qemu_pids(self) -> list[int]:
         """The QEMU processes of this host (its running domains)."""
         return self._ns_pids("qemu-system-x86_64")
+
+    def daemon(self, role: str) -> Proc:
+        """The process of ``role`` (e.g. "libvirtd4", "virtlockd4") this host started."""
+        found = [p for p in self.processes if p.role == role]
+        if not found:
+            raise HostError(f"{self.host.netns}: no {role} was started")
+        return found[0]
+
+    def cut_management(self) -> None:
+        """The host goes half dead (a cut management network): SIGKILL its libvirtd, by
+        the PID started, and wait until it is gone; its QEMUs, virtlogd and virtlockd (and
+        the leases it holds for them) keep running."""
+        libvirtd = self.daemon(self.host.role)
+        if libvirtd.alive():
+            os.kill(libvirtd.pid, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while libvirtd.alive() and time.monotonic() < deadline:
+            _reap(libvirtd.pid)
+            time.sleep(0.05)
+        if libvirtd.alive():
+            raise HostError(f"{self.host.netns}: libvirtd (pid {libvirtd.pid}) did not die")
 
     def kill(self) -> None:
         """The host fails (a power cut): SIGKILL its libvirtd and virtlogd (by the PIDs
