@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -189,19 +190,58 @@ class _Absent(Driver, SiteMember):
     def restore_vm(self, definition: str, *, start: bool, deadline: Deadline) -> None:
         raise self._gone()
 
+    def forget_vm(self, uuid: str, *, deadline: Deadline) -> None:
+        raise self._gone()
+
 
 class _Member:
-    """One connection of the site, and what was last read of its host."""
+    """One connection of the site, and what was last read of its host.
 
-    def __init__(self, conn: Connection) -> None:
+    Every read or change of the member goes through ``use`` (``call`` is its shorthand):
+    a member not checked yet, or seen not answering since, is first reconciled with what
+    the site recovered from it while it was down (``reconcile``: ``_SiteDriver._reconcile``),
+    so no caller sees, starts or moves a VM there that now lives on another host.
+    """
+
+    def __init__(self, conn: Connection, reconcile: Callable[[_Member, Deadline], None]) -> None:
         self.uri = str(conn.uri)
         self.conn = conn
         driver = conn.driver
         assert isinstance(driver, SiteMember)
         self.member: SiteMember = driver
         self.record: HostRecord | None = None
+        self.reconcile = reconcile
+        #: Reconcile before the next use (set at first, and when a call finds it down).
+        self.unsettled = True
+        self._settling = threading.Lock()
+        #: Recovered VMs that run here too (split brain): UUID -> what the user must do.
+        self.split: dict[str, str] = {}
+        self.warned: set[str] = set()
+
+    def use(self, fn: Callable[..., T], *args: Any, deadline: Deadline) -> T:
+        if self.unsettled:
+            with self._settling:
+                if self.unsettled:
+                    try:
+                        self.reconcile(self, deadline)
+                    except _DOWN:
+                        raise  # still down: the call itself would have failed so
+                    except VmctlError as exc:  # tried again at the next use
+                        log.warning("site member %s: could not reconcile (%s)", self.uri, exc)
+        try:
+            return fn(*args)
+        except _DOWN:
+            self.unsettled = True
+            raise
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, deadline: Deadline, **kw: Any) -> T:
+        return self.use(
+            functools.partial(self.raw, what, fn, *args, deadline=deadline, **kw),
+            deadline=deadline,
+        )
+
+    def raw(self, what: str, fn: Callable[..., T], *args: Any, deadline: Deadline, **kw: Any) -> T:
+        """A call without reconciling first (the reconciliation's own calls)."""
         return self.conn.dispatcher.call(what, fn, *args, deadline=deadline, **kw)
 
     @property
@@ -217,7 +257,7 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
     thread_safe = True
 
     def __init__(self, members: Sequence[Connection], owned: Sequence[Hypervisor]) -> None:
-        self.members = [_Member(conn) for conn in members]
+        self.members = [_Member(conn, self._reconcile) for conn in members]
         self._owned = list(owned)
 
     # -- opening: a site is made by vmctl.Site, never by connect() -------------------------
@@ -251,15 +291,16 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
         """Read every member's host, or take the saved record of one that does not answer
         (ValidationError for two members that are the same host)."""
         with _store(write=False) as saved:
-            for m in self.members:
-                try:
-                    m.record = self._read_record(m, deadline)
-                except _DOWN as exc:
-                    old = saved.get(m.uri, {}).get("host")
-                    if not old:
-                        raise
-                    log.warning("site member %s does not answer (%s): its saved host", m.uri, exc)
-                    m.record = HostRecord(state=HostState.UNREACHABLE, **old)
+            hosts = {m.uri: saved.get(m.uri, {}).get("host") for m in self.members}
+        for m in self.members:  # without the lock: reading a member may reconcile it
+            try:
+                m.record = self._read_record(m, deadline)
+            except _DOWN as exc:
+                old = hosts[m.uri]
+                if not old:
+                    raise
+                log.warning("site member %s does not answer (%s): its saved host", m.uri, exc)
+                m.record = HostRecord(state=HostState.UNREACHABLE, **old)
         ids = [m.host_id for m in self.members]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
@@ -272,7 +313,7 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
     def _read_record(self, m: _Member, deadline: Deadline) -> HostRecord:
         from ._hosts import read_records
 
-        records = read_records(m.conn, deadline)
+        records = m.use(read_records, m.conn, deadline, deadline=deadline)
         if len(records) != 1:
             raise NotSupported(
                 f"site member {m.uri} manages {len(records)} hosts: a site joins "
@@ -362,7 +403,7 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
         down: set[str] = set()
         for m in self.members:
             try:
-                placements[m.host_id] = read_placements(m.conn, deadline)
+                placements[m.host_id] = m.use(read_placements, m.conn, deadline, deadline=deadline)
                 inventory[m.host_id] = m.call(
                     f"site inventory of {m.uri}", m.member.site_inventory, deadline=deadline
                 )
@@ -475,8 +516,17 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
                 )
             except _DOWN as exc:  # gone since its inventory: it reaches nothing now
                 log.info("site member %s does not answer: %s", m.uri, exc)
+        split = {u: why for m in self.members for u, why in m.split.items()}
         out = []
         for uuid, info in sorted(infos.items()):
+            if uuid in split:  # on every host that has it, pinned there: nothing moves it
+                out += [
+                    Placement(vm=p.vm, host_id=h, memory_mib=p.memory_mib, pinned=split[uuid])
+                    for h, ps in placements.items()
+                    for p in ps
+                    if p.vm.uuid == uuid
+                ]
+                continue
             home = owner.get(uuid)
             if home is None:  # listed but not in the site inventory (defined meanwhile)
                 continue
@@ -504,6 +554,7 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
     ) -> tuple[_Member, VMInfo, tuple[_Member, Mapping[str, Any], bool] | None]:
         """Where the VM is: a member that answers and has it, else the saved record of a
         member that does not answer (then also returned). NotFound otherwise."""
+        self._settle(deadline)
         for m in self.members:
             try:
                 info = m.call(f"locate VM {uuid}", m.conn.driver.get_vm, uuid, deadline=deadline)
@@ -543,6 +594,7 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
     ) -> Task | None:
         target = self._by_host(host_id)
         source, info, found = self._locate(uuid, deadline)
+        self._refuse_split(uuid)
         if source is target:
             return None
         if found is not None:  # its host is down: only a recovery moves it
@@ -606,6 +658,11 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
     ) -> None:
         source, rec, _failed = found
         what = f"define VM {rec['name']!r} of failed host {source.uri} on {target.uri}"
+        # Recorded first: if the host comes back, its copy is removed only once another
+        # member is found to have the VM (a define that failed leaves it where it was).
+        with _store(write=True) as saved:
+            recovered = saved.setdefault(source.uri, {}).setdefault("recovered", {})
+            recovered[uuid] = {"name": rec["name"], "target": target.uri, "at": _now()}
         target.call(
             what,
             target.member.restore_vm,
@@ -616,9 +673,130 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
         )
         self._resave(uuid, target, deadline)
 
+    # -- a failed member that answers again ------------------------------------------------
+
+    def _reconcile(self, m: _Member, deadline: Deadline) -> None:
+        """Before ``m`` is used again after it did not answer: each VM the site recovered
+        from it that it still defines is undefined there when it is stopped there and
+        defined on another member (``SiteMember.forget_vm``: disks kept); one that runs
+        there too is left alone, warned about and refused to every start and move (a split
+        brain: ``m.split``) until one copy is gone. Records done with are dropped; ConnectionError
+        when ``m`` does not answer (then nothing is done)."""
+        with _store(write=False) as saved:
+            recovered = dict(saved.get(m.uri, {}).get("recovered", {}))
+        split: dict[str, str] = {}
+        done = []
+        pending = False
+        for uuid, rec in recovered.items():
+            outcome = self._reconcile_vm(m, uuid, rec, deadline)
+            if outcome is None:
+                done.append(uuid)
+            elif outcome == "":
+                pending = True
+            else:
+                split[uuid] = outcome
+        if done:
+            with _store(write=True) as saved:
+                entry = saved.get(m.uri, {})
+                left = entry.get("recovered", {})
+                for uuid in done:
+                    left.pop(uuid, None)
+                if not left:
+                    entry.pop("recovered", None)
+        m.split = split
+        m.unsettled = bool(split)  # checked at every use until resolved
+        if pending:
+            log.warning(
+                "site member %s answers again, but not every other member does: the VMs "
+                "recovered from it are checked again by the next Site",
+                m.uri,
+            )
+
+    def _reconcile_vm(
+        self, m: _Member, uuid: str, rec: Mapping[str, Any], deadline: Deadline
+    ) -> str | None:
+        """One recovered VM on the returning member ``m``: None when done with (gone from
+        ``m``, or undefined there now), "" when it must wait (another member does not
+        answer), else why it is a split brain."""
+        try:
+            here = m.raw(f"read VM {uuid}", m.conn.driver.get_vm, uuid, deadline=deadline)
+        except NotFound:
+            return None
+        name = rec.get("name", uuid)
+        others = sorted(
+            (o for o in self.members if o is not m), key=lambda o: o.uri != rec.get("target")
+        )
+        elsewhere = None
+        unanswered = False
+        for o in others:
+            try:
+                o.raw(f"locate VM {uuid}", o.conn.driver.get_vm, uuid, deadline=deadline)
+            except NotFound:
+                continue
+            except _DOWN:
+                unanswered = True
+                continue
+            elsewhere = o
+            break
+        if elsewhere is None:
+            if unanswered:
+                return ""
+            log.warning(
+                "site member %s answers again: VM %r (%s), recovered from it at %s, is on no "
+                "other member now: left defined there",
+                m.uri,
+                name,
+                uuid,
+                rec.get("at"),
+            )
+            return None
+        if here.state not in (PowerState.RUNNING, PowerState.PAUSED):
+            try:
+                m.raw(f"undefine VM {uuid}", m.member.forget_vm, uuid, deadline=deadline)
+            except InvalidState:
+                pass  # it runs there after all (an active suspended state)
+            else:
+                log.warning(
+                    "site member %s answers again: VM %r (%s) was still defined there "
+                    "(%s); it runs from %s since its recovery at %s: undefined on %s (its "
+                    "disks kept, autostart off)",
+                    m.uri,
+                    name,
+                    uuid,
+                    here.state.value,
+                    elsewhere.uri,
+                    rec.get("at"),
+                    m.uri,
+                )
+                return None
+        why = (
+            f"split brain: VM {name!r} ({uuid}) runs on {m.uri}, a member that was declared "
+            f"failed, and is also defined on {elsewhere.uri}, where it was recovered at "
+            f"{rec.get('at')}; both may have written its disks. vmctl starts and moves it "
+            f"nowhere until one copy is gone: power off the copy on {m.uri} (check the "
+            f"disks from the copy you keep), and the next site operation undefines it there"
+        )
+        if uuid not in m.warned:
+            m.warned.add(uuid)
+            log.warning("%s", why)
+        return why
+
+    def _settle(self, deadline: Deadline) -> None:
+        """Reconcile every member that needs it (those that do not answer stay as they are)."""
+        for m in self.members:
+            if m.unsettled:
+                with contextlib.suppress(*_DOWN):
+                    m.use(lambda: None, deadline=deadline)
+
+    def _refuse_split(self, uuid: str) -> None:
+        for m in self.members:
+            if uuid in m.split:
+                raise InvalidState(m.split[uuid])
+
     # -- a Driver: the VMs of every member ------------------------------------------------
 
     def _owner(self, uuid: str, deadline: Deadline) -> _Member:
+        self._settle(deadline)
         for m in self.members:
             try:
                 m.call(f"locate VM {uuid}", m.conn.driver.get_vm, uuid, deadline=deadline)
@@ -670,6 +848,7 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
 
     def start(self, uuid: str, *, deadline: Deadline) -> Any:
         m = self._owner(uuid, deadline)
+        self._refuse_split(uuid)
         return m.call("start VM", m.conn.driver.start, uuid, deadline=deadline)
 
     def power_off(self, uuid: str, *, deadline: Deadline) -> Any:
@@ -690,6 +869,7 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
 
     def migrate_vm(self, uuid: str, target: Driver, *, live: bool, deadline: Deadline) -> Any:
         m = self._owner(uuid, deadline)
+        self._refuse_split(uuid)
         driver = m.conn.driver
         assert isinstance(driver, Migration)
         return m.call("migrate VM", driver.migrate_vm, uuid, target, live=live, deadline=deadline)

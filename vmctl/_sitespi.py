@@ -61,3 +61,10 @@ class SiteMember(abc.ABC):
         host, after checking that this host reaches its disks (ValidationError otherwise),
         and start it with ``start``. Nothing to do when it is already defined here (and
         running, with ``start``)."""
+
+    @abc.abstractmethod
+    def forget_vm(self, uuid: str, *, deadline: Deadline) -> None:
+        """Remove this host's definition of a VM that was recovered on another host while
+        this one was down, and turn its autostart off first; its disks (and firmware
+        variables) stay: the VM runs from them elsewhere now. InvalidState when the VM
+        runs here (nothing is changed); nothing to do when it is not defined here."""

@@ -13,7 +13,11 @@
   libvirt defines the domain on the target and undefines it here); a RESTART move is the
   core's (the site's driver does not restart in place: ACPI shutdown through the member, this
   COLD move, a start there), handed here it is refused (NotSupported) before anything changes;
-* recovery: ``restore_vm`` (``_recovery``).
+* recovery: ``restore_vm`` (``_recovery``);
+* a failed host back after its VMs were recovered elsewhere: ``forget_vm`` turns the
+  domain's autostart off and undefines it (``virDomainUndefineFlags``: its managed-save image
+  and snapshot/checkpoint metadata go, its NVRAM and TPM state stay, no disk is touched);
+  a running domain is refused.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from vmctl import NotSupported
+from vmctl import InvalidState, NotSupported
 from vmctl.spi import Deadline, Driver, MoveMode, SiteMember, SiteVM, Task
 
 from . import _errors as E
 from . import _xml as X
+from ._link import require_libvirt
 from ._recovery import KvmRestore, reached_paths
 
 _INACTIVE_MIGRATABLE = 2 | 8  # VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_MIGRATABLE
@@ -35,6 +40,7 @@ class KvmSiteMember(KvmRestore, SiteMember):
     """See the module."""
 
     if TYPE_CHECKING:
+        is_test: bool
 
         def migrate_vm(
             self, uuid: str, target: Driver, *, live: bool, deadline: Deadline
@@ -90,3 +96,29 @@ class KvmSiteMember(KvmRestore, SiteMember):
             )
         self.migrate_vm(uuid, peer, live=mode is MoveMode.LIVE, deadline=deadline)
         return None
+
+    def forget_vm(self, uuid: str, *, deadline: Deadline) -> None:
+        lv = require_libvirt()
+        flags = lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | lv.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        if not self.is_test:  # the test driver knows neither NVRAM nor checkpoints
+            flags |= lv.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | lv.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+
+        def forget(c: Any) -> None:
+            try:
+                dom = c.lookupByUUIDString(uuid)
+            except Exception as exc:
+                if E.code_of(exc) != E.NO_DOMAIN:
+                    raise
+                return  # not defined here (an earlier try, or never)
+            if dom.isActive():
+                raise InvalidState(
+                    f"VM {dom.name()!r} ({uuid}) runs on {self._link.uri}: its definition "
+                    "there is left alone"
+                )
+            keep_tpm = 0
+            if not self.is_test and c.getLibVersion() >= 8_009_000:  # KEEP_TPM: libvirt 8.9
+                keep_tpm = lv.VIR_DOMAIN_UNDEFINE_KEEP_TPM
+            dom.setAutostart(0)  # before the undefine: never started here by libvirtd again
+            dom.undefineFlags(flags | keep_tpm)
+
+        self._call(f"undefine VM {uuid} on {self._link.uri}", forget, deadline, change=True)
