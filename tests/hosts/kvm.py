@@ -930,17 +930,18 @@ class ExtraHost:
         self.kill()
 
 
-def start_extra_host(h: NsHost = HOST3) -> ExtraHost:
+def start_extra_host(h: NsHost = HOST3, *, keep_domains: bool = False) -> ExtraHost:
     """Start a libvirtd of its own in ``h``'s network namespace, with no domains defined
-    (those of an earlier run are removed first) and the QEMU capability cache of host 2
-    when it has none (saves the ~8 s probe). Only pools and networks its caller defines.
-    ``stop()`` it when done."""
+    (those of an earlier run are removed first; ``keep_domains``: kept, as a host that
+    reboots after a failure finds its persistent domains) and the QEMU capability cache of
+    host 2 when it has none (saves the ~8 s probe). Only pools and networks its caller
+    defines. ``stop()`` it when done."""
     if os.geteuid() != 0:
         raise HostError("the KVM test hosts need root")
     if _answers(h.uri):
         raise HostError(f"{h.uri} answers already: not ours to start")
     _prepare_host2_dirs(h)
-    for p in (h.dir / "etc" / "qemu").glob("*.xml"):
+    for p in [] if keep_domains else (h.dir / "etc" / "qemu").glob("*.xml"):
         p.unlink()  # the domains an earlier (killed) run left defined
     cache = h.dir / "cache" / "qemu"
     if not cache.exists() and (HOST2_DIR / "cache" / "qemu").exists():
