@@ -16,6 +16,10 @@ For recovery, the site keeps what the last inventory read of each member (its ho
 and each VM's definition, disks and state) in vmctl's state directory
 (``$VMCTL_STATE_DIR/site-members.json``, mode 0600; see ``_maintenance.state_dir``), so
 the VMs of a member that stopped answering can be defined and started on another one.
+Each recovery is recorded there too, with the failed member: when that member answers
+again, the site reconciles it before using it (``_SiteDriver._reconcile``): the recovered
+VMs it still defines are undefined there when stopped, reported as a split brain (and
+never started or moved) when running; docs/hosts.md says what the user does then.
 """
 
 from __future__ import annotations
@@ -742,8 +746,9 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
             if unanswered:
                 return ""
             log.warning(
-                "site member %s answers again: VM %r (%s), recovered from it at %s, is on no "
-                "other member now: left defined there",
+                "site member %s answers again: VM %r (%s), whose recovery from it began at "
+                "%s, is on no other member now (the recovery failed, or it was deleted "
+                "since): left defined there",
                 m.uri,
                 name,
                 uuid,
