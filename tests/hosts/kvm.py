@@ -607,6 +607,69 @@ def _setup_netns(h: NsHost = HOST2) -> None:
     _run([*nsx, "ip", "link", "set", "lo", "up"])
 
 
+def _netns_pids(netns: str, exe_name: str | None = None) -> list[int]:
+    """The processes in the network namespace ``netns``, or those whose executable is
+    ``exe_name``."""
+    try:
+        ns = os.stat(f"/run/netns/{netns}").st_ino
+    except OSError:
+        return []
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(d / "ns" / "net").st_ino != ns:
+                continue
+            if exe_name and Path(os.readlink(d / "exe")).name != exe_name:
+                continue
+            out.append(int(d.name))
+    return out
+
+
+#: What a libvirtd of this harness starts in its namespace (and may leave behind there).
+_NS_DAEMONS = {"libvirtd", "virtlogd", "virtlockd", "dnsmasq", "qemu-system-x86_64"}
+
+
+def _clear_stale_netns(h: NsHost) -> None:
+    """Remove ``h``'s namespace when an earlier run left it behind (its libvirtd killed with
+    the session that started it, so nothing answers at ``h.uri``).
+
+    That libvirtd's /run was a tmpfs of its own mount namespace and went with it, but the
+    network namespace outlives it with the guest network's bridge in it: a new libvirtd
+    there finds its network inactive and cannot start it ("Network is already in use by
+    interface vmctltest0"). What that run left running in the namespace (dnsmasq, QEMU)
+    only this harness ever starts there; anything else is not ours, and we stop.
+    """
+    if h.netns not in _run(["ip", "netns", "list"], check=False).split():
+        return
+    pids = _netns_pids(h.netns)
+    foreign = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            exe = Path(os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")).name
+            if exe not in _NS_DAEMONS:
+                foreign.append(f"{pid} ({exe})")
+    if foreign:
+        raise HostError(
+            f"the namespace {h.netns} left by an earlier run holds processes this harness "
+            f"does not start there: {', '.join(foreign)}; end them or `ip netns del {h.netns}`"
+        )
+    if pids:
+        print(
+            f"kvm hosts: ending what an earlier run left in {h.netns}: pids "
+            f"{', '.join(map(str, pids))}",
+            file=sys.stderr,
+        )
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _netns_pids(h.netns) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _teardown_netns(h)
+
+
 def _teardown_netns(h: NsHost = HOST2) -> None:
     with contextlib.suppress(HostError):
         _run(["ip", "link", "del", h.veth_host])
@@ -619,6 +682,7 @@ def _start_host2(started: list[Proc], timings: dict[str, float], h: NsHost = HOS
         print(f"kvm hosts: reusing the host already answering at {h.uri}", file=sys.stderr)
         return
     _prepare_host2_dirs(h)
+    _clear_stale_netns(h)
     _setup_netns(h)
     script = h.dir / "start.sh"
     script.write_text(_host2_script(h))
@@ -864,21 +928,7 @@ class ExtraHost:
     def _ns_pids(self, exe_name: str | None = None) -> list[int]:
         """The processes in this host's network namespace (all of them were started by
         its libvirtd: QEMU, dnsmasq...), or those whose executable is ``exe_name``."""
-        try:
-            ns = os.stat(f"/run/netns/{self.host.netns}").st_ino
-        except OSError:
-            return []
-        out = []
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                if os.stat(d / "ns" / "net").st_ino != ns:
-                    continue
-                if exe_name and Path(os.readlink(d / "exe")).name != exe_name:
-                    continue
-                out.append(int(d.name))
-        return out
+        return _netns_pids(self.host.netns, exe_name)
 
     def qemu_pids(self) -> list[int]:
         """The QEMU processes of this host (its running domains)."""
