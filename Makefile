@@ -49,12 +49,13 @@ typecheck: test-venv
 test: test-venv lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## make check: the inner loop (lint, types and the sim:// tests, about a minute; no hosts started)
+## make check: the inner loop (lint, types and the sim:// tests but the slow ones, the whole
+## kit runs and the mutant catalogue: about a minute and a half; no hosts started)
 check: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -m sim -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m "sim and not slow" -q $(PYTEST_ARGS)
 
 ## make docs: the documentation site (docs/*.md, README, the spec, the API reference from the
 ## docstrings) in build/site, warnings as errors; `make test` builds it too (tests/docs/test_site.py)

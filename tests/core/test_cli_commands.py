@@ -273,6 +273,7 @@ def test_conformance_refusal_names_the_cli_option(tmp_path: Path) -> None:
     assert "vmctl-kit-leftover" in result.output and "--prefix" in result.output
 
 
+@pytest.mark.slow
 def test_watch_on_a_shared_sim_site_shows_other_calls(tmp_path: Path) -> None:
     """vmctl watch on a ?state=FILE site printed nothing while other calls changed VMs."""
     uri = f"sim://w?state={tmp_path / 's.json'}"

@@ -53,6 +53,7 @@ def test_clause_capabilities_are_real() -> None:
             vmctl.Capability(meta["capability"])  # raises for a typo in SPEC.md
 
 
+@pytest.mark.slow
 def test_sim_passes_every_clause_twice_without_leftovers(tmp_path: Path) -> None:
     uri = f"sim://kit?state={tmp_path / 'site.json'}"
     opts = {"boot_kernel": "/sim/vmlinuz"}
@@ -79,6 +80,7 @@ def test_refuses_a_host_with_leftovers(tmp_path: Path) -> None:
         assert [i.name for i in hv.list_vms()] == ["vmctl-kit-left-over"]
 
 
+@pytest.mark.slow
 def test_partial_driver_is_reported_not_supported() -> None:
     pytest.importorskip("vmctl_toy", reason="examples/vmctl-toy is installed by make test")
     report = run("toy://kit")
@@ -89,6 +91,7 @@ def test_partial_driver_is_reported_not_supported() -> None:
     assert "not declared" in report.results["SNAP-CREATE-1"].reason
 
 
+@pytest.mark.slow
 def test_markdown_report_is_the_matrix(tmp_path: Path) -> None:
     run(
         "sim://md",
@@ -101,6 +104,7 @@ def test_markdown_report_is_the_matrix(tmp_path: Path) -> None:
     assert "| SNAP-CREATE-1 | snapshot | skip | not run (deselected) |" in text
 
 
+@pytest.mark.slow
 def test_conformance_sim_needs_no_options(tmp_path: Path) -> None:
     """`vmctl conformance sim://` passes every clause: the sim offers its own defaults."""
     from vmctl_conformance.matrix import matrix

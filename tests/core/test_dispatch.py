@@ -61,6 +61,7 @@ class SlowTasks(SimDriver, TaskWaiter):
         return [TaskOutcome(t) for t in tasks if t.handle.is_set()]
 
 
+@pytest.mark.slow
 def test_request_timeout_bounds_the_vendor_task(registered: Any) -> None:
     """On Xen a start(timeout=1) with a 4 s host task returned RUNNING after 4.1 s."""
     with vmctl.connect(registered("slowtasks", SlowTasks)) as hv:

@@ -30,6 +30,7 @@ def registered() -> Iterator[str]:
         vmctl.unregister("mysim")
 
 
+@pytest.mark.slow
 def test_a_registered_driver_is_certified_in_process(registered: str, tmp_path: Path) -> None:
     assert registered_here(registered) and not registered_here("sim://")
     report = run(registered, report=tmp_path / "r.json", clauses=["LIFE", "INV", "CONN"])

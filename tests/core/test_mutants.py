@@ -43,6 +43,7 @@ def test_a_mutant_is_killed_and_an_unchanged_driver_is_not(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_kit_kills_every_mutant_or_explains_it() -> None:
     proc = subprocess.run(
         [sys.executable, str(HARNESS), "-j", "2"],

@@ -6,6 +6,7 @@ Each ``python``/``sh`` block must be preceded by a marker line saying where it r
     <!-- doctest: sim -->                  run against a fresh sim:// site
     <!-- doctest: sim esx xen kvm-test -->  run once against each of these backends
     <!-- doctest: sim prelude=vm -->       with `hv` (a connection) and `vm` (a new VM) defined
+    <!-- doctest: sim slow -->             marked slow: left out of `make check`'s fast lane
     <!-- doctest: skip: REASON -->         not run (say why)
 
 For each backend run, ``$VMCTL_URI``, ``$VMCTL_PASSWORD``, ``$VMCTL_CAFILE`` (and
@@ -60,6 +61,7 @@ class Block:
     backends: list[str] = field(default_factory=list)
     skip: str = ""
     prelude: str = ""
+    slow: bool = False
 
     @property
     def id(self) -> str:
@@ -99,6 +101,8 @@ def blocks(page: str) -> list[Block]:
                 for word in spec.split():
                     if word.startswith("prelude="):
                         block.prelude = word.partition("=")[2]
+                    elif word == "slow":
+                        block.slow = True
                     else:
                         block.backends.append(word)
         found.append(block)
@@ -281,7 +285,9 @@ def run_block(block: Block, backend: Backend, tmp: Path) -> subprocess.Completed
 MARKS = {"sim": pytest.mark.sim, "xen": pytest.mark.xen, "esx": pytest.mark.esx,
          "kvm-test": pytest.mark.kvm}  # fmt: skip
 CASES = [
-    pytest.param(b, name, id=f"{b.id}:{name}", marks=[MARKS[name]])
+    pytest.param(
+        b, name, id=f"{b.id}:{name}", marks=[MARKS[name], *([pytest.mark.slow] if b.slow else [])]
+    )
     for b in ALL
     if not b.skip
     for name in b.backends
