@@ -41,7 +41,13 @@ from ._errors import (
 )
 from ._hosts import Host, find_host, list_hosts, read_placements
 from ._hostspi import HostInventory, HostMigration, HostState, MoveMode, Placement
-from ._restartmove import ComposedRestart, ShutdownTimedOut, can_compose, composes_restart
+from ._restartmove import (
+    ComposedRestart,
+    ShutdownTimedOut,
+    can_compose,
+    composes_restart,
+    run_move,
+)
 from ._state import PowerState
 
 if TYPE_CHECKING:
@@ -659,21 +665,8 @@ class _Executor:
         if composed is not None:
             composed.run()
             return
-        conn = self.conn
-        deadline = conn.deadline(self.timeout, conn.timeouts.operation_s)
         what = f"move VM {move.vm_name!r} to host {move.target_name!r} ({mode.value})"
-        log.info("%s", what)
-        task = conn.dispatcher.call(
-            what,
-            self.mover.move_to_host,
-            move.vm_uuid,
-            move.target_id,
-            mode=mode,
-            deadline=deadline,
-            idempotent=False,
-        )
-        if task is not None:
-            conn.dispatcher.await_task(task, deadline, what)
+        run_move(self.conn, self.mover, move, mode, self.timeout, what)
         host_id, state = self._where(move)
         want = PowerState.STOPPED if mode is MoveMode.COLD else PowerState.RUNNING
         if host_id != move.target_id or state is not want:

@@ -64,6 +64,32 @@ def _restated(exc: VmctlError, message: str) -> VmctlError:
         return VmctlError(message)
 
 
+def run_move(
+    conn: Connection,
+    mover: HostMigration,
+    move: Move,
+    mode: MoveMode,
+    timeout: float | None,
+    what: str,
+) -> None:
+    """Ask the driver once for ``move``'s VM on its target in ``mode`` and wait for the task,
+    within ``timeout`` (else the connection's operation timeout). Never retried here: a
+    move is not idempotent, its callers locate the VM before any second attempt."""
+    deadline = conn.deadline(timeout, conn.timeouts.operation_s)
+    log.info("%s", what)
+    task = conn.dispatcher.call(
+        what,
+        mover.move_to_host,
+        move.vm_uuid,
+        move.target_id,
+        mode=mode,
+        deadline=deadline,
+        idempotent=False,
+    )
+    if task is not None:
+        conn.dispatcher.await_task(task, deadline, what)
+
+
 class ComposedRestart:
     """One VM's restart move, step by step (see the module)."""
 
@@ -169,21 +195,9 @@ class ComposedRestart:
             ) from exc
 
     def _move_cold(self) -> None:
-        conn, move = self.conn, self.move
-        deadline = conn.deadline(self.timeout, conn.timeouts.operation_s)
+        move = self.move
         what = f"move VM {move.vm_name!r} to host {move.target_name!r} (cold, for a restart)"
-        log.info("%s", what)
-        task = conn.dispatcher.call(
-            what,
-            self.mover.move_to_host,
-            move.vm_uuid,
-            move.target_id,
-            mode=MoveMode.COLD,
-            deadline=deadline,
-            idempotent=False,
-        )
-        if task is not None:
-            conn.dispatcher.await_task(task, deadline, what)
+        run_move(self.conn, self.mover, move, MoveMode.COLD, self.timeout, what)
 
     def _start(self, info: VMInfo) -> None:
         vm = self._vm(info)

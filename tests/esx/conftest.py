@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,3 +177,56 @@ def hv(target: Target) -> Iterator[vmctl.Hypervisor]:
 def esx(esx_sim: VcsimServer) -> Iterator[vmctl.Hypervisor]:
     """vmctl on the standalone ESX simulator, cleaned up after the test."""
     yield from _cleaned(esx_sim.uri, esx_sim)
+
+
+# -- a simulator of the module's own --------------------------------------------------------
+# Modules that move VMs, change host modes or fail hosts run a vCenter simulator of their own
+# (the shared ones stay as the other tests expect them): they use ``vc`` and ``admin`` below,
+# shaped by the module's ``VCSIM`` (``running_simulator``'s keywords).
+
+CLUSTER = "DC0/DC0_C0"
+
+
+@pytest.fixture(scope="module")
+def vc(request: pytest.FixtureRequest) -> Iterator[VcsimServer]:
+    """The module's own vCenter simulator: ``VCSIM`` of the module, by default two VMs on
+    each host of the model."""
+    with running_simulator("vcenter", **getattr(request.module, "VCSIM", {"vms": 2})) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def admin(vc: VcsimServer) -> Iterator[Admin]:
+    """The admin connection to the module's own simulator."""
+    a = Admin(vc)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """vmctl's state (``VMCTL_STATE_DIR``) in the test's scratch directory."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("VMCTL_STATE_DIR", str(state))
+    return state
+
+
+def connect(vc: VcsimServer, path: str = CLUSTER) -> vmctl.Hypervisor:
+    """vmctl connected to ``path`` (the cluster) of ``vc``, with no environment read."""
+    return vmctl.connect(vc_uri(vc, path), password=vc.password, cafile=str(vc.cafile), env={})
+
+
+def spy(driver: Any) -> list[tuple[str, bytes, bytes]]:
+    """Record each (method, request, reply) the ESX driver's fast paths (raw SOAP) send;
+    the replies are handed on in 4 KiB pieces, as they come off the wire."""
+    calls: list[tuple[str, bytes, bytes]] = []
+    real = driver._fast._post
+
+    def send(method: str, body: bytes) -> tuple[int, list[bytes]]:
+        status, chunks = real(method, body)
+        data = b"".join(chunks)
+        calls.append((method, body, data))
+        return status, [data[i : i + 4096] for i in range(0, len(data), 4096)]
+
+    driver._fast.send = send
+    return calls

@@ -5,43 +5,24 @@ Each test module runs its own simulator, as these tests move VMs and change host
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import vmctl
-from tests.esx.conftest import Admin, vc_uri
-from tests.hosts.esx import VcsimServer, running_simulator
+from tests.esx.conftest import Admin, connect, vc_uri
+from tests.hosts.esx import VcsimServer
 from vmctl import BlockKind, HostState, MoveMode, MoveOutcome
 
 pytest.importorskip("pyVmomi")
 from pyVmomi import vim
 
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
-
-
-@pytest.fixture(scope="module")
-def vc() -> Iterator[VcsimServer]:
-    with running_simulator("vcenter", vms=2) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def admin(vc: VcsimServer) -> Iterator[Admin]:
-    a = Admin(vc)
-    yield a
-    a.close()
+pytestmark = pytest.mark.usefixtures("own_state_dir")
 
 
 @pytest.fixture
 def hv(vc: VcsimServer) -> Iterator[vmctl.Hypervisor]:
-    with vmctl.connect(
-        vc_uri(vc, "DC0/DC0_C0"), password=vc.password, cafile=str(vc.cafile), env={}
-    ) as h:
+    with connect(vc) as h:
         yield h
 
 

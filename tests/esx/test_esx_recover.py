@@ -11,42 +11,20 @@ power cut) would; vmctl sees it only through the API.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import vmctl
-from tests.esx.conftest import Admin, vc_uri
-from tests.hosts.esx import VcsimServer, running_simulator
+from tests.esx.conftest import CLUSTER, Admin, connect
+from tests.hosts.esx import VcsimServer
 from vmctl import HostState, MoveMode, MoveOutcome, PowerState
 
 pytest.importorskip("pyVmomi")
 from pyVmomi import vim
 
-CLUSTER = "DC0/DC0_C0"
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
-
-
-@pytest.fixture(scope="module")
-def vc() -> Iterator[VcsimServer]:
-    with running_simulator("vcenter", vms=0, hosts=4) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def admin(vc: VcsimServer) -> Iterator[Admin]:
-    a = Admin(vc)
-    yield a
-    a.close()
-
-
-def connect(vc: VcsimServer, path: str = CLUSTER) -> vmctl.Hypervisor:
-    return vmctl.connect(vc_uri(vc, path), password=vc.password, cafile=str(vc.cafile), env={})
+VCSIM = {"vms": 0, "hosts": 4}
+pytestmark = pytest.mark.usefixtures("own_state_dir")
 
 
 @pytest.fixture

@@ -7,37 +7,21 @@ later try (a second execute), instead of counting it as gone (skipped)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import vmctl
-from tests.esx.conftest import Admin
-from tests.esx.test_esx_recover import connect, host_ref, make_vms, vm_props, wait
-from tests.hosts.esx import VcsimServer, running_simulator
+from tests.esx.conftest import Admin, connect
+from tests.esx.test_esx_recover import host_ref, make_vms, vm_props, wait
+from tests.hosts.esx import VcsimServer
 from vmctl import MoveOutcome, PowerState
 
 pytest.importorskip("pyVmomi")
 from pyVmomi import vim
 
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
-
-
-@pytest.fixture(scope="module")
-def vc() -> Iterator[VcsimServer]:
-    with running_simulator("vcenter", vms=0, hosts=3) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def admin(vc: VcsimServer) -> Iterator[Admin]:
-    a = Admin(vc)
-    yield a
-    a.close()
+VCSIM = {"vms": 0, "hosts": 3}
+pytestmark = pytest.mark.usefixtures("own_state_dir")
 
 
 def _vmx_file(admin: Admin, uuid: str) -> tuple[str, Path]:

@@ -8,45 +8,26 @@ classes). The simulator's own view (a plain pyVmomi session) says where the VM e
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import attrs
 import pytest
 
 import vmctl
-from tests.esx.conftest import Admin, vc_uri
-from tests.hosts.esx import VcsimServer, running_simulator
+from tests.esx.conftest import Admin, connect
+from tests.hosts.esx import VcsimServer
 from vmctl import MoveMode, MoveOutcome, PowerState
 
 pytest.importorskip("pyVmomi")
 from pyVmomi import vim
 
+pytestmark = pytest.mark.usefixtures("own_state_dir")
+
 S = PowerState
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
-
-
-@pytest.fixture(scope="module")
-def vc() -> Iterator[VcsimServer]:
-    with running_simulator("vcenter", vms=2) as srv:  # this module's own: it moves VMs
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def admin(vc: VcsimServer) -> Iterator[Admin]:
-    a = Admin(vc)
-    yield a
-    a.close()
 
 
 @pytest.fixture
 def hv(vc: VcsimServer) -> Iterator[vmctl.Hypervisor]:
-    with vmctl.connect(
-        vc_uri(vc, "DC0/DC0_C0"), password=vc.password, cafile=str(vc.cafile), env={}
-    ) as h:
+    with connect(vc) as h:
         yield h
 
 

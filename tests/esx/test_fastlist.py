@@ -13,7 +13,7 @@ import pytest
 import vmctl
 from tests.hosts.esx import VcsimServer
 
-from .conftest import Admin, vc_uri
+from .conftest import Admin, spy, vc_uri
 
 pytest.importorskip("lxml")
 from lxml import etree
@@ -23,21 +23,6 @@ NS = "urn:vim25"
 
 def connect(srv: VcsimServer, uri: str) -> vmctl.Hypervisor:
     return vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile))
-
-
-def spy(driver: Any) -> list[tuple[str, bytes, bytes]]:
-    """Record each (method, request, reply) the fast path sends."""
-    calls: list[tuple[str, bytes, bytes]] = []
-    real = driver._fast._post
-
-    def send(method: str, body: bytes) -> tuple[int, list[bytes]]:
-        status, chunks = real(method, body)
-        data = b"".join(chunks)
-        calls.append((method, body, data))
-        return status, [data[i : i + 4096] for i in range(0, len(data), 4096)]
-
-    driver._fast.send = send
-    return calls
 
 
 def sdk_listing(hv: vmctl.Hypervisor) -> list[vmctl.VMInfo]:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 import vmctl
-from tests.esx.conftest import Admin, vc_uri
-from tests.hosts.esx import VcsimServer, running_simulator
+from tests.esx.conftest import Admin, connect, spy, vc_uri
+from tests.hosts.esx import VcsimServer
 from vmctl import MoveMode
 from vmctl.spi import Deadline
 from vmctl_esx import _fastmove
@@ -30,31 +30,15 @@ from pyVmomi.VmomiSupport import ManagedObject
 
 
 @pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
+def _state_dir(own_state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A note lives NOTE_S (0.5 s): long enough between two steps of a move, but a loaded
     # machine may pause a test's thread longer; the counts here are about what is read.
     monkeypatch.setattr(_fastmove, "NOTE_S", 60.0)
 
 
-@pytest.fixture(scope="module")
-def vc() -> Iterator[VcsimServer]:
-    with running_simulator("vcenter", vms=2) as srv:  # its own: these tests move VMs
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def admin(vc: VcsimServer) -> Iterator[Admin]:
-    a = Admin(vc)
-    yield a
-    a.close()
-
-
 @pytest.fixture
 def hv(vc: VcsimServer) -> Iterator[vmctl.Hypervisor]:
-    with vmctl.connect(
-        vc_uri(vc, "DC0/DC0_C0"), password=vc.password, cafile=str(vc.cafile), env={}
-    ) as h:
+    with connect(vc) as h:
         yield h
 
 
@@ -70,21 +54,6 @@ def host_of(admin: Admin, uuid: str) -> str:
 def elsewhere(hv: vmctl.Hypervisor, admin: Admin, uuid: str) -> str:
     here = host_of(admin, uuid)
     return next(h.id for h in hv.hosts() if h.id != here)
-
-
-def spy(driver: Any) -> list[tuple[str, bytes, bytes]]:
-    """Record each (method, request, reply) the fast paths send."""
-    calls: list[tuple[str, bytes, bytes]] = []
-    real = driver._fast._post
-
-    def send(method: str, body: bytes) -> tuple[int, list[bytes]]:
-        status, chunks = real(method, body)
-        data = b"".join(chunks)
-        calls.append((method, body, data))
-        return status, [data]
-
-    driver._fast.send = send
-    return calls
 
 
 def one_move(hv: vmctl.Hypervisor, uuid: str, target: str, mode: MoveMode = MoveMode.LIVE) -> Any:

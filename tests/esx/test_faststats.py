@@ -15,7 +15,7 @@ import pytest
 import vmctl
 from tests.hosts.esx import VcsimServer
 
-from .conftest import Admin, vc_uri
+from .conftest import Admin, spy, vc_uri
 
 pytest.importorskip("lxml")
 from lxml import etree
@@ -27,22 +27,6 @@ NS = "urn:vim25"
 
 def connect(srv: VcsimServer, uri: str) -> vmctl.Hypervisor:
     return vmctl.connect(uri, password=srv.password, cafile=str(srv.cafile))
-
-
-def spy(driver: Any) -> list[tuple[str, bytes, bytes]]:
-    """Record each (method, request, reply) the fast paths send; replies handed on in
-    pieces, as they come off the wire."""
-    calls: list[tuple[str, bytes, bytes]] = []
-    real = driver._fast._post
-
-    def send(method: str, body: bytes) -> tuple[int, list[bytes]]:
-        status, chunks = real(method, body)
-        data = b"".join(chunks)
-        calls.append((method, body, data))
-        return status, [data[i : i + 4096] for i in range(0, len(data), 4096)]
-
-    driver._fast.send = send
-    return calls
 
 
 def sdk_reads(driver: Any, reply: bytes) -> list[Any]:

@@ -292,7 +292,6 @@ def _pool_xml() -> str:
 
 def ensure_network_and_pool(uri: str) -> None:
     """Define, start and autostart the ``vmctl-test`` network and pool on ``uri`` (idempotent)."""
-    IMAGE_DIR.mkdir(parents=True, exist_ok=True)
     conn = libvirt.open(uri)
     try:
         try:
@@ -302,19 +301,12 @@ def ensure_network_and_pool(uri: str) -> None:
         if not net.isActive():
             net.create()
         net.setAutostart(True)
-        try:
-            pool = conn.storagePoolLookupByName(POOL_NAME)
-        except libvirt.libvirtError:
-            pool = conn.storagePoolDefineXML(_pool_xml(), 0)
-        if not pool.isActive():
-            pool.create(0)
-        pool.setAutostart(True)
-        pool.refresh(0)
     finally:
         conn.close()
+    ensure_pool(uri, autostart=True)
 
 
-def ensure_pool(uri: str) -> None:
+def ensure_pool(uri: str, *, autostart: bool = False) -> None:
     """Define (when missing) and start the ``vmctl-test`` pool on ``uri``; no network."""
     IMAGE_DIR.mkdir(parents=True, exist_ok=True)
     conn = libvirt.open(uri)
@@ -325,6 +317,8 @@ def ensure_pool(uri: str) -> None:
             pool = conn.storagePoolDefineXML(_pool_xml(), 0)
         if not pool.isActive():
             pool.create(0)
+        if autostart:
+            pool.setAutostart(True)
         pool.refresh(0)
     finally:
         conn.close()
