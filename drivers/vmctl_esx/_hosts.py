@@ -13,7 +13,9 @@
   on reserves on a host) and ``summary.quickStats.consumedOverheadMemory`` (what it uses
   now), read with the datastores. A VM of a host that is not connected is placed with the
   power state vCenter last knew when that was poweredOff (STOPPED: its recovery is cold),
-  else UNKNOWN;
+  else UNKNOWN. Its devices say what ties it to its host (``_ties``): a connected drive or
+  port backed by a host or client device blocks vMotion (``live_blocker``), a PCI
+  passthrough device pins it;
 * moves: ``RelocateVM_Task`` with the target host and the scope's resource pool, live for
   a powered-on VM (vMotion), cold for a powered-off one; the task goes to the core. A
   restart move is the core's (``restarts_in_place`` is False): ``ShutdownGuest`` through
@@ -47,6 +49,7 @@ from vmctl.spi import (
     Task,
 )
 
+from . import _ties
 from ._faults import is_fault, reraise
 from ._recovery import EsxRecovery
 from ._vmprops import LIST_PATHS as _LIST_PATHS
@@ -76,11 +79,13 @@ _LOCATE_PATHS = tuple(dict.fromkeys((*_LIST_PATHS, "runtime.host", "config.templ
 #: ``locate_vm`` reads the hosts of a cluster of at most this many hosts with the VM.
 _NOTED_HOSTS = 64
 
-#: VM properties read with the datastores for the placements: the memory overhead.
-_OVERHEAD_PATHS = (
+#: VM properties read apart for the placements: the datastores, the memory overhead and
+#: the devices (what ties the VM to its host: ``_ties``).
+_PLACEMENT_PATHS = (
     "datastore",
     "config.initialOverhead",
     "summary.quickStats.consumedOverheadMemory",
+    "config.hardware.device",
 )
 
 
@@ -171,17 +176,18 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
                 for ref, props in self._list_rows(_LIST_PATHS)
                 if not props.get("config.template") and self._in_scope(props)
             ]
-            # VM.datastore and the overhead read apart, through pyvmomi (the driver's fast
-            # listing reads scalar properties only): one more round trip.
+            # VM.datastore, the overhead and the devices read apart, through pyvmomi (the
+            # driver's fast listing reads scalar properties only): one more round trip.
             held = self._call(
-                "read the VMs' datastores and memory overhead",
+                "read the VMs' datastores, memory overhead and devices",
                 self.conn.retrieve,
                 [ref for ref, _ in rows],
                 vim.VirtualMachine,
-                _OVERHEAD_PATHS,
+                _PLACEMENT_PATHS,
             )
             by_vm = {_moid(ref): list(p.get("datastore") or ()) for ref, p in held}
             overhead = {_moid(ref): _overhead_mib(p) for ref, p in held}
+            devices = {_moid(ref): list(p.get("config.hardware.device") or ()) for ref, p in held}
             stores = {_moid(ds): ds for dss in by_vm.values() for ds in dss}
             mounts = self._call(
                 "read the datastores",
@@ -220,6 +226,8 @@ class EsxHosts(EsxRecovery, HostInventory, HostMigration, HostMaintenance):
                     host_id=host,
                     memory_mib=int(props.get("config.hardware.memoryMB") or 0) + extra,
                     local_disks=tuple(local),
+                    pinned=_ties.pinned(devices.get(_moid(ref), ())),
+                    live_blocker=_ties.live_blocker(devices.get(_moid(ref), ())),
                     overhead_mib=extra,
                 )
             )

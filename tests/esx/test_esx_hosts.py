@@ -83,6 +83,45 @@ def test_maintenance_mode_and_evacuation(hv: vmctl.Hypervisor, admin: Admin) -> 
     assert {r.outcome for r in second.results} == {MoveOutcome.ALREADY}
 
 
+def test_what_ties_a_vm_to_its_host_is_in_the_plan(hv: vmctl.Hypervisor, admin: Admin) -> None:
+    """A CD/DVD drive connected to the host's drive keeps a VM from vMotion (VMware's vMotion
+    requirements; the simulator's own VMs come so): the plan names the drive and what to do;
+    allowed, a restart takes the VM (cold, its drive unused); disconnected, it moves live.
+    A PCI device of the host passed through to it pins it."""
+    busy = max(hv.hosts(), key=lambda h: h.vm_count)
+    uuid = next(
+        v.uuid
+        for v in hv.list_vms()
+        if v.state is vmctl.PowerState.RUNNING and host_of(admin, hv, v.uuid) == busy.id
+    )
+    ref = admin.vm(uuid)
+    admin.set_drives(ref, connected=True)
+    try:
+        plan = vmctl.plan_evacuation(busy)
+        [blocked] = [b for b in plan.blockers if b.vm_uuid == uuid]
+        assert blocked.kind is BlockKind.CAPABILITY
+        assert "is connected to the host's" in blocked.reason, blocked.reason
+        assert "disconnect it first" in blocked.reason
+        assert "allow_restart=True would restart it elsewhere" in blocked.reason
+        restart = vmctl.plan_evacuation(busy, allow_restart=True)
+        assert next(m for m in restart.moves if m.vm_uuid == uuid).mode is MoveMode.RESTART
+    finally:
+        admin.set_drives(ref, connected=False)
+    plan = vmctl.plan_evacuation(busy)
+    assert next(m for m in plan.moves if m.vm_uuid == uuid).mode is MoveMode.LIVE
+
+    admin.pass_through_pci(ref)
+    try:
+        plan = vmctl.plan_evacuation(busy, allow_restart=True)
+        [blocked] = [b for b in plan.blockers if b.vm_uuid == uuid]
+        assert blocked.kind is BlockKind.PINNED
+        assert "passed through to it (DirectPath I/O" in blocked.reason, blocked.reason
+        assert uuid not in {m.vm_uuid for m in plan.moves}
+    finally:
+        admin.remove_pci(ref)
+    assert all(m.vm_uuid != uuid for m in vmctl.plan_evacuation(busy).blockers)
+
+
 def test_a_powered_off_vm_moves_cold(hv: vmctl.Hypervisor, admin: Admin) -> None:
     vm = hv.vms()[0]
     vm.power_off()

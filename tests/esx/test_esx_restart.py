@@ -1,9 +1,10 @@
 """Restart moves on the vSphere simulator's cluster (vCenter DC0/DC0_C0): the ESX driver
 does not restart in place, so the core composes the move: ShutdownGuest (VMware Tools made
 to look running through the simulator's SET.* hook), RelocateVM_Task cold, PowerOnVM_Task
-on the target. vSphere offers nothing that blocks a live move here, so the plans are the
-evacuation's own with the VM's move turned into a restart (``attrs.evolve``: public
-classes). The simulator's own view (a plain pyVmomi session) says where the VM ends."""
+on the target. The VM's CD/DVD drive is connected to its host's drive, which vMotion
+refuses, so the evacuation plan with ``allow_restart=True`` restarts it; the plan is narrowed
+to that one move (``attrs.evolve``: public classes). The simulator's own view (a plain
+pyVmomi session) says where the VM ends."""
 
 from __future__ import annotations
 
@@ -47,11 +48,12 @@ def _raw(admin: Admin, uuid: str) -> tuple[str, str, list[str]]:
 
 
 def _restart_plan(hv: vmctl.Hypervisor, admin: Admin, vm: vmctl.VM) -> vmctl.Plan:
+    admin.set_drives(admin.vm(vm.uuid), connected=True)
     here = hv.host(_raw(admin, vm.uuid)[0])
-    plan = vmctl.plan_evacuation(here)
+    plan = vmctl.plan_evacuation(here, allow_restart=True)
     move = next(m for m in plan.moves if m.vm_uuid == vm.uuid)
-    assert move.mode is MoveMode.LIVE
-    return attrs.evolve(plan, moves=(attrs.evolve(move, mode=MoveMode.RESTART),), blockers=())
+    assert move.mode is MoveMode.RESTART
+    return attrs.evolve(plan, moves=(move,), blockers=())
 
 
 def _running_vm(hv: vmctl.Hypervisor) -> vmctl.VM:
