@@ -489,10 +489,12 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
         # What each answering member reaches of the others' disks (the shared-storage probe).
         disks: dict[str, tuple[str, ...]] = {}
         pinned: dict[str, str | None] = {}
+        no_live: dict[str, str | None] = {}  # a VM of a member that is down runs nowhere
         owner: dict[str, str] = {}
         for host_id, vms in inventory.items():
             for uuid, vm in vms.items():
                 disks[uuid], pinned[uuid], owner[uuid] = vm.disks, vm.pinned, host_id
+                no_live[uuid] = vm.live_blocker
         with _store(write=False) as saved:
             for m in self.members:
                 if m.host_id not in down:
@@ -545,6 +547,7 @@ class _SiteDriver(Driver, Migration, GracefulPower, HostInventory, HostMigration
                     memory_mib=info.memory_mib,
                     local_disks=local,
                     pinned=pinned[uuid],
+                    live_blocker=no_live.get(uuid),
                 )
             )
         return out

@@ -25,11 +25,13 @@ class SiteVM:
     """What a member driver says about one of its VMs for the site: ``definition`` is the
     backend's own text to define it again elsewhere (libvirt domain XML, without secrets),
     ``disks`` the locations of its disks (file paths), ``pinned`` why it cannot leave its
-    host (a passthrough device), or None."""
+    host (a passthrough device), or None, ``live_blocker`` why the backend would refuse to
+    move it live (a device it cannot migrate), or None."""
 
     definition: str
     disks: tuple[str, ...] = ()
     pinned: str | None = None
+    live_blocker: str | None = None
 
 
 class SiteMember(abc.ABC):

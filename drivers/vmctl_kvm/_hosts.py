@@ -2,8 +2,9 @@
 
 * inventory: every domain (``virConnectListAllDomains``) with its persistent definition
   (``XMLDesc(INACTIVE | MIGRATABLE)``, without ``SECURE``: no passwords are saved), its disk
-  files, and ``pinned`` when it has a ``<hostdev>`` (a passthrough device no other host
-  has);
+  files, and what ties it to this host (``_ties``): ``pinned`` when it has a ``<hostdev>``
+  (a passthrough device no other host has), a ``live_blocker`` for a device libvirt does
+  not migrate live;
 * reach: a disk path another libvirtd knows as a storage volume after refreshing its pools
   on that directory (``virStorageVolLookupByPath``); the live migration itself probes
   again with a file it creates (``KvmDriver._storage_shared``) unless the URI says
@@ -29,6 +30,7 @@ from vmctl import InvalidState, NotSupported
 from vmctl.spi import Deadline, Driver, MoveMode, SiteMember, SiteVM, Task
 
 from . import _errors as E
+from . import _ties
 from . import _xml as X
 from ._link import require_libvirt
 from ._recovery import KvmRestore, reached_paths
@@ -67,10 +69,12 @@ class KvmSiteMember(KvmRestore, SiteMember):
                 xml = dom.XMLDesc(_INACTIVE_MIGRATABLE)
                 root = X.parse(xml)
                 disks = tuple(d.path for d in X.disks_of(root) if d.path)
-                pinned = None
-                if root.find("devices/hostdev") is not None:
-                    pinned = "a host device is passed through to it (<hostdev>)"
-                out[dom.UUIDString()] = SiteVM(definition=xml, disks=disks, pinned=pinned)
+                out[dom.UUIDString()] = SiteVM(
+                    definition=xml,
+                    disks=disks,
+                    pinned=_ties.pinned(root),
+                    live_blocker=_ties.live_blocker(root),
+                )
             return out
 
         inventory: dict[str, SiteVM] = self._call(

@@ -1,9 +1,10 @@
 """Restart moves over a vmctl.Site of the two libvirt test hosts: the KVM driver does not
 restart in place, so the core composes the move (ACPI shutdown through the site, an offline
-migration, a start on the other libvirtd). Nothing blocks a live move between these two
-hosts, so the plans are the evacuation's own with this test's VM turned into a restart
-(``attrs.evolve`` on the public Plan and Move). virsh (another client) says where the VM
-ends and which disk it uses.
+migration, a start on the other libvirtd). Each VM has an ivshmem ``<shmem>`` device, which
+libvirt does not migrate live (checked: a live move of it is refused), so the evacuation
+plan with ``allow_restart=True`` restarts it; the plan is narrowed to this test's VM
+(``attrs.evolve`` on the public Plan). virsh (another client) says where the VM ends and
+which disk it uses.
 
 The guest that answers the ACPI power button is the harness's tiny guest; the failure cases
 use a domain with no OS: with <acpi/> removed nothing in it can be asked (InvalidState at
@@ -51,10 +52,26 @@ def _spec(hosts: Any, hint: str, **kw: Any) -> VMSpec:
 
 def _restart_plan(site: vmctl.Site, source: vmctl.Hypervisor, vm: vmctl.VM) -> vmctl.Plan:
     host = site.host(source.hosts()[0].id)
-    plan = vmctl.plan_evacuation(host)
+    plan = vmctl.plan_evacuation(host, allow_restart=True)
     move = next(m for m in plan.moves if m.vm_uuid == vm.uuid)
-    assert move.mode is MoveMode.LIVE
-    return attrs.evolve(plan, moves=(attrs.evolve(move, mode=MoveMode.RESTART),), blockers=())
+    assert move.mode is MoveMode.RESTART
+    return attrs.evolve(plan, moves=(move,), blockers=())
+
+
+def _add_shmem(hosts: Any, uuid: str) -> None:
+    """Redefine the (stopped) domain with an ivshmem device of its own name."""
+    import libvirt
+
+    conn = libvirt.open(hosts.uri)
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        shmem = ET.SubElement(root.find("devices"), "shmem", name=dom.name())  # type: ignore[arg-type]
+        ET.SubElement(shmem, "model", type="ivshmem-plain")
+        ET.SubElement(shmem, "size", unit="M").text = "4"
+        conn.defineXML(ET.tostring(root, encoding="unicode"))
+    finally:
+        conn.close()
 
 
 def _state(uri: str, uuid: str) -> str:
@@ -88,8 +105,10 @@ def test_a_restart_move_ends_running_on_the_other_libvirtd(
         guest_os=GuestOS.LINUX,
         boot=BootSource(kernel=str(tiny.kernel), initrd=str(tiny.initrd), cmdline=tiny.cmdline),
     )
-    vm = hv.create_vm(spec, start=True, timeout=60)
+    vm = hv.create_vm(spec)
     try:
+        _add_shmem(hosts, vm.uuid)
+        vm.start(timeout=60)
         # booted far enough to answer the power button: it has its address
         deadline = time.monotonic() + 120
         while not vm.guest_info().ip_addresses and time.monotonic() < deadline:
@@ -97,7 +116,15 @@ def test_a_restart_move_ends_running_on_the_other_libvirtd(
         assert vm.guest_info().ip_addresses, "the tiny guest got no address within 120 s"
         disks = _disks(hosts.uri, vm.uuid)
         assert len(disks) == 1
+        host = site.host(hv.hosts()[0].id)
+        [blocked] = [b for b in vmctl.plan_evacuation(host).blockers if b.vm_uuid == vm.uuid]
+        assert "libvirt does not migrate it live: shared memory device" in blocked.reason
         plan = _restart_plan(site, hv, vm)
+        # libvirt itself refuses to move it live
+        live = attrs.evolve(plan, moves=(attrs.evolve(plan.moves[0], mode=MoveMode.LIVE),))
+        [refused] = vmctl.execute(live, retries=1).results
+        assert refused.outcome is MoveOutcome.FAILED and "shmem" in (refused.error or "")
+        assert _state(hosts.uri, vm.uuid) == "running"
         t0 = time.monotonic()
         report = vmctl.execute(plan)
         took = time.monotonic() - t0
@@ -138,6 +165,7 @@ def test_a_guest_that_cannot_be_asked_stays_running_on_its_host(
     vm = hv.create_vm(_spec(hosts, "noacpi"))
     try:
         _no_acpi(hosts, vm.uuid)
+        _add_shmem(hosts, vm.uuid)
         assert "<acpi" not in virsh(hosts.uri, "dumpxml", "--inactive", vm.uuid)
         vm.start(timeout=60)
         report = vmctl.execute(_restart_plan(site, hv, vm), retries=1)
@@ -158,6 +186,7 @@ def test_a_guest_that_does_not_stop_in_time_stays_running(
     vm = hv.create_vm(_spec(hosts, "noos"))
     quick = vmctl.Timeouts(shutdown=3)
     try:
+        _add_shmem(hosts, vm.uuid)
         vm.start(timeout=60)
         with vmctl.Site(
             [vmctl_uri(hosts.uri, hosts), vmctl_uri(hosts.other_uri, hosts)], timeouts=quick

@@ -4,13 +4,14 @@ driver supplies real libvirtError objects)."""
 from __future__ import annotations
 
 import uuid as uuidlib
+import xml.etree.ElementTree as ET
 
 import pytest
 
 import vmctl
 from vmctl import URI, ConnectParams, PowerState, StateReason
 from vmctl.spi import Deadline
-from vmctl_kvm import KvmDriver, libvirt_uri
+from vmctl_kvm import KvmDriver, _ties, libvirt_uri
 from vmctl_kvm._state import to_power_state
 
 S, R = PowerState, StateReason
@@ -160,3 +161,63 @@ def test_deadline_that_never_passes() -> None:
             driver.delete_vm(info.uuid, deadline=Deadline.never())
     finally:
         driver.close()
+
+
+# -- what ties a domain to its libvirtd (_ties): the devices qemuMigrationSrcIsAllowed refuses
+
+
+def _domain(devices: str = "", extra: str = "") -> ET.Element:
+    text = f"<domain type='kvm'><name>d</name>{extra}<devices>{devices}</devices></domain>"
+    return ET.fromstring(text)
+
+
+@pytest.mark.parametrize(
+    ("devices", "extra", "said"),
+    [
+        ("<shmem name='ring'><model type='ivshmem-plain'/></shmem>", "", "'ring' (<shmem>"),
+        (
+            "<filesystem type='mount'><driver type='virtiofs'/><source dir='/srv'/>"
+            "<target dir='share'/></filesystem>",
+            "",
+            "virtiofs filesystem 'share'",
+        ),
+        ("<interface type='vdpa'><source dev='/dev/vhost-vdpa-0'/></interface>", "", "vDPA"),
+        (
+            "<disk type='file' device='disk'><source file='/i.qcow2'/><target dev='vda'/>"
+            "<transient/></disk>",
+            "",
+            "transient disk 'vda'",
+        ),
+        ("", "<cpu><feature policy='require' name='invtsc'/></cpu>", "invtsc"),
+    ],
+)
+def test_devices_libvirt_does_not_migrate_live(devices: str, extra: str, said: str) -> None:
+    why = _ties.live_blocker(_domain(devices, extra))
+    assert why is not None and said in why and why.startswith("libvirt does not migrate it live")
+    assert _ties.pinned(_domain(devices, extra)) is None
+
+
+@pytest.mark.parametrize(
+    ("devices", "extra"),
+    [
+        ("<shmem name='ring' role='master'><model type='ivshmem-plain'/></shmem>", ""),
+        ("<filesystem type='mount'><source dir='/srv'/><target dir='p9'/></filesystem>", ""),
+        ("<interface type='network'><source network='default'/></interface>", ""),
+        ("<disk type='file' device='disk'><source file='/i'/><target dev='vda'/></disk>", ""),
+        (
+            "",
+            "<cpu><feature policy='require' name='invtsc'/></cpu>"
+            "<clock offset='utc'><timer name='tsc' frequency='2400000000'/></clock>",
+        ),
+        ("", "<cpu><feature policy='disable' name='invtsc'/></cpu>"),
+    ],
+)
+def test_what_libvirt_migrates_live_blocks_nothing(devices: str, extra: str) -> None:
+    assert _ties.live_blocker(_domain(devices, extra)) is None
+
+
+def test_a_host_device_pins_the_domain() -> None:
+    dom = _domain(
+        "<hostdev mode='subsystem' type='pci'><source><address bus='3'/></source></hostdev>"
+    )
+    assert "<hostdev>" in (_ties.pinned(dom) or "")
