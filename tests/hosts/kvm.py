@@ -1412,12 +1412,16 @@ def blank_domain_xml(
 
 
 def wait_console(name: str, marker: str, timeout: float) -> str:
-    """Wait for ``marker`` in domain ``name``'s console log; return that line."""
+    """Wait for ``marker`` in domain ``name``'s console log; return that line, whole.
+
+    The serial port reaches virtlogd a few bytes at a time, so a read can end in the
+    middle of a line: only lines already ended by their newline count."""
     path = console_log_path(name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
-            for line in path.read_text(errors="replace").splitlines():
+            ended = path.read_text(errors="replace").rpartition("\n")[0]
+            for line in ended.splitlines():
                 if marker in line:
                     return line.strip()
         time.sleep(0.1)

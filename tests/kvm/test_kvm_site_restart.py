@@ -59,7 +59,8 @@ def _restart_plan(site: vmctl.Site, source: vmctl.Hypervisor, vm: vmctl.VM) -> v
 
 
 def _add_shmem(hosts: Any, uuid: str) -> None:
-    """Redefine the (stopped) domain with an ivshmem device of its own name."""
+    """Redefine the (stopped) domain with an ivshmem device of its own name (QEMU maps
+    /dev/shm/NAME; ``_delete`` removes it)."""
     import libvirt
 
     conn = libvirt.open(hosts.uri)
@@ -92,6 +93,8 @@ def _delete(vm: vmctl.VM, *hvs: vmctl.Hypervisor) -> None:
             h.vm(vm.uuid).delete(force=True, timeout=60)
         except vmctl.NotFound:
             continue
+    # QEMU's ivshmem memory (memory-backend-file): outlives the domain, as shared memory does
+    Path("/dev/shm", vm.name).unlink(missing_ok=True)
 
 
 def test_a_restart_move_ends_running_on_the_other_libvirtd(
