@@ -3,8 +3,9 @@
 * inventory: every domain (``virConnectListAllDomains``) with its persistent definition
   (``XMLDesc(INACTIVE | MIGRATABLE)``, without ``SECURE``: no passwords are saved), its disk
   files, and what ties it to this host (``_ties``): ``pinned`` when it has a ``<hostdev>``
-  (a passthrough device no other host has), a ``live_blocker`` for a device libvirt does
-  not migrate live;
+  (a passthrough device no other host has) in either its persistent or, running, its live
+  definition, a ``live_blocker`` for a device libvirt does not migrate live, read from the
+  live definition of a running domain (a device hot-plugged since its start counts);
 * reach: a disk path another libvirtd knows as a storage volume after refreshing its pools
   on that directory (``virStorageVolLookupByPath``); the live migration itself probes
   again with a file it creates (``KvmDriver._storage_shared``) unless the URI says
@@ -69,11 +70,14 @@ class KvmSiteMember(KvmRestore, SiteMember):
                 xml = dom.XMLDesc(_INACTIVE_MIGRATABLE)
                 root = X.parse(xml)
                 disks = tuple(d.path for d in X.disks_of(root) if d.path)
+                # A running guest moves live with what it runs with, devices hot-plugged
+                # since its start included; its restart takes the persistent definition.
+                live = X.parse(dom.XMLDesc(0)) if dom.isActive() else root
                 out[dom.UUIDString()] = SiteVM(
                     definition=xml,
                     disks=disks,
-                    pinned=_ties.pinned(root),
-                    live_blocker=_ties.live_blocker(root),
+                    pinned=_ties.pinned(live) or _ties.pinned(root),
+                    live_blocker=_ties.live_blocker(live),
                 )
             return out
 

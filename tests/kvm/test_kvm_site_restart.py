@@ -6,6 +6,9 @@ plan with ``allow_restart=True`` restarts it; the plan is narrowed to this test'
 (``attrs.evolve`` on the public Plan). virsh (another client) says where the VM ends and
 which disk it uses.
 
+With ``on_fail="cold"`` a live move libvirt refuses at execution (an ivshmem device
+hot-plugged after the plan) becomes such a restart.
+
 The guest that answers the ACPI power button is the harness's tiny guest; the failure cases
 use a domain with no OS: with <acpi/> removed nothing in it can be asked (InvalidState at
 once), with it SeaBIOS alone ignores the button (the shutdown timeout passes)."""
@@ -50,6 +53,26 @@ def _spec(hosts: Any, hint: str, **kw: Any) -> VMSpec:
     return VMSpec(**{**base, **kw})
 
 
+def _tiny_spec(hosts: Any, tiny: Any, hint: str) -> VMSpec:
+    return _spec(
+        hosts,
+        hint,
+        memory_mib=192,
+        disks=[DiskSpec(size_mib=16)],
+        guest_os=GuestOS.LINUX,
+        boot=BootSource(kernel=str(tiny.kernel), initrd=str(tiny.initrd), cmdline=tiny.cmdline),
+    )
+
+
+def _start_and_wait_address(vm: vmctl.VM) -> None:
+    """Start the tiny guest and wait until it answers the power button (it has its address)."""
+    vm.start(timeout=60)
+    deadline = time.monotonic() + 120
+    while not vm.guest_info().ip_addresses and time.monotonic() < deadline:
+        time.sleep(1)
+    assert vm.guest_info().ip_addresses, "the tiny guest got no address within 120 s"
+
+
 def _restart_plan(site: vmctl.Site, source: vmctl.Hypervisor, vm: vmctl.VM) -> vmctl.Plan:
     host = site.host(source.hosts()[0].id)
     plan = vmctl.plan_evacuation(host, allow_restart=True)
@@ -71,6 +94,23 @@ def _add_shmem(hosts: Any, uuid: str) -> None:
         ET.SubElement(shmem, "model", type="ivshmem-plain")
         ET.SubElement(shmem, "size", unit="M").text = "4"
         conn.defineXML(ET.tostring(root, encoding="unicode"))
+    finally:
+        conn.close()
+
+
+def _hotplug_shmem(hosts: Any, uuid: str) -> None:
+    """Plug an ivshmem device into the running domain only (``VIR_DOMAIN_AFFECT_LIVE``)."""
+    import libvirt
+
+    conn = libvirt.open(hosts.uri)
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        shmem = ET.Element("shmem", name=dom.name())
+        ET.SubElement(shmem, "model", type="ivshmem-plain")
+        ET.SubElement(shmem, "size", unit="M").text = "4"
+        dom.attachDeviceFlags(
+            ET.tostring(shmem, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE
+        )
     finally:
         conn.close()
 
@@ -100,23 +140,10 @@ def _delete(vm: vmctl.VM, *hvs: vmctl.Hypervisor) -> None:
 def test_a_restart_move_ends_running_on_the_other_libvirtd(
     site: vmctl.Site, hv: vmctl.Hypervisor, other: vmctl.Hypervisor, hosts: Any, tiny: Any
 ) -> None:
-    spec = _spec(
-        hosts,
-        "tiny",
-        memory_mib=192,
-        disks=[DiskSpec(size_mib=16)],
-        guest_os=GuestOS.LINUX,
-        boot=BootSource(kernel=str(tiny.kernel), initrd=str(tiny.initrd), cmdline=tiny.cmdline),
-    )
-    vm = hv.create_vm(spec)
+    vm = hv.create_vm(_tiny_spec(hosts, tiny, "tiny"))
     try:
         _add_shmem(hosts, vm.uuid)
-        vm.start(timeout=60)
-        # booted far enough to answer the power button: it has its address
-        deadline = time.monotonic() + 120
-        while not vm.guest_info().ip_addresses and time.monotonic() < deadline:
-            time.sleep(1)
-        assert vm.guest_info().ip_addresses, "the tiny guest got no address within 120 s"
+        _start_and_wait_address(vm)
         disks = _disks(hosts.uri, vm.uuid)
         assert len(disks) == 1
         host = site.host(hv.hosts()[0].id)
@@ -141,6 +168,40 @@ def test_a_restart_move_ends_running_on_the_other_libvirtd(
         assert other.vm(vm.uuid).info().state is S.RUNNING
         assert [r.outcome for r in vmctl.execute(plan).results] == [MoveOutcome.ALREADY]
         print(f"\nKVM site restart move of the tiny guest: {took:.1f} s")
+    finally:
+        _delete(vm, hv, other)
+
+
+def test_a_live_move_libvirt_refuses_becomes_a_restart_with_on_fail_cold(
+    site: vmctl.Site, hv: vmctl.Hypervisor, other: vmctl.Hypervisor, hosts: Any, tiny: Any
+) -> None:
+    vm = hv.create_vm(_tiny_spec(hosts, tiny, "hotplug"))
+    try:
+        _start_and_wait_address(vm)
+        disks = _disks(hosts.uri, vm.uuid)
+        host = site.host(hv.hosts()[0].id)
+        plan = vmctl.plan_evacuation(host)
+        [move] = [m for m in plan.moves if m.vm_uuid == vm.uuid]
+        assert move.mode is MoveMode.LIVE
+        plan = attrs.evolve(plan, moves=(move,), blockers=())
+        # After the plan, a device libvirt does not migrate live is plugged into the guest.
+        _hotplug_shmem(hosts, vm.uuid)
+        assert "<shmem" not in virsh(hosts.uri, "dumpxml", "--inactive", vm.uuid)
+        # A new plan sees it: the running guest's devices are read, not only its definition.
+        [blocked] = [b for b in vmctl.plan_evacuation(host).blockers if b.vm_uuid == vm.uuid]
+        assert "libvirt does not migrate it live: shared memory device" in blocked.reason
+        said: list[vmctl.EvacuationProgress] = []
+        report = vmctl.execute(plan, on_fail="cold", retries=0, progress=said.append)
+        [r] = report.results
+        assert (r.outcome, r.mode) == (MoveOutcome.MOVED, MoveMode.RESTART), str(report)
+        assert report.ok, str(report)
+        [fallback] = [p for p in said if p.status == "retrying"]
+        assert "shmem" in fallback.message and "restarting it there instead" in fallback.message
+        assert _state(hosts.other_uri, vm.uuid) == "running"
+        assert _state(hosts.uri, vm.uuid) == "absent"
+        assert _disks(hosts.other_uri, vm.uuid) == disks
+        # restarted from its definition: the hot-plugged device did not come along
+        assert "<shmem" not in virsh(hosts.other_uri, "dumpxml", vm.uuid)
     finally:
         _delete(vm, hv, other)
 
