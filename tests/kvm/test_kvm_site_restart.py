@@ -81,18 +81,23 @@ def _restart_plan(site: vmctl.Site, source: vmctl.Hypervisor, vm: vmctl.VM) -> v
     return attrs.evolve(plan, moves=(move,), blockers=())
 
 
+def _shmem(name: str) -> ET.Element:
+    """An ivshmem device named ``name``: QEMU maps /dev/shm/NAME (``_delete`` removes it)."""
+    shmem = ET.Element("shmem", name=name)
+    ET.SubElement(shmem, "model", type="ivshmem-plain")
+    ET.SubElement(shmem, "size", unit="M").text = "4"
+    return shmem
+
+
 def _add_shmem(hosts: Any, uuid: str) -> None:
-    """Redefine the (stopped) domain with an ivshmem device of its own name (QEMU maps
-    /dev/shm/NAME; ``_delete`` removes it)."""
+    """Redefine the (stopped) domain with an ivshmem device of its own name."""
     import libvirt
 
     conn = libvirt.open(hosts.uri)
     try:
         dom = conn.lookupByUUIDString(uuid)
         root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        shmem = ET.SubElement(root.find("devices"), "shmem", name=dom.name())  # type: ignore[arg-type]
-        ET.SubElement(shmem, "model", type="ivshmem-plain")
-        ET.SubElement(shmem, "size", unit="M").text = "4"
+        root.find("devices").append(_shmem(dom.name()))  # type: ignore[union-attr]
         conn.defineXML(ET.tostring(root, encoding="unicode"))
     finally:
         conn.close()
@@ -105,12 +110,8 @@ def _hotplug_shmem(hosts: Any, uuid: str) -> None:
     conn = libvirt.open(hosts.uri)
     try:
         dom = conn.lookupByUUIDString(uuid)
-        shmem = ET.Element("shmem", name=dom.name())
-        ET.SubElement(shmem, "model", type="ivshmem-plain")
-        ET.SubElement(shmem, "size", unit="M").text = "4"
-        dom.attachDeviceFlags(
-            ET.tostring(shmem, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE
-        )
+        shmem = ET.tostring(_shmem(dom.name()), encoding="unicode")
+        dom.attachDeviceFlags(shmem, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     finally:
         conn.close()
 
